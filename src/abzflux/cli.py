@@ -1,0 +1,212 @@
+"""Command-line interface: ``abzflux --help``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).")
+console = Console()
+
+
+def _years(s: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in s.split("-"))
+    except ValueError:
+        raise typer.BadParameter(f"expected FIRST-LAST, e.g. 2001-2020, got {s!r}") from None
+    if a > b:
+        raise typer.BadParameter(f"first year {a} is after last year {b}")
+    return a, b
+
+
+def _progress_factory(quiet: bool):
+    def factory(label: str):
+        if quiet:
+            return lambda done, total: None
+        prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+        state = {}
+
+        def update(done, total):
+            if done is None:
+                if state:
+                    prog.stop()
+                return
+            if not state:
+                prog.start()
+                state["task"] = prog.add_task(label, total=total)
+            prog.update(state["task"], completed=done)
+        return update
+    return factory
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def twin(
+    out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
+    resolution_km: int = typer.Option(50, "--resolution-km", help="Grid spacing, a multiple of 10 km."),
+    years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
+    seed: int = typer.Option(448, "--seed", help="Random seed: the same seed gives identical files."),
+    n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
+    n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
+    network: str = typer.Option("realistic", "--network", help="Site network: realistic (biased) or uniform."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Write a synthetic Arctic-boreal twin: contract input files plus the true fluxes."""
+    from .twin import TwinSpec, make_twin
+
+    y0, y1 = _years(years)
+    if network not in ("realistic", "uniform"):
+        raise typer.BadParameter("--network must be realistic or uniform")
+    spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed,
+                    n_sites=n_sites, n_site_months=n_site_months, network=network)
+    t0 = time.perf_counter()
+    prog = _progress_factory(quiet)("generating twin years")
+    try:
+        summary = make_twin(out, spec, progress=prog)
+    except (ValueError, FileExistsError) as e:
+        _fail(e)
+    finally:
+        prog(None, None)
+    console.print(f"twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s: "
+                  f"{summary['sites']} sites, {summary['site_months']} site-months, "
+                  f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run configuration (TOML)."),
+    out: Path = typer.Option(None, "--out", help="Run directory (default: 'run' beside the config)."),
+    force: bool = typer.Option(False, "--force", help="Recompute every stage."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only errors and the final summary."),
+):
+    """Run the study described by CONFIG: sites, forests, upscaling, budgets, summary."""
+    from .config import load_config
+    from .pipeline import run_study
+
+    try:
+        cfg = load_config(config)
+        out = out or cfg.source.resolve().parent / "run"
+        log = (lambda m: None) if quiet else (lambda m: console.log(m))
+        run_study(cfg, out, log=log, force=force, progress_factory=_progress_factory(quiet))
+    except InputError as e:
+        _fail(e)
+    _print_summary(out)
+
+
+def _print_summary(run_dir: Path) -> None:
+    s = json.loads((run_dir / "summary.json").read_text())
+    if "truth" in s:
+        t = Table(title="Budgets vs truth, period mean (Tg C yr-1)")
+        for c in ("flux", "zone", "estimate", "truth", "error", "error %"):
+            t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
+        from .pipeline import _order
+        import pandas as pd
+
+        for r in _order(pd.DataFrame(s["truth"])).itertuples():
+            t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
+                      f"{100 * r.rel_error:+.1f}")
+        console.print(t)
+        console.print(f"mean annual NEE map vs truth: Pearson r = {s['nee_map_pearson_r']:.3f}")
+    else:
+        t = Table(title="Budgets, period mean (Tg C yr-1)")
+        for c in ("flux", "zone", "budget", "g C m-2 yr-1"):
+            t.add_column(c)
+        for r in s["budgets"]:
+            t.add_row(r["flux"], r["zone"], f"{r['tg_c']:.1f}", f"{r['density']:.1f}")
+        console.print(t)
+    console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Directory for the twin and the run."),
+    resolution_km: int = typer.Option(100, "--resolution-km", help="Twin grid spacing (km)."),
+    years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
+    seed: int = typer.Option(448, "--seed", help="Random seed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage log."),
+):
+    """Generate a twin and run the whole study on it (twin + run with defaults)."""
+    from .config import load_config
+    from .pipeline import run_study
+    from .twin import TwinSpec, make_twin
+
+    y0, y1 = _years(years)
+    spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed)
+    twin_dir = out / "twin"
+    existing = twin_dir / "twin.json"
+    if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__:
+        console.log(f"reusing twin in {twin_dir}")
+    else:
+        if twin_dir.exists():
+            console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first")
+            raise typer.Exit(code=2)
+        t0 = time.perf_counter()
+        prog = _progress_factory(quiet)("generating twin years")
+        try:
+            make_twin(twin_dir, spec, progress=prog)
+        finally:
+            prog(None, None)
+        console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
+    cfg = load_config(twin_dir / "config.toml")
+    log = (lambda m: None) if quiet else (lambda m: console.log(m))
+    try:
+        run_study(cfg, out / "run", log=log, progress_factory=_progress_factory(quiet))
+    except InputError as e:
+        _fail(e)
+    _print_summary(out / "run")
+
+
+@app.command()
+def validate(config: Path = typer.Argument(..., help="Run configuration (TOML).")):
+    """Check every input of CONFIG against the format contract, writing nothing."""
+    from .config import load_config
+    from .formats import check_sites_in_grid, read_fire, read_predictors, read_site_table, read_zones
+
+    try:
+        cfg = load_config(config)
+        pred = read_predictors(cfg.inputs.predictors)
+        read_zones(cfg.inputs.zones, like=pred)
+        if cfg.inputs.fire:
+            read_fire(cfg.inputs.fire, like=pred)
+        sites = read_site_table(cfg.inputs.sites)
+        check_sites_in_grid(sites, pred, cfg.inputs.sites)
+    except InputError as e:
+        _fail(e)
+    console.print(f"[green]ok[/]: {len(sites)} site-months at {sites.site_id.nunique()} sites; "
+                  f"predictors {dict(pred.sizes)}")
+
+
+@app.command()
+def domain(resolution_km: int = typer.Option(10, "--resolution-km", help="Grid spacing (km).")):
+    """Describe the embedded default domain: area by biome and region."""
+    from .budgets import zone_areas_km2
+    from .domain import load_domain
+
+    d = load_domain(resolution_km)
+    zones = d.rename(land_fraction="land_fraction")
+    zones["permafrost"] = zones.land_fraction * 0
+    areas = zone_areas_km2(zones).drop("permafrost")
+    t = Table(title=f"Default ABZ domain at {resolution_km} km (EPSG:6931)")
+    t.add_column("zone")
+    t.add_column("area (million km²)", justify="right")
+    for z, a in areas.items():
+        t.add_row(z, f"{a / 1e6:.2f}")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    app()

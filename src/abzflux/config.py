@@ -1,0 +1,132 @@
+"""Run configuration: a TOML file, validated key by key.
+
+Paths are relative to the config file. Unknown sections or keys are errors (a typo must not
+silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass
+class Inputs:
+    sites: Path
+    predictors: Path
+    zones: Path
+    fire: Path | None = None
+    truth: Path | None = None
+
+
+@dataclass
+class RunSettings:
+    seed: int = 448
+    years: str | None = None  # "2001-2020"; default: every complete year of the predictor stack
+
+    def year_range(self, file) -> tuple[int, int] | None:
+        if self.years is None:
+            return None
+        try:
+            a, b = (int(v) for v in str(self.years).split("-"))
+        except ValueError:
+            raise ConfigError(file, f"invalid years {self.years!r}", column="run.years",
+                              expected='"FIRST-LAST", e.g. "2001-2020"') from None
+        if a > b:
+            raise ConfigError(file, f"first year {a} after last year {b}", column="run.years")
+        return a, b
+
+
+@dataclass
+class ForestSettings:
+    n_estimators: int = 500
+    mtry: int | None = None
+    nodesize: int = 5
+    n_jobs: int | None = None
+
+
+@dataclass
+class Config:
+    inputs: Inputs
+    run: RunSettings = field(default_factory=RunSettings)
+    forest: ForestSettings = field(default_factory=ForestSettings)
+    source: Path | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        return _jsonable(d)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _section(cls, raw: dict, name: str, file, base: Path | None = None):
+    if not isinstance(raw, dict):
+        raise ConfigError(file, f"section [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(file, f"unknown key {k!r}", column=f"{name}.{k}",
+                              expected=f"one of {sorted(known)}")
+    kw = {}
+    for k, v in raw.items():
+        t = str(known[k].type)
+        if "Path" in t:
+            if not isinstance(v, str):
+                raise ConfigError(file, f"expected a path string, got {v!r}", column=f"{name}.{k}")
+            p = Path(v)
+            kw[k] = p if p.is_absolute() else (base / p)
+        elif t.startswith("int"):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(file, f"expected an integer, got {v!r}", column=f"{name}.{k}")
+            kw[k] = v
+        elif t.startswith("str"):
+            kw[k] = str(v)
+        else:
+            kw[k] = v
+    missing = [f.name for f in fields(cls) if f.name not in kw and f.default is f.default_factory is _MISSING]
+    if missing:
+        raise ConfigError(file, f"missing required key(s) {missing}", column=name)
+    return cls(**kw)
+
+
+from dataclasses import MISSING as _MISSING  # noqa: E402
+
+
+def load_config(path) -> Config:
+    """Read and validate a run configuration TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "config file does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, f"not valid TOML: {e}") from None
+    allowed = {"inputs", "run", "forest"}
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
+    if "inputs" not in raw:
+        raise ConfigError(path, "missing section [inputs]")
+    base = path.resolve().parent
+    cfg = Config(
+        inputs=_section(Inputs, raw["inputs"], "inputs", path, base),
+        run=_section(RunSettings, raw.get("run", {}), "run", path),
+        forest=_section(ForestSettings, raw.get("forest", {}), "forest", path),
+        source=path,
+    )
+    for k in ("sites", "predictors", "zones", "fire", "truth"):
+        p = getattr(cfg.inputs, k)
+        if p is not None and not p.exists():
+            raise ConfigError(path, f"input path does not exist: {p}", column=f"inputs.{k}")
+    cfg.run.year_range(path)
+    return cfg

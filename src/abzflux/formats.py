@@ -1,0 +1,1300 @@
+"""Readers and validators for the input contract (docs/formats.md).
+
+Every reader checks a user file against the contract and raises :class:`~abzflux.errors.InputError`
+for the first problem it finds, naming the file, the column or variable, the row/site/time step/cell
+and what was expected. Gridded files are opened lazily (dask chunks); the validation still looks at
+the data values, in as few passes over the data as possible.
+
+Public API
+----------
+``open_dataset``, ``grid_crs``, ``write_crs``, ``read_site_table``, ``read_predictors``,
+``read_zones``, ``read_fire``, ``read_reference``, ``check_same_grid``, ``check_sites_in_grid``,
+``cell_index``, ``categories`` and the constant ``FLUXES``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyproj
+import xarray as xr
+
+from . import predictors as _pred
+from .errors import InputError
+
+__all__ = [
+    "FLUXES",
+    "SITE_REQUIRED",
+    "open_dataset",
+    "grid_crs",
+    "write_crs",
+    "read_site_table",
+    "read_predictors",
+    "read_zones",
+    "read_fire",
+    "read_reference",
+    "check_same_grid",
+    "check_sites_in_grid",
+    "cell_index",
+    "categories",
+]
+
+FLUXES = ("gpp", "reco", "nee")
+SITE_REQUIRED = ("site_id", "lat", "lon", "year", "month")
+GRID_MAPPING = "spatial_ref"
+
+#: 1 µmol CO2 m-2 s-1 sustained for a mean month, in g C m-2 month-1 (12.011e-6 * 86400 * 30.44).
+UMOL_TO_GC_MONTH = 31.5
+#: A flux column whose largest summer |value| is below this looks like µmol m-2 s-1.
+UMOL_SUSPECT_MAX = 15.0
+#: Minimum number of non-NaN values before the µmol heuristic is applied.
+UMOL_MIN_VALUES = 12
+#: Largest plausible |monthly flux| in g C m-2 month-1.
+MAX_ABS_FLUX = 1500.0
+#: Tolerance for "non-negative" GPP and Reco.
+NEG_TOL = -1e-9
+#: Tolerance (degrees) for one site having one location.
+LOCATION_TOL = 1e-6
+SUMMER_MONTHS = (6, 7, 8)
+
+ZONE_VARIABLES = ("land_fraction", "biome", "region", "permafrost")
+FIRE_VARIABLES = ("fire_emissions", "burned_fraction")
+
+_MAX_LISTED = 5
+_IN_MEMORY = "<in-memory dataset>"
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _source(obj) -> str:
+    """File name an xarray object came from (set by :func:`open_dataset`)."""
+    enc = getattr(obj, "encoding", None) or {}
+    return str(enc.get("source") or _IN_MEMORY)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fmt(v) -> str:
+    """Format a number for messages."""
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v) or math.isinf(v):
+            return str(float(v))
+        return f"{float(v):.6g}"
+    return str(v)
+
+
+def _listing(items: list[str], total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = items[:_MAX_LISTED]
+    text = "; ".join(shown)
+    if total > len(shown):
+        text += f"; ... and {total - len(shown)} more"
+    return text
+
+
+def _is_numeric_dtype(dtype) -> bool:
+    return bool(np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_))
+
+
+def _compute(lazy: dict, file: str) -> dict:
+    """Compute a dict of (possibly dask-backed) xarray objects in one pass."""
+    if not lazy:
+        return {}
+    try:
+        import dask
+
+        (out,) = dask.compute(lazy)
+    except InputError:
+        raise
+    except Exception as exc:  # truncated chunk, decompression error, ...
+        raise InputError(
+            file,
+            f"the data values cannot be read ({_short(exc)})",
+            expected="a complete, uncorrupted NetCDF file or Zarr store",
+        ) from exc
+    return {k: (v.values if hasattr(v, "values") else v) for k, v in out.items()}
+
+
+def _load(da: xr.DataArray, file: str) -> np.ndarray:
+    return _compute({"v": da}, file)["v"]
+
+
+# --------------------------------------------------------------------------------------------
+# opening files and CRS
+# --------------------------------------------------------------------------------------------
+
+
+def open_dataset(path) -> xr.Dataset:
+    """Open a NetCDF file (``.nc``) or a Zarr store (directory / ``.zarr``) lazily.
+
+    NetCDF is read with the h5netcdf engine, falling back to netCDF4 (NetCDF-3 files, ...).
+    Raises :class:`InputError` for a missing path or a file that cannot be read (truncated,
+    corrupt, not NetCDF/Zarr). The file name is kept in ``ds.encoding["source"]``.
+    """
+    file = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise InputError(
+            file,
+            "file not found",
+            expected="an existing NetCDF file (.nc) or Zarr store (.zarr directory)",
+        )
+    if p.is_dir() or p.suffix.lower() == ".zarr":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ds = xr.open_dataset(p, engine="zarr", chunks={}, consolidated=None)
+        except Exception as exc:
+            raise InputError(
+                file,
+                f"cannot be read as a Zarr store ({_short(exc)})",
+                expected="a Zarr store written with xarray (Dataset.to_zarr)",
+            ) from exc
+    else:
+        problems = []
+        ds = None
+        for engine in ("h5netcdf", "netcdf4"):
+            try:
+                ds = xr.open_dataset(p, engine=engine, chunks={})
+                break
+            except Exception as exc:
+                problems.append(f"{engine}: {_short(exc, 160)}")
+        if ds is None:
+            raise InputError(
+                file,
+                "cannot be read as NetCDF: the file is truncated, corrupt or not NetCDF ("
+                + " | ".join(problems)
+                + ")",
+                expected="a complete NetCDF-4/HDF5 or NetCDF-3 file, or a Zarr store",
+            )
+    ds.encoding["source"] = file
+    return ds
+
+
+def _open(path) -> tuple[xr.Dataset, str]:
+    if isinstance(path, xr.Dataset):
+        return path, _source(path)
+    return open_dataset(path), str(path)
+
+
+def _grid_mapping_name(ds: xr.Dataset) -> str | None:
+    if GRID_MAPPING in ds.variables:
+        return GRID_MAPPING
+    for var in ds.data_vars.values():
+        gm = var.attrs.get("grid_mapping") or var.encoding.get("grid_mapping")
+        if isinstance(gm, str) and gm.strip():
+            name = gm.split(":")[0].split()[0].strip()
+            if name in ds.variables:
+                return name
+    return None
+
+
+_CRS_EXPECTED = (
+    "a `spatial_ref` grid-mapping variable with a `crs_wkt` (or `spatial_ref`) attribute, "
+    "as rioxarray writes it (abzflux.formats.write_crs does the same)"
+)
+
+
+def grid_crs(ds: xr.Dataset, file) -> pyproj.CRS:
+    """CRS of a gridded dataset, from its CF grid-mapping variable ``spatial_ref``.
+
+    The WKT is taken from the ``crs_wkt`` or ``spatial_ref`` attribute (rioxarray/GDAL), else from
+    the CF grid-mapping attributes. A grid-mapping variable with another name is found through
+    the data variables' ``grid_mapping`` attribute.
+    """
+    file = str(file)
+    name = _grid_mapping_name(ds)
+    if name is None:
+        raise InputError(
+            file,
+            "no CRS",
+            column=GRID_MAPPING,
+            expected=_CRS_EXPECTED,
+        )
+    attrs = dict(ds[name].attrs)
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    try:
+        if isinstance(wkt, str) and wkt.strip():
+            return pyproj.CRS.from_user_input(wkt)
+        if "grid_mapping_name" in attrs:
+            return pyproj.CRS.from_cf(attrs)
+    except pyproj.exceptions.CRSError as exc:
+        raise InputError(
+            file,
+            f"the CRS in grid-mapping variable `{name}` cannot be parsed ({_short(exc)})",
+            column=name,
+            expected="a valid WKT in the `crs_wkt` attribute",
+        ) from exc
+    raise InputError(
+        file,
+        f"no CRS: grid-mapping variable `{name}` has no `crs_wkt`, `spatial_ref` or CF "
+        "grid-mapping attributes",
+        column=name,
+        expected=_CRS_EXPECTED,
+    )
+
+
+def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
+    """Return a copy of ``ds`` with a CF/rioxarray-style ``spatial_ref`` grid-mapping coordinate.
+
+    ``crs`` is anything :meth:`pyproj.CRS.from_user_input` understands ("EPSG:6931", a WKT, a
+    CRS). Every data variable with both ``y`` and ``x`` dimensions gets
+    ``grid_mapping="spatial_ref"``; ``x``/``y`` get CF projection-coordinate attributes if they
+    have none.
+    """
+    crs = pyproj.CRS.from_user_input(crs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cf = crs.to_cf()
+    attrs = {k: v for k, v in cf.items() if v is not None}
+    wkt = attrs.get("crs_wkt") or crs.to_wkt()
+    attrs["crs_wkt"] = wkt
+    attrs["spatial_ref"] = wkt
+    out = ds.copy()
+    if GRID_MAPPING in out.variables:
+        out = out.drop_vars(GRID_MAPPING)
+    out = out.assign_coords({GRID_MAPPING: xr.Variable((), np.int32(0), attrs)})
+    for name in list(out.data_vars):
+        da = out[name]
+        if "y" in da.dims and "x" in da.dims:
+            da = da.assign_attrs(grid_mapping=GRID_MAPPING)
+            da.encoding.pop("grid_mapping", None)
+            out[name] = da
+    if crs.is_projected:
+        for dim, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
+            if dim in out.coords and not out[dim].attrs:
+                out = out.assign_coords(
+                    {dim: out[dim].assign_attrs(standard_name=std, units="m", axis=dim.upper())}
+                )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# grid checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_axis(ds: xr.Dataset, name: str, file: str) -> float:
+    """Check a 1-D, numeric, strictly monotonic, regular coordinate; return its (signed) step."""
+    if name not in ds.dims:
+        raise InputError(
+            file,
+            f"dimension `{name}` is missing (dimensions are {tuple(ds.dims)})",
+            column=name,
+            expected=f"a `{name}` dimension with 1-D cell-centre coordinates",
+        )
+    if name not in ds.coords:
+        raise InputError(
+            file,
+            f"dimension `{name}` has no coordinate values",
+            column=name,
+            expected=f"a 1-D `{name}` coordinate (cell centres)",
+        )
+    coord = ds[name]
+    if coord.dims != (name,):
+        raise InputError(
+            file,
+            f"coordinate `{name}` has dimensions {coord.dims}",
+            column=name,
+            expected=f"a 1-D coordinate on dimension `{name}`",
+        )
+    vals = np.asarray(coord.values)
+    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.bool_):
+        raise InputError(
+            file,
+            f"coordinate `{name}` is not numeric (dtype {vals.dtype})",
+            column=name,
+            expected="numeric cell-centre coordinates",
+        )
+    if vals.size < 2:
+        raise InputError(
+            file,
+            f"coordinate `{name}` has {vals.size} value(s); the cell size cannot be determined",
+            column=name,
+            expected="at least 2 cells along each grid dimension",
+        )
+    v = vals.astype("float64")
+    if not np.all(np.isfinite(v)):
+        i = int(np.flatnonzero(~np.isfinite(v))[0])
+        raise InputError(
+            file,
+            f"coordinate `{name}` has a non-finite value",
+            column=name,
+            where=f"{name}[{i}]",
+            expected="finite cell-centre coordinates",
+        )
+    d = np.diff(v)
+    sign = 1.0 if d[0] > 0 else -1.0
+    bad = ~(d * sign > 0)
+    if d[0] == 0 or bad.any():
+        i = 0 if d[0] == 0 else int(np.flatnonzero(bad)[0])
+        raise InputError(
+            file,
+            f"coordinate `{name}` is not strictly monotonic: {name}[{i}] = {_fmt(v[i])}, "
+            f"{name}[{i + 1}] = {_fmt(v[i + 1])}",
+            column=name,
+            where=f"{name}[{i}]..{name}[{i + 1}]",
+            expected="strictly increasing or strictly decreasing cell centres",
+        )
+    step = d[0]
+    eps = np.finfo(vals.dtype).eps if np.issubdtype(vals.dtype, np.floating) else 0.0
+    tol = 1e-6 * abs(step) + 4 * eps * float(np.max(np.abs(v)))
+    irregular = np.abs(d - step) > tol
+    if irregular.any():
+        i = int(np.flatnonzero(irregular)[0])
+        raise InputError(
+            file,
+            f"coordinate `{name}` is not regularly spaced: spacing {_fmt(d[i])} between "
+            f"{name}[{i}] and {name}[{i + 1}], but {_fmt(step)} between {name}[0] and {name}[1]",
+            column=name,
+            where=f"{name}[{i}] = {_fmt(v[i])}",
+            expected="a regular grid (constant spacing)",
+        )
+    return float(step)
+
+
+def _time_parts(values) -> dict[str, np.ndarray] | None:
+    """Year, month, day, ... of a decoded time coordinate (datetime64 or cftime)."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.datetime64):
+        idx = pd.DatetimeIndex(values)
+        if idx.isna().any():
+            return {"nat": np.asarray(idx.isna())}
+        return {
+            "year": np.asarray(idx.year),
+            "month": np.asarray(idx.month),
+            "day": np.asarray(idx.day),
+            "sub": np.asarray(
+                (idx.hour != 0) | (idx.minute != 0) | (idx.second != 0) | (idx.microsecond != 0)
+                | (idx.nanosecond != 0)
+            ),
+        }
+    if values.dtype == object and values.size and all(hasattr(t, "year") for t in values.ravel()):
+        return {
+            "year": np.array([t.year for t in values]),
+            "month": np.array([t.month for t in values]),
+            "day": np.array([t.day for t in values]),
+            "sub": np.array(
+                [bool(t.hour or t.minute or t.second or getattr(t, "microsecond", 0)) for t in values]
+            ),
+        }
+    return None
+
+
+def _time_label(ds: xr.Dataset, i: int) -> str:
+    t = ds["time"].values[i]
+    if isinstance(t, np.datetime64):
+        text = str(pd.Timestamp(t))
+        return f"time step {i} ({text[:10] if text.endswith('00:00:00') else text})"
+    return f"time step {i} ({t})"
+
+
+def _check_time(ds: xr.Dataset, file: str) -> xr.Dataset:
+    """Monthly, first-of-month, strictly increasing ``time``; cftime is converted to datetime64."""
+    if "time" not in ds.dims and "time" not in ds.coords:
+        return ds
+    t = ds["time"]
+    if t.dims != ("time",):
+        raise InputError(
+            file,
+            f"coordinate `time` has dimensions {t.dims}",
+            column="time",
+            expected="a 1-D `time` coordinate",
+        )
+    if t.size == 0:
+        raise InputError(file, "`time` has no steps", column="time", expected="at least one month")
+    parts = _time_parts(t.values)
+    if parts is None:
+        raise InputError(
+            file,
+            f"`time` is not decoded as dates (dtype {t.dtype}; missing or invalid CF `units`?)",
+            column="time",
+            expected="dates, e.g. units 'days since 2000-01-01' with a CF calendar",
+        )
+    if "nat" in parts:
+        i = int(np.flatnonzero(parts["nat"])[0])
+        raise InputError(
+            file, "`time` has a missing (NaT) value", column="time", where=f"time step {i}",
+            expected="monthly first-of-month timestamps",
+        )
+    not_first = (parts["day"] != 1) | parts["sub"]
+    if not_first.any():
+        i = int(np.flatnonzero(not_first)[0])
+        raise InputError(
+            file,
+            "`time` is not monthly first-of-month timestamps",
+            column="time",
+            where=_time_label(ds, i),
+            expected="monthly time steps on the first day of each month at 00:00 (e.g. 2015-07-01)",
+        )
+    ordinal = parts["year"].astype(np.int64) * 12 + parts["month"].astype(np.int64) - 1
+    d = np.diff(ordinal)
+    if (d <= 0).any():
+        i = int(np.flatnonzero(d <= 0)[0]) + 1
+        what = "a duplicate month" if d[i - 1] == 0 else "not strictly increasing"
+        raise InputError(
+            file,
+            f"`time` is {what}",
+            column="time",
+            where=f"{_time_label(ds, i)} after {_time_label(ds, i - 1)}",
+            expected="strictly increasing monthly time steps without duplicates",
+        )
+    if not np.issubdtype(t.dtype, np.datetime64):
+        new = pd.to_datetime(
+            pd.DataFrame({"year": parts["year"], "month": parts["month"], "day": 1})
+        ).to_numpy().astype("datetime64[ns]")
+        ds = ds.assign_coords(time=xr.Variable("time", new, t.attrs))
+    return ds
+
+
+def _check_grid(ds: xr.Dataset, file: str) -> tuple[xr.Dataset, pyproj.CRS]:
+    """y/x axes, projected CRS, monthly time (if present). Returns the dataset (spatial_ref as a
+    coordinate, time normalised) and its CRS."""
+    _check_axis(ds, "y", file)
+    _check_axis(ds, "x", file)
+    crs = grid_crs(ds, file)
+    if crs.is_geographic:
+        raise InputError(
+            file,
+            f"the grid CRS is geographic ({crs.name}) but the grid has `y`/`x` dimensions",
+            column=GRID_MAPPING,
+            expected="a projected equal-area CRS with x/y in metres (e.g. EPSG:6931)",
+        )
+    name = _grid_mapping_name(ds)
+    if name in ds.data_vars:
+        ds = ds.set_coords(name)
+    ds = _check_time(ds, file)
+    return ds, crs
+
+
+def _check_dims(ds: xr.Dataset, name: str, dims: tuple[str, ...] | list, file: str) -> xr.Dataset:
+    """Variable ``name`` must have exactly one of the allowed dimension sets; transpose it to the
+    canonical order. ``dims`` is one tuple or a list of alternatives."""
+    options = [dims] if isinstance(dims, tuple) else list(dims)
+    da = ds[name]
+    for opt in options:
+        if set(da.dims) == set(opt) and len(da.dims) == len(opt):
+            if da.dims != opt:
+                ds = ds.assign({name: da.transpose(*opt)})
+            break
+    else:
+        wanted = " or ".join(str(o) for o in options)
+        extra = ""
+        if da.dims == ("time",):
+            extra = " (a time series is not broadcast to the grid; write it as (time, y, x))"
+        raise InputError(
+            file,
+            f"variable has dimensions {da.dims}{extra}",
+            column=name,
+            expected=f"dimensions {wanted}",
+        )
+    if not _is_numeric_dtype(da.dtype):
+        raise InputError(
+            file,
+            f"variable is not numeric (dtype {da.dtype})",
+            column=name,
+            expected="numeric values",
+        )
+    return ds
+
+
+def _missing_variables(ds: xr.Dataset, names: Iterable[str], file: str, what: str) -> None:
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        present = ", ".join(sorted(str(v) for v in ds.data_vars)) or "none"
+        raise InputError(
+            file,
+            f"missing required variable(s): {', '.join(missing)} (present: {present})",
+            column=", ".join(missing),
+            expected=f"the {what} variables {', '.join(names)}",
+        )
+
+
+def _cell_description(ds: xr.Dataset, da: xr.DataArray, index: tuple[int, ...]) -> str:
+    parts = []
+    for dim, i in zip(da.dims, index):
+        if dim in ds.coords:
+            val = ds[dim].values[i]
+            if isinstance(val, np.datetime64):
+                val = str(pd.Timestamp(val))[:10]
+            else:
+                val = _fmt(val)
+            parts.append(f"{dim}={val}")
+        else:
+            parts.append(f"{dim}[{i}]")
+    idx = ", ".join(f"{d}={i}" for d, i in zip(da.dims, index))
+    return f"cell ({', '.join(parts)}; index {idx})"
+
+
+class _Range:
+    """A lazy value-range check of one variable."""
+
+    def __init__(self, name, lo=None, hi=None, lo_open=False, text=""):
+        self.name, self.lo, self.hi, self.lo_open, self.text = name, lo, hi, lo_open, text
+
+    def bad(self, da: xr.DataArray) -> xr.DataArray:
+        ok = np.isfinite(da)
+        if self.lo is not None:
+            ok = ok & ((da > self.lo) if self.lo_open else (da >= self.lo))
+        if self.hi is not None:
+            ok = ok & (da <= self.hi)
+        return da.notnull() & ~ok
+
+
+def _check_ranges(ds: xr.Dataset, checks: list[_Range], file: str, lazy: dict | None = None) -> dict:
+    """Run the range checks (plus any extra lazy reductions in ``lazy``) in one compute."""
+    lazy = dict(lazy or {})
+    for c in checks:
+        lazy[f"range:{c.name}"] = c.bad(ds[c.name]).sum()
+    res = _compute(lazy, file)
+    for c in checks:
+        n = int(res[f"range:{c.name}"])
+        if n:
+            da = ds[c.name]
+            mask = _load(c.bad(da), file)
+            first = tuple(int(i) for i in np.argwhere(mask)[0])
+            value = _load(da[first], file)
+            raise InputError(
+                file,
+                f"{n} value(s) out of range (first: {_fmt(value.item())})",
+                column=c.name,
+                where=_cell_description(ds, da, first),
+                expected=c.text,
+            )
+    return res
+
+
+def _check_codes(ds: xr.Dataset, name: str, codes: Iterable[int], res: dict, file: str) -> None:
+    n = int(res[f"codes:{name}"])
+    if n:
+        da = ds[name]
+        mask = _load(da.notnull() & ~da.isin(list(codes)), file)
+        first = tuple(int(i) for i in np.argwhere(mask)[0])
+        value = _load(da[first], file)
+        raise InputError(
+            file,
+            f"{n} cell(s) hold codes not listed in flag_values (first: {_fmt(value.item())})",
+            column=name,
+            where=_cell_description(ds, da, first),
+            expected=f"codes among flag_values {sorted(int(c) for c in codes)} or NaN",
+        )
+
+
+def _lazy_codes(ds: xr.Dataset, name: str, codes: Iterable[int]) -> xr.DataArray:
+    da = ds[name]
+    return (da.notnull() & ~da.isin(list(codes))).sum()
+
+
+def _finish(ds: xr.Dataset, names: list[str], file: str) -> xr.Dataset:
+    out = ds[list(names)]
+    out.attrs = dict(ds.attrs)
+    out.encoding["source"] = file
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# categorical variables
+# --------------------------------------------------------------------------------------------
+
+
+def categories(da: xr.DataArray, file=None) -> dict[int, str]:
+    """``{code: name}`` from the CF ``flag_values`` / ``flag_meanings`` attributes of ``da``.
+
+    ``file`` (optional) names the file in errors; by default the DataArray's encoding source.
+    """
+    file = str(file) if file is not None else _source(da)
+    name = da.name
+    fv = da.attrs.get("flag_values")
+    fm = da.attrs.get("flag_meanings")
+    expected = (
+        "integer codes with CF attributes flag_values (e.g. [1, 2]) and flag_meanings "
+        "(space-separated names, one per value, e.g. 'boreal tundra')"
+    )
+    if fv is None or fm is None:
+        lacking = " and ".join(a for a, v in (("flag_values", fv), ("flag_meanings", fm)) if v is None)
+        raise InputError(
+            file, f"categorical variable lacks {lacking}", column=name, expected=expected
+        )
+    if isinstance(fv, str):
+        try:
+            values = [float(t) for t in re.split(r"[,\s]+", fv.strip()) if t]
+        except ValueError:
+            raise InputError(
+                file, f"flag_values {fv!r} are not numbers", column=name, expected=expected
+            ) from None
+    else:
+        values = [float(v) for v in np.atleast_1d(np.asarray(fv)).ravel()]
+    if isinstance(fm, str):
+        meanings = fm.split()
+    else:
+        meanings = [str(m) for m in np.atleast_1d(np.asarray(fm)).ravel()]
+    if not values or len(values) != len(meanings):
+        raise InputError(
+            file,
+            f"flag_values has {len(values)} value(s) but flag_meanings has {len(meanings)} name(s)",
+            column=name,
+            expected=expected,
+        )
+    if any(not math.isfinite(v) or v != round(v) for v in values):
+        raise InputError(
+            file, f"flag_values {values} are not integers", column=name, expected=expected
+        )
+    codes = [int(round(v)) for v in values]
+    if len(set(codes)) != len(codes):
+        raise InputError(file, f"flag_values {codes} has duplicates", column=name, expected=expected)
+    return dict(zip(codes, meanings))
+
+
+# --------------------------------------------------------------------------------------------
+# gridded readers
+# --------------------------------------------------------------------------------------------
+
+
+def read_predictors(path, required=None) -> xr.Dataset:
+    """Read and validate the predictor stack (docs/formats.md §2).
+
+    ``required``: stack variable names (default :data:`abzflux.predictors.STACK_VARIABLES`).
+    Returns the required variables (dynamic ``(time, y, x)``, static ``(y, x)``), lazily, with
+    the ``spatial_ref`` coordinate.
+    """
+    ds, file = _open(path)
+    names = list(_pred.STACK_VARIABLES if required is None else required)
+    names = [n for n in dict.fromkeys(names) if not (
+        n in _pred.BY_NAME and _pred.BY_NAME[n].kind == "derived")]
+    if "month" in ds.variables:
+        raise InputError(
+            file,
+            "the stack stores a `month` variable",
+            column="month",
+            expected="no `month` variable: month is a model predictor derived from `time`",
+        )
+    _missing_variables(ds, names, file, "predictor")
+    ds, _ = _check_grid(ds, file)
+
+    lazy: dict = {}
+    code_checks: dict[str, list[int]] = {}
+    for name in names:
+        p = _pred.BY_NAME.get(name)
+        if p is not None:
+            kind = p.kind
+        else:
+            kind = "dynamic" if "time" in ds[name].dims else "static"
+        dims = ("time", "y", "x") if kind == "dynamic" else ("y", "x")
+        ds = _check_dims(ds, name, dims, file)
+        da = ds[name]
+        if (p is not None and p.categorical) or "flag_values" in da.attrs:
+            cats = categories(da, file=file)
+            codes = list(cats)
+            if name == "veg_type":
+                codes += list(_pred.VEG_RECODE)
+            code_checks[name] = codes
+            lazy[f"codes:{name}"] = _lazy_codes(ds, name, codes)
+        if kind == "dynamic":
+            lazy[f"nan:{name}"] = da.isnull().all(dim=("y", "x"))
+        else:
+            lazy[f"nan:{name}"] = da.isnull().all()
+
+    res = _compute(lazy, file)
+    for name in names:
+        allnan = np.asarray(res[f"nan:{name}"])
+        if allnan.all():
+            raise InputError(
+                file,
+                "variable is entirely NaN",
+                column=name,
+                expected="data values (NaN only where a cell has no data)",
+            )
+        if allnan.ndim == 1 and allnan.any():
+            steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
+            raise InputError(
+                file,
+                f"all values are NaN in {len(steps)} time step(s)",
+                column=name,
+                where=_listing(steps),
+                expected="data at every time step (gap-fill the predictor or drop the month)",
+            )
+    for name, codes in code_checks.items():
+        _check_codes(ds, name, codes, res, file)
+    return _finish(ds, names, file)
+
+
+def _check_same_grid_if(ds, like, file):
+    if like is not None:
+        check_same_grid(ds, like, file, _source(like))
+
+
+def read_zones(path, like=None) -> xr.Dataset:
+    """Read and validate the zones file (docs/formats.md §3).
+
+    Returns ``land_fraction``, ``biome``, ``region``, ``permafrost`` and ``cell_area`` (m2; from
+    the file, or |dx*dy| from the grid spacing when absent, with attribute
+    ``source = "grid spacing"``). With ``like``, the grid must match ``like``'s.
+    """
+    ds, file = _open(path)
+    _missing_variables(ds, ZONE_VARIABLES, file, "zones")
+    ds, _ = _check_grid(ds, file)
+    names = list(ZONE_VARIABLES) + (["cell_area"] if "cell_area" in ds.data_vars else [])
+    for name in names:
+        ds = _check_dims(ds, name, ("y", "x"), file)
+    _check_same_grid_if(ds, like, file)
+
+    biome = categories(ds["biome"], file=file)
+    lowered = {m.lower() for m in biome.values()}
+    lacking = [w for w in ("boreal", "tundra") if w not in lowered]
+    if lacking:
+        raise InputError(
+            file,
+            f"biome flag_meanings {' '.join(biome.values())!r} lack {' and '.join(lacking)}",
+            column="biome",
+            expected="flag_meanings containing 'boreal' and 'tundra'",
+        )
+    region = categories(ds["region"], file=file)
+
+    checks = [
+        _Range("land_fraction", 0.0, 1.0, text="values in 0-1 (share of the cell that is land)"),
+        _Range("permafrost", 0.0, 1.0, text="values in 0-1 (probability or 0/1 mask)"),
+    ]
+    if "cell_area" in ds.data_vars:
+        checks.append(_Range("cell_area", 0.0, None, lo_open=True, text="cell areas > 0 in m2"))
+    lazy = {
+        "codes:biome": _lazy_codes(ds, "biome", biome),
+        "codes:region": _lazy_codes(ds, "region", region),
+        "nan:land_fraction": ds["land_fraction"].isnull().all(),
+    }
+    res = _check_ranges(ds, checks, file, lazy)
+    if bool(res["nan:land_fraction"]):
+        raise InputError(
+            file, "variable is entirely NaN", column="land_fraction",
+            expected="land fractions in 0-1 (0 outside the domain)",
+        )
+    _check_codes(ds, "biome", biome, res, file)
+    _check_codes(ds, "region", region, res, file)
+
+    if "cell_area" not in ds.data_vars:
+        dy = float(ds["y"].values[1] - ds["y"].values[0])
+        dx = float(ds["x"].values[1] - ds["x"].values[0])
+        area = xr.full_like(ds["land_fraction"], abs(dx * dy), dtype="float64")
+        area.attrs = {"units": "m2", "long_name": "cell area", "source": "grid spacing",
+                      "grid_mapping": GRID_MAPPING}
+        ds = ds.assign(cell_area=area)
+        names.append("cell_area")
+    return _finish(ds, names, file)
+
+
+def read_fire(path, like=None) -> xr.Dataset:
+    """Read and validate the fire file (docs/formats.md §4): ``fire_emissions`` >= 0
+    (g C m-2 month-1) and ``burned_fraction`` in 0-1, both ``(time, y, x)``."""
+    ds, file = _open(path)
+    _missing_variables(ds, FIRE_VARIABLES, file, "fire")
+    ds, _ = _check_grid(ds, file)
+    for name in FIRE_VARIABLES:
+        ds = _check_dims(ds, name, ("time", "y", "x"), file)
+    _check_same_grid_if(ds, like, file)
+    _check_ranges(
+        ds,
+        [
+            _Range("fire_emissions", 0.0, None, text="finite values >= 0 in g C m-2 month-1"),
+            _Range("burned_fraction", 0.0, 1.0, text="values in 0-1 (burned share of the cell)"),
+        ],
+        file,
+    )
+    return _finish(ds, list(FIRE_VARIABLES), file)
+
+
+def _check_latlon_axis(ds: xr.Dataset, name: str, file: str) -> None:
+    _check_axis(ds, name, file)
+    v = ds[name].values.astype("float64")
+    lo, hi = (-90.0, 90.0) if name == "lat" else (-180.0, 360.0)
+    if v.min() < lo or v.max() > hi:
+        raise InputError(
+            file,
+            f"coordinate `{name}` spans {_fmt(v.min())}..{_fmt(v.max())}",
+            column=name,
+            expected=f"degrees within {lo:g}..{hi:g}",
+        )
+
+
+def read_reference(path, like=None) -> xr.Dataset:
+    """Read and validate a reference product (docs/formats.md §5).
+
+    ``nee`` is ``(time, y, x)`` on a projected grid (same grid as ``like`` when given) or
+    ``(time, lat, lon)`` on a regular lat/lon grid (returned as is; ``latitude``/``longitude``
+    are renamed to ``lat``/``lon``). The global attribute ``product`` is required.
+    """
+    ds, file = _open(path)
+    product = ds.attrs.get("product")
+    if not isinstance(product, str) or not product.strip():
+        raise InputError(
+            file,
+            "global attribute `product` is missing",
+            column="product",
+            expected="a global attribute `product` naming the product (e.g. 'CarbonTracker')",
+        )
+    _missing_variables(ds, ("nee",), file, "reference")
+    rename = {k: v for k, v in (("latitude", "lat"), ("longitude", "lon"))
+              if k in ds.dims and v not in ds.variables}
+    if rename:
+        ds = ds.rename(rename)
+    dims = set(ds["nee"].dims)
+    if {"y", "x"} <= dims:
+        ds, _ = _check_grid(ds, file)
+        ds = _check_dims(ds, "nee", ("time", "y", "x"), file)
+        _check_same_grid_if(ds, like, file)
+    elif {"lat", "lon"} <= dims:
+        _check_latlon_axis(ds, "lat", file)
+        _check_latlon_axis(ds, "lon", file)
+        ds = _check_time(ds, file)
+        ds = _check_dims(ds, "nee", ("time", "lat", "lon"), file)
+        name = _grid_mapping_name(ds)
+        if name in ds.data_vars:
+            ds = ds.set_coords(name)
+    else:
+        raise InputError(
+            file,
+            f"variable has dimensions {ds['nee'].dims}",
+            column="nee",
+            expected="dimensions ('time', 'y', 'x') or ('time', 'lat', 'lon')",
+        )
+    res = _check_ranges(
+        ds,
+        [_Range("nee", text="finite values (g C m-2 month-1) or NaN")],
+        file,
+        {"nan": ds["nee"].isnull().all()},
+    )
+    if bool(res["nan"]):
+        raise InputError(file, "variable is entirely NaN", column="nee",
+                         expected="NEE values in g C m-2 month-1")
+    return _finish(ds, ["nee"], file)
+
+
+# --------------------------------------------------------------------------------------------
+# grid comparison and site location
+# --------------------------------------------------------------------------------------------
+
+
+def _crs_equal(a: pyproj.CRS, b: pyproj.CRS) -> bool:
+    if a == b or a.equals(b, ignore_axis_order=True):
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return a.to_proj4() == b.to_proj4()
+        except Exception:
+            return False
+
+
+def check_same_grid(ds: xr.Dataset, like: xr.Dataset, file, like_file) -> None:
+    """Raise :class:`InputError` unless ``ds`` and ``like`` have the same ``y``/``x`` cell centres
+    (to 1e-6 relative) and the same CRS."""
+    file, like_file = str(file), str(like_file)
+    for dim in ("y", "x"):
+        for obj, f in ((ds, file), (like, like_file)):
+            if dim not in obj.coords:
+                raise InputError(f, f"coordinate `{dim}` is missing", column=dim,
+                                 expected=f"a `{dim}` coordinate")
+        a = np.asarray(ds[dim].values, dtype="float64")
+        b = np.asarray(like[dim].values, dtype="float64")
+        if a.shape != b.shape:
+            raise InputError(
+                file,
+                f"grid does not match {like_file}: `{dim}` has {a.size} cells here and "
+                f"{b.size} in {like_file}",
+                column=dim,
+                expected=f"the same `{dim}` coordinates as {like_file}",
+            )
+        step = abs(b[1] - b[0]) if b.size > 1 else max(abs(b[0]), 1.0)
+        close = np.isclose(a, b, rtol=1e-6, atol=1e-6 * step)
+        if not close.all():
+            i = int(np.flatnonzero(~close)[0])
+            raise InputError(
+                file,
+                f"grid does not match {like_file}: {dim}[{i}] = {_fmt(a[i])} here but "
+                f"{_fmt(b[i])} in {like_file} (offset {_fmt(a[i] - b[i])})",
+                column=dim,
+                where=f"{dim}[{i}]",
+                expected=f"the same `{dim}` coordinates as {like_file}",
+            )
+    ca, cb = grid_crs(ds, file), grid_crs(like, like_file)
+    if not _crs_equal(ca, cb):
+        def _name(c):
+            auth = c.to_authority()
+            return f"{c.name}" + (f" ({':'.join(auth)})" if auth else "")
+
+        raise InputError(
+            file,
+            f"grid does not match {like_file}: CRS {_name(ca)} here but {_name(cb)} in {like_file}",
+            column=GRID_MAPPING,
+            expected=f"the same CRS as {like_file}",
+        )
+
+
+@lru_cache(maxsize=32)
+def _to_grid(wkt: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs("EPSG:4326", pyproj.CRS.from_wkt(wkt), always_xy=True)
+
+
+def _axis_index(centres: np.ndarray, v: np.ndarray) -> np.ndarray:
+    c = np.asarray(centres, dtype="float64")
+    n = c.size
+    step = (c[-1] - c[0]) / (n - 1)
+    with np.errstate(invalid="ignore"):
+        f = np.floor((v - (c[0] - step / 2.0)) / step)
+        ok = np.isfinite(f) & (f >= 0) & (f < n)
+    return np.where(ok, np.nan_to_num(f, nan=-1.0), -1.0).astype(np.int64)
+
+
+def _grid_xy(ds: xr.Dataset, lat, lon, file: str):
+    lat = np.asarray(lat, dtype="float64")
+    lon = np.asarray(lon, dtype="float64")
+    if "y" in ds.dims and "x" in ds.dims:
+        crs = grid_crs(ds, file)
+        X, Y = _to_grid(crs.to_wkt()).transform(lon, lat, errcheck=False)
+        return np.asarray(X, dtype="float64"), np.asarray(Y, dtype="float64"), "y", "x"
+    if "lat" in ds.dims and "lon" in ds.dims:
+        if float(np.nanmax(ds["lon"].values)) > 180:
+            lon = np.where(lon < 0, lon + 360.0, lon)
+        return lon, lat, "lat", "lon"
+    raise InputError(
+        file, f"no grid dimensions (dimensions are {tuple(ds.dims)})",
+        expected="`y`/`x` (projected) or `lat`/`lon` dimensions",
+    )
+
+
+def cell_index(ds: xr.Dataset, lat, lon, file=None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer (iy, ix) of the grid cell containing each (lat, lon) point; -1 for both outside.
+
+    Works with ascending or descending cell centres, and with ``lat``/``lon`` grids.
+    """
+    file = str(file) if file is not None else _source(ds)
+    X, Y, ydim, xdim = _grid_xy(ds, lat, lon, file)
+    for dim in (ydim, xdim):
+        if ds[dim].size < 2:
+            raise InputError(file, f"coordinate `{dim}` has fewer than 2 cells", column=dim,
+                             expected="at least 2 cells along each grid dimension")
+    ix = _axis_index(ds[xdim].values, X)
+    iy = _axis_index(ds[ydim].values, Y)
+    out = (ix < 0) | (iy < 0)
+    ix = np.where(out, -1, ix)
+    iy = np.where(out, -1, iy)
+    return iy, ix
+
+
+def _site_locations(sites: pd.DataFrame) -> pd.DataFrame:
+    cols = {str(c).lower(): c for c in sites.columns}
+    df = sites.rename(columns={v: k for k, v in cols.items()})
+    if "site_id" not in df.columns:
+        df = df.assign(site_id=[str(i) for i in df.index])
+    return df.drop_duplicates("site_id")[["site_id", "lat", "lon"]].reset_index(drop=True)
+
+
+def check_sites_in_grid(sites: pd.DataFrame, ds: xr.Dataset, file, variable: str | None = None) -> None:
+    """Every site's (lat, lon) must fall inside the grid's x/y extent (cell edges).
+
+    With ``variable``, the site's cell must also hold finite data of that variable (at least
+    one time step for ``(time, y, x)`` variables).
+    """
+    file = str(file)
+    loc = _site_locations(sites)
+    iy, ix = cell_index(ds, loc["lat"].to_numpy(), loc["lon"].to_numpy(), file=file)
+    out = np.flatnonzero(iy < 0)
+
+    def _sites(idx):
+        return [
+            f"site {loc.site_id[i]} (lat {_fmt(loc.lat[i])}, lon {_fmt(loc.lon[i])})" for i in idx
+        ]
+
+    if out.size:
+        _, _, ydim, xdim = _grid_xy(ds, [], [], file)
+        ext = []
+        for dim in (xdim, ydim):
+            c = ds[dim].values.astype("float64")
+            half = abs(c[1] - c[0]) / 2
+            ext.append(f"{dim} {_fmt(c.min() - half)}..{_fmt(c.max() + half)}")
+        raise InputError(
+            file,
+            f"{out.size} of {len(loc)} site(s) fall outside the grid",
+            column="lat/lon",
+            where=_listing(_sites(out), out.size),
+            expected=f"every site inside the grid extent ({', '.join(ext)})",
+        )
+    if variable is not None:
+        _, _, ydim, xdim = _grid_xy(ds, [], [], file)
+        da = ds[variable]
+        vals = da.isel({ydim: xr.DataArray(iy, dims="site"), xdim: xr.DataArray(ix, dims="site")})
+        ok = vals.notnull()
+        other = [d for d in ok.dims if d != "site"]
+        if other:
+            ok = ok.any(dim=other)
+        okv = np.asarray(_load(ok, file), dtype=bool)
+        bad = np.flatnonzero(~okv)
+        if bad.size:
+            raise InputError(
+                file,
+                f"{bad.size} site(s) fall in cells without data",
+                column=variable,
+                where=_listing(_sites(bad), bad.size),
+                expected=f"finite `{variable}` values in every site's cell",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# site table
+# --------------------------------------------------------------------------------------------
+
+
+def _read_table(path) -> pd.DataFrame:
+    file = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise InputError(file, "file not found",
+                         expected="an existing CSV (.csv) or Parquet (.parquet) file")
+    parquet = p.is_dir() or p.suffix.lower() in (".parquet", ".pq", ".parq")
+    try:
+        if parquet:
+            return pd.read_parquet(p)
+        header = pd.read_csv(p, nrows=0, encoding="utf-8-sig")
+        dtype = {c: str for c in header.columns if str(c).strip().lower() == "site_id"}
+        return pd.read_csv(p, dtype=dtype, encoding="utf-8-sig", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            file, "the file is empty",
+            expected="a header line (site_id, lat, lon, year, month, gpp/reco/nee) and one row "
+                     "per site and month",
+        ) from None
+    except Exception as exc:
+        raise InputError(
+            file,
+            f"cannot be read as {'Parquet' if parquet else 'CSV'} ({_short(exc)})",
+            expected="a comma-separated CSV file with a header line, or a Parquet file",
+        ) from exc
+
+
+class _Table:
+    """Row labelling for site-table messages."""
+
+    def __init__(self, df: pd.DataFrame, file: str):
+        self.df = df
+        self.file = file
+
+    def label(self, i: int) -> str:
+        r = self.df["row"].iat[i]
+        if "site_id" in self.df.columns:
+            sid = self.df["site_id"].iat[i]
+            if isinstance(sid, str) and sid:
+                return f"row {r} (site {sid})"
+        return f"row {r}"
+
+    def where(self, mask, values=None) -> str:
+        idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+        items = []
+        for i in idx[:_MAX_LISTED]:
+            text = self.label(int(i))
+            if values is not None:
+                v = values.iat[int(i)] if hasattr(values, "iat") else values[int(i)]
+                text += f": {_fmt(v) if not isinstance(v, str) else repr(v)}"
+            items.append(text)
+        return _listing(items, idx.size)
+
+    def fail(self, column, problem, mask, expected, values=None):
+        raise InputError(self.file, problem, column=column,
+                         where=self.where(mask, values), expected=expected)
+
+    def numeric(self, col: str) -> pd.Series:
+        s = self.df[col]
+        if pd.api.types.is_bool_dtype(s.dtype):
+            self.fail(col, "boolean values", np.ones(len(s), bool), "numbers", s)
+        if pd.api.types.is_numeric_dtype(s.dtype):
+            return pd.Series(s.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
+        conv = pd.to_numeric(s, errors="coerce")
+        conv = pd.Series(conv.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
+        blank = s.isna() | (s.astype(str).str.strip() == "")
+        bad = conv.isna() & ~blank
+        if bad.any():
+            self.fail(col, f"{int(bad.sum())} non-numeric value(s)", bad, "numbers", s)
+        return conv
+
+
+def _normalise_method(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return np.nan
+    t = " ".join(str(v).strip().lower().replace("_", " ").replace("-", " ").split())
+    if t == "":
+        return np.nan
+    return {"ec": "EC", "eddy covariance": "EC", "chamber": "chamber"}.get(t, None)
+
+
+def read_site_table(path) -> pd.DataFrame:
+    """Read and validate the site-month flux table (docs/formats.md §1), CSV or Parquet.
+
+    Returns a DataFrame sorted by ``site_id, year, month`` with lower-case column names, a ``row``
+    column (1-based data row in the file, header excluded), ``site_id`` as str, ``lat``/``lon``
+    float64, ``year``/``month`` int64, all of ``gpp, reco, nee`` (float64, NaN where absent),
+    normalised ``method``/``disturbance``/``years_since_fire`` when present, and any other
+    columns unchanged.
+    """
+    file = str(path)
+    df = _read_table(path)
+    cols = [str(c).strip().lower() for c in df.columns]
+    dups = sorted({c for c in cols if cols.count(c) > 1})
+    if dups:
+        raise InputError(file, "duplicate column name(s) (names are case-insensitive)",
+                         column=", ".join(dups), expected="each column once")
+    df.columns = cols
+    if "row" in cols:
+        raise InputError(file, "column `row` is reserved", column="row",
+                         expected="no `row` column (the reader adds the file's row numbers)")
+    missing = [c for c in SITE_REQUIRED if c not in cols]
+    if not any(f in cols for f in FLUXES):
+        missing.append("gpp/reco/nee (at least one)")
+    if missing:
+        raise InputError(
+            file,
+            f"missing required column(s): {', '.join(missing)}",
+            column=", ".join(missing),
+            expected="columns site_id, lat, lon, year, month and at least one of gpp, reco, nee",
+        )
+    if len(df) == 0:
+        raise InputError(file, "the table has no data rows", expected="one row per site and month")
+    df = df.reset_index(drop=True)
+    df.insert(0, "row", np.arange(1, len(df) + 1, dtype=np.int64))
+    t = _Table(df, file)
+
+    # site_id
+    sid = df["site_id"]
+    blank = sid.isna() | (sid.astype(str).str.strip() == "")
+    if blank.any():
+        t.fail("site_id", "missing site_id", blank, "a non-empty site identifier in every row")
+    df["site_id"] = sid.astype(str).str.strip()
+
+    # location
+    for col, lo, hi, extra in (
+        ("lat", -90.0, 90.0, ""),
+        ("lon", -180.0, 180.0, " (convert 0-360 longitudes with lon - 360 where lon > 180)"),
+    ):
+        v = t.numeric(col)
+        miss = v.isna()
+        if miss.any():
+            t.fail(col, "missing value(s)", miss, f"degrees WGS84 in {lo:g}..{hi:g}")
+        bad = (v < lo) | (v > hi)
+        if bad.any():
+            t.fail(col, f"{int(bad.sum())} value(s) out of range", bad,
+                   f"degrees WGS84 in {lo:g}..{hi:g}{extra}", v)
+        df[col] = v
+
+    # calendar
+    for col, lo, hi in (("year", 1900, 2100), ("month", 1, 12)):
+        v = t.numeric(col)
+        miss = v.isna()
+        if miss.any():
+            t.fail(col, "missing value(s)", miss, f"integers in {lo}..{hi}")
+        bad = (v != np.round(v)) | (v < lo) | (v > hi)
+        if bad.any():
+            t.fail(col, f"{int(bad.sum())} invalid value(s)", bad, f"integers in {lo}..{hi}", v)
+        df[col] = v.astype(np.int64)
+
+    # fluxes
+    summer = df["month"].isin(SUMMER_MONTHS).to_numpy()
+    for col in FLUXES:
+        if col not in df.columns:
+            df[col] = np.nan
+            continue
+        v = t.numeric(col)
+        inf = np.isinf(v)
+        if inf.any():
+            t.fail(col, "infinite value(s)", inf, "finite values in g C m-2 month-1, or NaN", v)
+        huge = v.abs() > MAX_ABS_FLUX
+        if huge.any():
+            t.fail(
+                col,
+                f"implausible monthly flux(es), |value| > {MAX_ABS_FLUX:g}",
+                huge,
+                "g C m-2 month-1 (are the values g C m-2 yr-1, or mg C m-2 month-1?)",
+                v,
+            )
+        valid = v.notna().to_numpy()
+        if valid.sum() >= UMOL_MIN_VALUES:
+            sel = valid & summer
+            label = "June-August rows"
+            if not sel.any():
+                sel, label = valid, "all rows"
+            mx = float(v[sel].abs().max())
+            if mx < UMOL_SUSPECT_MAX:
+                raise InputError(
+                    file,
+                    f"values look like µmol m-2 s-1: the largest |{col}| over {label} is "
+                    f"{_fmt(mx)}",
+                    column=col,
+                    expected=(
+                        f"g C m-2 month-1 (1 µmol m-2 s-1 ≈ {UMOL_TO_GC_MONTH} g C m-2 month-1); "
+                        f"summer monthly fluxes are normally well above {UMOL_SUSPECT_MAX:g}"
+                    ),
+                )
+        if col in ("gpp", "reco"):
+            neg = v < NEG_TOL
+            if neg.any():
+                t.fail(col, f"{int(neg.sum())} negative value(s)", neg,
+                       f"{col} >= 0 (g C m-2 month-1; NEE carries the sign), or NaN", v)
+        df[col] = v
+
+    # one row per site-month
+    key = ["site_id", "year", "month"]
+    dup = df.duplicated(key, keep=False).to_numpy()
+    if dup.any():
+        items = []
+        groups = df[dup].groupby(key, sort=False)["row"]
+        for (s, y, m), rows in groups:
+            items.append(f"site {s} {y:04d}-{m:02d} (rows {', '.join(str(r) for r in rows)})")
+        raise InputError(file, f"{len(items)} duplicate site-month(s)", column="site_id, year, month",
+                         where=_listing(items), expected="one row per site and month")
+
+    # one location per site
+    g = df.groupby("site_id", sort=True)
+    spread = (g["lat"].max() - g["lat"].min()).combine(g["lon"].max() - g["lon"].min(), max)
+    several = spread[spread > LOCATION_TOL].index.tolist()
+    if several:
+        items = []
+        for s in several:
+            sub = df[df["site_id"] == s].drop_duplicates(["lat", "lon"])
+            locs = ", ".join(f"({_fmt(a)}, {_fmt(b)}) at row {r}"
+                             for a, b, r in zip(sub["lat"], sub["lon"], sub["row"]))
+            items.append(f"site {s}: {locs}")
+        raise InputError(file, f"{len(several)} site(s) have several locations", column="lat, lon",
+                         where=_listing(items), expected="a single lat/lon per site_id")
+
+    # optional columns
+    if "method" in df.columns:
+        raw = df["method"]
+        normed = [_normalise_method(v) for v in raw.tolist()]
+        bad = np.array([n is None for n in normed])
+        if bad.any():
+            t.fail("method", "unknown method(s)", bad, "EC or chamber (case-insensitive)", raw)
+        df["method"] = pd.Series(normed, index=df.index, dtype=object)
+    if "disturbance" in df.columns:
+        d = df["disturbance"]
+        text = d.astype(object).where(d.notna(), "").map(lambda v: str(v).strip().lower())
+        df["disturbance"] = text.where(text != "", "none").astype(object)
+    if "years_since_fire" in df.columns:
+        v = t.numeric("years_since_fire")
+        bad = np.isinf(v) | (v < 0)
+        if bad.any():
+            t.fail("years_since_fire", "negative or infinite value(s)", bad,
+                   "years >= 0, or empty for unburned sites", v)
+        df["years_since_fire"] = v
+
+    df = df.sort_values(key, kind="stable").reset_index(drop=True)
+    df["row"] = df["row"].astype(np.int64)
+    return df

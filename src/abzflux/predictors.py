@@ -1,0 +1,65 @@
+"""The paper's 17 predictors: names, units, kinds, and per-site extraction from the stack.
+
+Names are the variable names in the predictor stack (docs/formats.md §2). ``month`` is derived
+from ``time`` and is never stored. At the 8-km (coarse) resolution the paper uses ERA5-Land
+air temperature where the 1-km models use MODIS LST; both are stored as ``lst`` (surface or air
+temperature, degC) so that one model definition serves both resolutions; the stack's ``lst``
+attribute ``long_name`` says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Predictor:
+    name: str
+    units: str
+    long_name: str
+    kind: str  # "dynamic" (time, y, x), "static" (y, x) or "derived" (from time)
+    categorical: bool = False
+
+
+PREDICTORS: tuple[Predictor, ...] = (
+    Predictor("month", "1", "calendar month", "derived", categorical=True),
+    Predictor("srad", "W m-2", "downward shortwave radiation (TerraClimate)", "dynamic"),
+    Predictor("vpd", "kPa", "vapour pressure deficit (TerraClimate)", "dynamic"),
+    Predictor("co2", "ppm", "atmospheric CO2 mole fraction (Barrow)", "dynamic"),
+    Predictor("veg_type", "1", "vegetation type (ESA CCI + CAVM classes)", "static", categorical=True),
+    Predictor("snow_cover", "%", "snow cover (ERA5-Land)", "dynamic"),
+    Predictor("soil_temp", "K", "soil temperature 0-7 cm (ERA5-Land)", "dynamic"),
+    Predictor("soil_moisture", "m3 m-3", "volumetric soil water 0-7 cm (ERA5-Land)", "dynamic"),
+    Predictor("ndvi", "1", "NDVI (gap-filled monthly mean)", "dynamic"),
+    Predictor("lst", "degC", "land surface (1 km) or air (8 km) temperature", "dynamic"),
+    Predictor("cti", "1", "compound topographic index", "static"),
+    Predictor("nontree_pct", "%", "non-tree vegetation cover", "dynamic"),
+    Predictor("nonveg_pct", "%", "non-vegetated cover", "dynamic"),
+    Predictor("tree_pct", "%", "tree cover", "dynamic"),
+    Predictor("soil_ph", "1", "soil pH 0-5 cm", "static"),
+    Predictor("soc_stock", "kg C m-2", "soil organic carbon stock 0-2 m", "static"),
+    Predictor("permafrost_prob", "1", "permafrost probability", "static"),
+)
+
+PREDICTOR_NAMES: tuple[str, ...] = tuple(p.name for p in PREDICTORS)
+CATEGORICAL: tuple[str, ...] = tuple(p.name for p in PREDICTORS if p.categorical)
+STACK_VARIABLES: tuple[str, ...] = tuple(p.name for p in PREDICTORS if p.kind != "derived")
+BY_NAME = {p.name: p for p in PREDICTORS}
+
+# Vegetation classes of the paper's ESA CCI + CAVM map (workflow.md §1). Class 1 (barren
+# tundra) is recoded to 31 before training and prediction, as the original workflow did.
+VEG_CLASSES: dict[int, str] = {
+    21: "graminoid_tundra",
+    30: "boreal_mosaic",
+    31: "prostrate_shrub_tundra",
+    33: "low_shrub_tundra",
+    41: "tundra_wetland",
+    50: "broadleaf_evergreen",
+    60: "broadleaf_deciduous",
+    70: "needleleaf_evergreen",
+    80: "needleleaf_deciduous",
+    90: "mixed_forest",
+    120: "sparse_boreal_vegetation",
+    160: "boreal_wetland",
+}
+VEG_RECODE = {1: 31}
