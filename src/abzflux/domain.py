@@ -14,6 +14,8 @@ from importlib import resources
 import numpy as np
 import xarray as xr
 
+from .formats import write_crs
+
 BASE_RESOLUTION_KM = 10
 CRS_EPSG = 6931  # NSIDC EASE-Grid 2.0 North == +proj=laea +lat_0=90 +lon_0=0 +datum=WGS84
 BIOMES = ("boreal", "tundra")  # codes 1, 2
@@ -104,6 +106,7 @@ def load_domain(resolution_km: int = 50, crop: bool = True) -> xr.Dataset:
         coords={"y": yy, "x": xx, "month": np.arange(1, 13)},
         attrs={"resolution_m": res, "crs_epsg": CRS_EPSG},
     )
+    ds = write_crs(ds, CRS_EPSG)
     ds["t2m"].attrs["units"] = "degC"
     ds["tp"].attrs["units"] = "mm month-1"
     ds["cell_area"].attrs["units"] = "m2"

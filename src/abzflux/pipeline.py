@@ -33,7 +33,7 @@ from .errors import InputError
 from .formats import (FLUXES, cell_index, check_sites_in_grid, read_fire, read_predictors,
                       read_site_table, read_zones, write_crs, grid_crs)
 from .forest import FluxForest
-from .predictors import BY_NAME, CATEGORICAL, PREDICTOR_NAMES, VEG_RECODE
+from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 
 PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "zarr", "dask",
             "h5netcdf", "pyproj", "typer", "rich")
@@ -235,13 +235,8 @@ def stage_upscale(ctx: Context, progress=None) -> None:
     land = zones["land_fraction"].fillna(0).values > 0
     ny, nx = land.shape
     static = {v: pred[v].values for v in PREDICTOR_NAMES if v != "month" and "time" not in pred[v].dims}
-    # Cells whose vegetation class no model saw in training cannot be predicted: mask them.
     veg = pd.Series(static["veg_type"].ravel()).replace(VEG_RECODE).to_numpy().reshape(ny, nx)
-    known = set.intersection(*(set(m.known_levels("veg_type")) for m in models.values()))
-    unseen = land & ~np.isin(veg, list(known))
-    if unseen.any():
-        ctx.log(f"{int(unseen.sum())} land cells have a vegetation class no model saw in training "
-                f"({sorted(set(veg[unseen].tolist()))}); they are left NaN")
+    veg_by_flux = {f: remap_unseen_veg(veg, land, m.known_levels("veg_type"), f, ctx.log) for f, m in models.items()}
     out_vars = list(FLUXES) + ["nee_derived"]
     tmp = ctx.path("upscaled.zarr.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -257,7 +252,7 @@ def stage_upscale(ctx: Context, progress=None) -> None:
     template = write_crs(template, crs)
     template.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes",
                           source=f"abzflux {__version__}")
-    template.to_zarr(tmp, compute=False, mode="w")
+    template.to_zarr(tmp, compute=False, mode="w", consolidated=False)
     years = sorted(set(times[sel].year))
     for k, year in enumerate(years):
         idx = sel[times[sel].year == year]
@@ -272,24 +267,41 @@ def stage_upscale(ctx: Context, progress=None) -> None:
                 cols[v] = np.broadcast_to(static[v], (nt, ny, nx))
             else:
                 cols[v] = block[v]
-        ok = np.broadcast_to(land & ~unseen, (nt, ny, nx)).copy()
+        ok = np.broadcast_to(land, (nt, ny, nx)).copy()
         for v in PREDICTOR_NAMES:
-            if v != "month":
+            if v not in ("month", "veg_type"):
                 ok &= np.isfinite(cols[v])
-        X = pd.DataFrame({v: np.asarray(cols[v])[ok] for v in PREDICTOR_NAMES})
+        X = pd.DataFrame({v: np.asarray(cols[v])[ok] for v in PREDICTOR_NAMES if v != "veg_type"})
         res = {}
         for flux, model in models.items():
             a = np.full((nt, ny, nx), np.nan, np.float32)
-            if len(X):
-                a[ok] = model.predict(X)
+            vt = np.broadcast_to(veg_by_flux[flux], (nt, ny, nx))[ok]
+            has = np.isfinite(vt)
+            if has.any():
+                a[tuple(i[has] for i in np.nonzero(ok))] = model.predict(
+                    X[has].assign(veg_type=vt[has])[list(PREDICTOR_NAMES)])
             res[flux] = a
         res["nee_derived"] = res["reco"] - res["gpp"]
         t0 = int(np.searchsorted(sel, idx[0]))
         ds = xr.Dataset({v: (("time", "y", "x"), res[v]) for v in out_vars})
-        ds.to_zarr(tmp, region={"time": slice(t0, t0 + nt), "y": slice(0, ny), "x": slice(0, nx)})
+        ds.to_zarr(tmp, region={"time": slice(t0, t0 + nt), "y": slice(0, ny), "x": slice(0, nx)}, consolidated=False)
         if progress:
             progress(k + 1, len(years))
     _atomic_replace(tmp, ctx.path("upscaled.zarr"))
+
+
+def remap_unseen_veg(veg: np.ndarray, land: np.ndarray, known, flux: str, log) -> np.ndarray:
+    """Vegetation classes with training levels: unseen classes take their first trained
+    fallback (predictors.VEG_FALLBACK); cells with none are NaN (not predicted)."""
+    out = veg.astype(np.float64)
+    known = set(known)
+    for code in sorted(set(np.unique(veg[land]).tolist()) - known):
+        cells = land & (veg == code)
+        fb = next((c for c in VEG_FALLBACK.get(int(code), ()) if c in known), None)
+        out[cells] = np.nan if fb is None else fb
+        log(f"{flux}: vegetation class {int(code)} ({int(cells.sum())} land cells) not in training; "
+            + ("cells left NaN" if fb is None else f"predicted as class {fb}"))
+    return out
 
 
 def _lazy_nan(shape):
@@ -300,7 +312,7 @@ def _lazy_nan(shape):
 
 def stage_budgets(ctx: Context) -> None:
     """(d) Annual budgets (Tg C yr-1) for the domain, biomes, regions and permafrost."""
-    up = xr.open_zarr(ctx.path("upscaled.zarr"))
+    up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
     ann = budgets_mod.annual_budgets(up[list(FLUXES) + ["nee_derived"]], ctx.zones(), fire=ctx.fire())
     tmp = ctx.path("budgets_annual.csv.tmp")
     ann.to_csv(tmp, index=False)
@@ -338,7 +350,7 @@ def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]
     g = m.groupby(["zone", "flux"]).agg(estimate=("tg_c", "mean"), truth=("tg_c_truth", "mean")).reset_index()
     g["error"] = g.estimate - g.truth
     g["rel_error"] = g.error / g.truth.abs()
-    up = xr.open_zarr(ctx.path("upscaled.zarr"))
+    up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
     a = _mean_annual(up["nee"])
     b = _mean_annual(truth["nee"])
     ok = np.isfinite(a) & np.isfinite(b)

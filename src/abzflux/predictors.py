@@ -63,3 +63,21 @@ VEG_CLASSES: dict[int, str] = {
     160: "boreal_wetland",
 }
 VEG_RECODE = {1: 31}
+
+# Where a prediction cell's vegetation class never occurred in a model's training rows, the
+# class is replaced by the first of these similar classes that did (workflow.md §1: "remapped
+# or masked"); cells with no trained fallback are masked. Every replacement is logged.
+VEG_FALLBACK: dict[int, tuple[int, ...]] = {
+    21: (33, 41, 31),
+    30: (90, 120, 70),
+    31: (33, 21),
+    33: (31, 21, 41),
+    41: (160, 21, 33),
+    50: (70, 90, 60),
+    60: (90, 30, 70),
+    70: (90, 30, 80),
+    80: (70, 90, 120),
+    90: (70, 60, 30),
+    120: (30, 80, 33),
+    160: (41, 30, 120),
+}

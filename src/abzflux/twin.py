@@ -537,20 +537,20 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
         for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
             ds = ds.chunk({k: v for k, v in chunk.items()})
             if yi == 0:
-                ds.to_zarr(tmp / name, mode="w", consolidated=True)
+                ds.to_zarr(tmp / name, mode="w", consolidated=False)
             else:
                 ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
-                             errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=True)
+                             errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
         if progress:
             progress(yi + 1, len(years))
 
     # ---- truth as NetCDF (streamed from the zarr written above), and its budgets
-    tz = xr.open_zarr(tmp / "truth.zarr")
+    tz = xr.open_zarr(tmp / "truth.zarr", consolidated=False)
     tz.attrs.update(title="abzflux twin: true monthly fluxes", Conventions="CF-1.8")
     tz.to_netcdf(tmp / "truth.nc", engine="h5netcdf")
     shutil.rmtree(tmp / "truth.zarr")
     truth = xr.open_dataset(tmp / "truth.nc", engine="h5netcdf", chunks={"time": 12})
-    fire = xr.open_zarr(tmp / "fire.zarr")
+    fire = xr.open_zarr(tmp / "fire.zarr", consolidated=False)
     tb = budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], zones, fire=fire)
     tb.to_csv(tmp / "truth_budgets.csv", index=False)
     truth.close()

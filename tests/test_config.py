@@ -1,0 +1,220 @@
+"""Tests of the run configuration reader (abzflux.config.load_config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from abzflux.config import Config, load_config
+from abzflux.errors import ConfigError, InputError
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A config directory with the three required inputs and the two optional ones."""
+    root = tmp_path / "proj"
+    (root / "data").mkdir(parents=True)
+    for name in ("sites.csv", "fire.nc", "truth.nc"):
+        (root / "data" / name).write_text("x")
+    (root / "data" / "predictors.zarr").mkdir()
+    (root / "zones.nc").write_text("x")
+    return root
+
+
+MINIMAL_INPUTS = """\
+[inputs]
+sites = "data/sites.csv"
+predictors = "data/predictors.zarr"
+zones = "zones.nc"
+"""
+
+
+def write(root: Path, text: str, name: str = "config.toml") -> Path:
+    p = root / name
+    p.write_text(text)
+    return p
+
+
+def expect_config_error(path, *parts) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg, f"file not named in: {msg}"
+    for part in parts:
+        assert part in msg, f"{part!r} not in message: {msg}"
+    return info.value
+
+
+def test_config_error_is_an_input_error():
+    assert issubclass(ConfigError, InputError)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_minimal_config_defaults_and_relative_paths(project):
+    path = write(project, MINIMAL_INPUTS)
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.inputs.sites == project / "data" / "sites.csv"
+    assert cfg.inputs.predictors == project / "data" / "predictors.zarr"
+    assert cfg.inputs.zones == project / "zones.nc"
+    assert cfg.inputs.fire is None and cfg.inputs.truth is None
+    assert cfg.run.seed == 448
+    assert cfg.run.years is None and cfg.run.year_range(path) is None
+    assert cfg.forest.n_estimators == 500
+    assert cfg.forest.nodesize == 5
+    assert cfg.forest.mtry is None
+    assert cfg.forest.n_jobs is None
+    assert cfg.source == path
+
+
+def test_paths_resolve_against_config_dir_not_cwd(project, tmp_path, monkeypatch):
+    """Loading through a relative config path from elsewhere still resolves inputs next to it."""
+    sub = project / "configs"
+    sub.mkdir()
+    path = write(sub, MINIMAL_INPUTS.replace('"data/', '"../data/').replace('"zones.nc"', '"../zones.nc"'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Path("..") / "proj" / "configs" / "config.toml")
+    assert cfg.inputs.sites.resolve() == (project / "data" / "sites.csv").resolve()
+    assert cfg.inputs.zones.resolve() == (project / "zones.nc").resolve()
+    assert cfg.inputs.sites.is_absolute()
+
+
+def test_absolute_input_path_kept(project, tmp_path):
+    other = tmp_path / "abs_zones.nc"
+    other.write_text("x")
+    path = write(project, MINIMAL_INPUTS.replace('"zones.nc"', f'"{other.as_posix()}"'))
+    assert load_config(path).inputs.zones == other
+
+
+def test_full_config(project):
+    text = MINIMAL_INPUTS + """\
+fire = "data/fire.nc"
+truth = "data/truth.nc"
+
+[run]
+seed = 7
+years = "2001-2020"
+
+[forest]
+n_estimators = 100
+mtry = 3
+nodesize = 2
+n_jobs = 4
+"""
+    path = write(project, text)
+    cfg = load_config(path)
+    assert cfg.inputs.fire == project / "data" / "fire.nc"
+    assert cfg.inputs.truth == project / "data" / "truth.nc"
+    assert cfg.run.seed == 7
+    assert cfg.run.year_range(path) == (2001, 2020)
+    assert (cfg.forest.n_estimators, cfg.forest.mtry, cfg.forest.nodesize, cfg.forest.n_jobs) == (100, 3, 2, 4)
+    d = cfg.to_dict()
+    assert d["inputs"]["zones"] == str(project / "zones.nc")
+    assert d["forest"]["mtry"] == 3 and "source" not in d
+
+
+def test_single_year_range(project):
+    path = write(project, MINIMAL_INPUTS + '[run]\nyears = "2010-2010"\n')
+    assert load_config(path).run.year_range(path) == (2010, 2010)
+
+
+# -------------------------------------------------------------------------------- bad cases
+
+
+def test_missing_config_file(tmp_path):
+    expect_config_error(tmp_path / "nope.toml", "does not exist")
+
+
+def test_invalid_toml(project):
+    path = write(project, MINIMAL_INPUTS + "[forest\nn_estimators = 5\n")
+    expect_config_error(path, "not valid TOML")
+
+
+def test_unknown_section(project):
+    path = write(project, MINIMAL_INPUTS + "[model]\nntree = 500\n")
+    expect_config_error(path, "unknown section", "[model]")
+
+
+def test_unknown_forest_key(project):
+    path = write(project, MINIMAL_INPUTS + "[forest]\nntree = 500\n")
+    err = expect_config_error(path, "ntree", "forest.ntree", "n_estimators")
+    assert err.column == "forest.ntree"
+
+
+def test_unknown_input_key(project):
+    path = write(project, MINIMAL_INPUTS + 'zone = "zones.nc"\n')
+    expect_config_error(path, "inputs.zone")
+
+
+def test_unknown_run_key(project):
+    path = write(project, MINIMAL_INPUTS + "[run]\nseeds = 1\n")
+    expect_config_error(path, "run.seeds")
+
+
+@pytest.mark.parametrize("key,value,shown", [
+    ("n_estimators", '"500"', "'500'"),
+    ("n_estimators", "500.0", "500.0"),
+    ("nodesize", "true", "True"),  # a bool is not an integer here
+    ("mtry", '"5"', "'5'"),
+])
+def test_wrong_type_in_forest(project, key, value, shown):
+    path = write(project, MINIMAL_INPUTS + f"[forest]\n{key} = {value}\n")
+    expect_config_error(path, f"forest.{key}", "integer", shown)
+
+
+def test_wrong_type_seed(project):
+    path = write(project, MINIMAL_INPUTS + '[run]\nseed = "448"\n')
+    expect_config_error(path, "run.seed", "integer")
+
+
+def test_input_path_not_a_string(project):
+    path = write(project, MINIMAL_INPUTS.replace('"zones.nc"', "3"))
+    expect_config_error(path, "inputs.zones", "path")
+
+
+def test_section_not_a_table(project):
+    path = write(project, MINIMAL_INPUTS + 'forest = "fast"\n')
+    # 'forest' written after [inputs] is a key of [inputs] in TOML: an unknown key there
+    expect_config_error(path, "inputs.forest")
+    path = write(project, 'forest = "fast"\n' + MINIMAL_INPUTS)
+    expect_config_error(path, "[forest]", "table")
+
+
+def test_missing_inputs_section(project):
+    path = write(project, "[forest]\nn_estimators = 10\n")
+    expect_config_error(path, "missing section [inputs]")
+
+
+def test_missing_required_input_key(project):
+    text = MINIMAL_INPUTS.replace('zones = "zones.nc"\n', "")
+    path = write(project, text)
+    expect_config_error(path, "zones", "missing")
+
+
+def test_input_path_does_not_exist(project):
+    path = write(project, MINIMAL_INPUTS.replace('"zones.nc"', '"no_such_zones.nc"'))
+    expect_config_error(path, "inputs.zones", "no_such_zones.nc", "does not exist")
+
+
+def test_optional_input_path_does_not_exist(project):
+    path = write(project, MINIMAL_INPUTS + 'fire = "data/missing_fire.nc"\n')
+    expect_config_error(path, "inputs.fire", "missing_fire.nc")
+
+
+@pytest.mark.parametrize("years,part", [
+    ("2020-2001", "after last year"),
+    ("abc", "invalid years"),
+    ("2001", "invalid years"),
+    ("2001-2010-2020", "invalid years"),
+])
+def test_bad_years(project, years, part):
+    path = write(project, MINIMAL_INPUTS + f'[run]\nyears = "{years}"\n')
+    expect_config_error(path, "run.years", part)
+
+
+def test_years_as_integer_is_rejected(project):
+    path = write(project, MINIMAL_INPUTS + "[run]\nyears = 2001\n")
+    expect_config_error(path, "run.years")

@@ -1,0 +1,105 @@
+"""End to end on a coarse twin: the study recovers the truth; stages, provenance, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from abzflux.config import load_config
+from abzflux.errors import InputError
+from abzflux.pipeline import run_study
+
+# Stated tolerances for the coarse (100 km, 100-tree) twin study. GPP and Reco are large,
+# well-sampled fluxes; NEE is their small residual and is reported, not bounded here.
+GPP_RECO_TOL = 0.10  # relative error of the domain and boreal period-mean budgets
+NEE_MAP_R = 0.6  # Pearson r of the mean annual NEE map against the truth
+
+
+def test_run_recovers_truth_budgets_and_nee_map(study_run):
+    out, _ = study_run
+    s = json.loads((out / "summary.json").read_text())
+    t = pd.DataFrame(s["truth"]).set_index(["zone", "flux"])
+    for zone in ("domain", "boreal"):
+        for flux in ("gpp", "reco"):
+            assert abs(t.loc[(zone, flux), "rel_error"]) < GPP_RECO_TOL, (zone, flux, t.loc[(zone, flux)])
+    assert s["nee_map_pearson_r"] > NEE_MAP_R
+    # The NEE error is reported next to the truth for every zone.
+    assert {"domain", "boreal", "tundra", "permafrost"} <= set(t.xs("nee", level="flux").index)
+    assert "NEE is a small residual" in (out / "summary.md").read_text()
+
+
+def test_run_outputs_are_cf_and_consistent(study_run, twin_dir):
+    out, _ = study_run
+    up = xr.open_zarr(out / "upscaled.zarr", consolidated=False)
+    assert up.sizes["time"] == 240
+    for v in ("gpp", "reco", "nee", "nee_derived"):
+        assert up[v].attrs["units"] == "g C m-2 month-1"
+        assert up[v].attrs["grid_mapping"] == "spatial_ref"
+    assert "crs_wkt" in up.spatial_ref.attrs
+    d = (up.nee_derived - (up.reco - up.gpp)).values
+    assert np.nanmax(np.abs(d)) == 0
+    z = xr.open_dataset(twin_dir / "zones.nc")
+    land = z.land_fraction.values > 0
+    first = up.gpp.isel(time=0).values
+    assert np.isfinite(first[land]).all() and np.isnan(first[~land]).all()
+    b = pd.read_csv(out / "budgets_annual.csv")
+    t = b[b.flux == "nee"].pivot(index="year", columns="zone", values="tg_c")
+    np.testing.assert_allclose(t.boreal + t.tundra, t.domain, rtol=1e-9)
+    np.testing.assert_allclose(t.alaska + t.canada + t.europe + t.siberia, t.domain, rtol=1e-9)
+    assert (b.coverage > 0.999).all()
+
+
+def test_run_json_records_provenance(study_run, fast_config):
+    out, _ = study_run
+    r = json.loads((out / "run.json").read_text())
+    assert r["seed"] == 448
+    assert r["config"]["forest"]["n_estimators"] == 100
+    assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth"}
+    assert all(len(h) == 64 for h in r["input_hashes"].values())
+    assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
+    assert list(r["stages"]) == ["sites", "forest", "upscale", "budgets", "summary"]
+
+
+def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
+    out0, _ = study_run
+    out = tmp_path / "run"
+    shutil.copytree(out0, out)
+    rec = run_study(load_config(fast_config), out, log=lambda m: None)
+    assert all(s["skipped"] for s in rec["stages"].values())
+    # A different mtry invalidates the forests and everything downstream, not the site table.
+    cfg = fast_config.read_text().replace("mtry = 5", "mtry = 6")
+    p2 = fast_config.with_name("config_mtry6.toml")
+    p2.write_text(cfg)
+    before = (out / "budgets_annual.csv").read_text()
+    rec = run_study(load_config(p2), out, log=lambda m: None)
+    assert rec["stages"]["sites"]["skipped"]
+    assert not any(rec["stages"][s]["skipped"] for s in ("forest", "upscale", "budgets", "summary"))
+    assert (out / "budgets_annual.csv").read_text() != before
+
+
+def test_same_inputs_and_seed_give_identical_budgets(study_run, fast_config, tmp_path):
+    out0, _ = study_run
+    run_study(load_config(fast_config), tmp_path / "again", log=lambda m: None)
+    a = pd.read_csv(out0 / "budgets_annual.csv")
+    b = pd.read_csv(tmp_path / "again" / "budgets_annual.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_path):
+    bad = pd.read_csv(twin_dir / "sites.csv")
+    bad.loc[5, "month"] = 13
+    bad.to_csv(tmp_path / "sites.csv", index=False)
+    cfg = fast_config.read_text().replace('sites = "sites.csv"', f'sites = "{tmp_path / "sites.csv"}"')
+    p = tmp_path / "config.toml"
+    p.write_text(cfg.replace('"predictors.zarr"', f'"{twin_dir / "predictors.zarr"}"')
+                 .replace('"zones.nc"', f'"{twin_dir / "zones.nc"}"').replace('"fire.zarr"', f'"{twin_dir / "fire.zarr"}"')
+                 .replace('"truth.nc"', f'"{twin_dir / "truth.nc"}"'))
+    with pytest.raises(InputError, match=r"sites\.csv.*month.*row 6"):
+        run_study(load_config(p), tmp_path / "run", log=lambda m: None)
+    produced = {q.name for q in (tmp_path / "run").rglob("*") if q.is_file()}
+    assert produced == set()
