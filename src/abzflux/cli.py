@@ -100,7 +100,7 @@ def run(
     try:
         cfg = load_config(config)
         out = out or cfg.source.resolve().parent / "run"
-        log = (lambda m: None) if quiet else (lambda m: console.log(m))
+        log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
         run_study(cfg, out, log=log, force=force, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
@@ -162,7 +162,7 @@ def demo(
             prog(None, None)
         console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
     cfg = load_config(twin_dir / "config.toml")
-    log = (lambda m: None) if quiet else (lambda m: console.log(m))
+    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         run_study(cfg, out / "run", log=log, progress_factory=_progress_factory(quiet))
     except InputError as e:
@@ -193,18 +193,21 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
 @app.command()
 def domain(resolution_km: int = typer.Option(10, "--resolution-km", help="Grid spacing (km).")):
     """Describe the embedded default domain: area by biome and region."""
-    from .budgets import zone_areas_km2
-    from .domain import load_domain
+    from .domain import BIOMES, REGIONS, load_domain
 
-    d = load_domain(resolution_km)
-    zones = d.rename(land_fraction="land_fraction")
-    zones["permafrost"] = zones.land_fraction * 0
-    areas = zone_areas_km2(zones).drop("permafrost")
+    try:
+        d = load_domain(resolution_km)
+    except ValueError as e:
+        _fail(e)
+    area = d.land_fraction.astype("float64") * d.cell_area
+    rows = [("domain", area.sum())]
+    rows += [(n, area.where(d.biome == i + 1).sum()) for i, n in enumerate(BIOMES)]
+    rows += [(n, area.where(d.region == i + 1).sum()) for i, n in enumerate(REGIONS)]
     t = Table(title=f"Default ABZ domain at {resolution_km} km (EPSG:6931)")
     t.add_column("zone")
     t.add_column("area (million km²)", justify="right")
-    for z, a in areas.items():
-        t.add_row(z, f"{a / 1e6:.2f}")
+    for z, a in rows:
+        t.add_row(z, f"{float(a) / 1e12:.2f}")
     console.print(t)
 
 

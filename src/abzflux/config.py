@@ -45,7 +45,7 @@ class ForestSettings:
     n_estimators: int = 500
     mtry: int | None = None
     nodesize: int = 5
-    n_jobs: int | None = None
+    n_jobs: int | None = -1  # all cores; results do not depend on it
 
 
 @dataclass
