@@ -64,7 +64,6 @@ def test_minimal_config_defaults_and_relative_paths(project):
     assert cfg.forest.n_estimators == 500
     assert cfg.forest.nodesize == 5
     assert cfg.forest.mtry is None
-    assert cfg.forest.n_jobs is None
     assert cfg.source == path
 
 
@@ -218,3 +217,9 @@ def test_bad_years(project, years, part):
 def test_years_as_integer_is_rejected(project):
     path = write(project, MINIMAL_INPUTS + "[run]\nyears = 2001\n")
     expect_config_error(path, "run.years")
+
+
+@pytest.mark.parametrize("key", ["n_estimators", "nodesize", "mtry"])
+def test_forest_values_out_of_range(project, key):
+    path = write(project, MINIMAL_INPUTS + f"[forest]\n{key} = 0\n")
+    expect_config_error(path, f"forest.{key}", "out of range", ">= 1")

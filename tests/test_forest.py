@@ -71,8 +71,6 @@ def test_mtry_out_of_range(mtry):
         small_forest(mtry=mtry, n_estimators=2).fit(X, X.srad)
 
 
-@pytest.mark.xfail(strict=True, reason="forest.py fit(): `if self.mtry` treats mtry=0 as None and "
-                                       "silently uses the default 5 instead of raising")
 def test_mtry_zero_is_out_of_range():
     X = make_X(40)
     with pytest.raises(ValueError, match="mtry"):
@@ -204,9 +202,6 @@ def test_float_codes_match_integer_levels():
     np.testing.assert_array_equal(m.predict(Xf), m.predict(X))
 
 
-@pytest.mark.xfail(strict=True, reason="forest.py fit(): X[c].replace(VEG_RECODE) on a pandas "
-                                       "Categorical veg_type without category 31 raises TypeError "
-                                       "(pandas >= 3 does not add categories in replace)")
 def test_pandas_categorical_dtype_with_class_1():
     X = make_X(100, seed=11, veg=[1, 21])
     X["veg_type"] = pd.Categorical(X.veg_type)

@@ -55,6 +55,9 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
     value that month).
     """
     w = zone_weights(zones)
+    for c in ("y", "x"):  # weights are matched to cells by position: the grids must be identical
+        if not np.array_equal(np.asarray(fluxes[c].values), np.asarray(w[c].values)):
+            raise ValueError(f"flux grid and zones grid differ along {c!r}")
     wv = w.values.reshape(w.sizes["zone"], -1)
     total = wv.sum(1)
     out = []

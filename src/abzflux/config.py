@@ -129,4 +129,9 @@ def load_config(path) -> Config:
         if p is not None and not p.exists():
             raise ConfigError(path, f"input path does not exist: {p}", column=f"inputs.{k}")
     cfg.run.year_range(path)
+    for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
+                           ("forest.nodesize", cfg.forest.nodesize, 1),
+                           ("forest.mtry", cfg.forest.mtry, 1)):
+        if value is not None and value < lo:
+            raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
     return cfg

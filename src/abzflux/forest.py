@@ -80,11 +80,13 @@ class FluxForest(RegressorMixin, BaseEstimator):
         for c in self.categorical:
             if c not in X:
                 continue
-            v = X[c].replace(VEG_RECODE) if c == "veg_type" else X[c]
+            v = pd.Series(X[c].to_numpy())
+            if c == "veg_type":
+                v = v.replace(VEG_RECODE)
             means = pd.Series(y).groupby(v.to_numpy()).mean().sort_values(kind="mergesort")
             self.levels_[c] = {lvl: float(i) for i, lvl in enumerate(means.index)}
         p = len(self.feature_names_)
-        self.mtry_ = int(self.mtry) if self.mtry else max(p // 3, 1)
+        self.mtry_ = int(self.mtry) if self.mtry is not None else max(p // 3, 1)
         if not 1 <= self.mtry_ <= p:
             raise ValueError(f"mtry must be in 1..{p}, got {self.mtry_}")
         self.model_ = RandomForestRegressor(
