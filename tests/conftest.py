@@ -18,10 +18,22 @@ def twin_dir(tmp_path_factory):
     return out
 
 
+FAST_FOREST = """[forest]
+n_estimators = 40
+mtry = 5
+importance_repeats = 3
+pdp_points = 11
+pdp_rows = 200
+n_bootstrap = 3
+"""
+
+
 @pytest.fixture(scope="session")
 def fast_config(twin_dir):
-    """The twin's config with 100 trees instead of 500, to keep CI quick."""
-    text = (twin_dir / "config.toml").read_text().replace("n_estimators = 500", "n_estimators = 100")
+    """The twin's config with small forests (40 trees, fixed mtry, 3 bootstrap members, few
+    importance repeats) to keep CI quick; every stage still runs."""
+    text = (twin_dir / "config.toml").read_text()
+    text = text[: text.index("[forest]")] + FAST_FOREST
     path = twin_dir / "config_fast.toml"
     path.write_text(text)
     return path

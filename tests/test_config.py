@@ -101,7 +101,12 @@ years = "2001-2020"
 n_estimators = 100
 mtry = 3
 nodesize = 2
-n_jobs = 4
+mtry_grid = [2, 9, 17]
+central = "qrf_median"
+cv = false
+importance_repeats = 10
+n_bootstrap = 5
+bootstrap_mtry = "retune"
 """
     path = write(project, text)
     cfg = load_config(path)
@@ -109,7 +114,9 @@ n_jobs = 4
     assert cfg.inputs.truth == project / "data" / "truth.nc"
     assert cfg.run.seed == 7
     assert cfg.run.year_range(path) == (2001, 2020)
-    assert (cfg.forest.n_estimators, cfg.forest.mtry, cfg.forest.nodesize, cfg.forest.n_jobs) == (100, 3, 2, 4)
+    f = cfg.forest
+    assert (f.n_estimators, f.mtry, f.nodesize, f.mtry_grid, f.central, f.cv) == (100, 3, 2, [2, 9, 17], "qrf_median", False)
+    assert (f.importance_repeats, f.n_bootstrap, f.bootstrap_mtry, f.pdp_points) == (10, 5, "retune", 51)
     d = cfg.to_dict()
     assert d["inputs"]["zones"] == str(project / "zones.nc")
     assert d["forest"]["mtry"] == 3 and "source" not in d
@@ -223,3 +230,16 @@ def test_years_as_integer_is_rejected(project):
 def test_forest_values_out_of_range(project, key):
     path = write(project, MINIMAL_INPUTS + f"[forest]\n{key} = 0\n")
     expect_config_error(path, f"forest.{key}", "out of range", ">= 1")
+
+
+@pytest.mark.parametrize("line,key,shown", [
+    ('central = "median"', "forest.central", "one of"),
+    ('bootstrap_mtry = "sometimes"', "forest.bootstrap_mtry", "one of"),
+    ("mtry_grid = [2, 9.5]", "forest.mtry_grid", "list of integers"),
+    ("mtry_grid = []", "forest.mtry_grid", "list of integers"),
+    ('cv = "yes"', "forest.cv", "true or false"),
+    ("importance_repeats = -1", "forest.importance_repeats", "out of range"),
+])
+def test_forest_choices_and_types(project, line, key, shown):
+    path = write(project, MINIMAL_INPUTS + f"[forest]\n{line}\n")
+    expect_config_error(path, key, shown)

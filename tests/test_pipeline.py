@@ -18,6 +18,7 @@ from abzflux.pipeline import run_study
 # well-sampled fluxes; NEE is their small residual and is reported, not bounded here.
 GPP_RECO_TOL = 0.10  # relative error of the domain and boreal period-mean budgets
 NEE_MAP_R = 0.6  # Pearson r of the mean annual NEE map against the truth
+CV_R2_MIN = {"gpp": 0.8, "reco": 0.8, "nee": 0.5}  # caret-style LOSO R² on the twin
 
 
 def test_run_recovers_truth_budgets_and_nee_map(study_run):
@@ -58,11 +59,11 @@ def test_run_json_records_provenance(study_run, fast_config):
     out, _ = study_run
     r = json.loads((out / "run.json").read_text())
     assert r["seed"] == 448
-    assert r["config"]["forest"]["n_estimators"] == 100
+    assert r["config"]["forest"]["n_estimators"] == 40
     assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth"}
     assert all(len(h) == 64 for h in r["input_hashes"].values())
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
-    assert list(r["stages"]) == ["sites", "forest", "upscale", "budgets", "summary"]
+    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "summary"]
 
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
@@ -78,7 +79,7 @@ def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config,
     before = (out / "budgets_annual.csv").read_text()
     rec = run_study(load_config(p2), out, log=lambda m: None)
     assert rec["stages"]["sites"]["skipped"]
-    assert not any(rec["stages"][s]["skipped"] for s in ("forest", "upscale", "budgets", "summary"))
+    assert not any(rec["stages"][s]["skipped"] for s in ("forest", "bootstrap", "upscale", "budgets", "summary"))
     assert (out / "budgets_annual.csv").read_text() != before
 
 
@@ -103,3 +104,29 @@ def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_
         run_study(load_config(p), tmp_path / "run", log=lambda m: None)
     produced = {q.name for q in (tmp_path / "run").rglob("*") if q.is_file()}
     assert produced == set()
+
+
+def test_cv_skill_tables_and_models(study_run):
+    out, _ = study_run
+    info = json.loads((out / "models" / "forest.json").read_text())
+    skill = pd.read_csv(out / "cv" / "skill.csv").set_index("flux")
+    for flux, r2 in CV_R2_MIN.items():
+        assert skill.loc[flux, "caret_Rsquared"] > r2, (flux, skill.loc[flux].to_dict())
+        assert info[flux]["mtry"] == 5 and info[flux]["cv"]["caret_RMSE"] == pytest.approx(skill.loc[flux, "caret_RMSE"])
+    assert info["nee"]["rows"] > info["gpp"]["rows"]  # NEE has the most rows
+    pred = pd.read_parquet(out / "cv" / "predictions.parquet")
+    assert len(pred[pred.flux == "nee"]) == info["nee"]["rows"]
+    for by in ("month", "biome", "veg_type", "disturbance", "method"):
+        t = pd.read_csv(out / "cv" / f"skill_by_{by}.csv")
+        assert {"caret_RMSE", "pooled_R2", "pooled_bias"} <= set(t.columns) and len(t) >= 2
+    assert set(pd.read_csv(out / "cv" / "skill_by_biome.csv").biome) == {"boreal", "tundra"}
+    imp = pd.read_csv(out / "interpret" / "importance.csv")
+    assert set(imp.groupby("flux").size()) == {17}
+    top = imp[imp.flux == "gpp"].sort_values("importance").predictor.iloc[-4:]
+    assert {"ndvi", "lst", "srad", "snow_cover", "soil_temp"} & set(top)  # GPP driven by light/greenness/warmth
+    pdp = pd.read_csv(out / "interpret" / "partial_dependence.csv")
+    assert set(pdp.predictor) == set(imp.predictor)
+    boot = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
+    assert [len(v) for v in boot.values()] == [3, 3, 3]
+    for f in ("cv/obs_vs_pred.png", "interpret/importance.png", "interpret/partial_dependence_nee.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -26,6 +26,7 @@ class Inputs:
 class RunSettings:
     seed: int = 448
     years: str | None = None  # "2001-2020"; default: every complete year of the predictor stack
+    scheduler: str | None = None  # dask.distributed scheduler address for CV folds; "local" = LocalCluster
 
     def year_range(self, file) -> tuple[int, int] | None:
         if self.years is None:
@@ -43,9 +44,19 @@ class RunSettings:
 @dataclass
 class ForestSettings:
     n_estimators: int = 500
-    mtry: int | None = None
+    mtry: int | None = None  # None: tune by leave-one-site-out CV over mtry_grid
+    mtry_grid: list | None = None  # None: caret's default floor(seq(2, p, length = 3))
     nodesize: int = 5
-    n_jobs: int | None = -1  # all cores; results do not depend on it
+    central: str = "mean"  # or "qrf_median" (quantile regression forest, the original code)
+    cv: bool = True  # leave-one-site-out CV for skill (and for tuning when mtry is None)
+    importance_repeats: int = 100
+    pdp_points: int = 51
+    pdp_rows: int = 0  # 0: all training rows; otherwise an evenly spaced subset of rows
+    n_bootstrap: int = 20
+    bootstrap_mtry: str = "reuse"  # "reuse" the tuned mtry (capped at 15) or "retune" by LOSO
+
+
+CHOICES = {"forest.central": ("mean", "qrf_median"), "forest.bootstrap_mtry": ("reuse", "retune")}
 
 
 @dataclass
@@ -89,8 +100,21 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(file, f"expected an integer, got {v!r}", column=f"{name}.{k}")
             kw[k] = v
+        elif t.startswith("bool"):
+            if not isinstance(v, bool):
+                raise ConfigError(file, f"expected true or false, got {v!r}", column=f"{name}.{k}")
+            kw[k] = v
+        elif t.startswith("list"):
+            if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v) or not v:
+                raise ConfigError(file, f"expected a non-empty list of integers, got {v!r}", column=f"{name}.{k}")
+            kw[k] = v
         elif t.startswith("str"):
-            kw[k] = str(v)
+            if not isinstance(v, str):
+                raise ConfigError(file, f"expected a string, got {v!r}", column=f"{name}.{k}")
+            allowed = CHOICES.get(f"{name}.{k}")
+            if allowed and v not in allowed:
+                raise ConfigError(file, f"invalid value {v!r}", column=f"{name}.{k}", expected=f"one of {list(allowed)}")
+            kw[k] = v
         else:
             kw[k] = v
     missing = [f.name for f in fields(cls) if f.name not in kw and f.default is f.default_factory is _MISSING]
@@ -131,7 +155,11 @@ def load_config(path) -> Config:
     cfg.run.year_range(path)
     for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
                            ("forest.nodesize", cfg.forest.nodesize, 1),
-                           ("forest.mtry", cfg.forest.mtry, 1)):
+                           ("forest.mtry", cfg.forest.mtry, 1),
+                           ("forest.importance_repeats", cfg.forest.importance_repeats, 0),
+                           ("forest.pdp_points", cfg.forest.pdp_points, 2),
+                           ("forest.pdp_rows", cfg.forest.pdp_rows, 0),
+                           ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0)):
         if value is not None and value < lo:
             raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
     return cfg

@@ -1,30 +1,42 @@
 """Random forests per flux, with the original workflow's randomForest defaults.
 
-:class:`FluxForest` is a scikit-learn regressor that takes a DataFrame with the paper's
-predictors. Categorical predictors (``month``, ``veg_type``) enter as one column each, so
-``mtry`` counts the 17 logical predictors, never one-hot columns. R's randomForest orders a
-factor's levels by the node mean of the response before scanning splits; scikit-learn trees
-have no factor mode, so we order levels once, by their training mean of the response, and
-split on that rank. For a single split this ordering is optimal (Breiman et al. 1984); deeper
-in a tree it is an approximation of R's per-node ordering.
+:class:`FluxForest` is a scikit-learn-style regressor over a DataFrame of the paper's
+predictors, backed by the numba forest of :mod:`abzflux._rf`, which grows trees as R's
+randomForest does (see there). Categorical predictors (``month``, ``veg_type``) are one column
+each and are split as factors: at every node their levels are ordered by the node mean of the
+response and scanned like an ordered variable, exactly R's regression-tree rule. ``mtry``
+therefore counts the 17 logical predictors, never one-hot columns.
+
+``central="qrf_median"`` reproduces the original code's quantile regression forest (caret
+method ``"qrf"``, quantregForest >= 1.3): each leaf of each tree keeps one training response
+drawn at random from all training rows that fall in it, and the prediction is the type-7
+(numpy "linear") quantile of the per-tree values; ``predict_quantiles`` gives intervals.
 """
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import RandomForestRegressor
 
+from ._rf import PackedForest, grow_forest
 from .predictors import CATEGORICAL, VEG_RECODE
+
+
+def _py(v):
+    """numpy scalars to Python scalars, for JSON metadata."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 class UnknownLevelError(ValueError):
     """A categorical predictor has a level at prediction that training never saw."""
 
 
-class FluxForest(RegressorMixin, BaseEstimator):
-    """Random forest regression of a monthly flux on the paper's predictors.
+class FluxForest:
+    """Random forest regression of a monthly flux (g C m-2 month-1) on predictors.
 
     Parameters
     ----------
@@ -34,71 +46,196 @@ class FluxForest(RegressorMixin, BaseEstimator):
         Predictors tried at each split; ``None`` gives randomForest's regression default
         ``max(floor(p / 3), 1)`` for p logical predictors.
     nodesize : int
-        randomForest ``nodesize``: nodes with this many rows or fewer are not split
-        (scikit-learn ``min_samples_split = nodesize + 1``).
+        randomForest ``nodesize``: a node with this many (bootstrap) rows or fewer is a leaf.
     categorical : tuple of str
-        Columns treated as categorical (levels ordered by training mean of y).
+        Columns split as factors.
+    central : {"mean", "qrf_median"}
+        Central prediction: mean of the trees (random forest) or median of one random training
+        response per leaf (quantile regression forest).
     random_state : int
-        Seed of the forest (bootstrap rows and split candidates).
-    n_jobs : int or None
-        Threads for fitting and prediction.
+        Seed: bootstrap rows, split candidates and QRF draws. Results do not depend on threads.
     """
 
     def __init__(self, n_estimators=500, mtry=None, nodesize=5, categorical=CATEGORICAL,
-                 random_state=448, n_jobs=None):
+                 central="mean", random_state=448):
         self.n_estimators = n_estimators
         self.mtry = mtry
         self.nodesize = nodesize
-        self.categorical = categorical
+        self.categorical = tuple(categorical)
+        self.central = central
         self.random_state = random_state
-        self.n_jobs = n_jobs
 
-    def _encode(self, X: pd.DataFrame) -> np.ndarray:
-        cols = []
-        for c in self.feature_names_:
-            v = X[c].to_numpy()
+    # ------------------------------------------------------------------ encoding
+    def _levels_of(self, col: str, values) -> np.ndarray:
+        v = pd.Series(np.asarray(values))
+        if col == "veg_type":
+            v = v.replace(VEG_RECODE)
+        return v.to_numpy()
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise KeyError(f"predictor column(s) missing: {missing}")
+        M = np.empty((len(X), len(self.feature_names_)), dtype=np.float64)
+        for j, c in enumerate(self.feature_names_):
             if c in self.levels_:
-                if c == "veg_type":
-                    v = pd.Series(v).replace(VEG_RECODE).to_numpy()
-                rank = self.levels_[c]
-                codes = pd.Series(v).map(rank)
-                bad = codes.isna() & pd.Series(v).notna()
+                v = self._levels_of(c, X[c].to_numpy())
+                lv = self.levels_[c]
+                codes = pd.Series(v).map({l: i for i, l in enumerate(lv)})
+                bad = codes.isna().to_numpy() & pd.notna(v)
                 if bad.any():
                     unknown = sorted(set(pd.Series(v)[bad].tolist()))[:10]
-                    raise UnknownLevelError(
-                        f"predictor {c!r}: level(s) {unknown} not seen in training "
-                        f"(training levels {sorted(rank)})")
-                v = codes.to_numpy(dtype=np.float64)
-            cols.append(np.asarray(v, dtype=np.float32))
-        return np.column_stack(cols)
+                    raise UnknownLevelError(f"predictor {c!r}: level(s) {unknown} not seen in training "
+                                            f"(training levels {list(lv)})")
+                M[:, j] = codes.to_numpy(dtype=np.float64)
+            else:
+                M[:, j] = np.asarray(X[c], dtype=np.float64)
+        if np.isnan(M).any():
+            cols = [self.feature_names_[j] for j in np.nonzero(np.isnan(M).any(0))[0]]
+            raise ValueError(f"predictors contain NaN in column(s) {cols}; drop those rows first")
+        return M
 
-    def fit(self, X: pd.DataFrame, y):
-        """Fit on a DataFrame of predictors and a flux vector (g C m-2 month-1)."""
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, X: pd.DataFrame, y, rows=None):
+        """Fit on a DataFrame of predictors and a flux vector; ``rows`` restricts to a subset."""
         y = np.asarray(y, dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError("response contains NaN or inf; drop those rows first")
         self.feature_names_ = list(X.columns)
+        idx = np.arange(len(X)) if rows is None else np.asarray(rows)
         self.levels_ = {}
         for c in self.categorical:
-            if c not in X:
-                continue
-            v = pd.Series(X[c].to_numpy())
-            if c == "veg_type":
-                v = v.replace(VEG_RECODE)
-            means = pd.Series(y).groupby(v.to_numpy()).mean().sort_values(kind="mergesort")
-            self.levels_[c] = {lvl: float(i) for i, lvl in enumerate(means.index)}
+            if c in X.columns:
+                v = self._levels_of(c, X[c].to_numpy()[idx])
+                self.levels_[c] = np.array(sorted(pd.unique(v[pd.notna(v)])))
         p = len(self.feature_names_)
         self.mtry_ = int(self.mtry) if self.mtry is not None else max(p // 3, 1)
         if not 1 <= self.mtry_ <= p:
             raise ValueError(f"mtry must be in 1..{p}, got {self.mtry_}")
-        self.model_ = RandomForestRegressor(
-            n_estimators=self.n_estimators, max_features=self.mtry_, min_samples_split=self.nodesize + 1,
-            min_samples_leaf=1, bootstrap=True, random_state=self.random_state, n_jobs=self.n_jobs)
-        self.model_.fit(self._encode(X), y)
+        if self.central not in ("mean", "qrf_median"):
+            raise ValueError(f"central must be 'mean' or 'qrf_median', got {self.central!r}")
+        M = self._matrix(X.iloc[idx] if rows is not None else X)
+        is_cat = np.array([c in self.levels_ for c in self.feature_names_])
+        n_levels = np.array([len(self.levels_[c]) if c in self.levels_ else 0 for c in self.feature_names_])
+        self.forest_ = grow_forest(M, y[idx], is_cat=is_cat, n_levels=n_levels, n_trees=self.n_estimators,
+                                   mtry=self.mtry_, nodesize=self.nodesize, seed=self.random_state)
+        self.leaf_draw_ = self._qrf_draws(M, y[idx]) if self.central == "qrf_median" else None
         return self
 
+    def _qrf_draws(self, M, y) -> np.ndarray:
+        """One training response per leaf per tree, drawn from all training rows in the leaf."""
+        leaves = self.forest_.apply(M)  # (rows, trees)
+        rng = np.random.default_rng(np.random.SeedSequence([self.random_state, 7]))
+        draw = np.full(self.forest_.n_nodes, np.nan)
+        flat = leaves.T.ravel()
+        yy = np.tile(y, leaves.shape[1])
+        key = rng.random(flat.size)  # random order, then the first row per leaf wins
+        o = np.lexsort((key, flat))
+        first = np.r_[True, flat[o][1:] != flat[o][:-1]]
+        draw[flat[o][first]] = yy[o][first]
+        return draw
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Predicted flux (g C m-2 month-1) for each row of X."""
-        return self.model_.predict(self._encode(X[self.feature_names_]))
+        """Predicted flux for each row of X (mean of trees, or QRF median)."""
+        return self._predict_matrix(self._matrix(X))
+
+    def _predict_matrix(self, M: np.ndarray) -> np.ndarray:
+        if self.central == "qrf_median":
+            return np.quantile(self.forest_.predict_trees(M, self.leaf_draw_), 0.5, axis=1)
+        return self.forest_.predict(M)
+
+    def predict_quantiles(self, X: pd.DataFrame, q=(0.1, 0.5, 0.9)) -> np.ndarray:
+        """Conditional quantiles (rows, len(q)) from the per-leaf training draws (QRF)."""
+        if self.leaf_draw_ is None:
+            raise ValueError("quantiles need central='qrf_median' at fit time")
+        per_tree = self.forest_.predict_trees(self._matrix(X), self.leaf_draw_)
+        return np.quantile(per_tree, q, axis=1).T
 
     def known_levels(self, column: str) -> list:
         """Training levels of a categorical predictor (after recoding)."""
-        return sorted(self.levels_.get(column, {}))
+        return list(self.levels_.get(column, []))
+
+    def get_params(self, deep=False) -> dict:
+        return {k: getattr(self, k) for k in ("n_estimators", "mtry", "nodesize", "categorical",
+                                               "central", "random_state")}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write the fitted forest to one compressed ``.npz`` (written atomically)."""
+        meta = {"params": {k: _py(v) for k, v in self.get_params().items()} | {"categorical": list(self.categorical)},
+                "feature_names": list(self.feature_names_), "mtry": int(self.mtry_),
+                "levels": {c: [_py(v) for v in lv] for c, lv in self.levels_.items()}}
+        arrays = self.forest_.to_arrays()
+        arrays.pop("wcount")
+        if self.leaf_draw_ is not None:
+            arrays["leaf_draw"] = self.leaf_draw_
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path) -> "FluxForest":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+        self = cls(**meta["params"])
+        self.feature_names_ = meta["feature_names"]
+        self.mtry_ = meta["mtry"]
+        self.levels_ = {c: np.array(v) for c, v in meta["levels"].items()}
+        self.leaf_draw_ = arrays.pop("leaf_draw", None)
+        arrays["wcount"] = np.zeros(0, np.float32)
+        self.forest_ = PackedForest.from_arrays(arrays)
+        return self
+
+
+# --------------------------------------------------------------------------- interpretation
+def permutation_importance(model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100,
+                           seed: int = 448) -> pd.DataFrame:
+    """RMSE-based permutation importance on the training rows (vip ``vi_permute``, metric rmse).
+
+    Importance of predictor j = RMSE with column j permuted − RMSE of the intact data,
+    repeated ``n_repeats`` times; returns mean and SD (g C m-2 month-1) per predictor.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    M = model._matrix(X)
+    base = float(np.sqrt(np.mean((model._predict_matrix(M) - y) ** 2)))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    rows = []
+    for j, name in enumerate(model.feature_names_):
+        scores = np.empty(n_repeats)
+        col = M[:, j].copy()
+        for r in range(n_repeats):
+            M[:, j] = col[rng.permutation(len(col))]
+            scores[r] = np.sqrt(np.mean((model._predict_matrix(M) - y) ** 2)) - base
+        M[:, j] = col
+        rows.append({"predictor": name, "importance": float(scores.mean()),
+                     "importance_sd": float(scores.std(ddof=1)) if n_repeats > 1 else np.nan,
+                     "n_repeats": n_repeats, "baseline_rmse": base})
+    return pd.DataFrame(rows).sort_values("importance", ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+def partial_dependence(model: FluxForest, X: pd.DataFrame, column: str, n_points: int = 51,
+                       rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Partial dependence (pdp ``partial``): mean prediction over the training rows with
+    ``column`` set to each grid value; ``min(unique, n_points)`` evenly spaced values between
+    the column's minimum and maximum for continuous predictors, every level for factors."""
+    M = model._matrix(X if rows is None else X.iloc[rows])
+    j = model.feature_names_.index(column)
+    if column in model.levels_:
+        codes = np.arange(len(model.levels_[column]), dtype=np.float64)
+        values = model.levels_[column]
+    else:
+        v = M[:, j]
+        k = min(len(np.unique(v)), n_points)
+        codes = values = np.linspace(v.min(), v.max(), k)
+    col = M[:, j].copy()
+    yhat = np.empty(len(codes))
+    for i, c in enumerate(codes):
+        M[:, j] = c
+        yhat[i] = model._predict_matrix(M).mean()
+    M[:, j] = col
+    return pd.DataFrame({"predictor": column, "value": np.asarray(values, dtype=np.float64), "yhat": yhat,
+                         "categorical": column in model.levels_})

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -30,9 +29,11 @@ from . import __version__
 from . import budgets as budgets_mod
 from .config import Config
 from .errors import InputError
-from .formats import (FLUXES, cell_index, check_sites_in_grid, read_fire, read_predictors,
+from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_fire, read_predictors,
                       read_site_table, read_zones, write_crs, grid_crs)
-from .forest import FluxForest
+from . import cv as cv_mod
+from . import plots
+from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 
 PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "zarr", "dask",
@@ -120,6 +121,27 @@ class Context:
             self.cache["fire"] = read_fire(self.cfg.inputs.fire, like=self.predictors())
         return self.cache["fire"]
 
+    def client(self):
+        """A dask.distributed client when ``run.scheduler`` is set (folds run on the cluster)."""
+        addr = self.cfg.run.scheduler
+        if not addr:
+            return None
+        if "client" not in self.cache:
+            from dask.distributed import Client, LocalCluster
+
+            if addr == "local":
+                self.cache["cluster"] = LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+                self.cache["client"] = Client(self.cache["cluster"])
+            else:
+                self.cache["client"] = Client(addr)
+            self.log(f"dask.distributed: {self.cache['client']}")
+        return self.cache["client"]
+
+    def close(self) -> None:
+        for k in ("client", "cluster"):
+            if k in self.cache:
+                self.cache.pop(k).close()
+
     def years(self) -> tuple[int, int]:
         yr = self.cfg.run.year_range(self.cfg.source)
         t = pd.DatetimeIndex(self.predictors().time.values)
@@ -170,9 +192,14 @@ def stage_sites(ctx: Context) -> None:
                     "and listwise deletion drops them")
     if "veg_type" in table:
         table["veg_type"] = table["veg_type"].replace(VEG_RECODE)
+    for c in ("method", "disturbance", "years_since_fire"):  # optional contract columns
+        if c not in table:
+            table[c] = np.nan
     yi, xi = xr.DataArray(iy, dims="row"), xr.DataArray(ix, dims="row")
-    table["biome"] = zones["biome"].isel(y=yi, x=xi).values
-    table["region"] = zones["region"].isel(y=yi, x=xi).values
+    for zvar in ("biome", "region"):  # zone names, for skill breakdowns
+        codes = zones[zvar].isel(y=yi, x=xi).values
+        names = categories(zones[zvar], ctx.cfg.inputs.zones)
+        table[zvar] = pd.Series(codes).map({float(k): v for k, v in names.items()}).to_numpy()
     tmp = ctx.path("sites.parquet.tmp")
     table.to_parquet(tmp, index=False)
     _atomic_replace(tmp, ctx.path("sites.parquet"))
@@ -185,43 +212,173 @@ def training_rows(table: pd.DataFrame, flux: str) -> pd.DataFrame:
     return table[table[cols].notna().all(axis=1)]
 
 
-def stage_forest(ctx: Context) -> None:
-    """(b) One random forest per flux on the 17 predictors (mtry from the config)."""
+def stage_forest(ctx: Context, progress_factory=None) -> None:
+    """(b) Per flux: leave-one-site-out CV over the mtry grid, the chosen mtry, the final forest
+    refit on all rows, and skill tables and plots."""
     table = pd.read_parquet(ctx.path("sites.parquet"))
     fs = ctx.cfg.forest
-    models_dir = ctx.path("models.tmp")
-    shutil.rmtree(models_dir, ignore_errors=True)
-    models_dir.mkdir()
-    info = {}
+    models_dir, cv_dir = ctx.path("models.tmp"), ctx.path("cv.tmp")
+    for d in (models_dir, cv_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+    info, all_pred, all_metrics, overall = {}, [], [], {}
+    X_cols = list(PREDICTOR_NAMES)
     for flux in FLUXES:
-        rows = training_rows(table, flux)
+        rows = training_rows(table, flux).reset_index(drop=True)
         all_sites = set(table.loc[table[flux].notna(), "site_id"])
         dropped = sorted(all_sites - set(rows.site_id))
-        if len(rows) < 10:
-            raise InputError(ctx.cfg.inputs.sites, f"only {len(rows)} complete rows for {flux}",
-                             column=flux, expected="at least 10 site-months with the flux and all predictors")
-        model = FluxForest(n_estimators=fs.n_estimators, mtry=fs.mtry, nodesize=fs.nodesize,
-                           random_state=ctx.cfg.run.seed, n_jobs=fs.n_jobs)
+        if rows.site_id.nunique() < 3:
+            raise InputError(ctx.cfg.inputs.sites, f"only {rows.site_id.nunique()} site(s) with complete rows for {flux}",
+                             column=flux, expected="at least 3 sites with the flux and all 17 predictors for leave-one-site-out CV")
+        for c in X_cols:
+            if rows[c].nunique() < 2:
+                ctx.log(f"{flux}: predictor {c} is constant over the training rows; it cannot split")
+        grid = [fs.mtry] if fs.mtry is not None else (fs.mtry_grid or cv_mod.mtry_grid(len(X_cols)))
+        best = fs.mtry if fs.mtry is not None else None
         t0 = time.perf_counter()
-        model.fit(rows[list(PREDICTOR_NAMES)], rows[flux].to_numpy())
+        if fs.cv:
+            prog = progress_factory(f"{flux}: leave-one-site-out folds") if progress_factory else None
+            try:
+                res = cv_mod.loso_cv(rows[X_cols], rows[flux].to_numpy(), rows.site_id.to_numpy(), grid,
+                                     n_trees=fs.n_estimators, nodesize=fs.nodesize, seed=ctx.cfg.run.seed,
+                                     progress=prog, client=ctx.client())
+            finally:
+                if prog is not None:
+                    prog(None, None)
+            best = res.best_mtry if best is None else best
+            pred = res.predictions.merge(rows[["site_id", "year", "month", "biome", "region", "veg_type",
+                                               "method", "disturbance"]].reset_index().rename(columns={"index": "row"}),
+                                         on=["row", "site_id"])
+            pred.insert(0, "flux", flux)
+            all_pred.append(pred)
+            m = res.metrics.copy()
+            m.insert(0, "flux", flux)
+            all_metrics.append(m)
+            overall[flux] = m[m.mtry == best].iloc[0].to_dict()
+        elif best is None:
+            best = max(len(X_cols) // 3, 1)
+        cv_s = time.perf_counter() - t0
+        model = FluxForest(n_estimators=fs.n_estimators, mtry=best, nodesize=fs.nodesize, central=fs.central,
+                           random_state=ctx.cfg.run.seed)
+        t0 = time.perf_counter()
+        model.fit(rows[X_cols], rows[flux].to_numpy())
         fit_s = time.perf_counter() - t0
-        joblib.dump(model, models_dir / f"{flux}.joblib", compress=3)
-        pred = model.predict(rows[list(PREDICTOR_NAMES)])
+        model.save(models_dir / f"{flux}.npz")
+        fitted = model.predict(rows[X_cols])
         obs = rows[flux].to_numpy()
         info[flux] = {
-            "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": model.mtry_,
-            "n_estimators": fs.n_estimators, "nodesize": fs.nodesize, "fit_seconds": round(fit_s, 2),
+            "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": int(best),
+            "mtry_grid": [int(g) for g in grid], "tuned": fs.mtry is None and fs.cv,
+            "n_estimators": fs.n_estimators, "nodesize": fs.nodesize, "central": fs.central,
+            "cv_seconds": round(cv_s, 2), "fit_seconds": round(fit_s, 2),
             "sites_dropped_by_listwise_deletion": dropped,
-            "in_sample_r2": float(np.corrcoef(pred, obs)[0, 1] ** 2),
-            "in_sample_rmse": float(np.sqrt(np.mean((pred - obs) ** 2))),
+            "in_sample_r2": float(np.corrcoef(fitted, obs)[0, 1] ** 2),
+            "in_sample_rmse": float(np.sqrt(np.mean((fitted - obs) ** 2))),
+            "cv": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+                   for k, v in overall.get(flux, {}).items()},
         }
-        ctx.log(f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {model.mtry_}, fit {fit_s:.1f} s")
+        ctx.log(f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {best}"
+                + (f" (LOSO RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
+                   f"{cv_s:.0f} s)" if flux in overall else ""))
     (models_dir / "forest.json").write_text(json.dumps(info, indent=2))
+    if all_pred:
+        pred = pd.concat(all_pred, ignore_index=True)
+        pred.to_parquet(cv_dir / "predictions.parquet", index=False)
+        pd.concat(all_metrics, ignore_index=True).to_csv(cv_dir / "metrics_by_mtry.csv", index=False)
+        chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
+        chosen = chosen.assign(abs_error=(chosen.pred - chosen.obs).abs())
+        for by in (None, "month", "biome", "veg_type", "disturbance", "method"):
+            parts = []
+            for f, g in chosen.groupby("flux", sort=False):
+                g = g.assign(disturbance=g.disturbance.fillna("none").replace("", "none")) if by == "disturbance" else g
+                t = cv_mod.skill_table(g, by)
+                t.insert(0, "flux", f)
+                parts.append(t)
+            pd.concat(parts, ignore_index=True).to_csv(cv_dir / f"skill{'' if by is None else '_by_' + by}.csv", index=False)
+        plots.obs_vs_pred(chosen, overall, cv_dir / "obs_vs_pred.png")
+    _atomic_replace(cv_dir, ctx.path("cv"))
     _atomic_replace(models_dir, ctx.path("models"))
 
 
+def stage_interpret(ctx: Context) -> None:
+    """(b2) Permutation importance and partial dependence of every predictor, per flux."""
+    table = pd.read_parquet(ctx.path("sites.parquet"))
+    fs = ctx.cfg.forest
+    out = ctx.path("interpret.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    imps, pdps = [], []
+    for flux, model in load_models(ctx.out).items():
+        rows = training_rows(table, flux).reset_index(drop=True)
+        X = rows[list(PREDICTOR_NAMES)]
+        if fs.importance_repeats > 0:
+            imp = permutation_importance(model, X, rows[flux].to_numpy(), fs.importance_repeats, ctx.cfg.run.seed)
+            imps.append(imp.assign(flux=flux))
+        sub = None
+        if fs.pdp_rows and fs.pdp_rows < len(rows):
+            sub = np.unique(np.linspace(0, len(rows) - 1, fs.pdp_rows).round().astype(int))
+        for c in PREDICTOR_NAMES:
+            pdps.append(partial_dependence(model, X, c, fs.pdp_points, rows=sub).assign(flux=flux))
+        ctx.log(f"{flux}: importance ({fs.importance_repeats} repeats) and partial dependence done")
+    if imps:
+        imp = pd.concat(imps, ignore_index=True)
+        imp.to_csv(out / "importance.csv", index=False)
+        plots.importance_bars(imp, out / "importance.png")
+    pdp = pd.concat(pdps, ignore_index=True)
+    pdp.to_csv(out / "partial_dependence.csv", index=False)
+    for flux in FLUXES:
+        plots.partial_dependence_panels(pdp, flux, out / f"partial_dependence_{flux}.png")
+    _atomic_replace(out, ctx.path("interpret"))
+
+
+BOOTSTRAP_DROP = ("month", "veg_type")  # factors dropped: resamples can lose levels (paper)
+
+
+def stage_bootstrap(ctx: Context) -> None:
+    """(b3) The uncertainty ensemble: n_bootstrap forests per flux, each on a bootstrap resample
+    of the training rows (same n, with replacement), month and vegetation type dropped."""
+    table = pd.read_parquet(ctx.path("sites.parquet"))
+    fs = ctx.cfg.forest
+    info = json.loads(ctx.path("models/forest.json").read_text())
+    out = ctx.path("bootstrap.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    cols = [c for c in PREDICTOR_NAMES if c not in BOOTSTRAP_DROP]
+    record = {}
+    for flux in FLUXES:
+        rows = training_rows(table, flux).reset_index(drop=True)
+        record[flux] = []
+        for b in range(fs.n_bootstrap):
+            rng = np.random.default_rng(np.random.SeedSequence([ctx.cfg.run.seed, 1000 + b]))
+            idx = rng.integers(0, len(rows), len(rows))
+            sample = rows.iloc[idx].reset_index(drop=True)
+            if fs.bootstrap_mtry == "retune":
+                res = cv_mod.loso_cv(sample[cols], sample[flux].to_numpy(), sample.site_id.to_numpy(),
+                                     fs.mtry_grid or cv_mod.mtry_grid(len(cols)), n_trees=fs.n_estimators,
+                                     nodesize=fs.nodesize, seed=ctx.cfg.run.seed + b, categorical=())
+                m = res.best_mtry
+            else:
+                m = min(info[flux]["mtry"], len(cols))
+            model = FluxForest(n_estimators=fs.n_estimators, mtry=m, nodesize=fs.nodesize, categorical=(),
+                               central=fs.central, random_state=int(np.random.SeedSequence(
+                                   [ctx.cfg.run.seed, 2000 + b]).generate_state(1)[0]))
+            model.fit(sample[cols], sample[flux].to_numpy())
+            model.save(out / f"{flux}_{b:02d}.npz")
+            record[flux].append({"member": b, "mtry": m, "rows": len(sample),
+                                 "distinct_rows": int(len(np.unique(idx)))})
+        ctx.log(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors)")
+    (out / "bootstrap.json").write_text(json.dumps(record, indent=2))
+    _atomic_replace(out, ctx.path("bootstrap"))
+
+
 def load_models(run_dir: Path) -> dict[str, FluxForest]:
-    return {f: joblib.load(Path(run_dir) / "models" / f"{f}.joblib") for f in FLUXES}
+    return {f: FluxForest.load(Path(run_dir) / "models" / f"{f}.npz") for f in FLUXES}
+
+
+def load_bootstrap(run_dir: Path) -> dict[str, list[FluxForest]]:
+    rec = json.loads((Path(run_dir) / "bootstrap" / "bootstrap.json").read_text())
+    return {f: [FluxForest.load(Path(run_dir) / "bootstrap" / f"{f}_{m['member']:02d}.npz") for m in v]
+            for f, v in rec.items()}
 
 
 def stage_upscale(ctx: Context, progress=None) -> None:
@@ -397,6 +554,9 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
     return "\n".join(lines) + "\n"
 
 
+FOREST_KEYS = ("forest.n_estimators", "forest.mtry", "forest.mtry_grid", "forest.nodesize", "forest.central")
+
+
 def build_stages(progress_factory=None) -> list[Stage]:
     def upscale(ctx):
         prog = progress_factory("upscaling years") if progress_factory else None
@@ -406,9 +566,16 @@ def build_stages(progress_factory=None) -> list[Stage]:
             if prog is not None:
                 prog(None, None)
 
+    def forest(ctx):
+        stage_forest(ctx, progress_factory)
+
     return [
         Stage("sites", ("sites.parquet",), stage_sites, (), ("run.years",), ("sites", "predictors", "zones")),
-        Stage("forest", ("models",), stage_forest, ("sites",), ("forest", "run.seed")),
+        Stage("forest", ("models", "cv"), forest, ("sites",), FOREST_KEYS + ("forest.cv", "run.seed")),
+        Stage("interpret", ("interpret",), stage_interpret, ("forest",),
+              ("forest.importance_repeats", "forest.pdp_points", "forest.pdp_rows", "run.seed")),
+        Stage("bootstrap", ("bootstrap",), stage_bootstrap, ("forest",),
+              FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest",), ("run.years",), ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv",), stage_budgets, ("upscale",), (), ("zones", "fire")),
         Stage("summary", ("summary.md", "summary.json"), stage_summary, ("budgets",), (), ("truth",)),
@@ -439,6 +606,17 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {},
     }
     fingerprints: dict[str, str] = {}
+    try:
+        _run_stages(ctx, record, fingerprints, force, progress_factory)
+    finally:
+        ctx.close()
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, progress_factory) -> None:
+    cfg, out, log = ctx.cfg, ctx.out, ctx.log
     for st in build_stages(progress_factory):
         fp_src = {"stage": st.name, "version": __version__,
                   "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
@@ -461,6 +639,3 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
         _atomic_write_text(marker, json.dumps({"fingerprint": fp, "seconds": round(dt, 2),
                                                "outputs": list(st.outputs)}, indent=2))
         record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp}
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
-    return record
