@@ -63,7 +63,7 @@ def test_run_json_records_provenance(study_run, fast_config):
     assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth"}
     assert all(len(h) == 64 for h in r["input_hashes"].values())
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
-    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "summary"]
+    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "summary"]
 
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
@@ -130,3 +130,24 @@ def test_cv_skill_tables_and_models(study_run):
     assert [len(v) for v in boot.values()] == [3, 3, 3]
     for f in ("cv/obs_vs_pred.png", "interpret/importance.png", "interpret/partial_dependence_nee.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trend_outputs(study_run):
+    out, _ = study_run
+    maps = xr.open_zarr(out / "trends" / "trend_maps.zarr", consolidated=False)
+    for v in ("nee_annual_slope", "nee_annual_p", "gpp_jja_tau", "reco_m07_slope", "ndvi_jja_slope",
+              "nee_trend_attribution"):
+        assert v in maps
+    p = maps.nee_annual_p.values
+    assert np.nanmin(p) >= 0 and np.nanmax(p) <= 1
+    shares = pd.read_csv(out / "trends" / "area_shares.csv").set_index("quantity").area_share
+    assert ((shares >= 0) & (shares <= 1)).all()
+    attribution = shares[[q for q in shares.index if q.startswith("attribution_")]]
+    assert attribution.sum() == pytest.approx(1.0, abs=0.01)  # every cell with an NEE trend is attributed
+    assert shares["greening"] > 0.2  # the twin greens
+    bt = pd.read_csv(out / "trends" / "budget_trends.csv").set_index(["zone", "flux"])
+    assert bt.loc[("domain", "gpp"), "slope"] > 0  # greening and CO2 raise GPP in the twin
+    s = json.loads((out / "summary.json").read_text())
+    t = pd.DataFrame(s["truth"]).set_index(["zone", "flux"])
+    assert t.loc[("domain", "nee"), "trend_truth"] < 0  # the twin's sink strengthens
+    assert np.sign(t.loc[("domain", "nee (reco-gpp)"), "trend"]) == -1

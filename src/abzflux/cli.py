@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -50,7 +51,8 @@ def _progress_factory(quiet: bool):
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    # escape: messages name columns as "[column]", which rich would take for markup
+    console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -110,15 +112,15 @@ def run(
 def _print_summary(run_dir: Path) -> None:
     s = json.loads((run_dir / "summary.json").read_text())
     if "truth" in s:
-        t = Table(title="Budgets vs truth, period mean (Tg C yr-1)")
-        for c in ("flux", "zone", "estimate", "truth", "error", "error %"):
+        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2)")
+        for c in ("flux", "zone", "estimate", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         from .pipeline import _order
         import pandas as pd
 
         for r in _order(pd.DataFrame(s["truth"])).itertuples():
             t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
-                      f"{100 * r.rel_error:+.1f}")
+                      f"{100 * r.rel_error:+.1f}", f"{r.trend:+.1f}", f"{r.trend_truth:+.1f}")
         console.print(t)
         console.print(f"mean annual NEE map vs truth: Pearson r = {s['nee_map_pearson_r']:.3f}")
     else:

@@ -33,6 +33,7 @@ from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_
                       read_site_table, read_zones, write_crs, grid_crs)
 from . import cv as cv_mod
 from . import plots
+from . import trends as trends_mod
 from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 
@@ -476,6 +477,81 @@ def stage_budgets(ctx: Context) -> None:
     _atomic_replace(tmp, ctx.path("budgets_annual.csv"))
 
 
+DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("annual", "mean"),
+           "soil_moisture": ("jja", "mean"), "soil_temp": ("annual", "mean"), "srad": ("annual", "mean"),
+           "vpd": ("jja", "mean")}
+
+
+def stage_trends(ctx: Context) -> None:
+    """(e) Theil–Sen + Mann–Kendall (Zhang) trends: per pixel (annual, JJA, non-summer, each month;
+    drivers), area shares, greening overlap, the GPP/Reco attribution of NEE trends, zone budget
+    series, and sites with more than seven years of year-round data."""
+    up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
+    zones = ctx.zones()
+    pred = ctx.predictors()
+    y0, y1 = ctx.years()
+    out = ctx.path("trends.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    maps = {}
+    for flux in FLUXES:
+        for period, series in trends_mod.period_series(up[flux].load()).items():
+            t = trends_mod.trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{flux}_{period}_{stat}"] = t[stat]
+    drv = pred.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
+    for var, (period, how) in DRIVERS.items():
+        if var in drv:
+            series = trends_mod.period_series(drv[var].load(), how=how)[period]
+            t = trends_mod.trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{var}_{period}_{stat}"] = t[stat]
+    ds = xr.Dataset(maps)
+    ds["nee_trend_attribution"] = trends_mod.overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
+                                                             ds.reco_annual_slope)
+    for k in ds.data_vars:
+        if k.endswith("_slope"):
+            ds[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
+    ds = write_crs(ds, grid_crs(pred, ctx.cfg.inputs.predictors))
+    ds.attrs.update(Conventions="CF-1.8", title="abzflux pixel-wise trends (Theil-Sen slope, Mann-Kendall "
+                    "p with Zhang prewhitening)", period=f"{y0}-{y1}")
+    ds.to_zarr(out / "trend_maps.zarr", mode="w", consolidated=False)
+
+    # Area shares (area-weighted over cells with a trend).
+    w = zones["land_fraction"].fillna(0) * zones["cell_area"]
+    sig = trends_mod.ALPHA
+    valid = ds.nee_annual_slope.notnull() & (w > 0)
+    perm = zones["permafrost"].fillna(0) > 0
+    shares = {
+        "nee_increasing_uptake": trends_mod.area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid),
+        "nee_increasing_emissions": trends_mod.area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope > 0), w, valid),
+        "permafrost_nee_increasing_uptake": trends_mod.area_share(
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & perm),
+    }
+    if "ndvi_jja_slope" in ds:
+        green = (ds.ndvi_jja_p < sig) & (ds.ndvi_jja_slope > 0)
+        shares["greening"] = trends_mod.area_share(green, w, valid)
+        shares["greening_with_annual_uptake_trend"] = trends_mod.area_share(
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & green)
+        shares["greening_with_jja_uptake_trend"] = trends_mod.area_share(
+            (ds.nee_jja_p < sig) & (ds.nee_jja_slope < 0), w, valid & green)
+    for code, name in enumerate(trends_mod.OVERLAY, start=1):
+        shares[f"attribution_{name}"] = trends_mod.area_share(ds.nee_trend_attribution == code, w, valid)
+    pd.DataFrame([{"quantity": k, "area_share": v} for k, v in shares.items()]).to_csv(out / "area_shares.csv", index=False)
+
+    # Zone budget series (Tg C yr-1 -> Tg C yr-2).
+    ann = pd.read_csv(ctx.path("budgets_annual.csv"))
+    rows = []
+    for (zone, flux), g in ann.groupby(["zone", "flux"], sort=True):
+        g = g.sort_values("year")
+        r = trends_mod.trend_series(g.tg_c.to_numpy(), g.year.to_numpy())
+        rows.append({"zone": zone, "flux": flux, **{k: r[k] for k in ("first_year", "last_year", "n_years", "slope",
+                                                                       "p", "tau", "lbound", "ubound")}})
+    pd.DataFrame(rows).to_csv(out / "budget_trends.csv", index=False)
+    trends_mod.site_trends(pd.read_parquet(ctx.path("sites.parquet"))).to_csv(out / "site_trends.csv", index=False)
+    _atomic_replace(out, ctx.path("trends"))
+
+
 def stage_summary(ctx: Context) -> None:
     """(e) Budgets next to the truth (when the inputs carry one), as markdown and JSON."""
     ann = pd.read_csv(ctx.path("budgets_annual.csv"))
@@ -505,6 +581,11 @@ def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]
     tann = pd.concat([tann, t2])
     m = est.merge(tann, on=["zone", "flux", "year"], suffixes=("", "_truth"))
     g = m.groupby(["zone", "flux"]).agg(estimate=("tg_c", "mean"), truth=("tg_c_truth", "mean")).reset_index()
+    # Trends of the budget series (Tg C yr-2), estimate and truth, through the same trend code.
+    for col, src in (("trend", est), ("trend_truth", tann)):
+        tr = {(z, f): trends_mod.trend_series(d.sort_values("year").tg_c.to_numpy(), d.sort_values("year").year.to_numpy())["slope"]
+              for (z, f), d in src[src.year.between(y0, y1)].groupby(["zone", "flux"])}
+        g[col] = [tr.get((z, f), np.nan) for z, f in zip(g.zone, g.flux)]
     g["error"] = g.estimate - g.truth
     g["rel_error"] = g.error / g.truth.abs()
     up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
@@ -540,9 +621,11 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
         lines.append(f"| {f} | {v['rows']} | {v['sites']} | {v['mtry']} | {v['in_sample_r2']:.3f} | {v['in_sample_rmse']:.1f} |")
     lines += ["", f"## Budgets, mean {y0}–{y1} (Tg C yr-1)", ""]
     if truth is not None:
-        lines += ["| flux | zone | estimate | truth | error | error % |", "|---|---|---|---|---|---|"]
+        lines += ["| flux | zone | estimate | truth | error | error % | trend (Tg C yr-2) | true trend |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in _order(truth).itertuples():
-            lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {r.truth:.1f} | {r.error:+.1f} | {100 * r.rel_error:+.1f} |")
+            lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
+                         f"{100 * r.rel_error:+.1f} | {r.trend:+.2f} | {r.trend_truth:+.2f} |")
         lines += ["", f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}", "",
                   "NEE is a small residual of two large fluxes; where the site network is sparse (Siberia, "
                   "the high Arctic) the model extrapolates, and the NEE budget error can be large. "
@@ -578,7 +661,8 @@ def build_stages(progress_factory=None) -> list[Stage]:
               FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest",), ("run.years",), ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv",), stage_budgets, ("upscale",), (), ("zones", "fire")),
-        Stage("summary", ("summary.md", "summary.json"), stage_summary, ("budgets",), (), ("truth",)),
+        Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
+        Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),
     ]
 
 

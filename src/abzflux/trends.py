@@ -80,6 +80,7 @@ from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from scipy.special import ndtr, ndtri
 
@@ -1482,3 +1483,81 @@ def trend_series(
         row["units"] = units
         row["slope_units"] = _per_year(units)
     return row
+
+
+# --------------------------------------------------------------------------- study analyses
+# What the paper reports from trends (workflow.md §6): pixel-wise trends of annual, summer,
+# non-summer and monthly fluxes and of drivers, area shares of significant trends, greening
+# overlap, the GPP/Reco attribution of NEE trends (Fig. 2c) and trends of zone budgets.
+
+ALPHA = 0.05
+OVERLAY = ("sink_up_by_gpp", "sink_up_by_reco", "source_up_by_reco", "source_up_by_gpp")
+
+
+def period_series(monthly: xr.DataArray, how: str = "sum") -> dict[str, xr.DataArray]:
+    """Per-pixel yearly series of a monthly field: ``annual``, ``jja``, ``nonsummer``
+    (within the calendar year: annual − JJA) and ``m01``..``m12``; complete years only."""
+    t = monthly["time"].dt
+    agg = (lambda g: g.sum("time", min_count=1)) if how == "sum" else (lambda g: g.mean("time"))
+    n = monthly.groupby("time.year").count("time")
+    complete = (monthly["time"].groupby("time.year").count() == 12)
+    years = complete["year"].values[complete.values]
+    out = {}
+    ann = monthly.groupby("time.year").map(agg).sel(year=years)
+    ok = n.sel(year=years) == 12
+    out["annual"] = ann.where(ok)
+    jja = monthly.where(t.month.isin([6, 7, 8])).groupby("time.year").map(agg).sel(year=years)
+    out["jja"] = jja.where(ok)
+    if how == "sum":
+        out["nonsummer"] = (ann - jja).where(ok)
+    for m in range(1, 13):
+        sel = monthly.sel(time=t.month == m)
+        out[f"m{m:02d}"] = sel.assign_coords(year=("time", sel["time"].dt.year.values)).swap_dims(
+            time="year").drop_vars("time").sel(year=years)
+    return out
+
+
+def area_share(mask: xr.DataArray, weight: xr.DataArray, valid: xr.DataArray) -> float:
+    """Area-weighted share of the valid cells where ``mask`` holds."""
+    w = weight.where(valid, 0.0)
+    tot = float(w.sum())
+    return float(w.where(mask, 0.0).sum()) / tot if tot > 0 else float("nan")
+
+
+def overlay_classes(nee_slope, gpp_slope, reco_slope) -> xr.DataArray:
+    """Fig. 2c: which component drives each pixel's NEE trend (codes 1..4, see OVERLAY).
+
+    NEE slope < 0 (sink strengthening): from rising GPP when gpp_slope ≥ −reco_slope, else from
+    falling Reco. NEE slope > 0: from rising Reco when reco_slope ≥ −gpp_slope, else from falling
+    GPP. Significant and non-significant trends alike, as in the paper; 0 where NEE slope is 0
+    or missing.
+    """
+    up_sink = nee_slope < 0
+    up_src = nee_slope > 0
+    code = xr.where(up_sink & (gpp_slope >= -reco_slope), 1, 0)
+    code = xr.where(up_sink & (gpp_slope < -reco_slope), 2, code)
+    code = xr.where(up_src & (reco_slope >= -gpp_slope), 3, code)
+    code = xr.where(up_src & (reco_slope < -gpp_slope), 4, code)
+    code = code.astype(np.int8)
+    code.attrs.update(flag_values=np.arange(1, 5, dtype=np.int8), flag_meanings=" ".join(OVERLAY),
+                      long_name="attribution of the annual NEE trend (0 = none)")
+    return code
+
+
+def site_trends(table: pd.DataFrame, min_years: int = 8, flux: str = "nee", method: str = "zhang") -> pd.DataFrame:
+    """In-situ trends: annual sums of site-years with 12 months, for sites with ≥ ``min_years``
+    such years (the paper: more than seven years of year-round data)."""
+    d = table[table[flux].notna()]
+    full = d.groupby(["site_id", "year"]).filter(lambda g: g.month.nunique() == 12)
+    ann = full.groupby(["site_id", "year"])[flux].sum().reset_index()
+    rows = []
+    for site, g in ann.groupby("site_id"):
+        if len(g) < min_years:
+            continue
+        g = g.sort_values("year")
+        years = np.arange(g.year.min(), g.year.max() + 1)
+        series = pd.Series(g[flux].to_numpy(), index=g.year.to_numpy()).reindex(years)
+        r = trend_series(series.to_numpy(), years, method=method, units="g C m-2 yr-1")
+        rows.append({"site_id": site, "n_years": int(len(g)), "first_year": int(years[0]),
+                     "last_year": int(years[-1]), **{k: r[k] for k in ("slope", "p", "tau")}})
+    return pd.DataFrame(rows, columns=["site_id", "n_years", "first_year", "last_year", "slope", "p", "tau"])
