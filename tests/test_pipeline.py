@@ -151,3 +151,26 @@ def test_trend_outputs(study_run):
     t = pd.DataFrame(s["truth"]).set_index(["zone", "flux"])
     assert t.loc[("domain", "nee"), "trend_truth"] < 0  # the twin's sink strengthens
     assert np.sign(t.loc[("domain", "nee (reco-gpp)"), "trend"]) == -1
+
+
+def test_bootstrap_sd_maps_and_budget_sd(study_run):
+    """SD on every aggregate: each bootstrap forest's budget first, then the SD (not pixel SDs)."""
+    out, _ = study_run
+    up = xr.open_zarr(out / "upscaled.zarr", consolidated=False)
+    for v in ("gpp_sd", "reco_sd", "nee_sd", "nee_derived_sd"):
+        a = up[v].isel(time=6).values
+        assert np.nanmin(a) >= 0 and np.nanmax(a) > 0
+    mb = pd.read_parquet(out / "budgets_members_monthly.parquet")
+    assert sorted(mb.member.unique()) == [0, 1, 2]
+    t = mb[mb.flux == "nee"].pivot_table(index=["member", "time"], columns="zone", values="tg_c")
+    np.testing.assert_allclose(t.boreal + t.tundra, t.domain, rtol=1e-9)
+    ann = mb[mb.flux == "nee"].groupby(["member", "zone", "year"]).tg_c.sum()
+    sd_hand = ann.groupby(["zone", "year"]).std(ddof=1)
+    b = pd.read_csv(out / "budgets_annual.csv").set_index(["zone", "flux", "year"])
+    for (zone, year), v in sd_hand.items():
+        assert b.loc[(zone, "nee", year), "tg_c_sd"] == pytest.approx(v, rel=1e-9)
+        assert b.loc[(zone, "nee_fire", year), "tg_c_sd"] == pytest.approx(v, rel=1e-9)  # fire adds no SD
+    period = pd.read_csv(out / "budgets_period_sd.csv").set_index(["zone", "flux"]).period_mean_tg_c_sd
+    assert period[("domain", "nee")] > 0
+    s = json.loads((out / "summary.json").read_text())
+    assert "sd" in pd.DataFrame(s["truth"]).columns

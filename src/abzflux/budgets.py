@@ -80,9 +80,9 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
-def annual_from_monthly(monthly: pd.DataFrame) -> pd.DataFrame:
-    """Sum complete years (12 months) of a monthly budget table to Tg C yr-1."""
-    g = monthly.groupby(["zone", "flux", "year"])
+def annual_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Sum complete years (12 months) of a monthly budget table to Tg C yr-1 (per ``by`` too)."""
+    g = monthly.groupby(["zone", "flux", *by, "year"])
     ann = g.agg(tg_c=("tg_c", "sum"), n_months=("month", "nunique"), coverage=("coverage", "min")).reset_index()
     return ann[ann.n_months == 12].drop(columns="n_months").reset_index(drop=True)
 

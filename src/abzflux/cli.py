@@ -113,13 +113,14 @@ def _print_summary(run_dir: Path) -> None:
     s = json.loads((run_dir / "summary.json").read_text())
     if "truth" in s:
         t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2)")
-        for c in ("flux", "zone", "estimate", "truth", "error", "error %", "trend", "true trend"):
+        for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         from .pipeline import _order
         import pandas as pd
 
         for r in _order(pd.DataFrame(s["truth"])).itertuples():
-            t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
+            sd = getattr(r, "sd", float("nan"))
+            t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{sd:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
                       f"{100 * r.rel_error:+.1f}", f"{r.trend:+.1f}", f"{r.trend_truth:+.1f}")
         console.print(t)
         console.print(f"mean annual NEE map vs truth: Pearson r = {s['nee_map_pearson_r']:.3f}")

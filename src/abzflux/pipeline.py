@@ -395,18 +395,26 @@ def stage_upscale(ctx: Context, progress=None) -> None:
     static = {v: pred[v].values for v in PREDICTOR_NAMES if v != "month" and "time" not in pred[v].dims}
     veg = pd.Series(static["veg_type"].ravel()).replace(VEG_RECODE).to_numpy().reshape(ny, nx)
     veg_by_flux = {f: remap_unseen_veg(veg, land, m.known_levels("veg_type"), f, ctx.log) for f, m in models.items()}
+    members = load_bootstrap(ctx.out) if ctx.path("bootstrap/bootstrap.json").exists() else {}
+    members = {f: m for f, m in members.items() if m}
     out_vars = list(FLUXES) + ["nee_derived"]
+    sd_vars = [f"{v}_sd" for v in out_vars] if members else []
+    weights = budgets_mod.zone_weights(zones)
+    wmat = weights.values.reshape(weights.sizes["zone"], -1)
+    member_budgets = []
     tmp = ctx.path("upscaled.zarr.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     crs = grid_crs(pred, ctx.cfg.inputs.predictors)
     coords = {"time": times[sel], "y": pred.y.values, "x": pred.x.values}
     template = xr.Dataset(
-        {v: (("time", "y", "x"), _lazy_nan((len(sel), ny, nx))) for v in out_vars}, coords=coords)
+        {v: (("time", "y", "x"), _lazy_nan((len(sel), ny, nx))) for v in out_vars + sd_vars}, coords=coords)
+    names = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
+             "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
+             "nee_derived": "net ecosystem exchange derived as reco - gpp"}
     for v in out_vars:
-        template[v].attrs.update(units=FLUX_UNITS, long_name={
-            "gpp": "gross primary productivity", "reco": "ecosystem respiration",
-            "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
-            "nee_derived": "net ecosystem exchange derived as reco - gpp"}[v])
+        template[v].attrs.update(units=FLUX_UNITS, long_name=names[v])
+    for v in sd_vars:
+        template[v].attrs.update(units=FLUX_UNITS, long_name=f"SD across the bootstrap forests of {names[v[:-3]]}")
     template = write_crs(template, crs)
     template.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes",
                           source=f"abzflux {__version__}")
@@ -440,11 +448,38 @@ def stage_upscale(ctx: Context, progress=None) -> None:
                     X[has].assign(veg_type=vt[has])[list(PREDICTOR_NAMES)])
             res[flux] = a
         res["nee_derived"] = res["reco"] - res["gpp"]
+        if members:
+            # The bootstrap forests have no factors: every land cell with predictors gets a value.
+            Xb = X[[c for c in PREDICTOR_NAMES if c not in BOOTSTRAP_DROP]]
+            ens = {}
+            for flux, ms in members.items():
+                a = np.full((len(ms), nt, ny, nx), np.nan, np.float32)
+                for i, m in enumerate(ms):
+                    a[i][ok] = m.predict(Xb)
+                ens[flux] = a
+            ens["nee_derived"] = ens["reco"] - ens["gpp"]
+            tt = times[idx]
+            for v, a in ens.items():
+                res[f"{v}_sd"] = a.std(axis=0, ddof=1) if len(a) > 1 else np.full(a.shape[1:], np.nan, np.float32)
+                flat = np.nan_to_num(a.reshape(len(a), nt, -1).astype(np.float64))
+                tg = np.einsum("btc,zc->btz", flat, wmat) / budgets_mod.TG  # (member, time, zone)
+                for b in range(len(a)):
+                    member_budgets.append(pd.DataFrame({
+                        "member": b, "flux": v, "time": np.repeat(tt, len(weights.zone)),
+                        "zone": np.tile(weights.zone.values, nt), "tg_c": tg[b].ravel()}))
         t0 = int(np.searchsorted(sel, idx[0]))
-        ds = xr.Dataset({v: (("time", "y", "x"), res[v]) for v in out_vars})
+        ds = xr.Dataset({v: (("time", "y", "x"), res[v]) for v in out_vars + sd_vars})
         ds.to_zarr(tmp, region={"time": slice(t0, t0 + nt), "y": slice(0, ny), "x": slice(0, nx)}, consolidated=False)
         if progress:
             progress(k + 1, len(years))
+    mb_tmp = ctx.path("budgets_members_monthly.parquet.tmp")
+    if member_budgets:
+        mb = pd.concat(member_budgets, ignore_index=True)
+        mb["year"], mb["month"] = mb.time.dt.year, mb.time.dt.month
+        mb.to_parquet(mb_tmp, index=False)
+        _atomic_replace(mb_tmp, ctx.path("budgets_members_monthly.parquet"))
+    else:
+        ctx.path("budgets_members_monthly.parquet").unlink(missing_ok=True)
     _atomic_replace(tmp, ctx.path("upscaled.zarr"))
 
 
@@ -472,6 +507,19 @@ def stage_budgets(ctx: Context) -> None:
     """(d) Annual budgets (Tg C yr-1) for the domain, biomes, regions and permafrost."""
     up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
     ann = budgets_mod.annual_budgets(up[list(FLUXES) + ["nee_derived"]], ctx.zones(), fire=ctx.fire())
+    mpath = ctx.path("budgets_members_monthly.parquet")
+    if mpath.exists():
+        # Uncertainty as in the paper: each bootstrap forest's budget first, then the SD across
+        # forests (never a sum of per-pixel SDs). Fire is added without uncertainty.
+        mann = budgets_mod.annual_from_monthly(pd.read_parquet(mpath).assign(coverage=1.0).drop(columns="time"),
+                                               by=("member",))
+        fire = ann[ann.flux == "fire"][["zone", "year", "tg_c"]].rename(columns={"tg_c": "fire"})
+        nf = mann[mann.flux == "nee"].merge(fire, on=["zone", "year"])
+        mann = pd.concat([mann, nf.assign(flux="nee_fire", tg_c=nf.tg_c + nf.fire).drop(columns="fire")])
+        sd = mann.groupby(["zone", "flux", "year"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
+        ann = ann.merge(sd, on=["zone", "flux", "year"], how="left")
+        period = mann.groupby(["zone", "flux", "member"]).tg_c.mean().groupby(["zone", "flux"]).std(ddof=1)
+        period.rename("period_mean_tg_c_sd").reset_index().to_csv(ctx.path("budgets_period_sd.csv"), index=False)
     tmp = ctx.path("budgets_annual.csv.tmp")
     ann.to_csv(tmp, index=False)
     _atomic_replace(tmp, ctx.path("budgets_annual.csv"))
@@ -557,10 +605,18 @@ def stage_summary(ctx: Context) -> None:
     ann = pd.read_csv(ctx.path("budgets_annual.csv"))
     period = ann.groupby(["zone", "flux"]).agg(tg_c=("tg_c", "mean"), density=("density_g_m2", "mean"),
                                              first_year=("year", "min"), last_year=("year", "max")).reset_index()
+    sd_path = ctx.path("budgets_period_sd.csv")
+    period_sd = pd.read_csv(sd_path) if sd_path.exists() else None
+    if period_sd is not None:
+        period = period.merge(period_sd, on=["zone", "flux"], how="left")
     summary = {"budgets": period.to_dict(orient="records")}
     truth_cmp = None
     if ctx.cfg.inputs.truth is not None:
         truth_cmp, map_r = compare_truth(ctx, ann)
+        if period_sd is not None:
+            sd = period_sd.assign(flux=period_sd.flux.replace({"nee_derived": "nee (reco-gpp)"}))
+            truth_cmp = truth_cmp.merge(sd, on=["zone", "flux"], how="left").rename(
+                columns={"period_mean_tg_c_sd": "sd"})
         summary["truth"] = truth_cmp.to_dict(orient="records")
         summary["nee_map_pearson_r"] = map_r
     info = json.loads(ctx.path("models/forest.json").read_text())
@@ -621,12 +677,17 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
         lines.append(f"| {f} | {v['rows']} | {v['sites']} | {v['mtry']} | {v['in_sample_r2']:.3f} | {v['in_sample_rmse']:.1f} |")
     lines += ["", f"## Budgets, mean {y0}–{y1} (Tg C yr-1)", ""]
     if truth is not None:
-        lines += ["| flux | zone | estimate | truth | error | error % | trend (Tg C yr-2) | true trend |",
-                  "|---|---|---|---|---|---|---|---|"]
+        has_sd = "sd" in truth.columns
+        lines += ["| flux | zone | estimate | ± bootstrap SD | truth | error | error % | error / SD "
+                  "| trend (Tg C yr-2) | true trend |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in _order(truth).itertuples():
-            lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
-                         f"{100 * r.rel_error:+.1f} | {r.trend:+.2f} | {r.trend_truth:+.2f} |")
-        lines += ["", f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}", "",
+            sd = getattr(r, "sd", np.nan) if has_sd else np.nan
+            lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {sd:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
+                         f"{100 * r.rel_error:+.1f} | {r.error / sd if sd > 0 else np.nan:+.1f} | "
+                         f"{r.trend:+.2f} | {r.trend_truth:+.2f} |")
+        lines += ["", "± is the SD across the bootstrap forests of each forest's period-mean budget (the "
+                  "paper's method); error / SD shows how far the truth lies outside it.", "",
+                  f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}", "",
                   "NEE is a small residual of two large fluxes; where the site network is sparse (Siberia, "
                   "the high Arctic) the model extrapolates, and the NEE budget error can be large. "
                   "It is reported here, not tuned away."]
@@ -659,7 +720,7 @@ def build_stages(progress_factory=None) -> list[Stage]:
               ("forest.importance_repeats", "forest.pdp_points", "forest.pdp_rows", "run.seed")),
         Stage("bootstrap", ("bootstrap",), stage_bootstrap, ("forest",),
               FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
-        Stage("upscale", ("upscaled.zarr",), upscale, ("forest",), ("run.years",), ("predictors", "zones")),
+        Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years",), ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv",), stage_budgets, ("upscale",), (), ("zones", "fire")),
         Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),

@@ -628,12 +628,12 @@ years = "{spec.first_year}-{spec.last_year}"
 
 [forest]
 # Sized for a demo of a few minutes on 2 cores: 100 trees and a fixed mtry (leave-one-site-out
-# CV still runs, for skill). The paper's settings are abzflux's defaults: delete these lines
-# (500 trees; mtry tuned by leave-one-site-out CV over [2, 9, 17]; 100 importance repeats on
-# all rows; 20 bootstrap forests).
+# CV still runs, for skill) and 10 bootstrap forests. The paper's settings are abzflux's
+# defaults: delete these lines (500 trees; mtry tuned by leave-one-site-out CV over [2, 9, 17];
+# 100 importance repeats on all rows; 20 bootstrap forests).
 n_estimators = 100
 mtry = 5
 importance_repeats = 10
 pdp_rows = 500
-n_bootstrap = 20
+n_bootstrap = 10
 """
