@@ -71,7 +71,7 @@ def test_paths_resolve_against_config_dir_not_cwd(project, tmp_path, monkeypatch
     """Loading through a relative config path from elsewhere still resolves inputs next to it."""
     sub = project / "configs"
     sub.mkdir()
-    path = write(sub, MINIMAL_INPUTS.replace('"data/', '"../data/').replace('"zones.nc"', '"../zones.nc"'))
+    write(sub, MINIMAL_INPUTS.replace('"data/', '"../data/').replace('"zones.nc"', '"../zones.nc"'))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -465,7 +465,6 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
         recs.append(pd.DataFrame({"site": s.site, "year": yrs, "month": mons, "method": method}))
     rec = pd.concat(recs, ignore_index=True).merge(sites, on="site")
     rec["gpp_t"] = rec["reco_t"] = np.nan
-    rec_key = rec.set_index(["year", "month"]).index
 
     # ---- monthly loop: predictors, fire and truth, appended year by year
     toa = _toa_monthly(w.lat)
