@@ -63,6 +63,7 @@ def test_run_json_records_provenance(study_run, fast_config):
     assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth"}
     assert all(len(h) == 64 for h in r["input_hashes"].values())
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
+    assert len(r["code_hash"]) == 64  # stages rerun when abzflux's own code changes
     assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "summary"]
 
 

@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -54,6 +55,17 @@ def file_hash(path: Path) -> str:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_hash() -> str:
+    """SHA-256 of abzflux's own source files: a stage reruns when the code that made it changed."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 
@@ -747,7 +759,7 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
             ctx.hashes[k] = file_hash(p)
     record = {
         "abzflux": __version__, "config": cfg.to_dict(), "config_file": str(cfg.source),
-        "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(),
+        "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(), "code_hash": code_hash(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {},
     }
     fingerprints: dict[str, str] = {}
@@ -763,7 +775,7 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
 def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, progress_factory) -> None:
     cfg, out, log = ctx.cfg, ctx.out, ctx.log
     for st in build_stages(progress_factory):
-        fp_src = {"stage": st.name, "version": __version__,
+        fp_src = {"stage": st.name, "version": __version__, "code": code_hash(),
                   "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
                   "inputs": {k: ctx.hashes.get(k) for k in st.inputs},
                   "upstream": {d: fingerprints[d] for d in st.depends}}
