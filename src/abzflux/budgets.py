@@ -48,36 +48,60 @@ def zone_weights(zones: xr.Dataset) -> xr.DataArray:
     return w.transpose("zone", "y", "x").compute()
 
 
-def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
+def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256) -> pd.DataFrame:
     """Tg C month-1 per zone, month and flux variable; long table.
 
     Columns: zone, time, year, month, flux, tg_c, coverage (share of the zone's area with a
-    value that month).
+    value that month). The grid is read in bands of ``band`` rows and the time axis in the
+    variable's chunks, so memory stays bounded for any grid size and period.
     """
-    w = zone_weights(zones)
     for c in ("y", "x"):  # weights are matched to cells by position: the grids must be identical
-        if not np.array_equal(np.asarray(fluxes[c].values), np.asarray(w[c].values)):
+        if not np.array_equal(np.asarray(fluxes[c].values), np.asarray(zones[c].values)):
             raise ValueError(f"flux grid and zones grid differ along {c!r}")
-    wv = w.values.reshape(w.sizes["zone"], -1)
-    total = wv.sum(1)
+    ny = zones.sizes["y"]
+    bands = [slice(i, min(i + band, ny)) for i in range(0, ny, band)]
+    zone_names, total = None, None
     out = []
     for name, da in fluxes.data_vars.items():
         if "time" not in da.dims:
             continue
         da = da.transpose("time", "y", "x")
         times = pd.DatetimeIndex(da.time.values)
-        step = int(da.chunksizes["time"][0]) if da.chunks else len(times)
-        for t0 in range(0, len(times), max(step, 1)):
-            block = np.asarray(da.isel(time=slice(t0, t0 + step)).values, dtype=np.float64)
-            block = block.reshape(block.shape[0], -1)
-            valid = np.isfinite(block)
-            tg = np.where(valid, block, 0.0) @ wv.T / TG  # (time, zone)
-            cov = valid.astype(np.float64) @ wv.T / np.where(total > 0, total, 1.0)
-            tt = times[t0 : t0 + step]
-            for zi, zone in enumerate(w.zone.values):
-                out.append(pd.DataFrame({"zone": zone, "time": tt, "year": tt.year, "month": tt.month,
-                                         "flux": name, "tg_c": tg[:, zi], "coverage": cov[:, zi]}))
+        step = max(int(da.chunksizes["time"][0]) if da.chunks else len(times), 1)
+        tg = np.zeros((len(times), 0))
+        cov = None
+        for ys in bands:  # bands in a fixed order: sums are reproducible
+            w = zone_weights(zones.isel(y=ys))
+            if zone_names is None:
+                zone_names = list(w.zone.values)
+            wv = w.values.reshape(w.sizes["zone"], -1)
+            if tg.shape[1] == 0:
+                tg = np.zeros((len(times), wv.shape[0]))
+                cov = np.zeros_like(tg)
+            for t0 in range(0, len(times), step):
+                block = np.asarray(da.isel(time=slice(t0, t0 + step), y=ys).values, dtype=np.float64)
+                block = block.reshape(block.shape[0], -1)
+                valid = np.isfinite(block)
+                tg[t0:t0 + step] += np.where(valid, block, 0.0) @ wv.T
+                cov[t0:t0 + step] += valid.astype(np.float64) @ wv.T
+        if total is None:
+            total = np.asarray(zone_areas_m2(zones, band).loc[zone_names].values)
+        tg /= TG
+        cov /= np.where(total > 0, total, 1.0)
+        for zi, zone in enumerate(zone_names):
+            out.append(pd.DataFrame({"zone": zone, "time": times, "year": times.year, "month": times.month,
+                                     "flux": name, "tg_c": tg[:, zi], "coverage": cov[:, zi]}))
     return pd.concat(out, ignore_index=True)
+
+
+def zone_areas_m2(zones: xr.Dataset, band: int = 256) -> pd.Series:
+    """Effective land area (m2) of every zone, summed band by band."""
+    ny = zones.sizes["y"]
+    total = None
+    for i in range(0, ny, band):
+        a = zone_weights(zones.isel(y=slice(i, min(i + band, ny)))).sum(("y", "x")).to_series()
+        total = a if total is None else total + a
+    return total
 
 
 def annual_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -102,11 +126,11 @@ def annual_budgets(fluxes: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | Non
         nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.tg_c_f,
                         coverage=np.minimum(nee.coverage, nee.coverage_f))[["zone", "flux", "year", "tg_c", "coverage"]]
         ann = pd.concat([ann, fb[fb.year.isin(nee.year)], nf], ignore_index=True)
-    area = zone_weights(zones).sum(("y", "x")).to_series()
+    area = zone_areas_m2(zones)
     ann["density_g_m2"] = ann.tg_c * TG / ann.zone.map(area)
     return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True)
 
 
 def zone_areas_km2(zones: xr.Dataset) -> pd.Series:
     """Effective land area of every zone (km2)."""
-    return zone_weights(zones).sum(("y", "x")).to_series() / 1e6
+    return zone_areas_m2(zones) / 1e6

@@ -26,7 +26,8 @@ class Inputs:
 class RunSettings:
     seed: int = 448
     years: str | None = None  # "2001-2020"; default: every complete year of the predictor stack
-    scheduler: str | None = None  # dask.distributed scheduler address for CV folds; "local" = LocalCluster
+    scheduler: str | None = None  # dask.distributed scheduler address (CV folds, upscaling); "local" = LocalCluster
+    tile: int = 128  # upscaling chunk: tile x tile cells x 12 months (also the output Zarr chunk)
 
     def year_range(self, file) -> tuple[int, int] | None:
         if self.years is None:
@@ -154,6 +155,7 @@ def load_config(path) -> Config:
             raise ConfigError(path, f"input path does not exist: {p}", column=f"inputs.{k}")
     cfg.run.year_range(path)
     for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
+                           ("run.tile", cfg.run.tile, 8),
                            ("forest.nodesize", cfg.forest.nodesize, 1),
                            ("forest.mtry", cfg.forest.mtry, 1),
                            ("forest.importance_repeats", cfg.forest.importance_repeats, 0),

@@ -35,6 +35,7 @@ from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_
 from . import cv as cv_mod
 from . import plots
 from . import trends as trends_mod
+from . import upscale as upscale_mod
 from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 
@@ -395,124 +396,23 @@ def load_bootstrap(run_dir: Path) -> dict[str, list[FluxForest]]:
 
 
 def stage_upscale(ctx: Context, progress=None) -> None:
-    """(c) Monthly GPP, Reco, NEE over every land cell, one year at a time, to Zarr."""
+    """(c) Monthly GPP, Reco, NEE (+ bootstrap SD) over every land cell, streamed tile-year by
+    tile-year into Zarr (see :mod:`abzflux.upscale`); resumes a killed run."""
     pred = ctx.predictors()
-    zones = ctx.zones()
-    models = load_models(ctx.out)
+    ctx.zones()  # validated (grid, codes) before any chunk runs
     y0, y1 = ctx.years()
     times = pd.DatetimeIndex(pred.time.values)
     sel = np.nonzero((times.year >= y0) & (times.year <= y1))[0]
-    land = zones["land_fraction"].fillna(0).values > 0
-    ny, nx = land.shape
-    static = {v: pred[v].values for v in PREDICTOR_NAMES if v != "month" and "time" not in pred[v].dims}
-    veg = pd.Series(static["veg_type"].ravel()).replace(VEG_RECODE).to_numpy().reshape(ny, nx)
-    veg_by_flux = {f: remap_unseen_veg(veg, land, m.known_levels("veg_type"), f, ctx.log) for f, m in models.items()}
-    members = load_bootstrap(ctx.out) if ctx.path("bootstrap/bootstrap.json").exists() else {}
-    members = {f: m for f, m in members.items() if m}
-    out_vars = list(FLUXES) + ["nee_derived"]
-    sd_vars = [f"{v}_sd" for v in out_vars] if members else []
-    weights = budgets_mod.zone_weights(zones)
-    wmat = weights.values.reshape(weights.sizes["zone"], -1)
-    member_budgets = []
-    tmp = ctx.path("upscaled.zarr.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    crs = grid_crs(pred, ctx.cfg.inputs.predictors)
-    coords = {"time": times[sel], "y": pred.y.values, "x": pred.x.values}
-    template = xr.Dataset(
-        {v: (("time", "y", "x"), _lazy_nan((len(sel), ny, nx))) for v in out_vars + sd_vars}, coords=coords)
-    names = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
-             "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
-             "nee_derived": "net ecosystem exchange derived as reco - gpp"}
-    for v in out_vars:
-        template[v].attrs.update(units=FLUX_UNITS, long_name=names[v])
-    for v in sd_vars:
-        template[v].attrs.update(units=FLUX_UNITS, long_name=f"SD across the bootstrap forests of {names[v[:-3]]}")
-    template = write_crs(template, crs)
-    template.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes",
-                          source=f"abzflux {__version__}")
-    template.to_zarr(tmp, compute=False, mode="w", consolidated=False)
-    years = sorted(set(times[sel].year))
-    for k, year in enumerate(years):
-        idx = sel[times[sel].year == year]
-        block = {v: pred[v].isel(time=idx).values for v in PREDICTOR_NAMES
-                 if v != "month" and "time" in pred[v].dims}
-        nt = len(idx)
-        cols = {}
-        for v in PREDICTOR_NAMES:
-            if v == "month":
-                cols[v] = np.broadcast_to(times[idx].month.to_numpy()[:, None, None], (nt, ny, nx))
-            elif v in static:
-                cols[v] = np.broadcast_to(static[v], (nt, ny, nx))
-            else:
-                cols[v] = block[v]
-        ok = np.broadcast_to(land, (nt, ny, nx)).copy()
-        for v in PREDICTOR_NAMES:
-            if v not in ("month", "veg_type"):
-                ok &= np.isfinite(cols[v])
-        X = pd.DataFrame({v: np.asarray(cols[v])[ok] for v in PREDICTOR_NAMES if v != "veg_type"})
-        res = {}
-        for flux, model in models.items():
-            a = np.full((nt, ny, nx), np.nan, np.float32)
-            vt = np.broadcast_to(veg_by_flux[flux], (nt, ny, nx))[ok]
-            has = np.isfinite(vt)
-            if has.any():
-                a[tuple(i[has] for i in np.nonzero(ok))] = model.predict(
-                    X[has].assign(veg_type=vt[has])[list(PREDICTOR_NAMES)])
-            res[flux] = a
-        res["nee_derived"] = res["reco"] - res["gpp"]
-        if members:
-            # The bootstrap forests have no factors: every land cell with predictors gets a value.
-            Xb = X[[c for c in PREDICTOR_NAMES if c not in BOOTSTRAP_DROP]]
-            ens = {}
-            for flux, ms in members.items():
-                a = np.full((len(ms), nt, ny, nx), np.nan, np.float32)
-                for i, m in enumerate(ms):
-                    a[i][ok] = m.predict(Xb)
-                ens[flux] = a
-            ens["nee_derived"] = ens["reco"] - ens["gpp"]
-            tt = times[idx]
-            for v, a in ens.items():
-                res[f"{v}_sd"] = a.std(axis=0, ddof=1) if len(a) > 1 else np.full(a.shape[1:], np.nan, np.float32)
-                flat = np.nan_to_num(a.reshape(len(a), nt, -1).astype(np.float64))
-                tg = np.einsum("btc,zc->btz", flat, wmat) / budgets_mod.TG  # (member, time, zone)
-                for b in range(len(a)):
-                    member_budgets.append(pd.DataFrame({
-                        "member": b, "flux": v, "time": np.repeat(tt, len(weights.zone)),
-                        "zone": np.tile(weights.zone.values, nt), "tg_c": tg[b].ravel()}))
-        t0 = int(np.searchsorted(sel, idx[0]))
-        ds = xr.Dataset({v: (("time", "y", "x"), res[v]) for v in out_vars + sd_vars})
-        ds.to_zarr(tmp, region={"time": slice(t0, t0 + nt), "y": slice(0, ny), "x": slice(0, nx)}, consolidated=False)
-        if progress:
-            progress(k + 1, len(years))
-    mb_tmp = ctx.path("budgets_members_monthly.parquet.tmp")
-    if member_budgets:
-        mb = pd.concat(member_budgets, ignore_index=True)
-        mb["year"], mb["month"] = mb.time.dt.year, mb.time.dt.month
-        mb.to_parquet(mb_tmp, index=False)
-        _atomic_replace(mb_tmp, ctx.path("budgets_members_monthly.parquet"))
-    else:
-        ctx.path("budgets_members_monthly.parquet").unlink(missing_ok=True)
-    _atomic_replace(tmp, ctx.path("upscaled.zarr"))
-
-
-def remap_unseen_veg(veg: np.ndarray, land: np.ndarray, known, flux: str, log) -> np.ndarray:
-    """Vegetation classes with training levels: unseen classes take their first trained
-    fallback (predictors.VEG_FALLBACK); cells with none are NaN (not predicted)."""
-    out = veg.astype(np.float64)
-    known = set(known)
-    for code in sorted(set(np.unique(veg[land]).tolist()) - known):
-        cells = land & (veg == code)
-        fb = next((c for c in VEG_FALLBACK.get(int(code), ()) if c in known), None)
-        out[cells] = np.nan if fb is None else fb
-        log(f"{flux}: vegetation class {int(code)} ({int(cells.sum())} land cells) not in training; "
-            + ("cells left NaN" if fb is None else f"predicted as class {fb}"))
-    return out
-
-
-def _lazy_nan(shape):
-    import dask.array as da
-
-    return da.full(shape, np.nan, dtype=np.float32, chunks=(1, shape[1], shape[2]))
+    models = {f: ctx.path("models") / f"{f}.npz" for f in FLUXES}
+    members = {}
+    rec = ctx.path("bootstrap/bootstrap.json")
+    if rec.exists():
+        members = {f: [ctx.path("bootstrap") / f"{f}_{m['member']:02d}.npz" for m in v]
+                   for f, v in json.loads(rec.read_text()).items() if v}
+    info = upscale_mod.upscale(ctx.cfg.inputs.predictors, ctx.cfg.inputs.zones, models, members, ctx.out, sel,
+                               tile=ctx.cfg.run.tile, client=ctx.client(), progress=progress,
+                               fingerprint=ctx.cache.get("fingerprint", ""), log=ctx.log)
+    ctx.log(f"upscaled {info['chunks']} tile-years ({info['resumed']} resumed), tile {info['tile']} cells")
 
 
 def stage_budgets(ctx: Context) -> None:
@@ -718,7 +618,7 @@ FOREST_KEYS = ("forest.n_estimators", "forest.mtry", "forest.mtry_grid", "forest
 
 def build_stages(progress_factory=None) -> list[Stage]:
     def upscale(ctx):
-        prog = progress_factory("upscaling years") if progress_factory else None
+        prog = progress_factory("upscaling tile-years") if progress_factory else None
         try:
             stage_upscale(ctx, prog)
         finally:
@@ -735,7 +635,8 @@ def build_stages(progress_factory=None) -> list[Stage]:
               ("forest.importance_repeats", "forest.pdp_points", "forest.pdp_rows", "run.seed")),
         Stage("bootstrap", ("bootstrap",), stage_bootstrap, ("forest",),
               FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
-        Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years",), ("predictors", "zones")),
+        Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
+              ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv",), stage_budgets, ("upscale",), (), ("zones", "fire")),
         Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),
@@ -794,6 +695,7 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
         marker.unlink(missing_ok=True)
         t0 = time.perf_counter()
         log(f"[{st.name}] running")
+        ctx.cache["fingerprint"] = fp
         st.func(ctx)
         dt = time.perf_counter() - t0
         _atomic_write_text(marker, json.dumps({"fingerprint": fp, "seconds": round(dt, 2),

@@ -1,0 +1,326 @@
+"""Upscaling: monthly GPP, Reco and NEE over every land cell, streamed chunk by chunk.
+
+The grid is cut into square tiles (``tile`` × ``tile`` cells) and the period into calendar
+years; one *chunk* is one tile-year, and it is also one chunk of the output Zarr store
+(12, tile, tile). A chunk is computed from the predictor tile of that year alone, so peak
+memory depends on the tile size and the number of bootstrap forests, never on the domain size
+or the number of months. Tiles without land are skipped (their store chunks stay unwritten and
+read as NaN).
+
+Each finished chunk writes its region of the store and then a small completion record
+(``parts/<year>_<iy>_<ix>.npz``, written atomically) holding the bootstrap forests' zone sums
+for that chunk. A killed run restarts, finds the records and computes only the missing chunks.
+Per-pixel values do not depend on the order in which chunks run or on the machine that ran
+them; the zone sums are added in a fixed chunk order, so a local run, a threaded run and a
+dask.distributed run give identical outputs.
+
+Workers (local, threads or a dask.distributed cluster) open the predictor and zones files and
+the model files by path, so on a cluster the run directory and inputs must be on a file system
+every worker sees (see docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import __version__
+from . import budgets as budgets_mod
+from .errors import InputError
+from .forest import FluxForest
+from .formats import grid_crs, open_dataset, write_crs
+from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
+
+FLUX_UNITS = "g C m-2 month-1"
+FLUXES = ("gpp", "reco", "nee")
+OUT_VARS = ("gpp", "reco", "nee", "nee_derived")
+BOOTSTRAP_DROP = ("month", "veg_type")  # factors dropped: resamples can lose levels (paper)
+LONG_NAMES = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
+              "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
+              "nee_derived": "net ecosystem exchange derived as reco - gpp"}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One tile-year: output time steps ``t0:t0+nt`` and cells ``[iy0:iy1, ix0:ix1]``."""
+
+    year: int
+    t0: int
+    nt: int
+    iy0: int
+    iy1: int
+    ix0: int
+    ix1: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.year}_{self.iy0}_{self.ix0}"
+
+
+@dataclass
+class UpscaleJob:
+    """Everything a worker needs for any chunk; small and picklable (paths, not arrays)."""
+
+    predictors: str
+    zones: str
+    models: dict  # flux -> model file
+    members: dict  # flux -> list of bootstrap model files
+    store: str
+    parts: str
+    time_index: list  # predictor time index of each output time step
+    veg_map: dict = field(default_factory=dict)  # flux -> {code: code used or NaN}
+    zones_order: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- worker side
+@lru_cache(maxsize=8)
+def _open(path: str) -> xr.Dataset:
+    return open_dataset(path)
+
+
+@lru_cache(maxsize=256)
+def _model(path: str, mtime: float) -> FluxForest:  # mtime: a rewritten model file is reloaded
+    return FluxForest.load(path)
+
+
+def _load(path: str) -> FluxForest:
+    return _model(path, os.path.getmtime(path))
+
+
+def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
+    """Predictor columns of one tile-year as arrays (nt, ty, tx), plus the month of each step."""
+    months = pd.DatetimeIndex(pred.time.values[tidx]).month.to_numpy()
+    cols = {}
+    for v in PREDICTOR_NAMES:
+        if v == "month":
+            continue
+        da = pred[v].isel(y=ys, x=xs)
+        if "time" in da.dims:
+            da = da.isel(time=tidx).transpose("time", "y", "x")
+        cols[v] = np.asarray(da.values, dtype=np.float64)
+    return cols, months
+
+
+def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
+    """Predict one tile-year: the final forests' fluxes, NEE as Reco − GPP, the SD across the
+    bootstrap forests and each bootstrap forest's zone sums (Tg C per month)."""
+    pred, zones = _open(job.predictors), _open(job.zones)
+    ys, xs = slice(c.iy0, c.iy1), slice(c.ix0, c.ix1)
+    tidx = np.asarray(job.time_index[c.t0:c.t0 + c.nt])
+    z = zones.isel(y=ys, x=xs).load()
+    land = z["land_fraction"].fillna(0).values > 0
+    cols, months = _tile_predictors(pred, tidx, ys, xs)
+    nt, (ty, tx) = len(tidx), land.shape
+    full = {}
+    for v, a in cols.items():
+        full[v] = a if a.ndim == 3 else np.broadcast_to(a, (nt, ty, tx))
+    full["month"] = np.broadcast_to(months[:, None, None].astype(np.float64), (nt, ty, tx))
+    ok = np.broadcast_to(land, (nt, ty, tx)).copy()
+    for v in PREDICTOR_NAMES:
+        if v not in ("month", "veg_type"):
+            ok &= np.isfinite(full[v])
+    X = pd.DataFrame({v: full[v][ok] for v in PREDICTOR_NAMES if v != "veg_type"})
+    where = np.nonzero(ok)
+    veg = pd.Series(full["veg_type"][ok]).replace(VEG_RECODE).to_numpy(dtype=np.float64)
+    res = {}
+    for flux, path in job.models.items():
+        model = _load(path)
+        a = np.full((nt, ty, tx), np.nan, np.float32)
+        vt = veg.copy()
+        for code, to in job.veg_map.get(flux, {}).items():
+            vt[veg == float(code)] = np.nan if to is None else to
+        has = np.isfinite(vt)
+        if has.any():
+            a[tuple(i[has] for i in where)] = model.predict(X[has].assign(veg_type=vt[has])[model.feature_names_])
+        res[flux] = a
+    res["nee_derived"] = res["reco"] - res["gpp"]
+    out = {"res": res}
+    if job.members:
+        wz = budgets_mod.zone_weights(z)
+        if list(wz.zone.values) != list(job.zones_order):
+            raise RuntimeError(f"zone order differs in tile {c.key}")
+        wmat = wz.values.reshape(wz.sizes["zone"], -1)
+        Xb = X[[col for col in PREDICTOR_NAMES if col not in BOOTSTRAP_DROP]]
+        ens = {}
+        for flux, paths in job.members.items():
+            a = np.full((len(paths), nt, ty, tx), np.nan, np.float32)
+            for i, p in enumerate(paths):
+                m = _load(p)
+                a[i][ok] = m.predict(Xb[m.feature_names_])
+            ens[flux] = a
+        ens["nee_derived"] = ens["reco"] - ens["gpp"]
+        sums = []
+        for v in OUT_VARS:
+            a = ens[v]
+            res[f"{v}_sd"] = a.std(axis=0, ddof=1) if len(a) > 1 else np.full(a.shape[1:], np.nan, np.float32)
+            flat = np.nan_to_num(a.reshape(len(a), nt, -1).astype(np.float64))
+            sums.append(np.einsum("btc,zc->btz", flat, wmat) / budgets_mod.TG)  # (member, time, zone)
+        out["member_tg"] = np.stack(sums)  # (var, member, time, zone)
+    return out
+
+
+def run_chunk(job: UpscaleJob, c: Chunk) -> str:
+    """Compute one chunk, write its region of the store, then its completion record."""
+    out = predict_chunk(job, c)
+    ds = xr.Dataset({v: (("time", "y", "x"), a) for v, a in out["res"].items()})
+    ds.to_zarr(job.store, region={"time": slice(c.t0, c.t0 + c.nt), "y": slice(c.iy0, c.iy1),
+                                  "x": slice(c.ix0, c.ix1)}, consolidated=False)
+    rec = Path(job.parts) / f"{c.key}.npz"
+    tmp = rec.with_name(rec.name + ".tmp.npz")
+    np.savez(tmp, member_tg=out.get("member_tg", np.zeros((0,))))
+    os.replace(tmp, rec)
+    return c.key
+
+
+# --------------------------------------------------------------------------- driver side
+def plan_chunks(land: np.ndarray, times: pd.DatetimeIndex, tile: int) -> list[Chunk]:
+    """Tile-years with at least one land cell, in a fixed order (year, row, column)."""
+    ny, nx = land.shape
+    chunks = []
+    years = times.year.to_numpy()
+    for year in sorted(set(years.tolist())):
+        t = np.nonzero(years == year)[0]
+        for iy in range(0, ny, tile):
+            for ix in range(0, nx, tile):
+                if land[iy:iy + tile, ix:ix + tile].any():
+                    chunks.append(Chunk(int(year), int(t[0]), len(t), iy, min(iy + tile, ny), ix, min(ix + tile, nx)))
+    return chunks
+
+
+def veg_remap(veg: np.ndarray, known: list, flux: str, log) -> dict:
+    """Vegetation classes on land without training levels: each takes its first trained
+    fallback (predictors.VEG_FALLBACK); classes with none are not predicted (None → NaN)."""
+    out = {}
+    known = set(float(k) for k in known)
+    for code in sorted(set(veg.tolist()) - known):
+        fb = next((float(c) for c in VEG_FALLBACK.get(int(code), ()) if c in known), None)
+        out[float(code)] = fb
+        log(f"{flux}: vegetation class {int(code)} not in training; "
+            + ("cells left NaN" if fb is None else f"predicted as class {int(fb)}"))
+    return out
+
+
+def check_models_match(models: dict, members: dict, pred: xr.Dataset, file) -> None:
+    """Every predictor a model was trained on must be in the stack (month comes from time)."""
+    for flux, paths in [(f, [p]) for f, p in models.items()] + list(members.items()):
+        for p in paths:
+            m = _load(p)
+            missing = [c for c in m.feature_names_ if c != "month" and c not in pred]
+            if missing:
+                raise InputError(file, f"the {flux} model {Path(p).name} was trained on predictor(s) {missing} "
+                                 "that the predictor stack does not have", column=", ".join(missing),
+                                 expected=f"a stack with every model predictor: {m.feature_names_}")
+
+
+def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: int, file) -> xr.Dataset:
+    import dask.array as dsa
+
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    shape = (len(times), ny, nx)
+    chunks = (12, min(tile, ny), min(tile, nx))
+    ds = xr.Dataset({v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks))
+                     for v in variables},
+                    coords={"time": times, "y": pred.y.values, "x": pred.x.values})
+    for v in variables:
+        base = v[:-3] if v.endswith("_sd") else v
+        ds[v].attrs.update(units=FLUX_UNITS, long_name=(f"SD across the bootstrap forests of {LONG_NAMES[base]}"
+                                                        if v.endswith("_sd") else LONG_NAMES[base]))
+        ds[v].encoding.update(chunks=chunks)
+    ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
+    ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
+    ds = write_crs(ds, grid_crs(pred, file))
+    ds.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes", source=f"abzflux {__version__}")
+    return ds
+
+
+def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel: np.ndarray, *,
+            tile: int = 128, client=None, progress=None, fingerprint: str = "", log=print) -> dict:
+    """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
+    are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
+
+    ``client``: a dask.distributed Client, or None to compute chunks in this process (each
+    prediction already uses every core). Work in progress lives in ``out/upscale.partial``;
+    a rerun with the same ``fingerprint`` resumes it. Returns counts of chunks done/resumed.
+    """
+    out = Path(out)
+    pred, zds = open_dataset(predictors), open_dataset(zones)
+    times = pd.DatetimeIndex(pred.time.values[times_sel])
+    check_models_match(models, members, pred, predictors)
+    work = out / "upscale.partial"
+    store, parts = work / "store.zarr", work / "parts"
+    variables = list(OUT_VARS) + ([f"{v}_sd" for v in OUT_VARS] if members else [])
+    state = work / "job.json"
+    if not (state.exists() and json.loads(state.read_text()).get("fingerprint") == fingerprint and store.exists()):
+        shutil.rmtree(work, ignore_errors=True)
+        parts.mkdir(parents=True)
+        _template(pred, times, variables, tile, predictors).to_zarr(store, compute=False, mode="w", consolidated=False)
+        state.write_text(json.dumps({"fingerprint": fingerprint, "tile": tile}))
+    land_da = zds["land_fraction"].fillna(0) > 0
+    land = np.asarray(land_da.values)
+    veg_da = pred["veg_type"]
+    if "time" in veg_da.dims:
+        raise InputError(predictors, "veg_type varies with time", column="veg_type", expected="a static layer (y, x)")
+    veg_codes = np.unique(np.asarray(veg_da.values)[land])
+    veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
+    veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f, log) for f, p in models.items()}
+    zorder = list(budgets_mod.zone_weights(zds.isel(y=slice(0, 1), x=slice(0, 1))).zone.values)
+    job = UpscaleJob(predictors=str(predictors), zones=str(zones), models={f: str(p) for f, p in models.items()},
+                     members={f: [str(p) for p in ps] for f, ps in members.items()}, store=str(store),
+                     parts=str(parts), time_index=[int(i) for i in times_sel], veg_map=veg_map, zones_order=zorder)
+    chunks = plan_chunks(land, times, tile)
+    done = {p.stem for p in parts.glob("*.npz") if not p.name.endswith(".tmp.npz")}
+    todo = [c for c in chunks if c.key not in done]
+    if done:
+        log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
+    n_done = len(chunks) - len(todo)
+    if progress:
+        progress(n_done, len(chunks))
+    if client is None:
+        for c in todo:
+            run_chunk(job, c)
+            n_done += 1
+            if progress:
+                progress(n_done, len(chunks))
+    else:
+        from dask.distributed import as_completed
+
+        jf = client.scatter(job, broadcast=True)
+        futures = client.map(run_chunk, [jf] * len(todo), todo, pure=False)
+        for f in as_completed(futures):
+            f.result()
+            n_done += 1
+            if progress:
+                progress(n_done, len(chunks))
+    # Bootstrap zone sums, added in the fixed chunk order (identical for any scheduler).
+    mb_path = out / "budgets_members_monthly.parquet"
+    if members:
+        n_mem = len(next(iter(members.values())))
+        total = np.zeros((len(OUT_VARS), n_mem, len(times), len(zorder)))
+        for c in chunks:
+            with np.load(parts / f"{c.key}.npz") as z:
+                total[:, :, c.t0:c.t0 + c.nt, :] += z["member_tg"]
+        v_i, m_i, t_i, z_i = np.meshgrid(np.arange(len(OUT_VARS)), np.arange(n_mem), np.arange(len(times)),
+                                         np.arange(len(zorder)), indexing="ij")
+        mb = pd.DataFrame({"member": m_i.ravel(), "flux": np.asarray(OUT_VARS)[v_i.ravel()],
+                           "time": times[t_i.ravel()], "zone": np.asarray(zorder)[z_i.ravel()],
+                           "tg_c": total.ravel()})
+        mb["year"], mb["month"] = mb.time.dt.year, mb.time.dt.month
+        tmp = out / "budgets_members_monthly.parquet.tmp"
+        mb.to_parquet(tmp, index=False)
+        os.replace(tmp, mb_path)
+    else:
+        mb_path.unlink(missing_ok=True)
+    final = out / "upscaled.zarr"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(store, final)
+    shutil.rmtree(work)
+    return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
