@@ -332,6 +332,35 @@ class PackedForest:
         ids = np.arange(self.n_nodes, dtype=np.float64)
         return self.predict_trees(X, ids).astype(np.int64)
 
+    @classmethod
+    def from_sklearn(cls, model) -> "PackedForest":
+        """Pack a fitted scikit-learn ``RandomForestRegressor`` (single output) or
+        ``DecisionTreeRegressor`` into node records.
+
+        ``predict(X.astype(np.float32))`` then returns exactly sklearn's ``model.predict(X)``:
+        sklearn compares float32 inputs with float64 thresholds (``x <= thr`` goes left) and
+        averages the trees by adding them in order and dividing by their number, as here.
+        """
+        trees = [model] if hasattr(model, "tree_") else list(model.estimators_)
+        if getattr(trees[0].tree_, "n_outputs", 1) != 1:
+            raise ValueError("only single-output regression forests can be packed")
+        sizes = [t.tree_.node_count for t in trees]
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+        nodes = np.zeros(offs[-1], NODE)
+        value = np.empty(offs[-1])
+        for t, o in zip(trees, offs[:-1]):
+            tr = t.tree_
+            n = tr.node_count
+            leaf = tr.children_left < 0
+            nd = nodes[o:o + n]
+            nd["thr"] = tr.threshold
+            nd["feat"] = np.where(leaf, 0, tr.feature)
+            nd["left"] = np.where(leaf, -1, tr.children_left + o)
+            nd["right"] = np.where(leaf, -1, tr.children_right + o)
+            value[o:o + n] = tr.value[:, 0, 0]
+        return cls(offs[:-1].astype(np.int32), nodes, np.zeros(offs[-1], np.uint64), value,
+                   np.zeros(0, np.float32))
+
     def to_arrays(self) -> dict:
         return {"roots": self.roots, "nodes": self.nodes, "catmask": self.catmask,
                 "value": self.value, "wcount": self.wcount}

@@ -65,6 +65,9 @@ def twin(
     n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
     n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
     network: str = typer.Option("realistic", "--network", help="Site network: realistic (biased) or uniform."),
+    coarse_km: int = typer.Option(None, "--coarse-km",
+                                  help="Also write a coarse model set's twin at this spacing (in out/coarse)."),
+    coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Write a synthetic Arctic-boreal twin: contract input files plus the true fluxes."""
@@ -75,10 +78,15 @@ def twin(
         raise typer.BadParameter("--network must be realistic or uniform")
     spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed,
                     n_sites=n_sites, n_site_months=n_site_months, network=network)
+    coarse = None
+    if coarse_km:
+        c0, c1 = _years(coarse_years)
+        coarse = TwinSpec(resolution_km=coarse_km, first_year=c0, last_year=c1, seed=seed + 1,
+                          n_sites=n_sites, n_site_months=n_site_months, network=network)
     t0 = time.perf_counter()
     prog = _progress_factory(quiet)("generating twin years")
     try:
-        summary = make_twin(out, spec, progress=prog)
+        summary = make_twin(out, spec, progress=prog, coarse=coarse)
     except (ValueError, FileExistsError) as e:
         _fail(e)
     finally:
@@ -93,6 +101,9 @@ def run(
     config: Path = typer.Argument(..., help="Run configuration (TOML)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: 'run' beside the config)."),
     force: bool = typer.Option(False, "--force", help="Recompute every stage."),
+    scheduler: str = typer.Option(None, "--scheduler",
+                                  help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a "
+                                       "LocalCluster; overrides run.scheduler. Default: this process."),
     quiet: bool = typer.Option(False, "--quiet", help="Only errors and the final summary."),
 ):
     """Run the study described by CONFIG: sites, forests, upscaling, budgets, summary."""
@@ -101,6 +112,8 @@ def run(
 
     try:
         cfg = load_config(config)
+        if scheduler:
+            cfg.run.scheduler = scheduler
         out = out or cfg.source.resolve().parent / "run"
         log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
         run_study(cfg, out, log=log, force=force, progress_factory=_progress_factory(quiet))
@@ -139,19 +152,26 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Directory for the twin and the run."),
     resolution_km: int = typer.Option(100, "--resolution-km", help="Twin grid spacing (km)."),
     years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
+    coarse_km: int = typer.Option(200, "--coarse-km", help="Coarse model set's grid spacing (km); 0: none."),
+    coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     seed: int = typer.Option(448, "--seed", help="Random seed."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage log."),
 ):
-    """Generate a twin and run the whole study on it (twin + run with defaults)."""
+    """Generate a twin (fine and coarse model sets) and run the whole study on it."""
     from .config import load_config
     from .pipeline import run_study
     from .twin import TwinSpec, make_twin
 
     y0, y1 = _years(years)
     spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed)
+    coarse = None
+    if coarse_km:
+        c0, c1 = _years(coarse_years)
+        coarse = TwinSpec(resolution_km=coarse_km, first_year=c0, last_year=c1, seed=seed + 1)
     twin_dir = out / "twin"
     existing = twin_dir / "twin.json"
-    if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__:
+    if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__ and \
+            json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None):
         console.log(f"reusing twin in {twin_dir}")
     else:
         if twin_dir.exists():
@@ -160,7 +180,7 @@ def demo(
         t0 = time.perf_counter()
         prog = _progress_factory(quiet)("generating twin years")
         try:
-            make_twin(twin_dir, spec, progress=prog)
+            make_twin(twin_dir, spec, progress=prog, coarse=coarse)
         finally:
             prog(None, None)
         console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")

@@ -7,7 +7,7 @@ silently fall back to a default).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
@@ -57,6 +57,19 @@ class ForestSettings:
     bootstrap_mtry: str = "reuse"  # "reuse" the tuned mtry (capped at 15) or "retune" by LOSO
 
 
+@dataclass
+class CoarseSet:
+    """A second model set on its own grid and period (the paper's 8 km, 1990-2016): its own
+    predictors, zones, models and outputs (written to ``RUN/coarse``); same forest settings."""
+
+    predictors: Path
+    zones: Path
+    sites: Path | None = None  # default: [inputs] sites
+    fire: Path | None = None
+    truth: Path | None = None
+    years: str | None = None  # default: every complete year of its predictor stack
+
+
 CHOICES = {"forest.central": ("mean", "qrf_median"), "forest.bootstrap_mtry": ("reuse", "retune")}
 
 
@@ -65,7 +78,17 @@ class Config:
     inputs: Inputs
     run: RunSettings = field(default_factory=RunSettings)
     forest: ForestSettings = field(default_factory=ForestSettings)
+    coarse: CoarseSet | None = None
     source: Path | None = None
+
+    def coarse_config(self) -> "Config | None":
+        """The coarse model set as a Config of its own (None without a [coarse] section)."""
+        if self.coarse is None:
+            return None
+        c = self.coarse
+        return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
+                                    fire=c.fire, truth=c.truth),
+                      run=replace(self.run, years=c.years), forest=self.forest, coarse=None, source=self.source)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,7 +159,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest"}
+    allowed = {"inputs", "run", "forest", "coarse"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -147,13 +170,17 @@ def load_config(path) -> Config:
         inputs=_section(Inputs, raw["inputs"], "inputs", path, base),
         run=_section(RunSettings, raw.get("run", {}), "run", path),
         forest=_section(ForestSettings, raw.get("forest", {}), "forest", path),
+        coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
     )
-    for k in ("sites", "predictors", "zones", "fire", "truth"):
-        p = getattr(cfg.inputs, k)
-        if p is not None and not p.exists():
-            raise ConfigError(path, f"input path does not exist: {p}", column=f"inputs.{k}")
+    for sec, obj in (("inputs", cfg.inputs), ("coarse", cfg.coarse)):
+        for k in ("sites", "predictors", "zones", "fire", "truth"):
+            p = getattr(obj, k, None) if obj is not None else None
+            if p is not None and not p.exists():
+                raise ConfigError(path, f"input path does not exist: {p}", column=f"{sec}.{k}")
     cfg.run.year_range(path)
+    if cfg.coarse is not None:
+        replace(cfg.run, years=cfg.coarse.years).year_range(path)
     for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
                            ("run.tile", cfg.run.tile, 8),
                            ("forest.nodesize", cfg.forest.nodesize, 1),

@@ -652,7 +652,17 @@ def _cfg_value(cfg: Config, key: str):
 
 def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force: bool = False,
               progress_factory=None) -> dict:
-    """Run every stage into ``out``; skip stages that are complete and unchanged."""
+    """Run every stage into ``out``; skip stages that are complete and unchanged. With a
+    ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``."""
+    record = _run_set(cfg, out, log, force, progress_factory)
+    coarse = cfg.coarse_config()
+    if coarse is not None:
+        log("model set 'coarse' -> " + str(Path(out) / "coarse"))
+        record["coarse"] = _run_set(coarse, Path(out) / "coarse", log, force, progress_factory)
+    return record
+
+
+def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, progress_factory) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stages").mkdir(exist_ok=True)

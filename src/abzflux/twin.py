@@ -398,13 +398,17 @@ def _site_calendar(rng, n, first, last, fire_year=np.nan):
 
 
 # --------------------------------------------------------------------------- writer
-def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None) -> dict:
+def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None) -> dict:
     """Generate a twin into directory ``out`` (created; must not exist or be empty).
 
     Files: ``sites.csv``, ``predictors.zarr``, ``zones.nc``, ``fire.zarr``, ``truth.nc``,
     ``truth_budgets.csv``, ``twin.json`` and ``config.toml`` (ready for ``abzflux run``).
     Everything is written into a temporary sibling directory and renamed at the end, so a
     failure leaves no partial twin. Returns the summary written to ``twin.json``.
+
+    ``coarse``: a second twin for the coarse model set (e.g. a coarser grid over 1990-2016),
+    written to ``out/coarse`` with its own sites, predictors and truth, and referenced by a
+    ``[coarse]`` section of ``config.toml``.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -413,6 +417,13 @@ def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None) -> di
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         summary = _write_twin(tmp, spec, progress)
+        if coarse is not None:
+            (tmp / "coarse").mkdir()
+            summary["coarse"] = _write_twin(tmp / "coarse", coarse, progress)
+            (tmp / "coarse" / "config.toml").unlink()
+            (tmp / "twin.json").write_text(json.dumps(summary, indent=2))
+            with open(tmp / "config.toml", "a") as fh:
+                fh.write(COARSE_TOML.format(years=f"{coarse.first_year}-{coarse.last_year}"))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -605,6 +616,18 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
 def _period_means(tb: pd.DataFrame) -> dict:
     m = tb.groupby(["zone", "flux"]).tg_c.mean()
     return {f"{z}/{f}": round(float(v), 3) for (z, f), v in m.items()}
+
+
+COARSE_TOML = """
+[coarse]
+# The coarse model set (the paper's 8 km, 1990-2016): its own twin, outputs in RUN/coarse.
+sites = "coarse/sites.csv"
+predictors = "coarse/predictors.zarr"
+zones = "coarse/zones.nc"
+fire = "coarse/fire.zarr"
+truth = "coarse/truth.nc"
+years = "{years}"
+"""
 
 
 def default_config_toml(spec: TwinSpec) -> str:

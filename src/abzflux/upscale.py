@@ -83,7 +83,22 @@ class UpscaleJob:
 # --------------------------------------------------------------------------- worker side
 @lru_cache(maxsize=8)
 def _open(path: str) -> xr.Dataset:
-    return open_dataset(path)
+    """Open an input lazily *without* dask: a tile read goes straight to the file (the driver
+    has validated it already); a dask graph per tile would cost more than the read."""
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() == ".zarr":
+        return xr.open_dataset(p, engine="zarr", chunks=None, consolidated=False)
+    try:
+        return xr.open_dataset(p, engine="h5netcdf", chunks=None)
+    except Exception:
+        return xr.open_dataset(p, engine="netcdf4", chunks=None)
+
+
+@lru_cache(maxsize=4)
+def _store(path: str):
+    import zarr
+
+    return zarr.open_group(path, mode="r+")
 
 
 @lru_cache(maxsize=256)
@@ -98,13 +113,16 @@ def _load(path: str) -> FluxForest:
 def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
     """Predictor columns of one tile-year as arrays (nt, ty, tx), plus the month of each step."""
     months = pd.DatetimeIndex(pred.time.values[tidx]).month.to_numpy()
+    ts = slice(int(tidx[0]), int(tidx[-1]) + 1) if np.all(np.diff(tidx) == 1) else tidx
     cols = {}
     for v in PREDICTOR_NAMES:
         if v == "month":
             continue
-        da = pred[v].isel(y=ys, x=xs)
+        da = pred[v]
         if "time" in da.dims:
-            da = da.isel(time=tidx).transpose("time", "y", "x")
+            da = da.transpose("time", "y", "x")[ts, ys, xs]
+        else:
+            da = da.transpose("y", "x")[ys, xs]
         cols[v] = np.asarray(da.values, dtype=np.float64)
     return cols, months
 
@@ -170,9 +188,9 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
 def run_chunk(job: UpscaleJob, c: Chunk) -> str:
     """Compute one chunk, write its region of the store, then its completion record."""
     out = predict_chunk(job, c)
-    ds = xr.Dataset({v: (("time", "y", "x"), a) for v, a in out["res"].items()})
-    ds.to_zarr(job.store, region={"time": slice(c.t0, c.t0 + c.nt), "y": slice(c.iy0, c.iy1),
-                                  "x": slice(c.ix0, c.ix1)}, consolidated=False)
+    g = _store(job.store)  # float32 with NaN fill: the arrays are written as they are
+    for v, a in out["res"].items():
+        g[v][c.t0:c.t0 + c.nt, c.iy0:c.iy1, c.ix0:c.ix1] = a
     rec = Path(job.parts) / f"{c.key}.npz"
     tmp = rec.with_name(rec.name + ".tmp.npz")
     np.savez(tmp, member_tg=out.get("member_tg", np.zeros((0,))))

@@ -1,0 +1,183 @@
+"""Streaming upscaling: identical outputs across chunkings and schedulers, kill-and-resume,
+clear errors for predictor stacks that do not fit the models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from abzflux import upscale as up
+from abzflux.errors import InputError
+from abzflux.pipeline import FLUXES
+
+
+def _inputs(study_run, twin_dir):
+    run, _ = study_run
+    models = {f: run / "models" / f"{f}.npz" for f in FLUXES}
+    rec = json.loads((run / "bootstrap" / "bootstrap.json").read_text())
+    members = {f: [run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in rec.items()}
+    pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False)
+    sel = np.arange(pred.sizes["time"])  # the run covers every year of the twin
+    return models, members, sel
+
+
+def _same_store(a: Path, b: Path) -> None:
+    x = xr.open_zarr(a, consolidated=False)
+    y = xr.open_zarr(b, consolidated=False)
+    assert sorted(x.data_vars) == sorted(y.data_vars)
+    for v in x.data_vars:
+        assert np.array_equal(x[v].values, y[v].values, equal_nan=True), v
+        assert x[v].attrs == y[v].attrs
+
+
+@pytest.fixture(scope="module")
+def tile32(study_run, twin_dir, tmp_path_factory):
+    models, members, sel = _inputs(study_run, twin_dir)
+    out = tmp_path_factory.mktemp("tile32")
+    info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, out, sel,
+                      tile=32, fingerprint="t32", log=lambda m: None)
+    return out, info
+
+
+def test_store_is_identical_for_any_tile_size(study_run, tile32):
+    run, _ = study_run
+    out, info = tile32
+    assert info["chunks"] > 20 * 4  # many tile-years: the grid really was cut up
+    _same_store(run / "upscaled.zarr", out / "upscaled.zarr")
+    assert xr.open_zarr(out / "upscaled.zarr", consolidated=False).nee.encoding["chunks"] == (12, 32, 32)
+    a = pd.read_parquet(run / "budgets_members_monthly.parquet")
+    b = pd.read_parquet(out / "budgets_members_monthly.parquet")
+    assert a[["member", "flux", "zone", "time"]].equals(b[["member", "flux", "zone", "time"]])
+    # zone sums are added in another order with other tiles: equal to rounding
+    np.testing.assert_allclose(a.tg_c, b.tg_c, rtol=1e-10, atol=1e-9)
+    assert not (out / "upscale.partial").exists()
+
+
+def test_two_worker_localcluster_gives_identical_outputs(study_run, twin_dir, tile32, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    models, members, sel = _inputs(study_run, twin_dir)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            Client(cl) as client:
+        info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, tmp_path, sel,
+                          tile=32, client=client, fingerprint="t32", log=lambda m: None)
+    assert info["resumed"] == 0
+    _same_store(tile32[0] / "upscaled.zarr", tmp_path / "upscaled.zarr")
+    a = pd.read_parquet(tile32[0] / "budgets_members_monthly.parquet")
+    b = pd.read_parquet(tmp_path / "budgets_members_monthly.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # same chunk order: bit-identical sums
+
+
+def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tmp_path):
+    """Kill a real ``abzflux run`` in the middle of upscaling, rerun, compare."""
+    run, _ = study_run
+    work = tmp_path / "run"
+    shutil.copytree(run, work, ignore=shutil.ignore_patterns("upscaled.zarr", "budgets*", "trends", "summary*"))
+    for st in ("upscale", "budgets", "trends", "summary"):
+        (work / "stages" / f"{st}.json").unlink(missing_ok=True)
+    cfg = tmp_path / "config.toml"
+    text = fast_config.read_text()
+    base = fast_config.parent
+    for k in ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc"):
+        text = text.replace(f'"{k}"', f'"{base / k}"')
+    cfg.write_text(text.replace("[run]\n", "[run]\ntile = 32\n"))
+    cmd = [sys.executable, "-m", "abzflux.cli", "run", str(cfg), "--out", str(work), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    parts = work / "upscale.partial" / "parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if parts.exists() and len(list(parts.glob("*.npz"))) >= 40:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(parts.glob("*.npz")))
+    assert not (work / "upscaled.zarr").exists()  # nothing that looks finished
+    assert not (work / "stages" / "upscale.json").exists()
+
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((work / "run.json").read_text())
+    assert rec["stages"]["upscale"]["skipped"] is False
+    assert rec["stages"]["forest"]["skipped"] is True
+    assert not (work / "upscale.partial").exists()
+    _same_store(run / "upscaled.zarr", work / "upscaled.zarr")
+    # the resumed run computed only the missing chunks
+    assert n_done >= 40
+    ref = tmp_path / "ref"
+    models = {f: work / "models" / f"{f}.npz" for f in FLUXES}
+    brec = json.loads((work / "bootstrap" / "bootstrap.json").read_text())
+    members = {f: [work / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in brec.items()}
+    sel = np.arange(xr.open_zarr(fast_config.parent / "predictors.zarr", consolidated=False).sizes["time"])
+    up.upscale(fast_config.parent / "predictors.zarr", fast_config.parent / "zones.nc", models, members, ref, sel,
+               tile=32, log=lambda m: None)
+    pd.testing.assert_frame_equal(pd.read_parquet(ref / "budgets_members_monthly.parquet"),
+                                  pd.read_parquet(work / "budgets_members_monthly.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "budgets_annual.csv"), pd.read_csv(work / "budgets_annual.csv"),
+                                  rtol=1e-9)
+
+
+def test_resume_counts_only_missing_chunks(study_run, twin_dir, tmp_path):
+    models, members, sel = _inputs(study_run, twin_dir)
+    sel = sel[:24]  # two years
+    args = (twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, tmp_path, sel)
+    full = up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None)
+    # simulate an interruption: a partial directory with half the completion records
+    ref = tmp_path / "ref.zarr"
+    os.replace(tmp_path / "upscaled.zarr", ref)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(done, total):
+        calls.append(done)
+        if done == total // 2 and len(calls) > 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None, progress=progress)
+    logs = []
+    info = up.upscale(*args, tile=32, fingerprint="a", log=logs.append)
+    assert info["resumed"] == full["chunks"] // 2
+    assert any("resuming" in m for m in logs)
+    _same_store(ref, tmp_path / "upscaled.zarr")
+    # a different fingerprint (other models or inputs) never resumes stale chunks
+    with pytest.raises(Stop):
+        up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None,
+                   progress=lambda d, t: (_ for _ in ()).throw(Stop) if d == 3 else None)
+    info = up.upscale(*args, tile=32, fingerprint="b", log=lambda m: None)
+    assert info["resumed"] == 0
+
+
+def test_stack_without_a_model_predictor_is_a_clear_error(study_run, twin_dir, tmp_path):
+    models, members, sel = _inputs(study_run, twin_dir)
+    pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False).drop_vars("ndvi")
+    bad = tmp_path / "pred.zarr"
+    pred.to_zarr(bad, consolidated=False)
+    with pytest.raises(InputError, match="ndvi") as e:
+        up.upscale(bad, twin_dir / "zones.nc", models, members, tmp_path / "out", sel, log=lambda m: None)
+    assert "pred.zarr" in str(e.value)
+    assert not (tmp_path / "out" / "upscaled.zarr").exists()
+
+
+def test_plan_chunks_skips_tiles_without_land():
+    land = np.zeros((10, 10), bool)
+    land[0, 0] = land[9, 9] = True
+    times = pd.date_range("2001-01-01", periods=24, freq="MS")
+    chunks = up.plan_chunks(land, times, 4)
+    assert [(c.year, c.iy0, c.ix0, c.iy1, c.ix1) for c in chunks] == [
+        (2001, 0, 0, 4, 4), (2001, 8, 8, 10, 10), (2002, 0, 0, 4, 4), (2002, 8, 8, 10, 10)]
+    assert [c.t0 for c in chunks] == [0, 0, 12, 12]
