@@ -181,3 +181,33 @@ def test_plan_chunks_skips_tiles_without_land():
     assert [(c.year, c.iy0, c.ix0, c.iy1, c.ix1) for c in chunks] == [
         (2001, 0, 0, 4, 4), (2001, 8, 8, 10, 10), (2002, 0, 0, 4, 4), (2002, 8, 8, 10, 10)]
     assert [c.t0 for c in chunks] == [0, 0, 12, 12]
+
+
+def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
+    import rasterio
+
+    from abzflux.cli import app
+    from typer.testing import CliRunner
+
+    run, _ = study_run
+    ds = xr.open_zarr(run / "upscaled.zarr", consolidated=False)
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "netcdf", "--vars", "nee,nee_sd",
+                                 "--out", str(tmp_path / "f.nc")])
+    assert r.exit_code == 0, r.output
+    nc = xr.open_dataset(tmp_path / "f.nc", engine="h5netcdf")
+    assert sorted(nc.data_vars) == ["nee", "nee_sd"]
+    assert np.array_equal(nc.nee.values, ds.nee.values, equal_nan=True)
+    assert nc.nee.attrs["units"] == "g C m-2 month-1" and nc.nee.attrs["grid_mapping"] == "spatial_ref"
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "geotiff", "--vars", "gpp",
+                                 "--out", str(tmp_path / "tif")])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "tif").glob("gpp_*.tif"))
+    assert len(files) == 20
+    with rasterio.open(tmp_path / "tif" / "gpp_2005.tif") as t:
+        assert t.count == 12 and t.crs.to_epsg() == 6931
+        assert t.descriptions[0] == "2005-01" and t.tags()["units"] == "g C m-2 month-1"
+        dx = float(ds.x[1] - ds.x[0])
+        assert t.transform.a == dx and t.transform.c == float(ds.x[0]) - dx / 2
+        assert np.array_equal(t.read(), ds.gpp.sel(time="2005").values, equal_nan=True)
+    r = CliRunner().invoke(app, ["export", str(run), "--vars", "co2"])
+    assert r.exit_code == 2 and "co2" in r.output

@@ -145,6 +145,8 @@ def _print_summary(run_dir: Path) -> None:
             t.add_row(r["flux"], r["zone"], f"{r['tg_c']:.1f}", f"{r['density']:.1f}")
         console.print(t)
     console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]")
+    if (run_dir / "coarse" / "summary.md").exists():
+        console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]")
 
 
 @app.command()
@@ -191,6 +193,37 @@ def demo(
     except InputError as e:
         _fail(e)
     _print_summary(out / "run")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory (holds upscaled.zarr)."),
+    fmt: str = typer.Option("netcdf", "--format", help="netcdf (one CF file) or geotiff (one file per variable and year)."),
+    variables: str = typer.Option(None, "--vars", help="Comma-separated variables (default: all), e.g. nee,nee_sd."),
+    model_set: str = typer.Option("fine", "--set", help="fine (RUN_DIR) or coarse (RUN_DIR/coarse)."),
+    out: Path = typer.Option(None, "--out", help="Output file (netcdf) or directory (geotiff). Default: in RUN_DIR."),
+):
+    """Export the upscaled monthly fluxes to NetCDF or GeoTIFF."""
+    from .upscale import export_geotiff, export_netcdf
+
+    base = run_dir / "coarse" if model_set == "coarse" else run_dir
+    store = base / "upscaled.zarr"
+    names = [v.strip() for v in variables.split(",")] if variables else None
+    try:
+        if model_set not in ("fine", "coarse"):
+            raise InputError(str(run_dir), f"unknown model set {model_set!r}", expected="fine or coarse")
+        if not store.exists():
+            raise InputError(str(store), "no upscaled store: run the study first", expected="RUN_DIR/upscaled.zarr")
+        if fmt == "netcdf":
+            path = export_netcdf(store, out or base / "upscaled.nc", names)
+            console.print(f"wrote [bold]{path}[/]")
+        elif fmt == "geotiff":
+            paths = export_geotiff(store, out or base / "geotiff", names)
+            console.print(f"wrote {len(paths)} GeoTIFF files to [bold]{paths[0].parent}[/]")
+        else:
+            raise InputError(str(run_dir), f"unknown format {fmt!r}", expected="netcdf or geotiff")
+    except InputError as e:
+        _fail(e)
 
 
 @app.command()

@@ -342,3 +342,57 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     os.replace(store, final)
     shutil.rmtree(work)
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
+
+
+# --------------------------------------------------------------------------- export
+def _export_vars(ds: xr.Dataset, variables) -> list:
+    names = [v for v in ds.data_vars if "time" in ds[v].dims] if not variables else list(variables)
+    bad = [v for v in names if v not in ds.data_vars]
+    if bad:
+        raise InputError(ds.encoding.get("source", "upscaled.zarr"), f"no variable(s) {bad} in the store",
+                         expected=f"some of {sorted(ds.data_vars)}")
+    return names
+
+
+def export_netcdf(store, path, variables=None) -> Path:
+    """Write the upscaled store (or some variables) to one CF NetCDF-4 file, streamed chunk by
+    chunk, compressed; written under a temporary name and renamed when complete."""
+    ds = xr.open_zarr(store, consolidated=False)
+    names = _export_vars(ds, variables)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
+    ds[names].to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+    os.replace(tmp, path)
+    return path
+
+
+def export_geotiff(store, out_dir, variables=None) -> list[Path]:
+    """One GeoTIFF per variable and year (``<var>_<year>.tif``): 12 bands, one per month,
+    float32 with NaN as nodata, DEFLATE-compressed, the store's CRS; band descriptions hold the
+    month (``YYYY-MM``)."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    ds = xr.open_zarr(store, consolidated=False)
+    names = _export_vars(ds, variables)
+    crs = grid_crs(ds, store)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    years = pd.DatetimeIndex(ds.time.values).year
+    for v in names:
+        for year in sorted(set(years)):
+            da = ds[v].isel(time=np.nonzero(years == year)[0]).load()
+            da = da.drop_vars([c for c in da.coords if c not in ("time", "y", "x")])
+            da = da.rename({"time": "band"}).assign_coords(band=np.arange(1, da.sizes["time"] + 1))
+            months = tuple(str(t)[:7] for t in ds.time.values[years == year])
+            da.attrs = {"units": ds[v].attrs.get("units", ""), "long_name": months,
+                        "description": ds[v].attrs.get("long_name", "")}
+            da.encoding = {}
+            da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
+            path = out_dir / f"{v}_{year}.tif"
+            tmp = out_dir / f".{v}_{year}.tif.tmp"
+            da.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", dtype="float32")
+            os.replace(tmp, path)
+            written.append(path)
+    return written
