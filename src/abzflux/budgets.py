@@ -26,29 +26,69 @@ def _codes(da: xr.DataArray, default: tuple[str, ...]) -> dict[int, str]:
     return {int(v): n for v, n in zip(np.atleast_1d(vals), str(names).split())}
 
 
-def zone_weights(zones: xr.Dataset) -> xr.DataArray:
+CONTINENTS = {"north_america": ("alaska", "canada"), "eurasia": ("europe", "siberia")}
+
+
+def zone_weights(zones: xr.Dataset, veg: xr.DataArray | np.ndarray | None = None) -> xr.DataArray:
     """Effective land area (m2) of every cell in every zone: dims (zone, y, x).
 
-    Zones: ``domain``, each biome, each region and ``permafrost``.
+    Zones, in this order: ``domain``; each biome; each region; each ``biome/region``; the
+    continents ``north_america`` (Alaska + Canada) and ``eurasia`` (Europe + Siberia) when the
+    regions carry those names; ``permafrost``; and with ``veg`` (vegetation class codes on the
+    same grid, after recoding) every ``<vegetation class>/<region>`` of
+    :data:`abzflux.predictors.VEG_CLASSES` (all classes, present or not, so the list is fixed).
     """
+    from .predictors import VEG_CLASSES
+
     lf = zones["land_fraction"].fillna(0).astype(np.float64)
     if "cell_area" in zones:
         area = zones["cell_area"].astype(np.float64)
     else:
-        dx = float(abs(zones.x[1] - zones.x[0]))
-        dy = float(abs(zones.y[1] - zones.y[0]))
+        dx = float(abs(zones.x[1] - zones.x[0])) if zones.sizes["x"] > 1 else None
+        dy = float(abs(zones.y[1] - zones.y[0])) if zones.sizes["y"] > 1 else None
+        if dx is None or dy is None:
+            raise ValueError("zones without cell_area need at least 2 cells along x and y")
         area = xr.full_like(lf, dx * dy)
     base = (lf * area).fillna(0)
     layers = {"domain": base}
-    for var, default in (("biome", BIOMES), ("region", REGIONS)):
-        for code, name in _codes(zones[var], default).items():
+    biomes = _codes(zones["biome"], BIOMES)
+    regions = _codes(zones["region"], REGIONS)
+    for var, codes in (("biome", biomes), ("region", regions)):
+        for code, name in codes.items():
             layers[name] = base.where(zones[var] == code, 0.0)
+    for bc, bn in biomes.items():
+        for rc, rn in regions.items():
+            layers[f"{bn}/{rn}"] = base.where((zones["biome"] == bc) & (zones["region"] == rc), 0.0)
+    lower = {n.lower(): c for c, n in regions.items()}
+    for cont, members in CONTINENTS.items():
+        if all(m in lower for m in members):
+            layers[cont] = base.where(zones["region"].isin([lower[m] for m in members]), 0.0)
     layers["permafrost"] = base * zones["permafrost"].fillna(0).astype(np.float64)
+    if veg is not None:
+        v = np.asarray(veg)
+        for vc, vn in VEG_CLASSES.items():
+            inv = v == vc
+            for rc, rn in regions.items():
+                layers[f"{vn}/{rn}"] = base.where(inv & (zones["region"] == rc).values, 0.0)
     w = xr.concat(list(layers.values()), dim=pd.Index(list(layers), name="zone"))
     return w.transpose("zone", "y", "x").compute()
 
 
-def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256) -> pd.DataFrame:
+def zone_kind(name: str) -> str:
+    """Kind of a zone name from :func:`zone_weights`: domain, biome, region, biome_region,
+    continent, permafrost or veg_region."""
+    from .predictors import VEG_CLASSES
+
+    if name in ("domain", "permafrost"):
+        return name
+    if name in CONTINENTS:
+        return "continent"
+    if "/" in name:
+        return "veg_region" if name.split("/")[0] in VEG_CLASSES.values() else "biome_region"
+    return "biome" if name in BIOMES else "region"
+
+
+def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=None) -> pd.DataFrame:
     """Tg C month-1 per zone, month and flux variable; long table.
 
     Columns: zone, time, year, month, flux, tg_c, coverage (share of the zone's area with a
@@ -71,7 +111,7 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256) -> p
         tg = np.zeros((len(times), 0))
         cov = None
         for ys in bands:  # bands in a fixed order: sums are reproducible
-            w = zone_weights(zones.isel(y=ys))
+            w = zone_weights(zones.isel(y=ys), None if veg is None else _band(veg, ys))
             if zone_names is None:
                 zone_names = list(w.zone.values)
             wv = w.values.reshape(w.sizes["zone"], -1)
@@ -85,7 +125,7 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256) -> p
                 tg[t0:t0 + step] += np.where(valid, block, 0.0) @ wv.T
                 cov[t0:t0 + step] += valid.astype(np.float64) @ wv.T
         if total is None:
-            total = np.asarray(zone_areas_m2(zones, band).loc[zone_names].values)
+            total = np.asarray(zone_areas_m2(zones, band, veg).loc[zone_names].values)
         tg /= TG
         cov /= np.where(total > 0, total, 1.0)
         for zi, zone in enumerate(zone_names):
@@ -94,12 +134,17 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256) -> p
     return pd.concat(out, ignore_index=True)
 
 
-def zone_areas_m2(zones: xr.Dataset, band: int = 256) -> pd.Series:
+def _band(veg, ys: slice):
+    return veg.isel(y=ys).values if isinstance(veg, xr.DataArray) else np.asarray(veg)[ys]
+
+
+def zone_areas_m2(zones: xr.Dataset, band: int = 256, veg=None) -> pd.Series:
     """Effective land area (m2) of every zone, summed band by band."""
     ny = zones.sizes["y"]
     total = None
     for i in range(0, ny, band):
-        a = zone_weights(zones.isel(y=slice(i, min(i + band, ny)))).sum(("y", "x")).to_series()
+        ys = slice(i, min(i + band, ny))
+        a = zone_weights(zones.isel(y=ys), None if veg is None else _band(veg, ys)).sum(("y", "x")).to_series()
         total = a if total is None else total + a
     return total
 
@@ -111,22 +156,22 @@ def annual_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.D
     return ann[ann.n_months == 12].drop(columns="n_months").reset_index(drop=True)
 
 
-def annual_budgets(fluxes: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | None = None) -> pd.DataFrame:
+def annual_budgets(fluxes: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | None = None, veg=None) -> pd.DataFrame:
     """Annual budgets (Tg C yr-1): columns zone, flux, year, tg_c, coverage, density_g_m2.
 
     With ``fire``, adds ``fire`` (emissions) and ``nee_fire`` (NEE + fire emissions) for the
     years both cover. ``density_g_m2`` is the area-weighted mean flux, budget / zone area.
     """
-    mon = monthly_budgets(fluxes, zones)
+    mon = monthly_budgets(fluxes, zones, veg=veg)
     ann = annual_from_monthly(mon)
     if fire is not None and "nee" in fluxes:
-        fb = annual_from_monthly(monthly_budgets(fire[["fire_emissions"]], zones))
+        fb = annual_from_monthly(monthly_budgets(fire[["fire_emissions"]], zones, veg=veg))
         fb["flux"] = "fire"
         nee = ann[ann.flux == "nee"].merge(fb, on=["zone", "year"], suffixes=("", "_f"))
         nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.tg_c_f,
                         coverage=np.minimum(nee.coverage, nee.coverage_f))[["zone", "flux", "year", "tg_c", "coverage"]]
         ann = pd.concat([ann, fb[fb.year.isin(nee.year)], nf], ignore_index=True)
-    area = zone_areas_m2(zones)
+    area = zone_areas_m2(zones, veg=veg)
     ann["density_g_m2"] = ann.tg_c * TG / ann.zone.map(area)
     return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True)
 
@@ -134,3 +179,274 @@ def annual_budgets(fluxes: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | Non
 def zone_areas_km2(zones: xr.Dataset) -> pd.Series:
     """Effective land area of every zone (km2)."""
     return zone_areas_m2(zones) / 1e6
+
+
+# --------------------------------------------------------------------------- seasons and tables
+JJA = (6, 7, 8)
+NONSUMMER = (1, 2, 3, 4, 5, 9, 10, 11, 12)
+SEASONS = ("annual", "jja", "nonsummer", "nonsummer_crossyear")
+
+
+def seasonal_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Seasonal sums (Tg C per season) of a monthly table (zone, flux, *by, year, month, tg_c).
+
+    Seasons, labelled by ``year``:
+
+    - ``annual``: January–December, complete years only;
+    - ``jja``: June–August;
+    - ``nonsummer``: the within-year non-summer, January–May + September–December of the same
+      calendar year, so that annual = jja + nonsummer;
+    - ``nonsummer_crossyear``: one continuous cold season, September–December of the previous
+      year + January–May of ``year`` (the paper's "September–May"); the first year has none.
+
+    A season is reported only when all its months are present.
+    """
+    keys = ["zone", "flux", *by]
+    m = monthly[keys + ["year", "month", "tg_c"]]
+    parts = []
+    for season, months, shift in (("annual", range(1, 13), False), ("jja", JJA, False),
+                                  ("nonsummer", NONSUMMER, False), ("nonsummer_crossyear", NONSUMMER, True)):
+        sub = m[m.month.isin(list(months))]
+        if shift:
+            sub = sub.assign(year=np.where(sub.month >= 9, sub.year + 1, sub.year))
+        g = sub.groupby(keys + ["year"], sort=True).agg(tg_c=("tg_c", "sum"), n=("month", "nunique")).reset_index()
+        g = g[g.n == len(months)].drop(columns="n")
+        parts.append(g.assign(season=season))
+    return pd.concat(parts, ignore_index=True)[keys + ["season", "year", "tg_c"]]
+
+
+def with_fire(table: pd.DataFrame, fire: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Append ``fire`` and ``nee_fire`` = nee + fire rows to a table with a ``flux`` column;
+    ``fire`` has the table's keys (without flux) and ``tg_c``. Only periods both cover."""
+    keys = [c for c in table.columns if c not in ("flux", "tg_c", *by)]
+    nee = table[table.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=keys)
+    nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")
+    out = [table, nf]
+    if not by:
+        f = fire.merge(nee[keys].drop_duplicates(), on=keys).assign(flux="fire")
+        out.append(f)
+    return pd.concat(out, ignore_index=True)
+
+
+def period_stats(est: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series,
+                 years: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Period means per zone, flux and season: budget (Tg C yr-1) with the SD across bootstrap
+    members of each member's own period mean; density (g C m-2 yr-1) with the SD across years.
+    ``est`` and ``members`` come from :func:`seasonal_from_monthly` (members with ``member``)."""
+    if years is not None:
+        est = est[(est.year >= years[0]) & (est.year <= years[1])]
+    keys = ["zone", "flux", "season"]
+    est = est.assign(density=est.tg_c * TG / est.zone.map(areas))
+    g = est.groupby(keys, sort=False).agg(first_year=("year", "min"), last_year=("year", "max"),
+                                         n_years=("year", "nunique"), tg_c=("tg_c", "mean"),
+                                         density=("density", "mean"), density_sd_years=("density", "std"))
+    g = g.reset_index()
+    if members is not None and len(members):
+        mm = members
+        if years is not None:
+            mm = mm[(mm.year >= years[0]) & (mm.year <= years[1])]
+        sd = mm.groupby(keys + ["member"]).tg_c.mean().groupby(keys).std(ddof=1).rename("tg_c_sd").reset_index()
+        g = g.merge(sd, on=keys, how="left")
+        g["density_sd_bootstrap"] = g.tg_c_sd * TG / g.zone.map(areas)
+    return g
+
+
+def insitu_annual(sites: pd.DataFrame, flux: str) -> pd.DataFrame:
+    """Site-years with all 12 months of ``flux`` summed (g C m-2 yr-1), plus the within-year
+    JJA and non-summer sums of those years; one row per site-year."""
+    d = sites[sites[flux].notna()]
+    g = d.groupby(["site_id", "year"])
+    full = g.month.nunique()
+    full = full[full == 12].index
+    d = d.set_index(["site_id", "year"]).loc[full].reset_index()
+    out = d.groupby(["site_id", "year"]).agg(annual=(flux, "sum")).reset_index()
+    out["jja"] = d[d.month.isin(JJA)].groupby(["site_id", "year"])[flux].sum().to_numpy()
+    out["nonsummer"] = out.annual - out.jja
+    return out
+
+
+def table1(sites: pd.DataFrame, period: pd.DataFrame,
+           groups=(("all", None), ("boreal", ("biome", "boreal")), ("tundra", ("biome", "tundra")),
+                   ("permafrost", ("permafrost", True)), ("non-permafrost", ("permafrost", False)))) -> pd.DataFrame:
+    """The paper's Table 1: in situ next to upscaled, per group, flux and season.
+
+    In situ: site-years with 12 months summed, averaged per site, then mean ± SD across sites
+    (g C m-2 yr-1). Upscaled: the zone's density mean ± SD across years (g C m-2 yr-1) and budget
+    ± bootstrap SD (Tg C yr-1), for NEE, NEE + fire, GPP, Reco and NEE as Reco − GPP.
+    Group zones: all → domain; non-permafrost → no upscaled value (no such zone)."""
+    zone_of = {"all": "domain", "boreal": "boreal", "tundra": "tundra", "permafrost": "permafrost"}
+    rows = []
+    p = period.set_index(["zone", "flux", "season"])
+    for flux in ("gpp", "reco", "nee", "nee_derived", "nee_fire"):
+        site_flux = {"nee_derived": None, "nee_fire": None}.get(flux, flux)
+        ins = insitu_annual(sites, site_flux) if site_flux and site_flux in sites else None
+        if ins is not None:
+            attrs = sites.groupby("site_id").agg(biome=("biome", "first"), permafrost=("permafrost", "first"))
+            per_site = ins.groupby("site_id")[["annual", "jja", "nonsummer"]].mean().join(attrs)
+        for gname, cond in groups:
+            for season in ("annual", "jja", "nonsummer"):
+                r = {"group": gname, "flux": flux, "season": season}
+                if ins is not None:
+                    s = per_site
+                    if cond is not None:
+                        col, val = cond
+                        s = s[(s[col] >= 0.5) == val] if col == "permafrost" else s[s[col] == val]
+                    r.update(insitu_mean=s[season].mean(), insitu_sd=s[season].std(ddof=1), insitu_sites=len(s))
+                key = (zone_of.get(gname), flux, season)
+                if key in p.index:
+                    q = p.loc[key]
+                    r.update(density=q.density, density_sd_years=q.density_sd_years, budget=q.tg_c,
+                             budget_sd=q.get("tg_c_sd", np.nan), first_year=q.first_year, last_year=q.last_year)
+                rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def table1_markdown(t: pd.DataFrame) -> str:
+    """Table 1 as markdown: value ± SD, in situ and upscaled side by side."""
+    def pm(a, b, fmt="{:.0f}"):
+        return "" if pd.isna(a) else (fmt.format(a) + ("" if pd.isna(b) else " ± " + fmt.format(b)))
+
+    lines = ["| group | flux | season | in situ (g C m-2 yr-1) | sites | upscaled (g C m-2 yr-1) | budget (Tg C yr-1) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in t.itertuples():
+        lines.append(f"| {r.group} | {r.flux} | {r.season} | {pm(getattr(r, 'insitu_mean', np.nan), getattr(r, 'insitu_sd', np.nan))} "
+                     f"| {'' if pd.isna(getattr(r, 'insitu_sites', np.nan)) else int(r.insitu_sites)} "
+                     f"| {pm(getattr(r, 'density', np.nan), getattr(r, 'density_sd_years', np.nan))} "
+                     f"| {pm(getattr(r, 'budget', np.nan), getattr(r, 'budget_sd', np.nan))} |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_annual_map(da: xr.DataArray) -> np.ndarray:
+    """Mean over complete years of the annual sum of a monthly flux (g C m-2 yr-1), per cell."""
+    ann = da.groupby("time.year").sum(min_count=12)
+    return np.asarray(ann.mean("year").values, dtype=np.float64)
+
+
+def map_statistics(fluxes: xr.Dataset, zones: xr.Dataset, veg=None, crs=None, threshold: float = 0.0,
+                   band: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From the monthly maps, band by band (bounded memory): the share of each zone's effective
+    area whose mean annual flux is > ``threshold`` (source areas, per flux variable), and the
+    Pearson correlation of the pixels' mean annual flux with latitude (unweighted, cells with a
+    value; needs ``crs``). Returns (source_shares, pixel_latitude_r)."""
+    from pyproj import Transformer
+    from scipy import stats
+
+    ny = zones.sizes["y"]
+    acc, lat_acc = {}, {}
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True) if crs is not None else None
+    names = None
+    for i in range(0, ny, band):
+        ys = slice(i, min(i + band, ny))
+        w = zone_weights(zones.isel(y=ys), None if veg is None else _band(veg, ys))
+        names = list(w.zone.values)
+        wv = w.values.reshape(w.sizes["zone"], -1)
+        lat = None
+        if tr is not None:
+            xx, yy = np.meshgrid(zones.x.values, zones.y.values[ys])
+            lat = tr.transform(xx, yy)[1].ravel()
+        for v in fluxes.data_vars:
+            m = mean_annual_map(fluxes[v].isel(y=ys)).ravel()
+            ok = np.isfinite(m)
+            src = ok & (m > threshold)
+            a = acc.setdefault(v, np.zeros((2, wv.shape[0])))
+            a[0] += wv[:, src].sum(1)
+            a[1] += wv[:, ok].sum(1)
+            if lat is not None:
+                x, y = lat[ok], m[ok]
+                s_ = lat_acc.setdefault(v, np.zeros(6))
+                s_ += [len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
+    rows = []
+    for v, a in acc.items():
+        rows.append(pd.DataFrame({"flux": v, "zone": names, "threshold_g_m2_yr": threshold,
+                                  "source_area_km2": a[0] / 1e6, "area_with_value_km2": a[1] / 1e6,
+                                  "source_share": a[0] / np.where(a[1] > 0, a[1], np.nan)}))
+    lat_rows = []
+    for v, (n, sx, sy, sxx, syy, sxy) in lat_acc.items():
+        r = (n * sxy - sx * sy) / np.sqrt((n * sxx - sx * sx) * (n * syy - sy * sy))
+        t = r * np.sqrt((n - 2) / max(1 - r * r, 1e-300))
+        lat_rows.append({"data": "pixels", "flux": v, "n": int(n), "pearson_r": float(r),
+                         "p": float(2 * stats.t.sf(abs(t), n - 2))})
+    return pd.concat(rows, ignore_index=True), pd.DataFrame(lat_rows)
+
+
+def insitu_sources(sites: pd.DataFrame, threshold: float = 0.0) -> pd.DataFrame:
+    """Sites whose mean annual NEE (site-years with 12 months) is > threshold: per region, the
+    number of sites, of source sites, the share of the region's sites that are sources and the
+    region's share of all source sites (the paper: 44 % of source sites in Alaska)."""
+    ins = insitu_annual(sites, "nee").groupby("site_id").annual.mean()
+    reg = sites.groupby("site_id").region.first().reindex(ins.index).fillna("outside")
+    df = pd.DataFrame({"nee": ins, "region": reg, "source": ins > threshold})
+    g = df.groupby("region").agg(sites=("nee", "size"), source_sites=("source", "sum")).reset_index()
+    tot = pd.DataFrame([{"region": "all", "sites": len(df), "source_sites": int(df.source.sum())}])
+    g = pd.concat([g, tot], ignore_index=True)
+    g["source_share_of_sites"] = g.source_sites / g.sites
+    g["share_of_all_source_sites"] = g.source_sites / max(int(df.source.sum()), 1)
+    g["threshold_g_m2_yr"] = threshold
+    return g
+
+
+def decadal_monthly(monthly: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series,
+                    decades: list[tuple[int, int]], zones=("boreal", "tundra"),
+                    fluxes=("nee", "gpp", "reco")) -> pd.DataFrame:
+    """The paper's Fig. 3: mean monthly flux density (g C m-2 month-1) per zone and calendar
+    month for each decade, the difference between the last and the first decade, and the SD
+    across bootstrap members of each (each member's decadal mean first)."""
+    def dens(df):
+        df = df[df.zone.isin(zones) & df.flux.isin(fluxes)]
+        return df.assign(d=df.tg_c * TG / df.zone.map(areas))
+
+    def per_decade(df, by=()):
+        out = []
+        for a, b in decades:
+            sub = df[(df.year >= a) & (df.year <= b)]
+            g = sub.groupby(["zone", "flux", *by, "month"]).d.mean().rename(f"{a}-{b}")
+            out.append(g)
+        t = pd.concat(out, axis=1)
+        t["difference"] = t[f"{decades[-1][0]}-{decades[-1][1]}"] - t[f"{decades[0][0]}-{decades[0][1]}"]
+        return t
+
+    est = per_decade(dens(monthly))
+    cols = list(est.columns)
+    res = est.reset_index().melt(id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period",
+                                 value_name="g_c_m2_month")
+    if members is not None and len(members):
+        mt = per_decade(dens(members), by=("member",))
+        sd = mt.groupby(["zone", "flux", "month"]).std(ddof=1).reset_index().melt(
+            id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period", value_name="sd_bootstrap")
+        res = res.merge(sd, on=["zone", "flux", "month", "period"], how="left")
+    return res.sort_values(["flux", "zone", "period", "month"]).reset_index(drop=True)
+
+
+def seasonal_amplitude(monthly: pd.DataFrame, zone: str = "domain", flux: str = "nee") -> tuple[pd.DataFrame, dict]:
+    """Seasonal amplitude of a zone's monthly flux per year: maximum − minimum of the 12
+    monthly budgets (Tg C month-1). Its change over the period is the Theil–Sen slope times
+    (last − first year), as a % of the Theil–Sen line's value in the first year."""
+    from .trends import trend_series
+
+    d = monthly[(monthly.zone == zone) & (monthly.flux == flux)]
+    g = d.groupby("year").tg_c.agg(["max", "min", "size"])
+    g = g[g["size"] == 12]
+    amp = (g["max"] - g["min"]).rename("amplitude_tg_c_month").reset_index()
+    years = amp.year.to_numpy()
+    r = trend_series(amp.amplitude_tg_c_month.to_numpy(), years)
+    slope = r["slope"]
+    start = float(np.median(amp.amplitude_tg_c_month.to_numpy() - slope * (years - years[0])))
+    change = slope * (years[-1] - years[0])
+    info = {"zone": zone, "flux": flux, "first_year": int(years[0]), "last_year": int(years[-1]),
+            "slope_tg_c_month_per_yr": slope, "p": r["p"], "start_value": start,
+            "change_tg_c_month": change, "change_percent": 100 * change / start if start else np.nan}
+    return amp, info
+
+
+def site_latitude_correlation(sites: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r (two-sided p) of the sites' mean annual NEE (site-years with 12 months) with
+    their latitude."""
+    from scipy.stats import pearsonr
+
+    ins = insitu_annual(sites, "nee").groupby("site_id").annual.mean()
+    lat = sites.groupby("site_id").lat.first().reindex(ins.index)
+    if len(ins) < 3:
+        return pd.DataFrame([{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": np.nan, "p": np.nan}])
+    r = pearsonr(lat.to_numpy(float), ins.to_numpy(float))
+    return pd.DataFrame([{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": float(r.statistic),
+                          "p": float(r.pvalue)}])

@@ -58,6 +58,12 @@ class ForestSettings:
 
 
 @dataclass
+class BudgetSettings:
+    source_threshold: float = 0.0  # g C m-2 yr-1: a cell / site with mean annual NEE above it is a source
+    decade_length: int = 10  # Fig. 3 periods: consecutive complete blocks of this many years from the first
+
+
+@dataclass
 class CoarseSet:
     """A second model set on its own grid and period (the paper's 8 km, 1990-2016): its own
     predictors, zones, models and outputs (written to ``RUN/coarse``); same forest settings."""
@@ -78,6 +84,7 @@ class Config:
     inputs: Inputs
     run: RunSettings = field(default_factory=RunSettings)
     forest: ForestSettings = field(default_factory=ForestSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
 
@@ -88,7 +95,8 @@ class Config:
         c = self.coarse
         return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
                                     fire=c.fire, truth=c.truth),
-                      run=replace(self.run, years=c.years), forest=self.forest, coarse=None, source=self.source)
+                      run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets,
+                      coarse=None, source=self.source)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,6 +132,10 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(file, f"expected an integer, got {v!r}", column=f"{name}.{k}")
             kw[k] = v
+        elif t.startswith("float"):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(file, f"expected a number, got {v!r}", column=f"{name}.{k}")
+            kw[k] = float(v)
         elif t.startswith("bool"):
             if not isinstance(v, bool):
                 raise ConfigError(file, f"expected true or false, got {v!r}", column=f"{name}.{k}")
@@ -159,7 +171,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "coarse"}
+    allowed = {"inputs", "run", "forest", "budgets", "coarse"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -170,6 +182,7 @@ def load_config(path) -> Config:
         inputs=_section(Inputs, raw["inputs"], "inputs", path, base),
         run=_section(RunSettings, raw.get("run", {}), "run", path),
         forest=_section(ForestSettings, raw.get("forest", {}), "forest", path),
+        budgets=_section(BudgetSettings, raw.get("budgets", {}), "budgets", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
     )
@@ -183,6 +196,7 @@ def load_config(path) -> Config:
         replace(cfg.run, years=cfg.coarse.years).year_range(path)
     for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
                            ("run.tile", cfg.run.tile, 8),
+                           ("budgets.decade_length", cfg.budgets.decade_length, 1),
                            ("forest.nodesize", cfg.forest.nodesize, 1),
                            ("forest.mtry", cfg.forest.mtry, 1),
                            ("forest.importance_repeats", cfg.forest.importance_repeats, 0),

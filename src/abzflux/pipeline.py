@@ -128,6 +128,13 @@ class Context:
             self.cache["zones"] = read_zones(self.cfg.inputs.zones, like=self.predictors())
         return self.cache["zones"]
 
+    def veg(self) -> xr.DataArray:
+        """Static vegetation classes after recoding (for vegetation × region zones)."""
+        v = self.predictors()["veg_type"]
+        for a, b in VEG_RECODE.items():
+            v = v.where(v != a, b)
+        return v
+
     def fire(self) -> xr.Dataset | None:
         if self.cfg.inputs.fire is None:
             return None
@@ -214,6 +221,7 @@ def stage_sites(ctx: Context) -> None:
         codes = zones[zvar].isel(y=yi, x=xi).values
         names = categories(zones[zvar], ctx.cfg.inputs.zones)
         table[zvar] = pd.Series(codes).map({float(k): v for k, v in names.items()}).to_numpy()
+    table["permafrost"] = zones["permafrost"].isel(y=yi, x=xi).values.astype(np.float64)
     tmp = ctx.path("sites.parquet.tmp")
     table.to_parquet(tmp, index=False)
     _atomic_replace(tmp, ctx.path("sites.parquet"))
@@ -416,24 +424,108 @@ def stage_upscale(ctx: Context, progress=None) -> None:
 
 
 def stage_budgets(ctx: Context) -> None:
-    """(d) Annual budgets (Tg C yr-1) for the domain, biomes, regions and permafrost."""
+    """(d) Budgets (Tg C) and densities (g C m-2) of GPP, Reco, NEE, NEE as Reco − GPP, fire and
+    NEE + fire for every zone (domain, biomes, regions, biome × region, continents, permafrost,
+    vegetation type × region): monthly, seasonal (annual, JJA, non-summer within-year and
+    cross-year) for every year and as period means, each with the SD across the bootstrap
+    forests of the aggregate itself; Table 1; source areas; the decadal monthly comparison
+    (Fig. 3); the seasonal amplitude; latitude correlations. Tables in ``budgets/``."""
+    zones, veg = ctx.zones(), ctx.veg()
     up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
-    ann = budgets_mod.annual_budgets(up[list(FLUXES) + ["nee_derived"]], ctx.zones(), fire=ctx.fire())
+    out = ctx.path("budgets.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    bs = ctx.cfg.budgets
+    mon = budgets_mod.monthly_budgets(up[list(FLUXES) + ["nee_derived"]], zones, veg=veg)
+    areas = budgets_mod.zone_areas_m2(zones, veg=veg)
+    fire = None
+    if ctx.fire() is not None:
+        fm = budgets_mod.monthly_budgets(ctx.fire()[["fire_emissions"]], zones, veg=veg).assign(flux="fire")
+        fm = fm[fm.time.isin(mon.time.unique())]
+        fire = fm[["zone", "time", "year", "month", "tg_c"]]
+        nee = mon[mon.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=["zone", "time", "year", "month"])
+        mon = pd.concat([mon, fm, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
+                        ignore_index=True)
+    members = None
     mpath = ctx.path("budgets_members_monthly.parquet")
     if mpath.exists():
-        # Uncertainty as in the paper: each bootstrap forest's budget first, then the SD across
-        # forests (never a sum of per-pixel SDs). Fire is added without uncertainty.
-        mann = budgets_mod.annual_from_monthly(pd.read_parquet(mpath).assign(coverage=1.0).drop(columns="time"),
-                                               by=("member",))
-        fire = ann[ann.flux == "fire"][["zone", "year", "tg_c"]].rename(columns={"tg_c": "fire"})
-        nf = mann[mann.flux == "nee"].merge(fire, on=["zone", "year"])
-        mann = pd.concat([mann, nf.assign(flux="nee_fire", tg_c=nf.tg_c + nf.fire).drop(columns="fire")])
-        sd = mann.groupby(["zone", "flux", "year"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
-        ann = ann.merge(sd, on=["zone", "flux", "year"], how="left")
-        period = mann.groupby(["zone", "flux", "member"]).tg_c.mean().groupby(["zone", "flux"]).std(ddof=1)
-        period.rename("period_mean_tg_c_sd").reset_index().to_csv(ctx.path("budgets_period_sd.csv"), index=False)
+        members = pd.read_parquet(mpath)
+        if fire is not None:  # fire carries no bootstrap uncertainty: every member gets the same emissions
+            nee = members[members.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}),
+                                                       on=["zone", "time", "year", "month"])
+            members = pd.concat([members, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
+                                ignore_index=True)
+    dens = lambda df: df.tg_c * budgets_mod.TG / df.zone.map(areas)  # noqa: E731
+    kinds = {z: budgets_mod.zone_kind(z) for z in areas.index}
+
+    # monthly
+    mo = mon.assign(density_g_m2=dens(mon))
+    if members is not None:
+        sd = members.groupby(["zone", "flux", "time"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
+        mo = mo.merge(sd, on=["zone", "flux", "time"], how="left")
+    mo.insert(1, "kind", mo.zone.map(kinds))
+    mo.drop(columns="time").to_csv(out / "monthly.csv", index=False)
+    # seasons, every year
+    seas = budgets_mod.seasonal_from_monthly(mon)
+    seas_m = budgets_mod.seasonal_from_monthly(members, by=("member",)) if members is not None else None
+    st = seas.assign(density_g_m2=dens(seas))
+    if seas_m is not None:
+        sd = seas_m.groupby(["zone", "flux", "season", "year"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
+        st = st.merge(sd, on=["zone", "flux", "season", "year"], how="left")
+    st.insert(1, "kind", st.zone.map(kinds))
+    st.to_csv(out / "seasonal.csv", index=False)
+    # period means
+    period = budgets_mod.period_stats(seas, seas_m, areas)
+    period.insert(1, "kind", period.zone.map(kinds))
+    period.to_csv(out / "period.csv", index=False)
+    # Table 1
+    sites = pd.read_parquet(ctx.path("sites.parquet"))
+    t1 = budgets_mod.table1(sites, period)
+    t1.to_csv(out / "table1.csv", index=False)
+    y0, y1 = ctx.years()
+    (out / "table1.md").write_text(f"# Table 1: average Arctic–boreal CO2 fluxes, {y0}–{y1}\n\n"
+                                   "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. "
+                                   "Upscaled: area-weighted density, mean ± SD across years; budget ± SD across the "
+                                   "bootstrap forests. nonsummer = January–May + September–December of the same year "
+                                   "(annual = jja + nonsummer).\n\n" + budgets_mod.table1_markdown(t1))
+    # source areas and latitude
+    crs = grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors)
+    flux_maps = up[["nee", "nee_derived"]]
+    shares, lat_pix = budgets_mod.map_statistics(flux_maps, zones, veg=veg, crs=crs, threshold=bs.source_threshold)
+    shares.insert(2, "kind", shares.zone.map(kinds))
+    shares.to_csv(out / "source_areas.csv", index=False)
+    budgets_mod.insitu_sources(sites, bs.source_threshold).to_csv(out / "source_sites.csv", index=False)
+    pd.concat([budgets_mod.site_latitude_correlation(sites), lat_pix], ignore_index=True).to_csv(
+        out / "latitude_correlation.csv", index=False)
+    # decades (Fig. 3)
+    L = bs.decade_length
+    decades = [(a, a + L - 1) for a in range(y0, y1 + 1, L) if a + L - 1 <= y1]
+    if len(decades) >= 2:
+        budgets_mod.decadal_monthly(mon, members, areas, [decades[0], decades[-1]],
+                                    fluxes=("nee", "gpp", "reco", "nee_derived")).to_csv(out / "decadal_monthly.csv", index=False)
+    # seasonal amplitude
+    amps, changes = [], []
+    for z in ("domain", "boreal", "tundra", "permafrost"):
+        amp, info = budgets_mod.seasonal_amplitude(mon, zone=z, flux="nee")
+        amps.append(amp.assign(zone=z))
+        changes.append(info)
+    pd.concat(amps, ignore_index=True).to_csv(out / "seasonal_amplitude.csv", index=False)
+    pd.DataFrame(changes).to_csv(out / "seasonal_amplitude_change.csv", index=False)
+
+    # budgets_annual.csv: the annual rows with coverage, as before (trends and summary read it)
+    ann = budgets_mod.annual_from_monthly(mon.assign(coverage=mon.coverage.fillna(1.0)))
+    ann["density_g_m2"] = dens(ann)
+    if seas_m is not None:
+        a_sd = st[st.season == "annual"][["zone", "flux", "year", "tg_c_sd"]]
+        ann = ann.merge(a_sd, on=["zone", "flux", "year"], how="left")
+        p_sd = period[period.season == "annual"][["zone", "flux", "tg_c_sd"]].rename(
+            columns={"tg_c_sd": "period_mean_tg_c_sd"})
+        p_sd.to_csv(ctx.path("budgets_period_sd.csv"), index=False)
+    ann = ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True)
+    ann.to_csv(out / "annual.csv", index=False)
     tmp = ctx.path("budgets_annual.csv.tmp")
     ann.to_csv(tmp, index=False)
+    _atomic_replace(out, ctx.path("budgets"))
     _atomic_replace(tmp, ctx.path("budgets_annual.csv"))
 
 
@@ -542,7 +634,7 @@ def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]
     truth = xr.open_dataset(ctx.cfg.inputs.truth, chunks={"time": 12})
     y0, y1 = ctx.years()
     truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
-    tann = budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], ctx.zones(), fire=ctx.fire())
+    tann = budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], ctx.zones(), fire=ctx.fire(), veg=ctx.veg())
     est = ann.copy()
     est.loc[est.flux == "nee_derived", "flux"] = "nee (reco-gpp)"
     t2 = tann[tann.flux == "nee"].assign(flux="nee (reco-gpp)")
@@ -573,11 +665,15 @@ def _mean_annual(da: xr.DataArray) -> np.ndarray:
     return ann.mean("year").values.ravel()
 
 
-ZONE_ORDER = ["domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "permafrost"]
+ZONE_ORDER = ["domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
+              "permafrost"]
 FLUX_ORDER = ["gpp", "reco", "nee", "nee (reco-gpp)", "nee_derived", "fire", "nee_fire"]
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary's zones (domain, biomes, regions, continents, permafrost), in order; the
+    other zones are in budgets/."""
+    df = df[df.zone.isin(ZONE_ORDER)]
     z = {n: i for i, n in enumerate(ZONE_ORDER)}
     f = {n: i for i, n in enumerate(FLUX_ORDER)}
     return df.assign(_z=df.zone.map(z).fillna(99), _f=df.flux.map(f).fillna(99)) \
@@ -637,7 +733,8 @@ def build_stages(progress_factory=None) -> list[Stage]:
               FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
               ("predictors", "zones")),
-        Stage("budgets", ("budgets_annual.csv",), stage_budgets, ("upscale",), (), ("zones", "fire")),
+        Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
+              ("budgets.source_threshold", "budgets.decade_length", "run.years"), ("predictors", "zones", "fire")),
         Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),
     ]

@@ -162,7 +162,8 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     res["nee_derived"] = res["reco"] - res["gpp"]
     out = {"res": res}
     if job.members:
-        wz = budgets_mod.zone_weights(z)
+        veg2d = pd.Series(np.asarray(cols["veg_type"]).ravel()).replace(VEG_RECODE).to_numpy(np.float64)
+        wz = budgets_mod.zone_weights(z, veg2d.reshape(ty, tx))
         if list(wz.zone.values) != list(job.zones_order):
             raise RuntimeError(f"zone order differs in tile {c.key}")
         wmat = wz.values.reshape(wz.sizes["zone"], -1)
@@ -289,7 +290,8 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     veg_codes = np.unique(np.asarray(veg_da.values)[land])
     veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
     veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f, log) for f, p in models.items()}
-    zorder = list(budgets_mod.zone_weights(zds.isel(y=slice(0, 1), x=slice(0, 1))).zone.values)
+    corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
+    zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
     job = UpscaleJob(predictors=str(predictors), zones=str(zones), models={f: str(p) for f, p in models.items()},
                      members={f: [str(p) for p in ps] for f, ps in members.items()}, store=str(store),
                      parts=str(parts), time_index=[int(i) for i in times_sel], veg_map=veg_map, zones_order=zorder)
