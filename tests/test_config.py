@@ -243,3 +243,46 @@ def test_forest_values_out_of_range(project, key):
 def test_forest_choices_and_types(project, line, key, shown):
     path = write(project, MINIMAL_INPUTS + f"[forest]\n{line}\n")
     expect_config_error(path, key, shown)
+
+
+def test_coarse_set_and_budget_settings(project):
+    (project / "data" / "pred8.zarr").mkdir()
+    (project / "zones8.nc").write_text("x")
+    cfg = load_config(write(project, MINIMAL_INPUTS + """
+[run]
+years = "2001-2020"
+tile = 64
+
+[forest]
+n_estimators = 50
+
+[budgets]
+source_threshold = 5
+decade_length = 5
+
+[coarse]
+predictors = "data/pred8.zarr"
+zones = "zones8.nc"
+years = "1990-2016"
+"""))
+    assert cfg.budgets.source_threshold == 5.0 and cfg.budgets.decade_length == 5 and cfg.run.tile == 64
+    c = cfg.coarse_config()
+    assert c.inputs.predictors == project / "data" / "pred8.zarr"
+    assert c.inputs.sites == cfg.inputs.sites  # default: the fine set's site table
+    assert c.run.years == "1990-2016" and c.run.tile == 64 and c.forest.n_estimators == 50
+    assert c.coarse is None and cfg.run.years == "2001-2020"
+    assert load_config(write(project, MINIMAL_INPUTS)).coarse_config() is None
+
+
+@pytest.mark.parametrize("extra, column", [
+    ('[coarse]\nzones = "zones.nc"\n', "coarse"),                                   # predictors missing
+    ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nfoo = 1\n', "coarse.foo"),
+    ('[coarse]\npredictors = "nope.zarr"\nzones = "zones.nc"\n', "coarse.predictors"),
+    ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nyears = "2016-1990"\n', "run.years"),
+    ('[budgets]\nsource_threshold = "zero"\n', "budgets.source_threshold"),
+    ('[budgets]\ndecade_length = 0\n', "budgets.decade_length"),
+    ('[run]\ntile = 2\n', "run.tile"),
+])
+def test_bad_coarse_and_budget_settings(project, extra, column):
+    e = expect_config_error(write(project, MINIMAL_INPUTS + extra))
+    assert column in str(e)

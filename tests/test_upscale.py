@@ -211,3 +211,55 @@ def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
         assert np.array_equal(t.read(), ds.gpp.sel(time="2005").values, equal_nan=True)
     r = CliRunner().invoke(app, ["export", str(run), "--vars", "co2"])
     assert r.exit_code == 2 and "co2" in r.output
+
+
+def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path):
+    from abzflux.config import load_config
+    from abzflux.pipeline import run_study
+
+    pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False)
+    t = pd.DatetimeIndex(pred.time.values)
+    gap = pred.isel(time=np.nonzero(~((t.year == 2007) & (t.month == 7)))[0])
+    gap.to_zarr(tmp_path / "predictors.zarr", consolidated=False)
+    text = fast_config.read_text()
+    for k in ("sites.csv", "zones.nc", "fire.zarr", "truth.nc"):
+        text = text.replace(f'"{k}"', f'"{twin_dir / k}"')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    for years in (None, "2001-2020"):
+        c = load_config(cfg)
+        c.run.years = years
+        with pytest.raises(InputError, match="2007-07") as e:
+            run_study(c, tmp_path / "run", log=lambda m: None)
+        assert "predictors.zarr" in str(e.value)
+    assert not (tmp_path / "run" / "upscaled.zarr").exists()
+    assert not (tmp_path / "run" / "sites.parquet").exists()
+
+
+def test_two_model_sets_from_one_config(tmp_path):
+    """The twin writes a fine and a coarse set; one run produces both stores with SD layers."""
+    from abzflux.config import load_config
+    from abzflux.pipeline import run_study
+    from abzflux.twin import TwinSpec, make_twin
+
+    d = tmp_path / "twin"
+    make_twin(d, TwinSpec(resolution_km=200, first_year=2003, last_year=2006, n_site_months=2000),
+              coarse=TwinSpec(resolution_km=400, first_year=1995, last_year=1998, seed=449, n_site_months=2000))
+    text = (d / "config.toml").read_text()
+    fast = "[forest]\nn_estimators = 10\nmtry = 5\ncv = false\nimportance_repeats = 1\npdp_points = 3\npdp_rows = 50\nn_bootstrap = 2\n"
+    text = text[:text.index("[forest]")] + fast + text[text.index("[coarse]"):]
+    (d / "config.toml").write_text(text)
+    cfg = load_config(d / "config.toml")
+    rec = run_study(cfg, tmp_path / "run", log=lambda m: None)
+    assert "coarse" in rec
+    fine = xr.open_zarr(tmp_path / "run" / "upscaled.zarr", consolidated=False)
+    coarse = xr.open_zarr(tmp_path / "run" / "coarse" / "upscaled.zarr", consolidated=False)
+    assert pd.DatetimeIndex(fine.time.values).year.min() == 2003 and fine.sizes["time"] == 48
+    assert pd.DatetimeIndex(coarse.time.values).year.min() == 1995 and coarse.sizes["time"] == 48
+    assert float(coarse.x[1] - coarse.x[0]) == 2 * float(fine.x[1] - fine.x[0])
+    for ds in (fine, coarse):
+        assert {"gpp_sd", "reco_sd", "nee_sd", "nee_derived_sd"} <= set(ds.data_vars)
+        assert np.isfinite(ds.nee_sd.values).any()
+    assert (tmp_path / "run" / "coarse" / "budgets" / "table1.csv").exists()
+    cj = json.loads((tmp_path / "run" / "coarse" / "run.json").read_text())
+    assert cj["config"]["run"]["years"] == "1995-1998"

@@ -88,6 +88,16 @@ def zone_kind(name: str) -> str:
     return "biome" if name in BIOMES else "region"
 
 
+def _with_area(zones: xr.Dataset) -> xr.Dataset:
+    """Zones with a ``cell_area`` (from the grid spacing when the file has none), so that any
+    band of rows can be weighted on its own."""
+    if "cell_area" in zones:
+        return zones
+    dx = float(abs(zones.x[1] - zones.x[0]))
+    dy = float(abs(zones.y[1] - zones.y[0]))
+    return zones.assign(cell_area=xr.full_like(zones["land_fraction"], dx * dy, dtype=np.float64))
+
+
 def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=None) -> pd.DataFrame:
     """Tg C month-1 per zone, month and flux variable; long table.
 
@@ -98,6 +108,7 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=
     for c in ("y", "x"):  # weights are matched to cells by position: the grids must be identical
         if not np.array_equal(np.asarray(fluxes[c].values), np.asarray(zones[c].values)):
             raise ValueError(f"flux grid and zones grid differ along {c!r}")
+    zones = _with_area(zones)
     ny = zones.sizes["y"]
     bands = [slice(i, min(i + band, ny)) for i in range(0, ny, band)]
     zone_names, total = None, None
@@ -140,6 +151,7 @@ def _band(veg, ys: slice):
 
 def zone_areas_m2(zones: xr.Dataset, band: int = 256, veg=None) -> pd.Series:
     """Effective land area (m2) of every zone, summed band by band."""
+    zones = _with_area(zones)
     ny = zones.sizes["y"]
     total = None
     for i in range(0, ny, band):
@@ -331,6 +343,7 @@ def map_statistics(fluxes: xr.Dataset, zones: xr.Dataset, veg=None, crs=None, th
     from pyproj import Transformer
     from scipy import stats
 
+    zones = _with_area(zones)
     ny = zones.sizes["y"]
     acc, lat_acc = {}, {}
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True) if crs is not None else None

@@ -164,6 +164,8 @@ class Context:
                 self.cache.pop(k).close()
 
     def years(self) -> tuple[int, int]:
+        """The run's calendar years: ``run.years``, or the first to the last complete year of
+        the predictor stack. Every month of every year in the range must be in the stack."""
         yr = self.cfg.run.year_range(self.cfg.source)
         t = pd.DatetimeIndex(self.predictors().time.values)
         full = t.to_series().groupby(t.year).size()
@@ -171,13 +173,15 @@ class Context:
         if len(full) == 0:
             raise InputError(self.cfg.inputs.predictors, "no complete calendar year of monthly predictors",
                              column="time", expected="12 monthly steps per year")
-        if yr is None:
-            return int(full.min()), int(full.max())
-        missing = sorted(set(range(yr[0], yr[1] + 1)) - set(full))
-        if missing:
-            raise InputError(self.cfg.inputs.predictors, f"years {missing} are not complete in the predictor stack",
-                             column="time", expected=f"12 monthly steps for every year of run.years {yr[0]}-{yr[1]}")
-        return yr
+        y0, y1 = (int(full.min()), int(full.max())) if yr is None else yr
+        want = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS")
+        missing = want.difference(t)
+        if len(missing):
+            months = ", ".join(m.strftime("%Y-%m") for m in missing[:12]) + (" ..." if len(missing) > 12 else "")
+            raise InputError(self.cfg.inputs.predictors, f"{len(missing)} month(s) of {y0}-{y1} missing from the "
+                             f"predictor stack: {months}", column="time",
+                             expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)")
+        return y0, y1
 
 
 def stage_sites(ctx: Context) -> None:
@@ -775,6 +779,10 @@ def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, pr
     }
     fingerprints: dict[str, str] = {}
     try:
+        # Every input is read and checked before any stage writes anything.
+        ctx.years()
+        ctx.zones()
+        ctx.fire()
         _run_stages(ctx, record, fingerprints, force, progress_factory)
     finally:
         ctx.close()
