@@ -1,6 +1,6 @@
 """Upscaling throughput and peak memory: one run's forests applied to a predictor stack.
 
-    python benchmarks/bench_upscale.py --run demo/run --twin DIR [--tile 128] [--scheduler local]
+    python benchmarks/bench_upscale.py --run demo/run --twin DIR [--tile 128] [--years N] [--scheduler local]
 
 Loads the run's final forests (3) and bootstrap forests, and upscales every complete year of the
 twin's predictor stack with ``abzflux.upscale.upscale`` into a temporary directory, as the
@@ -31,13 +31,14 @@ def main():
     ap.add_argument("--twin", required=True, type=Path)
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--scheduler", default=None)
+    ap.add_argument("--years", type=int, default=None, help="only the first N years of the stack")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     models = {f: a.run / "models" / f"{f}.npz" for f in up.FLUXES}
     rec = json.loads((a.run / "bootstrap" / "bootstrap.json").read_text())
     members = {f: [a.run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in rec.items()}
     pred = xr.open_zarr(a.twin / "predictors.zarr", consolidated=False)
-    sel = np.arange(pred.sizes["time"])
+    sel = np.arange(pred.sizes["time"] if a.years is None else 12 * a.years)
     land = (xr.open_dataset(a.twin / "zones.nc", engine="h5netcdf").land_fraction.fillna(0) > 0).values
     client = None
     if a.scheduler:

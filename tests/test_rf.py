@@ -413,3 +413,30 @@ def test_skill_comparable_to_scikit_learn():
     r2_ref = r2_score(y[te], ref.predict(X[te]))
     assert r2_ours > 0.8
     assert abs(r2_ours - r2_ref) < 0.03
+
+
+def test_level_layout_predicts_exactly_like_the_packed_forest_and_sklearn():
+    from sklearn.ensemble import RandomForestRegressor
+
+    from abzflux._rf import LevelForest, PackedForest
+
+    rng = np.random.default_rng(5)
+    n = 1500
+    X = rng.normal(size=(n, 5))
+    cat = rng.integers(0, 6, n).astype(np.float64)
+    Xc = np.column_stack([X, cat])
+    y = X[:, 0] * 2 + np.where(cat == 3, 4.0, 0.0) + rng.normal(size=n)
+    for is_cat in (np.zeros(6, bool), np.array([False] * 5 + [True])):
+        f = grow_forest(Xc, y, is_cat=is_cat, n_levels=np.where(is_cat, 6, 0), n_trees=30, mtry=3, nodesize=5, seed=3)
+        lf = LevelForest.from_packed(f)
+        assert lf.has_cat == bool(is_cat.any())
+        Xt = np.column_stack([rng.normal(size=(5000, 5)), rng.integers(0, 6, 5000)])
+        assert np.array_equal(lf.predict(Xt), f.predict(Xt))
+        # breadth-first: children come after their parent; leaves never move
+        internal = lf.child != np.arange(len(lf.child))
+        assert (lf.child[internal] > np.nonzero(internal)[0]).all() and np.isinf(lf.thr[~internal]).all()
+    rf = RandomForestRegressor(n_estimators=20, max_features=2, min_samples_leaf=3, random_state=0).fit(X, y)
+    Xt = rng.normal(size=(4000, 5)).astype(np.float32)
+    ref = rf.predict(Xt)
+    assert np.array_equal(PackedForest.from_sklearn(rf).predict(Xt), ref)
+    assert np.array_equal(LevelForest.from_sklearn(rf).predict(Xt), ref)

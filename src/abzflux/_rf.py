@@ -486,6 +486,50 @@ def _predict_level(X, feat, thr, child, catmask, value, roots, depth, has_cat, o
             out[i0 + i] = acc[i] / nt
 
 
+@njit(cache=True)
+def _bfs_layout(left, right, feat, thr, catmask, value, roots):
+    n = left.shape[0]
+    F = np.zeros(n, np.int32)
+    T = np.full(n, np.inf)
+    C = np.zeros(n, np.int32)
+    M = np.zeros(n, np.uint64)
+    V = np.zeros(n)
+    new_roots = np.zeros(roots.shape[0], np.int32)
+    depth = np.zeros(roots.shape[0], np.int32)
+    queue = np.empty(n, np.int32)  # old ids in breadth-first order
+    level = np.empty(n, np.int32)
+    pos = 0
+    for k in range(roots.shape[0]):
+        start = pos
+        new_roots[k] = pos
+        queue[pos] = roots[k]
+        level[pos] = 0
+        pos += 1
+        head = start
+        d = 0
+        while head < pos:
+            o = queue[head]
+            j = head  # new id = position in the breadth-first queue
+            V[j] = value[o]
+            if left[o] >= 0:
+                F[j] = feat[o]
+                T[j] = thr[o]
+                M[j] = catmask[o]
+                C[j] = pos  # children get the next two positions: right = left + 1
+                queue[pos] = left[o]
+                queue[pos + 1] = right[o]
+                level[pos] = level[head] + 1
+                level[pos + 1] = level[head] + 1
+                if level[head] + 1 > d:
+                    d = level[head] + 1
+                pos += 2
+            else:
+                C[j] = j  # leaf: stays (T = +inf, so "x <= T" holds)
+            head += 1
+        depth[k] = d
+    return F, T, C, M, V, new_roots, depth
+
+
 class LevelForest:
     """A forest laid out for fast, exact batch prediction (see the comment above).
 
@@ -503,41 +547,11 @@ class LevelForest:
     @classmethod
     def _build(cls, left, right, feat, thr, catmask, value, roots):
         """Breadth-first renumbering of trees given by absolute left/right arrays (leaf: -1)."""
-        n = len(left)
-        F = np.zeros(n, np.int32)
-        T = np.full(n, np.inf)
-        C = np.zeros(n, np.int32)
-        M = np.zeros(n, np.uint64)
-        V = np.zeros(n)
-        new_roots = np.zeros(len(roots), np.int32)
-        depth = np.zeros(len(roots), np.int32)
-        pos = 0
-        for k, r in enumerate(roots):
-            new_roots[k] = pos
-            level, d = [r], 0
-            order = [r]
-            nid = {r: pos}
-            pos += 1
-            while level:
-                nxt = []
-                for o in level:
-                    if left[o] >= 0:
-                        nid[left[o]], nid[right[o]] = pos, pos + 1
-                        pos += 2
-                        nxt += [left[o], right[o]]
-                order += nxt
-                if nxt:
-                    d += 1
-                level = nxt
-            depth[k] = d
-            for o in order:
-                j = nid[o]
-                V[j] = value[o]
-                if left[o] >= 0:
-                    F[j], T[j], C[j], M[j] = feat[o], thr[o], nid[left[o]], catmask[o]
-                else:
-                    C[j] = j  # leaf: stays; T = +inf so "x <= T" holds and it does not move
-        return cls(F, T, C, M, V, new_roots, depth)
+        arrays = _bfs_layout(np.ascontiguousarray(left, np.int32), np.ascontiguousarray(right, np.int32),
+                             np.ascontiguousarray(feat, np.int32), np.ascontiguousarray(thr, np.float64),
+                             np.ascontiguousarray(catmask, np.uint64), np.ascontiguousarray(value, np.float64),
+                             np.ascontiguousarray(roots, np.int32))
+        return cls(*arrays)
 
     @classmethod
     def from_packed(cls, pf: "PackedForest", value: np.ndarray | None = None) -> "LevelForest":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -78,11 +79,14 @@ class UpscaleJob:
     time_index: list  # predictor time index of each output time step
     veg_map: dict = field(default_factory=dict)  # flux -> {code: code used or NaN}
     zones_order: list = field(default_factory=list)
+    # Worker caches are keyed by this too: a long-lived worker never reuses a dataset or a store
+    # handle opened for another run (other inputs, or a store recreated at the same path).
+    key: str = ""
 
 
 # --------------------------------------------------------------------------- worker side
 @lru_cache(maxsize=8)
-def _open(path: str) -> xr.Dataset:
+def _open(path: str, key: str = "") -> xr.Dataset:
     """Open an input lazily *without* dask: a tile read goes straight to the file (the driver
     has validated it already); a dask graph per tile would cost more than the read."""
     p = Path(path)
@@ -95,7 +99,7 @@ def _open(path: str) -> xr.Dataset:
 
 
 @lru_cache(maxsize=4)
-def _store(path: str):
+def _store(path: str, key: str = ""):
     import zarr
 
     return zarr.open_group(path, mode="r+")
@@ -130,7 +134,7 @@ def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
 def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     """Predict one tile-year: the final forests' fluxes, NEE as Reco − GPP, the SD across the
     bootstrap forests and each bootstrap forest's zone sums (Tg C per month)."""
-    pred, zones = _open(job.predictors), _open(job.zones)
+    pred, zones = _open(job.predictors, job.key), _open(job.zones, job.key)
     ys, xs = slice(c.iy0, c.iy1), slice(c.ix0, c.ix1)
     tidx = np.asarray(job.time_index[c.t0:c.t0 + c.nt])
     z = zones.isel(y=ys, x=xs).load()
@@ -189,7 +193,7 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
 def run_chunk(job: UpscaleJob, c: Chunk) -> str:
     """Compute one chunk, write its region of the store, then its completion record."""
     out = predict_chunk(job, c)
-    g = _store(job.store)  # float32 with NaN fill: the arrays are written as they are
+    g = _store(job.store, job.key)  # float32 with NaN fill: the arrays are written as they are
     for v, a in out["res"].items():
         g[v][c.t0:c.t0 + c.nt, c.iy0:c.iy1, c.ix0:c.ix1] = a
     rec = Path(job.parts) / f"{c.key}.npz"
@@ -281,7 +285,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         shutil.rmtree(work, ignore_errors=True)
         parts.mkdir(parents=True)
         _template(pred, times, variables, tile, predictors).to_zarr(store, compute=False, mode="w", consolidated=False)
-        state.write_text(json.dumps({"fingerprint": fingerprint, "tile": tile}))
+        state.write_text(json.dumps({"fingerprint": fingerprint, "tile": tile, "created": time.time_ns()}))
     land_da = zds["land_fraction"].fillna(0) > 0
     land = np.asarray(land_da.values)
     veg_da = pred["veg_type"]
@@ -294,7 +298,8 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
     job = UpscaleJob(predictors=str(predictors), zones=str(zones), models={f: str(p) for f, p in models.items()},
                      members={f: [str(p) for p in ps] for f, ps in members.items()}, store=str(store),
-                     parts=str(parts), time_index=[int(i) for i in times_sel], veg_map=veg_map, zones_order=zorder)
+                     parts=str(parts), time_index=[int(i) for i in times_sel], veg_map=veg_map, zones_order=zorder,
+                     key=f"{fingerprint}:{json.loads(state.read_text())['created']}")
     chunks = plan_chunks(land, times, tile)
     done = {p.stem for p in parts.glob("*.npz") if not p.name.endswith(".tmp.npz")}
     todo = [c for c in chunks if c.key not in done]
@@ -343,6 +348,8 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         shutil.rmtree(final)
     os.replace(store, final)
     shutil.rmtree(work)
+    for cache in (_open, _store, _model):  # release this run's forests and handles (this process)
+        cache.cache_clear()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
 
