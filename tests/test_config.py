@@ -282,6 +282,9 @@ years = "1990-2016"
     ('[budgets]\nsource_threshold = "zero"\n', "budgets.source_threshold"),
     ('[budgets]\ndecade_length = 0\n', "budgets.decade_length"),
     ('[run]\ntile = 2\n', "run.tile"),
+    ('[fire]\nalpha = "x"\n', "fire.alpha"),
+    ('[fire]\nmonths = ["may"]\n', "fire.months"),
+    ('[fire]\nstart = 2002\n', "fire.start"),
 ])
 def test_bad_coarse_and_budget_settings(project, extra, column):
     e = expect_config_error(write(project, MINIMAL_INPUTS + extra))

@@ -99,3 +99,69 @@ def test_correction_changes_only_burned_cells_in_significant_months():
     out2 = fire.correct_nee(nee, models, last, frac, 2020, months=[8])
     assert float(out2.sel(time="2020-08-01")[0, 0]) == pytest.approx(-10.0 + 0.0 * 0.5)
     assert float(out2.sel(time="2020-08-01")[1, 0]) == pytest.approx(-2.0)
+
+
+def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config, tmp_path):
+    import json
+    import shutil
+
+    from abzflux.config import load_config
+    from abzflux.pipeline import Context, stage_fire
+
+    run, _ = study_run
+    d = run / "fire"
+    for f in ("emissions_by_zone.csv", "fire_vs_uptake.csv", "burned_cells.nc", "residual_diagnostics.csv",
+              "bias_models.csv", "bias_correction.csv", "fire.json"):
+        assert (d / f).exists(), f
+    w = pd.read_csv(d / "fire_vs_uptake.csv")
+    assert (w.nee_fire == w.nee + w.fire).all()  # exactly, as stored
+    assert (w.fire_exceeds_uptake == (w.fire > -w.nee)).all()
+    m = pd.read_csv(d / "bias_models.csv")
+    assert sorted(m.month) == list(range(1, 13)) and (m.sites >= 3).all()
+    maps = xr.open_dataset(d / "burned_cells.nc", engine="h5netcdf")
+    ly = maps.last_burn_year.values
+    assert np.nanmin(ly) >= 2001 and np.nanmax(ly) <= 2020 and np.isfinite(ly).sum() > 10
+    assert maps.last_burn_year.attrs.get("grid_mapping") == "spatial_ref"
+    # forcing the paper's months: burned cells change in May-July, nothing else
+    work = tmp_path / "run"
+    shutil.copytree(run, work, ignore=shutil.ignore_patterns("fire", "trends", "interpret", "bootstrap"))
+    cfg = load_config(fast_config)
+    cfg.fire.months = [5, 6, 7]
+    stage_fire(Context(cfg=cfg, out=work, log=lambda m: None))
+    rep = json.loads((work / "fire" / "fire.json").read_text())
+    assert rep["corrected_months"] == [5, 6, 7]
+    bc = pd.read_csv(work / "fire" / "bias_correction.csv").set_index("zone")
+    assert rep["domain_nee_after"] != rep["domain_nee_before"]
+    assert bc.loc["domain", "change"] == pytest.approx(bc.loc["domain", "nee_after"] - bc.loc["domain", "nee_before"])
+
+
+def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_config, tmp_path):
+    from abzflux.config import load_config
+    from abzflux.pipeline import Context
+
+    f = xr.open_zarr(twin_dir / "fire.zarr", consolidated=False).isel(time=slice(0, 24)).load()
+    # split every cell into 2 x 2 finer cells with the same flux density: coarse values come back
+    dx = float(f.x[1] - f.x[0])
+    dy = float(f.y[1] - f.y[0])
+    xs = np.sort(np.r_[f.x.values - dx / 4, f.x.values + dx / 4])
+    ys = np.sort(np.r_[f.y.values - abs(dy) / 4, f.y.values + abs(dy) / 4])
+    ys = ys[::-1] if dy < 0 else ys
+    rep = {v: (("time", "y", "x"), np.repeat(np.repeat(f[v].values, 2, axis=1), 2, axis=2))
+           for v in ("fire_emissions", "burned_fraction")}
+    fine = xr.Dataset(rep, coords={"time": f.time.values, "y": ys, "x": xs})
+    for v in rep:
+        fine[v].attrs = dict(f[v].attrs)
+    from abzflux.formats import write_crs
+
+    fine = write_crs(fine, "EPSG:6931")
+    fine.to_zarr(tmp_path / "fire_fine.zarr", consolidated=False)
+    cfg = load_config(fast_config)
+    cfg.inputs.fire = tmp_path / "fire_fine.zarr"
+    logs = []
+    ctx = Context(cfg=cfg, out=tmp_path, log=logs.append)
+    agg = ctx.fire()
+    assert any("2x finer" in m for m in logs)
+    assert agg.sizes["y"] == f.sizes["y"] and agg.sizes["x"] == f.sizes["x"]
+    np.testing.assert_allclose(agg.fire_emissions.values, f.fire_emissions.values, rtol=1e-5, equal_nan=True)
+    cfg.fire.first_year = 2002
+    assert pd.DatetimeIndex(Context(cfg=cfg, out=tmp_path, log=logs.append).fire().time.values).year.min() == 2002

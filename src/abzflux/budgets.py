@@ -227,6 +227,21 @@ def seasonal_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd
     return pd.concat(parts, ignore_index=True)[keys + ["season", "year", "tg_c"]]
 
 
+def exact_nee_fire(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Set every ``nee_fire`` row's tg_c to the same table's ``nee`` + ``fire`` for the same keys,
+    so that NEE + fire equals NEE plus fire emissions exactly at every aggregation level (a sum
+    of monthly NEE + fire differs from the sum of the two sums in the last bits)."""
+    if not {"nee", "fire", "nee_fire"} <= set(df.flux):
+        return df
+    a = df[df.flux == "nee"].set_index(keys).tg_c
+    b = df[df.flux == "fire"].set_index(keys).tg_c
+    mask = (df.flux == "nee_fire").to_numpy()
+    idx = df.loc[mask].set_index(keys).index
+    df = df.copy()
+    df.loc[mask, "tg_c"] = (a.reindex(idx) + b.reindex(idx)).to_numpy()
+    return df
+
+
 def with_fire(table: pd.DataFrame, fire: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """Append ``fire`` and ``nee_fire`` = nee + fire rows to a table with a ``flux`` column;
     ``fire`` has the table's keys (without flux) and ``tg_c``. Only periods both cover."""

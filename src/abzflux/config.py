@@ -64,6 +64,14 @@ class BudgetSettings:
 
 
 @dataclass
+class FireSettings:
+    first_year: int | None = None  # start of the fire record used (paper: 2002); default: first year of the fire file
+    target_year: int | None = None  # year of the bias-correction test (paper: 2020); default: last run year
+    alpha: float = 0.05  # significance of the mixed model's slope and intercept
+    months: list | None = None  # months corrected; default: those whose slope and intercept are both significant
+
+
+@dataclass
 class CoarseSet:
     """A second model set on its own grid and period (the paper's 8 km, 1990-2016): its own
     predictors, zones, models and outputs (written to ``RUN/coarse``); same forest settings."""
@@ -85,6 +93,7 @@ class Config:
     run: RunSettings = field(default_factory=RunSettings)
     forest: ForestSettings = field(default_factory=ForestSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    fire: FireSettings = field(default_factory=FireSettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
 
@@ -95,7 +104,7 @@ class Config:
         c = self.coarse
         return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
                                     fire=c.fire, truth=c.truth),
-                      run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets,
+                      run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets, fire=self.fire,
                       coarse=None, source=self.source)
 
     def to_dict(self) -> dict:
@@ -171,7 +180,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "budgets", "coarse"}
+    allowed = {"inputs", "run", "forest", "budgets", "fire", "coarse"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -183,6 +192,7 @@ def load_config(path) -> Config:
         run=_section(RunSettings, raw.get("run", {}), "run", path),
         forest=_section(ForestSettings, raw.get("forest", {}), "forest", path),
         budgets=_section(BudgetSettings, raw.get("budgets", {}), "budgets", path),
+        fire=_section(FireSettings, raw.get("fire", {}), "fire", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
     )

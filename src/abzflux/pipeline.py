@@ -104,6 +104,7 @@ class Stage:
     depends: tuple[str, ...] = ()
     config_keys: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    optional: str | None = None  # runs only when this input is given
 
 
 @dataclass
@@ -139,7 +140,20 @@ class Context:
         if self.cfg.inputs.fire is None:
             return None
         if "fire" not in self.cache:
-            self.cache["fire"] = read_fire(self.cfg.inputs.fire, like=self.predictors())
+            from .fire import aggregate_fire
+            from .formats import check_same_grid
+
+            path, pred = self.cfg.inputs.fire, self.predictors()
+            ds = read_fire(path)
+            k = _fine_factor(ds, pred)
+            if k > 1:  # a finer fire grid nested in the analysis grid: aggregate (conserving emissions)
+                self.log(f"fire file is on a {k}x finer grid: aggregated onto the analysis grid")
+                ds = aggregate_fire(ds, k).assign_coords(y=pred.y.values, x=pred.x.values)
+            check_same_grid(ds, pred, path, self.cfg.inputs.predictors)
+            f0 = self.cfg.fire.first_year
+            if f0 is not None:  # the fire period (paper: 2002-2020); NEE + fire only where fire is counted
+                ds = ds.sel(time=slice(f"{f0}-01-01", None))
+            self.cache["fire"] = ds
         return self.cache["fire"]
 
     def client(self):
@@ -182,6 +196,24 @@ class Context:
                              f"predictor stack: {months}", column="time",
                              expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)")
         return y0, y1
+
+
+def _fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
+    """k when ``ds``'s grid nests k x k cells into each cell of ``like``'s (same origin corner),
+    else 1."""
+    try:
+        d = abs(float(ds.x[1] - ds.x[0]))
+        D = abs(float(like.x[1] - like.x[0]))
+    except (IndexError, KeyError):
+        return 1
+    k = int(round(D / d))
+    if k <= 1 or abs(k * d - D) > 1e-6 * D or ds.sizes["x"] != k * like.sizes["x"] or ds.sizes["y"] != k * like.sizes["y"]:
+        return 1
+    x0 = float(ds.x.values[:k].mean())
+    y0 = float(ds.y.values[:k].mean())
+    if abs(x0 - float(like.x[0])) > 1e-6 * D or abs(y0 - float(like.y[0])) > 1e-6 * D:
+        return 1
+    return k
 
 
 def stage_sites(ctx: Context) -> None:
@@ -470,7 +502,7 @@ def stage_budgets(ctx: Context) -> None:
     mo.insert(1, "kind", mo.zone.map(kinds))
     mo.drop(columns="time").to_csv(out / "monthly.csv", index=False)
     # seasons, every year
-    seas = budgets_mod.seasonal_from_monthly(mon)
+    seas = budgets_mod.exact_nee_fire(budgets_mod.seasonal_from_monthly(mon), ["zone", "season", "year"])
     seas_m = budgets_mod.seasonal_from_monthly(members, by=("member",)) if members is not None else None
     st = seas.assign(density_g_m2=dens(seas))
     if seas_m is not None:
@@ -517,7 +549,8 @@ def stage_budgets(ctx: Context) -> None:
     pd.DataFrame(changes).to_csv(out / "seasonal_amplitude_change.csv", index=False)
 
     # budgets_annual.csv: the annual rows with coverage, as before (trends and summary read it)
-    ann = budgets_mod.annual_from_monthly(mon.assign(coverage=mon.coverage.fillna(1.0)))
+    ann = budgets_mod.exact_nee_fire(budgets_mod.annual_from_monthly(mon.assign(coverage=mon.coverage.fillna(1.0))),
+                                     ["zone", "year"])
     ann["density_g_m2"] = dens(ann)
     if seas_m is not None:
         a_sd = st[st.season == "annual"][["zone", "flux", "year", "tg_c_sd"]]
@@ -531,6 +564,74 @@ def stage_budgets(ctx: Context) -> None:
     ann.to_csv(tmp, index=False)
     _atomic_replace(out, ctx.path("budgets"))
     _atomic_replace(tmp, ctx.path("budgets_annual.csv"))
+
+
+def stage_fire(ctx: Context) -> None:
+    """(d2) Fire: emissions by zone and year, years in which fire emissions exceeded the net
+    uptake, the map of cells burned during the fire period, residual diagnostics at burned vs
+    unburned sites, and the years-since-fire bias correction (per-month mixed models of the NEE
+    model's LOSO residuals, applied to the target year). Tables and maps in ``fire/``."""
+    from . import fire as fire_mod
+
+    out = ctx.path("fire.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    fs = ctx.cfg.fire
+    y0, y1 = ctx.years()
+    fds = ctx.fire()
+    ft = pd.DatetimeIndex(fds.time.values)
+    f0 = fs.first_year if fs.first_year is not None else int(ft.year.min())
+    target = fs.target_year if fs.target_year is not None else y1
+    ann = pd.read_csv(ctx.path("budgets_annual.csv"))
+    fr = ann[(ann.flux == "fire") & (ann.year >= f0)]
+    fr.pivot(index="year", columns="zone", values="tg_c").to_csv(out / "emissions_by_zone.csv")
+    w = ann[ann.year >= f0].pivot_table(index=["zone", "year"], columns="flux", values="tg_c").reset_index()
+    if {"nee", "fire"} <= set(w.columns):
+        w["fire_exceeds_uptake"] = w.fire > -w.nee
+        w[["zone", "year", "nee", "fire", "nee_fire", "fire_exceeds_uptake"]].to_csv(out / "fire_vs_uptake.csv", index=False)
+    # cells burned during the fire period (Fig. 2d)
+    last, frac = fire_mod.last_burn_year(fds["burned_fraction"], f0, min(target, int(ft.year.max())))
+    total = fds["burned_fraction"].sel(time=slice(f"{f0}-01-01", f"{target}-12-31")).fillna(0).sum("time")
+    maps = xr.Dataset({"last_burn_year": last.astype(np.float32), "last_burn_fraction": frac.astype(np.float32),
+                       "burned_fraction_total": total.astype(np.float32)})
+    maps["burned_fraction_total"].attrs.update(units="1", long_name=f"sum of monthly burned fractions {f0}-{target}")
+    maps = write_crs(maps.assign_coords(y=fds.y, x=fds.x), grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors))
+    maps.to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
+    # residuals of the NEE model at burned vs unburned sites, and the mixed models
+    info = json.loads(ctx.path("models/forest.json").read_text())
+    report = {"fire_period": [f0, target], "target_year": target}
+    pred_path = ctx.path("cv/predictions.parquet")
+    if pred_path.exists():
+        pr = pd.read_parquet(pred_path)
+        pr = pr[(pr.flux == "nee") & (pr.mtry == info["nee"]["mtry"])]
+        sites = pd.read_parquet(ctx.path("sites.parquet"))[["site_id", "year", "month", "years_since_fire"]]
+        r = pr.merge(sites, on=["site_id", "year", "month"], how="left").assign(residual=lambda d: d.obs - d.pred)
+        r["burned"] = (r.disturbance == "fire") & r.years_since_fire.notna()
+        diag = r.assign(ysf_bin=np.where(r.burned, np.floor(r.years_since_fire.fillna(-1)).clip(upper=30), np.nan))
+        pd.concat([diag.groupby("burned").residual.agg(["mean", "std", "size"]).reset_index().assign(by="burned"),
+                   diag[diag.burned].groupby("ysf_bin").residual.agg(["mean", "std", "size"]).reset_index()
+                   .assign(by="years_since_fire")], ignore_index=True).to_csv(out / "residual_diagnostics.csv", index=False)
+        models = fire_mod.fit_bias_models(r[r.burned], alpha=fs.alpha)
+        models.to_csv(out / "bias_models.csv", index=False)
+        report["significant_months"] = [int(m) for m in models.loc[models.significant, "month"]] if len(models) else []
+        months = fs.months if fs.months is not None else report["significant_months"]
+        months = [m for m in months if m in set(models.month) and np.isfinite(models.set_index("month").loc[m].get("slope", np.nan))]
+        report["corrected_months"] = months
+        up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
+        if target in set(pd.DatetimeIndex(up.time.values).year):
+            nee = up["nee"].sel(time=str(target)).load()
+            corr = fire_mod.correct_nee(nee, models, last, frac, target, months=months)
+            before = budgets_mod.monthly_budgets(xr.Dataset({"nee": nee}), ctx.zones())
+            after = budgets_mod.monthly_budgets(xr.Dataset({"nee": corr}), ctx.zones())
+            b = before.groupby("zone").tg_c.sum().rename("nee_before")
+            a = after.groupby("zone").tg_c.sum().rename("nee_after")
+            t = pd.concat([b, a], axis=1).reset_index()
+            t["change"] = t.nee_after - t.nee_before
+            t.to_csv(out / "bias_correction.csv", index=False)
+            dom = t.set_index("zone").loc["domain"]
+            report.update(domain_nee_before=float(dom.nee_before), domain_nee_after=float(dom.nee_after))
+    (out / "fire.json").write_text(json.dumps(report, indent=2))
+    _atomic_replace(out, ctx.path("fire"))
 
 
 DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("annual", "mean"),
@@ -738,8 +839,11 @@ def build_stages(progress_factory=None) -> list[Stage]:
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
               ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
-              ("budgets.source_threshold", "budgets.decade_length", "run.years"), ("predictors", "zones", "fire")),
+              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire")),
         Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
+        Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
+              ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
+              optional="fire"),
         Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),
     ]
 
@@ -794,6 +898,8 @@ def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, pr
 def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, progress_factory) -> None:
     cfg, out, log = ctx.cfg, ctx.out, ctx.log
     for st in build_stages(progress_factory):
+        if st.optional and getattr(cfg.inputs, st.optional) is None:
+            continue
         fp_src = {"stage": st.name, "version": __version__, "code": code_hash(),
                   "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
                   "inputs": {k: ctx.hashes.get(k) for k in st.inputs},
