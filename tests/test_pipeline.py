@@ -66,7 +66,8 @@ def test_run_json_records_provenance(study_run, fast_config):
     assert all(len(h) == 64 for h in r["input_hashes"].values())
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
     assert len(r["code_hash"]) == 64  # stages rerun when abzflux's own code changes
-    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "summary"]
+    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "fire",
+                                 "summary"]
 
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
