@@ -131,8 +131,21 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     rep = json.loads((work / "fire" / "fire.json").read_text())
     assert rep["corrected_months"] == [5, 6, 7]
     bc = pd.read_csv(work / "fire" / "bias_correction.csv").set_index("zone")
-    assert rep["domain_nee_after"] != rep["domain_nee_before"]
-    assert bc.loc["domain", "change"] == pytest.approx(bc.loc["domain", "nee_after"] - bc.loc["domain", "nee_before"])
+    ann = pd.read_csv(work / "budgets_annual.csv")
+    assert bc.loc["domain", "nee_before"] == ann[(ann.flux == "nee") & (ann.zone == "domain") & (ann.year == 2020)].tg_c.item()
+    # the change by hand: 3 months x sum over burned cells of (a + b * years since burn) * fraction * area
+    mods = pd.read_csv(work / "fire" / "bias_models.csv").set_index("month")
+    cells = xr.open_dataset(work / "fire" / "burned_cells.nc", engine="h5netcdf")
+    z = xr.open_dataset(fast_config.parent / "zones.nc", engine="h5netcdf")
+    up = xr.open_zarr(work / "upscaled.zarr", consolidated=False)
+    has = np.isfinite(up.nee.sel(time="2020-06-01").values)  # only cells with a prediction
+    area = (z.land_fraction.fillna(0) * z.cell_area).values * has
+    ysf = 2020 - cells.last_burn_year.values
+    frac = cells.last_burn_fraction.values
+    want = sum(np.nansum((mods.loc[m, "intercept"] + mods.loc[m, "slope"] * ysf) * frac * area) for m in (5, 6, 7)) / 1e12
+    assert bc.loc["domain", "change"] == pytest.approx(want, rel=1e-5)
+    assert abs(want) > 1  # the correction is not trivially zero on the twin
+    assert rep["domain_nee_after"] == pytest.approx(rep["domain_nee_before"] + want, rel=1e-5)
 
 
 def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_config, tmp_path):

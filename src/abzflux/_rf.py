@@ -543,6 +543,8 @@ class LevelForest:
         self.feat, self.thr, self.child, self.catmask = feat, thr, child, catmask
         self.value, self.roots, self.depth = value, roots, depth
         self.has_cat = bool((feat < 0).any())
+        if not self.has_cat:  # numeric-only (the bootstrap forests): the kernel never reads it
+            self.catmask = np.zeros(1, np.uint64)
 
     @classmethod
     def _build(cls, left, right, feat, thr, catmask, value, roots):

@@ -41,14 +41,7 @@ def zone_weights(zones: xr.Dataset, veg: xr.DataArray | np.ndarray | None = None
     from .predictors import VEG_CLASSES
 
     lf = zones["land_fraction"].fillna(0).astype(np.float64)
-    if "cell_area" in zones:
-        area = zones["cell_area"].astype(np.float64)
-    else:
-        dx = float(abs(zones.x[1] - zones.x[0])) if zones.sizes["x"] > 1 else None
-        dy = float(abs(zones.y[1] - zones.y[0])) if zones.sizes["y"] > 1 else None
-        if dx is None or dy is None:
-            raise ValueError("zones without cell_area need at least 2 cells along x and y")
-        area = xr.full_like(lf, dx * dy)
+    area = _with_area(zones)["cell_area"].astype(np.float64)
     base = (lf * area).fillna(0)
     layers = {"domain": base}
     biomes = _codes(zones["biome"], BIOMES)
@@ -196,7 +189,6 @@ def zone_areas_km2(zones: xr.Dataset) -> pd.Series:
 # --------------------------------------------------------------------------- seasons and tables
 JJA = (6, 7, 8)
 NONSUMMER = (1, 2, 3, 4, 5, 9, 10, 11, 12)
-SEASONS = ("annual", "jja", "nonsummer", "nonsummer_crossyear")
 
 
 def seasonal_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -242,26 +234,10 @@ def exact_nee_fire(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return df
 
 
-def with_fire(table: pd.DataFrame, fire: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Append ``fire`` and ``nee_fire`` = nee + fire rows to a table with a ``flux`` column;
-    ``fire`` has the table's keys (without flux) and ``tg_c``. Only periods both cover."""
-    keys = [c for c in table.columns if c not in ("flux", "tg_c", *by)]
-    nee = table[table.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=keys)
-    nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")
-    out = [table, nf]
-    if not by:
-        f = fire.merge(nee[keys].drop_duplicates(), on=keys).assign(flux="fire")
-        out.append(f)
-    return pd.concat(out, ignore_index=True)
-
-
-def period_stats(est: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series,
-                 years: tuple[int, int] | None = None) -> pd.DataFrame:
+def period_stats(est: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series) -> pd.DataFrame:
     """Period means per zone, flux and season: budget (Tg C yr-1) with the SD across bootstrap
     members of each member's own period mean; density (g C m-2 yr-1) with the SD across years.
     ``est`` and ``members`` come from :func:`seasonal_from_monthly` (members with ``member``)."""
-    if years is not None:
-        est = est[(est.year >= years[0]) & (est.year <= years[1])]
     keys = ["zone", "flux", "season"]
     est = est.assign(density=est.tg_c * TG / est.zone.map(areas))
     g = est.groupby(keys, sort=False).agg(first_year=("year", "min"), last_year=("year", "max"),
@@ -269,10 +245,7 @@ def period_stats(est: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Seri
                                          density=("density", "mean"), density_sd_years=("density", "std"))
     g = g.reset_index()
     if members is not None and len(members):
-        mm = members
-        if years is not None:
-            mm = mm[(mm.year >= years[0]) & (mm.year <= years[1])]
-        sd = mm.groupby(keys + ["member"]).tg_c.mean().groupby(keys).std(ddof=1).rename("tg_c_sd").reset_index()
+        sd = members.groupby(keys + ["member"]).tg_c.mean().groupby(keys).std(ddof=1).rename("tg_c_sd").reset_index()
         g = g.merge(sd, on=keys, how="left")
         g["density_sd_bootstrap"] = g.tg_c_sd * TG / g.zone.map(areas)
     return g

@@ -37,11 +37,10 @@ from . import plots
 from . import trends as trends_mod
 from . import upscale as upscale_mod
 from .forest import FluxForest, partial_dependence, permutation_importance
-from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
+from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_RECODE
 
 PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "zarr", "dask",
             "h5netcdf", "pyproj", "typer", "rich")
-FLUX_UNITS = "g C m-2 month-1"
 
 
 # --------------------------------------------------------------------------- provenance
@@ -389,7 +388,6 @@ def stage_interpret(ctx: Context) -> None:
     _atomic_replace(out, ctx.path("interpret"))
 
 
-BOOTSTRAP_DROP = ("month", "veg_type")  # factors dropped: resamples can lose levels (paper)
 
 
 def stage_bootstrap(ctx: Context) -> None:
@@ -431,12 +429,6 @@ def stage_bootstrap(ctx: Context) -> None:
 
 def load_models(run_dir: Path) -> dict[str, FluxForest]:
     return {f: FluxForest.load(Path(run_dir) / "models" / f"{f}.npz") for f in FLUXES}
-
-
-def load_bootstrap(run_dir: Path) -> dict[str, list[FluxForest]]:
-    rec = json.loads((Path(run_dir) / "bootstrap" / "bootstrap.json").read_text())
-    return {f: [FluxForest.load(Path(run_dir) / "bootstrap" / f"{f}_{m['member']:02d}.npz") for m in v]
-            for f, v in rec.items()}
 
 
 def stage_upscale(ctx: Context, progress=None) -> None:
@@ -621,12 +613,13 @@ def stage_fire(ctx: Context) -> None:
         if target in set(pd.DatetimeIndex(up.time.values).year):
             nee = up["nee"].sel(time=str(target)).load()
             corr = fire_mod.correct_nee(nee, models, last, frac, target, months=months)
-            before = budgets_mod.monthly_budgets(xr.Dataset({"nee": nee}), ctx.zones())
-            after = budgets_mod.monthly_budgets(xr.Dataset({"nee": corr}), ctx.zones())
-            b = before.groupby("zone").tg_c.sum().rename("nee_before")
-            a = after.groupby("zone").tg_c.sum().rename("nee_after")
-            t = pd.concat([b, a], axis=1).reset_index()
-            t["change"] = t.nee_after - t.nee_before
+            # Only the correction's budget is computed here; "before" is the budgets stage's.
+            change = budgets_mod.monthly_budgets(xr.Dataset({"nee": corr - nee}), ctx.zones()) \
+                .groupby("zone").tg_c.sum().rename("change")
+            b = ann[(ann.flux == "nee") & (ann.year == target)].set_index("zone").tg_c.rename("nee_before")
+            t = pd.concat([b.reindex(change.index), change], axis=1)
+            t["nee_after"] = t.nee_before + t.change
+            t = t[["nee_before", "nee_after", "change"]].rename_axis("zone").reset_index()
             t.to_csv(out / "bias_correction.csv", index=False)
             dom = t.set_index("zone").loc["domain"]
             report.update(domain_nee_before=float(dom.nee_before), domain_nee_after=float(dom.nee_after))

@@ -64,6 +64,9 @@ VEG_CLASSES: dict[int, str] = {
 }
 VEG_RECODE = {1: 31}
 
+# The bootstrap forests drop the two factors: a resample can lose a level (paper, Methods).
+BOOTSTRAP_DROP = ("month", "veg_type")
+
 # Where a prediction cell's vegetation class never occurred in a model's training rows, the
 # class is replaced by the first of these similar classes that did (workflow.md §1: "remapped
 # or masked"); cells with no trained fallback are masked. Every replacement is logged.

@@ -38,12 +38,11 @@ from . import budgets as budgets_mod
 from .errors import InputError
 from .forest import FluxForest
 from .formats import grid_crs, open_dataset, write_crs
-from .predictors import PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
+from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 
 FLUX_UNITS = "g C m-2 month-1"
 FLUXES = ("gpp", "reco", "nee")
 OUT_VARS = ("gpp", "reco", "nee", "nee_derived")
-BOOTSTRAP_DROP = ("month", "veg_type")  # factors dropped: resamples can lose levels (paper)
 LONG_NAMES = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
               "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
               "nee_derived": "net ecosystem exchange derived as reco - gpp"}
