@@ -157,6 +157,32 @@ def test_trend_outputs(study_run):
     assert np.sign(t.loc[("domain", "nee (reco-gpp)"), "trend"]) == -1
 
 
+def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
+    """Bands of 7 rows (bounded memory) give the same maps and area shares as the run's stage
+    (one band at this grid size), value by value."""
+    from abzflux.pipeline import Context, stage_trends, trend_band_rows
+
+    out, _ = study_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("upscaled.zarr", "budgets_annual.csv", "sites.parquet"):
+        (run / f).symlink_to(out / f)
+    ctx = Context(cfg=load_config(fast_config), out=run, log=lambda m: None)
+    seen = []
+    stage_trends(ctx, progress=lambda d, t: seen.append((d, t)), band_rows=7)
+    a = xr.open_zarr(out / "trends" / "trend_maps.zarr", consolidated=False)
+    b = xr.open_zarr(run / "trends" / "trend_maps.zarr", consolidated=False)
+    assert b.sizes["y"] > 7 and seen[-1] == (-(-b.sizes["y"] // 7),) * 2
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in a.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "trends" / "area_shares.csv"),
+                                  pd.read_csv(run / "trends" / "area_shares.csv"))
+    # band height: the tile, unless one flux's float64 series would exceed the budget
+    assert trend_band_rows(10_000, 10_000, 240, 128) == 13
+    assert trend_band_rows(50, 80, 240, 128) == 50
+
+
 def test_bootstrap_sd_maps_and_budget_sd(study_run):
     """SD on every aggregate: each bootstrap forest's budget first, then the SD (not pixel SDs)."""
     out, _ = study_run

@@ -632,10 +632,44 @@ DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("a
            "vpd": ("jja", "mean")}
 
 
-def stage_trends(ctx: Context) -> None:
+TREND_BAND_BYTES = 256 * 2**20  # float64 monthly series held per band and flux
+
+
+def _trend_band(up: xr.Dataset, drv: xr.Dataset, rows: slice) -> xr.Dataset:
+    """Every per-pixel trend map of one band of grid rows."""
+    maps = {}
+    for flux in FLUXES:
+        for period, series in trends_mod.period_series(up[flux].isel(y=rows).load()).items():
+            t = trends_mod.trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{flux}_{period}_{stat}"] = t[stat]
+    for var, (period, how) in DRIVERS.items():
+        if var in drv:
+            series = trends_mod.period_series(drv[var].isel(y=rows).load(), how=how)[period]
+            t = trends_mod.trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{var}_{period}_{stat}"] = t[stat]
+    ds = xr.Dataset(maps)
+    ds["nee_trend_attribution"] = trends_mod.overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
+                                                             ds.reco_annual_slope).astype("int8")
+    return ds
+
+
+def trend_band_rows(ny: int, nx: int, n_months: int, tile: int, budget: int = TREND_BAND_BYTES) -> int:
+    """Rows per band: the upscaling tile (whole Zarr chunks are read) unless one flux's float64
+    monthly series for that many rows would exceed ``budget`` bytes."""
+    fit = max(1, budget // max(1, nx * n_months * 8))
+    return int(max(1, min(tile, fit, ny)))
+
+
+def stage_trends(ctx: Context, progress=None, band_rows: int | None = None) -> None:
     """(e) Theil–Sen + Mann–Kendall (Zhang) trends: per pixel (annual, JJA, non-summer, each month;
     drivers), area shares, greening overlap, the GPP/Reco attribution of NEE trends, zone budget
-    series, and sites with more than seven years of year-round data."""
+    series, and sites with more than seven years of year-round data.
+
+    The maps are computed band by band of grid rows and written into the Zarr store region by
+    region, so memory is bounded by one band's monthly series (``trend_band_rows``), not the
+    domain (a 1-km domain's 240 months do not fit in memory)."""
     up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
     zones = ctx.zones()
     pred = ctx.predictors()
@@ -643,29 +677,35 @@ def stage_trends(ctx: Context) -> None:
     out = ctx.path("trends.tmp")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    maps = {}
-    for flux in FLUXES:
-        for period, series in trends_mod.period_series(up[flux].load()).items():
-            t = trends_mod.trend_grid(series, "year")
-            for stat in ("slope", "p", "tau"):
-                maps[f"{flux}_{period}_{stat}"] = t[stat]
     drv = pred.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
-    for var, (period, how) in DRIVERS.items():
-        if var in drv:
-            series = trends_mod.period_series(drv[var].load(), how=how)[period]
-            t = trends_mod.trend_grid(series, "year")
-            for stat in ("slope", "p", "tau"):
-                maps[f"{var}_{period}_{stat}"] = t[stat]
-    ds = xr.Dataset(maps)
-    ds["nee_trend_attribution"] = trends_mod.overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
-                                                             ds.reco_annual_slope)
-    for k in ds.data_vars:
-        if k.endswith("_slope"):
-            ds[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
-    ds = write_crs(ds, grid_crs(pred, ctx.cfg.inputs.predictors))
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux pixel-wise trends (Theil-Sen slope, Mann-Kendall "
-                    "p with Zhang prewhitening)", period=f"{y0}-{y1}")
-    ds.to_zarr(out / "trend_maps.zarr", mode="w", consolidated=False)
+    ny, nx = up.sizes["y"], up.sizes["x"]
+    nrow = band_rows or trend_band_rows(ny, nx, up.sizes["time"], ctx.cfg.run.tile)
+    bands = [slice(a, min(a + nrow, ny)) for a in range(0, ny, nrow)]
+    store = out / "trend_maps.zarr"
+    crs = grid_crs(pred, ctx.cfg.inputs.predictors)
+    for i, band in enumerate(bands):
+        ds = _trend_band(up, drv, band)
+        if i == 0:  # the store's layout (variables, dtypes) comes from the first band
+            import dask.array as dsa
+
+            tmpl = xr.Dataset({k: (("y", "x"), dsa.full((ny, nx), -1 if v.dtype.kind == "i" else np.nan,
+                                                        dtype=v.dtype, chunks=(nrow, nx)), v.attrs)
+                               for k, v in ds.data_vars.items()}, coords={"y": up.y, "x": up.x})
+            for k in tmpl.data_vars:
+                if k.endswith("_slope"):
+                    tmpl[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
+            tmpl["nee_trend_attribution"].attrs.update(
+                flag_values=list(range(len(trends_mod.OVERLAY) + 1)),
+                flag_meanings="none " + " ".join(trends_mod.OVERLAY))
+            tmpl = write_crs(tmpl, crs)
+            tmpl.attrs.update(Conventions="CF-1.8", title="abzflux pixel-wise trends (Theil-Sen slope, "
+                              "Mann-Kendall p with Zhang prewhitening)", period=f"{y0}-{y1}")
+            tmpl.to_zarr(store, mode="w", compute=False, consolidated=False)
+        ds.drop_vars([c for c in ds.coords if c not in ("y", "x")]).drop_vars(["y", "x"]).to_zarr(
+            store, region={"y": band, "x": slice(0, nx)}, consolidated=False)
+        if progress is not None:
+            progress(i + 1, len(bands))
+    ds = xr.open_zarr(store, consolidated=False)
 
     # Area shares (area-weighted over cells with a trend).
     w = zones["land_fraction"].fillna(0) * zones["cell_area"]
@@ -822,6 +862,14 @@ def build_stages(progress_factory=None) -> list[Stage]:
     def forest(ctx):
         stage_forest(ctx, progress_factory)
 
+    def trends(ctx):
+        prog = progress_factory("trends: row bands") if progress_factory else None
+        try:
+            stage_trends(ctx, prog)
+        finally:
+            if prog is not None:
+                prog(None, None)
+
     return [
         Stage("sites", ("sites.parquet",), stage_sites, (), ("run.years",), ("sites", "predictors", "zones")),
         Stage("forest", ("models", "cv"), forest, ("sites",), FOREST_KEYS + ("forest.cv", "run.seed")),
@@ -833,7 +881,7 @@ def build_stages(progress_factory=None) -> list[Stage]:
               ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
               ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire")),
-        Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
+        Stage("trends", ("trends",), trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
               optional="fire"),
