@@ -31,5 +31,7 @@ def test_domain_command_prints_area():
     r = runner.invoke(app, ["domain", "--resolution-km", "50"])
     assert r.exit_code == 0
     assert "20.35" in r.output
-    r = runner.invoke(app, ["domain", "--resolution-km", "15"])
-    assert r.exit_code == 2 and "multiple of 10" in r.output
+    r = runner.invoke(app, ["domain", "--resolution-km", "8"])  # the paper's coarse grid: remapped
+    assert r.exit_code == 0 and "20.35" in r.output
+    r = runner.invoke(app, ["domain", "--resolution-km", "0"])
+    assert r.exit_code == 2 and "must be positive" in r.output

@@ -21,10 +21,32 @@ def test_domain_area_close_to_paper_and_conserved_by_aggregation():
     b = _base()
     mask_area = float(b["land_fraction"].astype(np.float64).sum()) * 1e8 / 1e6  # 10-km cells, km2
     assert abs(mask_area - PAPER_DOMAIN_KM2) / PAPER_DOMAIN_KM2 < 0.03
-    for r in (20, 50, 70, 100):
+    for r in (20, 50, 70, 100, 8, 7.995296, 12.5):  # blocks, and exact-overlap remapping (8 km)
         d = load_domain(r)
         area = float((d.land_fraction.astype(np.float64) * d.cell_area).sum()) / 1e6
         assert area == pytest.approx(mask_area, rel=1e-6)
+        assert float(d.land_fraction.max()) <= 1 + 1e-6
+
+
+def test_overlap_remap_by_hand():
+    from abzflux.domain import _overlap
+
+    # 10-km source cells onto 8-km cells: [0,8) in cell 0; [8,16) = 2 km of cell 0 + 6 of cell 1; ...
+    m = _overlap(4, 10.0, 8.0).toarray()
+    assert m.shape == (5, 4)
+    np.testing.assert_allclose(m[0], [1, 0, 0, 0])
+    np.testing.assert_allclose(m[1], [0.25, 0.75, 0, 0])
+    np.testing.assert_allclose(m[2], [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(m[4], [0, 0, 0, 1])
+    m3 = _overlap(3, 10.0, 8.0).toarray()  # extent 30 km: the 4th 8-km cell [24, 32) is 3/4 covered
+    assert m3.shape == (4, 3)
+    np.testing.assert_allclose(m3[3], [0, 0, 0.75])
+    np.testing.assert_allclose(m.sum(0) * 8, 10)  # every source cell is distributed in full
+    d8 = load_domain(8)
+    assert d8.sizes["x"] > load_domain(10).sizes["x"]
+    np.testing.assert_allclose(np.diff(d8.x.values), 8000)
+    land = d8.land_fraction.values > 0
+    assert np.all(np.isin(d8.biome.values[land], [1, 2])) and np.all(d8.biome.values[~land] == 0)
 
 
 def test_domain_zones_partition_the_land():
@@ -145,7 +167,7 @@ def test_make_twin_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(FileExistsError):
         make_twin(tmp_path / "x", TwinSpec(resolution_km=200, first_year=2020, last_year=2020))
     with pytest.raises(ValueError):
-        make_twin(tmp_path / "y", TwinSpec(resolution_km=15, first_year=2020, last_year=2020))
+        make_twin(tmp_path / "y", TwinSpec(resolution_km=-5, first_year=2020, last_year=2020))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
 
 

@@ -59,13 +59,14 @@ def _fail(e: Exception) -> None:
 @app.command()
 def twin(
     out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
-    resolution_km: int = typer.Option(50, "--resolution-km", help="Grid spacing, a multiple of 10 km."),
+    resolution_km: float = typer.Option(50, "--resolution-km",
+                                        help="Grid spacing (km); e.g. 8 for the paper's coarse grid."),
     years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
     seed: int = typer.Option(448, "--seed", help="Random seed: the same seed gives identical files."),
     n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
     n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
     network: str = typer.Option("realistic", "--network", help="Site network: realistic (biased) or uniform."),
-    coarse_km: int = typer.Option(None, "--coarse-km",
+    coarse_km: float = typer.Option(None, "--coarse-km",
                                   help="Also write a coarse model set's twin at this spacing (in out/coarse)."),
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -152,9 +153,9 @@ def _print_summary(run_dir: Path) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Directory for the twin and the run."),
-    resolution_km: int = typer.Option(100, "--resolution-km", help="Twin grid spacing (km)."),
+    resolution_km: float = typer.Option(100, "--resolution-km", help="Twin grid spacing (km)."),
     years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
-    coarse_km: int = typer.Option(200, "--coarse-km", help="Coarse model set's grid spacing (km); 0: none."),
+    coarse_km: float = typer.Option(200, "--coarse-km", help="Coarse model set's grid spacing (km); 0: none."),
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     seed: int = typer.Option(448, "--seed", help="Random seed."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage log."),
@@ -247,7 +248,7 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
 
 
 @app.command()
-def domain(resolution_km: int = typer.Option(10, "--resolution-km", help="Grid spacing (km).")):
+def domain(resolution_km: float = typer.Option(10, "--resolution-km", help="Grid spacing (km).")):
     """Describe the embedded default domain: area by biome and region."""
     from .domain import BIOMES, REGIONS, load_domain
 

@@ -87,7 +87,7 @@ HUBS = [  # (lat, lon, weight)
 class TwinSpec:
     """What defines a twin; written to ``twin.json``."""
 
-    resolution_km: int = 50
+    resolution_km: float = 50  # any spacing; 10-km multiples aggregate the base grid, others remap it
     first_year: int = 2001
     last_year: int = 2020
     seed: int = 448
