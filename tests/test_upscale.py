@@ -179,8 +179,8 @@ def test_plan_chunks_skips_tiles_without_land():
     times = pd.date_range("2001-01-01", periods=24, freq="MS")
     chunks = up.plan_chunks(land, times, 4)
     assert [(c.year, c.iy0, c.ix0, c.iy1, c.ix1) for c in chunks] == [
-        (2001, 0, 0, 4, 4), (2001, 8, 8, 10, 10), (2002, 0, 0, 4, 4), (2002, 8, 8, 10, 10)]
-    assert [c.t0 for c in chunks] == [0, 0, 12, 12]
+        (2001, 0, 0, 4, 4), (2002, 0, 0, 4, 4), (2001, 8, 8, 10, 10), (2002, 8, 8, 10, 10)]
+    assert [c.t0 for c in chunks] == [0, 12, 0, 12]
 
 
 def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):

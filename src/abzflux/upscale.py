@@ -130,6 +130,20 @@ def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
     return cols, months
 
 
+@lru_cache(maxsize=2)
+def _tile_zone_weights(zones_path: str, key: str, iy0: int, iy1: int, ix0: int, ix1: int, veg: bytes,
+                       order: tuple) -> np.ndarray:
+    """(zone, cell) weights (m2 of land) of one tile; cached because a tile's years come in a
+    row (``plan_chunks``) and the zones and the static vegetation map do not change."""
+    z = _open(zones_path, key).isel(y=slice(iy0, iy1), x=slice(ix0, ix1)).load()
+    ty, tx = iy1 - iy0, ix1 - ix0
+    veg2d = pd.Series(np.frombuffer(veg, np.float64)).replace(VEG_RECODE).to_numpy(np.float64)
+    wz = budgets_mod.zone_weights(z, veg2d.reshape(ty, tx))
+    if tuple(wz.zone.values) != order:
+        raise RuntimeError(f"zone order differs in tile y {iy0}:{iy1}, x {ix0}:{ix1}")
+    return wz.values.reshape(wz.sizes["zone"], -1)
+
+
 def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     """Predict one tile-year: the final forests' fluxes, NEE as Reco − GPP, the SD across the
     bootstrap forests and each bootstrap forest's zone sums (Tg C per month)."""
@@ -165,11 +179,8 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     res["nee_derived"] = res["reco"] - res["gpp"]
     out = {"res": res}
     if job.members:
-        veg2d = pd.Series(np.asarray(cols["veg_type"]).ravel()).replace(VEG_RECODE).to_numpy(np.float64)
-        wz = budgets_mod.zone_weights(z, veg2d.reshape(ty, tx))
-        if list(wz.zone.values) != list(job.zones_order):
-            raise RuntimeError(f"zone order differs in tile {c.key}")
-        wmat = wz.values.reshape(wz.sizes["zone"], -1)
+        wmat = _tile_zone_weights(job.zones, job.key, c.iy0, c.iy1, c.ix0, c.ix1,
+                                  np.asarray(cols["veg_type"]).tobytes(), tuple(job.zones_order))
         Xb = X[[col for col in PREDICTOR_NAMES if col not in BOOTSTRAP_DROP]]
         ens = {}
         for flux, paths in job.members.items():
@@ -204,16 +215,18 @@ def run_chunk(job: UpscaleJob, c: Chunk) -> str:
 
 # --------------------------------------------------------------------------- driver side
 def plan_chunks(land: np.ndarray, times: pd.DatetimeIndex, tile: int) -> list[Chunk]:
-    """Tile-years with at least one land cell, in a fixed order (year, row, column)."""
+    """Tile-years with at least one land cell, in a fixed order (row, column, year): the years
+    of one tile follow each other, so a worker reuses the tile's zone weights."""
     ny, nx = land.shape
     chunks = []
     years = times.year.to_numpy()
-    for year in sorted(set(years.tolist())):
-        t = np.nonzero(years == year)[0]
-        for iy in range(0, ny, tile):
-            for ix in range(0, nx, tile):
-                if land[iy:iy + tile, ix:ix + tile].any():
-                    chunks.append(Chunk(int(year), int(t[0]), len(t), iy, min(iy + tile, ny), ix, min(ix + tile, nx)))
+    for iy in range(0, ny, tile):
+        for ix in range(0, nx, tile):
+            if not land[iy:iy + tile, ix:ix + tile].any():
+                continue
+            for year in sorted(set(years.tolist())):
+                t = np.nonzero(years == year)[0]
+                chunks.append(Chunk(int(year), int(t[0]), len(t), iy, min(iy + tile, ny), ix, min(ix + tile, nx)))
     return chunks
 
 
@@ -347,7 +360,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         shutil.rmtree(final)
     os.replace(store, final)
     shutil.rmtree(work)
-    for cache in (_open, _store, _model):  # release this run's forests and handles (this process)
+    for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
         cache.cache_clear()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
