@@ -240,6 +240,12 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
             read_fire(cfg.inputs.fire, like=pred)
         sites = read_site_table(cfg.inputs.sites)
         check_sites_in_grid(sites, pred, cfg.inputs.sites)
+        if cfg.inputs.references:  # the contract, the grid and the overlap with the run's years
+            from .pipeline import Context
+
+            ctx = Context(cfg=cfg, out=Path("."), log=lambda m: None)
+            ctx.cache["pred"] = pred
+            ctx.references()
     except InputError as e:
         _fail(e)
     console.print(f"[green]ok[/]: {len(sites)} site-months at {sites.site_id.nunique()} sites; "

@@ -214,7 +214,7 @@ def _flag(v) -> bool:
 def _complete_years(times) -> set:
     t = pd.DatetimeIndex(times)
     n = pd.Series(1, index=t).groupby(t.year).size()
-    return set(int(y) for y in n[n == 12].index)
+    return {int(y) for y in n[n == 12].index}
 
 
 def read_references(paths, pred: xr.Dataset, run_years: tuple[int, int], fire: xr.Dataset | None,
@@ -342,7 +342,6 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
     x, y = zones.x.values, zones.y.values
     zones = budgets_mod._with_area(zones)
     zone_names = [z for z in budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values]
-    band = max(1, min(ny, BAND_BYTES // max(1, 8 * 12 * 20 * nx)))
     mrows, brows = [], []
     maps = {"mean_annual": np.full((len(refs), ny, nx), np.nan, np.float32),
             "trend": np.full((len(refs), ny, nx), np.nan, np.float32)}
@@ -354,12 +353,15 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             grid = LatLonGrid(ref.ds.lat.values.astype(np.float64), ref.ds.lon.values.astype(np.float64))
             W, factor = latlon_weights(grid, x, y, crs, n_sub)
             src = np.asarray(prod.values, np.float64).reshape(len(times), -1).T  # (n_src, T)
+            fixed = factor != 1
+            dev = float(np.median(np.abs(factor[fixed] - 1))) if fixed.any() else 0.0
             log(f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
-                f"({n_sub} x {n_sub} sub-points per cell; sampled areas corrected by "
-                f"{np.abs(factor - 1).max() * 100:.2f}% at most)")
+                f"({n_sub} x {n_sub} sub-points per cell; sampled overlap areas rescaled to the exact cell "
+                f"areas by {100 * dev:.1f}% in the median)")
         ours_da = upscaled["nee"].sel(time=times)
         fire_da = fire["fire_emissions"].sel(time=times) if ref.subtract_fire else None
         acc = ProductStats(zone_names, len(years), threshold)
+        band = max(1, min(ny, BAND_BYTES // max(1, 3 * 8 * len(times) * nx)))  # ours, product, fire
         for i0 in range(0, ny, band):
             ys = slice(i0, min(i0 + band, ny))
             nb = ys.stop - ys.start
@@ -567,11 +569,26 @@ def cluster_table(labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray,
 
 # --------------------------------------------------------------------------- the stage
 def _band_rows(ny: int, nx: int, nt: int) -> int:
-    return int(max(1, min(ny, BAND_BYTES // max(1, 4 * nt * nx))))
+    return int(max(1, min(ny, BAND_BYTES // max(1, 8 * nt * nx))))
 
 
-def _points(da: xr.DataArray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
-    return np.asarray(da.isel(y=xr.DataArray(iy, dims="pt"), x=xr.DataArray(ix, dims="pt")).values, np.float64)
+def _band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods):
+    """Per-period means (P, cells, V), calendar-month means (12, cells, V) and the overall mean
+    (cells, V) of every continuous predictor over a band of rows (cells y-major)."""
+    nb, nx = ys.stop - ys.start, pred.sizes["x"]
+    V = len(CONTINUOUS)
+    per = np.empty((len(periods), nb * nx, V))
+    clim = np.empty((12, nb * nx, V))
+    mean = np.empty((nb * nx, V))
+    for j, v in enumerate(CONTINUOUS):
+        da = pred[v].isel(y=ys)
+        if "time" in da.dims:
+            a = np.asarray(da.isel(time=tsel).values, np.float64).reshape(len(times), -1)
+            per[:, :, j], clim[:, :, j], mean[:, j] = _summaries(a, times, periods)
+        else:
+            a = np.asarray(da.values, np.float64).ravel()
+            per[:, :, j], clim[:, :, j], mean[:, j] = a, a, a
+    return per, clim, mean
 
 
 def _summaries(arr: np.ndarray, times: pd.DatetimeIndex, periods) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -606,23 +623,26 @@ def stage_compare(ctx) -> None:
     rows = training_rows(table, "nee").reset_index(drop=True)
     land = np.asarray((zones["land_fraction"].fillna(0) > 0).values)
 
-    # ---- pass 0: MESS reference sets, AOA training, k-means sample
+    # ---- pass 0 (bands of rows): MESS reference sets at the training cells, k-means sample
     cells = np.unique(rows.iy.to_numpy() * nx + rows.ix.to_numpy())
-    cy, cx = cells // nx, cells % nx
     ref_per = np.empty((len(periods), len(cells), V))
     flat = np.flatnonzero(land.ravel())
     samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cs.cluster_sample, flat.size)).round().astype(int))]
-    sy, sx = samp // nx, samp % nx
     sample = np.empty((len(samp), V))
-    for j, v in enumerate(CONTINUOUS):
-        da = pred[v]
-        if "time" in da.dims:
-            da = da.isel(time=tsel)
-            ref_per[:, :, j] = _summaries(_points(da, cy, cx), times, periods)[0]
-            sample[:, j] = _summaries(_points(da, sy, sx), times, periods)[2]
-        else:
-            ref_per[:, :, j] = _points(da, cy, cx)[None]
-            sample[:, j] = _points(da, sy, sx)
+    band = _band_rows(ny, nx, len(times))
+    cached = None
+    for i0 in range(0, ny, band):
+        ys = slice(i0, min(i0 + band, ny))
+        per, clim, mean = _band_summaries(pred, ys, tsel, times, periods)
+        for idx, dest in ((cells, "ref"), (samp, "sample")):
+            sel = (idx >= ys.start * nx) & (idx < ys.stop * nx)
+            loc = idx[sel] - ys.start * nx
+            if dest == "ref":
+                ref_per[:, sel] = per[:, loc]
+            else:
+                sample[sel] = mean[loc]
+        if ys.stop - ys.start == ny:
+            cached = (per, clim, mean)  # one band holds the grid: pass 1 reuses it
     pos = pd.Series(np.arange(len(cells)), index=cells)
     row_cell = pos[rows.iy.to_numpy() * nx + rows.ix.to_numpy()].to_numpy()
     refs_by_period = [ref_per[p][row_cell[(rows.year >= a).to_numpy() & (rows.year <= b).to_numpy()]]
@@ -659,23 +679,10 @@ def stage_compare(ctx) -> None:
     zone_names = list(budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values)
     mess_acc = np.zeros((2, len(periods), len(zone_names)))  # area with MESS, area with MESS < 0
     sd_acc = {v: np.zeros(4) for v in sd_vars}  # inside: sum w*sd, sum w; outside: same
-    cluster_area = np.zeros(n_clusters)
-    band = _band_rows(ny, nx, len(times))
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
         nb = ys.stop - ys.start
-        per = np.empty((len(periods), nb * nx, V))
-        clim = np.empty((12, nb * nx, V))
-        mean = np.empty((nb * nx, V))
-        for j, v in enumerate(CONTINUOUS):
-            da = pred[v].isel(y=ys)
-            if "time" in da.dims:
-                a = np.asarray(da.isel(time=tsel).values, np.float32).reshape(len(times), -1)
-                p_, c_, m_ = _summaries(a, times, periods)
-            else:
-                a = np.asarray(da.values, np.float64).ravel()
-                p_, c_, m_ = np.broadcast_to(a, (len(periods), a.size)), np.broadcast_to(a, (12, a.size)), a
-            per[:, :, j], clim[:, :, j], mean[:, j] = p_, c_, m_
+        per, clim, mean = cached if cached is not None else _band_summaries(pred, ys, tsel, times, periods)
         lb = land[ys].ravel()
         per[:, ~lb], clim[:, ~lb], mean[~lb] = np.nan, np.nan, np.nan
         w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
@@ -692,7 +699,6 @@ def stage_compare(ctx) -> None:
             di = np.where(np.isfinite(di_m).all(0), di_m.max(0), np.nan)
         inside = np.where(np.isfinite(di), (di <= aoa.threshold).astype(np.int8), -1).astype(np.int8)
         lab = predict_cluster(mean)
-        cluster_area += np.bincount(lab[lab >= 0], weights=w[0][lab >= 0], minlength=n_clusters)
         for v in sd_vars:
             ann = _annual(np.asarray(up[v].isel(y=ys).values, np.float64).reshape(len(up.time), -1))
             with np.errstate(invalid="ignore"), warnings.catch_warnings():

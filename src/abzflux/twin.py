@@ -622,7 +622,7 @@ INVERSION_RES_DEG = 2.0
 PROCESS_YEARS = (2001, 2014)
 
 
-def _write_references(tmp: Path, spec: TwinSpec, w: "_World", zones: xr.Dataset) -> list:
+def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -> list:
     """Two reference products made from the truth, for comparisons (docs/compare.md):
 
     * ``ref_inversion.nc``: an inversion-like product on a regular 2-degree lat/lon grid: the
