@@ -283,3 +283,19 @@ def test_study_run_writes_compare_outputs(study_run, twin_dir, fast_config, tmp_
     assert sorted(p.name for p in (run2 / "compare").iterdir()) == ["aoa_sd.csv", "clusters.csv",
                                                                    "extrapolation.zarr", "mess_area.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(run2 / "compare" / "clusters.csv"), cl)
+
+
+def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
+    from abzflux.pipeline import run_study
+
+    ref = xr.open_dataset(twin_dir / "ref_process.nc").load()
+    ref = ref.assign_coords(time=ref.time.to_index() + pd.DateOffset(years=30))  # 2031-2044
+    ref.to_netcdf(tmp_path / "late.nc", engine="h5netcdf")
+    text = (twin_dir / "config.toml").read_text()
+    text = text.replace('references = ["ref_inversion.nc", "ref_process.nc"]', f'references = ["{tmp_path / "late.nc"}"]')
+    for f in ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc"):
+        text = text.replace(f'"{f}"', f'"{twin_dir / f}"')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(InputError, match=r"late\.nc.*no complete calendar year.*2001-2020"):
+        run_study(load_config(tmp_path / "c.toml"), tmp_path / "run", log=lambda m: None)
+    assert not [q for q in (tmp_path / "run").rglob("*") if q.is_file()]
