@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,12 +63,14 @@ def test_run_json_records_provenance(study_run, fast_config):
     r = json.loads((out / "run.json").read_text())
     assert r["seed"] == 448
     assert r["config"]["forest"]["n_estimators"] == 40
-    assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth"}
-    assert all(len(h) == 64 for h in r["input_hashes"].values())
+    assert set(r["input_hashes"]) == {"sites", "predictors", "zones", "fire", "truth", "references"}
+    refs = r["input_hashes"].pop("references")  # one hash per reference product
+    assert [Path(k).name for k in refs] == ["ref_inversion.nc", "ref_process.nc"]
+    assert all(len(h) == 64 for h in list(r["input_hashes"].values()) + list(refs.values()))
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
     assert len(r["code_hash"]) == 64  # stages rerun when abzflux's own code changes
     assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "fire",
-                                 "summary"]
+                                 "compare", "summary"]
 
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
@@ -103,7 +106,9 @@ def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_
     p = tmp_path / "config.toml"
     p.write_text(cfg.replace('"predictors.zarr"', f'"{twin_dir / "predictors.zarr"}"')
                  .replace('"zones.nc"', f'"{twin_dir / "zones.nc"}"').replace('"fire.zarr"', f'"{twin_dir / "fire.zarr"}"')
-                 .replace('"truth.nc"', f'"{twin_dir / "truth.nc"}"'))
+                 .replace('"truth.nc"', f'"{twin_dir / "truth.nc"}"')
+                 .replace('"ref_inversion.nc"', f'"{twin_dir / "ref_inversion.nc"}"')
+                 .replace('"ref_process.nc"', f'"{twin_dir / "ref_process.nc"}"'))
     with pytest.raises(InputError, match=r"sites\.csv.*month.*row 6"):
         run_study(load_config(p), tmp_path / "run", log=lambda m: None)
     produced = {q.name for q in (tmp_path / "run").rglob("*") if q.is_file()}

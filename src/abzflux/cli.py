@@ -145,6 +145,19 @@ def _print_summary(run_dir: Path) -> None:
         for r in s["budgets"]:
             t.add_row(r["flux"], r["zone"], f"{r['tg_c']:.1f}", f"{r['density']:.1f}")
         console.print(t)
+    cmp = s.get("compare", {})
+    if cmp.get("products"):
+        t = Table(title="Reference products vs abzflux NEE (RUN/compare)")
+        for c in ("product", "years", "fire subtracted", "map r", "trend r", "source area abzflux", "product"):
+            t.add_column(c)
+        for r in cmp["products"]:
+            t.add_row(r["product"], f"{r['first_year']}-{r['last_year']}", "yes" if r["fire_subtracted"] else "no",
+                      f"{r['map_r']:.2f}", f"{r['trend_r']:.2f}", f"{100 * r['source_share_abzflux']:.0f}%",
+                      f"{100 * r['source_share_product']:.0f}%")
+        console.print(t)
+    if cmp.get("nee_sd_inside_outside_aoa"):
+        a, b = cmp["nee_sd_inside_outside_aoa"]
+        console.print(f"NEE bootstrap SD inside / outside the area of applicability: {a:.1f} / {b:.1f} g C m-2 yr-1")
     console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]")
     if (run_dir / "coarse" / "summary.md").exists():
         console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]")
@@ -241,6 +254,12 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
             read_fire(cfg.inputs.fire, like=pred)
         sites = read_site_table(cfg.inputs.sites)
         check_sites_in_grid(sites, pred, cfg.inputs.sites)
+        if cfg.inputs.references:  # the contract, the grid and the overlap with the run's years
+            from .pipeline import Context
+
+            ctx = Context(cfg=cfg, out=Path("."), log=lambda m: None)
+            ctx.cache["pred"] = pred
+            ctx.references()
     except InputError as e:
         _fail(e)
     console.print(f"[green]ok[/]: {len(sites)} site-months at {sites.site_id.nunique()} sites; "

@@ -20,6 +20,7 @@ class Inputs:
     zones: Path
     fire: Path | None = None
     truth: Path | None = None
+    references: list | None = None  # reference products (docs/compare.md), paths relative to the config
 
 
 @dataclass
@@ -72,6 +73,18 @@ class FireSettings:
 
 
 @dataclass
+class CompareSettings:
+    """Comparison with reference products and extrapolation diagnostics (docs/compare.md)."""
+
+    subtract_fire: bool = True  # subtract the run's fire emissions from products whose `fire_included` = 1
+    regrid_subsamples: int = 10  # n: n x n sub-points per analysis cell for lat/lon products
+    mess_period_length: int = 5  # years per MESS period; the last period absorbs the remainder
+    n_clusters: int = 8  # k-means environmental clusters
+    cluster_sample: int = 100000  # at most this many land cells fit the k-means (all cells are labelled)
+    aoa_max_training: int = 20000  # AOA: training rows used (an evenly spaced subset beyond this)
+
+
+@dataclass
 class CoarseSet:
     """A second model set on its own grid and period (the paper's 8 km, 1990-2016): its own
     predictors, zones, models and outputs (written to ``RUN/coarse``); same forest settings."""
@@ -81,6 +94,7 @@ class CoarseSet:
     sites: Path | None = None  # default: [inputs] sites
     fire: Path | None = None
     truth: Path | None = None
+    references: list | None = None  # reference products on the coarse grid (or lat/lon)
     years: str | None = None  # default: every complete year of its predictor stack
 
 
@@ -94,6 +108,7 @@ class Config:
     forest: ForestSettings = field(default_factory=ForestSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     fire: FireSettings = field(default_factory=FireSettings)
+    compare: CompareSettings = field(default_factory=CompareSettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
 
@@ -103,9 +118,9 @@ class Config:
             return None
         c = self.coarse
         return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
-                                    fire=c.fire, truth=c.truth),
+                                    fire=c.fire, truth=c.truth, references=c.references),
                       run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets, fire=self.fire,
-                      coarse=None, source=self.source)
+                      compare=self.compare, coarse=None, source=self.source)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -118,6 +133,8 @@ def _jsonable(v):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, Path):
         return str(v)
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
     return v
 
 
@@ -149,6 +166,10 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
             if not isinstance(v, bool):
                 raise ConfigError(file, f"expected true or false, got {v!r}", column=f"{name}.{k}")
             kw[k] = v
+        elif t.startswith("list") and k == "references":
+            if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
+                raise ConfigError(file, f"expected a list of path strings, got {v!r}", column=f"{name}.{k}")
+            kw[k] = [Path(i) if Path(i).is_absolute() else base / i for i in v]
         elif t.startswith("list"):
             if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v) or not v:
                 raise ConfigError(file, f"expected a non-empty list of integers, got {v!r}", column=f"{name}.{k}")
@@ -180,7 +201,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "budgets", "fire", "coarse"}
+    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "coarse"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -193,6 +214,7 @@ def load_config(path) -> Config:
         forest=_section(ForestSettings, raw.get("forest", {}), "forest", path),
         budgets=_section(BudgetSettings, raw.get("budgets", {}), "budgets", path),
         fire=_section(FireSettings, raw.get("fire", {}), "fire", path),
+        compare=_section(CompareSettings, raw.get("compare", {}), "compare", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
     )
@@ -201,6 +223,9 @@ def load_config(path) -> Config:
             p = getattr(obj, k, None) if obj is not None else None
             if p is not None and not p.exists():
                 raise ConfigError(path, f"input path does not exist: {p}", column=f"{sec}.{k}")
+        for i, p in enumerate((getattr(obj, "references", None) or []) if obj is not None else []):
+            if not p.exists():
+                raise ConfigError(path, f"input path does not exist: {p}", column=f"{sec}.references[{i}]")
     cfg.run.year_range(path)
     if cfg.coarse is not None:
         replace(cfg.run, years=cfg.coarse.years).year_range(path)
@@ -212,7 +237,12 @@ def load_config(path) -> Config:
                            ("forest.importance_repeats", cfg.forest.importance_repeats, 0),
                            ("forest.pdp_points", cfg.forest.pdp_points, 2),
                            ("forest.pdp_rows", cfg.forest.pdp_rows, 0),
-                           ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0)):
+                           ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0),
+                           ("compare.regrid_subsamples", cfg.compare.regrid_subsamples, 1),
+                           ("compare.mess_period_length", cfg.compare.mess_period_length, 1),
+                           ("compare.n_clusters", cfg.compare.n_clusters, 1),
+                           ("compare.cluster_sample", cfg.compare.cluster_sample, 100),
+                           ("compare.aoa_max_training", cfg.compare.aoa_max_training, 100)):
         if value is not None and value < lo:
             raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
     return cfg

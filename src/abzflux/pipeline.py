@@ -36,6 +36,7 @@ from . import cv as cv_mod
 from . import plots
 from . import trends as trends_mod
 from . import upscale as upscale_mod
+from .compare import stage_compare
 from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_RECODE
 
@@ -154,6 +155,17 @@ class Context:
                 ds = ds.sel(time=slice(f"{f0}-01-01", None))
             self.cache["fire"] = ds
         return self.cache["fire"]
+
+    def references(self) -> list:
+        """The reference products (docs/compare.md), read and checked on first use."""
+        if not self.cfg.inputs.references:
+            return []
+        if "references" not in self.cache:
+            from .compare import read_references
+
+            self.cache["references"] = read_references(self.cfg.inputs.references, self.predictors(), self.years(),
+                                                       self.fire(), self.cfg.compare.subtract_fire)
+        return self.cache["references"]
 
     def client(self):
         """A dask.distributed client when ``run.scheduler`` is set (folds run on the cluster)."""
@@ -763,8 +775,45 @@ def stage_summary(ctx: Context) -> None:
         summary["nee_map_pearson_r"] = map_r
     info = json.loads(ctx.path("models/forest.json").read_text())
     md = render_summary_md(period, truth_cmp, summary.get("nee_map_pearson_r"), info)
+    cmp_lines, cmp_summary = _compare_summary(ctx.path("compare"))
+    if cmp_lines:
+        md += "\n" + "\n".join(cmp_lines) + "\n"
+        summary["compare"] = cmp_summary
     _atomic_write_text(ctx.path("summary.md"), md)
     _atomic_write_text(ctx.path("summary.json"), json.dumps(summary, indent=2, default=float))
+
+
+def _compare_summary(d: Path) -> tuple[list, dict]:
+    """The compare stage's headline numbers: extrapolation and, with products, their metrics."""
+    if not (d / "aoa_sd.csv").exists():
+        return [], {}
+    out: dict = {}
+    lines = ["## Extrapolation and other products", ""]
+    sd = pd.read_csv(d / "aoa_sd.csv").set_index("flux")
+    ma = pd.read_csv(d / "mess_area.csv")
+    dom = ma[ma.zone == "domain"]
+    out["mess_share_extrapolated"] = dict(zip(dom.period, dom.share_extrapolated))
+    lines.append("Share of the domain with MESS < 0 (extrapolation): " + ", ".join(
+        f"{p} {100 * v:.0f}%" for p, v in zip(dom.period, dom.share_extrapolated)) + ".")
+    if "nee" in sd.index:
+        r = sd.loc["nee"]
+        out["nee_sd_inside_outside_aoa"] = [float(r.inside_mean_sd), float(r.outside_mean_sd)]
+        lines.append(f"Mean annual NEE bootstrap SD inside / outside the area of applicability: "
+                     f"{r.inside_mean_sd:.1f} / {r.outside_mean_sd:.1f} g C m-2 yr-1 (ratio {r.ratio:.2f}).")
+    if (d / "metrics.csv").exists():
+        m = pd.read_csv(d / "metrics.csv")
+        b = pd.read_csv(d / "budgets.csv")
+        b = b[b.zone == "domain"].set_index("product")
+        out["products"] = m.to_dict(orient="records")
+        lines += ["", "| product | years | fire subtracted | map r | trend r | domain NEE abzflux | product | ratio "
+                  "| source area abzflux | product |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in m.itertuples():
+            bb = b.loc[r.product]
+            lines.append(f"| {r.product} | {r.first_year}–{r.last_year} | {'yes' if r.fire_subtracted else 'no'} | "
+                         f"{r.map_r:.2f} | {r.trend_r:.2f} | {bb.abzflux_tg_c:.0f} | {bb.product_tg_c:.0f} | "
+                         f"{bb.ratio:.2f} | {100 * r.source_share_abzflux:.0f}% | {100 * r.source_share_product:.0f}% |")
+        lines += ["", "Budgets in Tg C yr-1 over the years and cells both have; details in compare/."]
+    return lines, out
 
 
 def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]:
@@ -885,7 +934,12 @@ def build_stages(progress_factory=None) -> list[Stage]:
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
               optional="fire"),
-        Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends",), (), ("truth",)),
+        Stage("compare", ("compare",), stage_compare, ("trends", "upscale", "interpret", "sites"),
+              ("compare.subtract_fire", "compare.regrid_subsamples", "compare.mess_period_length",
+               "compare.n_clusters", "compare.cluster_sample", "compare.aoa_max_training",
+               "budgets.source_threshold", "fire.first_year", "run.years", "run.seed"),
+              ("predictors", "zones", "fire", "references")),
+        Stage("summary", ("summary.md", "summary.json"), stage_summary, ("trends", "compare"), (), ("truth",)),
     ]
 
 
@@ -917,6 +971,8 @@ def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, pr
         p = getattr(cfg.inputs, k)
         if p is not None:
             ctx.hashes[k] = file_hash(p)
+    if cfg.inputs.references:
+        ctx.hashes["references"] = {str(p): file_hash(p) for p in cfg.inputs.references}
     record = {
         "abzflux": __version__, "config": cfg.to_dict(), "config_file": str(cfg.source),
         "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(), "code_hash": code_hash(),
@@ -928,6 +984,7 @@ def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, pr
         ctx.years()
         ctx.zones()
         ctx.fire()
+        ctx.references()
         _run_stages(ctx, record, fingerprints, force, progress_factory)
     finally:
         ctx.close()

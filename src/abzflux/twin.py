@@ -423,7 +423,8 @@ def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coars
             (tmp / "coarse" / "config.toml").unlink()
             (tmp / "twin.json").write_text(json.dumps(summary, indent=2))
             with open(tmp / "config.toml", "a") as fh:
-                fh.write(COARSE_TOML.format(years=f"{coarse.first_year}-{coarse.last_year}"))
+                refs = ", ".join(f'"coarse/{r["file"]}"' for r in summary["coarse"]["references"])
+                fh.write(COARSE_TOML.format(years=f"{coarse.first_year}-{coarse.last_year}", refs=refs))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -608,9 +609,85 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
         "fire_sites": int((kind == "fire").sum()),
         "truth_period_mean_tg": _period_means(tb),
     }
+    summary["references"] = _write_references(tmp, spec, w, zones)
     (tmp / "twin.json").write_text(json.dumps(summary, indent=2))
-    (tmp / "config.toml").write_text(default_config_toml(spec))
+    (tmp / "config.toml").write_text(default_config_toml(spec, [r["file"] for r in summary["references"]]))
     return summary
+
+
+#: The inversion-like product: net uptake scaled by this factor (inversions show 1.5-3x more).
+INVERSION_UPTAKE_FACTOR = 1.5
+#: Its lat/lon resolution (degrees) and the process-model-like product's years.
+INVERSION_RES_DEG = 2.0
+PROCESS_YEARS = (2001, 2014)
+
+
+def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -> list:
+    """Two reference products made from the truth, for comparisons (docs/compare.md):
+
+    * ``ref_inversion.nc``: an inversion-like product on a regular 2-degree lat/lon grid: the
+      land-area-weighted mean of the true NEE over each lat/lon cell times
+      :data:`INVERSION_UPTAKE_FACTOR`, plus the fire emissions likewise aggregated (global
+      attribute ``fire_included = 1``), plus N(0, 1) noise per cell and month;
+    * ``ref_process.nc``: a process-model-like product on the analysis grid over
+      :data:`PROCESS_YEARS`: the true NEE times a smooth static factor 1 + 0.3 z (z a smooth
+      standard field), plus N(0, 3) noise.
+
+    Drawn from their own generator, after everything else, so the other twin files do not
+    change."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 8]))
+    crs = CRS.from_epsg(CRS_EPSG)
+    truth = xr.open_dataset(tmp / "truth.nc", engine="h5netcdf")
+    fire = xr.open_zarr(tmp / "fire.zarr", consolidated=False)
+    years = np.arange(spec.first_year, spec.last_year + 1)
+    out = []
+    # --- inversion-like, lat/lon
+    res = INVERSION_RES_DEG
+    lat_c = np.arange(30 + res / 2, 90, res)
+    lon_c = np.arange(-180 + res / 2, 180, res)
+    iy = np.clip(np.floor((w.lat - 30) / res).astype(int), 0, lat_c.size - 1)
+    ix = np.clip(np.floor((np.mod(w.lon + 180, 360)) / res).astype(int), 0, lon_c.size - 1)
+    area = (zones.land_fraction.fillna(0) * zones.cell_area).values.astype(np.float64)
+    ok = w.mask & (area > 0) & (w.lat >= 30)
+    j = (iy * lon_c.size + ix)[ok]
+    a = area[ok]
+    wsum = np.bincount(j, weights=a, minlength=lat_c.size * lon_c.size)
+    times = pd.DatetimeIndex(truth.time.values)
+    nee = np.full((times.size, lat_c.size * lon_c.size), np.nan, np.float32)
+    for t in range(times.size):
+        tn = np.nan_to_num(truth.nee.isel(time=t).values.astype(np.float64)[ok])
+        fe = np.nan_to_num(fire.fire_emissions.isel(time=t).values.astype(np.float64)[ok])
+        num = np.bincount(j, weights=a * (INVERSION_UPTAKE_FACTOR * tn + fe), minlength=wsum.size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nee[t] = np.where(wsum > 0, num / wsum, np.nan)
+    nee = nee + np.where(np.isfinite(nee), rng.normal(0, 1.0, nee.shape), np.nan).astype(np.float32)
+    ds = xr.Dataset({"nee": (("time", "lat", "lon"), nee.reshape(times.size, lat_c.size, lon_c.size),
+                             {"units": "g C m-2 month-1"})},
+                    coords={"time": times, "lat": ("lat", lat_c, {"units": "degrees_north"}),
+                            "lon": ("lon", lon_c, {"units": "degrees_east"})},
+                    attrs={"product": "twin inversion-like", "fire_included": 1,
+                           "uptake_factor": INVERSION_UPTAKE_FACTOR,
+                           "comment": f"twin truth NEE x {INVERSION_UPTAKE_FACTOR} + fire emissions on a {res:g}-degree "
+                                      "grid (land-area-weighted means), + N(0, 1) noise"})
+    ds.to_netcdf(tmp / "ref_inversion.nc", engine="h5netcdf")
+    out.append({"file": "ref_inversion.nc", "product": ds.attrs["product"], "years": [int(years[0]), int(years[-1])]})
+    # --- process-model-like, analysis grid, shorter period
+    p0, p1 = max(PROCESS_YEARS[0], spec.first_year), min(PROCESS_YEARS[1], spec.last_year)
+    if p0 <= p1:
+        z = _smooth(rng, w.shape, 1500, w.res_km)
+        factor = 1 + 0.3 * z / max(float(z[w.mask].std()), 1e-12)
+        tsel = (times.year >= p0) & (times.year <= p1)
+        tn = truth.nee.isel(time=np.nonzero(tsel)[0]).values.astype(np.float64)
+        pn = tn * factor + rng.normal(0, 3.0, tn.shape)
+        pn = np.where(np.isfinite(tn), pn, np.nan).astype(np.float32)
+        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), pn, {"units": "g C m-2 month-1"})},
+                                  coords=_coords(w, times[tsel])), crs)
+        ds.attrs.update(product="twin process-model-like", fire_included=0,
+                        comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise")
+        ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf")
+        out.append({"file": "ref_process.nc", "product": ds.attrs["product"], "years": [int(p0), int(p1)]})
+    truth.close()
+    return out
 
 
 def _period_means(tb: pd.DataFrame) -> dict:
@@ -626,16 +703,19 @@ predictors = "coarse/predictors.zarr"
 zones = "coarse/zones.nc"
 fire = "coarse/fire.zarr"
 truth = "coarse/truth.nc"
+references = [{refs}]
 years = "{years}"
 """
 
 
-def default_config_toml(spec: TwinSpec) -> str:
+def default_config_toml(spec: TwinSpec, references: list | None = None) -> str:
     """A run configuration for a twin directory (paths relative to the config file).
 
     Forest settings are sized for a quick study on a laptop; the paper's settings (abzflux's
     defaults) are in the comments.
     """
+    refs = ("references = [" + ", ".join(f'"{r}"' for r in references) + "]  # compared in RUN/compare\n"
+            if references else "")
     return f"""# abzflux run configuration for a twin generated with seed {spec.seed}
 [inputs]
 sites = "sites.csv"
@@ -643,7 +723,7 @@ predictors = "predictors.zarr"
 zones = "zones.nc"
 fire = "fire.zarr"
 truth = "truth.nc"
-
+{refs}
 [run]
 seed = {spec.seed}
 years = "{spec.first_year}-{spec.last_year}"

@@ -1,0 +1,799 @@
+"""Comparison with other products, and where the model extrapolates (docs/compare.md).
+
+* Reference products (docs/formats.md §5) on the analysis grid, or on a regular lat/lon grid
+  regridded conservatively onto it (:func:`latlon_weights`); restricted to the years they share
+  with the run; fire emissions subtracted from products that include them. Per product: Pearson
+  r of the mean annual NEE maps and of the per-pixel trend maps, zone budget ratios and the
+  share of annual-source area.
+* MESS (Elith et al. 2010) of the period-mean continuous predictors against the NEE training
+  rows of each period (:func:`mess`); the area of applicability (Meyer & Pebesma 2021,
+  :class:`AOA`); bootstrap SD inside vs outside it; k-means environmental clusters with the
+  sites and site-months in each.
+
+Everything over the grid is computed in bands of rows (bounded memory) and written into Zarr
+band by band.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyproj
+import xarray as xr
+from scipy import sparse, stats
+from scipy.spatial import cKDTree
+
+from . import budgets as budgets_mod
+from . import trends as trends_mod
+from .errors import InputError
+from .formats import grid_crs, read_reference, write_crs
+from .predictors import CATEGORICAL, PREDICTOR_NAMES
+
+#: The continuous predictors (no month, no vegetation-type factor): MESS, AOA and clusters.
+CONTINUOUS: tuple[str, ...] = tuple(p for p in PREDICTOR_NAMES if p not in CATEGORICAL)
+
+#: MESS map classes, half-open intervals [lo, hi) (workflow.md §9 with its overlaps removed).
+MESS_CLASSES = ((-np.inf, -80.0, -3), (-80.0, -20.0, -2), (-20.0, 0.0, -1), (0.0, 5.0, 1), (5.0, 40.0, 2),
+                (40.0, np.inf, 3))
+
+#: Bytes of one predictor band (time x rows x columns, float32) read at a time.
+BAND_BYTES = 128 * 2**20
+
+# WGS84, the ellipsoid of the analysis CRS (EPSG:6931) and of lat/lon products.
+_A = 6378137.0
+_F = 1 / 298.257223563
+_E2 = _F * (2 - _F)
+_E = np.sqrt(_E2)
+
+
+# --------------------------------------------------------------------------- regridding
+def _q(lat_deg: np.ndarray) -> np.ndarray:
+    """Snyder's q(φ) (authalic latitude helper, Map Projections eq. 3-12)."""
+    s = np.sin(np.radians(lat_deg))
+    return (1 - _E2) * (s / (1 - _E2 * s * s) - np.log((1 - _E * s) / (1 + _E * s)) / (2 * _E))
+
+
+def latlon_cell_areas(lat_edges: np.ndarray, dlon_deg: float) -> np.ndarray:
+    """Exact area (m2) on the WGS84 ellipsoid of lat/lon cells between consecutive
+    ``lat_edges`` and ``dlon_deg`` wide: a²/2 · Δλ · |q(φ2) − q(φ1)|."""
+    q = _q(np.asarray(lat_edges, dtype=np.float64))
+    return 0.5 * _A**2 * np.radians(abs(dlon_deg)) * np.abs(np.diff(q))
+
+
+@dataclass
+class LatLonGrid:
+    """A regular lat/lon grid, ascending axes (the caller sorts the data the same way)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+
+    @property
+    def dlat(self) -> float:
+        return float(self.lat[1] - self.lat[0])
+
+    @property
+    def dlon(self) -> float:
+        return float(self.lon[1] - self.lon[0])
+
+    @property
+    def lat0(self) -> float:
+        return float(self.lat[0]) - self.dlat / 2
+
+    @property
+    def lon0(self) -> float:
+        return float(self.lon[0]) - self.dlon / 2
+
+    def index(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Flat index (lat-major) of the cell holding each point; -1 outside the grid."""
+        iy = np.floor((lat - self.lat0) / self.dlat).astype(np.int64)
+        lon = self.lon0 + np.mod(lon - self.lon0, 360.0)  # the grid's longitude convention
+        ix = np.floor((lon - self.lon0) / self.dlon).astype(np.int64)
+        ok = (iy >= 0) & (iy < self.lat.size) & (ix >= 0) & (ix < self.lon.size)
+        return np.where(ok, iy * self.lon.size + ix, -1)
+
+    def areas(self) -> np.ndarray:
+        edges = np.append(self.lat - self.dlat / 2, self.lat[-1] + self.dlat / 2)
+        edges = np.clip(edges, -90, 90)
+        return np.repeat(latlon_cell_areas(edges, self.dlon), self.lon.size)
+
+
+def latlon_weights(grid: LatLonGrid, x: np.ndarray, y: np.ndarray, crs, n_sub: int = 10,
+                   block_cells: int = 200_000) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Conservative regridding weights from a lat/lon grid onto a projected equal-area grid.
+
+    Each analysis cell is sampled with ``n_sub`` x ``n_sub`` points at the centres of equal
+    sub-cells (each stands for 1/n² of the cell's area, exact on an equal-area grid); the
+    points are transformed to lat/lon and counted per source cell. The overlap areas of every
+    source cell that lies wholly inside the analysis grid are then rescaled so that they add up
+    to its exact ellipsoidal area (:func:`latlon_cell_areas`). Returns W (analysis cells x
+    source cells, m², y-major) and the factor applied per source cell (1 for cells not wholly
+    inside). The regridded value of cell i is Σ_j W_ij v_j / Σ_j W_ij over finite v_j; then
+    Σ_i (Σ_j W_ij) x_i = Σ_j area_j v_j: the area-weighted mean over the covered area equals
+    the source's exact area-weighted mean.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+    cell_area = abs(dx * dy)
+    tr = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    off = (np.arange(n_sub) + 0.5) / n_sub - 0.5
+    sx, sy = np.meshgrid(off * dx, off * dy)
+    sx, sy = sx.ravel(), sy.ravel()
+    nx, ny = x.size, y.size
+    n_src = grid.lat.size * grid.lon.size
+    rows_per = max(1, block_cells // nx)
+    ii, jj, cc = [], [], []
+    for r0 in range(0, ny, rows_per):
+        yy = y[r0:r0 + rows_per]
+        cy, cx = np.meshgrid(yy, x, indexing="ij")
+        px = (cx.ravel()[:, None] + sx[None, :]).ravel()
+        py = (cy.ravel()[:, None] + sy[None, :]).ravel()
+        lon, lat = tr.transform(px, py)
+        j = grid.index(np.asarray(lat), np.asarray(lon))
+        i = np.repeat(np.arange(r0 * nx, r0 * nx + yy.size * nx), sx.size)
+        ok = j >= 0
+        key = i[ok] * n_src + j[ok]
+        u, c = np.unique(key, return_counts=True)
+        ii.append(u // n_src)
+        jj.append(u % n_src)
+        cc.append(c)
+    ii, jj, cc = np.concatenate(ii), np.concatenate(jj), np.concatenate(cc)
+    w = cc * (cell_area / n_sub**2)
+    sampled = np.bincount(jj, weights=w, minlength=n_src)
+    factor = np.ones(n_src)
+    inside = _inside_grid(grid, x, y, crs)
+    true = grid.areas()
+    fix = inside & (sampled > 0)
+    factor[fix] = true[fix] / sampled[fix]
+    W = sparse.csr_matrix((w * factor[jj], (ii, jj)), shape=(nx * ny, n_src))
+    return W, factor
+
+
+def _inside_grid(grid: LatLonGrid, x, y, crs, n_edge: int = 8) -> np.ndarray:
+    """Whether each source cell's boundary (n_edge points per side) lies inside the analysis
+    grid's extent (cell edges)."""
+    tr = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    dx, dy = abs(float(x[1] - x[0])), abs(float(y[1] - y[0]))
+    xmin, xmax = x.min() - dx / 2, x.max() + dx / 2
+    ymin, ymax = y.min() - dy / 2, y.max() + dy / 2
+    t = np.linspace(0, 1, n_edge)
+    ok = np.ones(grid.lat.size * grid.lon.size, bool)
+    la, lo = np.meshgrid(grid.lat, grid.lon, indexing="ij")
+    la, lo = la.ravel(), lo.ravel()
+    h, k = grid.dlat / 2, grid.dlon / 2
+    for a, b in ((-1, None), (1, None), (None, -1), (None, 1)):
+        if a is not None:  # a parallel at lat ± h, all longitudes along it
+            plat = np.clip(la[:, None] + a * h, -90, 90) + 0 * t[None, :]
+            plon = lo[:, None] - k + 2 * k * t[None, :]
+        else:
+            plat = la[:, None] - h + 2 * h * t[None, :]
+            plat = np.clip(plat, -90, 90)
+            plon = lo[:, None] + b * k + 0 * t[None, :]
+        px, py = tr.transform(plon.ravel(), plat.ravel())
+        px, py = np.asarray(px).reshape(plat.shape), np.asarray(py).reshape(plat.shape)
+        ok &= ((px >= xmin) & (px <= xmax) & (py >= ymin) & (py <= ymax)).all(axis=1)
+    return ok
+
+
+def regrid(W: sparse.csr_matrix, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply :func:`latlon_weights`: ``values`` (n_src, T) -> (n_cells, T) means over the
+    finite source values, and the covered area (m², n_cells, T). NaN where nothing covers."""
+    v = np.asarray(values, dtype=np.float64)
+    fin = np.isfinite(v)
+    num = W @ np.where(fin, v, 0.0)
+    den = W @ fin.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / den, np.nan)
+    return out, den
+
+
+# --------------------------------------------------------------------------- reference products
+@dataclass
+class Reference:
+    path: Path
+    product: str
+    ds: xr.Dataset
+    latlon: bool
+    fire_included: bool
+    subtract_fire: bool
+    years: list  # complete years shared with the run (and the fire record when subtracting)
+
+
+def _flag(v) -> bool:
+    if isinstance(v, (bytes, np.bytes_)):
+        v = v.decode()
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes")
+    return bool(np.asarray(v).ravel()[0]) if v is not None else False
+
+
+def _complete_years(times) -> set:
+    t = pd.DatetimeIndex(times)
+    n = pd.Series(1, index=t).groupby(t.year).size()
+    return {int(y) for y in n[n == 12].index}
+
+
+def read_references(paths, pred: xr.Dataset, run_years: tuple[int, int], fire: xr.Dataset | None,
+                    subtract_fire: bool, config_file=None) -> list[Reference]:
+    """Read and check every reference product before any stage runs: the contract (formats.md
+    §5), the analysis grid for projected products, unique product names, fire emissions
+    available when they must be subtracted, and at least one complete year shared with the run."""
+    out, names = [], {}
+    run = set(range(run_years[0], run_years[1] + 1))
+    fire_years = _complete_years(fire.time.values) if fire is not None else set()
+    for p in paths or []:
+        ds = read_reference(p, like=None)
+        latlon = "lat" in ds["nee"].dims
+        if not latlon:
+            ds = read_reference(p, like=pred)  # a projected product must be on the analysis grid
+        else:
+            ds = ds.sortby(["lat", "lon"])
+            for c in ("lat", "lon"):
+                if ds.sizes[c] < 2:
+                    raise InputError(p, f"coordinate `{c}` has fewer than 2 values", column=c,
+                                     expected="a regular lat/lon grid")
+        name = str(ds.attrs["product"]).strip()
+        if name in names:
+            raise InputError(p, f"product name {name!r} is also the name of {names[name]}", column="product",
+                             expected="a distinct global attribute `product` per reference file")
+        names[name] = p
+        inc = _flag(ds.attrs.get("fire_included", 0))
+        sub = inc and subtract_fire
+        years = run & _complete_years(ds.time.values)
+        if sub:
+            if fire is None:
+                raise InputError(p, f"product {name!r} includes fire emissions (fire_included = 1) but the run has "
+                                 "no fire file to subtract", column="fire_included",
+                                 expected="inputs.fire, or compare.subtract_fire = false")
+            years &= fire_years
+        if not years:
+            raise InputError(p, f"no complete calendar year of {name!r} overlaps the run's years "
+                             f"{run_years[0]}-{run_years[1]}" + (" and the fire record" if sub else ""),
+                             column="time", expected="12 monthly steps in at least one run year")
+        out.append(Reference(Path(p), name, ds, latlon, inc, sub, sorted(years)))
+    return out
+
+
+class ProductStats:
+    """Streaming comparison of one product with abzflux over bands of rows: Pearson sums of the
+    mean annual and trend maps, zone budgets and source areas over the cells where both have
+    every year."""
+
+    def __init__(self, zones_names: list, n_years: int, threshold: float):
+        self.zones = zones_names
+        self.threshold = threshold
+        self.map = np.zeros(6)
+        self.trend = np.zeros(6)
+        self.budget = np.zeros((2, len(zones_names), n_years))  # abzflux, product; g C
+        self.src = np.zeros(3)  # area, source area abzflux, source area product (domain)
+        self.n = 0
+
+    @staticmethod
+    def _sums(a, b):
+        return np.array([a.size, a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()])
+
+    def add(self, ours: np.ndarray, prod: np.ndarray, w: np.ndarray, ours_trend=None, prod_trend=None) -> np.ndarray:
+        """``ours``/``prod``: annual sums (years, cells); ``w``: zone weights (zone, cells, m²).
+        Returns the common-cell mask."""
+        ok = np.isfinite(ours).all(0) & np.isfinite(prod).all(0)
+        self.n += int(ok.sum())
+        ma, mb = ours[:, ok].mean(0), prod[:, ok].mean(0)
+        self.map += self._sums(ma, mb)
+        if ours_trend is not None:
+            t = ok & np.isfinite(ours_trend) & np.isfinite(prod_trend)
+            self.trend += self._sums(ours_trend[t], prod_trend[t])
+        wk = w[:, ok]
+        self.budget[0] += wk @ ours[:, ok].T
+        self.budget[1] += wk @ prod[:, ok].T
+        d = wk[0]
+        self.src += [d.sum(), d[ma > self.threshold].sum(), d[mb > self.threshold].sum()]
+        return ok
+
+    @staticmethod
+    def _r(s):
+        n, sx, sy, sxx, syy, sxy = s
+        if n < 3:
+            return np.nan, np.nan
+        vx, vy = n * sxx - sx * sx, n * syy - sy * sy
+        if vx <= 0 or vy <= 0:
+            return np.nan, np.nan
+        r = float(np.clip((n * sxy - sx * sy) / np.sqrt(vx * vy), -1, 1))
+        if abs(r) >= 1 - 1e-12:
+            return r, 0.0
+        t = r * np.sqrt((n - 2) / (1 - r * r))
+        return r, float(2 * stats.t.sf(abs(t), n - 2))
+
+    def result(self):
+        map_r, map_p = self._r(self.map)
+        trend_r, trend_p = self._r(self.trend)
+        tg = self.budget.mean(axis=2) / budgets_mod.TG
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = tg[1] / tg[0]
+            share = self.src[1:] / self.src[0] if self.src[0] > 0 else np.full(2, np.nan)
+        metrics = {"map_r": map_r, "map_p": map_p, "trend_r": trend_r, "trend_p": trend_p,
+                   "source_share_abzflux": float(share[0]), "source_share_product": float(share[1]),
+                   "n_cells": self.n}
+        budgets = pd.DataFrame({"zone": self.zones, "abzflux_tg_c": tg[0], "product_tg_c": tg[1], "ratio": ratio})
+        return metrics, budgets
+
+
+def _annual(monthly: np.ndarray) -> np.ndarray:
+    """(12 * years, ...) -> (years, ...) annual sums; NaN unless all 12 months are finite."""
+    a = monthly.reshape(-1, 12, *monthly.shape[1:])
+    return np.where(np.isfinite(a).all(1), np.nansum(a, 1), np.nan)
+
+
+def _trend(ann: np.ndarray, years: list) -> np.ndarray:
+    """Per-pixel Theil-Sen slope (zyp, Zhang) of annual sums (years, rows, cols)."""
+    if len(years) < 4:
+        return np.full(ann.shape[1:], np.nan)
+    da = xr.DataArray(ann, dims=("year", "y", "x"))
+    return np.asarray(trends_mod.trend_grid(da, "year", conf_intervals=False, x=list(years))["slope"].values)
+
+
+def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | None,
+                     crs, out: Path, threshold: float, n_sub: int, log=print) -> None:
+    """metrics.csv, budgets.csv and product_maps.zarr for every reference product."""
+    ny, nx = zones.sizes["y"], zones.sizes["x"]
+    x, y = zones.x.values, zones.y.values
+    zones = budgets_mod._with_area(zones)
+    zone_names = [z for z in budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values]
+    mrows, brows = [], []
+    maps = {"mean_annual": np.full((len(refs), ny, nx), np.nan, np.float32),
+            "trend": np.full((len(refs), ny, nx), np.nan, np.float32)}
+    for k, ref in enumerate(refs):
+        years = ref.years
+        times = pd.DatetimeIndex([f"{yr}-{m:02d}-01" for yr in years for m in range(1, 13)])
+        prod = ref.ds["nee"].sel(time=times)
+        if ref.latlon:
+            grid = LatLonGrid(ref.ds.lat.values.astype(np.float64), ref.ds.lon.values.astype(np.float64))
+            W, factor = latlon_weights(grid, x, y, crs, n_sub)
+            src = np.asarray(prod.values, np.float64).reshape(len(times), -1).T  # (n_src, T)
+            fixed = factor != 1
+            dev = float(np.median(np.abs(factor[fixed] - 1))) if fixed.any() else 0.0
+            log(f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
+                f"({n_sub} x {n_sub} sub-points per cell; sampled overlap areas rescaled to the exact cell "
+                f"areas by {100 * dev:.1f}% in the median)")
+        ours_da = upscaled["nee"].sel(time=times)
+        fire_da = fire["fire_emissions"].sel(time=times) if ref.subtract_fire else None
+        acc = ProductStats(zone_names, len(years), threshold)
+        band = max(1, min(ny, BAND_BYTES // max(1, 3 * 8 * len(times) * nx)))  # ours, product, fire
+        for i0 in range(0, ny, band):
+            ys = slice(i0, min(i0 + band, ny))
+            nb = ys.stop - ys.start
+            if ref.latlon:
+                rows = W[ys.start * nx: ys.stop * nx]
+                p = regrid(rows, src)[0].T.reshape(len(times), nb, nx)
+            else:
+                p = np.asarray(prod.isel(y=ys).values, np.float64)
+            if fire_da is not None:
+                p = p - np.asarray(fire_da.isel(y=ys).values, np.float64)
+            o = np.asarray(ours_da.isel(y=ys).values, np.float64)
+            ao, ap = _annual(o), _annual(p)
+            to, tp = _trend(ao, years), _trend(ap, years)
+            w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
+            ok = acc.add(ao.reshape(len(years), -1), ap.reshape(len(years), -1), w, to.ravel(), tp.ravel())
+            ok = ok.reshape(nb, nx)
+            maps["mean_annual"][k, ys] = np.where(ok, ap.mean(0), np.nan)
+            maps["trend"][k, ys] = np.where(ok & np.isfinite(tp), tp, np.nan)
+        m, b = acc.result()
+        mrows.append({"product": ref.product, "first_year": years[0], "last_year": years[-1],
+                      "fire_subtracted": ref.subtract_fire, **m})
+        brows.append(b.assign(product=ref.product, first_year=years[0], last_year=years[-1]))
+        log(f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
+            f"domain budget ratio {b.ratio.iloc[0]:.2f}")
+    pd.DataFrame(mrows).to_csv(out / "metrics.csv", index=False)
+    cols = ["product", "zone", "first_year", "last_year", "abzflux_tg_c", "product_tg_c", "ratio"]
+    pd.concat(brows, ignore_index=True)[cols].to_csv(out / "budgets.csv", index=False)
+    ds = xr.Dataset({k: (("product", "y", "x"), v) for k, v in maps.items()},
+                    coords={"product": np.array([r.product for r in refs], dtype=object), "y": y, "x": x,
+                            "first_year": ("product", [r.years[0] for r in refs]),
+                            "last_year": ("product", [r.years[-1] for r in refs]),
+                            "fire_subtracted": ("product", [int(r.subtract_fire) for r in refs])})
+    ds["mean_annual"].attrs.update(units="g C m-2 yr-1", long_name="product mean annual NEE over the overlap years "
+                                   "(fire subtracted where flagged), cells where abzflux and the product have every year")
+    ds["trend"].attrs.update(units="g C m-2 yr-2", long_name="product per-pixel Theil-Sen trend of annual NEE "
+                             "(Mann-Kendall with Zhang prewhitening)")
+    ds = write_crs(ds, crs)
+    ds.attrs.update(Conventions="CF-1.8", title="abzflux: reference products on the analysis grid")
+    ds.to_zarr(out / "product_maps.zarr", mode="w", consolidated=False)
+
+
+# --------------------------------------------------------------------------- MESS
+def mess(X: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Multivariate environmental similarity surface (Elith et al. 2010).
+
+    ``X`` (points, variables), ``ref`` (reference rows, variables). For each variable, with
+    f = percent of the (finite) reference values <= x, min/max of the reference values:
+    f = 0: 100 (x − min)/(max − min); 0 < f <= 50: 2f; 50 < f < 100: 2(100 − f);
+    f = 100: 100 (max − x)/(max − min). MESS = the minimum over variables (negative: outside
+    the reference range); MoD = the index of the variable that attains it (-1 where no
+    variable has a value). A variable whose reference values are all equal (or missing) has
+    no scale and is left out (NaN similarity).
+    """
+    X = np.asarray(X, np.float64)
+    ref = np.asarray(ref, np.float64)
+    n, V = X.shape
+    sim = np.full((n, V), np.nan)
+    for j in range(V):
+        r = np.sort(ref[:, j][np.isfinite(ref[:, j])])
+        if r.size == 0 or r[-1] == r[0]:
+            continue
+        lo, hi = r[0], r[-1]
+        x = X[:, j]
+        f = 100.0 * np.searchsorted(r, x, side="right") / r.size
+        s = np.where(f == 0, 100 * (x - lo) / (hi - lo),
+                     np.where(f <= 50, 2 * f, np.where(f < 100, 2 * (100 - f), 100 * (hi - x) / (hi - lo))))
+        sim[:, j] = np.where(np.isfinite(x), s, np.nan)
+    has = np.isfinite(sim).any(1)
+    out = np.full(n, np.nan)
+    mod = np.full(n, -1, np.int16)
+    if has.any():
+        out[has] = np.nanmin(sim[has], axis=1)
+        mod[has] = np.nanargmin(sim[has], axis=1)
+    return out, mod
+
+
+def mess_class(m: np.ndarray) -> np.ndarray:
+    """MESS map classes (:data:`MESS_CLASSES`): -3..-1 extrapolation, 1..3 similarity; 0 = no value."""
+    c = np.zeros(np.shape(m), np.int8)
+    for lo, hi, code in MESS_CLASSES:
+        c[(m >= lo) & (m < hi)] = code
+    return c
+
+
+def mess_periods(y0: int, y1: int, length: int) -> list[tuple[int, int]]:
+    """Consecutive periods of ``length`` years from y0; the last absorbs the remainder
+    (1990-2020 in 5-year periods: ..., 2010-2014, 2015-2020, as the paper)."""
+    n = max(1, (y1 - y0 + 1) // length)
+    out = [(y0 + i * length, y0 + (i + 1) * length - 1) for i in range(n)]
+    out[-1] = (out[-1][0], y1)
+    return out
+
+
+# --------------------------------------------------------------------------- AOA
+def boxplot_upper_whisker(v: np.ndarray) -> float:
+    """R's ``boxplot.stats(v)$stats[5]``: the largest value within upper hinge + 1.5 × the
+    hinge spread (Tukey's hinges, as ``fivenum``), the threshold CAST::aoa uses."""
+    x = np.sort(np.asarray(v, np.float64)[np.isfinite(v)])
+    n = x.size
+    n4 = np.floor((n + 3) / 2) / 2
+    d = np.array([1, n4, (n + 1) / 2, n + 1 - n4, n])
+    five = 0.5 * (x[np.floor(d).astype(int) - 1] + x[np.ceil(d).astype(int) - 1])
+    lim = five[3] + 1.5 * (five[3] - five[1])
+    return float(x[x <= lim].max())
+
+
+class AOA:
+    """Area of applicability (Meyer & Pebesma 2021; CAST::trainDI/aoa semantics).
+
+    Predictors are standardised with the training mean and SD and multiplied by their
+    importance weights (negative importance -> 0; variables without spread get weight 0).
+    DI of a point = distance to the nearest training point / the mean distance between all
+    pairs of training points. The training DI of a row uses the nearest row of another CV fold
+    (here: another site, the leave-one-site-out folds); the threshold is the upper whisker of
+    the training DIs (:func:`boxplot_upper_whisker`).
+    """
+
+    def __init__(self, X: np.ndarray, groups: np.ndarray, weights: np.ndarray):
+        X = np.asarray(X, np.float64)
+        self.mean = X.mean(0)
+        sd = X.std(0, ddof=1)
+        sd = np.where(sd > 1e-9 * np.maximum(np.abs(self.mean), 1.0), sd, 0.0)
+        w = np.clip(np.asarray(weights, np.float64), 0, None)
+        self.w = np.where(sd > 0, w, 0.0)
+        if not (self.w > 0).any():
+            raise ValueError("AOA: no predictor has both spread and a positive weight")
+        self.sd = np.where(sd > 0, sd, 1.0)
+        Z = self._z(X)
+        self.tree = cKDTree(Z)
+        n = len(Z)
+        tot = 0.0
+        for i in range(0, n, 2000):  # mean pairwise distance, in blocks (bounded memory)
+            from scipy.spatial.distance import cdist
+            tot += cdist(Z[i:i + 2000], Z).sum()
+        self.mean_dist = tot / (n * (n - 1))
+        groups = np.asarray(groups)
+        _, codes, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        k = int(min(n, counts.max() + 1))
+        dist, idx = self.tree.query(Z, k=k)
+        dist, idx = dist.reshape(n, k), idx.reshape(n, k)
+        other = codes[idx] != codes[:, None]
+        first = other.argmax(1)
+        d = np.where(other.any(1), dist[np.arange(n), first], np.nan)
+        self.train_di = d / self.mean_dist
+        self.threshold = boxplot_upper_whisker(self.train_di)
+
+    def _z(self, X):
+        return (np.asarray(X, np.float64) - self.mean) / self.sd * self.w
+
+    def di(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        out = np.full(len(X), np.nan)
+        ok = np.isfinite(X).all(1)
+        if ok.any():
+            out[ok] = self.tree.query(self._z(X[ok]), k=1)[0] / self.mean_dist
+        return out
+
+
+# --------------------------------------------------------------------------- clusters
+def fit_clusters(sample: np.ndarray, n_clusters: int, seed: int):
+    """k-means on standardised predictors (sample mean/SD; variables without spread dropped).
+    Clusters are numbered by decreasing size in the sample. Returns (predict, centres, used)."""
+    from sklearn.cluster import KMeans
+
+    sample = sample[np.isfinite(sample).all(1)]
+    mu, sd = sample.mean(0), sample.std(0)
+    used = sd > 1e-9 * np.maximum(np.abs(mu), 1.0)  # spatially constant (e.g. CO2), up to rounding
+    Z = (sample[:, used] - mu[used]) / sd[used]
+    k = int(min(n_clusters, len(np.unique(Z, axis=0))))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)
+    order = np.argsort(-np.bincount(km.labels_, minlength=k), kind="stable")
+    relabel = np.empty(k, np.int16)
+    relabel[order] = np.arange(k)
+
+    def predict(X):
+        X = np.asarray(X, np.float64)
+        lab = np.full(len(X), -1, np.int16)
+        ok = np.isfinite(X).all(1)
+        if ok.any():
+            lab[ok] = relabel[km.predict((X[ok][:, used] - mu[used]) / sd[used])]
+        return lab
+
+    centres = np.full((k, len(used)), np.nan)
+    centres[:, used] = km.cluster_centers_[order]
+    return predict, centres, used
+
+
+def cluster_table(labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray, site_ids: np.ndarray,
+                  centres: np.ndarray, names) -> pd.DataFrame:
+    """Per cluster: area share, cells, distinct sites and site-months (rows) in its cells, and
+    the centre of every standardised predictor."""
+    k = len(centres)
+    land = labels >= 0
+    a = np.bincount(labels[land], weights=area[land], minlength=k)
+    n = np.bincount(labels[land], minlength=k)
+    s = pd.DataFrame({"cluster": site_labels, "site": site_ids})
+    s = s[s.cluster >= 0]
+    rows = pd.DataFrame({"cluster": np.arange(k), "area_share": a / a.sum(), "n_cells": n,
+                         "n_sites": s.groupby("cluster").site.nunique().reindex(range(k), fill_value=0).to_numpy(),
+                         "n_site_months": s.groupby("cluster").size().reindex(range(k), fill_value=0).to_numpy()})
+    for j, name in enumerate(names):
+        rows[name] = centres[:, j]
+    return rows
+
+
+# --------------------------------------------------------------------------- the stage
+def _band_rows(ny: int, nx: int, nt: int) -> int:
+    return int(max(1, min(ny, BAND_BYTES // max(1, 8 * nt * nx))))
+
+
+def _band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods):
+    """Per-period means (P, cells, V), calendar-month means (12, cells, V) and the overall mean
+    (cells, V) of every continuous predictor over a band of rows (cells y-major)."""
+    nb, nx = ys.stop - ys.start, pred.sizes["x"]
+    V = len(CONTINUOUS)
+    per = np.empty((len(periods), nb * nx, V))
+    clim = np.empty((12, nb * nx, V))
+    mean = np.empty((nb * nx, V))
+    for j, v in enumerate(CONTINUOUS):
+        da = pred[v].isel(y=ys)
+        if "time" in da.dims:
+            a = np.asarray(da.isel(time=tsel).values, np.float64).reshape(len(times), -1)
+            per[:, :, j], clim[:, :, j], mean[:, j] = _summaries(a, times, periods)
+        else:
+            a = np.asarray(da.values, np.float64).ravel()
+            per[:, :, j], clim[:, :, j], mean[:, j] = a, a, a
+    return per, clim, mean
+
+
+def _summaries(arr: np.ndarray, times: pd.DatetimeIndex, periods) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From (T, ...) monthly values: per-period means, calendar-month means, overall mean."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (water)
+        per = np.stack([np.nanmean(arr[(times.year >= a) & (times.year <= b)], 0) for a, b in periods])
+        clim = np.stack([np.nanmean(arr[times.month == m], 0) for m in range(1, 13)])
+        return per, clim, np.nanmean(arr, 0)
+
+
+def stage_compare(ctx) -> None:
+    """(f) Extrapolation (MESS, AOA, clusters) always; comparisons when reference products are
+    given. Writes RUN/compare/ (docs/compare.md)."""
+    from .pipeline import _atomic_replace, training_rows
+
+    cfg, cs = ctx.cfg, ctx.cfg.compare
+    pred, zones = ctx.predictors(), budgets_mod._with_area(ctx.zones())
+    crs = grid_crs(pred, cfg.inputs.predictors)
+    y0, y1 = ctx.years()
+    out = ctx.path("compare.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    times_all = pd.DatetimeIndex(pred.time.values)
+    tsel = np.nonzero((times_all.year >= y0) & (times_all.year <= y1))[0]
+    times = times_all[tsel]
+    periods = mess_periods(y0, y1, cs.mess_period_length)
+    pnames = [f"{a}-{b}" for a, b in periods]
+    V = len(CONTINUOUS)
+    table = pd.read_parquet(ctx.path("sites.parquet"))
+    rows = training_rows(table, "nee").reset_index(drop=True)
+    land = np.asarray((zones["land_fraction"].fillna(0) > 0).values)
+
+    # ---- pass 0 (bands of rows): MESS reference sets at the training cells, k-means sample
+    cells = np.unique(rows.iy.to_numpy() * nx + rows.ix.to_numpy())
+    ref_per = np.empty((len(periods), len(cells), V))
+    flat = np.flatnonzero(land.ravel())
+    samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cs.cluster_sample, flat.size)).round().astype(int))]
+    sample = np.empty((len(samp), V))
+    band = _band_rows(ny, nx, len(times))
+    cached = None
+    for i0 in range(0, ny, band):
+        ys = slice(i0, min(i0 + band, ny))
+        per, clim, mean = _band_summaries(pred, ys, tsel, times, periods)
+        for idx, dest in ((cells, "ref"), (samp, "sample")):
+            sel = (idx >= ys.start * nx) & (idx < ys.stop * nx)
+            loc = idx[sel] - ys.start * nx
+            if dest == "ref":
+                ref_per[:, sel] = per[:, loc]
+            else:
+                sample[sel] = mean[loc]
+        if ys.stop - ys.start == ny:
+            cached = (per, clim, mean)  # one band holds the grid: pass 1 reuses it
+    pos = pd.Series(np.arange(len(cells)), index=cells)
+    row_cell = pos[rows.iy.to_numpy() * nx + rows.ix.to_numpy()].to_numpy()
+    refs_by_period = [ref_per[p][row_cell[(rows.year >= a).to_numpy() & (rows.year <= b).to_numpy()]]
+                      for p, (a, b) in enumerate(periods)]
+    for name, r in zip(pnames, refs_by_period):
+        if len(r) == 0:
+            ctx.log(f"MESS {name}: no NEE training rows in this period; its MESS is missing")
+
+    imp_path = ctx.path("interpret/importance.csv")
+    weights = np.ones(V)
+    if imp_path.exists():
+        imp = pd.read_csv(imp_path)
+        imp = imp[imp.flux == "nee"].set_index("predictor").importance
+        weights = np.array([imp.get(v, 0.0) for v in CONTINUOUS], np.float64)
+    else:
+        ctx.log("AOA: no permutation importance (forest.importance_repeats = 0): equal weights")
+    trows = rows
+    if len(rows) > cs.aoa_max_training:
+        trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, cs.aoa_max_training).round().astype(int))]
+        ctx.log(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
+    aoa = AOA(trows[list(CONTINUOUS)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
+    predict_cluster, centres, used = fit_clusters(sample, cs.n_clusters, cfg.run.seed)
+    n_clusters = len(centres)
+
+    # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside
+    store = out / "extrapolation.zarr"
+    _template(pred, crs, pnames, aoa.threshold, n_clusters).to_zarr(store, compute=False, mode="w",
+                                                                   consolidated=False)
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r+")
+    up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
+    sd_vars = [v for v in ("gpp_sd", "reco_sd", "nee_sd", "nee_derived_sd") if v in up]
+    zone_names = list(budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values)
+    mess_acc = np.zeros((2, len(periods), len(zone_names)))  # area with MESS, area with MESS < 0
+    sd_acc = {v: np.zeros(4) for v in sd_vars}  # inside: sum w*sd, sum w; outside: same
+    for i0 in range(0, ny, band):
+        ys = slice(i0, min(i0 + band, ny))
+        nb = ys.stop - ys.start
+        per, clim, mean = cached if cached is not None else _band_summaries(pred, ys, tsel, times, periods)
+        lb = land[ys].ravel()
+        per[:, ~lb], clim[:, ~lb], mean[~lb] = np.nan, np.nan, np.nan
+        w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
+        ms = np.full((len(periods), nb * nx), np.nan, np.float32)
+        mod = np.full((len(periods), nb * nx), -1, np.int16)
+        for p in range(len(periods)):
+            if len(refs_by_period[p]):
+                ms[p], mod[p] = mess(per[p], refs_by_period[p])
+                fin = np.isfinite(ms[p])
+                mess_acc[0, p] += w[:, fin].sum(1)
+                mess_acc[1, p] += w[:, fin & (ms[p] < 0)].sum(1)
+        di_m = np.stack([aoa.di(clim[m]) for m in range(12)])
+        with np.errstate(invalid="ignore"):
+            di = np.where(np.isfinite(di_m).all(0), di_m.max(0), np.nan)
+        inside = np.where(np.isfinite(di), (di <= aoa.threshold).astype(np.int8), -1).astype(np.int8)
+        lab = predict_cluster(mean)
+        for v in sd_vars:
+            ann = _annual(np.asarray(up[v].isel(y=ys).values, np.float64).reshape(len(up.time), -1))
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # cells without SD (water)
+                sd = np.nanmean(ann, 0)
+            fin = np.isfinite(sd)
+            for k, sel in ((0, fin & (inside == 1)), (2, fin & (inside == 0))):
+                sd_acc[v][k] += (w[0][sel] * sd[sel]).sum()
+                sd_acc[v][k + 1] += w[0][sel].sum()
+        sh = (nb, nx)
+        g["mess"][:, ys] = ms.reshape(len(periods), *sh)
+        g["mess_mod"][:, ys] = mod.reshape(len(periods), *sh)
+        g["mess_class"][:, ys] = np.stack([np.where(np.isfinite(m_), mess_class(m_), 0) for m_ in ms]).reshape(
+            len(periods), *sh)
+        g["di"][ys] = di.reshape(sh).astype(np.float32)
+        g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
+        g["aoa"][ys] = inside.reshape(sh)
+        g["cluster"][ys] = lab.reshape(sh)
+    up.close()
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = mess_acc[1] / mess_acc[0]
+    pd.DataFrame([{"period": pn, "zone": z, "share_extrapolated": share[p, k]}
+                  for p, pn in enumerate(pnames) for k, z in enumerate(zone_names)]).to_csv(
+        out / "mess_area.csv", index=False)
+    sd_rows = []
+    for v, (si, wi, so, wo) in sd_acc.items():
+        a = si / wi if wi > 0 else np.nan
+        b = so / wo if wo > 0 else np.nan
+        sd_rows.append({"flux": v[:-3], "inside_mean_sd": a, "outside_mean_sd": b,
+                        "ratio": b / a if a and np.isfinite(a) and a > 0 else np.nan})
+    pd.DataFrame(sd_rows, columns=["flux", "inside_mean_sd", "outside_mean_sd", "ratio"]).to_csv(
+        out / "aoa_sd.csv", index=False)
+    lab_grid = np.asarray(g["cluster"][:])
+    all_rows = table[table[["gpp", "reco", "nee"]].notna().any(axis=1)]
+    site_lab = lab_grid[all_rows.iy.to_numpy(), all_rows.ix.to_numpy()]
+    ct = cluster_table(np.where(lab_grid.ravel() >= 0, lab_grid.ravel(), -1),
+                       np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values).ravel(),
+                       site_lab, all_rows.site_id.to_numpy(), centres, CONTINUOUS)
+    ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u]).to_csv(out / "clusters.csv", index=False)
+    inside_share = _aoa_share(g, zones)
+    ctx.log(f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
+            f"{100 * inside_share:.0f}% of the land area inside; {n_clusters} clusters")
+
+    refs = ctx.references()
+    if refs:
+        compare_products(refs, xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False), zones, ctx.fire(),
+                         crs, out, cfg.budgets.source_threshold, cs.regrid_subsamples, ctx.log)
+    _atomic_replace(out, ctx.path("compare"))
+
+
+def _aoa_share(g, zones) -> float:
+    a = np.asarray(g["aoa"][:])
+    w = np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values)
+    tot = w[a >= 0].sum()
+    return float(w[a == 1].sum() / tot) if tot > 0 else float("nan")
+
+
+def _template(pred: xr.Dataset, crs, pnames: list, threshold: float, n_clusters: int) -> xr.Dataset:
+    import dask.array as dsa
+
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    P = len(pnames)
+    band = _band_rows(ny, nx, 12)
+
+    def full(shape, dtype, fill):
+        return dsa.full(shape, fill, dtype=dtype, chunks=tuple([1] * (len(shape) - 2) + [min(band, ny), nx]))
+
+    ds = xr.Dataset(coords={"period": np.array(pnames, dtype=object), "month": np.arange(1, 13), "y": pred.y.values, "x": pred.x.values})
+    ds["mess"] = (("period", "y", "x"), full((P, ny, nx), np.float32, np.nan),
+                  {"units": "%", "long_name": "MESS (Elith et al. 2010) of the period-mean continuous predictors "
+                   "against the NEE training rows of the period; < 0 = extrapolation"})
+    ds["mess_mod"] = (("period", "y", "x"), full((P, ny, nx), np.int16, -1),
+                      {"long_name": "most dissimilar variable (-1: no value)",
+                       "flag_values": np.arange(len(CONTINUOUS), dtype=np.int16),
+                       "flag_meanings": " ".join(CONTINUOUS)})
+    ds["mess_class"] = (("period", "y", "x"), full((P, ny, nx), np.int8, 0),
+                        {"long_name": "MESS class", "flag_values": np.array([-3, -2, -1, 0, 1, 2, 3], np.int8),
+                         "flag_meanings": "below_-80 -80_to_-20 -20_to_0 no_value 0_to_5 5_to_40 40_and_above"})
+    ds["di"] = (("y", "x"), full((ny, nx), np.float32, np.nan),
+                {"units": "1", "long_name": "AOA dissimilarity index (Meyer & Pebesma 2021): largest over the 12 "
+                 "calendar-month climatologies"})
+    ds["di_month"] = (("month", "y", "x"), full((12, ny, nx), np.float32, np.nan),
+                      {"units": "1", "long_name": "AOA dissimilarity index of each calendar month's climatology"})
+    ds["aoa"] = (("y", "x"), full((ny, nx), np.int8, -1),
+                 {"long_name": "area of applicability: 1 inside (di <= threshold), 0 outside, -1 no predictors",
+                  "threshold": float(threshold), "flag_values": np.array([-1, 0, 1], np.int8),
+                  "flag_meanings": "no_data outside inside"})
+    ds["cluster"] = (("y", "x"), full((ny, nx), np.int16, -1),
+                     {"long_name": "k-means environmental cluster (-1: water / no predictors)",
+                      "n_clusters": int(n_clusters)})
+    for v in ("mess_mod", "mess_class", "aoa", "cluster"):
+        ds[v].encoding["_FillValue"] = None
+    ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
+    ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
+    ds = write_crs(ds, crs)
+    ds.attrs.update(Conventions="CF-1.8", title="abzflux extrapolation diagnostics")
+    return ds
