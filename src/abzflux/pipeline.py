@@ -632,7 +632,7 @@ DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("a
            "vpd": ("jja", "mean")}
 
 
-def stage_trends(ctx: Context) -> None:
+def stage_trends(ctx: Context, progress=None) -> None:
     """(e) Theil–Sen + Mann–Kendall (Zhang) trends: per pixel (annual, JJA, non-summer, each month;
     drivers), area shares, greening overlap, the GPP/Reco attribution of NEE trends, zone budget
     series, and sites with more than seven years of year-round data."""
@@ -644,18 +644,27 @@ def stage_trends(ctx: Context) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     maps = {}
+    drv = pred.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
+    drivers = [v for v in DRIVERS if v in drv]
+    n_periods = 15  # annual, jja, nonsummer, m01..m12 (trends.period_series)
+    total, done = len(FLUXES) * n_periods + len(drivers), 0
     for flux in FLUXES:
         for period, series in trends_mod.period_series(up[flux].load()).items():
             t = trends_mod.trend_grid(series, "year")
             for stat in ("slope", "p", "tau"):
                 maps[f"{flux}_{period}_{stat}"] = t[stat]
-    drv = pred.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
-    for var, (period, how) in DRIVERS.items():
-        if var in drv:
-            series = trends_mod.period_series(drv[var].load(), how=how)[period]
-            t = trends_mod.trend_grid(series, "year")
-            for stat in ("slope", "p", "tau"):
-                maps[f"{var}_{period}_{stat}"] = t[stat]
+            done += 1
+            if progress is not None:
+                progress(min(done, total), total)
+    for var in drivers:
+        period, how = DRIVERS[var]
+        series = trends_mod.period_series(drv[var].load(), how=how)[period]
+        t = trends_mod.trend_grid(series, "year")
+        for stat in ("slope", "p", "tau"):
+            maps[f"{var}_{period}_{stat}"] = t[stat]
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total)
     ds = xr.Dataset(maps)
     ds["nee_trend_attribution"] = trends_mod.overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
                                                              ds.reco_annual_slope)
@@ -822,6 +831,14 @@ def build_stages(progress_factory=None) -> list[Stage]:
     def forest(ctx):
         stage_forest(ctx, progress_factory)
 
+    def trends(ctx):
+        prog = progress_factory("trends: flux and driver series") if progress_factory else None
+        try:
+            stage_trends(ctx, prog)
+        finally:
+            if prog is not None:
+                prog(None, None)
+
     return [
         Stage("sites", ("sites.parquet",), stage_sites, (), ("run.years",), ("sites", "predictors", "zones")),
         Stage("forest", ("models", "cv"), forest, ("sites",), FOREST_KEYS + ("forest.cv", "run.seed")),
@@ -833,7 +850,7 @@ def build_stages(progress_factory=None) -> list[Stage]:
               ("predictors", "zones")),
         Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
               ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire")),
-        Stage("trends", ("trends",), stage_trends, ("budgets",), ("run.years",), ("predictors", "zones")),
+        Stage("trends", ("trends",), trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
               optional="fire"),

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import plots  # noqa: E402
 from .errors import InputError  # noqa: E402
@@ -43,9 +44,8 @@ LABEL = {"gpp": "GPP", "reco": "Reco", "nee": "NEE", "nee_fire": "NEE + fire", "
 REGIONS = ("alaska", "canada", "europe", "siberia")
 BIOMES = ("boreal", "tundra")
 OVERLAY_NAMES = ("sink ↑ by GPP", "sink ↑ by Reco", "source ↑ by Reco", "source ↑ by GPP")
-# MESS classes (spec section 9, with the code's overlapping breaks made disjoint)
-MESS_BREAKS = (-np.inf, -80, -20, 0, 5, np.inf)
-MESS_LABELS = ("≤ −80", "−80 to −20", "−20 to 0", "0 to 5", "> 5")
+# MESS classes (spec section 9, with the code's overlapping breaks made disjoint; < 0 = extrapolation)
+MESS_LABELS = ("≤ −80", "−80 to −20", "−20 to < 0", "0 to 5", "> 5")
 DPI = 100
 
 
@@ -113,8 +113,8 @@ class RunData:
         return up.x.values.astype(float), up.y.values.astype(float)
 
     def land(self) -> np.ndarray:
-        """Land fraction on the grid, for the coastline (contour at 0.5). From the zones file
-        named in run.json; if it has moved, the upscaled cells with a value stand in."""
+        """Land fraction on the run's grid (from the zones file named in run.json; if that has
+        moved, the upscaled cells with a value stand in)."""
         if "land" not in self._cache:
             lf = None
             z = self.record.get("config", {}).get("inputs", {}).get("zones")
@@ -130,6 +130,31 @@ class RunData:
                 lf = self.upscaled().nee.isel(time=0).notnull().values.astype(float)
             self._cache["land"] = lf
         return self._cache["land"]
+
+    def coastline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, land fraction) to contour at 0.5 for the outline: the shipped 10-km domain mask
+        (land north of 49°N without lakes and ice) when the run's grid is in its CRS (EPSG:6931),
+        else the run's own land fraction. Nothing is downloaded."""
+        if "coast" not in self._cache:
+            x, y = self.grid()
+            coast = (x, y, self.land())
+            try:
+                from .domain import CRS_EPSG, _base
+                from .formats import grid_crs
+
+                if grid_crs(self.upscaled(), self.run / "upscaled.zarr").to_epsg() == CRS_EPSG:
+                    b = _base()
+                    # 20-km block mean: a clean outline without every 10-km lake
+                    lf = b["land_fraction"].astype(float)
+                    ny, nx = (s // 2 * 2 for s in lf.shape)
+                    lf = lf[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3))
+                    bx = b["x"][:nx].reshape(-1, 2).mean(1)
+                    by = b["y"][:ny].reshape(-1, 2).mean(1)
+                    coast = (bx, by, lf)
+            except (InputError, KeyError, ValueError, OSError):
+                pass
+            self._cache["coast"] = coast
+        return self._cache["coast"]
 
     def mean_annual(self, var: str) -> np.ndarray:
         """Mean over complete years of the annual sum (g C m-2 yr-1)."""
@@ -179,8 +204,9 @@ def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=No
         im = ax.pcolormesh(x / 1e3, y / 1e3, np.ma.masked_invalid(data), shading="nearest", cmap=cmap, norm=norm,
                            vmin=None if norm is not None else vmin, vmax=None if norm is not None else vmax,
                            rasterized=True)
-    if land.shape == (len(gy), len(gx)) and np.nanmax(land) > 0.5 > np.nanmin(land):
-        ax.contour(gx / 1e3, gy / 1e3, land, levels=[0.5], colors="0.25", linewidths=0.5)
+    cx, cy, cl = rd.coastline()
+    if np.nanmax(cl) > 0.5 > np.nanmin(cl):
+        ax.contour(cx / 1e3, cy / 1e3, cl, levels=[0.5], colors="0.25", linewidths=0.5)
     ext = _extent(land, gx, gy)
     if ext is not None:
         ax.set_xlim(ext[0] / 1e3, ext[1] / 1e3)
@@ -194,6 +220,27 @@ def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=No
         cb.set_label(label, fontsize=7)
         cb.ax.tick_params(labelsize=7)
     return im
+
+
+def _classes(ax, rd: RunData, codes, labels, colors, title, x=None, y=None, fontsize=7):
+    """A categorical map: integer codes 0..n-1 (NaN = none), one labelled colour per class."""
+    n = len(labels)
+    im = _map(ax, rd, codes, cmap=ListedColormap(list(colors)[:n]), norm=BoundaryNorm(np.arange(n + 1) - 0.5, n),
+              title=title, colorbar=False, x=x, y=y)
+    cb = plt.colorbar(im, ax=ax, shrink=0.75, pad=0.02, ticks=range(n))
+    cb.ax.set_yticklabels(labels, fontsize=fontsize)
+    return im
+
+
+def mess_classes(m: np.ndarray) -> np.ndarray:
+    """MESS (%) -> class 0..4: ≤ −80 | (−80, −20] | (−20, 0) | [0, 5] | > 5; NaN stays NaN."""
+    m = np.asarray(m, float)
+    c = np.select([m <= -80, m <= -20, m < 0, m <= 5], [0, 1, 2, 3], 4).astype(float)
+    return np.where(np.isfinite(m), c, np.nan)
+
+
+def _tab(n):
+    return [plt.get_cmap("tab20" if n > 10 else "tab10")(i) for i in range(n)]
 
 
 def _sym(*arrays, q=98) -> float:
@@ -227,6 +274,7 @@ def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("Tg C yr-1", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return shown
 
 
@@ -314,20 +362,19 @@ def fig2_budgets(rd: RunData) -> list[Item]:
     axes[0, 0].legend(fontsize=7)
     tm = rd.trend_maps()
     cls = tm["nee_trend_attribution"].values.astype(float)
-    cls[cls <= 0] = np.nan
-    cmap = ListedColormap(["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"])
-    im = _map(axes[1, 0], rd, cls, cmap=cmap, norm=BoundaryNorm([0.5, 1.5, 2.5, 3.5, 4.5], 4),
-              title="c  what drives the NEE trend", colorbar=False)
-    cb = plt.colorbar(im, ax=axes[1, 0], shrink=0.75, ticks=[1, 2, 3, 4])
-    cb.ax.set_yticklabels(OVERLAY_NAMES, fontsize=7)
+    cls[cls <= 0] = np.nan  # 0 = no NEE trend / water
+    _classes(axes[1, 0], rd, cls - 1, OVERLAY_NAMES, ["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"],
+             "c  what drives the NEE trend")
     if fire:
         with xr.open_dataset(rd.run / "fire" / "burned_cells.nc") as b:
             last = b["last_burn_year"].values.astype(float)
             bx, by = b.x.values.astype(float), b.y.values.astype(float)
         f = json.loads((rd.run / "fire" / "fire.json").read_text()) if rd.has("fire/fire.json") else {}
         fp = f.get("fire_period", [np.nanmin(last) if np.isfinite(last).any() else None, None])
-        _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
-             title="d  burned cells (year of the last fire)", label="year")
+        im = _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
+                  title="d  burned cells (year of the last fire)", colorbar=False)
+        if im is not None:
+            plt.colorbar(im, ax=axes[1, 1], shrink=0.75, format="%d").set_label("year", fontsize=7)
     else:
         axes[1, 1].axis("off")
         fp = None
@@ -443,6 +490,7 @@ def fig_fire(rd: RunData) -> list[Item]:
         bottom += em[r].fillna(0).to_numpy()
     ax.plot(em.index, -nee, "k-o", ms=3, lw=1.2, label="net uptake (−NEE), domain")
     ax.set_ylabel("Tg C yr-1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, ncol=5)
     fig.tight_layout()
     y0, y1 = int(em.index.min()), int(em.index.max())
@@ -492,16 +540,14 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
         ncol = min(3, len(periods))
         nrow = int(np.ceil(len(periods) / ncol))
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.9 * nrow), squeeze=False)
-        cmap = ListedColormap(["#67001f", "#d6604d", "#fddbc7", "#d1e5f0", "#4393c3"])
-        norm = BoundaryNorm(MESS_BREAKS[1:-1], cmap.N, extend="both")
+        colors = ["#67001f", "#d6604d", "#fddbc7", "#d1e5f0", "#4393c3"]
         for ax, per in zip(axes.ravel(), periods):
-            im = _map(ax, rd, ex["mess"].sel(period=per).values, cmap=cmap, norm=norm, x=ex_x, y=ex_y,
-                      title=f"MESS {per}", colorbar=False)
+            m = ex["mess"].sel(period=per).values.astype(float)
+            codes = mess_classes(m)
+            _classes(ax, rd, codes, MESS_LABELS, colors, f"MESS (%) {per}", x=ex_x, y=ex_y)
         for ax in axes.ravel()[len(periods):]:
             ax.axis("off")
-        cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, ticks=[-100, -50, -10, 2.5, 20])
-        cb.ax.set_yticklabels(MESS_LABELS, fontsize=7)
-        cb.set_label("MESS (%)", fontsize=8)
+        fig.tight_layout()
         share = ""
         if rd.has("compare/mess_area.csv"):
             ma = rd.csv("compare/mess_area.csv")
@@ -511,7 +557,7 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
                     f"{r.period} {100 * r.share_extrapolated:.0f} %" for r in dom.itertuples()) + "."
         cap = ("Multivariate environmental similarity surface (MESS, %) of each period's mean continuous predictors "
                "against the training rows of that period; negative = the predictors lie outside the training range "
-               "(extrapolation), classes ≤ −80, −80 to −20, −20 to 0, 0 to 5, > 5 (RUN/compare/extrapolation.zarr)."
+               "(extrapolation), in classes ≤ −80, −80 to −20, −20 to < 0, 0 to 5, > 5 (RUN/compare/extrapolation.zarr)."
                + share)
         items.append(Item("mess", "Extrapolation", "Extrapolation: MESS by period", cap, fig=fig))
     panels = [v for v in ("mess_mod", "di", "cluster") if v in ex]
@@ -525,12 +571,9 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
                 mod = ex["mess_mod"].sel(period=per).values.astype(float)
                 mod[mod < 0] = np.nan
                 n = max(len(names), int(np.nanmax(mod)) + 1 if np.isfinite(mod).any() else 1)
-                im = _map(ax, rd, np.where(ex["mess"].sel(period=per).values < 0, mod, np.nan), cmap="tab20",
-                          vmin=-0.5, vmax=n - 0.5, x=ex_x, y=ex_y, title=f"most dissimilar predictor, {per}",
-                          colorbar=False)
-                if names:
-                    cb = plt.colorbar(im, ax=ax, shrink=0.75, ticks=range(len(names)))
-                    cb.ax.set_yticklabels(names, fontsize=6)
+                labels = names + [str(i) for i in range(len(names), n)]
+                _classes(ax, rd, np.where(ex["mess"].sel(period=per).values < 0, mod, np.nan), labels, _tab(n),
+                         f"most dissimilar predictor, {per}", x=ex_x, y=ex_y, fontsize=6)
             elif v == "di":
                 di = ex["di"].values.astype(float)
                 _map(ax, rd, di, cmap="YlOrRd", vmin=0, vmax=float(np.nanpercentile(di, 99)), x=ex_x, y=ex_y,
@@ -542,7 +585,9 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
             else:
                 cl = ex["cluster"].values.astype(float)
                 cl[cl < 0] = np.nan
-                _map(ax, rd, cl, cmap="tab10", x=ex_x, y=ex_y, title="environmental clusters", label="cluster")
+                n = int(np.nanmax(cl)) + 1 if np.isfinite(cl).any() else 1
+                _classes(ax, rd, cl, [f"cluster {i}" for i in range(n)], _tab(n), "environmental clusters",
+                         x=ex_x, y=ex_y)
         fig.tight_layout()
         thr = ex["aoa"].attrs.get("threshold") if "aoa" in ex else None
         cap = ("Where the model extrapolates: the predictor farthest outside its training range where MESS < 0 "
