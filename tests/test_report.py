@@ -186,3 +186,31 @@ def test_mess_classes_are_disjoint():
     got = R.mess_classes(m)
     np.testing.assert_array_equal(got[:-1], [0, 0, 1, 1, 2, 3, 3, 3, 4])
     assert np.isnan(got[-1])
+
+
+def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_run(study_run, fast_config,
+                                                                                       tmp_path, monkeypatch):
+    import abzflux.pipeline as P
+
+    run = _link_run(study_run[0], tmp_path / "run")
+    monkeypatch.setattr(P, "run_study", lambda *a, **k: {})  # the stages are done: only the ending is tested
+    calls = []
+
+    def fake(run_dir, log=None, progress=None):
+        calls.append(run_dir)
+        return R.Report(run=run_dir, path=run_dir / "report.html", items=[R.Item("x", "s", "t", "c")])
+
+    monkeypatch.setattr(R, "write_report", fake)
+    r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert calls == [run] and "report.html" in r.output
+    r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet", "--no-report"])
+    assert r.exit_code == 0 and len(calls) == 1
+
+    def boom(run_dir, log=None, progress=None):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(R, "write_report", boom)
+    r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "report failed" in r.output and "out of memory" in r.output

@@ -43,6 +43,7 @@ def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome"
         ax.set_xlabel("observed (g C m-2 month-1)")
         ax.set_ylabel("LOSO predicted (g C m-2 month-1)")
         ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
     return _save(fig, path)
 
 
