@@ -120,7 +120,7 @@ def test_report_has_every_figure_and_table_and_images_decode(full_report):
     assert f"{y0}–{y1}" in blocks["fig1"] and "g C m-2 yr-1" in blocks["fig1"]
     assert "Tg C yr-1" in blocks["fig2"] and "coarse model set" in blocks["fig2"] and "NEE + fire" in blocks["fig2"]
     assert "2001-2010 and 2011-2020" in blocks["fig3"] and "g C m-2 month-1" in blocks["fig3"]
-    assert "inversions" in blocks["fig1"]  # the reference product panel
+    assert "inversions 2001–2020" in blocks["fig1"]  # the reference product panel and its years
     assert "threshold 0.42" in blocks["extrapolation"]
     # the MESS caption quotes the synthetic domain shares: 0.25 and 0.125 -> 25 % and 12 %
     assert "2001-2010 25 %, 2011-2020 12 %" in blocks["mess"]

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from string import ascii_lowercase
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,10 +217,15 @@ def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=No
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
     if colorbar and im is not None:
-        cb = plt.colorbar(im, ax=ax, shrink=0.75, pad=0.02)
-        cb.set_label(label, fontsize=7)
-        cb.ax.tick_params(labelsize=7)
+        _cbar(im, ax, label)
     return im
+
+
+def _cbar(mappable, ax, label: str):
+    cb = plt.colorbar(mappable, ax=ax, shrink=0.75, pad=0.02)
+    cb.set_label(label, fontsize=7)
+    cb.ax.tick_params(labelsize=7)
+    return cb
 
 
 def _classes(ax, rd: RunData, codes, labels, colors, title, x=None, y=None, fontsize=7):
@@ -298,43 +304,52 @@ def fig1_maps(rd: RunData) -> list[Item]:
     norm_m = TwoSlopeNorm(0, -vm, vm)
     norm_t = TwoSlopeNorm(0, -vt, vt)
     site_xy = _site_xy(rd, sites)
-    # a) sites
-    _map(axes[0, 0], rd, None, title="a  sites: mean annual NEE")
+    top, bottom = ascii_lowercase[:ncol], ascii_lowercase[ncol:2 * ncol]  # panel letters row by row
+    _map(axes[0, 0], rd, None, title=f"{top[0]}  sites: mean annual NEE")
     if len(ins):
         xy = site_xy.loc[ins.site_id]
         sc = axes[0, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=ins.nee, cmap="RdBu_r", norm=norm_m, s=14,
                                 edgecolors="k", linewidths=0.3)
-        plt.colorbar(sc, ax=axes[0, 0], shrink=0.75, pad=0.02).set_label("g C m-2 yr-1", fontsize=7)
-    _map(axes[0, 1], rd, ma, cmap="RdBu_r", norm=norm_m, title="b  upscaled: mean annual NEE", label="g C m-2 yr-1")
-    _map(axes[1, 0], rd, None, title="e  sites (> 7 years): NEE trend")
+        _cbar(sc, axes[0, 0], "g C m-2 yr-1")
+    _map(axes[0, 1], rd, ma, cmap="RdBu_r", norm=norm_m, title=f"{top[1]}  upscaled: mean annual NEE", label="g C m-2 yr-1")
+    _map(axes[1, 0], rd, None, title=f"{bottom[0]}  sites (> 7 years): NEE trend")
     if len(st):
         xy = site_xy.loc[st.site_id]
         sig = (st.p < 0.05).to_numpy()
         sc = axes[1, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=st.slope, cmap="RdBu_r", norm=norm_t, s=np.where(sig, 30, 14),
                                 edgecolors=np.where(sig, "k", "0.6"), linewidths=np.where(sig, 1.0, 0.3))
-        plt.colorbar(sc, ax=axes[1, 0], shrink=0.75, pad=0.02).set_label("g C m-2 yr-2", fontsize=7)
+        _cbar(sc, axes[1, 0], "g C m-2 yr-2")
     else:
         axes[1, 0].text(0.5, 0.5, "no site with > 7 full years", transform=axes[1, 0].transAxes, ha="center", fontsize=8)
-    _map(axes[1, 1], rd, slope, cmap="RdBu_r", norm=norm_t, title="f  upscaled: NEE trend", label="g C m-2 yr-2")
+    _map(axes[1, 1], rd, slope, cmap="RdBu_r", norm=norm_t, title=f"{bottom[1]}  upscaled: NEE trend", label="g C m-2 yr-2")
     sy, sx = np.nonzero(np.nan_to_num(p, nan=1.0) < 0.05)
     axes[1, 1].scatter(x[sx] / 1e3, y[sy] / 1e3, s=0.6, c="k", marker=".", lw=0)
-    letters = "cdgh"
     for j, n in enumerate(names):
         d = prod.sel(product=n)
         px, py = d.x.values.astype(float), d.y.values.astype(float)
         _map(axes[0, 2 + j], rd, d["mean_annual"].values, cmap="RdBu_r", norm=norm_m, x=px, y=py,
-             title=f"{letters[min(j, 1)]}  {n}: mean annual NEE", label="g C m-2 yr-1")
+             title=f"{top[2 + j]}  {n}: mean annual NEE", label="g C m-2 yr-1")
         _map(axes[1, 2 + j], rd, d["trend"].values, cmap="RdBu_r", norm=norm_t, x=px, y=py,
-             title=f"{n}: NEE trend", label="g C m-2 yr-2")
+             title=f"{bottom[2 + j]}  {n}: NEE trend", label="g C m-2 yr-2")
     fig.tight_layout()
     cap = (f"Mean annual NEE (top, g C m-2 yr-1) and its Theil–Sen trend (bottom, g C m-2 yr-2), {rd.period()}. "
            f"Sites: mean of site-years with 12 months ({len(ins)} sites); site trends for sites with more than "
            f"7 full years ({len(st)} sites; black outline: Mann–Kendall p < 0.05). Upscaled: the NEE forest's "
            "monthly maps summed per year; dots mark cells with p < 0.05 (Zhang prewhitening). "
-           + (f"Reference products: {', '.join(names)} (RUN/compare/product_maps.zarr), on the analysis grid. "
-              if names else "No reference products in this run. ")
-           + "Negative = uptake. Equal-area polar projection of the run's grid; coastline = land fraction 0.5.")
+           + (f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), on the analysis "
+              "grid, same colour scales. " if names else "No reference products in this run. ")
+           + "Negative = uptake. Equal-area polar projection of the run's grid; outline: the shipped land mask "
+             "(0.5 contour).")
     return [Item("fig1", "Fig. 1", "Fig. 1: mean annual NEE and its trend", cap, fig=fig)]
+
+
+def _product_years(rd: RunData, names: list[str]) -> str:
+    """'name first–last' per product from compare/metrics.csv (just the names without it)."""
+    if not rd.has("compare/metrics.csv"):
+        return ", ".join(names)
+    m = rd.csv("compare/metrics.csv").set_index("product")
+    return ", ".join(f"{n} {int(m.loc[n, 'first_year'])}–{int(m.loc[n, 'last_year'])}" if n in m.index else n
+                     for n in names)
 
 
 def _site_mean_annual(sites: pd.DataFrame) -> pd.DataFrame:
