@@ -370,8 +370,7 @@ def _site_xy(rd: RunData, sites: pd.DataFrame) -> pd.DataFrame:
 
 def fig2_budgets(rd: RunData) -> list[Item]:
     fire = rd.has("fire/burned_cells.nc")
-    ncol = 2
-    fig, axes = plt.subplots(2, ncol, figsize=(11, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
     s_a = _budget_panel(axes[0, 0], rd, "domain", "a  Arctic–boreal zone")
     _budget_panel(axes[0, 1], rd, "permafrost", "b  permafrost region")
     axes[0, 0].legend(fontsize=7)
@@ -384,17 +383,16 @@ def fig2_budgets(rd: RunData) -> list[Item]:
         with xr.open_dataset(rd.run / "fire" / "burned_cells.nc") as b:
             last = b["last_burn_year"].values.astype(float)
             bx, by = b.x.values.astype(float), b.y.values.astype(float)
-        f = json.loads((rd.run / "fire" / "fire.json").read_text()) if rd.has("fire/fire.json") else {}
-        fp = f.get("fire_period", [np.nanmin(last) if np.isfinite(last).any() else None, None])
+        fp = json.loads((rd.run / "fire" / "fire.json").read_text())["fire_period"]
         im = _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
                   title="d  burned cells (year of the last fire)", colorbar=False)
         if im is not None:
             plt.colorbar(im, ax=axes[1, 1], shrink=0.75, format="%d").set_label("year", fontsize=7)
     else:
         axes[1, 1].axis("off")
-        fp = None
     fig.tight_layout()
-    coarse = "coarse NEE (grey: the coarse model set, RUN/coarse/budgets_annual.csv), " if "coarse NEE" in s_a else ""
+    coarse = (f"coarse NEE (grey: the coarse model set, {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv), "
+              if "coarse NEE" in s_a else "")
     fire_txt = ("NEE + fire (red: NEE plus fire emissions), " if "NEE + fire" in s_a else "")
     cap = (f"Annual CO2 budgets (Tg C yr-1), {rd.period()}, of a the whole domain and b the permafrost region: "
            f"NEE (blue), {coarse}{fire_txt}bands = ± SD across the bootstrap forests (fire carries no "
@@ -404,6 +402,11 @@ def fig2_budgets(rd: RunData) -> list[Item]:
            + (f"d: cells burned during the fire period {fp[0]}–{fp[1]}, coloured by the year of the last fire "
               "(RUN/fire/burned_cells.nc)." if fire else "No fire input in this run: no burned-cell map."))
     return [Item("fig2", "Fig. 2", "Fig. 2: annual budgets, trend attribution and burned cells", cap, fig=fig)]
+
+
+def _coarse_period(rd: RunData) -> str:
+    c = rd.csv("coarse/budgets_annual.csv")
+    return f"{int(c.year.min())}–{int(c.year.max())}"
 
 
 def fig3_monthly(rd: RunData) -> list[Item]:
@@ -445,7 +448,8 @@ def fig4_regions(rd: RunData) -> list[Item]:
     fig.tight_layout()
     cap = (f"Annual budgets (Tg C yr-1), {rd.period()}, of the boreal (top) and tundra (bottom) parts of Alaska, "
            f"Canada, Europe and Siberia: {', '.join(shown)}; bands = ± SD across the bootstrap forests "
-           "(RUN/budgets_annual.csv" + (", RUN/coarse/budgets_annual.csv" if "coarse NEE" in shown else "") + ").")
+           "(RUN/budgets_annual.csv" + (f"; coarse model set {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv"
+                                        if "coarse NEE" in shown else "") + ").")
     return [Item("fig4", "Fig. 4", "Fig. 4: regional budgets", cap, fig=fig)]
 
 
