@@ -22,10 +22,10 @@ import json
 import os
 import shutil
 import time
-from string import ascii_lowercase
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import ascii_lowercase
 
 import matplotlib
 
@@ -619,8 +619,8 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
             ("aoa_sd.csv", "Bootstrap SD inside vs outside the AOA",
              "Mean annual bootstrap SD (g C m-2 yr-1) inside and outside the area of applicability and their ratio."),
             ("clusters.csv", "Environmental clusters",
-             "Area share, cells, sites and site-months of each environmental cluster, with the cluster centres of "
-             "the standardised predictors."),
+             ("Area share, cells, sites and site-months of each environmental cluster, with the cluster centres "
+              "of the standardised predictors.")),
             ("mess_area.csv", "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period.")):
         if rd.has(f"compare/{name}"):
             items.append(Item(name.replace(".csv", "_table"), "Extrapolation", title,
@@ -698,7 +698,7 @@ def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
             progress(i, len(FIGURES))
         try:
             items = builder(rd)
-        except Exception as e:  # one broken figure must not take the page down with it
+        except Exception as e:  # noqa: BLE001 - one broken figure must not take the page down with it
             rep.errors.append((builder.__name__, f"{type(e).__name__}: {e}"))
             log(f"report: {builder.__name__} failed: {type(e).__name__}: {e}")
             plt.close("all")
@@ -743,11 +743,11 @@ def render_html(rd: RunData, rep: Report) -> str:
     rec = rd.record
     cfg = rec.get("config", {})
     esc = html.escape
-    head = [f"<h1>abzflux study report</h1>",
-            f"<p class='meta'>Run <code>{esc(str(rd.run.resolve()))}</code>; period {esc(rd.period())}; "
-            f"abzflux {esc(str(rec.get('abzflux', '?')))}, seed {esc(str(rec.get('seed', '?')))}; run finished "
-            f"{esc(str(rec.get('finished', '?')))}; report written "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>",
+    head = ["<h1>abzflux study report</h1>",
+            (f"<p class='meta'>Run <code>{esc(str(rd.run.resolve()))}</code>; period {esc(rd.period())}; "
+             f"abzflux {esc(str(rec.get('abzflux', '?')))}, seed {esc(str(rec.get('seed', '?')))}; run finished "
+             f"{esc(str(rec.get('finished', '?')))}; report written "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"),
             "<p class='meta'>Units: fluxes in g C m-2 (per month or year as stated), budgets in Tg C yr-1, "
             "trends per year. NEE &lt; 0 = uptake by the land. "
             + ("This run has a coarse model set (RUN/coarse). " if rd.has("coarse/budgets_annual.csv") else "")
