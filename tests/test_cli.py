@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_help_lists_every_command():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("twin", "run", "demo", "validate", "domain"):
+    for cmd in ("twin", "run", "demo", "validate", "domain", "report"):
         assert cmd in r.output
 
 

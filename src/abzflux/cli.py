@@ -106,8 +106,9 @@ def run(
                                   help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a "
                                        "LocalCluster; overrides run.scheduler. Default: this process."),
     quiet: bool = typer.Option(False, "--quiet", help="Only errors and the final summary."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
 ):
-    """Run the study described by CONFIG: sites, forests, upscaling, budgets, summary."""
+    """Run the study described by CONFIG: sites, forests, upscaling, budgets, summary, report."""
     from .config import load_config
     from .pipeline import run_study
 
@@ -121,6 +122,29 @@ def run(
     except InputError as e:
         _fail(e)
     _print_summary(out)
+    if report:
+        _write_report(out, quiet)
+
+
+def _write_report(run_dir: Path, quiet: bool) -> bool:
+    """The HTML report of a finished run. Never raises: the run's outputs are complete
+    whatever happens here (the report is written to temporary names and renamed)."""
+    from .report import write_report
+
+    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
+    prog = _progress_factory(quiet)("report figures")
+    try:
+        rep = write_report(run_dir, log=log, progress=prog)
+    except Exception as e:  # noqa: BLE001 - a failed report must not fail a finished run
+        console.print(f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
+                      f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)")
+        return False
+    finally:
+        prog(None, None)
+    for name, msg in rep.errors:
+        console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
+    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)")
+    return not rep.errors
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -188,7 +212,8 @@ def demo(
     existing = twin_dir / "twin.json"
     if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__ and \
             json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None):
-        console.log(f"reusing twin in {twin_dir}")
+        if not quiet:
+            console.log(f"reusing twin in {twin_dir}")
     else:
         if twin_dir.exists():
             console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first")
@@ -199,7 +224,8 @@ def demo(
             make_twin(twin_dir, spec, progress=prog, coarse=coarse)
         finally:
             prog(None, None)
-        console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
+        if not quiet:
+            console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
     cfg = load_config(twin_dir / "config.toml")
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
@@ -207,6 +233,30 @@ def demo(
     except InputError as e:
         _fail(e)
     _print_summary(out / "run")
+    _write_report(out / "run", quiet)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log; only the report's path."),
+):
+    """Write RUN_DIR/report.html (self-contained) and every figure as PNG and PDF in RUN_DIR/report/."""
+    from .report import write_report
+
+    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
+    prog = _progress_factory(quiet)("report figures")
+    try:
+        rep = write_report(run_dir, log=log, progress=prog)
+    except InputError as e:
+        _fail(e)
+    finally:
+        prog(None, None)
+    for name, msg in rep.errors:
+        console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
+    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)")
+    if rep.errors:
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -14,7 +14,9 @@ import pandas as pd  # noqa: E402
 FLUX_LABEL = {"gpp": "GPP", "reco": "Reco", "nee": "NEE"}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path | None):
+    if path is None:  # the caller (the report) renders the figure itself
+        return fig
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -41,6 +43,7 @@ def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome"
         ax.set_xlabel("observed (g C m-2 month-1)")
         ax.set_ylabel("LOSO predicted (g C m-2 month-1)")
         ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
     return _save(fig, path)
 
 

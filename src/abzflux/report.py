@@ -1,0 +1,780 @@
+"""The study report: the paper's figures and tables from a finished run, in one HTML page.
+
+``write_report(RUN)`` reads only the run directory (plus the zones file named in ``run.json``
+for the coastline) and writes
+
+- ``RUN/report/<figure>.png`` and ``.pdf`` for every figure,
+- ``RUN/report.html``: every figure embedded as base64 PNG with its caption, and the tables;
+  no external resource, so it opens offline and can be mailed as one file.
+
+Figures whose inputs are absent are left out (fire figures without ``RUN/fire/``, comparison
+and extrapolation figures without ``RUN/compare/``, the coarse series without
+``RUN/coarse/``). Everything is written to temporary names and renamed at the end, so a failing
+report never leaves a half-written page and never touches the run's own outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import ascii_lowercase
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from . import plots  # noqa: E402
+from .errors import InputError  # noqa: E402
+
+FLUXES = ("gpp", "reco", "nee")
+LABEL = {"gpp": "GPP", "reco": "Reco", "nee": "NEE", "nee_fire": "NEE + fire", "nee_derived": "Reco − GPP"}
+REGIONS = ("alaska", "canada", "europe", "siberia")
+BIOMES = ("boreal", "tundra")
+OVERLAY_NAMES = ("sink ↑ by GPP", "sink ↑ by Reco", "source ↑ by Reco", "source ↑ by GPP")
+# MESS classes (spec section 9, with the code's overlapping breaks made disjoint; < 0 = extrapolation)
+MESS_LABELS = ("≤ −80", "−80 to −20", "−20 to < 0", "0 to 5", "> 5")
+DPI = 100
+
+
+@dataclass
+class Item:
+    """One figure or table of the report."""
+    id: str
+    section: str
+    title: str
+    caption: str
+    fig: object = None  # a matplotlib figure (rendered to PNG + PDF by write_report)
+    table_html: str | None = None
+    png: bytes | None = None
+
+
+@dataclass
+class Report:
+    run: Path
+    items: list[Item] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    path: Path | None = None
+
+
+# --------------------------------------------------------------------------- run access
+class RunData:
+    """Lazy, cached access to a run directory's outputs."""
+
+    def __init__(self, run: Path):
+        self.run = Path(run)
+        if not (self.run / "budgets_annual.csv").exists():
+            raise InputError(str(self.run), "not a finished run: budgets_annual.csv is missing",
+                             expected="a run directory written by `abzflux run`")
+        rec = self.run / "run.json"
+        self.record = json.loads(rec.read_text()) if rec.exists() else {}
+        self._cache: dict = {}
+
+    def has(self, rel: str) -> bool:
+        return (self.run / rel).exists()
+
+    def csv(self, rel: str, **kw) -> pd.DataFrame:
+        key = ("csv", rel)
+        if key not in self._cache:
+            self._cache[key] = pd.read_csv(self.run / rel, **kw)
+        return self._cache[key]
+
+    def annual(self) -> pd.DataFrame:
+        return self.csv("budgets_annual.csv")
+
+    def years(self) -> tuple[int, int]:
+        a = self.annual()
+        return int(a.year.min()), int(a.year.max())
+
+    def period(self) -> str:
+        y0, y1 = self.years()
+        return f"{y0}–{y1}"
+
+    def upscaled(self) -> xr.Dataset:
+        if "up" not in self._cache:
+            self._cache["up"] = xr.open_zarr(self.run / "upscaled.zarr", consolidated=False)
+        return self._cache["up"]
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        up = self.upscaled()
+        return up.x.values.astype(float), up.y.values.astype(float)
+
+    def land(self) -> np.ndarray:
+        """Land fraction on the run's grid (from the zones file named in run.json; if that has
+        moved, the upscaled cells with a value stand in)."""
+        if "land" not in self._cache:
+            lf = None
+            z = self.record.get("config", {}).get("inputs", {}).get("zones")
+            if z:
+                p = Path(z)
+                if not p.is_absolute() and self.record.get("config_file"):
+                    p = Path(self.record["config_file"]).parent / p
+                if p.exists():
+                    with xr.open_dataset(p) as ds:
+                        if "land_fraction" in ds and ds.land_fraction.shape == self.upscaled().nee.shape[1:]:
+                            lf = np.nan_to_num(ds.land_fraction.values.astype(float))
+            if lf is None:
+                lf = self.upscaled().nee.isel(time=0).notnull().values.astype(float)
+            self._cache["land"] = lf
+        return self._cache["land"]
+
+    def coastline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, land fraction) to contour at 0.5 for the outline: the shipped 10-km domain mask
+        (land north of 49°N without lakes and ice) when the run's grid is in its CRS (EPSG:6931),
+        else the run's own land fraction. Nothing is downloaded."""
+        if "coast" not in self._cache:
+            x, y = self.grid()
+            coast = (x, y, self.land())
+            try:
+                from .domain import CRS_EPSG, _base
+                from .formats import grid_crs
+
+                if grid_crs(self.upscaled(), self.run / "upscaled.zarr").to_epsg() == CRS_EPSG:
+                    b = _base()
+                    # 20-km block mean: a clean outline without every 10-km lake
+                    lf = b["land_fraction"].astype(float)
+                    ny, nx = (s // 2 * 2 for s in lf.shape)
+                    lf = lf[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3))
+                    bx = b["x"][:nx].reshape(-1, 2).mean(1)
+                    by = b["y"][:ny].reshape(-1, 2).mean(1)
+                    coast = (bx, by, lf)
+            except (InputError, KeyError, ValueError, OSError):
+                pass
+            self._cache["coast"] = coast
+        return self._cache["coast"]
+
+    def mean_annual(self, var: str) -> np.ndarray:
+        """Mean over complete years of the annual sum (g C m-2 yr-1)."""
+        key = ("ma", var)
+        if key not in self._cache:
+            da = self.upscaled()[var]
+            self._cache[key] = np.asarray(da.groupby("time.year").sum(min_count=12).mean("year").values, float)
+        return self._cache[key]
+
+    def trend_maps(self) -> xr.Dataset:
+        if "tm" not in self._cache:
+            self._cache["tm"] = xr.open_zarr(self.run / "trends" / "trend_maps.zarr", consolidated=False)
+        return self._cache["tm"]
+
+    def sites(self) -> pd.DataFrame:
+        if "sites" not in self._cache:
+            self._cache["sites"] = pd.read_parquet(self.run / "sites.parquet")
+        return self._cache["sites"]
+
+
+# --------------------------------------------------------------------------- drawing helpers
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _extent(land: np.ndarray, x: np.ndarray, y: np.ndarray, pad: int = 1):
+    iy, ix = np.nonzero(land > 0)
+    if len(iy) == 0:
+        return None
+    xs = np.sort(x[max(ix.min() - pad, 0): ix.max() + pad + 1])
+    ys = np.sort(y[max(iy.min() - pad, 0): iy.max() + pad + 1])
+    dx = abs(x[1] - x[0]) if len(x) > 1 else 1.0
+    return xs[0] - dx, xs[-1] + dx, ys[0] - dx, ys[-1] + dx
+
+
+def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=None, title="", label="",
+         colorbar=True, x=None, y=None):
+    """One polar map in the grid's equal-area x/y (km), with the land outline from land_fraction."""
+    gx, gy = rd.grid()
+    x = gx if x is None else x
+    y = gy if y is None else y
+    land = rd.land()
+    im = None
+    if data is not None:
+        im = ax.pcolormesh(x / 1e3, y / 1e3, np.ma.masked_invalid(data), shading="nearest", cmap=cmap, norm=norm,
+                           vmin=None if norm is not None else vmin, vmax=None if norm is not None else vmax,
+                           rasterized=True)
+    cx, cy, cl = rd.coastline()
+    if np.nanmax(cl) > 0.5 > np.nanmin(cl):
+        ax.contour(cx / 1e3, cy / 1e3, cl, levels=[0.5], colors="0.25", linewidths=0.5)
+    ext = _extent(land, gx, gy)
+    if ext is not None:
+        ax.set_xlim(ext[0] / 1e3, ext[1] / 1e3)
+        ax.set_ylim(ext[2] / 1e3, ext[3] / 1e3)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    if colorbar and im is not None:
+        _cbar(im, ax, label)
+    return im
+
+
+def _cbar(mappable, ax, label: str):
+    cb = plt.colorbar(mappable, ax=ax, shrink=0.75, pad=0.02)
+    cb.set_label(label, fontsize=7)
+    cb.ax.tick_params(labelsize=7)
+    return cb
+
+
+def _classes(ax, rd: RunData, codes, labels, colors, title, x=None, y=None, fontsize=7):
+    """A categorical map: integer codes 0..n-1 (NaN = none), one labelled colour per class."""
+    n = len(labels)
+    im = _map(ax, rd, codes, cmap=ListedColormap(list(colors)[:n]), norm=BoundaryNorm(np.arange(n + 1) - 0.5, n),
+              title=title, colorbar=False, x=x, y=y)
+    cb = plt.colorbar(im, ax=ax, shrink=0.75, pad=0.02, ticks=range(n))
+    cb.ax.set_yticklabels(labels, fontsize=fontsize)
+    return im
+
+
+def mess_classes(m: np.ndarray) -> np.ndarray:
+    """MESS (%) -> class 0..4: ≤ −80 | (−80, −20] | (−20, 0) | [0, 5] | > 5; NaN stays NaN."""
+    m = np.asarray(m, float)
+    c = np.select([m <= -80, m <= -20, m < 0, m <= 5], [0, 1, 2, 3], 4).astype(float)
+    return np.where(np.isfinite(m), c, np.nan)
+
+
+def _tab(n):
+    return [plt.get_cmap("tab20" if n > 10 else "tab10")(i) for i in range(n)]
+
+
+def _sym(*arrays, q=98) -> float:
+    v = np.concatenate([np.abs(np.asarray(a, float)).ravel() for a in arrays if a is not None])
+    v = v[np.isfinite(v)]
+    m = float(np.percentile(v, q)) if len(v) else 1.0
+    return m if m > 0 else 1.0
+
+
+def _series(ax, df: pd.DataFrame, zone: str, flux: str, color: str, label: str):
+    d = df[(df.zone == zone) & (df.flux == flux)].sort_values("year")
+    if d.empty:
+        return False
+    ax.plot(d.year, d.tg_c, color=color, lw=1.4, label=label)
+    if "tg_c_sd" in d and d.tg_c_sd.notna().any():
+        ax.fill_between(d.year, d.tg_c - d.tg_c_sd, d.tg_c + d.tg_c_sd, color=color, alpha=0.2, lw=0)
+    return True
+
+
+def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
+    ann = rd.annual()
+    shown = []
+    if _series(ax, ann, zone, "nee", "tab:blue", "NEE"):
+        shown.append("NEE")
+    if rd.has("coarse/budgets_annual.csv") and _series(ax, rd.csv("coarse/budgets_annual.csv"), zone, "nee",
+                                                       "0.45", "NEE, coarse model set"):
+        shown.append("coarse NEE")
+    if _series(ax, ann, zone, "nee_fire", "tab:red", "NEE + fire"):
+        shown.append("NEE + fire")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("Tg C yr-1", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return shown
+
+
+# --------------------------------------------------------------------------- figures
+def fig1_maps(rd: RunData) -> list[Item]:
+    x, y = rd.grid()
+    ma = rd.mean_annual("nee")
+    tm = rd.trend_maps()
+    slope, p = tm["nee_annual_slope"].values, tm["nee_annual_p"].values
+    sites = rd.sites()
+    ins = _site_mean_annual(sites)
+    st = rd.csv("trends/site_trends.csv") if rd.has("trends/site_trends.csv") else pd.DataFrame()
+    prod = None
+    if rd.has("compare/product_maps.zarr"):
+        prod = xr.open_zarr(rd.run / "compare" / "product_maps.zarr", consolidated=False)
+    names = [str(n) for n in prod["product"].values] if prod is not None else []
+    ncol = 2 + len(names)
+    fig, axes = plt.subplots(2, ncol, figsize=(4.0 * ncol, 7.4), squeeze=False)
+    vm = _sym(ma, ins.nee.values if len(ins) else None)
+    vt = _sym(slope)
+    norm_m = TwoSlopeNorm(0, -vm, vm)
+    norm_t = TwoSlopeNorm(0, -vt, vt)
+    site_xy = _site_xy(rd, sites)
+    top, bottom = ascii_lowercase[:ncol], ascii_lowercase[ncol:2 * ncol]  # panel letters row by row
+    _map(axes[0, 0], rd, None, title=f"{top[0]}  sites: mean annual NEE")
+    if len(ins):
+        xy = site_xy.loc[ins.site_id]
+        sc = axes[0, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=ins.nee, cmap="RdBu_r", norm=norm_m, s=14,
+                                edgecolors="k", linewidths=0.3)
+        _cbar(sc, axes[0, 0], "g C m-2 yr-1")
+    _map(axes[0, 1], rd, ma, cmap="RdBu_r", norm=norm_m, title=f"{top[1]}  upscaled: mean annual NEE", label="g C m-2 yr-1")
+    _map(axes[1, 0], rd, None, title=f"{bottom[0]}  sites (> 7 years): NEE trend")
+    if len(st):
+        xy = site_xy.loc[st.site_id]
+        sig = (st.p < 0.05).to_numpy()
+        sc = axes[1, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=st.slope, cmap="RdBu_r", norm=norm_t, s=np.where(sig, 30, 14),
+                                edgecolors=np.where(sig, "k", "0.6"), linewidths=np.where(sig, 1.0, 0.3))
+        _cbar(sc, axes[1, 0], "g C m-2 yr-2")
+    else:
+        axes[1, 0].text(0.5, 0.5, "no site with > 7 full years", transform=axes[1, 0].transAxes, ha="center", fontsize=8)
+    _map(axes[1, 1], rd, slope, cmap="RdBu_r", norm=norm_t, title=f"{bottom[1]}  upscaled: NEE trend", label="g C m-2 yr-2")
+    sy, sx = np.nonzero(np.nan_to_num(p, nan=1.0) < 0.05)
+    axes[1, 1].scatter(x[sx] / 1e3, y[sy] / 1e3, s=0.6, c="k", marker=".", lw=0)
+    for j, n in enumerate(names):
+        d = prod.sel(product=n)
+        px, py = d.x.values.astype(float), d.y.values.astype(float)
+        _map(axes[0, 2 + j], rd, d["mean_annual"].values, cmap="RdBu_r", norm=norm_m, x=px, y=py,
+             title=f"{top[2 + j]}  {n}: mean annual NEE", label="g C m-2 yr-1")
+        _map(axes[1, 2 + j], rd, d["trend"].values, cmap="RdBu_r", norm=norm_t, x=px, y=py,
+             title=f"{bottom[2 + j]}  {n}: NEE trend", label="g C m-2 yr-2")
+    fig.tight_layout()
+    cap = (f"Mean annual NEE (top, g C m-2 yr-1) and its Theil–Sen trend (bottom, g C m-2 yr-2), {rd.period()}. "
+           f"Sites: mean of site-years with 12 months ({len(ins)} sites); site trends for sites with more than "
+           f"7 full years ({len(st)} sites; black outline: Mann–Kendall p < 0.05). Upscaled: the NEE forest's "
+           "monthly maps summed per year; dots mark cells with p < 0.05 (Zhang prewhitening). "
+           + (f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), on the analysis "
+              "grid, same colour scales. " if names else "No reference products in this run. ")
+           + "Negative = uptake. Equal-area polar projection of the run's grid; outline: the shipped land mask "
+             "(0.5 contour).")
+    return [Item("fig1", "Fig. 1", "Fig. 1: mean annual NEE and its trend", cap, fig=fig)]
+
+
+def _product_years(rd: RunData, names: list[str]) -> str:
+    """'name first–last' per product from compare/metrics.csv (just the names without it)."""
+    if not rd.has("compare/metrics.csv"):
+        return ", ".join(names)
+    m = rd.csv("compare/metrics.csv").set_index("product")
+    return ", ".join(f"{n} {int(m.loc[n, 'first_year'])}–{int(m.loc[n, 'last_year'])}" if n in m.index else n
+                     for n in names)
+
+
+def _site_mean_annual(sites: pd.DataFrame) -> pd.DataFrame:
+    """Per site: mean over its site-years with all 12 months of the annual NEE sum."""
+    from .budgets import insitu_annual
+
+    if "nee" not in sites:
+        return pd.DataFrame(columns=["site_id", "nee"])
+    a = insitu_annual(sites, "nee")
+    return a.groupby("site_id").annual.mean().rename("nee").reset_index()
+
+
+def _site_xy(rd: RunData, sites: pd.DataFrame) -> pd.DataFrame:
+    x, y = rd.grid()
+    s = sites.groupby("site_id")[["iy", "ix"]].first()
+    return pd.DataFrame({"x": x[s.ix.to_numpy()], "y": y[s.iy.to_numpy()]}, index=s.index)
+
+
+def fig2_budgets(rd: RunData) -> list[Item]:
+    fire = rd.has("fire/burned_cells.nc")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
+    s_a = _budget_panel(axes[0, 0], rd, "domain", "a  Arctic–boreal zone")
+    _budget_panel(axes[0, 1], rd, "permafrost", "b  permafrost region")
+    axes[0, 0].legend(fontsize=7)
+    tm = rd.trend_maps()
+    cls = tm["nee_trend_attribution"].values.astype(float)
+    cls[cls <= 0] = np.nan  # 0 = no NEE trend / water
+    _classes(axes[1, 0], rd, cls - 1, OVERLAY_NAMES, ["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"],
+             "c  what drives the NEE trend")
+    if fire:
+        with xr.open_dataset(rd.run / "fire" / "burned_cells.nc") as b:
+            last = b["last_burn_year"].values.astype(float)
+            bx, by = b.x.values.astype(float), b.y.values.astype(float)
+        fp = json.loads((rd.run / "fire" / "fire.json").read_text())["fire_period"]
+        im = _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
+                  title="d  burned cells (year of the last fire)", colorbar=False)
+        if im is not None:
+            plt.colorbar(im, ax=axes[1, 1], shrink=0.75, format="%d").set_label("year", fontsize=7)
+    else:
+        axes[1, 1].axis("off")
+    fig.tight_layout()
+    coarse = (f"coarse NEE (grey: the coarse model set, {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv), "
+              if "coarse NEE" in s_a else "")
+    fire_txt = ("NEE + fire (red: NEE plus fire emissions), " if "NEE + fire" in s_a else "")
+    cap = (f"Annual CO2 budgets (Tg C yr-1), {rd.period()}, of a the whole domain and b the permafrost region: "
+           f"NEE (blue), {coarse}{fire_txt}bands = ± SD across the bootstrap forests (fire carries no "
+           "uncertainty). c: the GPP/Reco attribution of each cell's annual NEE trend (significant and non-"
+           "significant alike): a strengthening sink from rising GPP or falling Reco, a strengthening source from "
+           "rising Reco or falling GPP. "
+           + (f"d: cells burned during the fire period {fp[0]}–{fp[1]}, coloured by the year of the last fire "
+              "(RUN/fire/burned_cells.nc)." if fire else "No fire input in this run: no burned-cell map."))
+    return [Item("fig2", "Fig. 2", "Fig. 2: annual budgets, trend attribution and burned cells", cap, fig=fig)]
+
+
+def _coarse_period(rd: RunData) -> str:
+    c = rd.csv("coarse/budgets_annual.csv")
+    return f"{int(c.year.min())}–{int(c.year.max())}"
+
+
+def fig3_monthly(rd: RunData) -> list[Item]:
+    if not rd.has("budgets/decadal_monthly.csv"):
+        return []
+    d = rd.csv("budgets/decadal_monthly.csv")
+    periods = [p for p in dict.fromkeys(d.period) if p != "difference"]
+    fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex=True)
+    for i, f in enumerate(FLUXES):
+        for j, b in enumerate(BIOMES):
+            ax = axes[i, j]
+            for k, per in enumerate(periods):
+                g = d[(d.flux == f) & (d.zone == b) & (d.period == per)].sort_values("month")
+                ax.errorbar(g.month + (k - 0.5) * 0.15, g.g_c_m2_month,
+                            yerr=g.sd_bootstrap if "sd_bootstrap" in g else None, marker="o", ms=3, lw=1.2,
+                            capsize=2, color=("tab:blue", "tab:orange")[k % 2], label=per)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_title(f"{LABEL[f]}, {b}", fontsize=9)
+            ax.set_ylabel("g C m-2 month-1", fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xticks(range(1, 13))
+        ax.set_xlabel("month", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    cap = (f"Mean monthly NEE, GPP and Reco (area-weighted density, g C m-2 month-1) of the boreal and tundra "
+           f"biomes in {' and '.join(periods)}; error bars = SD across the bootstrap forests of each decade's mean "
+           "(RUN/budgets/decadal_monthly.csv).")
+    return [Item("fig3", "Fig. 3", "Fig. 3: monthly fluxes by biome, first vs last decade", cap, fig=fig)]
+
+
+def fig4_regions(rd: RunData) -> list[Item]:
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.5), sharex=True)
+    shown = []
+    for i, b in enumerate(BIOMES):
+        for j, r in enumerate(REGIONS):
+            shown = _budget_panel(axes[i, j], rd, f"{b}/{r}", f"{b}, {r}") or shown
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    cap = (f"Annual budgets (Tg C yr-1), {rd.period()}, of the boreal (top) and tundra (bottom) parts of Alaska, "
+           f"Canada, Europe and Siberia: {', '.join(shown)}; bands = ± SD across the bootstrap forests "
+           "(RUN/budgets_annual.csv" + (f"; coarse model set {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv"
+                                        if "coarse NEE" in shown else "") + ").")
+    return [Item("fig4", "Fig. 4", "Fig. 4: regional budgets", cap, fig=fig)]
+
+
+def fig_skill(rd: RunData) -> list[Item]:
+    if not rd.has("cv/predictions.parquet"):
+        return []
+    info = json.loads((rd.run / "models" / "forest.json").read_text())
+    pred = pd.read_parquet(rd.run / "cv" / "predictions.parquet")
+    chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
+    fig = plots.obs_vs_pred(chosen, {f: v.get("cv", {}) for f, v in info.items()}, None)
+    mtry = ", ".join(f"{f} {v['mtry']}" for f, v in info.items())
+    cap = ("Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site, "
+           "against the observation (g C m-2 month-1), coloured by biome; title: caret-style site-mean R² and RMSE "
+           f"at the chosen mtry ({mtry}); site-months "
+           f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet).")
+    items = [Item("skill", "Model skill", "Model skill: observed vs predicted", cap, fig=fig)]
+    if rd.has("cv/skill.csv"):
+        s = rd.csv("cv/skill.csv")
+        items.append(Item("skill_table", "Model skill", "Cross-validated skill (pooled and site-mean)",
+                          "Skill of the leave-one-site-out predictions (RUN/cv/skill.csv); RMSE, MAE and bias in "
+                          "g C m-2 month-1.", table_html=_table(s)))
+    return items
+
+
+def fig_interpret(rd: RunData) -> list[Item]:
+    items = []
+    if rd.has("interpret/importance.csv"):
+        imp = rd.csv("interpret/importance.csv")
+        fig = plots.importance_bars(imp, None)
+        items.append(Item("importance", "Importance and partial dependence", "Permutation importance",
+                          "Increase of the final forest's RMSE (g C m-2 month-1) on the training rows when one "
+                          "predictor is permuted; bars = mean, whiskers = SD over the permutation repeats "
+                          "(RUN/interpret/importance.csv).", fig=fig))
+    if rd.has("interpret/partial_dependence.csv"):
+        pdp = rd.csv("interpret/partial_dependence.csv")
+        for f in FLUXES:
+            if f in set(pdp.flux):
+                fig = plots.partial_dependence_panels(pdp, f, None)
+                items.append(Item(f"pdp_{f}", "Importance and partial dependence", f"Partial dependence of {LABEL[f]}",
+                                  f"Partial dependence of the final {LABEL[f]} forest's prediction "
+                                  "(g C m-2 month-1) on each predictor, averaged over the training rows "
+                                  "(RUN/interpret/partial_dependence.csv); factors as points.", fig=fig))
+    return items
+
+
+def fig_fire(rd: RunData) -> list[Item]:
+    if not rd.has("fire/emissions_by_zone.csv"):
+        return []
+    em = rd.csv("fire/emissions_by_zone.csv").set_index("year")
+    regs = [r for r in REGIONS if r in em.columns]
+    ann = rd.annual()
+    nee = ann[(ann.zone == "domain") & (ann.flux == "nee")].set_index("year").tg_c.reindex(em.index)
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    bottom = np.zeros(len(em))
+    for r, c in zip(regs, ("tab:orange", "tab:red", "tab:purple", "tab:brown")):
+        ax.bar(em.index, em[r], bottom=bottom, color=c, label=r)
+        bottom += em[r].fillna(0).to_numpy()
+    ax.plot(em.index, -nee, "k-o", ms=3, lw=1.2, label="net uptake (−NEE), domain")
+    ax.set_ylabel("Tg C yr-1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, ncol=5)
+    fig.tight_layout()
+    y0, y1 = int(em.index.min()), int(em.index.max())
+    cap = (f"Fire CO2 emissions by region (stacked, Tg C yr-1), {y0}–{y1}, from the fire input aggregated over each "
+           "region (RUN/fire/emissions_by_zone.csv), and the domain's net uptake (−NEE, Tg C yr-1): years where the "
+           "stack rises above the line are years in which fire offset the uptake.")
+    items = [Item("fire_emissions", "Fire", "Fire emissions by region", cap, fig=fig)]
+    if rd.has("fire/bias_correction.csv"):
+        items.append(Item("fire_bias_table", "Fire", "Fire bias correction of the target year",
+                          "NEE budget (Tg C yr-1) of the target year before and after the years-since-fire bias "
+                          "correction (RUN/fire/bias_correction.csv).", table_html=_table(rd.csv("fire/bias_correction.csv"))))
+    return items
+
+
+def fig_uncertainty(rd: RunData) -> list[Item]:
+    up = rd.upscaled()
+    fl = [f for f in FLUXES if f"{f}_sd" in up]
+    if not fl:
+        return []
+    fig, axes = plt.subplots(2, len(fl), figsize=(4.3 * len(fl), 7.4), squeeze=False)
+    for j, f in enumerate(fl):
+        sd = np.asarray(up[f"{f}_sd"].mean("time").values, float)
+        mag = np.asarray(abs(up[f]).mean("time").values, float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = 100 * sd / mag
+        _map(axes[0, j], rd, sd, cmap="magma_r", vmin=0, vmax=float(np.nanpercentile(sd, 99)),
+             title=f"{LABEL[f]}: bootstrap SD", label="g C m-2 month-1")
+        _map(axes[1, j], rd, rel, cmap="cividis", vmin=0, vmax=min(200.0, float(np.nanpercentile(rel, 98))),
+             title=f"{LABEL[f]}: relative SD", label="% of mean |flux|")
+    fig.tight_layout()
+    cap = (f"Per-cell uncertainty, {rd.period()}: top, the SD across the bootstrap forests of the monthly flux, "
+           "averaged over all months (g C m-2 month-1); bottom, that SD relative to the mean absolute monthly flux "
+           "(%, colour scale capped at 200 %; NEE's is large where NEE is near zero). From RUN/upscaled.zarr "
+           "(*_sd); the bootstrap forests leave out month and vegetation type.")
+    return [Item("uncertainty", "Uncertainty", "SD and relative-SD maps", cap, fig=fig)]
+
+
+def fig_extrapolation(rd: RunData) -> list[Item]:
+    p = rd.run / "compare" / "extrapolation.zarr"
+    if not p.exists():
+        return []
+    ex = xr.open_zarr(p, consolidated=False)
+    ex_x, ex_y = ex.x.values.astype(float), ex.y.values.astype(float)
+    items = []
+    periods = [str(v) for v in ex["period"].values] if "mess" in ex else []
+    if periods:
+        ncol = min(3, len(periods))
+        nrow = int(np.ceil(len(periods) / ncol))
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.9 * nrow), squeeze=False)
+        colors = ["#67001f", "#d6604d", "#fddbc7", "#d1e5f0", "#4393c3"]
+        for ax, per in zip(axes.ravel(), periods):
+            m = ex["mess"].sel(period=per).values.astype(float)
+            codes = mess_classes(m)
+            _classes(ax, rd, codes, MESS_LABELS, colors, f"MESS (%) {per}", x=ex_x, y=ex_y)
+        for ax in axes.ravel()[len(periods):]:
+            ax.axis("off")
+        fig.tight_layout()
+        share = ""
+        if rd.has("compare/mess_area.csv"):
+            ma = rd.csv("compare/mess_area.csv")
+            dom = ma[ma.zone == "domain"]
+            if len(dom):
+                share = " Domain area share with MESS < 0: " + ", ".join(
+                    f"{r.period} {100 * r.share_extrapolated:.0f} %" for r in dom.itertuples()) + "."
+        cap = ("Multivariate environmental similarity surface (MESS, %) of each period's mean continuous predictors "
+               "against the training rows of that period; negative = the predictors lie outside the training range "
+               "(extrapolation), in classes ≤ −80, −80 to −20, −20 to < 0, 0 to 5, > 5 (RUN/compare/extrapolation.zarr)."
+               + share)
+        items.append(Item("mess", "Extrapolation", "Extrapolation: MESS by period", cap, fig=fig))
+    panels = [v for v in ("mess_mod", "di", "cluster") if v in ex]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+        for ax, v in zip(axes[0], panels):
+            if v == "mess_mod":
+                per = periods[-1]
+                names = ex["mess_mod"].attrs.get("flag_meanings", "")
+                names = names.split() if isinstance(names, str) else list(names)
+                mod = ex["mess_mod"].sel(period=per).values.astype(float)
+                mod[mod < 0] = np.nan
+                n = max(len(names), int(np.nanmax(mod)) + 1 if np.isfinite(mod).any() else 1)
+                labels = names + [str(i) for i in range(len(names), n)]
+                _classes(ax, rd, np.where(ex["mess"].sel(period=per).values < 0, mod, np.nan), labels, _tab(n),
+                         f"most dissimilar predictor, {per}", x=ex_x, y=ex_y, fontsize=6)
+            elif v == "di":
+                di = ex["di"].values.astype(float)
+                _map(ax, rd, di, cmap="YlOrRd", vmin=0, vmax=float(np.nanpercentile(di, 99)), x=ex_x, y=ex_y,
+                     title="dissimilarity index (AOA outline)", label="DI")
+                if "aoa" in ex:
+                    a = np.nan_to_num(ex["aoa"].values.astype(float))
+                    if a.max() > 0.5 > a.min():
+                        ax.contour(ex_x / 1e3, ex_y / 1e3, a, levels=[0.5], colors="b", linewidths=0.8)
+            else:
+                cl = ex["cluster"].values.astype(float)
+                cl[cl < 0] = np.nan
+                n = int(np.nanmax(cl)) + 1 if np.isfinite(cl).any() else 1
+                _classes(ax, rd, cl, [f"cluster {i}" for i in range(n)], _tab(n), "environmental clusters",
+                         x=ex_x, y=ex_y)
+        fig.tight_layout()
+        thr = ex["aoa"].attrs.get("threshold") if "aoa" in ex else None
+        cap = ("Where the model extrapolates: the predictor farthest outside its training range where MESS < 0 "
+               "(last period); the area-of-applicability dissimilarity index (DI) with the AOA boundary in blue"
+               + (f" (threshold {float(thr):.3g})" if thr is not None else "")
+               + "; k-means clusters of the standardised predictors (RUN/compare/extrapolation.zarr).")
+        items.append(Item("extrapolation", "Extrapolation", "Extrapolation: dissimilar predictor, AOA, clusters",
+                          cap, fig=fig))
+    for name, title, cap in (
+            ("aoa_sd.csv", "Bootstrap SD inside vs outside the AOA",
+             "Mean annual bootstrap SD (g C m-2 yr-1) inside and outside the area of applicability and their ratio."),
+            ("clusters.csv", "Environmental clusters",
+             ("Area share, cells, sites and site-months of each environmental cluster, with the cluster centres "
+              "of the standardised predictors.")),
+            ("mess_area.csv", "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period.")):
+        if rd.has(f"compare/{name}"):
+            items.append(Item(name.replace(".csv", "_table"), "Extrapolation", title,
+                              cap + f" (RUN/compare/{name})", table_html=_table(rd.csv(f"compare/{name}"))))
+    return items
+
+
+def tables(rd: RunData) -> list[Item]:
+    items = []
+    if rd.has("budgets/table1.csv"):
+        t = rd.csv("budgets/table1.csv")
+
+        def pm(a, b):
+            return "" if pd.isna(a) else (f"{a:.0f}" + ("" if pd.isna(b) else f" ± {b:.0f}"))
+        g = lambda r, c: r.get(c, np.nan)  # noqa: E731
+        rows = [{"group": r["group"], "flux": LABEL.get(r["flux"], r["flux"]), "season": r["season"],
+                 "in situ (g C m-2 yr-1)": pm(g(r, "insitu_mean"), g(r, "insitu_sd")),
+                 "sites": "" if pd.isna(g(r, "insitu_sites")) else int(r["insitu_sites"]),
+                 "upscaled (g C m-2 yr-1)": pm(g(r, "density"), g(r, "density_sd_years")),
+                 "budget (Tg C yr-1)": pm(g(r, "budget"), g(r, "budget_sd"))} for _, r in t.iterrows()]
+        items.append(Item("table1", "Tables", f"Table 1: average Arctic–boreal CO2 fluxes, {rd.period()}",
+                          "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. Upscaled: "
+                          "area-weighted density, mean ± SD across years; budget ± SD across the bootstrap forests. "
+                          "nonsummer = January–May + September–December of the same year (RUN/budgets/table1.csv).",
+                          table_html=_table(pd.DataFrame(rows))))
+    if rd.has("summary.json"):
+        s = json.loads((rd.run / "summary.json").read_text())
+        if "truth" in s:
+            t = pd.DataFrame(s["truth"])
+            from .pipeline import _order
+            t = _order(t)
+            cols = [c for c in ("flux", "zone", "estimate", "sd", "truth", "error", "rel_error", "trend", "trend_truth")
+                    if c in t]
+            items.append(Item("truth_table", "Tables", f"Budgets vs the twin's truth, {rd.period()}",
+                              "Period-mean budgets (Tg C yr-1) ± bootstrap SD next to the truth, and Theil–Sen budget "
+                              f"trends (Tg C yr-2); mean annual NEE map vs truth: Pearson r = "
+                              f"{s.get('nee_map_pearson_r', float('nan')):.3f} (RUN/summary.json).",
+                              table_html=_table(t[cols])))
+    if rd.has("compare/metrics.csv"):
+        items.append(Item("comparison_table", "Tables", "Comparison with reference products",
+                          "Per reference product: Pearson r (and p) of the mean annual NEE maps and of the per-cell "
+                          "trend maps against abzflux over the common years, source-area shares and cells compared "
+                          "(RUN/compare/metrics.csv).", table_html=_table(rd.csv("compare/metrics.csv"))))
+    if rd.has("compare/budgets.csv"):
+        items.append(Item("comparison_budgets", "Tables", "Budgets of the reference products",
+                          "Mean annual NEE budget (Tg C yr-1) of abzflux and of each product over the product's "
+                          "years, and their ratio, per zone (RUN/compare/budgets.csv).",
+                          table_html=_table(rd.csv("compare/budgets.csv"))))
+    return items
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, border=0, classes="tbl", na_rep="",
+                      float_format=lambda v: f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}")
+
+
+FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
+    fig1_maps, fig2_budgets, fig3_monthly, fig4_regions, fig_skill, fig_interpret, fig_fire, fig_uncertainty,
+    fig_extrapolation, tables)
+
+
+# --------------------------------------------------------------------------- the page
+def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
+                 progress: Callable | None = None) -> Report:
+    """Write ``RUN/report/`` (PNG + PDF per figure) and ``RUN/report.html``. A figure that fails is
+    reported on the page and in ``Report.errors``; the others are still written."""
+    t0 = time.perf_counter()
+    rd = RunData(Path(run_dir))
+    rep = Report(rd.run)
+    tmp = rd.run / "report.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for i, builder in enumerate(FIGURES):
+        if progress is not None:
+            progress(i, len(FIGURES))
+        try:
+            items = builder(rd)
+        except Exception as e:  # noqa: BLE001 - one broken figure must not take the page down with it
+            rep.errors.append((builder.__name__, f"{type(e).__name__}: {e}"))
+            log(f"report: {builder.__name__} failed: {type(e).__name__}: {e}")
+            plt.close("all")
+            continue
+        for it in items:
+            if it.fig is not None:  # the PNG (also embedded) and the PDF from the same figure
+                it.png = _png(it.fig)
+                (tmp / f"{it.id}.png").write_bytes(it.png)
+                it.fig.savefig(tmp / f"{it.id}.pdf", bbox_inches="tight")
+                plt.close(it.fig)
+                it.fig = None
+            rep.items.append(it)
+        log(f"report: {builder.__name__}: {len(items)} item(s)")
+    if progress is not None:
+        progress(len(FIGURES), len(FIGURES))
+    page = render_html(rd, rep)
+    (tmp / "report.html.tmp").write_text(page, encoding="utf-8")
+    final_dir = rd.run / "report"
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    os.replace(final_dir / "report.html.tmp", rd.run / "report.html")
+    rep.path = rd.run / "report.html"
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;
+color:#222;line-height:1.45;padding:0 1em}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444;margin-top:.4em}
+table.tbl{border-collapse:collapse;font-size:.82em;margin:.6em 0}
+table.tbl td,table.tbl th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+table.tbl th{background:#f3f3f3}.meta{color:#555;font-size:.9em}.err{color:#b00}
+.scroll{overflow-x:auto}nav ul{columns:2;font-size:.92em}
+"""
+
+
+def render_html(rd: RunData, rep: Report) -> str:
+    rec = rd.record
+    cfg = rec.get("config", {})
+    esc = html.escape
+    head = ["<h1>abzflux study report</h1>",
+            (f"<p class='meta'>Run <code>{esc(str(rd.run.resolve()))}</code>; period {esc(rd.period())}; "
+             f"abzflux {esc(str(rec.get('abzflux', '?')))}, seed {esc(str(rec.get('seed', '?')))}; run finished "
+             f"{esc(str(rec.get('finished', '?')))}; report written "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"),
+            "<p class='meta'>Units: fluxes in g C m-2 (per month or year as stated), budgets in Tg C yr-1, "
+            "trends per year. NEE &lt; 0 = uptake by the land. "
+            + ("This run has a coarse model set (RUN/coarse). " if rd.has("coarse/budgets_annual.csv") else "")
+            + ("Inputs: " + ", ".join(f"{esc(k)} = <code>{esc(Path(str(v)).name)}</code>"
+                                      for k, v in cfg.get("inputs", {}).items() if v) + "." if cfg else "")
+            + "</p>"]
+    toc, body, section = [], [], None
+    for it in rep.items:
+        if it.section != section:
+            section = it.section
+            body.append(f"<h2 id='sec-{_slug(section)}'>{esc(section)}</h2>")
+        toc.append(f"<li><a href='#{it.id}'>{esc(it.title)}</a></li>")
+        if it.png is not None:
+            b64 = base64.b64encode(it.png).decode("ascii")
+            body.append(f"<figure id='{it.id}'><h3>{esc(it.title)}</h3>"
+                        f"<img alt='{esc(it.title)}' src='data:image/png;base64,{b64}'>"
+                        f"<figcaption>{esc(it.caption)} Files: report/{it.id}.png, report/{it.id}.pdf.</figcaption></figure>")
+        else:
+            body.append(f"<div class='table' id='{it.id}'><h3>{esc(it.title)}</h3><p class='meta'>{esc(it.caption)}</p>"
+                        f"<div class='scroll'>{it.table_html}</div></div>")
+    if rep.errors:
+        body.append("<h2 id='sec-errors'>Figures that failed</h2><ul class='err'>"
+                    + "".join(f"<li>{esc(n)}: {esc(m)}</li>" for n, m in rep.errors) + "</ul>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>abzflux study report</title>"
+            f"<style>{CSS}</style></head><body>" + "".join(head)
+            + "<nav><h2>Contents</h2><ul>" + "".join(toc) + "</ul></nav>" + "".join(body) + "</body></html>\n")
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
