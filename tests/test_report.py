@@ -23,11 +23,11 @@ runner = CliRunner()
 PERIODS = ["2001-2010", "2011-2020"]
 
 
-def _link_run(src, dst):
+def _link_run(src, dst, exclude=()):
     """A view of a finished run (symlinked entries) that the test may add files to."""
     dst.mkdir()
     for p in src.iterdir():
-        if p.name not in ("report", "report.html", "report.tmp"):
+        if p.name not in ("report", "report.html", "report.tmp", *exclude):
             (dst / p.name).symlink_to(p)
     return dst
 
@@ -83,7 +83,8 @@ def _sections(page: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def full_report(study_run, tmp_path_factory):
-    run = _link_run(study_run[0], tmp_path_factory.mktemp("report") / "run")
+    # the run's own compare/ is replaced by one with known values
+    run = _link_run(study_run[0], tmp_path_factory.mktemp("report") / "run", exclude=("compare",))
     _synthetic_compare(run)
     _coarse(run)
     r = runner.invoke(app, ["report", str(run), "--quiet"])
@@ -128,6 +129,23 @@ def test_report_has_every_figure_and_table_and_images_decode(full_report):
     assert "Figures that failed" not in page
 
 
+def test_report_draws_the_real_compare_stage_outputs(study_run, tmp_path):
+    run = _link_run(study_run[0], tmp_path / "run")
+    assert (run / "compare" / "extrapolation.zarr").exists()
+    r = runner.invoke(app, ["report", str(run), "--quiet"])
+    assert r.exit_code == 0, r.output
+    page = (run / "report.html").read_text()
+    blocks = _sections(page)
+    for fid in ("mess", "extrapolation", "comparison_table", "comparison_budgets", "aoa_sd_table", "clusters_table",
+                "mess_area_table"):
+        assert fid in blocks, fid
+    assert "Figures that failed" not in page
+    thr = xr.open_zarr(run / "compare" / "extrapolation.zarr", consolidated=False).aoa.attrs["threshold"]
+    assert f"threshold {float(thr):.3g}" in blocks["extrapolation"]
+    m = pd.read_csv(run / "compare" / "metrics.csv")
+    assert f"{m.map_r.iloc[0]:.3g}" in blocks["comparison_table"]
+
+
 def test_table1_and_truth_values_come_from_the_run(full_report):
     run, page = full_report
     t1 = pd.read_csv(run / "budgets" / "table1.csv")
@@ -137,7 +155,7 @@ def test_table1_and_truth_values_come_from_the_run(full_report):
 
 
 def test_optional_parts_are_left_out_without_their_inputs(study_run, tmp_path):
-    run = _link_run(study_run[0], tmp_path / "run")
+    run = _link_run(study_run[0], tmp_path / "run", exclude=("compare",))
     rd = R.RunData(run)
     (fig2,) = R.fig2_budgets(rd)
     R.plt.close(fig2.fig)
