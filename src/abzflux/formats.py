@@ -158,7 +158,7 @@ def open_dataset(path) -> xr.Dataset:
     if p.is_dir() or p.suffix.lower() == ".zarr":
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore")  # consolidated-metadata and unrecognised-object notes
                 ds = xr.open_dataset(p, engine="zarr", chunks={}, consolidated=None)
         except Exception as exc:
             raise InputError(
@@ -166,6 +166,17 @@ def open_dataset(path) -> xr.Dataset:
                 f"cannot be read as a Zarr store ({_short(exc)})",
                 expected="a Zarr store written with xarray (Dataset.to_zarr)",
             ) from exc
+        if p.is_dir():  # an array whose metadata was lost would otherwise just be "missing"
+            meta = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+            broken = sorted(c.name for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")
+                            and not any((c / m).exists() for m in meta))
+            if broken:
+                raise InputError(
+                    file,
+                    "the Zarr store is incomplete: the array directory has no metadata (zarr.json or .zarray)",
+                    column=", ".join(broken),
+                    expected="a complete Zarr store (copy it again from its source)",
+                )
     else:
         problems = []
         ds = None
@@ -884,14 +895,26 @@ def read_fire(path, like=None) -> xr.Dataset:
     _check_units(ds, "fire_emissions", FLUX_UNITS, file)
     _check_units(ds, "burned_fraction", ("1",), file)
     _check_same_grid_if(ds, like, file)
-    _check_ranges(
+    res = _check_ranges(
         ds,
         [
             _Range("fire_emissions", 0.0, None, text="finite values >= 0 in g C m-2 month-1"),
             _Range("burned_fraction", 0.0, 1.0, text="values in 0-1 (burned share of the cell)"),
         ],
         file,
+        {f"nan:{n}": ds[n].isnull().all(dim=("y", "x")) for n in FIRE_VARIABLES},
     )
+    for name in FIRE_VARIABLES:  # a lost month (or Zarr chunk) would count as "no fire"
+        allnan = np.asarray(res[f"nan:{name}"])
+        if allnan.any():
+            steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
+            raise InputError(
+                file,
+                f"all values are NaN in {len(steps)} time step(s)",
+                column=name,
+                where=_listing(steps),
+                expected="data at every time step (0 where nothing burned)",
+            )
     return _finish(ds, list(FIRE_VARIABLES), file)
 
 
