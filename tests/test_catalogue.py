@@ -672,7 +672,7 @@ def test_bad_input(case, tiny_twin, tmp_path):
     assert result.exit_code == 2, (result.exit_code, text, result.exception)
     assert "Traceback" not in result.output
     assert text.startswith("error: "), text
-    assert text.count("error: ") == 1, text
+    assert len(result.output.strip().splitlines()) == 1, result.output  # one message, no warnings
     for s in case.expect:
         assert s in text, f"{s!r} not in {text!r}"
     # nothing written: no run directory at all (abzflux logs to the terminal, not to a file)
@@ -680,9 +680,8 @@ def test_bad_input(case, tiny_twin, tmp_path):
 
 
 def test_validate_gives_the_same_error(tiny_twin, tmp_path):
-    """`abzflux validate` makes the same checks as `run` (one case from each input)."""
-    for cid in ("config-target-year", "sites-month-13", "pred-nan-month", "zones-crs", "fire-units", "ref-units",
-                "coarse-set-bad"):
+    """`abzflux validate` makes the same checks as `run` (the same code: three cases suffice)."""
+    for cid in ("sites-month-13", "fire-units", "coarse-set-bad"):
         case = next(c for c in CASES if c.id == cid)
         ran, _ = run_case(case, tiny_twin, tmp_path / cid)
         checked = CliRunner().invoke(app, ["validate", str(tmp_path / cid / "config.toml")])
