@@ -33,7 +33,7 @@ from abzflux.errors import InputError
 from abzflux.formats import read_site_table, read_zones, write_crs
 
 # ABZFLUX_PROPERTY_EXAMPLES=500 for a thorough local run; CI uses the small fixed set.
-N = int(os.environ.get("ABZFLUX_PROPERTY_EXAMPLES", 25))
+N = int(os.environ.get("ABZFLUX_PROPERTY_EXAMPLES", "25"))
 FAST = settings(max_examples=N, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 TMP = Path(tempfile.mkdtemp(prefix="abzflux-props-"))

@@ -674,7 +674,7 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
             file,
             f"units attribute is {u!r}",
             column=name,
-            expected=f"values in {' or '.join(repr(a) for a in accepted)} (convert the values and the attribute, "
+            expected=f"units {' or '.join(repr(a) for a in accepted)} (convert the values and the attribute, "
                      "or remove a wrong attribute)",
         )
 
@@ -791,9 +791,10 @@ def read_predictors(path, required=None) -> xr.Dataset:
         if name in _pred.PHYSICAL_RANGE:
             lo, hi = _pred.PHYSICAL_RANGE[name]
             tol = 1e-4 * (hi - lo)  # float32 rounding at the bounds
+            units = _pred.BY_NAME[name].units
             checks.append(_Range(name, lo - tol, hi + tol, text=(
-                f"values in {lo:g}..{hi:g} {_pred.BY_NAME[name].units} (values outside it mean other units "
-                "or an unapplied scale factor)")))
+                f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
+                "units or an unapplied scale factor)")))
     res = _check_ranges(ds, checks, file, lazy)
     for name in names:
         allnan = np.asarray(res[f"nan:{name}"])
