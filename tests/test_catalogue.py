@@ -393,6 +393,16 @@ def m_pred_zarr_no_meta(w):
     (store / "srad" / "zarr.json").unlink()
 
 
+def m_pred_zarr_bad_metadata(w):
+    store = w.copy("predictors")
+    _truncate(store / "srad" / "zarr.json")
+
+
+def m_pred_zarr_no_time(w):
+    store = w.copy("predictors")
+    shutil.rmtree(store / "time")
+
+
 def m_pred_zarr_corrupt_chunk(w):
     store = w.copy("predictors")
     _truncate(store / "srad" / "c" / "5" / "0" / "0")
@@ -589,6 +599,10 @@ CASES = [
          ("predictors.nc", "cannot be read as NetCDF", "truncated")),
     Case("pred-zarr-no-metadata", "predictors: Zarr array metadata deleted", m_pred_zarr_no_meta,
          ("predictors.zarr", "[srad]", "Zarr store is incomplete", "no metadata")),
+    Case("pred-zarr-bad-metadata", "predictors: truncated Zarr array metadata", m_pred_zarr_bad_metadata,
+         ("predictors.zarr", "[srad]", "cannot be read as a Zarr store", "JSONDecodeError")),
+    Case("pred-zarr-no-time", "predictors: the Zarr `time` array deleted", m_pred_zarr_no_time,
+         ("predictors.zarr", "[time]", "dimension `time` has no coordinate values")),
     Case("pred-zarr-corrupt-chunk", "predictors: a truncated Zarr chunk", m_pred_zarr_corrupt_chunk,
          ("predictors.zarr", "the data values cannot be read")),
     Case("pred-zarr-lost-chunk", "predictors: a deleted Zarr chunk (reads as NaN)", m_pred_zarr_lost_chunk,
@@ -702,10 +716,26 @@ def _markdown(twin: Path, work: Path) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python tests/test_catalogue.py > table.md  (docs/errors.md)
+HEADER = """# Bad-input catalogue
+
+Every row is a malformed input that `abzflux run CONFIG --out RUN` (and `abzflux validate
+CONFIG`, which makes the same checks) stops before anything is written: the exit code is 2,
+the message below is the only output (no traceback), and the run directory is not created.
+Each case changes one input of a small valid twin (300-km grid, 2019-2020, 30 sites). The
+message format is `<file>: [<column or variable>] <problem> at <where>; expected <what>`
+([formats.md](formats.md#validation-errors)); paths are shown relative to the case's directory.
+
+The cases are the data of `tests/test_catalogue.py`, which runs them in CI and asserts on
+the file, the column or variable, the row, site, time step or cell and the expectation. This
+page is its output: `python tests/test_catalogue.py > docs/errors.md`.
+
+"""
+
+
+if __name__ == "__main__":  # python tests/test_catalogue.py > docs/errors.md
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         twin = Path(d) / "twin"
         make_twin(twin, TINY)
-        print(_markdown(twin, Path(d) / "cases"), file=sys.stdout)
+        print(HEADER + _markdown(twin, Path(d) / "cases"), file=sys.stdout)

@@ -164,6 +164,7 @@ def open_dataset(path) -> xr.Dataset:
             raise InputError(
                 file,
                 f"cannot be read as a Zarr store ({_short(exc)})",
+                column=_broken_zarr_metadata(p),
                 expected="a Zarr store written with xarray (Dataset.to_zarr)",
             ) from exc
         if p.is_dir():  # an array whose metadata was lost would otherwise just be "missing"
@@ -196,6 +197,22 @@ def open_dataset(path) -> xr.Dataset:
             )
     ds.encoding["source"] = file
     return ds
+
+
+def _broken_zarr_metadata(store: Path) -> str | None:
+    """Name of the first array (or "." for the group) whose Zarr metadata is not valid JSON."""
+    import json
+
+    if not store.is_dir():
+        return None
+    for d in [store] + sorted(c for c in store.iterdir() if c.is_dir()):
+        for m in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            try:
+                if (d / m).exists():
+                    json.loads((d / m).read_bytes())
+            except (ValueError, OSError):
+                return "." if d == store else d.name
+    return None
 
 
 def _open(path) -> tuple[xr.Dataset, str]:
@@ -420,6 +437,13 @@ def _check_time(ds: xr.Dataset, file: str) -> xr.Dataset:
     """Monthly, first-of-month, strictly increasing ``time``; cftime is converted to datetime64."""
     if "time" not in ds.dims and "time" not in ds.coords:
         return ds
+    if "time" not in ds.coords:  # e.g. a Zarr store that lost its `time` array
+        raise InputError(
+            file,
+            "dimension `time` has no coordinate values (no `time` variable)",
+            column="time",
+            expected="a 1-D `time` coordinate of monthly dates",
+        )
     t = ds["time"]
     if t.dims != ("time",):
         raise InputError(
