@@ -5,7 +5,8 @@ mutated or arbitrary tables either parse or raise InputError, never another exce
 zones reader rejects exactly the out-of-range values. Budgets: zone sums do not depend on the
 order of the cells, scale with the fluxes and add up over biomes and regions to the domain.
 Trends: Theil-Sen and Mann-Kendall are invariant to a constant, scale with the data and flip
-sign with time reversal; p lies in [0, 1]; the vectorised trend equals the one-series one.
+sign with time reversal; p lies in [0, 1]; the vectorised trend equals the one-series one;
+prewhitened budget trends scale with the data.
 Metrics: RMSE >= MAE, bias shifts with the predictions, RMSE² = bias² + variance of errors.
 
 Every test runs a fixed, derandomised set of examples without a database, so CI is
@@ -256,16 +257,19 @@ def test_vectorised_trends_equal_the_one_series_trend(Y, method):
 
 
 @FAST
-@given(series.filter(lambda v: v.size >= 6), st.sampled_from([0.5, 2.0, 10.0]), st.integers(-50, 50))
-def test_budget_trend_scales_and_ignores_offsets(v, a, c):
+@given(series.filter(lambda v: v.size >= 6), st.sampled_from([0.25, 0.5, 2.0, 8.0]))
+def test_budget_trend_scales_with_the_data(v, a):
+    """Zhang-prewhitened budget trends scale with the data (powers of two: exact in floating
+    point, so even a non-converging prewhitening iteration takes the same path). They are not
+    invariant to adding a constant, by zyp's rules: a series needs 3 non-zero values, and the
+    iteration stops after 500 runs without converging; Theil-Sen itself is (tested above)."""
     years = np.arange(2001, 2001 + v.size)
     r = T.trend_series(v, years, method="zhang")
     assert np.isnan(r["p"]) or 0.0 <= r["p"] <= 1.0
     rs = T.trend_series(a * v, years, method="zhang")
-    rc = T.trend_series(v + c, years, method="zhang")
-    np.testing.assert_allclose(rs["slope"], a * r["slope"], rtol=1e-9, atol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(rc["slope"], r["slope"], rtol=1e-9, atol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(rs["p"], r["p"], rtol=1e-9, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(rs["slope"], a * r["slope"], rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose([rs["p"], rs["tau"]], [r["p"], r["tau"]], rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(rs["lbound"], a * r["lbound"], rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------ metrics
