@@ -680,6 +680,16 @@ def test_catalogue_has_distinct_cases():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+def test_docs_list_every_case():
+    """docs/errors.md is this catalogue's output: every case, with the expected message parts."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
+    assert set(rows) == {c.id for c in CASES}
+    for c in CASES:
+        for part in c.expect:
+            assert part.replace("|", "\\|") in rows[c.id], (c.id, part)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tiny_twin, tmp_path):
     result, run_dir = run_case(case, tiny_twin, tmp_path / case.id)
