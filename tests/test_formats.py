@@ -64,7 +64,8 @@ def make_stack(seed=0) -> xr.Dataset:
                 "flag_meanings": " ".join(predictors.VEG_CLASSES[c] for c in codes),
             }
         else:
-            vals = rng.normal(10.0, 2.0, size=shape)
+            lo, hi = predictors.PHYSICAL_RANGE.get(name, (0.0, 20.0))
+            vals = lo + (hi - lo) * rng.uniform(0.2, 0.8, size=shape)  # physically plausible values
             attrs = {"units": p.units}
         data[name] = xr.Variable(_dims(p.kind), vals, attrs)
     ds = xr.Dataset(data, coords={"time": TIME, "y": Y, "x": X})
@@ -499,3 +500,17 @@ def test_reference_without_product(tmp_path):
     del ds.attrs["product"]
     path = write(ds, tmp_path / "ref.nc")
     expect_error(lambda: formats.read_reference(path), str(path), "[product]")
+
+
+def test_units_spellings():
+    """Units attributes are compared by meaning: common spellings of the contract's units pass,
+    other units (a daily or annual flux, kg, degC for K) differ."""
+    pu = formats.parse_units
+    same = ["g C m-2 month-1", "gC m-2 month-1", "g C m^-2 month^-1", "gC/m2/month", "g C m**-2 mon-1"]
+    assert all(pu(u) == pu(same[0]) for u in same)
+    for other in ("g C m-2 d-1", "kg C m-2 month-1", "g m-2 month-1", "g C m-2 yr-1", "umol m-2 s-1"):
+        assert pu(other) != pu(same[0]), other
+    assert pu("m3 m-3") == pu("m**3 m**-3") == pu("1") == pu("") == {}
+    assert pu("degC") == pu("°C") == pu("degrees C") != pu("K")
+    assert pu("%") == pu("percent") != pu("1")
+    assert pu("no such unit!") is None

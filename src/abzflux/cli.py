@@ -226,9 +226,9 @@ def demo(
             prog(None, None)
         if not quiet:
             console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
-    cfg = load_config(twin_dir / "config.toml")
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
+        cfg = load_config(twin_dir / "config.toml")
         run_study(cfg, out / "run", log=log, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
@@ -294,26 +294,18 @@ def export(
 def validate(config: Path = typer.Argument(..., help="Run configuration (TOML).")):
     """Check every input of CONFIG against the format contract, writing nothing."""
     from .config import load_config
-    from .formats import check_sites_in_grid, read_fire, read_predictors, read_site_table, read_zones
+    from .pipeline import validate_study
 
     try:
-        cfg = load_config(config)
-        pred = read_predictors(cfg.inputs.predictors)
-        read_zones(cfg.inputs.zones, like=pred)
-        if cfg.inputs.fire:
-            read_fire(cfg.inputs.fire, like=pred)
-        sites = read_site_table(cfg.inputs.sites)
-        check_sites_in_grid(sites, pred, cfg.inputs.sites)
-        if cfg.inputs.references:  # the contract, the grid and the overlap with the run's years
-            from .pipeline import Context
-
-            ctx = Context(cfg=cfg, out=Path("."), log=lambda m: None)
-            ctx.cache["pred"] = pred
-            ctx.references()
+        # The same checks `run` makes before it writes anything (every model set).
+        ctxs = validate_study(load_config(config), log=lambda m: None)
     except InputError as e:
         _fail(e)
-    console.print(f"[green]ok[/]: {len(sites)} site-months at {sites.site_id.nunique()} sites; "
-                  f"predictors {dict(pred.sizes)}")
+    for ctx in ctxs:
+        sites, pred = ctx.sites(), ctx.predictors()
+        label = "" if ctx is ctxs[0] else "coarse: "
+        console.print(f"[green]ok[/]: {label}{len(sites)} site-months at {sites.site_id.nunique()} sites; "
+                      f"predictors {dict(pred.sizes)}")
 
 
 @app.command()

@@ -245,4 +245,14 @@ def load_config(path) -> Config:
                            ("compare.aoa_max_training", cfg.compare.aoa_max_training, 100)):
         if value is not None and value < lo:
             raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
+    fs = cfg.fire
+    bad = [m for m in (fs.months or []) if not 1 <= m <= 12]
+    if bad or len(set(fs.months or [])) != len(fs.months or []):
+        raise ConfigError(path, f"invalid month list {fs.months}", column="fire.months",
+                          expected="distinct calendar months 1-12")
+    if not 0.0 < fs.alpha < 1.0:
+        raise ConfigError(path, f"{fs.alpha} is out of range", column="fire.alpha", expected="a number in (0, 1)")
+    if fs.first_year is not None and fs.target_year is not None and fs.first_year > fs.target_year:
+        raise ConfigError(path, f"first_year {fs.first_year} after target_year {fs.target_year}",
+                          column="fire.first_year", expected="fire.first_year <= fire.target_year")
     return cfg

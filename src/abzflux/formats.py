@@ -40,6 +40,8 @@ __all__ = [
     "read_zones",
     "read_fire",
     "read_reference",
+    "read_truth",
+    "parse_units",
     "check_same_grid",
     "check_sites_in_grid",
     "cell_index",
@@ -156,14 +158,26 @@ def open_dataset(path) -> xr.Dataset:
     if p.is_dir() or p.suffix.lower() == ".zarr":
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore")  # consolidated-metadata and unrecognised-object notes
                 ds = xr.open_dataset(p, engine="zarr", chunks={}, consolidated=None)
         except Exception as exc:
             raise InputError(
                 file,
                 f"cannot be read as a Zarr store ({_short(exc)})",
+                column=_broken_zarr_metadata(p),
                 expected="a Zarr store written with xarray (Dataset.to_zarr)",
             ) from exc
+        if p.is_dir():  # an array whose metadata was lost would otherwise just be "missing"
+            meta = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+            broken = sorted(c.name for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")
+                            and not any((c / m).exists() for m in meta))
+            if broken:
+                raise InputError(
+                    file,
+                    "the Zarr store is incomplete: the array directory has no metadata (zarr.json or .zarray)",
+                    column=", ".join(broken),
+                    expected="a complete Zarr store (copy it again from its source)",
+                )
     else:
         problems = []
         ds = None
@@ -183,6 +197,22 @@ def open_dataset(path) -> xr.Dataset:
             )
     ds.encoding["source"] = file
     return ds
+
+
+def _broken_zarr_metadata(store: Path) -> str | None:
+    """Name of the first array (or "." for the group) whose Zarr metadata is not valid JSON."""
+    import json
+
+    if not store.is_dir():
+        return None
+    for d in [store] + sorted(c for c in store.iterdir() if c.is_dir()):
+        for m in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            try:
+                if (d / m).exists():
+                    json.loads((d / m).read_bytes())
+            except (ValueError, OSError):
+                return "." if d == store else d.name
+    return None
 
 
 def _open(path) -> tuple[xr.Dataset, str]:
@@ -407,6 +437,13 @@ def _check_time(ds: xr.Dataset, file: str) -> xr.Dataset:
     """Monthly, first-of-month, strictly increasing ``time``; cftime is converted to datetime64."""
     if "time" not in ds.dims and "time" not in ds.coords:
         return ds
+    if "time" not in ds.coords:  # e.g. a Zarr store that lost its `time` array
+        raise InputError(
+            file,
+            "dimension `time` has no coordinate values (no `time` variable)",
+            column="time",
+            expected="a 1-D `time` coordinate of monthly dates",
+        )
     t = ds["time"]
     if t.dims != ("time",):
         raise InputError(
@@ -607,6 +644,69 @@ def _finish(ds: xr.Dataset, names: list[str], file: str) -> xr.Dataset:
 
 
 # --------------------------------------------------------------------------------------------
+# units attributes
+# --------------------------------------------------------------------------------------------
+
+#: Spellings of one unit symbol, mapped to a canonical symbol (or to several: "gC" is g and C).
+_UNIT_ALIASES = {
+    "gc": ("g", "c"), "kgc": ("kg", "c"), "mgc": ("mg", "c"), "tc": ("t", "c"),
+    "mon": ("month",), "months": ("month",), "mo": ("month",),
+    "d": ("day",), "days": ("day",), "yr": ("year",), "a": ("year",), "years": ("year",),
+    "s": ("s",), "sec": ("s",),
+    "°c": ("degc",), "degc": ("degc",), "deg_c": ("degc",), "celsius": ("degc",), "degrees_celsius": ("degc",),
+    "degree_celsius": ("degc",), "c°": ("degc",),
+    "k": ("k",), "kelvin": ("k",), "degk": ("k",),
+    "percent": ("%",), "pct": ("%",),
+    "ppmv": ("ppm",),
+    "1": (), "-": (), "dimensionless": (), "unitless": (), "none": (), "fraction": (), "": (),
+}
+_UNIT_TOKEN = re.compile(r"^([a-z%°_µ]+?)(?:\^|\*\*)?(-?\d+)?$")
+
+
+def parse_units(text: str) -> dict[str, int] | None:
+    """``{symbol: exponent}`` of a units string such as "g C m-2 month-1", "gC/m2/month" or
+    "m**3 m**-3"; None when a part is not understood. Dimensionless spellings give ``{}``."""
+    t = str(text).strip().lower().replace("μ", "µ")
+    t = t.replace("degrees c", "degc").replace("deg c", "degc").replace("° c", "°c")
+    out: dict[str, int] = {}
+    for k, chunk in enumerate(t.split("/")):
+        sign = 1 if k == 0 else -1
+        for tok in (x for x in re.split(r"[\s.·*]", chunk.replace("**", "^")) if x):
+            if tok == "1":
+                continue
+            m = _UNIT_TOKEN.match(tok)
+            if not m:
+                return None
+            sym, exp = m.group(1), int(m.group(2) or 1)
+            for s in _UNIT_ALIASES.get(sym, (sym,)):
+                out[s] = out.get(s, 0) + sign * exp
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str) -> None:
+    """A ``units`` attribute, where present, must mean one of the accepted units: a flux in
+    g C m-2 d-1 or kg C m-2 month-1, or a temperature in K where degC is meant, would
+    otherwise give a silently wrong number. A missing attribute is allowed (the contract's
+    units are assumed)."""
+    u = ds[name].attrs.get("units")
+    if u is None:
+        return
+    want = [parse_units(a) for a in accepted]
+    got = parse_units(u) if isinstance(u, str) else None
+    if got is None or got not in want:
+        raise InputError(
+            file,
+            f"units attribute is {u!r}",
+            column=name,
+            expected=f"units {' or '.join(repr(a) for a in accepted)} (convert the values and the attribute, "
+                     "or remove a wrong attribute)",
+        )
+
+
+FLUX_UNITS = ("g C m-2 month-1",)
+
+
+# --------------------------------------------------------------------------------------------
 # categorical variables
 # --------------------------------------------------------------------------------------------
 
@@ -696,6 +796,8 @@ def read_predictors(path, required=None) -> xr.Dataset:
         dims = ("time", "y", "x") if kind == "dynamic" else ("y", "x")
         ds = _check_dims(ds, name, dims, file)
         da = ds[name]
+        if p is not None and not p.categorical:
+            _check_units(ds, name, (p.units,) + _pred.UNITS_ALSO.get(name, ()), file)
         if (p is not None and p.categorical) or "flag_values" in da.attrs:
             cats = categories(da, file=file)
             codes = list(cats)
@@ -708,7 +810,16 @@ def read_predictors(path, required=None) -> xr.Dataset:
         else:
             lazy[f"nan:{name}"] = da.isnull().all()
 
-    res = _compute(lazy, file)
+    checks = []
+    for name in names:
+        if name in _pred.PHYSICAL_RANGE:
+            lo, hi = _pred.PHYSICAL_RANGE[name]
+            tol = 1e-4 * (hi - lo)  # float32 rounding at the bounds
+            units = _pred.BY_NAME[name].units
+            checks.append(_Range(name, lo - tol, hi + tol, text=(
+                f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
+                "units or an unapplied scale factor)")))
+    res = _check_ranges(ds, checks, file, lazy)
     for name in names:
         allnan = np.asarray(res[f"nan:{name}"])
         if allnan.all():
@@ -751,6 +862,9 @@ def read_zones(path, like=None) -> xr.Dataset:
     for name in names:
         ds = _check_dims(ds, name, ("y", "x"), file)
     _check_same_grid_if(ds, like, file)
+    for name, units in (("land_fraction", "1"), ("permafrost", "1"), ("cell_area", "m2")):
+        if name in ds.data_vars:
+            _check_units(ds, name, (units,), file)
 
     biome = categories(ds["biome"], file=file)
     lowered = {m.lower() for m in biome.values()}
@@ -803,15 +917,29 @@ def read_fire(path, like=None) -> xr.Dataset:
     ds, _ = _check_grid(ds, file)
     for name in FIRE_VARIABLES:
         ds = _check_dims(ds, name, ("time", "y", "x"), file)
+    _check_units(ds, "fire_emissions", FLUX_UNITS, file)
+    _check_units(ds, "burned_fraction", ("1",), file)
     _check_same_grid_if(ds, like, file)
-    _check_ranges(
+    res = _check_ranges(
         ds,
         [
             _Range("fire_emissions", 0.0, None, text="finite values >= 0 in g C m-2 month-1"),
             _Range("burned_fraction", 0.0, 1.0, text="values in 0-1 (burned share of the cell)"),
         ],
         file,
+        {f"nan:{n}": ds[n].isnull().all(dim=("y", "x")) for n in FIRE_VARIABLES},
     )
+    for name in FIRE_VARIABLES:  # a lost month (or Zarr chunk) would count as "no fire"
+        allnan = np.asarray(res[f"nan:{name}"])
+        if allnan.any():
+            steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
+            raise InputError(
+                file,
+                f"all values are NaN in {len(steps)} time step(s)",
+                column=name,
+                where=_listing(steps),
+                expected="data at every time step (0 where nothing burned)",
+            )
     return _finish(ds, list(FIRE_VARIABLES), file)
 
 
@@ -869,6 +997,7 @@ def read_reference(path, like=None) -> xr.Dataset:
             column="nee",
             expected="dimensions ('time', 'y', 'x') or ('time', 'lat', 'lon')",
         )
+    _check_units(ds, "nee", FLUX_UNITS, file)
     res = _check_ranges(
         ds,
         [_Range("nee", text="finite values (g C m-2 month-1) or NaN")],
@@ -879,6 +1008,20 @@ def read_reference(path, like=None) -> xr.Dataset:
         raise InputError(file, "variable is entirely NaN", column="nee",
                          expected="NEE values in g C m-2 month-1")
     return _finish(ds, ["nee"], file)
+
+
+def read_truth(path, like=None) -> xr.Dataset:
+    """Read and check a twin's true fluxes: ``gpp``, ``reco``, ``nee`` as ``(time, y, x)`` in
+    g C m-2 month-1 on the analysis grid (``like``). Only twins have one; it is compared with
+    the estimates at the end of a run, so it is checked before the run starts."""
+    ds, file = _open(path)
+    _missing_variables(ds, FLUXES, file, "truth")
+    ds, _ = _check_grid(ds, file)
+    for name in FLUXES:
+        ds = _check_dims(ds, name, ("time", "y", "x"), file)
+        _check_units(ds, name, FLUX_UNITS, file)
+    _check_same_grid_if(ds, like, file)
+    return _finish(ds, list(FLUXES), file)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from . import budgets as budgets_mod
 from .config import Config
 from .errors import InputError
 from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_fire, read_predictors,
-                      read_site_table, read_zones, write_crs, grid_crs)
+                      read_site_table, read_truth, read_zones, write_crs, grid_crs)
 from . import cv as cv_mod
 from . import plots
 from . import trends as trends_mod
@@ -119,6 +119,27 @@ class Context:
         return self.out / name
 
     # Inputs are read and validated once per process, on first use.
+    def sites(self) -> pd.DataFrame:
+        if "sites" not in self.cache:
+            self.cache["sites"] = read_site_table(self.cfg.inputs.sites)
+        return self.cache["sites"]
+
+    def truth(self) -> xr.Dataset | None:
+        """A twin's true fluxes (compared with the estimates in the summary)."""
+        if self.cfg.inputs.truth is None:
+            return None
+        if "truth" not in self.cache:
+            ds = read_truth(self.cfg.inputs.truth, like=self.predictors())
+            y0, y1 = self.years()
+            t = pd.DatetimeIndex(ds.time.values)
+            missing = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS").difference(t)
+            if len(missing):
+                raise InputError(self.cfg.inputs.truth, f"{len(missing)} month(s) of the run's years missing",
+                                 column="time", where=", ".join(m.strftime("%Y-%m") for m in missing[:5]),
+                                 expected=f"every month of {y0}-{y1}")
+            self.cache["truth"] = ds
+        return self.cache["truth"]
+
     def predictors(self) -> xr.Dataset:
         if "pred" not in self.cache:
             self.cache["pred"] = read_predictors(self.cfg.inputs.predictors)
@@ -209,6 +230,43 @@ class Context:
         return y0, y1
 
 
+def check_inputs(ctx: Context) -> None:
+    """Read and check every input of one model set against the contract and the config, writing
+    nothing: a bad input stops the run before the run directory is touched (and before any
+    model is fitted), with an error naming the file, the column or variable and where."""
+    cfg = ctx.cfg
+    table = ctx.sites()
+    pred = ctx.predictors()
+    check_sites_in_grid(table, pred, cfg.inputs.sites)
+    y0, y1 = ctx.years()
+    _check_flux_sites(table, pd.DatetimeIndex(pred.time.values), cfg.inputs.sites)
+    ctx.zones()
+    fire = ctx.fire()
+    if fire is not None:
+        fyears = set(pd.DatetimeIndex(fire.time.values).year)
+        fs = cfg.fire
+        if not fyears:
+            raise InputError(cfg.inputs.fire, f"no fire months from fire.first_year = {fs.first_year} on",
+                             column="time", expected="fire.first_year within the fire record")
+        if fs.target_year is not None and not y0 <= fs.target_year <= y1:
+            raise InputError(cfg.source, f"target year {fs.target_year} is outside the run's years {y0}-{y1}",
+                             column="fire.target_year", expected=f"a year in {y0}-{y1}")
+    ctx.references()
+    ctx.truth()
+
+
+def _check_flux_sites(table: pd.DataFrame, times: pd.DatetimeIndex, file) -> None:
+    """Each flux needs at least 3 sites with values in months the predictor stack covers
+    (leave-one-site-out CV; the forest stage checks again after the predictors are extracted)."""
+    have = (table.year * 100 + table.month).isin(times.year * 100 + times.month)
+    for flux in FLUXES:
+        n = table.loc[have & table[flux].notna(), "site_id"].nunique()
+        if n < 3:
+            raise InputError(file, f"only {n} site(s) have {flux} values in months of the predictor stack "
+                             f"({times[0]:%Y-%m} to {times[-1]:%Y-%m})", column=flux,
+                             expected="at least 3 sites per flux (gpp, reco and nee are all modelled)")
+
+
 def _fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
     """k when ``ds``'s grid nests k x k cells into each cell of ``like``'s (same origin corner),
     else 1."""
@@ -230,7 +288,7 @@ def _fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
 def stage_sites(ctx: Context) -> None:
     """(a) The training table: site-months with predictors extracted at the sites."""
     cfg = ctx.cfg
-    table = read_site_table(cfg.inputs.sites)
+    table = ctx.sites().copy()
     pred = ctx.predictors()
     zones = ctx.zones()
     check_sites_in_grid(table, pred, cfg.inputs.sites)
@@ -954,19 +1012,37 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
               progress_factory=None) -> dict:
     """Run every stage into ``out``; skip stages that are complete and unchanged. With a
     ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``."""
-    record = _run_set(cfg, out, log, force, progress_factory)
-    coarse = cfg.coarse_config()
-    if coarse is not None:
-        log("model set 'coarse' -> " + str(Path(out) / "coarse"))
-        record["coarse"] = _run_set(coarse, Path(out) / "coarse", log, force, progress_factory)
+    ctxs = validate_study(cfg, out, log)
+    try:
+        record = _run_set(ctxs[0], force, progress_factory)
+        if len(ctxs) > 1:
+            log("model set 'coarse' -> " + str(ctxs[1].out))
+            record["coarse"] = _run_set(ctxs[1], force, progress_factory)
+    finally:
+        for ctx in ctxs:
+            ctx.close()
     return record
 
 
-def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, progress_factory) -> dict:
-    out = Path(out)
+def validate_study(cfg: Config, out: Path | None = None, log: Callable[[str], None] = print) -> list[Context]:
+    """Check every input of every model set (fine, then coarse) before anything is written;
+    returns their contexts, inputs read and cached."""
+    out = Path(out) if out is not None else Path(".")
+    sets = [(cfg, out)]
+    if cfg.coarse_config() is not None:
+        sets.append((cfg.coarse_config(), out / "coarse"))
+    ctxs = []
+    for c, o in sets:
+        ctx = Context(cfg=c, out=o, log=log)
+        check_inputs(ctx)
+        ctxs.append(ctx)
+    return ctxs
+
+
+def _run_set(ctx: Context, force: bool, progress_factory) -> dict:
+    cfg, out = ctx.cfg, ctx.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "stages").mkdir(exist_ok=True)
-    ctx = Context(cfg=cfg, out=out, log=log)
     for k in ("sites", "predictors", "zones", "fire", "truth"):
         p = getattr(cfg.inputs, k)
         if p is not None:
@@ -979,15 +1055,7 @@ def _run_set(cfg: Config, out: Path, log: Callable[[str], None], force: bool, pr
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {},
     }
     fingerprints: dict[str, str] = {}
-    try:
-        # Every input is read and checked before any stage writes anything.
-        ctx.years()
-        ctx.zones()
-        ctx.fire()
-        ctx.references()
-        _run_stages(ctx, record, fingerprints, force, progress_factory)
-    finally:
-        ctx.close()
+    _run_stages(ctx, record, fingerprints, force, progress_factory)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
     return record

@@ -64,6 +64,30 @@ VEG_CLASSES: dict[int, str] = {
 }
 VEG_RECODE = {1: 31}
 
+# Physical range of each continuous predictor in its contract units. A value outside it means
+# other units or a raw scale factor (soil temperature in degC, VPD in Pa, cover as a 0-1
+# fraction, NDVI x 10000), which would otherwise train and predict on a silently wrong number.
+PHYSICAL_RANGE: dict[str, tuple[float, float]] = {
+    "srad": (0.0, 1500.0),
+    "vpd": (0.0, 20.0),
+    "co2": (200.0, 1000.0),
+    "snow_cover": (0.0, 100.0),
+    "soil_temp": (180.0, 340.0),
+    "soil_moisture": (0.0, 1.0),
+    "ndvi": (-1.0, 1.0),
+    "lst": (-90.0, 70.0),
+    "nontree_pct": (0.0, 100.0),
+    "nonveg_pct": (0.0, 100.0),
+    "tree_pct": (0.0, 100.0),
+    "soil_ph": (0.0, 14.0),
+    "soc_stock": (0.0, 500.0),
+    "permafrost_prob": (0.0, 1.0),
+}
+
+# Units attributes accepted besides the contract's own spelling (formats.parse_units compares
+# meanings, so "W/m2" or "m**3 m**-3" need no entry here).
+UNITS_ALSO: dict[str, tuple[str, ...]] = {"soc_stock": ("kg m-2",)}
+
 # The bootstrap forests drop the two factors: a resample can lose a level (paper, Methods).
 BOOTSTRAP_DROP = ("month", "veg_type")
 
