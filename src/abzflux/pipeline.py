@@ -1050,6 +1050,7 @@ def clean_run_dir(out, log: Callable[[str], None] = print) -> list[Path]:
         removed += clean_run_dir(out / "coarse", log=lambda m: None)
         try:
             (out / "coarse").rmdir()  # only if nothing else is in it
+            removed.append(out / "coarse")
         except OSError:
             pass
     if removed:
