@@ -622,7 +622,9 @@ def stage_fire(ctx: Context) -> None:
                        "burned_fraction_total": total.astype(np.float32)})
     maps["burned_fraction_total"].attrs.update(units="1", long_name=f"sum of monthly burned fractions {f0}-{target}")
     maps = write_crs(maps.assign_coords(y=fds.y, x=fds.x), grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors))
-    maps.to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
+    # Loaded first (three 2-D maps): dask would write the variables in thread order, and HDF5
+    # would place them at other offsets in each run (same values, different bytes).
+    maps.load().to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
     # residuals of the NEE model at burned vs unburned sites, and the mixed models
     info = json.loads(ctx.path("models/forest.json").read_text())
     report = {"fire_period": [f0, target], "target_year": target}
