@@ -2,8 +2,8 @@
 
 A real ``abzflux run`` on a tiny twin is killed with SIGKILL at several points (during the
 forests, in the middle of upscaling, during the trends, and at a seeded random time), restarted
-each time, and must end with outputs byte-identical to an uninterrupted run made with another
-thread count. A run directory holding outputs of another config or other inputs is refused
+each time (once on a dask.distributed LocalCluster), and must end with outputs byte-identical to
+an uninterrupted run made in this process with another thread count. A run directory holding outputs of another config or other inputs is refused
 before anything is written, and ``--restart`` starts over.
 """
 
@@ -118,9 +118,9 @@ def test_killed_at_several_points_and_restarted_matches_uninterrupted(tiny, refe
     assert not (out / "stages" / "forest.json").exists() and not (out / "upscaled.zarr").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     _nothing_half_done(out)
-    # 2. in the middle of upscaling
+    # 2. in the middle of upscaling, this time with the CV folds and chunks on a 2-worker LocalCluster
     parts = out / "upscale.partial" / "parts"
-    p = _start(tiny, out, log)
+    p = _start(tiny, out, log, "--scheduler", "local")
     _kill_when(p, log, lambda: parts.exists() and len(list(parts.glob("*.npz"))) >= 4, "upscaling")
     assert 4 <= len(list(parts.glob("*.npz"))) < N_CHUNKS and not (out / "upscaled.zarr").exists()
     _nothing_half_done(out)

@@ -247,7 +247,9 @@ def _fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
 def stage_sites(ctx: Context) -> None:
     """(a) The training table: site-months with predictors extracted at the sites."""
     cfg = ctx.cfg
-    table = read_site_table(cfg.inputs.sites)
+    table = ctx.cache.pop("sites", None)  # read and checked before the run started
+    if table is None:
+        table = read_site_table(cfg.inputs.sites)
     pred = ctx.predictors()
     zones = ctx.zones()
     check_sites_in_grid(table, pred, cfg.inputs.sites)
@@ -1002,7 +1004,6 @@ def digest_path(path: Path) -> str:
 # provenance, the report, the default exports and work in progress.
 RUN_FILES = ("run.json", "report.html", "upscaled.nc")
 RUN_DIRS = ("stages", "report", "geotiff", "upscale.partial")
-NOT_OUTPUTS = ("run.json", "stages", "report.html", "report", "upscale.partial")  # provenance, timings, report
 
 
 def output_digest(run_dir) -> dict[str, str]:
@@ -1150,11 +1151,14 @@ def _prepare(cfg: Config, out: Path, log: Callable[[str], None]) -> Context:
     ctx = Context(cfg=cfg, out=Path(out), log=log)
     for k, p in ctx.input_paths().items():
         ctx.hashes[k] = {str(q): file_hash(q) for q in p} if k == "references" else file_hash(p)
-    # Every input is read and checked before any stage writes anything.
+    # Every input is read and checked before anything is written (the site table is kept for the
+    # sites stage).
     ctx.years()
     ctx.zones()
     ctx.fire()
     ctx.references()
+    ctx.cache["sites"] = read_site_table(cfg.inputs.sites)
+    check_sites_in_grid(ctx.cache["sites"], ctx.predictors(), cfg.inputs.sites)
     return ctx
 
 
