@@ -92,11 +92,11 @@ def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tm
     cfg = tmp_path / "config.toml"
     text = fast_config.read_text()
     base = fast_config.parent
-    for k in ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc"):
+    for k in ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc", "ref_inversion.nc", "ref_process.nc"):
         text = text.replace(f'"{k}"', f'"{base / k}"')
     cfg.write_text(text.replace("[run]\n", "[run]\ntile = 32\n"))
     cmd = [sys.executable, "-m", "abzflux.cli", "run", str(cfg), "--out", str(work), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     parts = work / "upscale.partial" / "parts"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
