@@ -103,7 +103,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tm
         if parts.exists() and len(list(parts.glob("*.npz"))) >= 40:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     n_done = len(list(parts.glob("*.npz")))
