@@ -3,8 +3,9 @@
 A real ``abzflux run`` on a tiny twin is killed with SIGKILL at several points (during the
 forests, in the middle of upscaling, during the trends, and at a seeded random time), restarted
 each time (once on a dask.distributed LocalCluster), and must end with outputs byte-identical to
-an uninterrupted run made in this process with another thread count. A run directory holding outputs of another config or other inputs is refused
-before anything is written, and ``--restart`` starts over.
+an uninterrupted run made in this process with another thread count. A run directory holding
+outputs of another config or other inputs is refused before anything is written, and
+``--restart`` starts over.
 """
 
 from __future__ import annotations
@@ -185,6 +186,12 @@ def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference,
     rec = run_study(cfg, out, log=lambda m: None)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert rec["environment"]["scheduler"] == "tcp://127.0.0.1:9" and output_digest(out) == before
+    # A stage whose upstream outputs are not the ones it read (by digest) reruns.
+    m = json.loads((out / "stages" / "summary.json").read_text())
+    m["upstream_digest"]["compare"] = {"compare": "0" * 64}
+    (out / "stages" / "summary.json").write_text(json.dumps(m))
+    rec = run_study(load_config(tiny), out, log=lambda m: None)
+    assert [s for s, r in rec["stages"].items() if not r["skipped"]] == ["summary"] and output_digest(out) == before
 
 
 def test_restart_deletes_only_what_abzflux_wrote(reference, tmp_path):

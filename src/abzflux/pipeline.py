@@ -1208,7 +1208,11 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
         fingerprints[st.name] = fp
         marker = out / "stages" / f"{st.name}.json"
         old = json.loads(marker.read_text()) if marker.exists() else {}
-        done = old.get("fingerprint") == fp and all((out / o).exists() for o in st.outputs)
+        # The upstream outputs this stage read, by digest: if an upstream stage was recomputed and
+        # its outputs differ (they should not: outputs are deterministic), this stage reruns too.
+        up_digest = {d: record["stages"][d].get("digest") for d in st.depends if d in record["stages"]}
+        done = old.get("fingerprint") == fp and all((out / o).exists() for o in st.outputs) \
+            and old.get("upstream_digest", up_digest) == up_digest
         if done and not force:
             log(f"[{st.name}] up to date, skipped")
             record["stages"][st.name] = {"skipped": True, "fingerprint": fp, "digest": old.get("digest")}
@@ -1227,6 +1231,6 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
             "fingerprint": fp, "stage": st.name, "version": __version__, "code": code_hash(),
             "config": {k: _cfg_value(cfg, k) for k in keys},
             "inputs": {k: ctx.hashes.get(k) for k in inputs}, "input_paths": {k: paths.get(k) for k in inputs},
-            "upstream": fp_src["upstream"], "outputs": list(st.outputs), "digest": digest,
+            "upstream": fp_src["upstream"], "upstream_digest": up_digest, "outputs": list(st.outputs), "digest": digest,
             "seconds": round(dt, 2), **ctx.cache.pop("marker_extra")}, indent=2, default=str))
         record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp, "digest": digest}
