@@ -12,8 +12,8 @@ import pytest
 import xarray as xr
 
 from abzflux.config import load_config
-from abzflux.errors import InputError
-from abzflux.pipeline import run_study
+from abzflux.errors import InputError, RunDirConflict
+from abzflux.pipeline import file_hash, output_digest, run_study
 
 # Stated tolerances for the coarse (100 km, 100-tree) twin study. GPP and Reco are large,
 # well-sampled fluxes; NEE is their small residual and is reported, not bounded here.
@@ -73,29 +73,38 @@ def test_run_json_records_provenance(study_run, fast_config):
                                  "compare", "summary"]
 
 
-def test_rerun_skips_unchanged_stages_and_redoes_changed(study_run, fast_config, tmp_path):
+def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast_config, tmp_path):
     out0, _ = study_run
     out = tmp_path / "run"
     shutil.copytree(out0, out)
     rec = run_study(load_config(fast_config), out, log=lambda m: None)
     assert all(s["skipped"] for s in rec["stages"].values())
-    # A different mtry invalidates the forests and everything downstream, not the site table.
+    assert rec["output_digest"] == json.loads((out0 / "run.json").read_text())["output_digest"]
+    # A different mtry would mix forests of two configs in one run directory: refused, nothing
+    # touched; --restart (restart=True) starts over.
     cfg = fast_config.read_text().replace("mtry = 5", "mtry = 6")
     p2 = fast_config.with_name("config_mtry6.toml")
     p2.write_text(cfg)
-    before = (out / "budgets_annual.csv").read_text()
-    rec = run_study(load_config(p2), out, log=lambda m: None)
-    assert rec["stages"]["sites"]["skipped"]
-    assert not any(rec["stages"][s]["skipped"] for s in ("forest", "bootstrap", "upscale", "budgets", "summary"))
-    assert (out / "budgets_annual.csv").read_text() != before
+    before = output_digest(out)
+    with pytest.raises(RunDirConflict, match=r"forest\.mtry: 5 -> 6 \(stages forest, interpret, bootstrap, upscale"):
+        run_study(load_config(p2), out, log=lambda m: None)
+    assert output_digest(out) == before
+    rec = run_study(load_config(p2), out, log=lambda m: None, restart=True)
+    assert not any(s["skipped"] for s in rec["stages"].values())
+    assert (out / "budgets_annual.csv").read_text() != (out0 / "budgets_annual.csv").read_text()
+    assert json.loads((out / "models" / "forest.json").read_text())["nee"]["mtry"] == 6
 
 
-def test_same_inputs_and_seed_give_identical_budgets(study_run, fast_config, tmp_path):
+def test_same_inputs_and_seed_give_identical_outputs(study_run, fast_config, tmp_path):
+    """Every output file of a second run is byte-identical (run.json and the stage markers hold
+    timestamps and timings and are left out)."""
     out0, _ = study_run
-    run_study(load_config(fast_config), tmp_path / "again", log=lambda m: None)
-    a = pd.read_csv(out0 / "budgets_annual.csv")
-    b = pd.read_csv(tmp_path / "again" / "budgets_annual.csv")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    rec = run_study(load_config(fast_config), tmp_path / "again", log=lambda m: None)
+    a, b = output_digest(out0), output_digest(tmp_path / "again")
+    assert len(a) > 100 and [k for k in a if a[k] != b.get(k)] == [] and sorted(a) == sorted(b)
+    assert rec["output_digest"] == json.loads((out0 / "run.json").read_text())["output_digest"]
+    m = json.loads((tmp_path / "again" / "stages" / "forest.json").read_text())
+    assert m["digest"]["models"] == file_hash(out0 / "models") and set(m["seconds_by_flux"]) == {"gpp", "reco", "nee"}
 
 
 def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_path):

@@ -40,6 +40,10 @@ def zone_weights(zones: xr.Dataset, veg: xr.DataArray | np.ndarray | None = None
     """
     from .predictors import VEG_CLASSES
 
+    # In memory first: the layers below are dozens of element-wise steps, each a dask graph on a
+    # lazily opened file otherwise (seconds per call). A band of zones is smaller than its weights.
+    zones = _with_area(zones)[[v for v in ("land_fraction", "cell_area", "biome", "region", "permafrost")
+                               if v in zones or v == "cell_area"]].load()
     lf = zones["land_fraction"].fillna(0).astype(np.float64)
     area = _with_area(zones)["cell_area"].astype(np.float64)
     base = (lf * area).fillna(0)

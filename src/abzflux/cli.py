@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import InputError
+from .errors import InputError, RunDirConflict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).")
@@ -102,6 +102,9 @@ def run(
     config: Path = typer.Argument(..., help="Run configuration (TOML)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: 'run' beside the config)."),
     force: bool = typer.Option(False, "--force", help="Recompute every stage."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Delete the run directory's previous outputs (only what abzflux wrote) and "
+                                      "start over; needed when they came from another config or other inputs."),
     scheduler: str = typer.Option(None, "--scheduler",
                                   help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a "
                                        "LocalCluster; overrides run.scheduler. Default: this process."),
@@ -118,7 +121,7 @@ def run(
             cfg.run.scheduler = scheduler
         out = out or cfg.source.resolve().parent / "run"
         log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
-        run_study(cfg, out, log=log, force=force, progress_factory=_progress_factory(quiet))
+        run_study(cfg, out, log=log, force=force, restart=restart, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
     _print_summary(out)
@@ -196,6 +199,7 @@ def demo(
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     seed: int = typer.Option(448, "--seed", help="Random seed."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage log."),
+    restart: bool = typer.Option(False, "--restart", help="Delete OUT/run's previous outputs and start over."),
 ):
     """Generate a twin (fine and coarse model sets) and run the whole study on it."""
     from .config import load_config
@@ -209,6 +213,7 @@ def demo(
         c0, c1 = _years(coarse_years)
         coarse = TwinSpec(resolution_km=coarse_km, first_year=c0, last_year=c1, seed=seed + 1)
     twin_dir = out / "twin"
+    new_twin = False
     existing = twin_dir / "twin.json"
     if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__ and \
             json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None):
@@ -226,10 +231,19 @@ def demo(
             prog(None, None)
         if not quiet:
             console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
+        new_twin = True
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         cfg = load_config(twin_dir / "config.toml")
-        run_study(cfg, out / "run", log=log, progress_factory=_progress_factory(quiet))
+        try:
+            run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet))
+        except RunDirConflict:
+            if not new_twin:
+                raise
+            # The twin was just (re)generated: the demo's previous run came from other inputs.
+            if not quiet:
+                console.log(f"{out / 'run'} holds a run of an earlier twin: starting over")
+            run_study(cfg, out / "run", log=log, restart=True, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
     _print_summary(out / "run")

@@ -45,3 +45,8 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """A run configuration (TOML) is invalid."""
+
+
+class RunDirConflict(InputError):
+    """A run directory holds outputs computed from another config or other inputs; running into
+    it would mix them with this run's (``abzflux run --restart`` deletes them first)."""

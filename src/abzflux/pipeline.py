@@ -1,11 +1,14 @@
 """The whole study, top to bottom: sites -> forests -> upscaling -> budgets -> summary.
 
-Each stage writes into the run directory and records a fingerprint of what it was computed
-from (its config, the hashes of its inputs, upstream fingerprints) in ``stages/<name>.json``.
-A stage whose outputs exist and whose fingerprint is unchanged is skipped on rerun. Outputs
-are written under a temporary name and renamed when complete, so an interrupted stage never
-leaves a file that looks finished. ``run.json`` records the config, input hashes, package
-versions and seed.
+Each stage writes into the run directory and records what it was computed from (the config
+keys of the stage and its upstream stages, the hashes of its inputs, the code) and a SHA-256
+digest of each output in ``stages/<name>.json``. A stage whose outputs exist and whose
+fingerprint is unchanged is skipped on rerun. Outputs are written under a temporary name and
+renamed when complete, and a stage's marker is removed before it runs and written after its
+outputs are in place, so an interrupted stage never leaves an output that looks finished.
+A run directory holding outputs of another config or other inputs is refused (``--restart``
+deletes them first). ``run.json`` records the config, input hashes, package versions, the
+environment and seed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +33,8 @@ import xarray as xr
 from . import __version__
 from . import budgets as budgets_mod
 from .config import Config
-from .errors import InputError
+from . import _atomic
+from .errors import InputError, RunDirConflict
 from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_fire, read_predictors,
                       read_site_table, read_truth, read_zones, write_crs, grid_crs)
 from . import cv as cv_mod
@@ -40,8 +45,13 @@ from .compare import stage_compare
 from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_RECODE
 
-PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "zarr", "dask",
-            "h5netcdf", "pyproj", "typer", "rich")
+PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "numba", "zarr", "numcodecs", "dask",
+            "distributed", "h5netcdf", "h5py", "pyarrow", "pyproj", "statsmodels", "matplotlib", "rioxarray",
+            "typer", "rich")
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Config keys that change how a run executes but never an output: they do not make a run
+# directory "another config's" (every other key is a stage's config key; tests/test_resume.py).
+NO_OUTPUT_EFFECT = ("run.scheduler",)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -80,19 +90,19 @@ def package_versions() -> dict:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def environment(cfg: Config) -> dict:
+    """Where and how the run executes (recorded in run.json; outputs do not depend on it)."""
+    import numba
+
+    return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
+            "platform": platform.platform(), "machine": platform.machine(), "hostname": platform.node(),
+            "cpu_count": os.cpu_count(), "numba_threads": int(numba.config.NUMBA_NUM_THREADS),
+            "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
+            "scheduler": cfg.run.scheduler or "this process"}
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    """Move a finished temporary output (file or directory) into place."""
-    if final.is_dir():
-        shutil.rmtree(final)
-    elif final.exists():
-        final.unlink()
-    os.replace(tmp, final)
+_atomic_write_text = _atomic.write_text
+_atomic_replace = _atomic.replace
 
 
 # --------------------------------------------------------------------------- stages
@@ -105,6 +115,7 @@ class Stage:
     config_keys: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     optional: str | None = None  # runs only when this input is given
+    extras: tuple[str, ...] = ()  # outputs written only in some runs (digested when present)
 
 
 @dataclass
@@ -117,6 +128,12 @@ class Context:
 
     def path(self, name: str) -> Path:
         return self.out / name
+
+    def input_paths(self) -> dict:
+        """The given inputs by name (``references``: a list of paths)."""
+        out = {k: getattr(self.cfg.inputs, k) for k in ("sites", "predictors", "zones", "fire", "truth")}
+        out["references"] = self.cfg.inputs.references or None
+        return {k: v for k, v in out.items() if v is not None}
 
     # Inputs are read and validated once per process, on first use.
     def sites(self) -> pd.DataFrame:
@@ -349,6 +366,8 @@ def stage_forest(ctx: Context, progress_factory=None) -> None:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
     info, all_pred, all_metrics, overall = {}, [], [], {}
+    # Timings go to the stage marker, not to models/forest.json: outputs are bit-identical across runs.
+    seconds = ctx.cache.setdefault("marker_extra", {}).setdefault("seconds_by_flux", {})
     X_cols = list(PREDICTOR_NAMES)
     for flux in FLUXES:
         rows = training_rows(table, flux).reset_index(drop=True)
@@ -390,6 +409,7 @@ def stage_forest(ctx: Context, progress_factory=None) -> None:
         t0 = time.perf_counter()
         model.fit(rows[X_cols], rows[flux].to_numpy())
         fit_s = time.perf_counter() - t0
+        seconds[flux] = {"cv": round(cv_s, 2), "fit": round(fit_s, 2)}
         model.save(models_dir / f"{flux}.npz")
         fitted = model.predict(rows[X_cols])
         obs = rows[flux].to_numpy()
@@ -397,7 +417,6 @@ def stage_forest(ctx: Context, progress_factory=None) -> None:
             "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": int(best),
             "mtry_grid": [int(g) for g in grid], "tuned": fs.mtry is None and fs.cv,
             "n_estimators": fs.n_estimators, "nodesize": fs.nodesize, "central": fs.central,
-            "cv_seconds": round(cv_s, 2), "fit_seconds": round(fit_s, 2),
             "sites_dropped_by_listwise_deletion": dropped,
             "in_sample_r2": float(np.corrcoef(fitted, obs)[0, 1] ** 2),
             "in_sample_rmse": float(np.sqrt(np.mean((fitted - obs) ** 2))),
@@ -619,7 +638,10 @@ def stage_budgets(ctx: Context) -> None:
         ann = ann.merge(a_sd, on=["zone", "flux", "year"], how="left")
         p_sd = period[period.season == "annual"][["zone", "flux", "tg_c_sd"]].rename(
             columns={"tg_c_sd": "period_mean_tg_c_sd"})
-        p_sd.to_csv(ctx.path("budgets_period_sd.csv"), index=False)
+        p_sd.to_csv(ctx.path("budgets_period_sd.csv.tmp"), index=False)
+        _atomic_replace(ctx.path("budgets_period_sd.csv.tmp"), ctx.path("budgets_period_sd.csv"))
+    else:  # no bootstrap forests: no SD; an older run's table must not be read as this run's
+        ctx.path("budgets_period_sd.csv").unlink(missing_ok=True)
     ann = ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True)
     ann.to_csv(out / "annual.csv", index=False)
     tmp = ctx.path("budgets_annual.csv.tmp")
@@ -658,7 +680,9 @@ def stage_fire(ctx: Context) -> None:
                        "burned_fraction_total": total.astype(np.float32)})
     maps["burned_fraction_total"].attrs.update(units="1", long_name=f"sum of monthly burned fractions {f0}-{target}")
     maps = write_crs(maps.assign_coords(y=fds.y, x=fds.x), grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors))
-    maps.to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
+    # Loaded first (three 2-D maps): dask would write the variables in thread order, and HDF5
+    # would place them at other offsets in each run (same values, different bytes).
+    maps.load().to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
     # residuals of the NEE model at burned vs unburned sites, and the mixed models
     info = json.loads(ctx.path("models/forest.json").read_text())
     report = {"fire_period": [f0, target], "target_year": target}
@@ -985,9 +1009,10 @@ def build_stages(progress_factory=None) -> list[Stage]:
         Stage("bootstrap", ("bootstrap",), stage_bootstrap, ("forest",),
               FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
-              ("predictors", "zones")),
+              ("predictors", "zones"), extras=("budgets_members_monthly.parquet",)),
         Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
-              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire")),
+              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire"),
+              extras=("budgets_period_sd.csv",)),
         Stage("trends", ("trends",), trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
@@ -1008,16 +1033,172 @@ def _cfg_value(cfg: Config, key: str):
     return d
 
 
+def _lineage(stages: list[Stage]) -> dict[str, tuple[tuple, tuple]]:
+    """Per stage: the config keys and inputs of the stage and every stage upstream of it (what
+    its outputs depend on, directly or through upstream outputs)."""
+    out: dict[str, tuple[set, set]] = {}
+    for st in stages:  # upstream stages come first
+        keys, inputs = set(st.config_keys), set(st.inputs)
+        for d in st.depends:
+            keys |= out[d][0]
+            inputs |= out[d][1]
+        out[st.name] = (keys, inputs)
+    return {k: (tuple(sorted(a)), tuple(sorted(b))) for k, (a, b) in out.items()}
+
+
+def output_keys() -> set[str]:
+    """Every config key some stage's outputs depend on."""
+    return {k for st in build_stages() for k in st.config_keys}
+
+
+def digest_path(path: Path) -> str:
+    """SHA-256 of one output, a file or a directory tree (:func:`file_hash`)."""
+    return file_hash(path)
+
+
+# Files and directories abzflux writes into a run directory besides the stage outputs: the
+# provenance, the report, the default exports and work in progress.
+RUN_FILES = ("run.json", "report.html", "upscaled.nc")
+RUN_DIRS = ("stages", "report", "geotiff", "upscale.partial")
+
+
+def output_digest(run_dir) -> dict[str, str]:
+    """SHA-256 of every file of a run's stage outputs, by path relative to ``run_dir`` (the coarse
+    model set's under ``coarse/``). Left out: ``run.json`` and ``stages/`` (they hold timestamps
+    and timings), the report (its PDFs carry a creation date), work in progress (``*.tmp``,
+    ``*.old``, ``upscale.partial``) and the exports. Two runs of the same config, inputs and seed
+    give equal digests (docs/reliability.md)."""
+    run_dir = Path(run_dir)
+    names = {o for st in build_stages() for o in st.outputs + st.extras}
+    out = {}
+    for name in sorted(names):
+        p = run_dir / name
+        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else []
+        for f in files:
+            out[str(f.relative_to(run_dir))] = file_hash(f)
+    if (run_dir / "coarse").is_dir():
+        out.update({f"coarse/{k}": v for k, v in output_digest(run_dir / "coarse").items()})
+    return out
+
+
+def clean_run_dir(out, log: Callable[[str], None] = print) -> list[Path]:
+    """Delete what abzflux wrote into a run directory (stage outputs, markers, run.json, the
+    report, default exports, work in progress; the coarse set's too) and nothing else. Markers
+    go first, so a kill during the clean-up never leaves an output that looks finished. Only a
+    directory that holds a ``run.json`` or ``stages/`` is cleaned."""
+    out = Path(out)
+    removed: list[Path] = []
+    if (out / "run.json").exists() or (out / "stages").is_dir():
+        names = ["stages", "run.json"]
+        for st in build_stages():
+            for o in st.outputs + st.extras:
+                names += [o, o + ".tmp", o + ".old"]
+        names += [n for n in RUN_FILES + RUN_DIRS if n not in names]
+        names += ["run.json.tmp", "report.tmp", "report.old", "upscaled.nc.tmp", "models.tmp", "cv.tmp",
+                  "models.old", "cv.old"]
+        for n in dict.fromkeys(names):
+            p = out / n
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+            else:
+                continue
+            removed.append(p)
+    if (out / "coarse").is_dir():
+        removed += clean_run_dir(out / "coarse", log=lambda m: None)
+        try:
+            (out / "coarse").rmdir()  # only if nothing else is in it
+            removed.append(out / "coarse")
+        except OSError:
+            pass
+    if removed:
+        log(f"--restart: deleted {len(removed)} previous output(s) of {out}")
+    return removed
+
+
+def _conflicts(ctx: Context, stages: list[Stage]) -> list[str]:
+    """What differs between the config and inputs that the finished stages in ``ctx.out`` were
+    computed from and this run's: one line per config key or input, naming the stages."""
+    cfg, out = ctx.cfg, ctx.out
+    lineage = _lineage(stages)
+    diffs: dict[str, list] = {}
+    for st in stages:
+        marker = out / "stages" / f"{st.name}.json"
+        if not marker.exists():
+            continue
+        m = json.loads(marker.read_text())
+        if "config" not in m:  # a marker of an older abzflux: only its fingerprint, so the stage reruns
+            continue
+        keys, inputs = lineage[st.name]
+        for k in keys:
+            if k not in m["config"]:  # a key the code did not have then: a code change, the stage reruns
+                continue
+            old, new = m["config"][k], json.loads(json.dumps(_cfg_value(cfg, k), default=str))
+            if old != new:
+                diffs.setdefault(f"{k}: {old!r} -> {new!r}", []).append(st.name)
+        for k in inputs:
+            if k not in m.get("inputs", {}):
+                continue
+            old, new = m["inputs"][k], ctx.hashes.get(k)
+            if k == "references" and old is not None and new is not None:  # the products' contents, in order
+                old, new = list(old.values()), list(new.values())
+            if old != new:
+                p_old = m.get("input_paths", {}).get(k)
+                p_new = ctx.input_paths().get(k)
+                if old is None or new is None:
+                    what = f"input {k}: " + (f"not given -> {p_new}" if old is None else f"{p_old} -> not given")
+                elif k == "references":
+                    what = f"input references: {p_old} -> {p_new} (contents differ)"
+                else:
+                    what = (f"input {k}: {p_old} (sha256 {old[:12]}...) -> {p_new} (sha256 {new[:12]}...)"
+                            + (": the file's contents changed" if p_old == p_new else ""))
+                diffs.setdefault(what, []).append(st.name)
+    return [f"{what} (stages {', '.join(names)})" for what, names in diffs.items()]
+
+
+def _refuse(out: Path, lines: list[str]) -> None:
+    raise RunDirConflict(
+        out, "holds outputs computed from another config or other inputs; running into it would mix them "
+        "with this run's:\n  " + "\n  ".join(lines) + "\n",
+        expected="the config and inputs that wrote them (to resume or update that run), another --out, or "
+                 "--restart (`abzflux run CONFIG --restart`) to delete this run directory's outputs and start over")
+
+
 def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force: bool = False,
-              progress_factory=None) -> dict:
+              progress_factory=None, restart: bool = False) -> dict:
     """Run every stage into ``out``; skip stages that are complete and unchanged. With a
-    ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``."""
+    ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``.
+
+    Every input of both model sets is read and checked (:func:`validate_study`), and ``out`` is
+    checked for outputs of another config or other inputs (:class:`RunDirConflict`), before
+    anything is written. ``restart``: first delete the previous outputs (:func:`clean_run_dir`).
+    ``force``: recompute every stage."""
+    out = Path(out)
     ctxs = validate_study(cfg, out, log)
     try:
-        record = _run_set(ctxs[0], force, progress_factory)
-        if len(ctxs) > 1:
-            log("model set 'coarse' -> " + str(ctxs[1].out))
-            record["coarse"] = _run_set(ctxs[1], force, progress_factory)
+        for ctx in ctxs:
+            for k, p in ctx.input_paths().items():
+                ctx.hashes[k] = {str(q): file_hash(q) for q in p} if k == "references" else file_hash(p)
+        if not restart:
+            lines = []
+            for ctx in ctxs:
+                lines += [(f"coarse/ {s}" if ctx.out != out else s) for s in _conflicts(ctx, build_stages())]
+            if len(ctxs) == 1 and any((out / "coarse" / "stages").glob("*.json")):
+                lines.append("[coarse]: coarse/ holds a coarse model set's outputs; this config has no [coarse] section")
+            if lines:
+                _refuse(out, lines)
+        else:
+            clean_run_dir(out, log)
+        record = None
+        for i, ctx in enumerate(ctxs):
+            if i:
+                log("model set 'coarse' -> " + str(ctx.out))
+            rec = _run_set(ctx, log, force, progress_factory)
+            if record is None:
+                record = rec
+            else:
+                record["coarse"] = rec
     finally:
         for ctx in ctxs:
             ctx.close()
@@ -1039,31 +1220,42 @@ def validate_study(cfg: Config, out: Path | None = None, log: Callable[[str], No
     return ctxs
 
 
-def _run_set(ctx: Context, force: bool, progress_factory) -> dict:
+def _run_set(ctx: Context, log: Callable[[str], None], force: bool, progress_factory) -> dict:
     cfg, out = ctx.cfg, ctx.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "stages").mkdir(exist_ok=True)
-    for k in ("sites", "predictors", "zones", "fire", "truth"):
-        p = getattr(cfg.inputs, k)
-        if p is not None:
-            ctx.hashes[k] = file_hash(p)
-    if cfg.inputs.references:
-        ctx.hashes["references"] = {str(p): file_hash(p) for p in cfg.inputs.references}
     record = {
-        "abzflux": __version__, "config": cfg.to_dict(), "config_file": str(cfg.source),
-        "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(), "code_hash": code_hash(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {},
+        "abzflux": __version__, "status": "running", "config": cfg.to_dict(), "config_file": str(cfg.source),
+        "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(),
+        "environment": environment(cfg), "code_hash": code_hash(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": None, "stages": {},
     }
+    # Written before the first stage: a killed run's directory says which config it was running.
+    _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
     fingerprints: dict[str, str] = {}
-    _run_stages(ctx, record, fingerprints, force, progress_factory)
+    try:
+        _run_stages(ctx, record, fingerprints, force, progress_factory)
+    except Exception as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
+        raise
+    finally:
+        ctx.close()
+    record["status"] = "complete"
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # One digest of every stage output: two runs with equal digests produced identical outputs.
+    record["output_digest"] = hashlib.sha256(json.dumps(
+        {k: v.get("digest") for k, v in record["stages"].items()}, sort_keys=True).encode()).hexdigest()
     _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
     return record
 
 
 def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, progress_factory) -> None:
     cfg, out, log = ctx.cfg, ctx.out, ctx.log
-    for st in build_stages(progress_factory):
+    stages = build_stages(progress_factory)
+    lineage = _lineage(stages)
+    paths = {k: (str(v) if k != "references" else [str(p) for p in v]) for k, v in ctx.input_paths().items()}
+    for st in stages:
         if st.optional and getattr(cfg.inputs, st.optional) is None:
             continue
         fp_src = {"stage": st.name, "version": __version__, "code": code_hash(),
@@ -1073,18 +1265,30 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
         fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True, default=str).encode()).hexdigest()
         fingerprints[st.name] = fp
         marker = out / "stages" / f"{st.name}.json"
-        done = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp \
-            and all((out / o).exists() for o in st.outputs)
+        old = json.loads(marker.read_text()) if marker.exists() else {}
+        # The upstream outputs this stage read, by digest: if an upstream stage was recomputed and
+        # its outputs differ (they should not: outputs are deterministic), this stage reruns too.
+        up_digest = {d: record["stages"][d].get("digest") for d in st.depends if d in record["stages"]}
+        done = old.get("fingerprint") == fp and all((out / o).exists() for o in st.outputs) \
+            and old.get("upstream_digest", up_digest) == up_digest
         if done and not force:
             log(f"[{st.name}] up to date, skipped")
-            record["stages"][st.name] = {"skipped": True, "fingerprint": fp}
+            record["stages"][st.name] = {"skipped": True, "fingerprint": fp, "digest": old.get("digest")}
             continue
+        # The marker goes first: from here until the new one is written, the stage counts as not done.
         marker.unlink(missing_ok=True)
         t0 = time.perf_counter()
         log(f"[{st.name}] running")
         ctx.cache["fingerprint"] = fp
+        ctx.cache["marker_extra"] = {}
         st.func(ctx)
         dt = time.perf_counter() - t0
-        _atomic_write_text(marker, json.dumps({"fingerprint": fp, "seconds": round(dt, 2),
-                                               "outputs": list(st.outputs)}, indent=2))
-        record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp}
+        digest = {o: digest_path(out / o) for o in st.outputs + st.extras if (out / o).exists()}
+        keys, inputs = lineage[st.name]
+        _atomic_write_text(marker, json.dumps({
+            "fingerprint": fp, "stage": st.name, "version": __version__, "code": code_hash(),
+            "config": {k: _cfg_value(cfg, k) for k in keys},
+            "inputs": {k: ctx.hashes.get(k) for k in inputs}, "input_paths": {k: paths.get(k) for k in inputs},
+            "upstream": fp_src["upstream"], "upstream_digest": up_digest, "outputs": list(st.outputs), "digest": digest,
+            "seconds": round(dt, 2), **ctx.cache.pop("marker_extra")}, indent=2, default=str))
+        record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp, "digest": digest}

@@ -37,7 +37,7 @@ import xarray as xr  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import plots  # noqa: E402
+from . import _atomic, plots  # noqa: E402
 from .errors import InputError  # noqa: E402
 
 FLUXES = ("gpp", "reco", "nee")
@@ -716,11 +716,11 @@ def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
         progress(len(FIGURES), len(FIGURES))
     page = render_html(rd, rep)
     (tmp / "report.html.tmp").write_text(page, encoding="utf-8")
-    final_dir = rd.run / "report"
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
-    os.replace(final_dir / "report.html.tmp", rd.run / "report.html")
+    # The old page goes first: a kill between the two renames leaves no report.html, never an old
+    # page beside the new figures.
+    (rd.run / "report.html").unlink(missing_ok=True)
+    _atomic.replace(tmp, rd.run / "report")
+    os.replace(rd.run / "report" / "report.html.tmp", rd.run / "report.html")
     rep.path = rd.run / "report.html"
     rep.seconds = time.perf_counter() - t0
     return rep

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import __version__
+from . import __version__, _atomic
 from . import budgets as budgets_mod
 from .errors import InputError
 from .forest import FluxForest
@@ -214,6 +214,13 @@ def run_chunk(job: UpscaleJob, c: Chunk) -> str:
 
 
 # --------------------------------------------------------------------------- driver side
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def plan_chunks(land: np.ndarray, times: pd.DatetimeIndex, tile: int) -> list[Chunk]:
     """Tile-years with at least one land cell, in a fixed order (row, column, year): the years
     of one tile follow each other, so a worker reuses the tile's zone weights."""
@@ -293,11 +300,12 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     store, parts = work / "store.zarr", work / "parts"
     variables = list(OUT_VARS) + ([f"{v}_sd" for v in OUT_VARS] if members else [])
     state = work / "job.json"
-    if not (state.exists() and json.loads(state.read_text()).get("fingerprint") == fingerprint and store.exists()):
+    # job.json is written last (atomically): without it, the work directory is not resumable.
+    if not (_read_state(state).get("fingerprint") == fingerprint and store.exists()):
         shutil.rmtree(work, ignore_errors=True)
         parts.mkdir(parents=True)
         _template(pred, times, variables, tile, predictors).to_zarr(store, compute=False, mode="w", consolidated=False)
-        state.write_text(json.dumps({"fingerprint": fingerprint, "tile": tile, "created": time.time_ns()}))
+        _atomic.write_text(state, json.dumps({"fingerprint": fingerprint, "tile": tile, "created": time.time_ns()}))
     land_da = zds["land_fraction"].fillna(0) > 0
     land = np.asarray(land_da.values)
     veg_da = pred["veg_type"]
@@ -355,10 +363,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         os.replace(tmp, mb_path)
     else:
         mb_path.unlink(missing_ok=True)
-    final = out / "upscaled.zarr"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(store, final)
+    _atomic.replace(store, out / "upscaled.zarr")
     shutil.rmtree(work)
     for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
         cache.cache_clear()

@@ -1,0 +1,39 @@
+"""Crash-safe writes: an output path holds either the complete old output, the complete new
+one, or nothing; never a half-written or half-deleted one (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small text file under a temporary name, flush it to disk and rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def replace(tmp: Path, final: Path) -> None:
+    """Move a finished temporary output (file or directory) into place.
+
+    A file is renamed over the old one (atomic). A directory cannot be renamed over a non-empty
+    one, so the old directory is first renamed aside (``<name>.old``, atomic) and deleted only
+    after the new one is in place: a kill leaves the final path complete-old, absent or
+    complete-new, and a leftover ``.old`` is removed on the next replace or by ``--restart``."""
+    tmp, final = Path(tmp), Path(final)
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        if final.exists() and Path(tmp).is_dir():  # a file where a directory goes: a rename cannot replace it
+            final.unlink()
+        os.replace(tmp, final)
