@@ -112,7 +112,8 @@ def test_extrapolation_budget_terms_add_fully_correlated():
                         "month": list(range(1, 13)) * 2, "tg_c_sd_extrap": [1.0] * 12 + [2.0] * 12})
     ann = pd.DataFrame({"zone": "domain", "flux": ["nee", "nee", "nee_fire", "nee_derived"],
                         "year": [2001, 2002, 2001, 2001], "tg_c_sd": [5.0, 5.0, 5.0, 4.0]})
-    p_sd = pd.DataFrame({"zone": ["domain", "domain"], "flux": ["nee", "nee_derived"], "period_mean_tg_c_sd": [3.0, 2.0]})
+    p_sd = pd.DataFrame({"zone": ["domain", "domain"], "flux": ["nee", "nee_derived"],
+                         "period_mean_tg_c_sd": [3.0, 2.0]})
     a, p = add_extrapolation_sd(ann, p_sd, ext)
     a = a.set_index(["flux", "year"])
     assert a.loc[("nee", 2001), "tg_c_sd_extrap"] == 12.0 and a.loc[("nee", 2002), "tg_c_sd_extrap"] == 24.0
@@ -198,8 +199,8 @@ def test_bootstrap_stage_methods(run_copy, method):
         st = table.drop_duplicates("site_id")
         labels = dict(zip(st.site_id, site_blocks(pred.x.values[st.ix], pred.y.values[st.iy], 1500.0)))
     r = rows.reset_index(drop=True)
-    idx = resample_rows(r.site_id.to_numpy(), method, np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 1000])),
-                        labels)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 1000]))  # member 0's draw
+    idx = resample_rows(r.site_id.to_numpy(), method, rng, labels)
     assert rec["nee"][0]["rows"] == len(idx)
     got = r.site_id.to_numpy()[idx]
     for s, c in pd.Series(got).value_counts().items():

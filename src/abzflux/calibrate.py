@@ -51,7 +51,8 @@ def error_ratio(estimate, truth, sd) -> np.ndarray:
 
 def score(df: pd.DataFrame) -> pd.DataFrame:
     """Adds inside1, inside2 and ratio to a table with estimate, truth and sd."""
-    return df.assign(inside1=inside(df.estimate, df.truth, df.sd, 1.0), inside2=inside(df.estimate, df.truth, df.sd, 2.0),
+    return df.assign(inside1=inside(df.estimate, df.truth, df.sd, 1.0),
+                     inside2=inside(df.estimate, df.truth, df.sd, 2.0),
                      ratio=error_ratio(df.estimate, df.truth, df.sd))
 
 
@@ -188,7 +189,8 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
         f"# Uncertainty calibration on {cal.twin.nunique()} twins\n\n"
         f"{resolution_km:g}-km twins, {years[0]}–{years[1]}, {n_estimators} trees, {n_bootstrap} bootstrap forests, "
         f"blocks of {block_km:g} km. One row per method × network × flux; a zone-year is one zone's annual "
-        f"budget in one year ({len(ZONES)} zones). A calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD.\n\n"
+        f"budget in one year ({len(ZONES)} zones). A calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % "
+        "at ±2 SD.\n\n"
         + summary_markdown(summ))
     plot_coverage(summ, out / "calibration.png")
     return cal, summ

@@ -575,7 +575,8 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     if rd.has("uncertainty/extrapolation.json"):
         m = json.loads((rd.run / "uncertainty" / "extrapolation.json").read_text())
         text += " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): " + "; ".join(
-            f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}" for f, v in m.items()) + "."
+            f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}"
+            for f, v in m.items()) + "."
     cal, prov = shipped_calibration()
     rows = None if cal is None else cal[cal.method == label]
     if rows is None or not len(rows):
@@ -584,10 +585,12 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     else:
         text += (" On twins, this method's ± covered the true annual zone budgets in the shares of zone-years "
                  "below (a calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD). " + prov)
-        t = pd.DataFrame({"method": rows.method, "network": rows.network, "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
+        t = pd.DataFrame({"method": rows.method, "network": rows.network,
+                          "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
                           "zone-years": rows.n, "inside ±1 SD": (100 * rows.coverage1).map("{:.0f}%".format),
                           "inside ±2 SD": (100 * rows.coverage2).map("{:.0f}%".format),
-                          "median |error|/SD": rows.median_ratio.round(2), "90th pct |error|/SD": rows.p90_ratio.round(2)})
+                          "median |error|/SD": rows.median_ratio.round(2),
+                          "90th pct |error|/SD": rows.p90_ratio.round(2)})
     return [Item("uncertainty_method", "Uncertainty", "Uncertainty method and its calibration on twins", text,
                  table_html=_table(t))]
 
