@@ -150,7 +150,8 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
 def _print_summary(run_dir: Path) -> None:
     s = json.loads((run_dir / "summary.json").read_text())
     if "truth" in s:
-        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2)")
+        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
+                        f"± method: {s.get('uncertainty', 'rows')}")
         for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         from .pipeline import _order
