@@ -145,7 +145,7 @@ def test_cv_skill_tables_and_models(study_run):
     pdp = pd.read_csv(out / "interpret" / "partial_dependence.csv")
     assert set(pdp.predictor) == set(imp.predictor)
     boot = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
-    assert [len(v) for v in boot.values()] == [3, 3, 3]
+    assert [len(boot[f]) for f in ("gpp", "reco", "nee")] == [3, 3, 3] and boot["method"] == "rows"
     for f in ("cv/obs_vs_pred.png", "interpret/importance.png", "interpret/partial_dependence_nee.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -153,7 +153,8 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
 def _print_summary(run_dir: Path) -> None:
     s = json.loads((run_dir / "summary.json").read_text())
     if "truth" in s:
-        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2)")
+        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
+                        f"± method: {s.get('uncertainty', 'rows')}")
         for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         from .pipeline import _order
@@ -248,6 +249,64 @@ def demo(
         _fail(e)
     _print_summary(out / "run")
     _write_report(out / "run", quiet)
+
+
+@app.command()
+def calibrate(
+    out: Path = typer.Option(..., "--out", help="Directory for the twins, runs and calibration tables."),
+    twins: int = typer.Option(5, "--twins", help="Number of twins (>= 5)."),
+    networks: str = typer.Option("realistic,uniform", "--networks",
+                                 help="Site networks, comma-separated, assigned to the twins in turn; "
+                                      "see --realistic for the split."),
+    realistic: int = typer.Option(None, "--realistic",
+                                  help="How many of the twins use the realistic network (default: all but 2 "
+                                       "when both networks are given)."),
+    seed: int = typer.Option(101, "--seed", help="Seed of the first twin; twin i uses seed + i."),
+    resolution_km: float = typer.Option(200, "--resolution-km", help="Twin grid spacing (km)."),
+    years: str = typer.Option("2011-2020", "--years", help="FIRST-LAST calendar years."),
+    methods: str = typer.Option("rows,sites,blocks", "--methods",
+                                help="Bootstrap methods (rows, sites, blocks); each is also scored with the "
+                                     "extrapolation term (+extrap)."),
+    trees: int = typer.Option(100, "--trees", help="Trees per forest (final, CV and bootstrap)."),
+    n_bootstrap: int = typer.Option(10, "--bootstrap", help="Bootstrap forests per flux and method."),
+    block_km: float = typer.Option(1000, "--block-km", help="Spatial block size of the blocks method (km)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
+):
+    """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
+    from .calibrate import BOOT_METHODS, run_calibration
+
+    y0, y1 = _years(years)
+    if twins < 5:
+        raise typer.BadParameter("--twins must be at least 5")
+    nets = [n.strip() for n in networks.split(",") if n.strip()]
+    if not nets or any(n not in ("realistic", "uniform") for n in nets):
+        raise typer.BadParameter("--networks: comma-separated realistic and/or uniform")
+    ms = [m.strip() for m in methods.split(",") if m.strip()]
+    if not ms or any(m not in BOOT_METHODS for m in ms):
+        raise typer.BadParameter(f"--methods: comma-separated, from {list(BOOT_METHODS)}")
+    if len(nets) == 1:
+        plan = nets * twins
+    else:
+        n_real = realistic if realistic is not None else twins - 2
+        if not 0 <= n_real <= twins:
+            raise typer.BadParameter("--realistic must be between 0 and --twins")
+        plan = ["realistic"] * n_real + ["uniform"] * (twins - n_real)
+    spec = [{"network": n, "seed": seed + i} for i, n in enumerate(plan)]
+    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
+    t0 = time.perf_counter()
+    try:
+        _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
+                                  n_bootstrap=n_bootstrap, block_km=block_km, log=log)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
+    for c in ("method", "network", "flux", "zone-years", "±1 SD", "±2 SD", "median |err|/SD"):
+        t.add_column(c)
+    for r in summ.itertuples():
+        t.add_row(r.method, r.network, r.flux, str(r.n), f"{100 * r.coverage1:.0f}%", f"{100 * r.coverage2:.0f}%",
+                  f"{r.median_ratio:.2f}")
+    console.print(t)
+    console.print(f"tables and figure in [bold]{out}[/]: calibration.csv, calibration_summary.csv/.md, calibration.png")
 
 
 @app.command()

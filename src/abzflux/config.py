@@ -85,6 +85,15 @@ class CompareSettings:
 
 
 @dataclass
+class UncertaintySettings:
+    """How the ± of maps and budgets is computed (docs/uncertainty.md)."""
+
+    method: str = "rows"  # bootstrap resampling unit: "rows" (the paper's), "sites" or "blocks"
+    block_km: float = 1000.0  # "blocks": sites grouped into square spatial blocks of this size (km)
+    extrapolation: bool = False  # add an SD term that grows with the dissimilarity index (DI)
+
+
+@dataclass
 class CoarseSet:
     """A second model set on its own grid and period (the paper's 8 km, 1990-2016): its own
     predictors, zones, models and outputs (written to ``RUN/coarse``); same forest settings."""
@@ -98,7 +107,8 @@ class CoarseSet:
     years: str | None = None  # default: every complete year of its predictor stack
 
 
-CHOICES = {"forest.central": ("mean", "qrf_median"), "forest.bootstrap_mtry": ("reuse", "retune")}
+CHOICES = {"forest.central": ("mean", "qrf_median"), "forest.bootstrap_mtry": ("reuse", "retune"),
+           "uncertainty.method": ("rows", "sites", "blocks")}
 
 
 @dataclass
@@ -109,6 +119,7 @@ class Config:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     fire: FireSettings = field(default_factory=FireSettings)
     compare: CompareSettings = field(default_factory=CompareSettings)
+    uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
 
@@ -120,7 +131,7 @@ class Config:
         return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
                                     fire=c.fire, truth=c.truth, references=c.references),
                       run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets, fire=self.fire,
-                      compare=self.compare, coarse=None, source=self.source)
+                      compare=self.compare, uncertainty=self.uncertainty, coarse=None, source=self.source)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -201,7 +212,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "coarse"}
+    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "uncertainty", "coarse"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -215,6 +226,7 @@ def load_config(path) -> Config:
         budgets=_section(BudgetSettings, raw.get("budgets", {}), "budgets", path),
         fire=_section(FireSettings, raw.get("fire", {}), "fire", path),
         compare=_section(CompareSettings, raw.get("compare", {}), "compare", path),
+        uncertainty=_section(UncertaintySettings, raw.get("uncertainty", {}), "uncertainty", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
     )
@@ -255,4 +267,7 @@ def load_config(path) -> Config:
     if fs.first_year is not None and fs.target_year is not None and fs.first_year > fs.target_year:
         raise ConfigError(path, f"first_year {fs.first_year} after target_year {fs.target_year}",
                           column="fire.first_year", expected="fire.first_year <= fire.target_year")
+    if not (cfg.uncertainty.block_km > 0 and cfg.uncertainty.block_km < float("inf")):
+        raise ConfigError(path, f"{cfg.uncertainty.block_km} is out of range", column="uncertainty.block_km",
+                          expected="a block size in km > 0")
     return cfg

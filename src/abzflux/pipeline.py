@@ -44,6 +44,7 @@ from . import upscale as upscale_mod
 from .compare import stage_compare
 from .forest import FluxForest, partial_dependence, permutation_importance
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_RECODE
+from .uncertainty import resample_rows, site_blocks, stage_extrapolation, zone_extrapolation_sd
 
 PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "numba", "zarr", "numcodecs", "dask",
             "distributed", "h5netcdf", "h5py", "pyarrow", "pyproj", "statsmodels", "matplotlib", "rioxarray",
@@ -116,6 +117,7 @@ class Stage:
     inputs: tuple[str, ...] = ()
     optional: str | None = None  # runs only when this input is given
     extras: tuple[str, ...] = ()  # outputs written only in some runs (digested when present)
+    enabled: Callable | None = None  # runs only when enabled(config) is true
 
 
 @dataclass
@@ -481,7 +483,9 @@ def stage_interpret(ctx: Context) -> None:
 
 def stage_bootstrap(ctx: Context) -> None:
     """(b3) The uncertainty ensemble: n_bootstrap forests per flux, each on a bootstrap resample
-    of the training rows (same n, with replacement), month and vegetation type dropped."""
+    of the training rows, month and vegetation type dropped. ``uncertainty.method``: resample the
+    rows (the paper's: same n, with replacement), whole sites, or whole spatial blocks of sites
+    (:mod:`abzflux.uncertainty`)."""
     table = pd.read_parquet(ctx.path("sites.parquet"))
     fs = ctx.cfg.forest
     info = json.loads(ctx.path("models/forest.json").read_text())
@@ -489,13 +493,20 @@ def stage_bootstrap(ctx: Context) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     cols = [c for c in PREDICTOR_NAMES if c not in BOOTSTRAP_DROP]
-    record = {}
+    unc = ctx.cfg.uncertainty
+    blocks = None
+    if unc.method == "blocks":
+        pred = ctx.predictors()
+        sites = table.drop_duplicates("site_id")
+        lab = site_blocks(pred.x.values[sites.ix.to_numpy()], pred.y.values[sites.iy.to_numpy()], unc.block_km)
+        blocks = dict(zip(sites.site_id, lab))
+    record = {"method": unc.method, "block_km": unc.block_km if blocks else None}
     for flux in FLUXES:
         rows = training_rows(table, flux).reset_index(drop=True)
         record[flux] = []
         for b in range(fs.n_bootstrap):
             rng = np.random.default_rng(np.random.SeedSequence([ctx.cfg.run.seed, 1000 + b]))
-            idx = rng.integers(0, len(rows), len(rows))
+            idx = resample_rows(rows.site_id.to_numpy(), unc.method, rng, blocks)
             sample = rows.iloc[idx].reset_index(drop=True)
             if fs.bootstrap_mtry == "retune":
                 res = cv_mod.loso_cv(sample[cols], sample[flux].to_numpy(), sample.site_id.to_numpy(),
@@ -510,8 +521,9 @@ def stage_bootstrap(ctx: Context) -> None:
             model.fit(sample[cols], sample[flux].to_numpy())
             model.save(out / f"{flux}_{b:02d}.npz")
             record[flux].append({"member": b, "mtry": m, "rows": len(sample),
-                                 "distinct_rows": int(len(np.unique(idx)))})
-        ctx.log(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors)")
+                                 "distinct_rows": int(len(np.unique(idx))),
+                                 "distinct_sites": int(sample.site_id.nunique())})
+        ctx.log(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors, {unc.method} resampled)")
     (out / "bootstrap.json").write_text(json.dumps(record, indent=2))
     _atomic_replace(out, ctx.path("bootstrap"))
 
@@ -533,7 +545,7 @@ def stage_upscale(ctx: Context, progress=None) -> None:
     rec = ctx.path("bootstrap/bootstrap.json")
     if rec.exists():
         members = {f: [ctx.path("bootstrap") / f"{f}_{m['member']:02d}.npz" for m in v]
-                   for f, v in json.loads(rec.read_text()).items() if v}
+                   for f, v in json.loads(rec.read_text()).items() if f in FLUXES and v}
     info = upscale_mod.upscale(ctx.cfg.inputs.predictors, ctx.cfg.inputs.zones, models, members, ctx.out, sel,
                                tile=ctx.cfg.run.tile, client=ctx.client(), progress=progress,
                                fingerprint=ctx.cache.get("fingerprint", ""), log=ctx.log)
@@ -638,6 +650,9 @@ def stage_budgets(ctx: Context) -> None:
         ann = ann.merge(a_sd, on=["zone", "flux", "year"], how="left")
         p_sd = period[period.season == "annual"][["zone", "flux", "tg_c_sd"]].rename(
             columns={"tg_c_sd": "period_mean_tg_c_sd"})
+        ext = zone_extrapolation_sd(ctx)
+        if ext is not None:
+            ann, p_sd = add_extrapolation_sd(ann, p_sd, ext)
         p_sd.to_csv(ctx.path("budgets_period_sd.csv.tmp"), index=False)
         _atomic_replace(ctx.path("budgets_period_sd.csv.tmp"), ctx.path("budgets_period_sd.csv"))
     else:  # no bootstrap forests: no SD; an older run's table must not be read as this run's
@@ -648,6 +663,24 @@ def stage_budgets(ctx: Context) -> None:
     ann.to_csv(tmp, index=False)
     _atomic_replace(out, ctx.path("budgets"))
     _atomic_replace(tmp, ctx.path("budgets_annual.csv"))
+
+
+def add_extrapolation_sd(ann: pd.DataFrame, p_sd: pd.DataFrame, ext: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Annual and period-mean budgets get the extrapolation SD term (``tg_c_sd_extrap``) and the
+    total ``tg_c_sd_total = sqrt(bootstrap SD² + extrapolation SD²)`` (the two independent).
+    The zone-month terms are added over the months of a year and averaged over the years: the
+    error is taken as fully correlated in time as in space (conservative). NEE + fire carries
+    NEE's term (fire has none); Reco − GPP carries none (its GPP and Reco errors are not
+    modelled jointly), so its total is its bootstrap SD."""
+    a = ext.groupby(["zone", "flux", "year"]).tg_c_sd_extrap.sum().reset_index()
+    a = pd.concat([a, a[a.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
+    ann = ann.merge(a, on=["zone", "flux", "year"], how="left")
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd ** 2 + ann.tg_c_sd_extrap.fillna(0.0) ** 2)
+    p = a.groupby(["zone", "flux"]).tg_c_sd_extrap.mean().rename("period_mean_tg_c_sd_extrap").reset_index()
+    p_sd = p_sd.merge(p, on=["zone", "flux"], how="left")
+    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(p_sd.period_mean_tg_c_sd ** 2
+                                                + p_sd.period_mean_tg_c_sd_extrap.fillna(0.0) ** 2)
+    return ann, p_sd
 
 
 def stage_fire(ctx: Context) -> None:
@@ -851,12 +884,15 @@ def stage_summary(ctx: Context) -> None:
         truth_cmp, map_r = compare_truth(ctx, ann)
         if period_sd is not None:
             sd = period_sd.assign(flux=period_sd.flux.replace({"nee_derived": "nee (reco-gpp)"}))
-            truth_cmp = truth_cmp.merge(sd, on=["zone", "flux"], how="left").rename(
-                columns={"period_mean_tg_c_sd": "sd"})
+            # the ± is the total (bootstrap + extrapolation term) when the run has the term
+            col = "period_mean_tg_c_sd_total" if "period_mean_tg_c_sd_total" in sd else "period_mean_tg_c_sd"
+            truth_cmp = truth_cmp.merge(sd[["zone", "flux", col]], on=["zone", "flux"], how="left").rename(
+                columns={col: "sd"})
         summary["truth"] = truth_cmp.to_dict(orient="records")
         summary["nee_map_pearson_r"] = map_r
     info = json.loads(ctx.path("models/forest.json").read_text())
-    md = render_summary_md(period, truth_cmp, summary.get("nee_map_pearson_r"), info)
+    summary["uncertainty"] = uncertainty_label(ctx.cfg)
+    md = render_summary_md(period, truth_cmp, summary.get("nee_map_pearson_r"), info, summary["uncertainty"])
     cmp_lines, cmp_summary = _compare_summary(ctx.path("compare"))
     if cmp_lines:
         md += "\n" + "\n".join(cmp_lines) + "\n"
@@ -949,7 +985,19 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
         .sort_values(["_f", "_z"]).drop(columns=["_z", "_f"])
 
 
-def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, info: dict) -> str:
+def uncertainty_label(cfg: Config) -> str:
+    """The uncertainty method of a run as the calibration names it: ``rows``, ``sites``,
+    ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term."""
+    return cfg.uncertainty.method + ("+extrap" if cfg.uncertainty.extrapolation else "")
+
+
+METHOD_TEXT = {"rows": "the SD across bootstrap forests trained on resampled site-months (the paper's method)",
+               "sites": "the SD across bootstrap forests trained on resampled whole sites (cluster bootstrap)",
+               "blocks": "the SD across bootstrap forests trained on resampled spatial blocks of sites"}
+
+
+def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, info: dict,
+                      method: str = "rows") -> str:
     lines = ["# abzflux run summary", ""]
     y0, y1 = int(period.first_year.min()), int(period.last_year.max())
     lines += ["## Models", "", "| flux | rows | sites | mtry | in-sample R² | in-sample RMSE |", "|---|---|---|---|---|---|"]
@@ -958,15 +1006,18 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
     lines += ["", f"## Budgets, mean {y0}–{y1} (Tg C yr-1)", ""]
     if truth is not None:
         has_sd = "sd" in truth.columns
-        lines += ["| flux | zone | estimate | ± bootstrap SD | truth | error | error % | error / SD "
+        lines += ["| flux | zone | estimate | ± SD | truth | error | error % | error / SD "
                   "| trend (Tg C yr-2) | true trend |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in _order(truth).itertuples():
             sd = getattr(r, "sd", np.nan) if has_sd else np.nan
             lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {sd:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
                          f"{100 * r.rel_error:+.1f} | {r.error / sd if sd > 0 else np.nan:+.1f} | "
                          f"{r.trend:+.2f} | {r.trend_truth:+.2f} |")
-        lines += ["", "± is the SD across the bootstrap forests of each forest's period-mean budget (the "
-                  "paper's method); error / SD shows how far the truth lies outside it.", "",
+        base, _, ext = method.partition("+")
+        lines += ["", f"± ({method}) is {METHOD_TEXT.get(base, base)} of each forest's period-mean budget"
+                  + (", combined with the extrapolation term that grows with the dissimilarity index"
+                     if ext else "") + "; error / SD shows how far the truth lies outside it "
+                  "(docs/uncertainty.md).", "",
                   f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}", "",
                   "NEE is a small residual of two large fluxes; where the site network is sparse (Siberia, "
                   "the high Arctic) the model extrapolates, and the NEE budget error can be large. "
@@ -1007,12 +1058,16 @@ def build_stages(progress_factory=None) -> list[Stage]:
         Stage("interpret", ("interpret",), stage_interpret, ("forest",),
               ("forest.importance_repeats", "forest.pdp_points", "forest.pdp_rows", "run.seed")),
         Stage("bootstrap", ("bootstrap",), stage_bootstrap, ("forest",),
-              FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed")),
+              FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed", "uncertainty.method",
+                             "uncertainty.block_km")),
+        Stage("extrapolation", ("uncertainty",), stage_extrapolation, ("forest", "interpret"),
+              ("compare.aoa_max_training", "run.years", "run.tile"), ("predictors", "zones"),
+              enabled=lambda cfg: cfg.uncertainty.extrapolation),
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
               ("predictors", "zones"), extras=("budgets_members_monthly.parquet",)),
-        Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites"),
-              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years"), ("predictors", "zones", "fire"),
-              extras=("budgets_period_sd.csv",)),
+        Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites", "extrapolation"),
+              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years",
+               "uncertainty.extrapolation"), ("predictors", "zones", "fire"), extras=("budgets_period_sd.csv",)),
         Stage("trends", ("trends",), trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),
@@ -1258,10 +1313,12 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
     for st in stages:
         if st.optional and getattr(cfg.inputs, st.optional) is None:
             continue
+        if st.enabled is not None and not st.enabled(cfg):
+            continue
         fp_src = {"stage": st.name, "version": __version__, "code": code_hash(),
                   "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
                   "inputs": {k: ctx.hashes.get(k) for k in st.inputs},
-                  "upstream": {d: fingerprints[d] for d in st.depends}}
+                  "upstream": {d: fingerprints.get(d) for d in st.depends}}  # None: a stage that did not run
         fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True, default=str).encode()).hexdigest()
         fingerprints[st.name] = fp
         marker = out / "stages" / f"{st.name}.json"

@@ -547,6 +547,54 @@ def fig_uncertainty(rd: RunData) -> list[Item]:
     return [Item("uncertainty", "Uncertainty", "SD and relative-SD maps", cap, fig=fig)]
 
 
+def shipped_calibration() -> tuple[pd.DataFrame | None, str]:
+    """The calibration summary shipped with abzflux (data/calibration_summary.csv) and its
+    provenance line; (None, "") when absent."""
+    from importlib import resources
+
+    f = resources.files("abzflux") / "data" / "calibration_summary.csv"
+    if not f.is_file():
+        return None, ""
+    text = f.read_text()
+    prov = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+    return pd.read_csv(io.StringIO(text), comment="#"), prov
+
+
+def uncertainty_method(rd: RunData) -> list[Item]:
+    """Which method produced the ±, and how well that method covered the truth on twins."""
+    u = rd.record.get("config", {}).get("uncertainty") or {}
+    base = u.get("method", "rows")  # runs from before the setting existed used the row bootstrap
+    label = base + ("+extrap" if u.get("extrapolation") else "")
+    from .pipeline import METHOD_TEXT
+
+    text = (f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
+            + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")
+            + ("; the budgets' ± also adds the extrapolation term, which grows with the dissimilarity index of "
+               "each cell to the training data (zone sums fully correlated; budgets_annual.csv tg_c_sd_total)"
+               if u.get("extrapolation") else "") + f". Method label: {label} (docs/uncertainty.md).")
+    if rd.has("uncertainty/extrapolation.json"):
+        m = json.loads((rd.run / "uncertainty" / "extrapolation.json").read_text())
+        text += " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): " + "; ".join(
+            f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}"
+            for f, v in m.items()) + "."
+    cal, prov = shipped_calibration()
+    rows = None if cal is None else cal[cal.method == label]
+    if rows is None or not len(rows):
+        text += " No calibration of this method on twins ships with this abzflux version."
+        t = pd.DataFrame([{"method": label}])
+    else:
+        text += (" On twins, this method's ± covered the true annual zone budgets in the shares of zone-years "
+                 "below (a calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD). " + prov)
+        t = pd.DataFrame({"method": rows.method, "network": rows.network,
+                          "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
+                          "zone-years": rows.n, "inside ±1 SD": (100 * rows.coverage1).map("{:.0f}%".format),
+                          "inside ±2 SD": (100 * rows.coverage2).map("{:.0f}%".format),
+                          "median |error|/SD": rows.median_ratio.round(2),
+                          "90th pct |error|/SD": rows.p90_ratio.round(2)})
+    return [Item("uncertainty_method", "Uncertainty", "Uncertainty method and its calibration on twins", text,
+                 table_html=_table(t))]
+
+
 def fig_extrapolation(rd: RunData) -> list[Item]:
     p = rd.run / "compare" / "extrapolation.zarr"
     if not p.exists():
@@ -679,7 +727,7 @@ def _table(df: pd.DataFrame) -> str:
 
 FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     fig1_maps, fig2_budgets, fig3_monthly, fig4_regions, fig_skill, fig_interpret, fig_fire, fig_uncertainty,
-    fig_extrapolation, tables)
+    uncertainty_method, fig_extrapolation, tables)
 
 
 # --------------------------------------------------------------------------- the page

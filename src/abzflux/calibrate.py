@@ -1,0 +1,224 @@
+"""Calibration of the reported ± on twins (docs/uncertainty.md).
+
+Twins carry the true flux field, so the question "does the ± cover the truth?" has an answer:
+generate several twins (seeds, site-network designs), run the study on each with every
+uncertainty method, and count, for every zone and year, whether the true budget lies within
+±1 SD and ±2 SD of the estimate. The arithmetic (:func:`inside`, :func:`error_ratio`,
+:func:`coverage_summary`) is pure; :func:`run_calibration` does the runs.
+
+Method labels: ``rows``, ``sites``, ``blocks`` (the bootstrap's resampling unit) and the same
+with ``+extrap`` (the bootstrap SD combined with the extrapolation term).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: Zones the calibration scores (the summary's zones).
+ZONES = ("domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
+         "permafrost")
+CAL_FLUXES = ("gpp", "reco", "nee")
+BOOT_METHODS = ("rows", "sites", "blocks")
+COLUMNS = ["twin", "network", "seed", "method", "zone", "year", "flux", "truth", "estimate", "sd", "inside1",
+           "inside2", "ratio"]
+
+
+# --------------------------------------------------------------------------- arithmetic
+def inside(estimate, truth, sd, k: float) -> np.ndarray:
+    """True where the truth lies within estimate ± k·sd (bounds included). A zero or missing SD
+    covers nothing (a missing SD is never taken as covering)."""
+    e = np.abs(np.asarray(estimate, np.float64) - np.asarray(truth, np.float64))
+    s = np.asarray(sd, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(s) & (s > 0), e <= k * s, False)
+
+
+def error_ratio(estimate, truth, sd) -> np.ndarray:
+    """|estimate − truth| / sd; +inf where the SD is zero and the error is not, NaN without SD."""
+    e = np.abs(np.asarray(estimate, np.float64) - np.asarray(truth, np.float64))
+    s = np.asarray(sd, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = e / s
+    r = np.where(np.isfinite(s) & (s == 0), np.where(e == 0, 0.0, np.inf), r)
+    return np.where(np.isfinite(s) & (s >= 0), r, np.nan)
+
+
+def score(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds inside1, inside2 and ratio to a table with estimate, truth and sd."""
+    return df.assign(inside1=inside(df.estimate, df.truth, df.sd, 1.0),
+                     inside2=inside(df.estimate, df.truth, df.sd, 2.0),
+                     ratio=error_ratio(df.estimate, df.truth, df.sd))
+
+
+def coverage_summary(cal: pd.DataFrame, by=("method", "network", "flux")) -> pd.DataFrame:
+    """Per group: zone-years, coverage at ±1 and ±2 SD (shares), median and 90th percentile of
+    |error| / SD, and the share a calibrated normal would cover (68.3 % and 95.4 %) beside."""
+    cal = cal.assign(abs_error=(cal.estimate - cal.truth).abs())
+    g = cal.groupby(list(by), sort=True)
+    out = g.agg(n=("ratio", "size"), coverage1=("inside1", "mean"), coverage2=("inside2", "mean"),
+                median_ratio=("ratio", "median"),
+                p90_ratio=("ratio", lambda r: float(np.quantile(r, 0.9)) if len(r) else np.nan),
+                median_abs_error=("abs_error", "median"), median_sd=("sd", "median")).reset_index()
+    out["coverage1"] = out.coverage1.astype(float)
+    out["coverage2"] = out.coverage2.astype(float)
+    return out
+
+
+def summary_markdown(s: pd.DataFrame) -> str:
+    lines = ["| method | network | flux | zone-years | inside ±1 SD | inside ±2 SD | median |error|/SD "
+             "| 90th pct |error|/SD |", "|---|---|---|---|---|---|---|---|"]
+    for r in s.itertuples():
+        lines.append(f"| {r.method} | {r.network} | {r.flux} | {r.n} | {100 * r.coverage1:.0f}% | "
+                     f"{100 * r.coverage2:.0f}% | {r.median_ratio:.2f} | {r.p90_ratio:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- runs
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dst)
+
+
+def truth_annual(ctx) -> pd.DataFrame:
+    """True annual zone budgets (Tg C yr-1) of a twin run (same zones and code as the estimate)."""
+    import xarray as xr
+
+    from . import budgets as budgets_mod
+
+    truth = xr.open_dataset(ctx.cfg.inputs.truth, chunks={"time": 12})
+    y0, y1 = ctx.years()
+    truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
+    try:
+        return budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], ctx.zones())
+    finally:
+        truth.close()
+
+
+def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd.DataFrame:
+    """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
+    ann = pd.read_csv(run_dir / "budgets_annual.csv")
+    ann = ann[ann.zone.isin(ZONES) & ann.flux.isin(CAL_FLUXES)]
+    m = ann.merge(truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}),
+                  on=["zone", "flux", "year"])
+    parts = [m.assign(method=method, sd=m.tg_c_sd)]
+    if "tg_c_sd_total" in m:
+        parts.append(m.assign(method=method + "+extrap", sd=m.tg_c_sd_total))
+    d = pd.concat(parts, ignore_index=True).rename(columns={"tg_c": "estimate"})
+    d = score(d.assign(**meta))
+    return d[COLUMNS]
+
+
+def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bootstrap: int, block_km: float,
+             log=print) -> tuple[pd.DataFrame, list[Path]]:
+    """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
+    bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed)."""
+    from .config import load_config
+    from .pipeline import Context, stage_bootstrap, stage_budgets, stage_forest, stage_sites, stage_upscale
+    from .uncertainty import stage_extrapolation
+
+    cfg = load_config(twin_dir / "config.toml")
+    cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0,
+                         cv=True)
+    cfg.uncertainty = replace(cfg.uncertainty, extrapolation=True, block_km=block_km)
+    base = run_root / "shared"
+    base.mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg=cfg, out=base, log=log)
+    steps = (("sites", stage_sites, "sites.parquet"), ("forest", stage_forest, "models"),
+             ("extrapolation", stage_extrapolation, "uncertainty"))
+    for name, func, output in steps:  # a resumed calibration keeps finished steps
+        if not (base / output).exists():
+            t0 = time.perf_counter()
+            func(ctx)
+            log(f"[{name}] {time.perf_counter() - t0:.0f} s")
+    truth = truth_annual(ctx)
+    out = []
+    for m in methods:
+        d = run_root / m
+        if not (d / "budgets_annual.csv").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            for item in ("sites.parquet", "models", "cv", "uncertainty"):
+                _copy(base / item, d / item)
+            mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d, log=log)
+            t0 = time.perf_counter()
+            for func in (stage_bootstrap, stage_upscale, stage_budgets):
+                func(mctx)
+            log(f"[{m}] bootstrap, upscale, budgets: {time.perf_counter() - t0:.0f} s")
+        out.append(d)
+    return truth, out
+
+
+def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resolution_km: float = 200.0,
+                    years: tuple[int, int] = (2011, 2020), n_estimators: int = 100, n_bootstrap: int = 10,
+                    block_km: float = 1000.0, n_sites: int = 200, n_site_months: int = 4900,
+                    log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generate each twin (``{"network", "seed"}``), run it with every method, and write
+    calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
+    the same directory reuses the twins and method runs already finished."""
+    from .twin import TwinSpec, make_twin
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for t in twins:
+        name = f"{t['network']}_{t['seed']}"
+        tdir = out / "twins" / name
+        if not (tdir / "config.toml").exists():
+            shutil.rmtree(tdir, ignore_errors=True)
+            t0 = time.perf_counter()
+            make_twin(tdir, TwinSpec(resolution_km=resolution_km, first_year=years[0], last_year=years[1],
+                                     seed=t["seed"], n_sites=n_sites, n_site_months=n_site_months,
+                                     network=t["network"]))
+            log(f"twin {name}: {time.perf_counter() - t0:.0f} s")
+        truth, dirs = run_twin(tdir, out / "runs" / name, methods, n_estimators=n_estimators,
+                               n_bootstrap=n_bootstrap, block_km=block_km, log=log)
+        for m, d in zip(methods, dirs):
+            rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
+        cal = pd.concat(rows, ignore_index=True)
+        cal.to_csv(out / "calibration.csv", index=False)  # after every twin: a partial table is usable
+    summ = coverage_summary(cal)
+    summ.to_csv(out / "calibration_summary.csv", index=False)
+    (out / "calibration_summary.md").write_text(
+        f"# Uncertainty calibration on {cal.twin.nunique()} twins\n\n"
+        f"{resolution_km:g}-km twins, {years[0]}–{years[1]}, {n_estimators} trees, {n_bootstrap} bootstrap forests, "
+        f"blocks of {block_km:g} km. One row per method × network × flux; a zone-year is one zone's annual "
+        f"budget in one year ({len(ZONES)} zones). A calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % "
+        "at ±2 SD.\n\n"
+        + summary_markdown(summ))
+    plot_coverage(summ, out / "calibration.png")
+    return cal, summ
+
+
+def plot_coverage(summ: pd.DataFrame, path: Path) -> None:
+    """Coverage at ±2 SD per method, one panel per flux, bars per network; the nominal 95.4 %."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fluxes = [f for f in CAL_FLUXES if f in set(summ.flux)]
+    methods = list(dict.fromkeys(summ.method))
+    nets = sorted(set(summ.network))
+    fig, axes = plt.subplots(1, len(fluxes), figsize=(4.2 * len(fluxes), 3.6), sharey=True, squeeze=False)
+    for ax, f in zip(axes[0], fluxes):
+        for j, n in enumerate(nets):
+            s = summ[(summ.flux == f) & (summ.network == n)].set_index("method").reindex(methods)
+            ax.bar(np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.38, 100 * s.coverage2.to_numpy(),
+                   width=0.38, label=f"{n} network")
+        ax.axhline(95.4, color="k", lw=0.8, ls="--")
+        ax.axhline(90, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{f}: truth inside ±2 SD")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("zone-years covered (%)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""Uncertainty methods beside the paper's row bootstrap (docs/uncertainty.md).
+
+* Resampling units of the bootstrap ensemble (``[uncertainty] method``): ``rows`` (the paper's:
+  site-months drawn with replacement), ``sites`` (whole sites drawn with replacement: a cluster
+  bootstrap, since the months of one site are strongly correlated) and ``blocks`` (sites grouped
+  into square spatial blocks of ``block_km``; whole blocks drawn with replacement, since nearby
+  sites are correlated too).
+* An extrapolation-aware SD term (``[uncertainty] extrapolation = true``) that grows with the
+  dissimilarity index (DI, :class:`abzflux.compare.AOA`) of a cell's predictors to the training
+  data. Its slope comes from the leave-one-site-out CV: the absolute site-mean residual of each
+  held-out site against the DI of that site's rows to the other sites' rows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .compare import AOA, CONTINUOUS
+from .formats import FLUXES, grid_crs, write_crs
+
+#: E|e| = sigma * sqrt(2/pi) for a zero-mean normal error e: the SD from a mean absolute error.
+HALF_NORMAL = float(np.sqrt(np.pi / 2))
+
+
+# --------------------------------------------------------------------------- resampling
+def site_blocks(x_m: np.ndarray, y_m: np.ndarray, block_km: float) -> np.ndarray:
+    """Spatial block label of each site from its projected coordinates (m): square blocks of
+    ``block_km`` on the grid's own projection (equal-area), anchored at the projection origin."""
+    s = float(block_km) * 1000.0
+    bx = np.floor(np.asarray(x_m, np.float64) / s).astype(np.int64)
+    by = np.floor(np.asarray(y_m, np.float64) / s).astype(np.int64)
+    return np.array([f"{a}_{b}" for a, b in zip(bx, by)], dtype=object)
+
+
+def resample_rows(site_ids: np.ndarray, method: str, rng: np.random.Generator,
+                  block_of_site: dict | None = None) -> np.ndarray:
+    """Row indices of one bootstrap member.
+
+    ``rows``: n row indices drawn with replacement from the n rows. ``sites``: as many sites as
+    there are, drawn with replacement, each contributing all its rows (a site drawn twice
+    contributes them twice). ``blocks``: the same with spatial blocks (``block_of_site`` maps a
+    site to its block). The result is sorted by draw, so a member's rows are whole units."""
+    site_ids = np.asarray(site_ids)
+    n = len(site_ids)
+    if method == "rows":
+        return rng.integers(0, n, n)
+    if method == "sites":
+        unit = site_ids
+    elif method == "blocks":
+        if block_of_site is None:
+            raise ValueError("block bootstrap needs block_of_site")
+        unit = np.array([block_of_site[s] for s in site_ids], dtype=object)
+    else:
+        raise ValueError(f"unknown bootstrap method {method!r}")
+    names, codes = np.unique(unit.astype(str), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(names)))
+    ends = np.append(starts[1:], n)
+    draw = rng.integers(0, len(names), len(names))
+    return np.concatenate([order[starts[u]:ends[u]] for u in draw])
+
+
+# --------------------------------------------------------------------------- extrapolation term
+def fit_extrapolation(site_di: np.ndarray, site_abs_error: np.ndarray) -> dict:
+    """Least-squares line |site-mean LOSO residual| = a + b * DI over the held-out sites.
+
+    The intercept is the error floor of sites like the training data (site effects, flux
+    measurement noise); the bootstrap is meant to cover that part and it is not spatially
+    coherent. The slope (b >= 0; a negative fitted slope means no growth, b = 0) is the error
+    that extrapolation adds. ``di_ref`` is the median site DI: the term starts there."""
+    d = np.asarray(site_di, np.float64)
+    e = np.asarray(site_abs_error, np.float64)
+    ok = np.isfinite(d) & np.isfinite(e)
+    d, e = d[ok], e[ok]
+    if len(d) < 3 or np.ptp(d) == 0:
+        return {"a": float(np.mean(e)) if len(e) else float("nan"), "b": 0.0,
+                "di_ref": float(np.median(d)) if len(d) else 0.0, "n_sites": int(len(d))}
+    b, a = np.polyfit(d, e, 1)
+    return {"a": float(a), "b": float(max(b, 0.0)), "di_ref": float(np.median(d)), "n_sites": int(len(d)),
+            "r": float(np.corrcoef(d, e)[0, 1])}
+
+
+def extrapolation_sd(di: np.ndarray, model: dict) -> np.ndarray:
+    """SD (flux units) added at dissimilarity ``di``: sqrt(pi/2) * b * max(DI - di_ref, 0), the
+    half-normal SD of the mean absolute error that the DI beyond the typical site DI adds."""
+    di = np.asarray(di, np.float64)
+    with np.errstate(invalid="ignore"):
+        return HALF_NORMAL * model["b"] * np.clip(di - model["di_ref"], 0.0, None)
+
+
+def site_errors(rows: pd.DataFrame, pred: pd.DataFrame, train_di: np.ndarray, flux: str) -> pd.DataFrame:
+    """Per held-out site: mean DI of its rows to the other sites' rows and |mean LOSO residual|.
+    ``pred`` holds the CV predictions (``row`` indexes ``rows``; obs, pred)."""
+    r = pd.DataFrame({"row": np.arange(len(rows)), "site_id": rows.site_id.to_numpy(), "di": train_di})
+    r = r.merge(pred[["row", "obs", "pred"]], on="row", how="inner")
+    g = r.assign(res=r.obs - r.pred).groupby("site_id").agg(di=("di", "mean"), residual=("res", "mean"),
+                                                            n=("row", "size")).reset_index()
+    g["abs_error"] = g.residual.abs()
+    return g.assign(flux=flux)
+
+
+def stage_extrapolation(ctx) -> None:
+    """(b4) The extrapolation-aware SD term: per flux the DI model of the LOSO residuals, and
+    monthly SD maps ``uncertainty/extrapolation_sd.zarr`` (g C m-2 month-1); the budgets stage
+    sums them per zone (fully correlated). Needs the forest stage's CV predictions."""
+    from .pipeline import _atomic_replace, training_rows
+
+    cfg = ctx.cfg
+    out = ctx.path("uncertainty.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    pred_path = ctx.path("cv/predictions.parquet")
+    if not pred_path.exists():
+        from .errors import ConfigError
+        raise ConfigError(cfg.source, "the extrapolation term needs the leave-one-site-out CV",
+                          column="uncertainty.extrapolation", expected="forest.cv = true")
+    cvp = pd.read_parquet(pred_path)
+    info = json.loads(ctx.path("models/forest.json").read_text())
+    table = pd.read_parquet(ctx.path("sites.parquet"))
+    imp_path = ctx.path("interpret/importance.csv")
+    imp = pd.read_csv(imp_path) if imp_path.exists() else None
+    models, aoas, errs = {}, {}, []
+    for flux in FLUXES:
+        rows = training_rows(table, flux).reset_index(drop=True)
+        w = np.ones(len(CONTINUOUS))
+        if imp is not None and (imp.flux == flux).any():
+            s = imp[imp.flux == flux].set_index("predictor").importance
+            w = np.array([s.get(v, 0.0) for v in CONTINUOUS], np.float64)
+        sub = rows
+        if len(rows) > cfg.compare.aoa_max_training:
+            sub = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, cfg.compare.aoa_max_training).round().astype(int))]
+        aoa = AOA(sub[list(CONTINUOUS)].to_numpy(np.float64), sub.site_id.to_numpy(), w)
+        di_rows = np.full(len(rows), np.nan)
+        di_rows[sub.index.to_numpy()] = aoa.train_di
+        p = cvp[(cvp.flux == flux) & (cvp.mtry == info[flux]["mtry"])]
+        e = site_errors(rows, p, di_rows, flux)
+        m = fit_extrapolation(e.di.to_numpy(), e.abs_error.to_numpy())
+        m["weights"] = "importance" if imp is not None else "equal"
+        models[flux], aoas[flux] = m, aoa
+        errs.append(e)
+        ctx.log(f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
+                f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}")
+    pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
+    (out / "extrapolation.json").write_text(json.dumps(models, indent=2))
+    write_sd_maps(ctx, aoas, models, out / "extrapolation_sd.zarr")
+    _atomic_replace(out, ctx.path("uncertainty"))
+
+
+def write_sd_maps(ctx, aoas: dict, models: dict, store: Path) -> None:
+    """Monthly extrapolation SD maps over the run's years, written year by year and band by band
+    of ``run.tile`` rows (bounded memory)."""
+    import dask.array as dsa
+
+    pred = ctx.predictors()
+    land = np.asarray((ctx.zones()["land_fraction"].fillna(0) > 0).values)
+    y0, y1 = ctx.years()
+    times = pd.DatetimeIndex(pred.time.values)
+    tsel = np.nonzero((times.year >= y0) & (times.year <= y1))[0]
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    band = max(1, min(ctx.cfg.run.tile, ny))
+    ch = (12, band, nx)
+    tmpl = xr.Dataset({f"{f}_extrap_sd": (("time", "y", "x"), dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32,
+                                                                       chunks=ch),
+                                          {"units": "g C m-2 month-1", "long_name": f"{f} extrapolation SD term"})
+                       for f in FLUXES}, coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values})
+    tmpl = write_crs(tmpl, grid_crs(pred, ctx.cfg.inputs.predictors))
+    tmpl.to_zarr(store, compute=False, mode="w", consolidated=False)
+    for k0 in range(0, len(tsel), 12):
+        tk = tsel[k0:k0 + 12]
+        for i0 in range(0, ny, band):
+            ys = slice(i0, min(i0 + band, ny))
+            nb = ys.stop - ys.start
+            cols = []
+            for v in CONTINUOUS:
+                da = pred[v].isel(y=ys)
+                a = np.asarray(da.isel(time=tk).values if "time" in da.dims else
+                               np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64)
+                cols.append(a.reshape(-1))
+            X = np.stack(cols, 1)
+            X[~np.tile(land[ys].ravel(), len(tk))] = np.nan
+            data = {}
+            for f in FLUXES:
+                sd = extrapolation_sd(aoas[f].di(X), models[f]).reshape(len(tk), nb, nx).astype(np.float32)
+                data[f"{f}_extrap_sd"] = (("time", "y", "x"), sd)
+            xr.Dataset(data).to_zarr(store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)},
+                                     consolidated=False)
+
+
+def zone_extrapolation_sd(ctx) -> pd.DataFrame | None:
+    """Zone-month extrapolation SD (Tg C month-1): the cell SDs summed with the zone weights, i.e.
+    cell errors fully correlated within a zone (the conservative choice). Columns zone, time,
+    year, month, flux, tg_c_sd_extrap. None when the run has no extrapolation term."""
+    from . import budgets as budgets_mod
+
+    store = ctx.path("uncertainty/extrapolation_sd.zarr")
+    if not ctx.cfg.uncertainty.extrapolation or not store.exists():
+        return None
+    ds = xr.open_zarr(store, consolidated=False)
+    ds = ds.rename({f"{f}_extrap_sd": f for f in FLUXES})[list(FLUXES)]
+    m = budgets_mod.monthly_budgets(ds, ctx.zones(), veg=ctx.veg())
+    return m.rename(columns={"tg_c": "tg_c_sd_extrap"}).drop(columns="coverage")

@@ -1,0 +1,271 @@
+"""Uncertainty methods and their calibration on twins (abzflux.uncertainty, abzflux.calibrate)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from abzflux.calibrate import coverage_summary, error_ratio, inside, score, summary_markdown
+from abzflux.config import load_config
+from abzflux.errors import ConfigError
+from abzflux.pipeline import Context, add_extrapolation_sd, stage_bootstrap, training_rows
+from abzflux.uncertainty import (HALF_NORMAL, extrapolation_sd, fit_extrapolation, resample_rows, site_blocks,
+                                 stage_extrapolation, zone_extrapolation_sd)
+
+
+# --------------------------------------------------------------------------- coverage arithmetic
+def test_inside_and_ratio_known_cases():
+    est = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0])
+    truth = np.array([10.0, 12.0, 13.0, 7.0, 14.0, 11.0, 10.0])
+    sd = np.array([1.0, 2.0, 2.0, 1.0, 2.0, 0.0, np.nan])
+    # errors 0, 2, 3, 3, 4, 1, 0 -> ratios 0, 1, 1.5, 3, 2, inf (SD 0, error 1), nan (no SD)
+    np.testing.assert_array_equal(inside(est, truth, sd, 1), [True, True, False, False, False, False, False])
+    np.testing.assert_array_equal(inside(est, truth, sd, 2), [True, True, True, False, True, False, False])
+    np.testing.assert_array_equal(error_ratio(est, truth, sd), [0.0, 1.0, 1.5, 3.0, 2.0, np.inf, np.nan])
+    assert error_ratio([5.0], [5.0], [0.0])[0] == 0.0  # no error, no SD: ratio 0 (but not "inside")
+
+
+def test_coverage_summary_known_answer():
+    # method a: errors 1, 3, 0.5, 5 against SD 2 -> ratios .5, 1.5, .25, 2.5; inside1 2/4, inside2 3/4
+    # method b: errors 1, 1 against SD 0.5 -> ratios 2, 2; inside1 0, inside2 2/2
+    df = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "network": "realistic", "flux": "nee",
+                       "estimate": [0.0, 0.0, 0.0, 0.0, 1.0, -1.0], "truth": [1.0, -3.0, 0.5, 5.0, 0.0, 0.0],
+                       "sd": [2.0, 2.0, 2.0, 2.0, 0.5, 0.5]})
+    s = coverage_summary(score(df)).set_index("method")
+    assert s.loc["a", "n"] == 4 and s.loc["b", "n"] == 2
+    assert s.loc["a", "coverage1"] == 0.5 and s.loc["a", "coverage2"] == 0.75
+    assert s.loc["b", "coverage1"] == 0.0 and s.loc["b", "coverage2"] == 1.0
+    assert s.loc["a", "median_ratio"] == pytest.approx(1.0)  # median of .25 .5 1.5 2.5
+    assert s.loc["a", "p90_ratio"] == pytest.approx(1.5 + 0.7 * (2.5 - 1.5))  # numpy linear quantile
+    assert s.loc["a", "median_abs_error"] == pytest.approx(2.0)
+    md = summary_markdown(s.reset_index())
+    assert "| a | realistic | nee | 4 | 50% | 75% | 1.00 | 2.20 |" in md
+
+
+# --------------------------------------------------------------------------- resampling
+SITES = np.array(["A"] * 3 + ["B"] * 5 + ["C"] * 1 + ["D"] * 4 + ["E"] * 2)
+
+
+def _counts(idx, labels):
+    return pd.Series(labels[idx]).value_counts()
+
+
+def test_site_bootstrap_draws_whole_sites():
+    sizes = pd.Series(SITES).value_counts()
+    for b in range(20):
+        idx = resample_rows(SITES, "sites", np.random.default_rng(b))
+        for s, c in _counts(idx, SITES).items():
+            assert c % sizes[s] == 0  # a site's rows come all together (once per draw)
+            per_row = pd.Series(idx[SITES[idx] == s]).value_counts()
+            assert per_row.nunique() == 1 and len(per_row) == sizes[s]
+        assert sum(_counts(idx, SITES)[s] // sizes[s] for s in _counts(idx, SITES).index) == 5  # 5 draws
+
+
+def test_block_bootstrap_draws_whole_blocks():
+    blocks = {"A": "0_0", "B": "0_0", "C": "1_0", "D": "1_0", "E": "2_2"}
+    lab = np.array([blocks[s] for s in SITES], dtype=object)
+    bsize = pd.Series(lab).value_counts()
+    seen = set()
+    for b in range(20):
+        idx = resample_rows(SITES, "blocks", np.random.default_rng(b), blocks)
+        c = _counts(idx, lab)
+        for blk, n in c.items():
+            assert n % bsize[blk] == 0
+        assert sum(c[k] // bsize[k] for k in c.index) == 3  # 3 blocks drawn
+        seen |= set(c.index)
+    assert seen == {"0_0", "1_0", "2_2"}
+
+
+def test_row_bootstrap_is_the_papers():
+    rng = np.random.default_rng(7)
+    idx = resample_rows(SITES, "rows", np.random.default_rng(7))
+    np.testing.assert_array_equal(idx, rng.integers(0, len(SITES), len(SITES)))
+
+
+def test_site_blocks_from_projected_coordinates():
+    lab = site_blocks(np.array([0.0, 999e3, 1000e3, -1.0]), np.array([0.0, 10.0, 0.0, 2500e3]), 1000)
+    assert list(lab) == ["0_0", "0_0", "1_0", "-1_2"]
+
+
+# --------------------------------------------------------------------------- extrapolation term
+def test_extrapolation_model_recovers_slope_and_grows_with_di():
+    d = np.linspace(0.0, 1.0, 21)
+    m = fit_extrapolation(d, 2.0 + 6.0 * d)
+    assert m["a"] == pytest.approx(2.0) and m["b"] == pytest.approx(6.0) and m["di_ref"] == pytest.approx(0.5)
+    sd = extrapolation_sd(np.array([0.0, 0.5, 0.75, 1.5, np.nan]), m)
+    np.testing.assert_allclose(sd[:4], HALF_NORMAL * 6.0 * np.array([0.0, 0.0, 0.25, 1.0]))
+    assert np.isnan(sd[4])
+    assert np.all(np.diff(sd[:4]) >= 0) and sd[3] > sd[2] > 0
+    flat = fit_extrapolation(d, 5.0 - 3.0 * d)  # error falling with DI: no growth term
+    assert flat["b"] == 0.0
+    assert np.all(extrapolation_sd(np.array([0.0, 2.0]), flat) == 0.0)
+
+
+def test_extrapolation_budget_terms_add_fully_correlated():
+    ext = pd.DataFrame({"zone": "domain", "flux": "nee", "year": [2001] * 12 + [2002] * 12,
+                        "month": list(range(1, 13)) * 2, "tg_c_sd_extrap": [1.0] * 12 + [2.0] * 12})
+    ann = pd.DataFrame({"zone": "domain", "flux": ["nee", "nee", "nee_fire", "nee_derived"],
+                        "year": [2001, 2002, 2001, 2001], "tg_c_sd": [5.0, 5.0, 5.0, 4.0]})
+    p_sd = pd.DataFrame({"zone": ["domain", "domain"], "flux": ["nee", "nee_derived"],
+                         "period_mean_tg_c_sd": [3.0, 2.0]})
+    a, p = add_extrapolation_sd(ann, p_sd, ext)
+    a = a.set_index(["flux", "year"])
+    assert a.loc[("nee", 2001), "tg_c_sd_extrap"] == 12.0 and a.loc[("nee", 2002), "tg_c_sd_extrap"] == 24.0
+    assert a.loc[("nee", 2001), "tg_c_sd_total"] == pytest.approx(13.0)  # sqrt(5² + 12²)
+    assert a.loc[("nee_fire", 2001), "tg_c_sd_total"] == pytest.approx(13.0)
+    assert a.loc[("nee_derived", 2001), "tg_c_sd_total"] == 4.0
+    p = p.set_index("flux")
+    assert p.loc["nee", "period_mean_tg_c_sd_extrap"] == 18.0  # mean of 12 and 24
+    assert p.loc["nee", "period_mean_tg_c_sd_total"] == pytest.approx(np.hypot(3.0, 18.0))
+
+
+# --------------------------------------------------------------------------- config
+BASE = """[inputs]
+sites = "s.csv"
+predictors = "p.zarr"
+zones = "z.nc"
+"""
+
+
+@pytest.fixture
+def proj(tmp_path):
+    for n in ("s.csv", "z.nc"):
+        (tmp_path / n).write_text("x")
+    (tmp_path / "p.zarr").mkdir()
+    return tmp_path
+
+
+def test_uncertainty_config_defaults_and_values(proj):
+    (proj / "c.toml").write_text(BASE)
+    c = load_config(proj / "c.toml")
+    assert (c.uncertainty.method, c.uncertainty.extrapolation) == ("rows", False)  # the paper's default
+    (proj / "c.toml").write_text(BASE + '[uncertainty]\nmethod = "blocks"\nblock_km = 500\nextrapolation = true\n')
+    c = load_config(proj / "c.toml")
+    assert (c.uncertainty.method, c.uncertainty.block_km, c.uncertainty.extrapolation) == ("blocks", 500.0, True)
+    assert c.to_dict()["uncertainty"]["method"] == "blocks"
+
+
+@pytest.mark.parametrize("body, parts", [
+    ('method = "site"', ("uncertainty.method", "'site'", "rows")),
+    ("block_km = 0", ("uncertainty.block_km", "> 0")),
+    ("block_km = -5.0", ("uncertainty.block_km",)),
+    ('extrapolation = "yes"', ("uncertainty.extrapolation", "true or false")),
+    ("blocks = 3", ("uncertainty.blocks", "unknown key")),
+])
+def test_uncertainty_config_errors(proj, body, parts):
+    (proj / "c.toml").write_text(BASE + "[uncertainty]\n" + body + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(proj / "c.toml")
+    for p in parts:
+        assert p in str(e.value)
+
+
+# --------------------------------------------------------------------------- stages on the shared run
+@pytest.fixture(scope="module")
+def run_copy(study_run, fast_config, tmp_path_factory):
+    out0, _ = study_run
+    out = tmp_path_factory.mktemp("unc") / "run"
+    out.mkdir()
+    for item in ("sites.parquet", "models", "cv"):
+        (shutil.copytree if (out0 / item).is_dir() else shutil.copy2)(out0 / item, out / item)
+    return out, load_config(fast_config)
+
+
+@pytest.mark.parametrize("method", ["sites", "blocks"])
+def test_bootstrap_stage_methods(run_copy, method):
+    out, cfg = run_copy
+    cfg = replace(cfg, forest=replace(cfg.forest, n_bootstrap=2, n_estimators=5),
+                  uncertainty=replace(cfg.uncertainty, method=method, block_km=1500.0))
+    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    stage_bootstrap(ctx)
+    rec = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
+    assert rec["method"] == method
+    table = pd.read_parquet(out / "sites.parquet")
+    rows = training_rows(table, "nee")
+    size = rows.site_id.value_counts()
+    for m in rec["nee"]:
+        assert (out / "bootstrap" / f"nee_{m['member']:02d}.npz").exists()
+        assert m["distinct_sites"] < rows.site_id.nunique()  # drawn with replacement: some sites left out
+    # the members are the same draws as resample_rows makes: whole sites / blocks
+    labels = None
+    if method == "blocks":
+        pred = ctx.predictors()
+        st = table.drop_duplicates("site_id")
+        labels = dict(zip(st.site_id, site_blocks(pred.x.values[st.ix], pred.y.values[st.iy], 1500.0)))
+    r = rows.reset_index(drop=True)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 1000]))  # member 0's draw
+    idx = resample_rows(r.site_id.to_numpy(), method, rng, labels)
+    assert rec["nee"][0]["rows"] == len(idx)
+    got = r.site_id.to_numpy()[idx]
+    for s, c in pd.Series(got).value_counts().items():
+        assert c % size[s] == 0
+
+
+def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
+    import abzflux.uncertainty as unc
+
+    out, cfg = run_copy
+    cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, extrapolation=True))
+    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    fitted = {}
+
+    def fit(d, e):  # the real fit, recorded; the maps then use a known slope so that they are not all 0
+        fitted[len(fitted)] = fit_extrapolation(d, e)
+        return {"a": 1.0, "b": 10.0, "di_ref": 0.0, "n_sites": len(d)}
+
+    monkeypatch.setattr(unc, "fit_extrapolation", fit)
+    stage_extrapolation(ctx)
+    assert len(fitted) == 3 and all(m["b"] >= 0 and m["n_sites"] >= 3 for m in fitted.values())
+    model = json.loads((out / "uncertainty" / "extrapolation.json").read_text())
+    assert set(model) == {"gpp", "reco", "nee"} and model["nee"]["b"] == 10.0
+    se = pd.read_csv(out / "uncertainty" / "site_errors.csv")
+    assert (se.abs_error >= 0).all() and se.di.notna().all()
+    ds = xr.open_zarr(out / "uncertainty" / "extrapolation_sd.zarr", consolidated=False)
+    assert ds.sizes["time"] == 12 * (ctx.years()[1] - ctx.years()[0] + 1)
+    ext = zone_extrapolation_sd(ctx)
+    # the zone term is the area-weighted sum of the cell SDs (fully correlated), by hand for one month
+    from abzflux.budgets import zone_weights
+
+    w = zone_weights(ctx.zones()).sel(zone="domain").values
+    sd5 = ds.nee_extrap_sd.isel(time=5).values
+    assert np.nanmin(sd5) >= 0 and np.nanmax(sd5) > 0  # sqrt(pi/2) * 10 * DI
+    hand = float(np.nansum(sd5 * w)) / 1e12
+    got = ext[(ext.zone == "domain") & (ext.flux == "nee")].sort_values("time").tg_c_sd_extrap.iloc[5]
+    assert got == pytest.approx(hand, rel=1e-6, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- report
+def test_report_names_the_method_and_its_calibration(tmp_path, monkeypatch):
+    import abzflux.report as R
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "budgets_annual.csv").write_text("zone,flux,year,tg_c\ndomain,nee,2001,-1.0\n")
+    (run / "run.json").write_text(json.dumps({"config": {"uncertainty": {"method": "blocks", "block_km": 800.0,
+                                                                         "extrapolation": False}}}))
+    cal = pd.DataFrame({"method": ["blocks", "rows"], "network": "realistic", "flux": "nee", "n": [40, 40],
+                        "coverage1": [0.55, 0.2], "coverage2": [0.93, 0.4], "median_ratio": [0.9, 3.1],
+                        "p90_ratio": [2.1, 7.0]})
+    monkeypatch.setattr(R, "shipped_calibration", lambda: (cal, "made by the test"))
+    (it,) = R.uncertainty_method(R.RunData(run))
+    assert "spatial blocks" in it.caption and "800 km" in it.caption and "made by the test" in it.caption
+    assert "93%" in it.table_html and "55%" in it.table_html and "40%" not in it.table_html  # only this method
+    monkeypatch.setattr(R, "shipped_calibration", lambda: (None, ""))
+    (it,) = R.uncertainty_method(R.RunData(run))
+    assert "No calibration" in it.caption
+
+
+def test_shipped_calibration_covers_every_method():
+    import abzflux.report as R
+
+    cal, prov = R.shipped_calibration()
+    assert cal is not None and "abzflux calibrate" in prov
+    assert {"rows", "sites", "blocks"} <= set(cal.method)
+    assert {"realistic", "uniform"} <= set(cal.network)
+    assert cal.coverage2.between(0, 1).all() and (cal.coverage2 >= cal.coverage1).all()
