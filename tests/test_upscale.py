@@ -26,7 +26,7 @@ def _inputs(study_run, twin_dir):
     run, _ = study_run
     models = {f: run / "models" / f"{f}.npz" for f in FLUXES}
     rec = json.loads((run / "bootstrap" / "bootstrap.json").read_text())
-    members = {f: [run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in rec.items()}
+    members = {f: [run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in rec[f]] for f in FLUXES}
     pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False)
     sel = np.arange(pred.sizes["time"])  # the run covers every year of the twin
     return models, members, sel
@@ -122,7 +122,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tm
     ref = tmp_path / "ref"
     models = {f: work / "models" / f"{f}.npz" for f in FLUXES}
     brec = json.loads((work / "bootstrap" / "bootstrap.json").read_text())
-    members = {f: [work / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in brec.items()}
+    members = {f: [work / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in brec[f]] for f in FLUXES}
     sel = np.arange(xr.open_zarr(fast_config.parent / "predictors.zarr", consolidated=False).sizes["time"])
     up.upscale(fast_config.parent / "predictors.zarr", fast_config.parent / "zones.nc", models, members, ref, sel,
                tile=32, log=lambda m: None)
@@ -225,7 +225,7 @@ def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path
     gap = pred.isel(time=np.nonzero(~((t.year == 2007) & (t.month == 7)))[0])
     gap.to_zarr(tmp_path / "predictors.zarr", consolidated=False)
     text = fast_config.read_text()
-    for k in ("sites.csv", "zones.nc", "fire.zarr", "truth.nc"):
+    for k in ("sites.csv", "zones.nc", "fire.zarr", "truth.nc", "ref_inversion.nc", "ref_process.nc"):
         text = text.replace(f'"{k}"', f'"{twin_dir / k}"')
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
