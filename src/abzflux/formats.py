@@ -425,6 +425,15 @@ def _time_parts(values) -> dict[str, np.ndarray] | None:
     return None
 
 
+def _check_nan_steps(ds, allnan, name: str, file, expected: str) -> None:
+    """Raise naming the time steps at which variable ``name`` is NaN everywhere (``allnan``:
+    one boolean per time step)."""
+    if allnan.any():
+        steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
+        raise InputError(file, f"all values are NaN in {len(steps)} time step(s)", column=name,
+                         where=_listing(steps), expected=expected)
+
+
 def _time_label(ds: xr.Dataset, i: int) -> str:
     t = ds["time"].values[i]
     if isinstance(t, np.datetime64):
@@ -829,15 +838,8 @@ def read_predictors(path, required=None) -> xr.Dataset:
                 column=name,
                 expected="data values (NaN only where a cell has no data)",
             )
-        if allnan.ndim == 1 and allnan.any():
-            steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
-            raise InputError(
-                file,
-                f"all values are NaN in {len(steps)} time step(s)",
-                column=name,
-                where=_listing(steps),
-                expected="data at every time step (gap-fill the predictor or drop the month)",
-            )
+        if allnan.ndim == 1:
+            _check_nan_steps(ds, allnan, name, file, "data at every time step (gap-fill the predictor or drop the month)")
     for name, codes in code_checks.items():
         _check_codes(ds, name, codes, res, file)
     return _finish(ds, names, file)
@@ -930,16 +932,8 @@ def read_fire(path, like=None) -> xr.Dataset:
         {f"nan:{n}": ds[n].isnull().all(dim=("y", "x")) for n in FIRE_VARIABLES},
     )
     for name in FIRE_VARIABLES:  # a lost month (or Zarr chunk) would count as "no fire"
-        allnan = np.asarray(res[f"nan:{name}"])
-        if allnan.any():
-            steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
-            raise InputError(
-                file,
-                f"all values are NaN in {len(steps)} time step(s)",
-                column=name,
-                where=_listing(steps),
-                expected="data at every time step (0 where nothing burned)",
-            )
+        _check_nan_steps(ds, np.asarray(res[f"nan:{name}"]), name, file,
+                         "data at every time step (0 where nothing burned)")
     return _finish(ds, list(FIRE_VARIABLES), file)
 
 
