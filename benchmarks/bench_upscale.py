@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,10 @@ def main():
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--years", type=int, default=None, help="only the first N years of the stack")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the upscaled store here (default: a temporary directory); a killed run "
+                         "started again with the same --work resumes from its finished chunks")
+    ap.add_argument("--progress", action="store_true", help="print a line per finished chunk to stderr")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     models = {f: a.run / "models" / f"{f}.npz" for f in up.FLUXES}
@@ -46,10 +51,17 @@ def main():
 
         client = Client(LocalCluster(n_workers=2, threads_per_worker=1)) if a.scheduler == "local" else Client(a.scheduler)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        if a.progress:
+            print(f"{time.strftime('%H:%M:%S')} chunk {done}/{total} {time.perf_counter() - t0:.0f} s "
+                  f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        info = up.upscale(a.twin / "predictors.zarr", a.twin / "zones.nc", models, members, Path(d), sel,
-                          tile=a.tile, client=client, log=lambda m: None)
+        out = a.work or Path(d)
+        info = up.upscale(a.twin / "predictors.zarr", a.twin / "zones.nc", models, members, out, sel,
+                          tile=a.tile, client=client, progress=progress, fingerprint="bench", log=lambda m: None)
         wall = time.perf_counter() - t0
     n_forests = 3 + sum(len(v) for v in members.values())
     trees = {f: up._load(str(p)).n_estimators for f, p in models.items()}
@@ -59,7 +71,8 @@ def main():
            "wall_s": round(wall, 2), "pixel_months_per_s": round(pm / wall),
            "forest_row_predictions_per_s": round(pm * n_forests / wall),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-           "rss_before_upscale_mb": round(rss0), "scheduler": a.scheduler or "in-process"}
+           "rss_before_upscale_mb": round(rss0), "scheduler": a.scheduler or "in-process",
+           "resumed_chunks": info.get("resumed")}
     print(json.dumps(res, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))

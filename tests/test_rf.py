@@ -440,3 +440,54 @@ def test_level_layout_predicts_exactly_like_the_packed_forest_and_sklearn():
     ref = rf.predict(Xt)
     assert np.array_equal(PackedForest.from_sklearn(rf).predict(Xt), ref)
     assert np.array_equal(LevelForest.from_sklearn(rf).predict(Xt), ref)
+
+
+def test_level_float32_kernel_keeps_every_comparison_at_the_float32_boundary():
+    """A split between two adjacent float32 values a < b has a float64 threshold that is no
+    float32: rounded to nearest (ties to even) it would become b and send b left. The float32
+    kernel rounds thresholds down, so a goes left and b right, exactly as in float64."""
+    from abzflux._rf import LevelForest, _round_down_f32
+
+    a = np.nextafter(np.float32(1.0), np.float32(2.0))  # odd last mantissa bit
+    b = np.nextafter(a, np.float32(2.0))
+    thr = (np.float64(a) + np.float64(b)) / 2
+    assert np.float64(np.float32(thr)) == b  # the naive cast would be wrong here
+    X = np.tile(np.array([[a], [b]], np.float64), (20, 1))
+    y = np.tile([0.0, 10.0], 20)
+    f = grow_forest(X, y, is_cat=np.zeros(1, bool), n_levels=np.zeros(1), n_trees=5, mtry=1, nodesize=1, seed=0)
+    lf = LevelForest.from_packed(f)
+    X32 = np.repeat(np.array([[a], [b]], np.float32), 600, axis=0)  # > one block of rows
+    ref = f.predict(X32.astype(np.float64))
+    assert ref[0] == 0.0 and ref[-1] == 10.0
+    assert np.array_equal(lf.predict(X32), ref)
+    assert np.array_equal(lf.predict(X32.astype(np.float64)), ref)  # float32-exact: same kernel
+    # round-down property on arbitrary doubles
+    rng = np.random.default_rng(0)
+    t = np.r_[rng.normal(scale=1e3, size=10000), 1e39, -1e39, 0.0, -0.0, np.inf]
+    t32 = _round_down_f32(t)
+    assert (t32.astype(np.float64) <= t).all()
+    nxt = np.nextafter(t32, np.float32(np.inf)).astype(np.float64)
+    assert (nxt[np.isfinite(t)] > t[np.isfinite(t)]).all()
+
+
+def test_level_forest_kernels_agree_with_per_row_traversal_for_factors_nan_and_float64():
+    from abzflux._rf import LevelForest
+
+    rng = np.random.default_rng(8)
+    n = 2000
+    X = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 7, n), rng.integers(0, 12, n)])
+    y = X[:, 0] * 2 + np.where(X[:, 4] == 3, 4.0, 0.0) + np.sin(X[:, 5]) + rng.normal(size=n)
+    is_cat = np.array([False] * 4 + [True, True])
+    f = grow_forest(X, y, is_cat=is_cat, n_levels=np.array([0, 0, 0, 0, 7, 12]), n_trees=25, mtry=3, nodesize=3,
+                    seed=2)
+    lf = LevelForest.from_packed(f)
+    assert lf.has_cat
+    Xt = np.column_stack([rng.normal(size=(3000, 4)), rng.integers(0, 7, 3000), rng.integers(0, 12, 3000)])
+    Xt32 = Xt.astype(np.float32)
+    assert np.array_equal(lf.predict(Xt32), f.predict(Xt32.astype(np.float64)))  # float32 kernel
+    assert np.array_equal(lf.predict(Xt), f.predict(Xt))  # float64 kernel (values are no float32s)
+    # NaN in a numeric predictor goes right at every split and stops at the leaf
+    Xn = Xt.copy()
+    Xn[::7, 0] = np.nan
+    assert np.array_equal(lf.predict(Xn), f.predict(Xn))
+    assert np.isfinite(lf.predict(Xn)).all()

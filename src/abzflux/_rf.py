@@ -449,19 +449,31 @@ def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed
 # each other as in a per-row pointer chase. Each tree runs for its depth; rows that reached a
 # leaf stay there (leaf: child = itself, threshold +inf). Results equal the per-row traversal
 # exactly: the same comparisons, and trees are added in order then divided by their number.
-_LBLOCK = 512
+#
+# What makes it fast (measured in benchmarks/bench_inference.py): the predictors are read as
+# float32 when every value is exactly a float32 (the predictor stacks are float32), against
+# float32 thresholds rounded *down* from the float64 ones -- for a float32 x, x <= t holds
+# exactly when x <= (largest float32 <= t), so every comparison is unchanged; the rows and nodes
+# are addressed with unsigned 32-bit offsets into flat arrays (no negative-index wraparound
+# checks in the inner loop); and a block is small (256 rows x 17 predictors x 4 B = 17 KB) so
+# the block and the tree's nodes stay in the L1/L2 cache. A NaN predictor would move a row off a
+# leaf (NaN <= +inf is false), so batches with NaN take the per-row path (``_predict_rows``).
+_LBLOCK = 256
 
 
-@njit(cache=True, parallel=True)
-def _predict_level(X, feat, thr, child, catmask, value, roots, depth, has_cat, out):
-    nrow = X.shape[0]
+@njit(cache=True, parallel=True, boundscheck=False)
+def _predict_level(Xf, nf, feat, thr, child, catmask, value, roots, depth, has_cat, out):
+    """Xf: the rows, C order, flattened (float32 or float64); thr of the same dtype."""
+    nrow = out.shape[0]
     nt = roots.shape[0]
+    unf = np.uint32(nf)
     nblock = (nrow + _LBLOCK - 1) // _LBLOCK
     for b in prange(nblock):
         i0 = b * _LBLOCK
         m = min(i0 + _LBLOCK, nrow) - i0
         acc = np.zeros(m)
         idx = np.empty(m, np.int32)
+        base = np.uint32(i0) * unf
         for t in range(nt):
             r = roots[t]
             for i in range(m):
@@ -469,21 +481,50 @@ def _predict_level(X, feat, thr, child, catmask, value, roots, depth, has_cat, o
             for _ in range(depth[t]):
                 if has_cat:
                     for i in range(m):
-                        nd = idx[i]
+                        nd = np.uint32(idx[i])
                         f = feat[nd]
                         if f >= 0:
-                            right = not (X[i0 + i, f] <= thr[nd])
+                            right = not (Xf[base + np.uint32(i) * unf + np.uint32(f)] <= thr[nd])
                         else:
-                            right = ((catmask[nd] >> np.uint64(int(X[i0 + i, -f - 1]))) & np.uint64(1)) == np.uint64(0)
+                            code = np.uint64(int(Xf[base + np.uint32(i) * unf + np.uint32(-f - 1)]))
+                            right = ((catmask[nd] >> code) & np.uint64(1)) == np.uint64(0)
                         idx[i] = child[nd] + np.int32(right)
                 else:
                     for i in range(m):
-                        nd = idx[i]
-                        idx[i] = child[nd] + np.int32(not (X[i0 + i, feat[nd]] <= thr[nd]))
+                        nd = np.uint32(idx[i])
+                        x = Xf[base + np.uint32(i) * unf + np.uint32(feat[nd])]
+                        idx[i] = child[nd] + np.int32(not (x <= thr[nd]))
             for i in range(m):
-                acc[i] += value[idx[i]]
+                acc[i] += value[np.uint32(idx[i])]
         for i in range(m):
             out[i0 + i] = acc[i] / nt
+
+
+@njit(cache=True, parallel=True)
+def _predict_rows(X, feat, thr, child, catmask, value, roots, out):
+    """Per-row traversal of the breadth-first layout (stops at a leaf whatever x is: NaN-safe)."""
+    nt = roots.shape[0]
+    for i in prange(X.shape[0]):
+        acc = 0.0
+        for t in range(nt):
+            nd = roots[t]
+            while child[nd] != nd:
+                f = feat[nd]
+                if f >= 0:
+                    right = not (X[i, f] <= thr[nd])
+                else:
+                    right = ((catmask[nd] >> np.uint64(int(X[i, -f - 1]))) & np.uint64(1)) == np.uint64(0)
+                nd = child[nd] + np.int32(right)
+            acc += value[nd]
+        out[i] = acc / nt
+
+
+def _round_down_f32(thr: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 threshold (so float32 x <= it iff x <= thr)."""
+    t32 = thr.astype(np.float32)
+    up = t32.astype(np.float64) > thr
+    t32[up] = np.nextafter(t32[up], np.float32(-np.inf))
+    return t32
 
 
 @njit(cache=True)
@@ -542,8 +583,9 @@ class LevelForest:
     def __init__(self, feat, thr, child, catmask, value, roots, depth):
         self.feat, self.thr, self.child, self.catmask = feat, thr, child, catmask
         self.value, self.roots, self.depth = value, roots, depth
+        self.thr32 = _round_down_f32(thr)
         self.has_cat = bool((feat < 0).any())
-        if not self.has_cat:  # numeric-only (the bootstrap forests): the kernel never reads it
+        if not self.has_cat:  # numeric-only (the bootstrap forests): the kernels never read it
             self.catmask = np.zeros(1, np.uint64)
 
     @classmethod
@@ -566,8 +608,30 @@ class LevelForest:
         return cls.from_packed(PackedForest.from_sklearn(model))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        """Mean over trees for each row of X (rows, predictors), float32 or float64.
+
+        float32 input, or float64 input whose every value is exactly a float32, takes the
+        float32 kernel; other float64 input the float64 kernel; both give identical results.
+        """
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (rows, predictors), got shape {X.shape}")
         out = np.empty(X.shape[0])
-        _predict_level(X, self.feat, self.thr, self.child, self.catmask, self.value, self.roots, self.depth,
-                       self.has_cat, out)
+        if X.shape[0] == 0:
+            return out
+        if X.dtype != np.float32:
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            X32 = X.astype(np.float32)
+            if np.array_equal(X32, X, equal_nan=True):
+                X = X32
+        X = np.ascontiguousarray(X)
+        if np.isnan(X).any():
+            _predict_rows(X, self.feat, self.thr, self.child, self.catmask, self.value, self.roots, out)
+            return out
+        thr = self.thr32 if X.dtype == np.float32 else self.thr
+        step = max(1, (2**31 - 1) // X.shape[1])  # 32-bit offsets: split huge batches
+        for a in range(0, X.shape[0], step):
+            part = X[a:a + step]
+            _predict_level(part.reshape(-1), part.shape[1], self.feat, thr, self.child, self.catmask, self.value,
+                           self.roots, self.depth, self.has_cat, out[a:a + step])
         return out

@@ -143,9 +143,9 @@ class FluxForest:
     def _predict_matrix(self, M: np.ndarray) -> np.ndarray:
         if self.central == "qrf_median":
             return np.quantile(self.forest_.predict_trees(M, self.leaf_draw_), 0.5, axis=1)
-        if not self.levels_ and len(M) >= 2048:
-            # numeric-only forests (the bootstrap ensemble): the level-synchronous layout gives
-            # the same numbers faster on large batches (abzflux._rf.LevelForest)
+        if len(M) >= 1024:
+            # the level-synchronous layout gives the same numbers several times faster on large
+            # batches (abzflux._rf.LevelForest; benchmarks/bench_inference.py)
             if getattr(self, "_level", None) is None:
                 self._level = LevelForest.from_packed(self.forest_)
             return self._level.predict(M)

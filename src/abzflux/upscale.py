@@ -183,11 +183,20 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
                                   np.asarray(cols["veg_type"]).tobytes(), tuple(job.zones_order))
         Xb = X[[col for col in PREDICTOR_NAMES if col not in BOOTSTRAP_DROP]]
         ens = {}
+        mats = {}  # members share their numeric columns: build each column order's matrix once
         for flux, paths in job.members.items():
             a = np.full((len(paths), nt, ty, tx), np.nan, np.float32)
             for i, p in enumerate(paths):
                 m = _load(p)
-                a[i][ok] = m.predict(Xb[m.feature_names_])
+                if m.levels_:
+                    a[i][ok] = m.predict(Xb[m.feature_names_])
+                    continue
+                key = tuple(m.feature_names_)
+                if key not in mats:
+                    M = m._matrix(Xb[list(key)])
+                    M32 = M.astype(np.float32)  # the stacks are float32: exact, and the fast kernel's input
+                    mats[key] = M32 if np.array_equal(M32, M, equal_nan=True) else M
+                a[i][ok] = m._predict_matrix(mats[key])
             ens[flux] = a
         ens["nee_derived"] = ens["reco"] - ens["gpp"]
         sums = []
