@@ -30,6 +30,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import dask.array as dask_array
+import h5netcdf
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -105,16 +107,31 @@ def _smooth(rng: np.random.Generator, shape, scale_km: float, res_km: float) -> 
 
 
 def _toa_monthly(lat_deg: np.ndarray) -> np.ndarray:
-    """Monthly mean top-of-atmosphere shortwave (W m-2), FAO-56 daily Ra averaged by month."""
-    lat = np.deg2rad(lat_deg)[None]
-    doy = np.arange(1, 366)[:, None, None] if lat.ndim == 3 else np.arange(1, 366)[:, None]
+    """Monthly mean top-of-atmosphere shortwave (W m-2), FAO-56 daily Ra averaged by month.
+
+    Accumulated day by day: a (365, ny, nx) float64 block was 3 GB per temporary on the 8-km
+    grid. The day terms are computed on the whole year (as before, so every value is identical)
+    and the sum runs over days in order, as ``mean(0)`` over the day axis does."""
+    lat = np.deg2rad(lat_deg)
+    doy = np.arange(1, 366).reshape((365,) + (1,) * lat.ndim)
     decl = 0.409 * np.sin(2 * np.pi * doy / 365 - 1.39)
     dr = 1 + 0.033 * np.cos(2 * np.pi * doy / 365)
-    ws = np.arccos(np.clip(-np.tan(lat) * np.tan(decl), -1, 1))
-    ra = 1361.0 / np.pi * dr * (ws * np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.sin(ws))
+    c, tan_d, sin_d, cos_d = 1361.0 / np.pi * dr, np.tan(decl), np.sin(decl), np.cos(decl)
+    m_tan, sin_l, cos_l = -np.tan(lat), np.sin(lat), np.cos(lat)
     ends = np.cumsum([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
     starts = np.r_[0, ends[:-1]]
-    return np.stack([ra[s:e].mean(0) for s, e in zip(starts, ends)])
+    out = np.empty((12, *lat.shape))
+    for mi, (s, e) in enumerate(zip(starts, ends)):
+        acc = out[mi]
+        for d in range(s, e):
+            ws = np.arccos(np.clip(m_tan * tan_d[d], -1, 1))
+            ra = c[d] * (ws * sin_l * sin_d[d] + cos_l * cos_d[d] * np.sin(ws))
+            if d == s:
+                acc[...] = ra
+            else:
+                acc += ra
+        acc /= e - s
+    return out
 
 
 def _es_kpa(t):
@@ -677,14 +694,22 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
         z = _smooth(rng, w.shape, 1500, w.res_km)
         factor = 1 + 0.3 * z / max(float(z[w.mask].std()), 1e-12)
         tsel = (times.year >= p0) & (times.year <= p1)
-        tn = truth.nee.isel(time=np.nonzero(tsel)[0]).values.astype(np.float64)
-        pn = tn * factor + rng.normal(0, 3.0, tn.shape)
-        pn = np.where(np.isfinite(tn), pn, np.nan).astype(np.float32)
-        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), pn, {"units": "g C m-2 month-1"})},
+        sel = np.nonzero(tsel)[0]
+        # The file is defined by xarray (NaN placeholder, streamed in time steps), then filled one
+        # month at a time: the noise is drawn month after month, the same stream as one draw of
+        # the whole (time, y, x) block, and memory stays at a few grids for any period.
+        holder = dask_array.full((sel.size, *w.shape), np.nan, dtype=np.float32, chunks=(1, *w.shape))
+        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": "g C m-2 month-1"})},
                                   coords=_coords(w, times[tsel])), crs)
         ds.attrs.update(product="twin process-model-like", fire_included=0,
                         comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise")
-        ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf")
+        ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf", encoding={"nee": {"chunksizes": None}})
+        with h5netcdf.File(tmp / "ref_process.nc", "a") as fh:
+            var = fh.variables["nee"]
+            for k, t in enumerate(sel):
+                tn = truth.nee.isel(time=int(t)).values.astype(np.float64)
+                pn = tn * factor + rng.normal(0, 3.0, tn.shape)
+                var[k] = np.where(np.isfinite(tn), pn, np.nan).astype(np.float32)
         out.append({"file": "ref_process.nc", "product": ds.attrs["product"], "years": [int(p0), int(p1)]})
     truth.close()
     return out
