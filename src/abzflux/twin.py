@@ -459,6 +459,44 @@ def _coords(w: _World, times=None):
     return c
 
 
+def _write_month(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr, first: bool):
+    """Append one month to predictors.zarr, truth.zarr and fire.zarr (created by the first month,
+    with the static predictors). Chunks are one month of the whole grid, the time coordinate in
+    chunks of 12 (as when the stores were written a year at a time)."""
+    pred = xr.Dataset(coords=_coords(w, times))
+    for v, a in dyn.items():
+        pr = BY_NAME[v]
+        pred[v] = (("time", "y", "x"), a[None], {"units": pr.units, "long_name": pr.long_name})
+    if first:
+        pr = BY_NAME["veg_type"]
+        codes = np.array(sorted(VEG_CLASSES), np.int16)
+        pred["veg_type"] = (("y", "x"), np.where(w.mask, w.veg, -1).astype(np.int16),
+                            {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes),
+                             "long_name": pr.long_name})
+        pred["veg_type"].encoding["_FillValue"] = np.int16(-1)
+        for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc),
+                       ("permafrost_prob", w.pf_prob)):
+            pr = BY_NAME[v]
+            pred[v] = (("y", "x"), np.where(w.mask, arr, np.nan).astype(np.float32),
+                       {"units": pr.units, "long_name": pr.long_name})
+        pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
+    pred = write_crs(pred, crs)
+    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a[None], {"units": "g C m-2 month-1"})
+                                  for v, a in tru.items()}, coords=_coords(w, times)), crs)
+    fire = write_crs(xr.Dataset(
+        {"fire_emissions": (("time", "y", "x"), fe.astype(np.float32)[None], {"units": "g C m-2 month-1"}),
+         "burned_fraction": (("time", "y", "x"), bfr.astype(np.float32)[None], {"units": "1"})},
+        coords=_coords(w, times)), crs)
+    chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
+    for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
+        ds = ds.chunk(chunk)
+        if first:
+            ds.to_zarr(tmp / name, mode="w", consolidated=False, encoding={"time": {"chunks": (12,)}})
+        else:
+            ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
+                         errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
+
+
 def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     w = _World(spec)
     rng = w.rng
@@ -495,30 +533,27 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     rec = pd.concat(recs, ignore_index=True).merge(sites, on="site")
     rec["gpp_t"] = rec["reco_t"] = np.nan
 
-    # ---- monthly loop: predictors, fire and truth, appended year by year
+    # ---- monthly loop: predictors, fire and truth, appended month by month (memory: one month's
+    # grids, whatever the grid and the period; a year of them was 0.8 GB at 8 km)
     toa = _toa_monthly(w.lat)
     noise = lambda: rng.standard_normal(w.shape)  # noqa: E731
     wx = _Weather(w, rng)
     fire_by = w.fires.groupby(["year", "month"])
-    fnames = STACK_VARIABLES
     static = ("veg_type", "cti", "soil_ph", "soc_stock", "permafrost_prob")
+    dyn_vars = [v for v in STACK_VARIABLES if v not in static]
     for yi, year in enumerate(years):
         times = pd.date_range(f"{year}-01-01", periods=12, freq="MS")
-        dyn = {v: np.empty((12, *w.shape), np.float32) for v in fnames if v not in static}
-        tru = {v: np.empty((12, *w.shape), np.float32) for v in ("gpp", "reco", "nee")}
-        fe = np.zeros((12, *w.shape), np.float32)
-        bfr = np.zeros((12, *w.shape), np.float32)
         for m in range(1, 13):
             p, legacy, _ = predictors_for_month(w, wx, int(year), m, toa, noise)
             fl = true_fluxes(p, legacy, m)
-            for v in dyn:
-                dyn[v][m - 1] = np.where(nan_out, np.nan, p[v])
-            for v in tru:
-                tru[v][m - 1] = np.where(nan_out, np.nan, fl[v])
+            dyn = {v: np.where(nan_out, np.nan, p[v]).astype(np.float32) for v in dyn_vars}
+            tru = {v: np.where(nan_out, np.nan, fl[v]).astype(np.float32) for v in ("gpp", "reco", "nee")}
+            fe = np.zeros(w.shape, np.float32)
+            bfr = np.zeros(w.shape, np.float32)
             if (year, m) in fire_by.groups:
                 ev = fire_by.get_group((year, m))
-                np.add.at(fe[m - 1], (ev.iy.values, ev.ix.values), ev.emission.values)
-                np.add.at(bfr[m - 1], (ev.iy.values, ev.ix.values), ev.bf.values)
+                np.add.at(fe, (ev.iy.values, ev.ix.values), ev.emission.values)
+                np.add.at(bfr, (ev.iy.values, ev.ix.values), ev.bf.values)
             sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
             if sel.size:
                 iy, ix = rec.iy.values[sel], rec.ix.values[sel]
@@ -535,40 +570,10 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
                 sf = true_fluxes(site_p, leg, m)
                 rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
                 rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
-        fe = np.where(nan_out, np.nan, fe)
-        bfr = np.where(nan_out, np.nan, np.clip(bfr, 0, 1))
-        pred = xr.Dataset(coords=_coords(w, times))
-        for v in dyn:
-            pr = BY_NAME[v]
-            pred[v] = (("time", "y", "x"), dyn[v], {"units": pr.units, "long_name": pr.long_name})
-        if yi == 0:
-            pr = BY_NAME["veg_type"]
-            codes = np.array(sorted(VEG_CLASSES), np.int16)
-            pred["veg_type"] = (("y", "x"), np.where(w.mask, w.veg, -1).astype(np.int16),
-                                {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes),
-                                 "long_name": pr.long_name})
-            pred["veg_type"].encoding["_FillValue"] = np.int16(-1)
-            for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc),
-                           ("permafrost_prob", w.pf_prob)):
-                pr = BY_NAME[v]
-                pred[v] = (("y", "x"), np.where(w.mask, arr, np.nan).astype(np.float32),
-                           {"units": pr.units, "long_name": pr.long_name})
-            pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
-        pred = write_crs(pred, crs)
-        truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": "g C m-2 month-1"})
-                                      for v, a in tru.items()}, coords=_coords(w, times)), crs)
-        fire = write_crs(xr.Dataset(
-            {"fire_emissions": (("time", "y", "x"), fe.astype(np.float32), {"units": "g C m-2 month-1"}),
-             "burned_fraction": (("time", "y", "x"), bfr.astype(np.float32), {"units": "1"})},
-            coords=_coords(w, times)), crs)
-        chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
-        for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
-            ds = ds.chunk({k: v for k, v in chunk.items()})
-            if yi == 0:
-                ds.to_zarr(tmp / name, mode="w", consolidated=False)
-            else:
-                ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
-                             errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
+            del p, fl, legacy
+            fe = np.where(nan_out, np.nan, fe)
+            bfr = np.where(nan_out, np.nan, np.clip(bfr, 0, 1))
+            _write_month(tmp, w, crs, times[m - 1:m], dyn, tru, fe, bfr, first=(yi == 0 and m == 1))
         if progress:
             progress(yi + 1, len(years))
 
