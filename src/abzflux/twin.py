@@ -415,6 +415,10 @@ def _site_calendar(rng, n, first, last, fire_year=np.nan):
 
 
 # --------------------------------------------------------------------------- writer
+#: Months are generated and written in blocks of at most this many bytes of float32 grids (and
+#: at most a year): bounded memory on big grids, few appends on small ones.
+WRITE_BLOCK_BYTES = 256 * 2**20
+
 def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None) -> dict:
     """Generate a twin into directory ``out`` (created; must not exist or be empty).
 
@@ -459,14 +463,14 @@ def _coords(w: _World, times=None):
     return c
 
 
-def _write_month(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr, first: bool):
-    """Append one month to predictors.zarr, truth.zarr and fire.zarr (created by the first month,
-    with the static predictors). Chunks are one month of the whole grid, the time coordinate in
-    chunks of 12 (as when the stores were written a year at a time)."""
+def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr, first: bool):
+    """Append a block of months (time, y, x) to predictors.zarr, truth.zarr and fire.zarr, which
+    the first block creates, with the static predictors. Chunks are one month of the whole grid,
+    the time coordinate's 12 months (as when the stores were written a year at a time)."""
     pred = xr.Dataset(coords=_coords(w, times))
     for v, a in dyn.items():
         pr = BY_NAME[v]
-        pred[v] = (("time", "y", "x"), a[None], {"units": pr.units, "long_name": pr.long_name})
+        pred[v] = (("time", "y", "x"), a, {"units": pr.units, "long_name": pr.long_name})
     if first:
         pr = BY_NAME["veg_type"]
         codes = np.array(sorted(VEG_CLASSES), np.int16)
@@ -481,11 +485,11 @@ def _write_month(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
                        {"units": pr.units, "long_name": pr.long_name})
         pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
     pred = write_crs(pred, crs)
-    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a[None], {"units": "g C m-2 month-1"})
+    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": "g C m-2 month-1"})
                                   for v, a in tru.items()}, coords=_coords(w, times)), crs)
     fire = write_crs(xr.Dataset(
-        {"fire_emissions": (("time", "y", "x"), fe.astype(np.float32)[None], {"units": "g C m-2 month-1"}),
-         "burned_fraction": (("time", "y", "x"), bfr.astype(np.float32)[None], {"units": "1"})},
+        {"fire_emissions": (("time", "y", "x"), fe, {"units": "g C m-2 month-1"}),
+         "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"})},
         coords=_coords(w, times)), crs)
     chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
     for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
@@ -533,47 +537,59 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     rec = pd.concat(recs, ignore_index=True).merge(sites, on="site")
     rec["gpp_t"] = rec["reco_t"] = np.nan
 
-    # ---- monthly loop: predictors, fire and truth, appended month by month (memory: one month's
-    # grids, whatever the grid and the period; a year of them was 0.8 GB at 8 km)
+    # ---- monthly loop: predictors, fire and truth, appended in blocks of months: a whole year on
+    # small grids (few appends: fast), fewer months on big ones so that the block's buffers stay
+    # under WRITE_BLOCK_BYTES (a year was 0.8 GB at 8 km); memory does not grow with the period.
     toa = _toa_monthly(w.lat)
     noise = lambda: rng.standard_normal(w.shape)  # noqa: E731
     wx = _Weather(w, rng)
     fire_by = w.fires.groupby(["year", "month"])
     static = ("veg_type", "cti", "soil_ph", "soc_stock", "permafrost_prob")
     dyn_vars = [v for v in STACK_VARIABLES if v not in static]
+    month_bytes = w.mask.size * 4 * (len(dyn_vars) + 5)  # float32: predictors, 3 fluxes, 2 fire grids
+    block = int(np.clip(WRITE_BLOCK_BYTES // month_bytes, 1, 12))
     for yi, year in enumerate(years):
         times = pd.date_range(f"{year}-01-01", periods=12, freq="MS")
-        for m in range(1, 13):
-            p, legacy, _ = predictors_for_month(w, wx, int(year), m, toa, noise)
-            fl = true_fluxes(p, legacy, m)
-            dyn = {v: np.where(nan_out, np.nan, p[v]).astype(np.float32) for v in dyn_vars}
-            tru = {v: np.where(nan_out, np.nan, fl[v]).astype(np.float32) for v in ("gpp", "reco", "nee")}
-            fe = np.zeros(w.shape, np.float32)
-            bfr = np.zeros(w.shape, np.float32)
-            if (year, m) in fire_by.groups:
-                ev = fire_by.get_group((year, m))
-                np.add.at(fe, (ev.iy.values, ev.ix.values), ev.emission.values)
-                np.add.at(bfr, (ev.iy.values, ev.ix.values), ev.bf.values)
-            sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
-            if sel.size:
-                iy, ix = rec.iy.values[sel], rec.ix.values[sel]
-                site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
-                # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
-                leg = legacy[iy, ix].copy()
-                fy = rec.fire_year.values[sel]
-                burned = ~np.isnan(fy)
-                if burned.any():
-                    age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
-                    leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
-                    site_p["ndvi"] = site_p["ndvi"].copy()
-                    site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
-                sf = true_fluxes(site_p, leg, m)
-                rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
-                rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
-            del p, fl, legacy
-            fe = np.where(nan_out, np.nan, fe)
-            bfr = np.where(nan_out, np.nan, np.clip(bfr, 0, 1))
-            _write_month(tmp, w, crs, times[m - 1:m], dyn, tru, fe, bfr, first=(yi == 0 and m == 1))
+        for m0 in range(1, 13, block):
+            months = range(m0, min(m0 + block, 13))
+            n = len(months)
+            dyn = {v: np.empty((n, *w.shape), np.float32) for v in dyn_vars}
+            tru = {v: np.empty((n, *w.shape), np.float32) for v in ("gpp", "reco", "nee")}
+            fe = np.zeros((n, *w.shape), np.float32)
+            bfr = np.zeros((n, *w.shape), np.float32)
+            for i, m in enumerate(months):
+                p, legacy, _ = predictors_for_month(w, wx, int(year), m, toa, noise)
+                fl = true_fluxes(p, legacy, m)
+                for v in dyn:
+                    dyn[v][i] = np.where(nan_out, np.nan, p[v])
+                for v in tru:
+                    tru[v][i] = np.where(nan_out, np.nan, fl[v])
+                if (year, m) in fire_by.groups:
+                    ev = fire_by.get_group((year, m))
+                    np.add.at(fe[i], (ev.iy.values, ev.ix.values), ev.emission.values)
+                    np.add.at(bfr[i], (ev.iy.values, ev.ix.values), ev.bf.values)
+                sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
+                if sel.size:
+                    iy, ix = rec.iy.values[sel], rec.ix.values[sel]
+                    site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
+                    # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
+                    leg = legacy[iy, ix].copy()
+                    fy = rec.fire_year.values[sel]
+                    burned = ~np.isnan(fy)
+                    if burned.any():
+                        age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
+                        leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
+                        site_p["ndvi"] = site_p["ndvi"].copy()
+                        site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
+                    sf = true_fluxes(site_p, leg, m)
+                    rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
+                    rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
+                del p, fl, legacy
+            fe[:, nan_out] = np.nan
+            bfr = np.clip(bfr, 0, 1, out=bfr)
+            bfr[:, nan_out] = np.nan
+            _write_block(tmp, w, crs, times[m0 - 1:m0 - 1 + n], dyn, tru, fe, bfr, first=(yi == 0 and m0 == 1))
+            del dyn, tru, fe, bfr
         if progress:
             progress(yi + 1, len(years))
 
