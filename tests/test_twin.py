@@ -149,10 +149,12 @@ def test_site_network_is_biased_and_realistic(twin_dir):
     assert n.min() >= 1 and n.max() <= 213 and n.median() < n.mean()  # right-skewed records
 
 
-def test_twin_is_deterministic_and_seeded(tmp_path):
+def test_twin_is_deterministic_and_seeded(tmp_path, monkeypatch):
     spec = TwinSpec(resolution_km=200, first_year=2019, last_year=2020, seed=7, n_sites=30, n_site_months=400)
     make_twin(tmp_path / "a", spec)
-    make_twin(tmp_path / "b", spec)
+    with monkeypatch.context() as mp:  # written month by month (as on a big grid), not a year at a time
+        mp.setattr(twin_mod, "WRITE_BLOCK_BYTES", 1)
+        make_twin(tmp_path / "b", spec)
     make_twin(tmp_path / "c", TwinSpec(**{**spec.__dict__, "seed": 8}))
     a = (tmp_path / "a" / "sites.csv").read_bytes()
     assert a == (tmp_path / "b" / "sites.csv").read_bytes()
@@ -160,6 +162,13 @@ def test_twin_is_deterministic_and_seeded(tmp_path):
     ta = xr.open_dataset(tmp_path / "a" / "truth.nc")
     tb = xr.open_dataset(tmp_path / "b" / "truth.nc")
     xr.testing.assert_identical(ta, tb)
+    for store in ("predictors.zarr", "fire.zarr"):
+        za = xr.open_zarr(tmp_path / "a" / store, consolidated=False)
+        zb = xr.open_zarr(tmp_path / "b" / store, consolidated=False)
+        xr.testing.assert_identical(za, zb)
+        assert za.time.encoding["chunks"] == zb.time.encoding["chunks"] == (12,)
+    xr.testing.assert_identical(xr.open_dataset(tmp_path / "a" / "ref_inversion.nc"),
+                                xr.open_dataset(tmp_path / "b" / "ref_inversion.nc"))
 
 
 def test_make_twin_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path):
