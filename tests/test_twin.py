@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from abzflux import twin as twin_mod
 from abzflux.domain import _base, load_domain
 from abzflux.formats import read_fire, read_predictors, read_site_table, read_zones
 from abzflux.predictors import STACK_VARIABLES
@@ -148,10 +149,12 @@ def test_site_network_is_biased_and_realistic(twin_dir):
     assert n.min() >= 1 and n.max() <= 213 and n.median() < n.mean()  # right-skewed records
 
 
-def test_twin_is_deterministic_and_seeded(tmp_path):
+def test_twin_is_deterministic_and_seeded(tmp_path, monkeypatch):
     spec = TwinSpec(resolution_km=200, first_year=2019, last_year=2020, seed=7, n_sites=30, n_site_months=400)
     make_twin(tmp_path / "a", spec)
-    make_twin(tmp_path / "b", spec)
+    with monkeypatch.context() as mp:  # written month by month (as on a big grid), not a year at a time
+        mp.setattr(twin_mod, "WRITE_BLOCK_BYTES", 1)
+        make_twin(tmp_path / "b", spec)
     make_twin(tmp_path / "c", TwinSpec(**{**spec.__dict__, "seed": 8}))
     a = (tmp_path / "a" / "sites.csv").read_bytes()
     assert a == (tmp_path / "b" / "sites.csv").read_bytes()
@@ -159,6 +162,13 @@ def test_twin_is_deterministic_and_seeded(tmp_path):
     ta = xr.open_dataset(tmp_path / "a" / "truth.nc")
     tb = xr.open_dataset(tmp_path / "b" / "truth.nc")
     xr.testing.assert_identical(ta, tb)
+    for store in ("predictors.zarr", "fire.zarr"):
+        za = xr.open_zarr(tmp_path / "a" / store, consolidated=False)
+        zb = xr.open_zarr(tmp_path / "b" / store, consolidated=False)
+        xr.testing.assert_identical(za, zb)
+        assert za.time.encoding["chunks"] == zb.time.encoding["chunks"] == (12,)
+    xr.testing.assert_identical(xr.open_dataset(tmp_path / "a" / "ref_inversion.nc"),
+                                xr.open_dataset(tmp_path / "b" / "ref_inversion.nc"))
 
 
 def test_make_twin_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path):
@@ -183,3 +193,60 @@ def test_true_flux_function_responds_as_documented():
     assert fire_legacy(0.5) > 5 and fire_legacy(15) < -2 and abs(fire_legacy(80)) < 0.3
     up = true_fluxes(base, 10.0, 7)
     assert up["nee"] - f0["nee"] == pytest.approx(10.0)
+
+
+def _toa_block(lat_deg):
+    """The TOA climatology as one (365, ...) block (the formula before it streamed by day)."""
+    lat = np.deg2rad(lat_deg)[None]
+    doy = np.arange(1, 366).reshape((365,) + (1,) * lat_deg.ndim)
+    decl = 0.409 * np.sin(2 * np.pi * doy / 365 - 1.39)
+    dr = 1 + 0.033 * np.cos(2 * np.pi * doy / 365)
+    ws = np.arccos(np.clip(-np.tan(lat) * np.tan(decl), -1, 1))
+    ra = 1361.0 / np.pi * dr * (ws * np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.sin(ws))
+    ends = np.cumsum([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+    return np.stack([ra[s:e].mean(0) for s, e in zip(np.r_[0, ends[:-1]], ends)])
+
+
+def test_toa_climatology_streams_days_with_identical_values():
+    import tracemalloc
+
+    lat = np.random.default_rng(3).uniform(30, 89.9, (60, 70))
+    tracemalloc.start()
+    toa = twin_mod._toa_monthly(lat)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(toa, _toa_block(lat))  # bit-identical: the twin's files do not change
+    assert np.array_equal(twin_mod._toa_monthly(lat[:, 0]), _toa_block(lat[:, 0]))
+    # A few grids besides the 12-month output, not a (365, ny, nx) block (3 GB a copy at 8 km).
+    assert peak < (12 + 12) * lat.nbytes, peak / lat.nbytes
+    assert 150 < toa[6, lat > 60].mean() < 600 and toa[0, lat > 70].max() < 20  # polar night, June sun
+
+
+def test_reference_products_memory_does_not_grow_with_years(twin_dir, tmp_path):
+    """The process-model-like reference is written month by month: its peak memory is the same
+    for 2 and for 5 years of truth (it held every month as float64 before, x3 temporaries)."""
+    import tracemalloc
+
+    spec = TwinSpec(**{**json.loads((twin_dir / "twin.json").read_text())["spec"], "last_year": 2005})
+    w = twin_mod._World(spec)
+    zones = xr.open_dataset(twin_dir / "zones.nc")
+    with xr.open_dataset(twin_dir / "truth.nc") as t:
+        truth = t.sel(time=slice("2001", "2005")).load()
+    peaks, files = {}, {}
+    for last in (2002, 2005):
+        d = tmp_path / str(last)
+        d.mkdir()
+        truth.to_netcdf(d / "truth.nc", engine="h5netcdf")
+        (d / "fire.zarr").symlink_to(twin_dir / "fire.zarr")
+        tracemalloc.start()
+        twin_mod._write_references(d, TwinSpec(**{**spec.__dict__, "last_year": last}), w, zones)
+        peaks[last] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        files[last] = xr.open_dataset(d / "ref_process.nc")
+    grid = w.mask.size * 8
+    assert files[2005].sizes["time"] == 60 and files[2002].sizes["time"] == 24
+    assert peaks[2005] - peaks[2002] < 0.25 * 36 * grid, (peaks, grid)  # 36 more months, ~3 grids each before
+    # Same generator stream either way: the first 24 months agree, and carry noise.
+    a, b = files[2002].nee.values, files[2005].nee.isel(time=slice(0, 24)).values
+    assert np.array_equal(a, b, equal_nan=True) and np.isfinite(a).any()
+    assert 2.0 < np.nanstd(a - truth.nee.values[:24]) < 30.0

@@ -30,6 +30,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import dask.array as dask_array
+import h5netcdf
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -105,16 +107,31 @@ def _smooth(rng: np.random.Generator, shape, scale_km: float, res_km: float) -> 
 
 
 def _toa_monthly(lat_deg: np.ndarray) -> np.ndarray:
-    """Monthly mean top-of-atmosphere shortwave (W m-2), FAO-56 daily Ra averaged by month."""
-    lat = np.deg2rad(lat_deg)[None]
-    doy = np.arange(1, 366)[:, None, None] if lat.ndim == 3 else np.arange(1, 366)[:, None]
+    """Monthly mean top-of-atmosphere shortwave (W m-2), FAO-56 daily Ra averaged by month.
+
+    Accumulated day by day: a (365, ny, nx) float64 block was 3 GB per temporary on the 8-km
+    grid. The day terms are computed on the whole year (as before, so every value is identical)
+    and the sum runs over days in order, as ``mean(0)`` over the day axis does."""
+    lat = np.deg2rad(lat_deg)
+    doy = np.arange(1, 366).reshape((365,) + (1,) * lat.ndim)
     decl = 0.409 * np.sin(2 * np.pi * doy / 365 - 1.39)
     dr = 1 + 0.033 * np.cos(2 * np.pi * doy / 365)
-    ws = np.arccos(np.clip(-np.tan(lat) * np.tan(decl), -1, 1))
-    ra = 1361.0 / np.pi * dr * (ws * np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.sin(ws))
+    c, tan_d, sin_d, cos_d = 1361.0 / np.pi * dr, np.tan(decl), np.sin(decl), np.cos(decl)
+    m_tan, sin_l, cos_l = -np.tan(lat), np.sin(lat), np.cos(lat)
     ends = np.cumsum([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
     starts = np.r_[0, ends[:-1]]
-    return np.stack([ra[s:e].mean(0) for s, e in zip(starts, ends)])
+    out = np.empty((12, *lat.shape))
+    for mi, (s, e) in enumerate(zip(starts, ends)):
+        acc = out[mi]
+        for d in range(s, e):
+            ws = np.arccos(np.clip(m_tan * tan_d[d], -1, 1))
+            ra = c[d] * (ws * sin_l * sin_d[d] + cos_l * cos_d[d] * np.sin(ws))
+            if d == s:
+                acc[...] = ra
+            else:
+                acc += ra
+        acc /= e - s
+    return out
 
 
 def _es_kpa(t):
@@ -398,6 +415,10 @@ def _site_calendar(rng, n, first, last, fire_year=np.nan):
 
 
 # --------------------------------------------------------------------------- writer
+#: Months are generated and written in blocks of at most this many bytes of float32 grids (and
+#: at most a year): bounded memory on big grids, few appends on small ones.
+WRITE_BLOCK_BYTES = 256 * 2**20
+
 def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None) -> dict:
     """Generate a twin into directory ``out`` (created; must not exist or be empty).
 
@@ -442,6 +463,44 @@ def _coords(w: _World, times=None):
     return c
 
 
+def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr, first: bool):
+    """Append a block of months (time, y, x) to predictors.zarr, truth.zarr and fire.zarr, which
+    the first block creates, with the static predictors. Chunks are one month of the whole grid,
+    the time coordinate's 12 months (as when the stores were written a year at a time)."""
+    pred = xr.Dataset(coords=_coords(w, times))
+    for v, a in dyn.items():
+        pr = BY_NAME[v]
+        pred[v] = (("time", "y", "x"), a, {"units": pr.units, "long_name": pr.long_name})
+    if first:
+        pr = BY_NAME["veg_type"]
+        codes = np.array(sorted(VEG_CLASSES), np.int16)
+        pred["veg_type"] = (("y", "x"), np.where(w.mask, w.veg, -1).astype(np.int16),
+                            {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes),
+                             "long_name": pr.long_name})
+        pred["veg_type"].encoding["_FillValue"] = np.int16(-1)
+        for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc),
+                       ("permafrost_prob", w.pf_prob)):
+            pr = BY_NAME[v]
+            pred[v] = (("y", "x"), np.where(w.mask, arr, np.nan).astype(np.float32),
+                       {"units": pr.units, "long_name": pr.long_name})
+        pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
+    pred = write_crs(pred, crs)
+    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": "g C m-2 month-1"})
+                                  for v, a in tru.items()}, coords=_coords(w, times)), crs)
+    fire = write_crs(xr.Dataset(
+        {"fire_emissions": (("time", "y", "x"), fe, {"units": "g C m-2 month-1"}),
+         "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"})},
+        coords=_coords(w, times)), crs)
+    chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
+    for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
+        ds = ds.chunk(chunk)
+        if first:
+            ds.to_zarr(tmp / name, mode="w", consolidated=False, encoding={"time": {"chunks": (12,)}})
+        else:
+            ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
+                         errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
+
+
 def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     w = _World(spec)
     rng = w.rng
@@ -478,80 +537,59 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     rec = pd.concat(recs, ignore_index=True).merge(sites, on="site")
     rec["gpp_t"] = rec["reco_t"] = np.nan
 
-    # ---- monthly loop: predictors, fire and truth, appended year by year
+    # ---- monthly loop: predictors, fire and truth, appended in blocks of months: a whole year on
+    # small grids (few appends: fast), fewer months on big ones so that the block's buffers stay
+    # under WRITE_BLOCK_BYTES (a year was 0.8 GB at 8 km); memory does not grow with the period.
     toa = _toa_monthly(w.lat)
     noise = lambda: rng.standard_normal(w.shape)  # noqa: E731
     wx = _Weather(w, rng)
     fire_by = w.fires.groupby(["year", "month"])
-    fnames = STACK_VARIABLES
     static = ("veg_type", "cti", "soil_ph", "soc_stock", "permafrost_prob")
+    dyn_vars = [v for v in STACK_VARIABLES if v not in static]
+    month_bytes = w.mask.size * 4 * (len(dyn_vars) + 5)  # float32: predictors, 3 fluxes, 2 fire grids
+    block = int(np.clip(WRITE_BLOCK_BYTES // month_bytes, 1, 12))
     for yi, year in enumerate(years):
         times = pd.date_range(f"{year}-01-01", periods=12, freq="MS")
-        dyn = {v: np.empty((12, *w.shape), np.float32) for v in fnames if v not in static}
-        tru = {v: np.empty((12, *w.shape), np.float32) for v in ("gpp", "reco", "nee")}
-        fe = np.zeros((12, *w.shape), np.float32)
-        bfr = np.zeros((12, *w.shape), np.float32)
-        for m in range(1, 13):
-            p, legacy, _ = predictors_for_month(w, wx, int(year), m, toa, noise)
-            fl = true_fluxes(p, legacy, m)
-            for v in dyn:
-                dyn[v][m - 1] = np.where(nan_out, np.nan, p[v])
-            for v in tru:
-                tru[v][m - 1] = np.where(nan_out, np.nan, fl[v])
-            if (year, m) in fire_by.groups:
-                ev = fire_by.get_group((year, m))
-                np.add.at(fe[m - 1], (ev.iy.values, ev.ix.values), ev.emission.values)
-                np.add.at(bfr[m - 1], (ev.iy.values, ev.ix.values), ev.bf.values)
-            sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
-            if sel.size:
-                iy, ix = rec.iy.values[sel], rec.ix.values[sel]
-                site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
-                # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
-                leg = legacy[iy, ix].copy()
-                fy = rec.fire_year.values[sel]
-                burned = ~np.isnan(fy)
-                if burned.any():
-                    age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
-                    leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
-                    site_p["ndvi"] = site_p["ndvi"].copy()
-                    site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
-                sf = true_fluxes(site_p, leg, m)
-                rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
-                rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
-        fe = np.where(nan_out, np.nan, fe)
-        bfr = np.where(nan_out, np.nan, np.clip(bfr, 0, 1))
-        pred = xr.Dataset(coords=_coords(w, times))
-        for v in dyn:
-            pr = BY_NAME[v]
-            pred[v] = (("time", "y", "x"), dyn[v], {"units": pr.units, "long_name": pr.long_name})
-        if yi == 0:
-            pr = BY_NAME["veg_type"]
-            codes = np.array(sorted(VEG_CLASSES), np.int16)
-            pred["veg_type"] = (("y", "x"), np.where(w.mask, w.veg, -1).astype(np.int16),
-                                {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes),
-                                 "long_name": pr.long_name})
-            pred["veg_type"].encoding["_FillValue"] = np.int16(-1)
-            for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc),
-                           ("permafrost_prob", w.pf_prob)):
-                pr = BY_NAME[v]
-                pred[v] = (("y", "x"), np.where(w.mask, arr, np.nan).astype(np.float32),
-                           {"units": pr.units, "long_name": pr.long_name})
-            pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
-        pred = write_crs(pred, crs)
-        truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": "g C m-2 month-1"})
-                                      for v, a in tru.items()}, coords=_coords(w, times)), crs)
-        fire = write_crs(xr.Dataset(
-            {"fire_emissions": (("time", "y", "x"), fe.astype(np.float32), {"units": "g C m-2 month-1"}),
-             "burned_fraction": (("time", "y", "x"), bfr.astype(np.float32), {"units": "1"})},
-            coords=_coords(w, times)), crs)
-        chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
-        for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
-            ds = ds.chunk({k: v for k, v in chunk.items()})
-            if yi == 0:
-                ds.to_zarr(tmp / name, mode="w", consolidated=False)
-            else:
-                ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
-                             errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
+        for m0 in range(1, 13, block):
+            months = range(m0, min(m0 + block, 13))
+            n = len(months)
+            dyn = {v: np.empty((n, *w.shape), np.float32) for v in dyn_vars}
+            tru = {v: np.empty((n, *w.shape), np.float32) for v in ("gpp", "reco", "nee")}
+            fe = np.zeros((n, *w.shape), np.float32)
+            bfr = np.zeros((n, *w.shape), np.float32)
+            for i, m in enumerate(months):
+                p, legacy, _ = predictors_for_month(w, wx, int(year), m, toa, noise)
+                fl = true_fluxes(p, legacy, m)
+                for v in dyn:
+                    dyn[v][i] = np.where(nan_out, np.nan, p[v])
+                for v in tru:
+                    tru[v][i] = np.where(nan_out, np.nan, fl[v])
+                if (year, m) in fire_by.groups:
+                    ev = fire_by.get_group((year, m))
+                    np.add.at(fe[i], (ev.iy.values, ev.ix.values), ev.emission.values)
+                    np.add.at(bfr[i], (ev.iy.values, ev.ix.values), ev.bf.values)
+                sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
+                if sel.size:
+                    iy, ix = rec.iy.values[sel], rec.ix.values[sel]
+                    site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
+                    # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
+                    leg = legacy[iy, ix].copy()
+                    fy = rec.fire_year.values[sel]
+                    burned = ~np.isnan(fy)
+                    if burned.any():
+                        age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
+                        leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
+                        site_p["ndvi"] = site_p["ndvi"].copy()
+                        site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
+                    sf = true_fluxes(site_p, leg, m)
+                    rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
+                    rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
+                del p, fl, legacy
+            fe[:, nan_out] = np.nan
+            bfr = np.clip(bfr, 0, 1, out=bfr)
+            bfr[:, nan_out] = np.nan
+            _write_block(tmp, w, crs, times[m0 - 1:m0 - 1 + n], dyn, tru, fe, bfr, first=(yi == 0 and m0 == 1))
+            del dyn, tru, fe, bfr
         if progress:
             progress(yi + 1, len(years))
 
@@ -677,14 +715,22 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
         z = _smooth(rng, w.shape, 1500, w.res_km)
         factor = 1 + 0.3 * z / max(float(z[w.mask].std()), 1e-12)
         tsel = (times.year >= p0) & (times.year <= p1)
-        tn = truth.nee.isel(time=np.nonzero(tsel)[0]).values.astype(np.float64)
-        pn = tn * factor + rng.normal(0, 3.0, tn.shape)
-        pn = np.where(np.isfinite(tn), pn, np.nan).astype(np.float32)
-        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), pn, {"units": "g C m-2 month-1"})},
+        sel = np.nonzero(tsel)[0]
+        # The file is defined by xarray (NaN placeholder, streamed in time steps), then filled one
+        # month at a time: the noise is drawn month after month, the same stream as one draw of
+        # the whole (time, y, x) block, and memory stays at a few grids for any period.
+        holder = dask_array.full((sel.size, *w.shape), np.nan, dtype=np.float32, chunks=(1, *w.shape))
+        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": "g C m-2 month-1"})},
                                   coords=_coords(w, times[tsel])), crs)
         ds.attrs.update(product="twin process-model-like", fire_included=0,
                         comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise")
-        ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf")
+        ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf", encoding={"nee": {"chunksizes": None}})
+        with h5netcdf.File(tmp / "ref_process.nc", "a") as fh:
+            var = fh.variables["nee"]
+            for k, t in enumerate(sel):
+                tn = truth.nee.isel(time=int(t)).values.astype(np.float64)
+                pn = tn * factor + rng.normal(0, 3.0, tn.shape)
+                var[k] = np.where(np.isfinite(tn), pn, np.nan).astype(np.float32)
         out.append({"file": "ref_process.nc", "product": ds.attrs["product"], "years": [int(p0), int(p1)]})
     truth.close()
     return out
