@@ -250,3 +250,26 @@ def test_reference_products_memory_does_not_grow_with_years(twin_dir, tmp_path):
     a, b = files[2002].nee.values, files[2005].nee.isel(time=slice(0, 24)).values
     assert np.array_equal(a, b, equal_nan=True) and np.isfinite(a).any()
     assert 2.0 < np.nanstd(a - truth.nee.values[:24]) < 30.0
+
+
+def test_sigterm_leaves_no_partial_twin(tmp_path):
+    """A twin killed with SIGTERM (a scheduler's time limit) removes its temporary directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tw"
+    proc = subprocess.Popen([sys.executable, "-m", "abzflux.cli", "twin", "--out", str(out), "--resolution-km", "100",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".tw.partial-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the twin finished before it could be signalled"
+    time.sleep(0.5)  # inside the generator
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -17,6 +18,18 @@ from .errors import InputError, RunDirConflict
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).")
 console = Console()
+
+
+def _terminated(signum, frame):
+    # SIGTERM (a batch scheduler's time limit, `kill`, Ctrl-C's cousin) becomes an exception,
+    # so the clean-up code runs: a twin's partial directory is removed, a run marks run.json
+    # failed. Finished work is kept either way (SIGKILL is covered by the resume logic).
+    raise SystemExit(128 + signum)
+
+
+@app.callback()
+def _root():
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def _years(s: str) -> tuple[int, int]:

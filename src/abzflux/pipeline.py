@@ -1290,7 +1290,7 @@ def _run_set(ctx: Context, log: Callable[[str], None], force: bool, progress_fac
     fingerprints: dict[str, str] = {}
     try:
         _run_stages(ctx, record, fingerprints, force, progress_factory)
-    except Exception as e:
+    except BaseException as e:  # SIGTERM arrives as SystemExit (cli._terminated)
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
         raise
