@@ -519,6 +519,19 @@ def _predict_rows(X, feat, thr, child, catmask, value, roots, out):
         out[i] = acc / nt
 
 
+def as_exact_float32(X: np.ndarray) -> np.ndarray:
+    """X as float32 when that loses nothing (the float32 kernel's input), else as float64.
+
+    Convert once and pass the result to several forests: ``LevelForest.predict`` then skips the
+    check."""
+    X = np.asarray(X)
+    if X.dtype == np.float32:
+        return X
+    X = np.asarray(X, dtype=np.float64)
+    X32 = X.astype(np.float32)
+    return X32 if np.array_equal(X32, X, equal_nan=True) else X
+
+
 def _round_down_f32(thr: np.ndarray) -> np.ndarray:
     """The largest float32 <= each float64 threshold (so float32 x <= it iff x <= thr)."""
     t32 = thr.astype(np.float32)
@@ -619,12 +632,7 @@ class LevelForest:
         out = np.empty(X.shape[0])
         if X.shape[0] == 0:
             return out
-        if X.dtype != np.float32:
-            X = np.ascontiguousarray(X, dtype=np.float64)
-            X32 = X.astype(np.float32)
-            if np.array_equal(X32, X, equal_nan=True):
-                X = X32
-        X = np.ascontiguousarray(X)
+        X = np.ascontiguousarray(as_exact_float32(X))
         if np.isnan(X).any():
             _predict_rows(X, self.feat, self.thr, self.child, self.catmask, self.value, self.roots, out)
             return out

@@ -501,6 +501,27 @@ def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
                          errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
 
 
+def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarray):
+    """Fill ``gpp_t``/``reco_t`` of the site records of one month from that month's fields."""
+    sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
+    if not sel.size:
+        return
+    iy, ix = rec.iy.values[sel], rec.ix.values[sel]
+    site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
+    # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
+    leg = legacy[iy, ix].copy()
+    fy = rec.fire_year.values[sel]
+    burned = ~np.isnan(fy)
+    if burned.any():
+        age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
+        leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
+        site_p["ndvi"] = site_p["ndvi"].copy()
+        site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
+    sf = true_fluxes(site_p, leg, m)
+    rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
+    rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
+
+
 def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     w = _World(spec)
     rng = w.rng
@@ -568,22 +589,7 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
                     ev = fire_by.get_group((year, m))
                     np.add.at(fe[i], (ev.iy.values, ev.ix.values), ev.emission.values)
                     np.add.at(bfr[i], (ev.iy.values, ev.ix.values), ev.bf.values)
-                sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
-                if sel.size:
-                    iy, ix = rec.iy.values[sel], rec.ix.values[sel]
-                    site_p = {k: (v[iy, ix] if np.ndim(v) == 2 else v) for k, v in p.items()}
-                    # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
-                    leg = legacy[iy, ix].copy()
-                    fy = rec.fire_year.values[sel]
-                    burned = ~np.isnan(fy)
-                    if burned.any():
-                        age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
-                        leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
-                        site_p["ndvi"] = site_p["ndvi"].copy()
-                        site_p["ndvi"][burned] *= 1.0 - 0.5 * np.exp(-age / 4.0)
-                    sf = true_fluxes(site_p, leg, m)
-                    rec.loc[rec.index[sel], "gpp_t"] = sf["gpp"]
-                    rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
+                _site_truth(rec, int(year), m, p, legacy)
                 del p, fl, legacy
             fe[:, nan_out] = np.nan
             bfr = np.clip(bfr, 0, 1, out=bfr)

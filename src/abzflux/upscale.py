@@ -35,6 +35,7 @@ import xarray as xr
 
 from . import __version__, _atomic
 from . import budgets as budgets_mod
+from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
 from .formats import grid_crs, open_dataset, write_crs
@@ -193,9 +194,7 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
                     continue
                 key = tuple(m.feature_names_)
                 if key not in mats:
-                    M = m._matrix(Xb[list(key)])
-                    M32 = M.astype(np.float32)  # the stacks are float32: exact, and the fast kernel's input
-                    mats[key] = M32 if np.array_equal(M32, M, equal_nan=True) else M
+                    mats[key] = as_exact_float32(m._matrix(Xb[list(key)]))  # stacks are float32: exact
                 a[i][ok] = m._predict_matrix(mats[key])
             ens[flux] = a
         ens["nee_derived"] = ens["reco"] - ens["gpp"]
