@@ -491,3 +491,32 @@ def test_level_forest_kernels_agree_with_per_row_traversal_for_factors_nan_and_f
     Xn[::7, 0] = np.nan
     assert np.array_equal(lf.predict(Xn), f.predict(Xn))
     assert np.isfinite(lf.predict(Xn)).all()
+
+
+def test_level_forest_compaction_levels_never_change_a_prediction():
+    """Rows still travelling are compacted into a list after levels (a, b) chosen per tree. Every
+    choice, from none to compacting right after the root, must give the per-row answer, for
+    numeric and factor splits, float32 and float64 rows; and the chosen levels must compact
+    inside the deep trees (a < b < depth), or the fast path is not being exercised at all."""
+    from abzflux._rf import LevelForest, _compaction_levels
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    X = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 7, n)])
+    y = X[:, 0] * 2 + np.where(X[:, 4] == 3, 4.0, 0.0) + np.sin(3 * X[:, 1]) + rng.normal(size=n)
+    Xt = np.column_stack([rng.normal(size=(2600, 4)), rng.integers(0, 7, 2600)])
+    for is_cat in (np.zeros(5, bool), np.array([False] * 4 + [True])):
+        f = grow_forest(X, y, is_cat=is_cat, n_levels=np.where(is_cat, 7, 0), n_trees=12, mtry=3, nodesize=2, seed=4)
+        lf = LevelForest.from_packed(f)
+        ref = f.predict(Xt)
+        ref32 = f.predict(Xt.astype(np.float32).astype(np.float64))
+        chosen = lf.stages.copy()
+        assert np.array_equal(chosen, _compaction_levels(lf.child, lf.roots, lf.depth))
+        assert ((chosen[:, 0] < chosen[:, 1]) & (chosen[:, 1] < lf.depth)).mean() > 0.5
+        assert (chosen[:, 0] <= chosen[:, 1]).all() and (chosen[:, 1] <= lf.depth).all()
+        d = lf.depth[:, None]
+        for stages in (chosen, np.hstack([d, d]), np.zeros_like(chosen), np.hstack([0 * d, d]),
+                       np.hstack([0 * d + 1, 0 * d + 2]), np.hstack([d // 2, d // 2]), np.hstack([d // 3, d - 1])):
+            lf.stages = np.ascontiguousarray(np.minimum(stages, d), np.int32)
+            assert np.array_equal(lf.predict(Xt), ref), stages[:3]
+            assert np.array_equal(lf.predict(Xt.astype(np.float32)), ref32), stages[:3]
