@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/abzflux demo --out demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=30
 
 clean:
 	rm -rf $(VENV) demo
