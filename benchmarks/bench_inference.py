@@ -9,7 +9,8 @@ bootstrap forests; min_samples_leaf 5) is fitted on 4,900 cell-months of a 100-k
 ``PackedForest.from_sklearn``. Both predict the same rows (other cell-months of the twin); the
 outputs must be bit-identical. Two abzflux layouts are timed: ``PackedForest`` (per-row
 traversal of 24-byte node records) and ``LevelForest`` (breadth-first layout, a block of rows
-walks each tree level by level; what ``FluxForest.predict`` uses on batches of >= 1,024 rows),
+walks each tree level by level, the rows still travelling compacted twice per tree; what
+``FluxForest.predict`` uses on batches of >= 1,024 rows),
 the latter on float32 rows (its fast kernel) and on float64 rows that are not float32 values
 (its float64 kernel, checked against ``PackedForest`` on the same rows). Rows per second per
 core are timed with one thread each (sklearn ``n_jobs=1``, its default; numba
