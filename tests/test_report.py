@@ -206,7 +206,8 @@ def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_
                                                                                        tmp_path, monkeypatch):
     import abzflux.pipeline as P
 
-    run = _link_run(study_run[0], tmp_path / "run")
+    # a path longer than the console is wide: it must still print whole (no hard line break in it)
+    run = _link_run(study_run[0], tmp_path / ("run_" + "x" * 90))
     monkeypatch.setattr(P, "run_study", lambda *a, **k: {})  # the stages are done: only the ending is tested
     calls = []
 
@@ -217,7 +218,7 @@ def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_
     monkeypatch.setattr(R, "write_report", fake)
     r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet"])
     assert r.exit_code == 0, r.output
-    assert calls == [run] and "report.html" in r.output
+    assert calls == [run] and str(run / "report.html") in r.output
     r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet", "--no-report"])
     assert r.exit_code == 0 and len(calls) == 1
 

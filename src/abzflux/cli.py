@@ -107,7 +107,7 @@ def twin(
         prog(None, None)
     console.print(f"twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s: "
                   f"{summary['sites']} sites, {summary['site_months']} site-months, "
-                  f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²")
+                  f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²", soft_wrap=True)
 
 
 @app.command()
@@ -153,13 +153,15 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
         rep = write_report(run_dir, log=log, progress=prog)
     except Exception as e:  # noqa: BLE001 - a failed report must not fail a finished run
         console.print(f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
-                      f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)")
+                      f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)",
+                      soft_wrap=True)
         return False
     finally:
         prog(None, None)
     for name, msg in rep.errors:
         console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
-    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)")
+    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)",
+                  soft_wrap=True)
     return not rep.errors
 
 
@@ -199,9 +201,9 @@ def _print_summary(run_dir: Path) -> None:
     if cmp.get("nee_sd_inside_outside_aoa"):
         a, b = cmp["nee_sd_inside_outside_aoa"]
         console.print(f"NEE bootstrap SD inside / outside the area of applicability: {a:.1f} / {b:.1f} g C m-2 yr-1")
-    console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]")
+    console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]", soft_wrap=True)
     if (run_dir / "coarse" / "summary.md").exists():
-        console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]")
+        console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -235,7 +237,8 @@ def demo(
             console.log(f"reusing twin in {twin_dir}")
     else:
         if twin_dir.exists():
-            console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first")
+            console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first",
+                          soft_wrap=True)
             raise typer.Exit(code=2)
         t0 = time.perf_counter()
         prog = _progress_factory(quiet)("generating twin years")
@@ -319,7 +322,8 @@ def calibrate(
         t.add_row(r.method, r.network, r.flux, str(r.n), f"{100 * r.coverage1:.0f}%", f"{100 * r.coverage2:.0f}%",
                   f"{r.median_ratio:.2f}")
     console.print(t)
-    console.print(f"tables and figure in [bold]{out}[/]: calibration.csv, calibration_summary.csv/.md, calibration.png")
+    console.print(f"tables and figure in [bold]{out}[/]: calibration.csv, calibration_summary.csv/.md, calibration.png",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -340,7 +344,8 @@ def report(
         prog(None, None)
     for name, msg in rep.errors:
         console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
-    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)")
+    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)",
+                  soft_wrap=True)
     if rep.errors:
         raise typer.Exit(code=1)
 
@@ -366,10 +371,10 @@ def export(
             raise InputError(str(store), "no upscaled store: run the study first", expected="RUN_DIR/upscaled.zarr")
         if fmt == "netcdf":
             path = export_netcdf(store, out or base / "upscaled.nc", names)
-            console.print(f"wrote [bold]{path}[/]")
+            console.print(f"wrote [bold]{path}[/]", soft_wrap=True)
         elif fmt == "geotiff":
             paths = export_geotiff(store, out or base / "geotiff", names)
-            console.print(f"wrote {len(paths)} GeoTIFF files to [bold]{paths[0].parent}[/]")
+            console.print(f"wrote {len(paths)} GeoTIFF files to [bold]{paths[0].parent}[/]", soft_wrap=True)
         else:
             raise InputError(str(run_dir), f"unknown format {fmt!r}", expected="netcdf or geotiff")
     except InputError as e:
