@@ -299,3 +299,21 @@ def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
     with pytest.raises(InputError, match=r"late\.nc.*no complete calendar year.*2001-2020"):
         run_study(load_config(tmp_path / "c.toml"), tmp_path / "run", log=lambda m: None)
     assert not [q for q in (tmp_path / "run").rglob("*") if q.is_file()]
+
+
+def test_fit_clusters_does_not_depend_on_the_openmp_thread_count():
+    """k-means reduces its centre sums per OpenMP thread, so unguarded its centres differ in the
+    last bits between 1 and 2 threads (seen as a resumed run's clusters.csv differing from an
+    uninterrupted one's); fit_clusters pins one thread, so the caller's setting cannot matter."""
+    import sklearn.cluster  # noqa: F401 - load its OpenMP runtime so that the limits below apply
+    from threadpoolctl import threadpool_limits
+
+    from abzflux.compare import fit_clusters
+
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=(20000, 8)) * rng.uniform(0.5, 3, 8) + rng.normal(size=8)
+    got = []
+    for n in (1, 2):
+        with threadpool_limits(limits=n, user_api="openmp"):
+            got.append(fit_clusters(sample, 10, 448)[1])
+    assert np.array_equal(got[0], got[1])

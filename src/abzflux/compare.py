@@ -525,13 +525,18 @@ def fit_clusters(sample: np.ndarray, n_clusters: int, seed: int):
     """k-means on standardised predictors (sample mean/SD; variables without spread dropped).
     Clusters are numbered by decreasing size in the sample. Returns (predict, centres, used)."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     sample = sample[np.isfinite(sample).all(1)]
     mu, sd = sample.mean(0), sample.std(0)
     used = sd > 1e-9 * np.maximum(np.abs(mu), 1.0)  # spatially constant (e.g. CO2), up to rounding
     Z = (sample[:, used] - mu[used]) / sd[used]
     k = int(min(n_clusters, len(np.unique(Z, axis=0))))
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)
+    # One OpenMP thread: k-means' centre sums are reduced per thread, so their last bits (and then
+    # clusters.csv) depend on the thread count, which differs between a laptop, a cluster worker
+    # and a process where something limited OpenMP already.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(Z)
     order = np.argsort(-np.bincount(km.labels_, minlength=k), kind="stable")
     relabel = np.empty(k, np.int16)
     relabel[order] = np.arange(k)
