@@ -569,17 +569,15 @@ def _predict_level(Xf, nf, feat, thr, child, catmask, value, roots, depth, stage
 def _predict_rows(X, feat, thr, child, catmask, value, roots, out):
     """Per-row traversal of the breadth-first layout (stops at a leaf whatever x is: NaN-safe)."""
     nt = roots.shape[0]
+    nf = X.shape[1]
+    Xf = X.reshape(-1)
     for i in prange(X.shape[0]):
+        o = i * nf  # int64: the NaN path gets the whole batch, unsplit
         acc = 0.0
         for t in range(nt):
             nd = roots[t]
             while child[nd] != nd:
-                f = feat[nd]
-                if f >= 0:
-                    right = not (X[i, f] <= thr[nd])
-                else:
-                    right = ((catmask[nd] >> np.uint64(int(X[i, -f - 1]))) & np.uint64(1)) == np.uint64(0)
-                nd = child[nd] + np.int32(right)
+                nd = _step(Xf, o, np.uint32(nd), feat, thr, child, catmask, True)
             acc += value[nd]
         out[i] = acc / nt
 
