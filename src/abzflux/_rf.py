@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .vocab import DEFAULT_SEED
+
 _MULT = np.uint64(2685821657736338717)
 _S12, _S25, _S27, _S11 = np.uint64(12), np.uint64(25), np.uint64(27), np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0
@@ -375,7 +377,7 @@ def presort(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.argsort(X, axis=0, kind="stable").T.astype(np.int32))
 
 
-def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed=448,
+def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed=DEFAULT_SEED,
                 rows=None, order=None, batch=64) -> PackedForest:
     """Grow a forest on ``X[rows]`` (all rows by default).
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .vocab import FLUXES
+
 #: Zones the calibration scores (the summary's zones).
 ZONES = ("domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
          "permafrost")
-CAL_FLUXES = ("gpp", "reco", "nee")
 BOOT_METHODS = ("rows", "sites", "blocks")
 COLUMNS = ["twin", "network", "seed", "method", "zone", "year", "flux", "truth", "estimate", "sd", "inside1",
            "inside2", "ratio"]
@@ -105,7 +106,7 @@ def truth_annual(ctx) -> pd.DataFrame:
 def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd.DataFrame:
     """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
     ann = pd.read_csv(run_dir / "budgets_annual.csv")
-    ann = ann[ann.zone.isin(ZONES) & ann.flux.isin(CAL_FLUXES)]
+    ann = ann[ann.zone.isin(ZONES) & ann.flux.isin(FLUXES)]
     m = ann.merge(truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}),
                   on=["zone", "flux", "year"])
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
@@ -203,7 +204,7 @@ def plot_coverage(summ: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fluxes = [f for f in CAL_FLUXES if f in set(summ.flux)]
+    fluxes = [f for f in FLUXES if f in set(summ.flux)]
     methods = list(dict.fromkeys(summ.method))
     nets = sorted(set(summ.network))
     fig, axes = plt.subplots(1, len(fluxes), figsize=(4.2 * len(fluxes), 3.6), sharey=True, squeeze=False)

@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from . import budgets as budgets_mod
 from . import trends as trends_mod
+from . import seeds
 from .errors import InputError
 from .formats import grid_crs, read_reference, write_crs
 from .predictors import CATEGORICAL, PREDICTOR_NAMES
@@ -669,7 +670,7 @@ def stage_compare(ctx) -> None:
         trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, cs.aoa_max_training).round().astype(int))]
         ctx.log(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
     aoa = AOA(trows[list(CONTINUOUS)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
-    predict_cluster, centres, used = fit_clusters(sample, cs.n_clusters, cfg.run.seed)
+    predict_cluster, centres, used = fit_clusters(sample, cs.n_clusters, seeds.integer(cfg.run.seed, "kmeans"))
     n_clusters = len(centres)
 
     # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside

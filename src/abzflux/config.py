@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
+from .vocab import DEFAULT_SEED
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Inputs:
 
 @dataclass
 class RunSettings:
-    seed: int = 448
+    seed: int = DEFAULT_SEED
     years: str | None = None  # "2001-2020"; default: every complete year of the predictor stack
     scheduler: str | None = None  # dask.distributed scheduler address (CV folds, upscaling); "local" = LocalCluster
     tile: int = 128  # upscaling chunk: tile x tile cells x 12 months (also the output Zarr chunk)

@@ -21,6 +21,8 @@ import pandas as pd
 
 from ._rf import grow_forest, presort
 from .forest import FluxForest
+from . import seeds
+from .vocab import DEFAULT_SEED
 from .predictors import CATEGORICAL
 
 
@@ -33,7 +35,8 @@ def mtry_grid(p: int, tune_length: int = 3) -> list[int]:
 
 
 def fold_seed(seed: int, fold: int, mtry: int) -> int:
-    return int(np.random.SeedSequence([seed, fold, mtry]).generate_state(1, dtype=np.uint32)[0])
+    """The seed of the fold × mtry forest (the ``cv_fold`` stream, :mod:`abzflux.seeds`)."""
+    return seeds.integer(seed, "cv_fold", fold, mtry)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -114,7 +117,7 @@ def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees,
     return out
 
 
-def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, seed=448,
+def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, seed=DEFAULT_SEED,
             categorical=CATEGORICAL, client=None, progress=None, holdout=None) -> LosoResult:
     """Leave-one-site-out CV of random forests over an mtry grid.
 

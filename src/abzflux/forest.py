@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from ._rf import LevelForest, PackedForest, grow_forest
+from . import seeds
 from .predictors import CATEGORICAL, VEG_RECODE
+from .vocab import DEFAULT_SEED
 
 
 def _py(v):
@@ -57,7 +59,7 @@ class FluxForest:
     """
 
     def __init__(self, n_estimators=500, mtry=None, nodesize=5, categorical=CATEGORICAL,
-                 central="mean", random_state=448):
+                 central="mean", random_state=DEFAULT_SEED):
         self.n_estimators = n_estimators
         self.mtry = mtry
         self.nodesize = nodesize
@@ -126,7 +128,7 @@ class FluxForest:
     def _qrf_draws(self, M, y) -> np.ndarray:
         """One training response per leaf per tree, drawn from all training rows in the leaf."""
         leaves = self.forest_.apply(M)  # (rows, trees)
-        rng = np.random.default_rng(np.random.SeedSequence([self.random_state, 7]))
+        rng = seeds.rng(self.random_state, "qrf_draw")
         draw = np.full(self.forest_.n_nodes, np.nan)
         flat = leaves.T.ravel()
         yy = np.tile(y, leaves.shape[1])
@@ -200,7 +202,7 @@ class FluxForest:
 
 # --------------------------------------------------------------------------- interpretation
 def permutation_importance(model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100,
-                           seed: int = 448) -> pd.DataFrame:
+                           seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """RMSE-based permutation importance on the training rows (vip ``vi_permute``, metric rmse).
 
     Importance of predictor j = RMSE with column j permuted − RMSE of the intact data,
@@ -209,7 +211,7 @@ def permutation_importance(model: FluxForest, X: pd.DataFrame, y, n_repeats: int
     y = np.asarray(y, dtype=np.float64)
     M = model._matrix(X)
     base = float(np.sqrt(np.mean((model._predict_matrix(M) - y) ** 2)))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    rng = seeds.rng(seed, "importance")
     rows = []
     for j, name in enumerate(model.feature_names_):
         scores = np.empty(n_repeats)

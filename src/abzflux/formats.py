@@ -28,6 +28,7 @@ import xarray as xr
 
 from . import predictors as _pred
 from .errors import InputError
+from .vocab import FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
 
 __all__ = [
     "FLUXES",
@@ -48,7 +49,7 @@ __all__ = [
     "categories",
 ]
 
-FLUXES = ("gpp", "reco", "nee")
+
 SITE_REQUIRED = ("site_id", "lat", "lon", "year", "month")
 GRID_MAPPING = "spatial_ref"
 
@@ -712,7 +713,7 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
         )
 
 
-FLUX_UNITS = ("g C m-2 month-1",)
+ACCEPTED_FLUX_UNITS = (FLUX_UNITS,)
 
 
 # --------------------------------------------------------------------------------------------
@@ -919,7 +920,7 @@ def read_fire(path, like=None) -> xr.Dataset:
     ds, _ = _check_grid(ds, file)
     for name in FIRE_VARIABLES:
         ds = _check_dims(ds, name, ("time", "y", "x"), file)
-    _check_units(ds, "fire_emissions", FLUX_UNITS, file)
+    _check_units(ds, "fire_emissions", ACCEPTED_FLUX_UNITS, file)
     _check_units(ds, "burned_fraction", ("1",), file)
     _check_same_grid_if(ds, like, file)
     res = _check_ranges(
@@ -991,7 +992,7 @@ def read_reference(path, like=None) -> xr.Dataset:
             column="nee",
             expected="dimensions ('time', 'y', 'x') or ('time', 'lat', 'lon')",
         )
-    _check_units(ds, "nee", FLUX_UNITS, file)
+    _check_units(ds, "nee", ACCEPTED_FLUX_UNITS, file)
     res = _check_ranges(
         ds,
         [_Range("nee", text="finite values (g C m-2 month-1) or NaN")],
@@ -1013,7 +1014,7 @@ def read_truth(path, like=None) -> xr.Dataset:
     ds, _ = _check_grid(ds, file)
     for name in FLUXES:
         ds = _check_dims(ds, name, ("time", "y", "x"), file)
-        _check_units(ds, name, FLUX_UNITS, file)
+        _check_units(ds, name, ACCEPTED_FLUX_UNITS, file)
     _check_same_grid_if(ds, like, file)
     return _finish(ds, list(FLUXES), file)
 

@@ -39,6 +39,7 @@ from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_
                       read_site_table, read_truth, read_zones, write_crs, grid_crs)
 from . import cv as cv_mod
 from . import plots
+from . import seeds
 from . import trends as trends_mod
 from . import upscale as upscale_mod
 from .compare import stage_compare
@@ -407,7 +408,7 @@ def stage_forest(ctx: Context, progress_factory=None) -> None:
             best = max(len(X_cols) // 3, 1)
         cv_s = time.perf_counter() - t0
         model = FluxForest(n_estimators=fs.n_estimators, mtry=best, nodesize=fs.nodesize, central=fs.central,
-                           random_state=ctx.cfg.run.seed)
+                           random_state=seeds.integer(ctx.cfg.run.seed, "forest"))
         t0 = time.perf_counter()
         model.fit(rows[X_cols], rows[flux].to_numpy())
         fit_s = time.perf_counter() - t0
@@ -505,19 +506,18 @@ def stage_bootstrap(ctx: Context) -> None:
         rows = training_rows(table, flux).reset_index(drop=True)
         record[flux] = []
         for b in range(fs.n_bootstrap):
-            rng = np.random.default_rng(np.random.SeedSequence([ctx.cfg.run.seed, 1000 + b]))
+            rng = seeds.rng(ctx.cfg.run.seed, "bootstrap_rows", b)
             idx = resample_rows(rows.site_id.to_numpy(), unc.method, rng, blocks)
             sample = rows.iloc[idx].reset_index(drop=True)
             if fs.bootstrap_mtry == "retune":
                 res = cv_mod.loso_cv(sample[cols], sample[flux].to_numpy(), sample.site_id.to_numpy(),
                                      fs.mtry_grid or cv_mod.mtry_grid(len(cols)), n_trees=fs.n_estimators,
-                                     nodesize=fs.nodesize, seed=ctx.cfg.run.seed + b, categorical=())
+                                     nodesize=fs.nodesize, seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b), categorical=())
                 m = res.best_mtry
             else:
                 m = min(info[flux]["mtry"], len(cols))
             model = FluxForest(n_estimators=fs.n_estimators, mtry=m, nodesize=fs.nodesize, categorical=(),
-                               central=fs.central, random_state=int(np.random.SeedSequence(
-                                   [ctx.cfg.run.seed, 2000 + b]).generate_state(1)[0]))
+                               central=fs.central, random_state=seeds.integer(ctx.cfg.run.seed, "bootstrap_forest", b))
             model.fit(sample[cols], sample[flux].to_numpy())
             model.save(out / f"{flux}_{b:02d}.npz")
             record[flux].append({"member": b, "mtry": m, "rows": len(sample),

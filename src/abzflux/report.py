@@ -39,8 +39,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import _atomic, plots  # noqa: E402
 from .errors import InputError  # noqa: E402
+from .vocab import FLUX_UNITS, FLUXES  # noqa: E402
 
-FLUXES = ("gpp", "reco", "nee")
 LABEL = {"gpp": "GPP", "reco": "Reco", "nee": "NEE", "nee_fire": "NEE + fire", "nee_derived": "Reco − GPP"}
 REGIONS = ("alaska", "canada", "europe", "siberia")
 BIOMES = ("boreal", "tundra")
@@ -425,7 +425,7 @@ def fig3_monthly(rd: RunData) -> list[Item]:
                             capsize=2, color=("tab:blue", "tab:orange")[k % 2], label=per)
             ax.axhline(0, color="k", lw=0.5)
             ax.set_title(f"{LABEL[f]}, {b}", fontsize=9)
-            ax.set_ylabel("g C m-2 month-1", fontsize=8)
+            ax.set_ylabel(FLUX_UNITS, fontsize=8)
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:
         ax.set_xticks(range(1, 13))
@@ -536,7 +536,7 @@ def fig_uncertainty(rd: RunData) -> list[Item]:
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = 100 * sd / mag
         _map(axes[0, j], rd, sd, cmap="magma_r", vmin=0, vmax=float(np.nanpercentile(sd, 99)),
-             title=f"{LABEL[f]}: bootstrap SD", label="g C m-2 month-1")
+             title=f"{LABEL[f]}: bootstrap SD", label=FLUX_UNITS)
         _map(axes[1, j], rd, rel, cmap="cividis", vmin=0, vmax=min(200.0, float(np.nanpercentile(rel, 98))),
              title=f"{LABEL[f]}: relative SD", label="% of mean |flux|")
     fig.tight_layout()

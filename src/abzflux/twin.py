@@ -42,6 +42,7 @@ from . import budgets as budgets_mod
 from .domain import BIOMES, CRS_EPSG, REGIONS, load_domain
 from .formats import write_crs
 from .predictors import BY_NAME, STACK_VARIABLES, VEG_CLASSES
+from .vocab import FLUX_UNITS
 
 DAYS = np.array([31, 28.25, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
@@ -485,10 +486,10 @@ def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
                        {"units": pr.units, "long_name": pr.long_name})
         pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
     pred = write_crs(pred, crs)
-    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": "g C m-2 month-1"})
+    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": FLUX_UNITS})
                                   for v, a in tru.items()}, coords=_coords(w, times)), crs)
     fire = write_crs(xr.Dataset(
-        {"fire_emissions": (("time", "y", "x"), fe, {"units": "g C m-2 month-1"}),
+        {"fire_emissions": (("time", "y", "x"), fe, {"units": FLUX_UNITS}),
          "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"})},
         coords=_coords(w, times)), crs)
     chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
@@ -706,7 +707,7 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
             nee[t] = np.where(wsum > 0, num / wsum, np.nan)
     nee = nee + np.where(np.isfinite(nee), rng.normal(0, 1.0, nee.shape), np.nan).astype(np.float32)
     ds = xr.Dataset({"nee": (("time", "lat", "lon"), nee.reshape(times.size, lat_c.size, lon_c.size),
-                             {"units": "g C m-2 month-1"})},
+                             {"units": FLUX_UNITS})},
                     coords={"time": times, "lat": ("lat", lat_c, {"units": "degrees_north"}),
                             "lon": ("lon", lon_c, {"units": "degrees_east"})},
                     attrs={"product": "twin inversion-like", "fire_included": 1,
@@ -726,7 +727,7 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
         # month at a time: the noise is drawn month after month, the same stream as one draw of
         # the whole (time, y, x) block, and memory stays at a few grids for any period.
         holder = dask_array.full((sel.size, *w.shape), np.nan, dtype=np.float32, chunks=(1, *w.shape))
-        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": "g C m-2 month-1"})},
+        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": FLUX_UNITS})},
                                   coords=_coords(w, times[tsel])), crs)
         ds.attrs.update(product="twin process-model-like", fire_included=0,
                         comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise")

@@ -23,6 +23,7 @@ import xarray as xr
 
 from .compare import AOA, CONTINUOUS
 from .formats import FLUXES, grid_crs, write_crs
+from .vocab import FLUX_UNITS
 
 #: E|e| = sigma * sqrt(2/pi) for a zero-mean normal error e: the SD from a mean absolute error.
 HALF_NORMAL = float(np.sqrt(np.pi / 2))
@@ -167,7 +168,7 @@ def write_sd_maps(ctx, aoas: dict, models: dict, store: Path) -> None:
     ch = (12, band, nx)
     tmpl = xr.Dataset({f"{f}_extrap_sd": (("time", "y", "x"), dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32,
                                                                        chunks=ch),
-                                          {"units": "g C m-2 month-1", "long_name": f"{f} extrapolation SD term"})
+                                          {"units": FLUX_UNITS, "long_name": f"{f} extrapolation SD term"})
                        for f in FLUXES}, coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values})
     tmpl = write_crs(tmpl, grid_crs(pred, ctx.cfg.inputs.predictors))
     tmpl.to_zarr(store, compute=False, mode="w", consolidated=False)

@@ -40,10 +40,9 @@ from .errors import InputError
 from .forest import FluxForest
 from .formats import grid_crs, open_dataset, write_crs
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
+from .vocab import FLUX_UNITS, FLUXES
 
-FLUX_UNITS = "g C m-2 month-1"
-FLUXES = ("gpp", "reco", "nee")
-OUT_VARS = ("gpp", "reco", "nee", "nee_derived")
+OUT_VARS = (*FLUXES, "nee_derived")
 LONG_NAMES = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
               "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
               "nee_derived": "net ecosystem exchange derived as reco - gpp"}

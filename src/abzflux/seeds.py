@@ -1,0 +1,69 @@
+"""Every random stream of a run, derived from ``run.seed`` by name, in one place.
+
+A stream is a :class:`numpy.random.SeedSequence` (or an integer seed for code that takes one)
+named by what it drives, so that two analyses never share random numbers by accident and a
+new analysis gets a stream of its own without shifting the others. The derivations below are
+the ones the study has always used: outputs are unchanged by routing them through here
+(docs/models.md, "Random streams").
+
+====================  =====================================  ==================================
+stream                drives                                 derivation (s = run.seed)
+====================  =====================================  ==================================
+``forest``            final forest of a flux (trees)         ``s``
+``cv_fold``           fold × mtry forest of the LOSO CV      ``SeedSequence([s, fold, mtry])`` → uint32
+``importance``        permutation importance shuffles        ``SeedSequence([s, 11])``
+``qrf_draw``          quantile-forest leaf draws             ``SeedSequence([s, 7])``
+``bootstrap_rows``    bootstrap member b's resample          ``SeedSequence([s, 1000 + b])``
+``bootstrap_forest``  bootstrap member b's forest            ``SeedSequence([s, 2000 + b])`` → uint32
+``bootstrap_cv``      bootstrap member b's mtry re-tuning    ``s + b`` (a CV seed, fold streams below it)
+``kmeans``            k-means environmental clusters         ``s``
+====================  =====================================  ==================================
+
+A forest seed ``f`` seeds its trees with ``SeedSequence(f).generate_state(n_trees)`` (``_rf``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# name -> (the SeedSequence's entropy offsets, or None for a plain integer seed)
+_OFFSET = {"importance": 11, "qrf_draw": 7, "bootstrap_rows": 1000, "bootstrap_forest": 2000}
+STREAMS = ("forest", "cv_fold", "importance", "qrf_draw", "bootstrap_rows", "bootstrap_forest",
+           "bootstrap_cv", "kmeans")
+
+
+def _check(seed: int, name: str) -> None:
+    if name not in STREAMS:
+        raise KeyError(f"unknown random stream {name!r}; known: {', '.join(STREAMS)}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+
+
+def sequence(seed: int, name: str, *index: int) -> np.random.SeedSequence:
+    """The :class:`~numpy.random.SeedSequence` of stream ``name`` (``index``: fold and mtry for
+    ``cv_fold``, the member for the bootstrap streams)."""
+    _check(seed, name)
+    if name == "cv_fold":
+        fold, mtry = index
+        return np.random.SeedSequence([int(seed), int(fold), int(mtry)])
+    if name in _OFFSET:
+        k = index[0] if index else 0
+        return np.random.SeedSequence([int(seed), _OFFSET[name] + int(k)])
+    raise KeyError(f"stream {name!r} is an integer seed: use seeds.integer()")
+
+
+def rng(seed: int, name: str, *index: int) -> np.random.Generator:
+    """A generator on stream ``name``."""
+    return np.random.default_rng(sequence(seed, name, *index))
+
+
+def integer(seed: int, name: str, *index: int) -> int:
+    """An integer seed on stream ``name`` (for code that takes an int seed: forests, k-means)."""
+    _check(seed, name)
+    if name in ("forest", "kmeans"):
+        return int(seed)
+    if name == "bootstrap_cv":
+        return int(seed) + int(index[0])
+    if name == "cv_fold":
+        return int(sequence(seed, name, *index).generate_state(1, dtype=np.uint32)[0])
+    return int(sequence(seed, name, *index).generate_state(1)[0])

@@ -1,0 +1,19 @@
+"""The study's vocabulary, declared once: the modelled fluxes, their units and the default seed.
+
+Every module that names a flux, writes a flux unit or falls back to a seed imports it from here
+(docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+#: The three modelled fluxes, in the order of every table and figure (GPP, Reco, NEE).
+FLUXES: tuple[str, ...] = ("gpp", "reco", "nee")
+
+#: Units of a monthly flux: the site table's columns and the upscaled maps (CF units string).
+FLUX_UNITS = "g C m-2 month-1"
+
+#: Units of a budget (a zone's annual flux).
+BUDGET_UNITS = "Tg C yr-1"
+
+#: The default ``run.seed`` (and of ``abzflux twin``/``demo``): the same seed gives identical files.
+DEFAULT_SEED = 448
