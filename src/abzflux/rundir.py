@@ -362,7 +362,8 @@ class Ownership:
         self.save()
 
     def prune(self) -> None:
-        """Forget entries whose path no longer exists."""
+        """Forget entries whose path no longer exists (and a killed write's temporary manifest)."""
+        (self.dir / (MANIFEST + ".tmp")).unlink(missing_ok=True)
         gone = [n for n in self.paths if not ((self.dir / n).exists() or (self.dir / n).is_symlink())]
         for n in gone:
             del self.paths[n]
@@ -399,8 +400,8 @@ class Ownership:
             if not (p.exists() or p.is_symlink()):
                 removed.append(p)
                 self.paths.pop(n, None)
-            elif entry not in (None, WORK, MARKERS):
-                self.paths[n] = [f for f in entry if (p / f).exists()]
+            else:  # only files abzflux did not write are left in it: no longer abzflux's
+                self.paths.pop(n, None)
         self.save()
         return removed
 
