@@ -221,7 +221,7 @@ def test_a_lock_left_by_a_killed_process_is_recovered(tiny, finished, tmp_path, 
     with caplog.at_level("WARNING", logger="abzflux.rundir"):
         rec = run_study(load_config(tiny), out, log=lambda m: None)
     assert all(s["skipped"] for s in rec["stages"].values())
-    assert f"took over a stale lock" in caplog.text and f'"pid": {p.pid}' in caplog.text
+    assert "took over a stale lock" in caplog.text and f'"pid": {p.pid}' in caplog.text
     assert not (out / rundir.LOCK).exists()
 
 

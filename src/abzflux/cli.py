@@ -257,7 +257,7 @@ def demo(
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         cfg = load_config(twin_dir / "config.toml")
-        finish = lambda: (_print_summary(out / "run"), _write_report(out / "run", quiet))  # noqa: E731
+        finish = lambda: (_print_summary(out / "run"), _write_report(out / "run", quiet))
         try:
             run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet),
                       finish=finish)
@@ -400,7 +400,7 @@ def export(
                                   expected="an existing directory")
         # Not while a run writes the store (the lock); the default paths only over abzflux's own export.
         own = owning(base, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
-        with locked(run_dir, "export"), own:
+        with locked(run_dir, "export", read_only_ok=out is not None), own:
             if fmt == "netcdf":
                 path = export_netcdf(store, target, names)
                 console.print(f"wrote [bold]{path}[/]", soft_wrap=True)

@@ -106,7 +106,7 @@ class RunLock:
         self.purpose = purpose
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,11 +180,22 @@ def _read_holder(fd: int, raw: bool = False) -> str:
 
 
 @contextmanager
-def locked(run_dir, purpose: str = "run"):
-    """Hold the run directory's lock for the block (the directory is created if missing)."""
+def locked(run_dir, purpose: str = "run", read_only_ok: bool = False):
+    """Hold the run directory's lock for the block (the directory is created if missing).
+
+    ``read_only_ok`` (a reader writing elsewhere, e.g. ``abzflux export --out``): in a directory
+    this process cannot write (an archived run), go on without the lock; no run of this user
+    can write there either."""
     run_dir = Path(run_dir)
     make_dir(run_dir)
-    lock = RunLock(run_dir, purpose).acquire()
+    try:
+        lock = RunLock(run_dir, purpose).acquire()
+    except FileSystemError:
+        if not (read_only_ok and not os.access(run_dir, os.W_OK)):
+            raise
+        log.info("%s: not writable, read without a lock", run_dir)
+        yield None
+        return
     try:
         yield lock
     finally:
@@ -456,7 +467,7 @@ def inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_inputs_outside_outputs(inputs: dict, set_dir: Path, names: Iterable[str], file) -> None:
+def check_inputs_outside_outputs(inputs: dict, set_dir: Path, names: Iterable[str]) -> None:
     """Refuse an input that lies at an output location of a model set (it would be replaced or
     deleted), or a run directory inside an input (a Zarr store, a directory of products)."""
     names = list(names)
