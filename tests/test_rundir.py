@@ -275,7 +275,7 @@ def test_a_read_only_location_is_one_clear_error(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", no_write)
     code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
     assert code == 2, msg
-    assert f"{out / rundir.LOCK}: cannot be written: Permission denied (EACCES) at taking the run directory's lock" in msg
+    assert f"{out / rundir.LOCK}: cannot be written: Permission denied (EACCES) at the start, before anything was written" in msg
     assert [p.name for p in out.iterdir()] == []
 
 

@@ -353,7 +353,7 @@ def report(
     except OSError as e:
         if not is_fs_error(e):
             raise
-        _fail(fs_error(e, run_dir, where="writing the report"))
+        _fail(fs_error(e, run_dir, where="the report"))
     except InputError as e:
         _fail(e)
     finally:
@@ -410,7 +410,7 @@ def export(
     except OSError as e:
         if not is_fs_error(e):
             raise
-        _fail(fs_error(e, target, where="exporting"))
+        _fail(fs_error(e, target, where="the export"))
     except InputError as e:
         _fail(e)
 

@@ -1246,8 +1246,10 @@ def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force:
         for ctx in ctxs:
             for k, p in ctx.input_paths().items():
                 ctx.hashes[k] = {str(q): file_hash(q) for q in p} if k == "references" else file_hash(p)
-            rundir.check_inputs_outside_outputs(ctx.input_paths(), ctx.out,
-                                                names + [rundir.MANIFEST, rundir.LOCK])
+        for ctx in ctxs:  # no input of either model set at an output location of either
+            for other in ctxs:
+                rundir.check_inputs_outside_outputs(ctx.input_paths(), other.out,
+                                                    names + [rundir.MANIFEST, rundir.LOCK])
         with rundir.locked(out):
             # Ownership: nothing abzflux did not write may be where this run writes or deletes.
             set_dirs = [ctx.out for ctx in ctxs]

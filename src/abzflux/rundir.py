@@ -71,8 +71,8 @@ def fs_error(e: OSError, fallback, where: str | None = None) -> FileSystemError:
     code = errno.errorcode.get(e.errno, "") if e.errno else ""
     what = (e.strerror or str(e)) + (f" ({code})" if code else "")
     return FileSystemError(e.filename or fallback, f"cannot be written: {what}", where=where,
-                           expected="a writable location with free space (nothing partial was left: rerun the "
-                                    "same command when fixed, finished stages are kept)")
+                           expected="a writable location with free space (nothing partial is left: the same "
+                                    "command can be rerun once fixed, and a run keeps its finished stages)")
 
 
 def write_json(path: Path, obj) -> None:
@@ -112,7 +112,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 if is_fs_error(e):
-                    raise fs_error(e, self.path, where="taking the run directory's lock") from None
+                    raise fs_error(e, self.path, where="the start, before anything was written") from None
                 raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,7 +141,7 @@ class RunLock:
             except OSError as e:
                 os.close(fd)
                 if is_fs_error(e):
-                    raise fs_error(e, self.path, where="taking the run directory's lock") from None
+                    raise fs_error(e, self.path, where="the start, before anything was written") from None
                 raise
             self.fd = fd
             return self
@@ -437,8 +437,8 @@ def in_the_way(set_dirs: dict, names: Iterable[str]) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])}{' ...' if len(problems) > 4 else ''})" \
             if len(problems) > 1 else ""
-        raise NotOwned(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1] + ", and this run would replace "
-                       "or delete it" + more,
+        raise NotOwned(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1] + ", where abzflux would "
+                       "write or delete" + more,
                        expected="only abzflux's own outputs at its output paths: move it out of the run directory, "
                                 "or use another --out")
 
