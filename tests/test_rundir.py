@@ -320,3 +320,18 @@ def test_manifest_tree_hash_is_the_pipelines_digest(finished):
         assert rundir.tree_hash(finished / o, rundir.tree_files(finished / o)) == file_hash(finished / o)
     assert output_digest(finished)  # the manifest and lock are not outputs
     assert not any(k.startswith("abzflux") for k in output_digest(finished))
+
+
+def test_a_foreign_file_at_the_lock_files_name_is_not_overwritten(tiny, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / rundir.LOCK).write_text("the user's own notes")
+    (tmp_path / "target.txt").write_text("keep me")
+    code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
+    assert code == 2 and f"{out / rundir.LOCK}: a file that abzflux did not write" in msg, msg
+    assert (out / rundir.LOCK).read_text() == "the user's own notes"
+    (out / rundir.LOCK).unlink()
+    (out / rundir.LOCK).symlink_to(tmp_path / "target.txt")
+    code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
+    assert code == 2 and f"{out / rundir.LOCK}: a symbolic link that abzflux did not write" in msg, msg
+    assert (tmp_path / "target.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]

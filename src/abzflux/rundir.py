@@ -109,8 +109,11 @@ class RunLock:
     def acquire(self) -> RunLock:
         for _ in range(20):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise NotOwned(self.path, "a symbolic link that abzflux did not write",
+                                   expected="no file named abzflux.lock in the run directory (move it away)") from None
                 if is_fs_error(e):
                     raise fs_error(e, self.path, where="the start, before anything was written") from None
                 raise
@@ -130,6 +133,10 @@ class RunLock:
                 os.close(fd)
                 continue
             stale = _read_holder(fd, raw=True)
+            if stale and not _is_lock_record(stale):  # a file of someone else's at our name: not ours to overwrite
+                os.close(fd)
+                raise NotOwned(self.path, "a file that abzflux did not write (not an abzflux lock record)",
+                               expected="no file named abzflux.lock in the run directory (move it away)")
             if stale:
                 log.warning("%s: took over a stale lock (its process is gone): %s", self.path, stale)
             info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -162,6 +169,14 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _is_lock_record(text: str) -> bool:
+    try:
+        h = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(h, dict) and {"pid", "host", "since"} <= set(h)
 
 
 def _read_holder(fd: int, raw: bool = False) -> str:
