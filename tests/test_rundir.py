@@ -335,3 +335,18 @@ def test_a_foreign_file_at_the_lock_files_name_is_not_overwritten(tiny, tmp_path
     code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
     assert code == 2 and f"{out / rundir.LOCK}: a symbolic link that abzflux did not write" in msg, msg
     assert (tmp_path / "target.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
+
+
+def test_a_file_system_without_locks_runs_unprotected_with_a_warning(tiny, finished, tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    out = _copy(finished, tmp_path)
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="abzflux.rundir"):
+        rec = run_study(load_config(tiny), out, log=lambda m: None)
+    assert all(s["skipped"] for s in rec["stages"].values())
+    assert "does not support locks (No locks available)" in caplog.text and not (out / rundir.LOCK).exists()

@@ -125,6 +125,13 @@ class RunLock:
                 raise RunDirInUse(self.dir, f"is in use by another abzflux process ({holder})",
                                   expected="one abzflux process per run directory at a time: wait for it to "
                                            "finish, or use another --out") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                # a file system without locks (e.g. Lustre mounted without -o flock): go on, unprotected
+                log.warning("%s: the file system does not support locks (%s): two processes writing into this "
+                            "run directory at once are not kept apart", self.path, e.strerror)
             try:  # the file we locked must still be the one at the path (a releaser removes it)
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
