@@ -32,6 +32,7 @@ import xarray as xr
 
 from . import __version__
 from . import budgets as budgets_mod
+from . import rundir
 from .config import Config
 from . import _atomic
 from .errors import InputError, RunDirConflict
@@ -39,7 +40,6 @@ from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_
                       read_site_table, read_truth, read_zones, write_crs, grid_crs)
 from . import cv as cv_mod
 from . import plots
-from . import rundir
 from . import trends as trends_mod
 from . import upscale as upscale_mod
 from .compare import stage_compare
