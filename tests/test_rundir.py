@@ -350,3 +350,17 @@ def test_a_file_system_without_locks_runs_unprotected_with_a_warning(tiny, finis
         rec = run_study(load_config(tiny), out, log=lambda m: None)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert "does not support locks (No locks available)" in caplog.text and not (out / rundir.LOCK).exists()
+
+
+def test_a_report_that_runs_out_of_space_leaves_no_tmp(finished, tmp_path, monkeypatch):
+    import abzflux.report as R
+
+    out = _copy(finished, tmp_path)
+
+    def full(*a, **k):  # the figures are written into report.tmp/, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.tmp" / "report.html.tmp"))
+
+    monkeypatch.setattr(R, "render_html", full)
+    code, msg = _cli("report", out, "--quiet")
+    assert code == 2 and "report.html.tmp: cannot be written: No space left on device (ENOSPC) at the report" in msg, msg
+    assert not (out / "report.tmp").exists() and not (out / "report.html").exists()

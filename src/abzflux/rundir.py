@@ -479,6 +479,9 @@ def owning(set_dir, names, purpose: str = "output"):
     own.pending(names)
     try:
         yield own
+    except BaseException:
+        own.remove_tmp(names)  # e.g. report.tmp/ of a report that ran out of space
+        raise
     finally:
         own.record(names)
 
