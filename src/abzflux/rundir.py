@@ -471,7 +471,9 @@ def owning(set_dir, names, purpose: str = "output"):
     them in the manifest before the block, record what they hold after it (also after a
     failure: what was written is abzflux's)."""
     own = Ownership(set_dir)
-    problems = own.adopt_legacy(names)
+    names = list(names)
+    problems = [p for p in own.adopt_legacy(names)  # only those about the paths written here
+                if any(p.startswith(f"{Path(set_dir) / n}:") for n in names)]
     if problems:
         raise NotOwned(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1],
                        expected=f"abzflux's own {purpose} there")
