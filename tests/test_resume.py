@@ -205,8 +205,11 @@ def test_restart_deletes_only_what_abzflux_wrote(reference, tmp_path):
     (out / "upscaled.nc").write_text("an export")
     removed = clean_run_dir(out, log=lambda m: None)
     assert {p.name for p in removed} >= {"stages", "run.json", "upscaled.zarr", "models", "budgets", "summary.md",
-                                         "upscaled.nc", "budgets_members_monthly.parquet", "coarse"}
-    assert sorted(p.name for p in out.iterdir()) == ["mine"]
+                                         "budgets_members_monthly.parquet"}
+    # Only what abzflux recorded writing (issue 19): a hand-made upscaled.nc and a coarse/sites.parquet
+    # that no coarse marker names are kept; the coarse set's (marker) files are deleted.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "coarse", "coarse/sites.parquet", "mine", "mine/a.csv", "upscaled.nc"]
     assert clean_run_dir(tmp_path / "mine_only", log=lambda m: None) == []  # not a run directory: untouched
 
 

@@ -12,11 +12,15 @@ def write_text(path: Path, text: str) -> None:
     """Write a small text file under a temporary name, flush it to disk and rename it into place."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. disk full: no partial temporary file is left beside the target
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def replace(tmp: Path, final: Path) -> None:

@@ -135,23 +135,24 @@ def run(
             cfg.run.scheduler = scheduler
         out = out or cfg.source.resolve().parent / "run"
         log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
-        run_study(cfg, out, log=log, force=force, restart=restart, progress_factory=_progress_factory(quiet))
+        # The summary and the report are written with the run directory still locked.
+        run_study(cfg, out, log=log, force=force, restart=restart, progress_factory=_progress_factory(quiet),
+                  finish=lambda: (_print_summary(out), report and _write_report(out, quiet)))
     except InputError as e:
         _fail(e)
-    _print_summary(out)
-    if report:
-        _write_report(out, quiet)
 
 
 def _write_report(run_dir: Path, quiet: bool) -> bool:
     """The HTML report of a finished run. Never raises: the run's outputs are complete
     whatever happens here (the report is written to temporary names and renamed)."""
     from .report import write_report
+    from .rundir import owning
 
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     prog = _progress_factory(quiet)("report figures")
     try:
-        rep = write_report(run_dir, log=log, progress=prog)
+        with owning(run_dir, REPORT_PATHS, "report"):
+            rep = write_report(run_dir, log=log, progress=prog)
     except Exception as e:  # noqa: BLE001 - a failed report must not fail a finished run
         console.print(f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
                       f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)",
@@ -164,6 +165,10 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
     console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)",
                   soft_wrap=True)
     return not rep.errors
+
+
+# What `abzflux report` writes into a run directory (recorded as abzflux's, rundir.owning).
+REPORT_PATHS = ("report.html", "report", "report.tmp", "report.old")
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -253,19 +258,20 @@ def demo(
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         cfg = load_config(twin_dir / "config.toml")
+        finish = lambda: (_print_summary(out / "run"), _write_report(out / "run", quiet))
         try:
-            run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet))
+            run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet),
+                      finish=finish)
         except RunDirConflict:
             if not new_twin:
                 raise
             # The twin was just (re)generated: the demo's previous run came from other inputs.
             if not quiet:
                 console.log(f"{out / 'run'} holds a run of an earlier twin: starting over")
-            run_study(cfg, out / "run", log=log, restart=True, progress_factory=_progress_factory(quiet))
+            run_study(cfg, out / "run", log=log, restart=True, progress_factory=_progress_factory(quiet),
+                      finish=finish)
     except InputError as e:
         _fail(e)
-    _print_summary(out / "run")
-    _write_report(out / "run", quiet)
 
 
 @app.command()
@@ -335,10 +341,20 @@ def report(
     """Write RUN_DIR/report.html (self-contained) and every figure as PNG and PDF in RUN_DIR/report/."""
     from .report import write_report
 
+    from .rundir import fs_error, is_fs_error, locked, owning
+
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     prog = _progress_factory(quiet)("report figures")
     try:
-        rep = write_report(run_dir, log=log, progress=prog)
+        if not run_dir.is_dir():
+            raise InputError(str(run_dir), "no such run directory", expected="a finished run directory")
+        # Not while a run writes into the directory (the lock), and only over abzflux's own report.
+        with locked(run_dir, "report"), owning(run_dir, REPORT_PATHS, "report"):
+            rep = write_report(run_dir, log=log, progress=prog)
+    except OSError as e:
+        if not is_fs_error(e):
+            raise
+        _fail(fs_error(e, run_dir, where="the report"))
     except InputError as e:
         _fail(e)
     finally:
@@ -360,24 +376,42 @@ def export(
     out: Path = typer.Option(None, "--out", help="Output file (netcdf) or directory (geotiff). Default: in RUN_DIR."),
 ):
     """Export the upscaled monthly fluxes to NetCDF or GeoTIFF."""
+    from contextlib import nullcontext
+
+    from .rundir import FileSystemError, fs_error, is_fs_error, locked, owning
     from .upscale import export_geotiff, export_netcdf
 
     base = run_dir / "coarse" if model_set == "coarse" else run_dir
     store = base / "upscaled.zarr"
     names = [v.strip() for v in variables.split(",")] if variables else None
+    target = out or base / ("upscaled.nc" if fmt == "netcdf" else "geotiff")
     try:
         if model_set not in ("fine", "coarse"):
             raise InputError(str(run_dir), f"unknown model set {model_set!r}", expected="fine or coarse")
+        if fmt not in ("netcdf", "geotiff"):
+            raise InputError(str(run_dir), f"unknown format {fmt!r}", expected="netcdf or geotiff")
         if not store.exists():
             raise InputError(str(store), "no upscaled store: run the study first", expected="RUN_DIR/upscaled.zarr")
-        if fmt == "netcdf":
-            path = export_netcdf(store, out or base / "upscaled.nc", names)
-            console.print(f"wrote [bold]{path}[/]", soft_wrap=True)
-        elif fmt == "geotiff":
-            paths = export_geotiff(store, out or base / "geotiff", names)
-            console.print(f"wrote {len(paths)} GeoTIFF files to [bold]{paths[0].parent}[/]", soft_wrap=True)
-        else:
-            raise InputError(str(run_dir), f"unknown format {fmt!r}", expected="netcdf or geotiff")
+        if fmt == "netcdf" and target.is_dir():
+            raise FileSystemError(str(target), "is a directory", expected="--out naming a NetCDF file (NAME.nc)")
+        if fmt == "geotiff" and target.exists() and not target.is_dir():
+            raise FileSystemError(str(target), "is a file", expected="--out naming a directory for the GeoTIFF files")
+        if not target.parent.is_dir():
+            raise FileSystemError(str(target.parent), "no such directory", where=f"the parent of --out {target}",
+                                  expected="an existing directory")
+        # Not while a run writes the store (the lock); the default paths only over abzflux's own export.
+        own = owning(base, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
+        with locked(run_dir, "export", read_only_ok=out is not None), own:
+            if fmt == "netcdf":
+                path = export_netcdf(store, target, names)
+                console.print(f"wrote [bold]{path}[/]", soft_wrap=True)
+            else:
+                paths = export_geotiff(store, target, names)
+                console.print(f"wrote {len(paths)} GeoTIFF files to [bold]{paths[0].parent}[/]", soft_wrap=True)
+    except OSError as e:
+        if not is_fs_error(e):
+            raise
+        _fail(fs_error(e, target, where="the export"))
     except InputError as e:
         _fail(e)
 

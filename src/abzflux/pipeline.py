@@ -32,6 +32,7 @@ import xarray as xr
 
 from . import __version__
 from . import budgets as budgets_mod
+from . import rundir
 from .config import Config
 from . import _atomic
 from .errors import InputError, RunDirConflict
@@ -1136,30 +1137,34 @@ def output_digest(run_dir) -> dict[str, str]:
     return out
 
 
+def run_paths(exports: bool = True) -> list[str]:
+    """Every top-level path abzflux may write into a model set's directory, ``stages`` and
+    ``run.json`` first: stage outputs, their temporary (``.tmp``) and set-aside (``.old``)
+    names, provenance, the report, work in progress and (``exports``) the default exports."""
+    names = ["stages", "run.json"]
+    for st in build_stages():
+        for o in st.outputs + st.extras:
+            names += [o, o + ".tmp", o + ".old"]
+    names += [n for n in RUN_FILES + RUN_DIRS if n not in names]
+    names += ["run.json.tmp", "report.tmp", "report.old", "upscaled.nc.tmp"]
+    if not exports:
+        names = [n for n in names if n not in ("upscaled.nc", "upscaled.nc.tmp", "geotiff")]
+    return list(dict.fromkeys(names))
+
+
 def clean_run_dir(out, log: Callable[[str], None] = print) -> list[Path]:
     """Delete what abzflux wrote into a run directory (stage outputs, markers, run.json, the
-    report, default exports, work in progress; the coarse set's too) and nothing else. Markers
-    go first, so a kill during the clean-up never leaves an output that looks finished. Only a
-    directory that holds a ``run.json`` or ``stages/`` is cleaned."""
+    report, default exports, work in progress; the coarse set's too) and nothing else: only the
+    paths its ownership manifest records (:mod:`abzflux.rundir`; a directory written before
+    manifests existed: the outputs its stage markers name). Markers go first, so a kill during
+    the clean-up never leaves an output that looks finished."""
     out = Path(out)
     removed: list[Path] = []
-    if (out / "run.json").exists() or (out / "stages").is_dir():
-        names = ["stages", "run.json"]
-        for st in build_stages():
-            for o in st.outputs + st.extras:
-                names += [o, o + ".tmp", o + ".old"]
-        names += [n for n in RUN_FILES + RUN_DIRS if n not in names]
-        names += ["run.json.tmp", "report.tmp", "report.old", "upscaled.nc.tmp", "models.tmp", "cv.tmp",
-                  "models.old", "cv.old"]
-        for n in dict.fromkeys(names):
-            p = out / n
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-            else:
-                continue
-            removed.append(p)
+    names = run_paths()
+    own = rundir.Ownership(out, [st.name for st in build_stages()])
+    own.adopt_legacy(names)
+    if own.paths:
+        removed += own.delete(names)
     if (out / "coarse").is_dir():
         removed += clean_run_dir(out / "coarse", log=lambda m: None)
         try:
@@ -1221,43 +1226,81 @@ def _refuse(out: Path, lines: list[str]) -> None:
 
 
 def run_study(cfg: Config, out: Path, log: Callable[[str], None] = print, force: bool = False,
-              progress_factory=None, restart: bool = False) -> dict:
+              progress_factory=None, restart: bool = False, finish: Callable[[], None] | None = None) -> dict:
     """Run every stage into ``out``; skip stages that are complete and unchanged. With a
     ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``.
 
-    Every input of both model sets is read and checked (:func:`validate_study`), and ``out`` is
-    checked for outputs of another config or other inputs (:class:`RunDirConflict`), before
-    anything is written. ``restart``: first delete the previous outputs (:func:`clean_run_dir`).
-    ``force``: recompute every stage."""
+    Every input of both model sets is read and checked (:func:`validate_study`); then ``out``
+    is locked (:class:`rundir.RunLock`, held until the end, ``finish`` included) and checked,
+    before anything is written, for paths abzflux did not write where this run would write or
+    delete (:class:`rundir.NotOwned`) and for outputs of another config or other inputs
+    (:class:`RunDirConflict`). ``restart``: first delete the previous outputs
+    (:func:`clean_run_dir`). ``force``: recompute every stage. ``finish``: called after the
+    model sets, with the lock still held (the CLI's summary and report). A location that cannot
+    be written (no space, no permission) raises :class:`rundir.FileSystemError`."""
     out = Path(out)
     ctxs = validate_study(cfg, out, log)
+    names = run_paths()
+    stage_names = [st.name for st in build_stages()]
     try:
         for ctx in ctxs:
             for k, p in ctx.input_paths().items():
                 ctx.hashes[k] = {str(q): file_hash(q) for q in p} if k == "references" else file_hash(p)
-        if not restart:
-            lines = []
-            for ctx in ctxs:
-                lines += [(f"coarse/ {s}" if ctx.out != out else s) for s in _conflicts(ctx, build_stages())]
-            if len(ctxs) == 1 and any((out / "coarse" / "stages").glob("*.json")):
-                lines.append("[coarse]: coarse/ holds a coarse model set's outputs; this config has no [coarse] section")
-            if lines:
-                _refuse(out, lines)
-        else:
-            clean_run_dir(out, log)
-        record = None
-        for i, ctx in enumerate(ctxs):
-            if i:
-                log("model set 'coarse' -> " + str(ctx.out))
-            rec = _run_set(ctx, log, force, progress_factory)
-            if record is None:
-                record = rec
+        for ctx in ctxs:  # no input of either model set at an output location of either
+            for other in ctxs:
+                rundir.check_inputs_outside_outputs(ctx.input_paths(), other.out,
+                                                    names + [rundir.MANIFEST, rundir.LOCK])
+        with rundir.locked(out):
+            # Ownership: nothing abzflux did not write may be where this run writes or deletes.
+            set_dirs = [ctx.out for ctx in ctxs]
+            if restart and len(ctxs) == 1 and (out / "coarse").is_dir():
+                set_dirs.append(out / "coarse")  # --restart deletes a coarse set's outputs too
+            owners, legacy = {}, []
+            for d in set_dirs:
+                owners[d] = rundir.Ownership(d, stage_names)
+                legacy += owners[d].adopt_legacy(names)
+            if legacy:
+                raise rundir.NotOwned(legacy[0].split(": ", 1)[0], legacy[0].split(": ", 1)[1],
+                                      expected="abzflux's own outputs (move the directory out of the run directory, "
+                                               "or use another --out)")
+            rundir.in_the_way(owners, run_paths(exports=False))  # --restart leaves unrecorded exports alone
+            if not restart:
+                lines = []
+                for ctx in ctxs:
+                    lines += [(f"coarse/ {s}" if ctx.out != out else s) for s in _conflicts(ctx, build_stages())]
+                if len(ctxs) == 1 and any((out / "coarse" / "stages").glob("*.json")):
+                    lines.append("[coarse]: coarse/ holds a coarse model set's outputs; this config has no [coarse] section")
+                if lines:
+                    _refuse(out, lines)
             else:
-                record["coarse"] = rec
+                clean_run_dir(out, log)
+            record = None
+            for i, ctx in enumerate(ctxs):
+                if i:
+                    log("model set 'coarse' -> " + str(ctx.out))
+                ctx.cache["ownership"] = rundir.Ownership(ctx.out, stage_names)  # after any clean-up
+                rec = _run_set(ctx, log, force, progress_factory)
+                if record is None:
+                    record = rec
+                else:
+                    record["coarse"] = rec
+            if finish is not None:
+                finish()
+    except OSError as e:
+        if rundir.is_fs_error(e):
+            raise rundir.fs_error(e, out, where=_where(ctxs)) from None
+        raise
     finally:
         for ctx in ctxs:
             ctx.close()
     return record
+
+
+def _where(ctxs: list[Context]) -> str | None:
+    for ctx in reversed(ctxs):
+        if "stage" in ctx.cache:
+            return f"stage {ctx.cache['stage']}" + (" of the coarse model set" if ctx is not ctxs[0] else "")
+    return None
 
 
 def validate_study(cfg: Config, out: Path | None = None, log: Callable[[str], None] = print) -> list[Context]:
@@ -1277,7 +1320,12 @@ def validate_study(cfg: Config, out: Path | None = None, log: Callable[[str], No
 
 def _run_set(ctx: Context, log: Callable[[str], None], force: bool, progress_factory) -> dict:
     cfg, out = ctx.cfg, ctx.out
-    out.mkdir(parents=True, exist_ok=True)
+    own = ctx.cache["ownership"]
+    names = run_paths(exports=False)
+    rundir.make_dir(out)
+    own.prune()
+    # Entered before they are written: what a killed run leaves is abzflux's.
+    own.pending(["stages", "run.json", "run.json.tmp"] + [n for n in names if not (out / n).exists()])
     (out / "stages").mkdir(exist_ok=True)
     record = {
         "abzflux": __version__, "status": "running", "config": cfg.to_dict(), "config_file": str(cfg.source),
@@ -1291,8 +1339,16 @@ def _run_set(ctx: Context, log: Callable[[str], None], force: bool, progress_fac
     try:
         _run_stages(ctx, record, fingerprints, force, progress_factory)
     except BaseException as e:  # SIGTERM arrives as SystemExit (cli._terminated)
-        record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", stage=ctx.cache.get("stage"))
+        try:
+            _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
+        except OSError as e2:  # e.g. the disk is still full: the original error is the one to report
+            log(f"could not mark {out / 'run.json'} failed: {e2}")
+        try:
+            own.remove_tmp(names)  # no partial file beside a target; finished outputs are kept
+            own.record(names)
+        except OSError:
+            pass
         raise
     finally:
         ctx.close()
@@ -1302,6 +1358,7 @@ def _run_set(ctx: Context, log: Callable[[str], None], force: bool, progress_fac
     record["output_digest"] = hashlib.sha256(json.dumps(
         {k: v.get("digest") for k, v in record["stages"].items()}, sort_keys=True).encode()).hexdigest()
     _atomic_write_text(out / "run.json", json.dumps(record, indent=2, default=str))
+    own.record(names)
     return record
 
 
@@ -1334,6 +1391,10 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
             continue
         # The marker goes first: from here until the new one is written, the stage counts as not done.
         marker.unlink(missing_ok=True)
+        st_names = [n for o in st.outputs + st.extras for n in (o, o + ".tmp", o + ".old")]
+        st_names += ["upscale.partial"] if st.name == "upscale" else []
+        ctx.cache["ownership"].pending(st_names)
+        ctx.cache["stage"] = st.name
         t0 = time.perf_counter()
         log(f"[{st.name}] running")
         ctx.cache["fingerprint"] = fp
@@ -1348,4 +1409,5 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool, pro
             "inputs": {k: ctx.hashes.get(k) for k in inputs}, "input_paths": {k: paths.get(k) for k in inputs},
             "upstream": fp_src["upstream"], "upstream_digest": up_digest, "outputs": list(st.outputs), "digest": digest,
             "seconds": round(dt, 2), **ctx.cache.pop("marker_extra")}, indent=2, default=str))
+        ctx.cache["ownership"].record(st_names)
         record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp, "digest": digest}

@@ -395,8 +395,12 @@ def export_netcdf(store, path, variables=None) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
-    ds[names].to_netcdf(tmp, engine="h5netcdf", encoding=enc)
-    os.replace(tmp, path)
+    try:
+        ds[names].to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, a directory at ``path``, ...: no partial file is left
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -425,7 +429,11 @@ def export_geotiff(store, out_dir, variables=None) -> list[Path]:
             da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
             path = out_dir / f"{v}_{year}.tif"
             tmp = out_dir / f".{v}_{year}.tif.tmp"
-            da.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", dtype="float32")
-            os.replace(tmp, path)
+            try:
+                da.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", dtype="float32")
+                os.replace(tmp, path)
+            except BaseException:  # no partial file is left
+                tmp.unlink(missing_ok=True)
+                raise
             written.append(path)
     return written
