@@ -501,6 +501,121 @@ def m_truth_missing_var(w):
     w.put_grid("truth", w.grid("truth").drop_vars("reco"))
 
 
+def m_config_mtry_100(w):
+    w.sections["forest"] = ["mtry = 100"]
+
+
+def m_config_seed_negative(w):
+    w.sections["run"][0] = "seed = -1"
+
+
+def m_config_zero_trees(w):
+    w.sections["forest"] = ["n_estimators = 0"]
+
+
+def m_config_nan_threshold(w):
+    w.sections["budgets"] = ["source_threshold = nan"]
+
+
+def m_config_mtry_grid(w):
+    w.sections["forest"] = ["mtry_grid = [2, 16]", 'bootstrap_mtry = "retune"']
+
+
+def m_config_fire_year(w):
+    w.sections["fire"] = ["first_year = 1066"]
+
+
+def m_config_clusters(w):
+    w.sections["compare"] = ["n_clusters = 500", "cluster_sample = 200"]
+
+
+def m_sites_id_case(w):
+    df = w.table()
+    df.loc[(df.site_id == "TW002").to_numpy().nonzero()[0][2:], "site_id"] = "tw002"
+    w.put_table(df)
+
+
+def m_sites_veg_code(w):
+    w.put_table(w.table().assign(veg_type="30").pipe(_set, 5, "veg_type", "7"))
+
+
+def m_pred_inf(w):
+    ds = w.grid("predictors")
+    v = ds["cti"].values
+    iy, ix = np.argwhere(np.isfinite(v))[3]
+    v[iy, ix] = np.inf
+    w.put_grid("predictors", ds)
+
+
+def m_pred_veg_vocabulary(w):
+    ds = w.grid("predictors")
+    v = ds["veg_type"].values
+    iy, ix = np.argwhere(np.isfinite(v))[0]
+    v[iy, ix] = 99
+    a = ds["veg_type"].attrs
+    a["flag_values"] = np.append(np.asarray(a["flag_values"]), 99).astype(np.int16)
+    a["flag_meanings"] += " lichen_heath"
+    w.put_grid("predictors", ds)
+
+
+def m_pred_flag_text(w):
+    ds = w.grid("predictors")
+    ds["veg_type"].attrs["flag_values"] = ds["veg_type"].attrs["flag_meanings"]
+    w.put_grid("predictors", ds)
+
+
+def _land_cell(w):
+    lf = w.grid("zones")["land_fraction"].values
+    return tuple(np.argwhere(lf > 0)[2])
+
+
+def m_zones_biome_nan(w):
+    ds = w.grid("zones")
+    ds["biome"].values[_land_cell(w)] = np.nan
+    w.put_grid("zones", ds)
+
+
+def m_zones_area_nan(w):
+    ds = w.grid("zones")
+    ds["cell_area"].values[_land_cell(w)] = np.nan
+    w.put_grid("zones", ds)
+
+
+def m_zones_area_ha(w):
+    ds = w.grid("zones")
+    ds["cell_area"] = (ds["cell_area"] / 1e4).assign_attrs(units="m2")  # hectares, labelled m2
+    w.put_grid("zones", ds)
+
+
+def m_zones_not_equal_area(w):
+    # the whole grid in polar stereographic (EPSG:3413), zones without cell_area
+    w.put_grid("predictors", write_crs(w.grid("predictors"), "EPSG:3413"))
+    w.put_grid("zones", write_crs(w.grid("zones").drop_vars("cell_area"), "EPSG:3413"))
+    w.inputs.update(fire=None, truth=None, references=[])
+
+
+def m_zones_km_coordinates(w):
+    # x/y written in km under a CRS in metres: cell_area (m2) is 1e6 times the spacing's area
+    zones = w.grid("zones")
+    pred = w.grid("predictors")
+    for key, ds in (("zones", zones), ("predictors", pred)):
+        w.put_grid(key, ds.assign_coords(x=ds.x / 1000, y=ds.y / 1000))
+    w.inputs.update(fire=None, truth=None, references=[])
+    w.put_table(w.table().assign(lat="89.99999", lon="0.0"))  # within 150 m of the pole: inside the grid
+
+
+def m_fire_inf(w):
+    ds = w.grid("fire")
+    ds["fire_emissions"].values[(3,) + _land_cell(w)] = np.inf
+    w.put_grid("fire", ds)
+
+
+def m_fire_nan_land(w):
+    ds = w.grid("fire")
+    ds["burned_fraction"].values[(3,) + _land_cell(w)] = np.nan
+    w.put_grid("fire", ds)
+
+
 CASES = [
     # config
     Case("config-missing", "the config file does not exist", m_config_missing,
@@ -522,6 +637,20 @@ CASES = [
          ("[fire.months]", "invalid month list [6, 13]", "1-12")),
     Case("config-target-year", "fire.target_year outside the run's years", m_fire_target_outside,
          ("config.toml", "[fire.target_year]", "target year 2021 is outside the run's years 2019-2020")),
+    Case("config-mtry-100", "forest.mtry larger than the 17 predictors", m_config_mtry_100,
+         ("config.toml", "[forest.mtry]", "mtry 100 is more than the 17 predictors", "1..17")),
+    Case("config-seed-negative", "run.seed negative", m_config_seed_negative,
+         ("config.toml", "[run.seed]", "seed -1 is out of range", "0..4294967295")),
+    Case("config-zero-trees", "forest.n_estimators = 0", m_config_zero_trees,
+         ("[forest.n_estimators]", "0 is out of range", "an integer >= 1")),
+    Case("config-nan-threshold", "budgets.source_threshold = nan", m_config_nan_threshold,
+         ("[budgets.source_threshold]", "nan is not a finite number")),
+    Case("config-mtry-grid", "forest.mtry_grid beyond the bootstrap forests' 15 predictors (retune)",
+         m_config_mtry_grid, ("[forest.mtry_grid]", "invalid mtry grid [2, 16]", "1..15")),
+    Case("config-fire-year", "fire.first_year 1066", m_config_fire_year,
+         ("[fire.first_year]", "year 1066 is out of range", "1900..2100")),
+    Case("config-clusters", "compare.n_clusters more than compare.cluster_sample", m_config_clusters,
+         ("[compare.n_clusters]", "n_clusters 500 is more than cluster_sample 200")),
     Case("coarse-set-bad", "the coarse model set's predictors are a zones file (the fine set is valid)",
          m_coarse_bad, ("zones.nc", "missing required variable(s): srad")),
     # site table
@@ -559,6 +688,10 @@ CASES = [
          ("sites.csv", "[gpp]", "only 0 site(s) have gpp values", "at least 3 sites per flux")),
     Case("sites-unknown-method", "site table: method 'tower'", m_sites_unknown_method,
          ("sites.csv", "[method]", "row 5 (site TW002): 'tower'", "EC or chamber")),
+    Case("sites-id-case", "site table: one site spelled 'TW002' and 'tw002'", m_sites_id_case,
+         ("sites.csv", "[site_id]", "differ only by case", "'TW002' (row 3) and 'tw002' (row 5)")),
+    Case("sites-veg-code", "site table: a veg_type column with code 7 (not a class of the paper)", m_sites_veg_code,
+         ("sites.csv", "[veg_type]", "outside the paper's classes", "row 5 (site TW002): 7")),
     Case("sites-parquet-truncated", "site table: truncated Parquet file", m_sites_parquet_truncated,
          ("sites.parquet", "cannot be read as Parquet")),
     # predictor stack
@@ -578,6 +711,13 @@ CASES = [
          ("predictors.zarr", "[veg_type]", "lacks flag_meanings")),
     Case("pred-unlisted-code", "predictors: veg_type code 99", m_pred_unlisted_code,
          ("predictors.nc", "[veg_type]", "codes not listed in flag_values (first: 99)", "cell (y=")),
+    Case("pred-inf", "predictors: inf in `cti` (a predictor without a physical range)", m_pred_inf,
+         ("predictors.nc", "[cti]", "out of range (first: inf)", "finite values")),
+    Case("pred-veg-vocabulary", "predictors: veg_type code 99, listed in flag_values, not a class of the paper",
+         m_pred_veg_vocabulary, ("predictors.nc", "[veg_type]", "outside the paper's classes (first: 99, 'lichen_heath')",
+                                 "ESA CCI + CAVM")),
+    Case("pred-flag-values-names", "predictors: veg_type flag_values holding the names", m_pred_flag_text,
+         ("predictors.nc", "[veg_type]", "flag_values 'graminoid_tundra", "are not numbers")),
     Case("pred-duplicate-month", "predictors: a month twice in `time`", m_pred_duplicate_month,
          ("predictors.nc", "[time]", "duplicate month", "time step 6 (2019-06-01)")),
     Case("pred-time-order", "predictors: `time` not monotonic", m_pred_time_order,
@@ -621,6 +761,18 @@ CASES = [
     Case("zones-empty", "zones: empty file (0 bytes)", m_zones_empty, ("zones.nc", "cannot be read as NetCDF")),
     Case("zones-area-units", "zones: cell_area in km2", m_zones_area_units,
          ("zones.nc", "[cell_area]", "units attribute is 'km2'", "expected units 'm2'")),
+    Case("zones-biome-nan", "zones: a land cell without a biome code", m_zones_biome_nan,
+         ("zones.nc", "[biome]", "1 land cell(s) (land_fraction > 0) have no biome (NaN)", "cell (y=")),
+    Case("zones-area-nan", "zones: a land cell without cell_area", m_zones_area_nan,
+         ("zones.nc", "[cell_area]", "have no cell_area (NaN)", "cell (y=")),
+    Case("zones-area-hectares", "zones: cell_area in hectares, units 'm2'", m_zones_area_ha,
+         ("zones.nc", "[cell_area]", "out of range (first: 9e+06)", "within a factor 4 of the grid spacing",
+          "9e+10 m2")),
+    Case("zones-not-equal-area", "zones: no cell_area on a polar stereographic grid (EPSG:3413)",
+         m_zones_not_equal_area, ("zones.nc", "[cell_area]", "not an equal-area projection",
+                                  "Polar Stereographic", "equal-area CRS")),
+    Case("zones-km-coordinates", "zones and predictors: x/y in km under a CRS in metres", m_zones_km_coordinates,
+         ("zones.nc", "[cell_area]", "out of range (first: 9e+10)", "|dx * dy| = 90000 m2")),
     # fire
     Case("fire-sign", "fire: emissions negative", m_fire_negative,
          ("fire.nc", "[fire_emissions]", "out of range", "cell (time=", ">= 0")),
@@ -631,6 +783,10 @@ CASES = [
          ("fire.nc", "[burned_fraction]", "out of range", "values in 0-1")),
     Case("fire-zarr-lost-chunk", "fire: a deleted Zarr chunk (a month reads as NaN)", m_fire_lost_chunk,
          ("fire.zarr", "[fire_emissions]", "NaN in 1 time step(s)", "time step 7 (2019-08-01)")),
+    Case("fire-inf", "fire: an infinite emission", m_fire_inf,
+         ("fire.nc", "[fire_emissions]", "out of range (first: inf)", "finite values >= 0")),
+    Case("fire-nan-on-land", "fire: burned_fraction NaN on a land cell", m_fire_nan_land,
+         ("fire.nc", "[burned_fraction]", "NaN on land cells", "time=2019-04", "0 where nothing burned")),
     # reference products and truth
     Case("ref-no-product", "reference: no `product` attribute", m_ref_no_product,
          ("ref.nc", "[product]", "global attribute `product` is missing")),

@@ -274,8 +274,25 @@ def check_inputs(ctx: Context) -> None:
         if fs.target_year is not None and not y0 <= fs.target_year <= y1:
             raise InputError(cfg.source, f"target year {fs.target_year} is outside the run's years {y0}-{y1}",
                              column="fire.target_year", expected=f"a year in {y0}-{y1}")
+        check_fire_on_land(fire, zones, cfg.inputs.fire)
     ctx.references()
     ctx.truth()
+
+
+def check_fire_on_land(fire: xr.Dataset, zones: xr.Dataset, file) -> None:
+    """No NaN fire value on a land cell (zones' land_fraction > 0): a missing value there would
+    count as "no fire" in the budgets. NaN outside the land is allowed."""
+    land = xr.DataArray(np.asarray(zones["land_fraction"].fillna(0).values) > 0, dims=("y", "x"))
+    for name in ("fire_emissions", "burned_fraction"):
+        bad = fire[name].isnull() & land
+        n = int(bad.sum().values)
+        if n:
+            t, iy, ix = (int(i) for i in np.argwhere(np.asarray(bad.values))[0])
+            when = pd.Timestamp(fire.time.values[t]).strftime("%Y-%m")
+            raise InputError(file, f"{n} value(s) are NaN on land cells (land_fraction > 0 in the zones)", column=name,
+                             where=f"cell (time={when}, y={float(fire.y.values[iy]):.6g}, x={float(fire.x.values[ix]):.6g}; "
+                                   f"index time={t}, y={iy}, x={ix})",
+                             expected="a value on every land cell in every month of the fire file (0 where nothing burned)")
 
 
 def sites_without_land(table: pd.DataFrame, pred: xr.Dataset, zones: xr.Dataset, file) -> list[str]:
