@@ -838,7 +838,7 @@ def test_catalogue_has_distinct_cases():
 
 def test_docs_list_every_case():
     """docs/errors.md is this catalogue's output: every case, with the expected message parts."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    doc = DOC.read_text().split(END_MARKER)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
     assert set(rows) == {c.id for c in CASES}
     for c in CASES:
@@ -892,16 +892,39 @@ message format is `<file>: [<column or variable>] <problem> at <where>; expected
 ([formats.md](formats.md#validation-errors)); paths are shown relative to the case's directory.
 
 The cases are the data of `tests/test_catalogue.py`, which runs them in CI and asserts on
-the file, the column or variable, the row, site, time step or cell and the expectation. This
-page is its output: `python tests/test_catalogue.py > docs/errors.md`.
+the file, the column or variable, the row, site, time step or cell and the expectation. The
+table is its output: `python tests/test_catalogue.py` rewrites it in place, up to the line
+`<!-- end of generated catalogue -->`, and keeps everything after that line as it is.
 
 """
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+#: Everything after this line of docs/errors.md is hand-written and kept by the generator.
+END_MARKER = "<!-- end of generated catalogue -->"
 
 
-if __name__ == "__main__":  # python tests/test_catalogue.py > docs/errors.md
+def render_doc(table: str, old: str | None) -> str:
+    """The new docs/errors.md: the header, the generated ``table``, the end marker, then whatever
+    followed the marker in the ``old`` text (nothing when there was no marker)."""
+    tail = old.split(END_MARKER, 1)[1] if old and END_MARKER in old else "\n"
+    return HEADER + table.rstrip("\n") + "\n\n" + END_MARKER + tail
+
+
+def test_generator_keeps_the_hand_written_sections():
+    old = HEADER + "| old table |\n\n" + END_MARKER + "\n\n## Run-directory errors\n\n| hand | written |\n"
+    new = render_doc("| case | a |\n|---|---|\n| `x` | y |", old)
+    assert new.endswith(END_MARKER + "\n\n## Run-directory errors\n\n| hand | written |\n")
+    assert "| `x` | y |" in new and "old table" not in new
+    assert render_doc("| t |", render_doc("| t |", None)) == render_doc("| t |", None)  # idempotent
+    assert render_doc("| t |", None).count(END_MARKER) == 1
+
+
+if __name__ == "__main__":  # python tests/test_catalogue.py  (rewrites the table of docs/errors.md)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         twin = Path(d) / "twin"
         make_twin(twin, TINY)
-        print(HEADER + _markdown(twin, Path(d) / "cases"), file=sys.stdout)
+        table = _markdown(twin, Path(d) / "cases")
+    old = DOC.read_text() if DOC.exists() else None
+    DOC.write_text(render_doc(table, old))
+    print(f"{DOC}: {len(CASES)} cases", file=sys.stderr)

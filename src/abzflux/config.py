@@ -276,6 +276,9 @@ def load_config(path) -> Config:
 
 #: Largest seed numpy's generators accept (seeds are unsigned 32-bit integers).
 MAX_SEED = 2**32 - 1
+#: compare.regrid_subsamples: n x n points per cell; beyond this the regridding's point arrays
+#: (cells x n²) outgrow memory without changing the weights measurably.
+MAX_REGRID_SUBSAMPLES = 100
 #: Calendar years a run, a fire record or a site table may name (as formats.read_site_table).
 YEAR_RANGE = (1900, 2100)
 
@@ -322,6 +325,9 @@ def check_ranges(cfg: Config, path) -> None:
             raise ConfigError(path, f"year {value} is out of range", column=key,
                               expected=f"a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}")
     cs = cfg.compare
+    if cs.regrid_subsamples > MAX_REGRID_SUBSAMPLES:
+        raise ConfigError(path, f"{cs.regrid_subsamples} is out of range", column="compare.regrid_subsamples",
+                          expected=f"an integer in 1..{MAX_REGRID_SUBSAMPLES} (n x n sub-points per analysis cell)")
     if cs.n_clusters > cs.cluster_sample:
         raise ConfigError(path, f"n_clusters {cs.n_clusters} is more than cluster_sample {cs.cluster_sample}",
                           column="compare.n_clusters", expected="n_clusters <= cluster_sample (cells fitting the k-means)")
