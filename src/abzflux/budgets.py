@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from .domain import BIOMES, REGIONS
+from .errors import InputError
 from .formats import categories, spacing_area_m2
 
 TG = 1e12  # g per Tg
@@ -90,8 +91,12 @@ def _with_area(zones: xr.Dataset) -> xr.Dataset:
     if "cell_area" in zones:
         return zones
     # |dx * dy| in m2 from the CRS's axis units (formats.read_zones refuses a grid without
-    # cell_area whose CRS is not equal-area)
-    return zones.assign(cell_area=xr.full_like(zones["land_fraction"], spacing_area_m2(zones), dtype=np.float64))
+    # cell_area whose CRS is not equal-area). An in-memory grid without any CRS: x/y in metres.
+    try:
+        area = spacing_area_m2(zones)
+    except InputError:
+        area = float(abs(zones.x[1] - zones.x[0])) * float(abs(zones.y[1] - zones.y[0]))
+    return zones.assign(cell_area=xr.full_like(zones["land_fraction"], area, dtype=np.float64))
 
 
 def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=None) -> pd.DataFrame:

@@ -1067,7 +1067,7 @@ def read_zones(path, like=None) -> xr.Dataset:
                 f"{n} land cell(s) (land_fraction > 0) have no {name} (NaN)",
                 column=name,
                 where=_cell_description(ds, ds[name], first),
-                expected=f"a {name} {'area' if name == 'cell_area' else 'code'} in every cell with land_fraction > 0 "
+                expected=f"a {name} {'value' if name == 'cell_area' else 'code'} in every cell with land_fraction > 0 "
                          "(or land_fraction 0 where the cell is outside the domain)",
             )
     total = float(res["land_area"])
