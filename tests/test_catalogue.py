@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -838,7 +839,7 @@ def test_catalogue_has_distinct_cases():
 
 def test_docs_list_every_case():
     """docs/errors.md is this catalogue's output: every case, with the expected message parts."""
-    doc = DOC.read_text().split(END_MARKER)[0]
+    doc = MARKER_LINE.split(DOC.read_text(), 1)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
     assert set(rows) == {c.id for c in CASES}
     for c in CASES:
@@ -900,12 +901,20 @@ table is its output: `python tests/test_catalogue.py` rewrites it in place, up t
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 #: Everything after this line of docs/errors.md is hand-written and kept by the generator.
 END_MARKER = "<!-- end of generated catalogue -->"
+MARKER_LINE = re.compile(r"^" + re.escape(END_MARKER) + r"[ \t]*$", re.M)  # the marker as a line of its own
+
+
+def hand_written_tail(text: str | None) -> str | None:
+    """What follows the marker line in ``text`` (None without one)."""
+    m = MARKER_LINE.search(text or "")
+    return None if m is None else text[m.end():]
 
 
 def render_doc(table: str, old: str | None) -> str:
     """The new docs/errors.md: the header, the generated ``table``, the end marker, then whatever
     followed the marker in the ``old`` text (nothing when there was no marker)."""
-    tail = old.split(END_MARKER, 1)[1] if old and END_MARKER in old else "\n"
+    tail = hand_written_tail(old)
+    tail = "\n" if tail is None else tail
     return HEADER + table.rstrip("\n") + "\n\n" + END_MARKER + tail
 
 
@@ -915,7 +924,8 @@ def test_generator_keeps_the_hand_written_sections():
     assert new.endswith(END_MARKER + "\n\n## Run-directory errors\n\n| hand | written |\n")
     assert "| `x` | y |" in new and "old table" not in new
     assert render_doc("| t |", render_doc("| t |", None)) == render_doc("| t |", None)  # idempotent
-    assert render_doc("| t |", None).count(END_MARKER) == 1
+    assert len(MARKER_LINE.findall(render_doc("| t |", None))) == 1
+    assert END_MARKER in HEADER  # named in the header's text, but not as a line of its own
 
 
 if __name__ == "__main__":  # python tests/test_catalogue.py  (rewrites the table of docs/errors.md)
