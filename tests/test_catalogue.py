@@ -901,7 +901,7 @@ table is its output: `python tests/test_catalogue.py` rewrites it in place, up t
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 #: Everything after this line of docs/errors.md is hand-written and kept by the generator.
 END_MARKER = "<!-- end of generated catalogue -->"
-MARKER_LINE = re.compile(r"^" + re.escape(END_MARKER) + r"[ \t]*$", re.M)  # the marker as a line of its own
+MARKER_LINE = re.compile(r"^" + re.escape(END_MARKER) + r"[ \t]*$", re.MULTILINE)  # the marker as a line of its own
 
 
 def hand_written_tail(text: str | None) -> str | None:

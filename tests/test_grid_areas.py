@@ -10,7 +10,14 @@ import xarray as xr
 
 from abzflux import budgets
 from abzflux.errors import InputError
-from abzflux.formats import axis_unit_m, canonical_order, is_equal_area, read_zones, spacing_area_m2, write_crs
+from abzflux.formats import (
+    axis_unit_m,
+    canonical_order,
+    is_equal_area,
+    read_zones,
+    spacing_area_m2,
+    write_crs,
+)
 
 LAEA_KM = "+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=km +no_defs"
 

@@ -14,7 +14,6 @@ same way by test_catalogue.test_bad_input (`run` makes validate's checks first).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -22,14 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from test_catalogue import TINY, Work, error_text
 from typer.testing import CliRunner
 
 from abzflux import pipeline as pl
 from abzflux.cli import app
 from abzflux.config import load_config
 from abzflux.formats import open_grid, read_zones, spacing_area_m2, write_crs
-from abzflux.predictors import VEG_CLASSES
-from test_catalogue import TINY, Work, error_text
 from abzflux.twin import make_twin
 
 TINY_FOREST = ["n_estimators = 3", "mtry = 3", "cv = false", "n_bootstrap = 2"]
@@ -362,7 +360,7 @@ def test_validate_passing_implies_the_first_stages_run(twin, tmp_path):
         if r.exit_code == 0:
             try:
                 first_stages(w)
-            except Exception as exc:  # pragma: no cover - the failure this test exists to catch
+            except Exception as exc:  # noqa: BLE001 - any failure here is the one this test exists to catch
                 raise AssertionError(f"validate passed but the run failed: {what}: {type(exc).__name__}: {exc}")
             seen["ok"].append(what)
         else:

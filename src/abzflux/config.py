@@ -6,6 +6,7 @@ silently fall back to a default).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -317,7 +318,7 @@ def check_ranges(cfg: Config, path) -> None:
             raise ConfigError(path, f"invalid mtry grid {fo.mtry_grid}{why}", column="forest.mtry_grid",
                               expected=f"distinct integers in 1..{top}")
     for key, value in (("budgets.source_threshold", cfg.budgets.source_threshold),):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ConfigError(path, f"{value} is not a finite number", column=key,
                               expected="a finite threshold in g C m-2 yr-1")
     for key, value in (("fire.first_year", fi.first_year), ("fire.target_year", fi.target_year)):
