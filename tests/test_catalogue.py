@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -501,6 +502,121 @@ def m_truth_missing_var(w):
     w.put_grid("truth", w.grid("truth").drop_vars("reco"))
 
 
+def m_config_mtry_100(w):
+    w.sections["forest"] = ["mtry = 100"]
+
+
+def m_config_seed_negative(w):
+    w.sections["run"][0] = "seed = -1"
+
+
+def m_config_zero_trees(w):
+    w.sections["forest"] = ["n_estimators = 0"]
+
+
+def m_config_nan_threshold(w):
+    w.sections["budgets"] = ["source_threshold = nan"]
+
+
+def m_config_mtry_grid(w):
+    w.sections["forest"] = ["mtry_grid = [2, 16]", 'bootstrap_mtry = "retune"']
+
+
+def m_config_fire_year(w):
+    w.sections["fire"] = ["first_year = 1066"]
+
+
+def m_config_clusters(w):
+    w.sections["compare"] = ["n_clusters = 500", "cluster_sample = 200"]
+
+
+def m_sites_id_case(w):
+    df = w.table()
+    df.loc[(df.site_id == "TW002").to_numpy().nonzero()[0][2:], "site_id"] = "tw002"
+    w.put_table(df)
+
+
+def m_sites_veg_code(w):
+    w.put_table(w.table().assign(veg_type="30").pipe(_set, 5, "veg_type", "7"))
+
+
+def m_pred_inf(w):
+    ds = w.grid("predictors")
+    v = ds["cti"].values
+    iy, ix = np.argwhere(np.isfinite(v))[3]
+    v[iy, ix] = np.inf
+    w.put_grid("predictors", ds)
+
+
+def m_pred_veg_vocabulary(w):
+    ds = w.grid("predictors")
+    v = ds["veg_type"].values
+    iy, ix = np.argwhere(np.isfinite(v))[0]
+    v[iy, ix] = 99
+    a = ds["veg_type"].attrs
+    a["flag_values"] = np.append(np.asarray(a["flag_values"]), 99).astype(np.int16)
+    a["flag_meanings"] += " lichen_heath"
+    w.put_grid("predictors", ds)
+
+
+def m_pred_flag_text(w):
+    ds = w.grid("predictors")
+    ds["veg_type"].attrs["flag_values"] = ds["veg_type"].attrs["flag_meanings"]
+    w.put_grid("predictors", ds)
+
+
+def _land_cell(w):
+    lf = w.grid("zones")["land_fraction"].values
+    return tuple(np.argwhere(lf > 0)[2])
+
+
+def m_zones_biome_nan(w):
+    ds = w.grid("zones")
+    ds["biome"].values[_land_cell(w)] = np.nan
+    w.put_grid("zones", ds)
+
+
+def m_zones_area_nan(w):
+    ds = w.grid("zones")
+    ds["cell_area"].values[_land_cell(w)] = np.nan
+    w.put_grid("zones", ds)
+
+
+def m_zones_area_ha(w):
+    ds = w.grid("zones")
+    ds["cell_area"] = (ds["cell_area"] / 1e4).assign_attrs(units="m2")  # hectares, labelled m2
+    w.put_grid("zones", ds)
+
+
+def m_zones_not_equal_area(w):
+    # the whole grid in polar stereographic (EPSG:3413), zones without cell_area
+    w.put_grid("predictors", write_crs(w.grid("predictors"), "EPSG:3413"))
+    w.put_grid("zones", write_crs(w.grid("zones").drop_vars("cell_area"), "EPSG:3413"))
+    w.inputs.update(fire=None, truth=None, references=[])
+
+
+def m_zones_km_coordinates(w):
+    # x/y written in km under a CRS in metres: cell_area (m2) is 1e6 times the spacing's area
+    zones = w.grid("zones")
+    pred = w.grid("predictors")
+    for key, ds in (("zones", zones), ("predictors", pred)):
+        w.put_grid(key, ds.assign_coords(x=ds.x / 1000, y=ds.y / 1000))
+    w.inputs.update(fire=None, truth=None, references=[])
+    w.put_table(w.table().assign(lat="89.99999", lon="0.0"))  # within 150 m of the pole: inside the grid
+
+
+def m_fire_inf(w):
+    ds = w.grid("fire")
+    ds["fire_emissions"].values[(3,) + _land_cell(w)] = np.inf
+    w.put_grid("fire", ds)
+
+
+def m_fire_nan_land(w):
+    ds = w.grid("fire")
+    ds["burned_fraction"].values[(3,) + _land_cell(w)] = np.nan
+    w.put_grid("fire", ds)
+
+
 CASES = [
     # config
     Case("config-missing", "the config file does not exist", m_config_missing,
@@ -522,6 +638,20 @@ CASES = [
          ("[fire.months]", "invalid month list [6, 13]", "1-12")),
     Case("config-target-year", "fire.target_year outside the run's years", m_fire_target_outside,
          ("config.toml", "[fire.target_year]", "target year 2021 is outside the run's years 2019-2020")),
+    Case("config-mtry-100", "forest.mtry larger than the 17 predictors", m_config_mtry_100,
+         ("config.toml", "[forest.mtry]", "mtry 100 is more than the 17 predictors", "1..17")),
+    Case("config-seed-negative", "run.seed negative", m_config_seed_negative,
+         ("config.toml", "[run.seed]", "seed -1 is out of range", "0..4294967295")),
+    Case("config-zero-trees", "forest.n_estimators = 0", m_config_zero_trees,
+         ("[forest.n_estimators]", "0 is out of range", "an integer >= 1")),
+    Case("config-nan-threshold", "budgets.source_threshold = nan", m_config_nan_threshold,
+         ("[budgets.source_threshold]", "nan is not a finite number")),
+    Case("config-mtry-grid", "forest.mtry_grid beyond the bootstrap forests' 15 predictors (retune)",
+         m_config_mtry_grid, ("[forest.mtry_grid]", "invalid mtry grid [2, 16]", "1..15")),
+    Case("config-fire-year", "fire.first_year 1066", m_config_fire_year,
+         ("[fire.first_year]", "year 1066 is out of range", "1900..2100")),
+    Case("config-clusters", "compare.n_clusters more than compare.cluster_sample", m_config_clusters,
+         ("[compare.n_clusters]", "n_clusters 500 is more than cluster_sample 200")),
     Case("coarse-set-bad", "the coarse model set's predictors are a zones file (the fine set is valid)",
          m_coarse_bad, ("zones.nc", "missing required variable(s): srad")),
     # site table
@@ -559,6 +689,10 @@ CASES = [
          ("sites.csv", "[gpp]", "only 0 site(s) have gpp values", "at least 3 sites per flux")),
     Case("sites-unknown-method", "site table: method 'tower'", m_sites_unknown_method,
          ("sites.csv", "[method]", "row 5 (site TW002): 'tower'", "EC or chamber")),
+    Case("sites-id-case", "site table: one site spelled 'TW002' and 'tw002'", m_sites_id_case,
+         ("sites.csv", "[site_id]", "differ only by case", "'TW002' (row 3) and 'tw002' (row 5)")),
+    Case("sites-veg-code", "site table: a veg_type column with code 7 (not a class of the paper)", m_sites_veg_code,
+         ("sites.csv", "[veg_type]", "outside the paper's classes", "row 5 (site TW002): 7")),
     Case("sites-parquet-truncated", "site table: truncated Parquet file", m_sites_parquet_truncated,
          ("sites.parquet", "cannot be read as Parquet")),
     # predictor stack
@@ -578,6 +712,13 @@ CASES = [
          ("predictors.zarr", "[veg_type]", "lacks flag_meanings")),
     Case("pred-unlisted-code", "predictors: veg_type code 99", m_pred_unlisted_code,
          ("predictors.nc", "[veg_type]", "codes not listed in flag_values (first: 99)", "cell (y=")),
+    Case("pred-inf", "predictors: inf in `cti` (a predictor without a physical range)", m_pred_inf,
+         ("predictors.nc", "[cti]", "out of range (first: inf)", "finite values")),
+    Case("pred-veg-vocabulary", "predictors: veg_type code 99, listed in flag_values, not a class of the paper",
+         m_pred_veg_vocabulary, ("predictors.nc", "[veg_type]", "outside the paper's classes (first: 99, 'lichen_heath')",
+                                 "ESA CCI + CAVM")),
+    Case("pred-flag-values-names", "predictors: veg_type flag_values holding the names", m_pred_flag_text,
+         ("predictors.nc", "[veg_type]", "flag_values 'graminoid_tundra", "are not numbers")),
     Case("pred-duplicate-month", "predictors: a month twice in `time`", m_pred_duplicate_month,
          ("predictors.nc", "[time]", "duplicate month", "time step 6 (2019-06-01)")),
     Case("pred-time-order", "predictors: `time` not monotonic", m_pred_time_order,
@@ -621,6 +762,18 @@ CASES = [
     Case("zones-empty", "zones: empty file (0 bytes)", m_zones_empty, ("zones.nc", "cannot be read as NetCDF")),
     Case("zones-area-units", "zones: cell_area in km2", m_zones_area_units,
          ("zones.nc", "[cell_area]", "units attribute is 'km2'", "expected units 'm2'")),
+    Case("zones-biome-nan", "zones: a land cell without a biome code", m_zones_biome_nan,
+         ("zones.nc", "[biome]", "1 land cell(s) (land_fraction > 0) have no biome (NaN)", "cell (y=")),
+    Case("zones-area-nan", "zones: a land cell without cell_area", m_zones_area_nan,
+         ("zones.nc", "[cell_area]", "have no cell_area (NaN)", "cell (y=")),
+    Case("zones-area-hectares", "zones: cell_area in hectares, units 'm2'", m_zones_area_ha,
+         ("zones.nc", "[cell_area]", "out of range (first: 9e+06)", "within a factor 4 of the grid spacing",
+          "9e+10 m2")),
+    Case("zones-not-equal-area", "zones: no cell_area on a polar stereographic grid (EPSG:3413)",
+         m_zones_not_equal_area, ("zones.nc", "[cell_area]", "not an equal-area projection",
+                                  "Polar Stereographic", "equal-area CRS")),
+    Case("zones-km-coordinates", "zones and predictors: x/y in km under a CRS in metres", m_zones_km_coordinates,
+         ("zones.nc", "[cell_area]", "out of range (first: 9e+10)", "|dx * dy| = 90000 m2")),
     # fire
     Case("fire-sign", "fire: emissions negative", m_fire_negative,
          ("fire.nc", "[fire_emissions]", "out of range", "cell (time=", ">= 0")),
@@ -631,6 +784,10 @@ CASES = [
          ("fire.nc", "[burned_fraction]", "out of range", "values in 0-1")),
     Case("fire-zarr-lost-chunk", "fire: a deleted Zarr chunk (a month reads as NaN)", m_fire_lost_chunk,
          ("fire.zarr", "[fire_emissions]", "NaN in 1 time step(s)", "time step 7 (2019-08-01)")),
+    Case("fire-inf", "fire: an infinite emission", m_fire_inf,
+         ("fire.nc", "[fire_emissions]", "out of range (first: inf)", "finite values >= 0")),
+    Case("fire-nan-on-land", "fire: burned_fraction NaN on a land cell", m_fire_nan_land,
+         ("fire.nc", "[burned_fraction]", "NaN on land cells", "time=2019-04", "0 where nothing burned")),
     # reference products and truth
     Case("ref-no-product", "reference: no `product` attribute", m_ref_no_product,
          ("ref.nc", "[product]", "global attribute `product` is missing")),
@@ -682,7 +839,7 @@ def test_catalogue_has_distinct_cases():
 
 def test_docs_list_every_case():
     """docs/errors.md is this catalogue's output: every case, with the expected message parts."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    doc = MARKER_LINE.split(DOC.read_text(), 1)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
     assert set(rows) == {c.id for c in CASES}
     for c in CASES:
@@ -736,16 +893,48 @@ message format is `<file>: [<column or variable>] <problem> at <where>; expected
 ([formats.md](formats.md#validation-errors)); paths are shown relative to the case's directory.
 
 The cases are the data of `tests/test_catalogue.py`, which runs them in CI and asserts on
-the file, the column or variable, the row, site, time step or cell and the expectation. This
-page is its output: `python tests/test_catalogue.py > docs/errors.md`.
+the file, the column or variable, the row, site, time step or cell and the expectation. The
+table is its output: `python tests/test_catalogue.py` rewrites it in place, up to the line
+`<!-- end of generated catalogue -->`, and keeps everything after that line as it is.
 
 """
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+#: Everything after this line of docs/errors.md is hand-written and kept by the generator.
+END_MARKER = "<!-- end of generated catalogue -->"
+MARKER_LINE = re.compile(r"^" + re.escape(END_MARKER) + r"[ \t]*$", re.MULTILINE)  # the marker as a line of its own
 
 
-if __name__ == "__main__":  # python tests/test_catalogue.py > docs/errors.md
+def hand_written_tail(text: str | None) -> str | None:
+    """What follows the marker line in ``text`` (None without one)."""
+    m = MARKER_LINE.search(text or "")
+    return None if m is None else text[m.end():]
+
+
+def render_doc(table: str, old: str | None) -> str:
+    """The new docs/errors.md: the header, the generated ``table``, the end marker, then whatever
+    followed the marker in the ``old`` text (nothing when there was no marker)."""
+    tail = hand_written_tail(old)
+    tail = "\n" if tail is None else tail
+    return HEADER + table.rstrip("\n") + "\n\n" + END_MARKER + tail
+
+
+def test_generator_keeps_the_hand_written_sections():
+    old = HEADER + "| old table |\n\n" + END_MARKER + "\n\n## Run-directory errors\n\n| hand | written |\n"
+    new = render_doc("| case | a |\n|---|---|\n| `x` | y |", old)
+    assert new.endswith(END_MARKER + "\n\n## Run-directory errors\n\n| hand | written |\n")
+    assert "| `x` | y |" in new and "old table" not in new
+    assert render_doc("| t |", render_doc("| t |", None)) == render_doc("| t |", None)  # idempotent
+    assert len(MARKER_LINE.findall(render_doc("| t |", None))) == 1
+    assert END_MARKER in HEADER  # named in the header's text, but not as a line of its own
+
+
+if __name__ == "__main__":  # python tests/test_catalogue.py  (rewrites the table of docs/errors.md)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         twin = Path(d) / "twin"
         make_twin(twin, TINY)
-        print(HEADER + _markdown(twin, Path(d) / "cases"), file=sys.stdout)
+        table = _markdown(twin, Path(d) / "cases")
+    old = DOC.read_text() if DOC.exists() else None
+    DOC.write_text(render_doc(table, old))
+    print(f"{DOC}: {len(CASES)} cases", file=sys.stderr)

@@ -101,7 +101,7 @@ years = "2001-2020"
 n_estimators = 100
 mtry = 3
 nodesize = 2
-mtry_grid = [2, 9, 17]
+mtry_grid = [2, 9, 15]  # <= 15: "retune" tunes the 15 bootstrap predictors over it
 central = "qrf_median"
 cv = false
 importance_repeats = 10
@@ -115,7 +115,7 @@ bootstrap_mtry = "retune"
     assert cfg.run.seed == 7
     assert cfg.run.year_range(path) == (2001, 2020)
     f = cfg.forest
-    assert (f.n_estimators, f.mtry, f.nodesize, f.mtry_grid, f.central, f.cv) == (100, 3, 2, [2, 9, 17], "qrf_median", False)
+    assert (f.n_estimators, f.mtry, f.nodesize, f.mtry_grid, f.central, f.cv) == (100, 3, 2, [2, 9, 15], "qrf_median", False)
     assert (f.importance_repeats, f.n_bootstrap, f.bootstrap_mtry, f.pdp_points) == (10, 5, "retune", 51)
     d = cfg.to_dict()
     assert d["inputs"]["zones"] == str(project / "zones.nc")

@@ -14,16 +14,16 @@ import pandas as pd
 import xarray as xr
 
 from .domain import BIOMES, REGIONS
+from .errors import InputError
+from .formats import categories, spacing_area_m2
 
 TG = 1e12  # g per Tg
 
 
 def _codes(da: xr.DataArray, default: tuple[str, ...]) -> dict[int, str]:
-    vals = da.attrs.get("flag_values")
-    names = da.attrs.get("flag_meanings")
-    if vals is None or names is None:
+    if da.attrs.get("flag_values") is None or da.attrs.get("flag_meanings") is None:
         return {i + 1: n for i, n in enumerate(default)}
-    return {int(v): n for v, n in zip(np.atleast_1d(vals), str(names).split())}
+    return categories(da)  # the readers' parser: a CF string "1 2" as well as an array
 
 
 CONTINENTS = {"north_america": ("alaska", "canada"), "eurasia": ("europe", "siberia")}
@@ -90,9 +90,13 @@ def _with_area(zones: xr.Dataset) -> xr.Dataset:
     band of rows can be weighted on its own."""
     if "cell_area" in zones:
         return zones
-    dx = float(abs(zones.x[1] - zones.x[0]))
-    dy = float(abs(zones.y[1] - zones.y[0]))
-    return zones.assign(cell_area=xr.full_like(zones["land_fraction"], dx * dy, dtype=np.float64))
+    # |dx * dy| in m2 from the CRS's axis units (formats.read_zones refuses a grid without
+    # cell_area whose CRS is not equal-area). An in-memory grid without any CRS: x/y in metres.
+    try:
+        area = spacing_area_m2(zones)
+    except InputError:
+        area = float(abs(zones.x[1] - zones.x[0])) * float(abs(zones.y[1] - zones.y[0]))
+    return zones.assign(cell_area=xr.full_like(zones["land_fraction"], area, dtype=np.float64))
 
 
 def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=None) -> pd.DataFrame:

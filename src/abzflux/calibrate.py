@@ -90,11 +90,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 def truth_annual(ctx) -> pd.DataFrame:
     """True annual zone budgets (Tg C yr-1) of a twin run (same zones and code as the estimate)."""
-    import xarray as xr
-
     from . import budgets as budgets_mod
+    from .formats import open_grid
 
-    truth = xr.open_dataset(ctx.cfg.inputs.truth, chunks={"time": 12})
+    truth = open_grid(ctx.cfg.inputs.truth, chunks={"time": 12})  # canonical order, as read_truth checked it
     y0, y1 = ctx.years()
     truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
     try:

@@ -424,7 +424,8 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
 
     try:
         # The same checks `run` makes before it writes anything (every model set).
-        ctxs = validate_study(load_config(config), log=lambda m: None)
+        ctxs = validate_study(load_config(config), log=lambda m: console.print(m, markup=False)
+                              if m.startswith("warning") else None)  # warnings (e.g. sites dropped) are shown
     except InputError as e:
         _fail(e)
     for ctx in ctxs:

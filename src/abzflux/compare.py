@@ -32,7 +32,7 @@ from . import budgets as budgets_mod
 from . import trends as trends_mod
 from . import seeds
 from .errors import InputError
-from .formats import grid_crs, read_reference, write_crs
+from .formats import axis_unit_m, grid_crs, read_reference, write_crs
 from .predictors import CATEGORICAL, PREDICTOR_NAMES
 
 #: The continuous predictors (no month, no vegetation-type factor): MESS, AOA and clusters.
@@ -119,7 +119,7 @@ def latlon_weights(grid: LatLonGrid, x: np.ndarray, y: np.ndarray, crs, n_sub: i
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
-    cell_area = abs(dx * dy)
+    cell_area = abs(dx * dy) * axis_unit_m(pyproj.CRS.from_user_input(crs)) ** 2  # m2 (a grid in km too)
     tr = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     off = (np.arange(n_sub) + 0.5) / n_sub - 0.5
     sx, sy = np.meshgrid(off * dx, off * dy)

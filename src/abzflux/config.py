@@ -6,6 +6,7 @@ silently fall back to a default).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -271,4 +272,64 @@ def load_config(path) -> Config:
     if not (cfg.uncertainty.block_km > 0 and cfg.uncertainty.block_km < float("inf")):
         raise ConfigError(path, f"{cfg.uncertainty.block_km} is out of range", column="uncertainty.block_km",
                           expected="a block size in km > 0")
+    check_ranges(cfg, path)
     return cfg
+
+
+#: Largest seed numpy's generators accept (seeds are unsigned 32-bit integers).
+MAX_SEED = 2**32 - 1
+#: compare.regrid_subsamples: n x n points per cell; beyond this the regridding's point arrays
+#: (cells x n²) outgrow memory without changing the weights measurably.
+MAX_REGRID_SUBSAMPLES = 100
+#: Calendar years a run, a fire record or a site table may name (as formats.read_site_table).
+YEAR_RANGE = (1900, 2100)
+
+
+def check_ranges(cfg: Config, path) -> None:
+    """Every setting within its range or choices (the checks of :func:`load_config` above cover
+    the counts' lower bounds): what a run would otherwise fail on, or silently misuse, after
+    the run directory was created. Settings that depend on the inputs (mtry vs the predictors of
+    the stack) are checked against the paper's fixed predictor set."""
+    from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES
+
+    p_all = len(PREDICTOR_NAMES)
+    p_boot = p_all - len(BOOTSTRAP_DROP)
+    r, fo, fi = cfg.run, cfg.forest, cfg.fire
+    if not 0 <= r.seed <= MAX_SEED:
+        raise ConfigError(path, f"seed {r.seed} is out of range", column="run.seed",
+                          expected=f"an integer in 0..{MAX_SEED}")
+    if r.scheduler is not None and not r.scheduler.strip():
+        raise ConfigError(path, "empty scheduler address", column="run.scheduler",
+                          expected='"local" or a dask.distributed scheduler address such as "tcp://host:8786"')
+    for sec, years in (("run", r.years), ("coarse", cfg.coarse.years if cfg.coarse is not None else None)):
+        if years is not None:
+            a, b = replace(r, years=years).year_range(path)
+            if not (YEAR_RANGE[0] <= a and b <= YEAR_RANGE[1]):
+                raise ConfigError(path, f"years {years!r} outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}",
+                                  column=f"{sec}.years", expected=f'"FIRST-LAST" within {YEAR_RANGE[0]}-{YEAR_RANGE[1]}')
+    if fo.mtry is not None and fo.mtry > p_all:
+        raise ConfigError(path, f"mtry {fo.mtry} is more than the {p_all} predictors", column="forest.mtry",
+                          expected=f"an integer in 1..{p_all} (predictors tried at each split)")
+    if fo.mtry_grid is not None:
+        top = p_boot if fo.bootstrap_mtry == "retune" else p_all
+        bad = [m for m in fo.mtry_grid if not 1 <= m <= top]
+        if bad or len(set(fo.mtry_grid)) != len(fo.mtry_grid):
+            why = (f" (bootstrap_mtry = \"retune\" tunes the bootstrap forests' {p_boot} predictors over it)"
+                   if fo.bootstrap_mtry == "retune" else "")
+            raise ConfigError(path, f"invalid mtry grid {fo.mtry_grid}{why}", column="forest.mtry_grid",
+                              expected=f"distinct integers in 1..{top}")
+    for key, value in (("budgets.source_threshold", cfg.budgets.source_threshold),):
+        if not math.isfinite(value):
+            raise ConfigError(path, f"{value} is not a finite number", column=key,
+                              expected="a finite threshold in g C m-2 yr-1")
+    for key, value in (("fire.first_year", fi.first_year), ("fire.target_year", fi.target_year)):
+        if value is not None and not YEAR_RANGE[0] <= value <= YEAR_RANGE[1]:
+            raise ConfigError(path, f"year {value} is out of range", column=key,
+                              expected=f"a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}")
+    cs = cfg.compare
+    if cs.regrid_subsamples > MAX_REGRID_SUBSAMPLES:
+        raise ConfigError(path, f"{cs.regrid_subsamples} is out of range", column="compare.regrid_subsamples",
+                          expected=f"an integer in 1..{MAX_REGRID_SUBSAMPLES} (n x n sub-points per analysis cell)")
+    if cs.n_clusters > cs.cluster_sample:
+        raise ConfigError(path, f"n_clusters {cs.n_clusters} is more than cluster_sample {cs.cluster_sample}",
+                          column="compare.n_clusters", expected="n_clusters <= cluster_sample (cells fitting the k-means)")

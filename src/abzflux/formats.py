@@ -47,6 +47,12 @@ __all__ = [
     "check_sites_in_grid",
     "cell_index",
     "categories",
+    "canonical_order",
+    "open_grid",
+    "axis_unit_m",
+    "is_equal_area",
+    "spacing_area_m2",
+    "check_site_ids",
 ]
 
 
@@ -68,6 +74,8 @@ LOCATION_TOL = 1e-6
 SUMMER_MONTHS = (6, 7, 8)
 
 ZONE_VARIABLES = ("land_fraction", "biome", "region", "permafrost")
+#: Vegetation codes a stack or site table may hold: the paper's classes and the recoded ones.
+VEG_VOCABULARY = tuple(sorted(set(_pred.VEG_CLASSES) | set(_pred.VEG_RECODE)))
 FIRE_VARIABLES = ("fire_emissions", "burned_fraction")
 
 _MAX_LISTED = 5
@@ -182,7 +190,7 @@ def open_dataset(path) -> xr.Dataset:
     else:
         problems = []
         ds = None
-        for engine in ("h5netcdf", "netcdf4"):
+        for engine in NETCDF_ENGINES:
             try:
                 ds = xr.open_dataset(p, engine=engine, chunks={})
                 break
@@ -196,7 +204,68 @@ def open_dataset(path) -> xr.Dataset:
                 + ")",
                 expected="a complete NetCDF-4/HDF5 or NetCDF-3 file, or a Zarr store",
             )
+    ds = canonical_order(ds)
     ds.encoding["source"] = file
+    return ds
+
+
+#: NetCDF engines tried in turn: h5netcdf (NetCDF-4/HDF5), netCDF4 (both), scipy (NetCDF-3).
+NETCDF_ENGINES = ("h5netcdf", "netcdf4", "scipy")
+#: The grid dimension pairs, in their canonical (row, column) order.
+GRID_DIMS = (("y", "x"), ("lat", "lon"))
+
+
+def canonical_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every variable on a grid transposed to the canonical order: its other
+    dimensions first (``time`` leading), then ``(y, x)`` (or ``(lat, lon)``).
+
+    The contract allows any order of a variable's dimensions (``(time, x, y)``, ``(x, y)``, ...);
+    everything downstream indexes by position, so every reader applies this once, at opening
+    (transposing is lazy: no data are read)."""
+    out = {}
+    for name, var in ds.variables.items():
+        for pair in GRID_DIMS:
+            if set(pair) <= set(var.dims):
+                rest = [d for d in var.dims if d not in pair]
+                rest.sort(key=lambda d: d != "time")  # stable: only moves time first
+                order = tuple(rest) + pair
+                if order != var.dims:
+                    out[name] = var.transpose(*order)
+                break
+    if not out:
+        return ds
+    encoding = dict(ds.encoding)
+    ds = ds.copy()
+    for name, var in out.items():
+        if name in ds.coords:
+            ds = ds.assign_coords({name: var})
+        else:
+            ds[name] = var
+    ds.encoding.update(encoding)
+    return ds
+
+
+def open_grid(path, chunks=None) -> xr.Dataset:
+    """Re-open an input that a reader validated already (NetCDF of any flavour or Zarr), as the
+    readers see it: dimensions in canonical order (:func:`canonical_order`) and ``time`` as
+    datetime64 (a ``noleap`` or other cftime calendar converted). ``chunks=None`` opens it
+    without dask (tile reads go straight to the file), as the upscaling workers need."""
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() == ".zarr":
+        ds = xr.open_dataset(p, engine="zarr", chunks=chunks, consolidated=False)
+    else:
+        ds = None
+        for i, engine in enumerate(NETCDF_ENGINES):
+            try:
+                ds = xr.open_dataset(p, engine=engine, chunks=chunks)
+                break
+            except Exception:
+                if i == len(NETCDF_ENGINES) - 1:
+                    raise
+    ds = canonical_order(ds)
+    if "time" in ds.coords:
+        ds = _check_time(ds, str(path))
+    ds.encoding["source"] = str(path)
     return ds
 
 
@@ -312,6 +381,54 @@ def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
                     {dim: out[dim].assign_attrs(standard_name=std, units="m", axis=dim.upper())}
                 )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# cell areas
+# --------------------------------------------------------------------------------------------
+
+#: Projection methods (pyproj's coordinate-operation method names, lower case) whose projected
+#: areas are true areas on the ellipsoid: |dx * dy| is then every cell's area.
+EQUAL_AREA_METHODS = ("equal area", "mollweide", "sinusoidal", "equal earth", "goode homolosine",
+                      "eckert iv", "eckert vi")
+#: A given ``cell_area`` must lie within this factor of |dx * dy| (in m2): a non-equal-area
+#: projection's scale error stays well inside it over a continent; a unit error (km2 vs m2, a
+#: km grid with m2 areas, hectares) is far outside it.
+CELL_AREA_FACTOR = 4.0
+#: Surface area of the Earth (m2): no grid's land area can exceed it.
+EARTH_AREA_M2 = 5.1007e14
+
+
+def axis_unit_m(crs: pyproj.CRS) -> float:
+    """Metres per unit of the CRS's x/y axes (1 for metres, 1000 for kilometres)."""
+    info = crs.axis_info
+    f = info[0].unit_conversion_factor if info else None
+    return float(f) if f else 1.0
+
+
+def is_equal_area(crs: pyproj.CRS) -> bool:
+    """True when ``crs`` is an equal-area projection (LAEA, Albers, EASE-Grid 2.0, Mollweide, ...),
+    judged by its coordinate operation's method name."""
+    op = crs.coordinate_operation
+    name = (op.method_name if op is not None else "").lower()
+    return any(m in name for m in EQUAL_AREA_METHODS)
+
+
+def spacing_area_m2(ds: xr.Dataset, crs: pyproj.CRS | None = None, file=None) -> float:
+    """|dx * dy| of a regular ``y``/``x`` grid in m2: the spacing in the CRS's axis units
+    converted with :func:`axis_unit_m` (a grid in km has cells of dx * dy * 1e6 m2)."""
+    if crs is None:
+        crs = grid_crs(ds, file if file is not None else _source(ds))
+    dy = float(ds["y"].values[1] - ds["y"].values[0])
+    dx = float(ds["x"].values[1] - ds["x"].values[0])
+    return abs(dx * dy) * axis_unit_m(crs) ** 2
+
+
+def _crs_label(crs: pyproj.CRS) -> str:
+    op = crs.coordinate_operation
+    auth = crs.to_authority()
+    return (f"{crs.name}" + (f" ({':'.join(auth)})" if auth else "")
+            + (f", method {op.method_name}" if op is not None else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,6 +932,8 @@ def read_predictors(path, required=None) -> xr.Dataset:
                 codes += list(_pred.VEG_RECODE)
             code_checks[name] = codes
             lazy[f"codes:{name}"] = _lazy_codes(ds, name, codes)
+            if name == "veg_type":  # the paper's classes only: another code has no trained class
+                lazy["vocab:veg_type"] = _lazy_codes(ds, name, VEG_VOCABULARY)
         if kind == "dynamic":
             lazy[f"nan:{name}"] = da.isnull().all(dim=("y", "x"))
         else:
@@ -829,6 +948,8 @@ def read_predictors(path, required=None) -> xr.Dataset:
             checks.append(_Range(name, lo - tol, hi + tol, text=(
                 f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
                 "units or an unapplied scale factor)")))
+        elif name not in code_checks:  # no physical range: still no inf (it trains, then breaks maps)
+            checks.append(_Range(name, text="finite values, or NaN where a cell has no data"))
     res = _check_ranges(ds, checks, file, lazy)
     for name in names:
         allnan = np.asarray(res[f"nan:{name}"])
@@ -843,6 +964,20 @@ def read_predictors(path, required=None) -> xr.Dataset:
             _check_nan_steps(ds, allnan, name, file, "data at every time step (gap-fill the predictor or drop the month)")
     for name, codes in code_checks.items():
         _check_codes(ds, name, codes, res, file)
+    if int(res.get("vocab:veg_type", 0)):
+        da = ds["veg_type"]
+        mask = _load(da.notnull() & ~da.isin(list(VEG_VOCABULARY)), file)
+        first = tuple(int(i) for i in np.argwhere(mask)[0])
+        value = _load(da[first], file).item()
+        meaning = categories(da, file=file).get(int(value)) if float(value).is_integer() else None
+        raise InputError(
+            file,
+            f"{int(res['vocab:veg_type'])} cell(s) hold vegetation codes outside the paper's classes (first: "
+            f"{_fmt(value)}{f', {meaning!r}' if meaning else ''})",
+            column="veg_type",
+            where=_cell_description(ds, da, first),
+            expected=f"codes of the ESA CCI + CAVM classes {sorted(VEG_VOCABULARY)} (docs/formats.md §2), or NaN",
+        )
     return _finish(ds, names, file)
 
 
@@ -860,7 +995,7 @@ def read_zones(path, like=None) -> xr.Dataset:
     """
     ds, file = _open(path)
     _missing_variables(ds, ZONE_VARIABLES, file, "zones")
-    ds, _ = _check_grid(ds, file)
+    ds, crs = _check_grid(ds, file)
     names = list(ZONE_VARIABLES) + (["cell_area"] if "cell_area" in ds.data_vars else [])
     for name in names:
         ds = _check_dims(ds, name, ("y", "x"), file)
@@ -881,17 +1016,40 @@ def read_zones(path, like=None) -> xr.Dataset:
         )
     region = categories(ds["region"], file=file)
 
+    spacing = spacing_area_m2(ds, crs)
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "metre"
+    if "cell_area" not in ds.data_vars and not is_equal_area(crs):
+        raise InputError(
+            file,
+            f"no `cell_area` variable, and the grid CRS {_crs_label(crs)} is not an equal-area "
+            "projection, so |dx * dy| is not the cells' area",
+            column="cell_area",
+            expected="a `cell_area` variable (m2 per cell), or a grid in an equal-area CRS (Lambert "
+                     "azimuthal equal area, Albers, EASE-Grid 2.0, Mollweide, ...)",
+        )
     checks = [
         _Range("land_fraction", 0.0, 1.0, text="values in 0-1 (share of the cell that is land)"),
         _Range("permafrost", 0.0, 1.0, text="values in 0-1 (probability or 0/1 mask)"),
     ]
-    if "cell_area" in ds.data_vars:
-        checks.append(_Range("cell_area", 0.0, None, lo_open=True, text="cell areas > 0 in m2"))
+    land = ds["land_fraction"].fillna(0) > 0
     lazy = {
         "codes:biome": _lazy_codes(ds, "biome", biome),
         "codes:region": _lazy_codes(ds, "region", region),
         "nan:land_fraction": ds["land_fraction"].isnull().all(),
+        "nocode:biome": (land & ds["biome"].isnull()).sum(),
+        "nocode:region": (land & ds["region"].isnull()).sum(),
     }
+    if "cell_area" in ds.data_vars:
+        lo, hi = spacing / CELL_AREA_FACTOR, spacing * CELL_AREA_FACTOR
+        checks.append(_Range("cell_area", lo, hi, text=(
+            f"cell areas in m2 within a factor {CELL_AREA_FACTOR:g} of the grid spacing's |dx * dy| = "
+            f"{_fmt(spacing)} m2 (x/y in {unit}s; are the areas in km2 or ha, or the coordinates in "
+            "other units than the CRS's?)")))
+        lazy["nocode:cell_area"] = (land & ds["cell_area"].isnull()).sum()
+        area = ds["cell_area"]
+    else:
+        area = xr.full_like(ds["land_fraction"], spacing, dtype="float64")
+    lazy["land_area"] = (ds["land_fraction"].fillna(0).astype("float64") * area.fillna(0)).sum()
     res = _check_ranges(ds, checks, file, lazy)
     if bool(res["nan:land_fraction"]):
         raise InputError(
@@ -900,11 +1058,29 @@ def read_zones(path, like=None) -> xr.Dataset:
         )
     _check_codes(ds, "biome", biome, res, file)
     _check_codes(ds, "region", region, res, file)
+    for name in ("biome", "region", "cell_area"):
+        n = int(res.get(f"nocode:{name}", 0))
+        if n:
+            mask = _load(land & ds[name].isnull(), file)
+            first = tuple(int(i) for i in np.argwhere(mask)[0])
+            raise InputError(
+                file,
+                f"{n} land cell(s) (land_fraction > 0) have no {name} (NaN)",
+                column=name,
+                where=_cell_description(ds, ds[name], first),
+                expected=f"a {name} {'value' if name == 'cell_area' else 'code'} in every cell with land_fraction > 0 "
+                         "(or land_fraction 0 where the cell is outside the domain)",
+            )
+    total = float(res["land_area"])
+    if not total <= EARTH_AREA_M2:
+        raise InputError(
+            file,
+            f"the land area of the grid is {_fmt(total / 1e6)} km2, more than the Earth's surface",
+            column="cell_area" if "cell_area" in ds.data_vars else "x, y",
+            expected=f"a total land area (sum of land_fraction * cell area) below {_fmt(EARTH_AREA_M2 / 1e6)} km2",
+        )
 
     if "cell_area" not in ds.data_vars:
-        dy = float(ds["y"].values[1] - ds["y"].values[0])
-        dx = float(ds["x"].values[1] - ds["x"].values[0])
-        area = xr.full_like(ds["land_fraction"], abs(dx * dy), dtype="float64")
         area.attrs = {"units": "m2", "long_name": "cell area", "source": "grid spacing",
                       "grid_mapping": GRID_MAPPING}
         ds = ds.assign(cell_area=area)
@@ -1275,6 +1451,26 @@ def _normalise_method(v):
     return {"ec": "EC", "eddy covariance": "EC", "chamber": "chamber"}.get(t, None)
 
 
+def check_site_ids(site_id: pd.Series, file, rows=None) -> None:
+    """Refuse site ids that differ only by case or surrounding space ("US-Ivo" and "us-ivo"): two
+    spellings of one site would be two sites in leave-one-site-out CV and in the site counts.
+    ``rows``: the file's row numbers (for the message)."""
+    ids = pd.Series(site_id).astype(str)
+    first = ids.groupby(ids.str.strip().str.casefold(), sort=True).unique()
+    clash = [list(v) for v in first if len(v) > 1]
+    if clash:
+        items = []
+        for names in clash:
+            parts = []
+            for n in names:
+                r = "" if rows is None else f" (row {int(pd.Series(rows)[ids.to_numpy() == n].iloc[0])})"
+                parts.append(f"{n!r}{r}")
+            items.append(" and ".join(parts))
+        raise InputError(file, f"{len(clash)} site id(s) differ only by case", column="site_id",
+                         where=_listing(items),
+                         expected="one spelling per site (site ids are compared without regard to case)")
+
+
 def read_site_table(path) -> pd.DataFrame:
     """Read and validate the site-month flux table (docs/formats.md §1), CSV or Parquet.
 
@@ -1412,6 +1608,17 @@ def read_site_table(path) -> pd.DataFrame:
             items.append(f"site {s}: {locs}")
         raise InputError(file, f"{len(several)} site(s) have several locations", column="lat, lon",
                          where=_listing(items), expected="a single lat/lon per site_id")
+
+    check_site_ids(df["site_id"], file, df["row"])
+
+    # a site table that carries the predictors: the vegetation class must be one of the paper's
+    if "veg_type" in df.columns:
+        v = t.numeric("veg_type")
+        bad = v.notna() & ~v.isin(VEG_VOCABULARY)
+        if bad.any():
+            t.fail("veg_type", f"{int(bad.sum())} vegetation code(s) outside the paper's classes", bad,
+                   f"codes of the ESA CCI + CAVM classes {list(VEG_VOCABULARY)}, or empty", v)
+        df["veg_type"] = v
 
     # optional columns
     if "method" in df.columns:

@@ -37,7 +37,7 @@ from .config import Config
 from . import _atomic
 from .errors import InputError, RunDirConflict
 from .formats import (FLUXES, categories, cell_index, check_sites_in_grid, read_fire, read_predictors,
-                      read_site_table, read_truth, read_zones, write_crs, grid_crs)
+                      read_site_table, read_truth, read_zones, write_crs, grid_crs, open_grid)
 from . import cv as cv_mod
 from . import plots
 from . import seeds
@@ -261,7 +261,11 @@ def check_inputs(ctx: Context) -> None:
     check_sites_in_grid(table, pred, cfg.inputs.sites)
     y0, y1 = ctx.years()
     _check_flux_sites(table, pd.DatetimeIndex(pred.time.values), cfg.inputs.sites)
-    ctx.zones()
+    zones = ctx.zones()
+    off = sites_without_land(table, pred, zones, cfg.inputs.sites)
+    if off:
+        ctx.log(_off_land_message(off, table))
+        _check_flux_sites(table[~table.site_id.isin(off)], pd.DatetimeIndex(pred.time.values), cfg.inputs.sites)
     fire = ctx.fire()
     if fire is not None:
         fyears = set(pd.DatetimeIndex(fire.time.values).year)
@@ -272,8 +276,44 @@ def check_inputs(ctx: Context) -> None:
         if fs.target_year is not None and not y0 <= fs.target_year <= y1:
             raise InputError(cfg.source, f"target year {fs.target_year} is outside the run's years {y0}-{y1}",
                              column="fire.target_year", expected=f"a year in {y0}-{y1}")
+        check_fire_on_land(fire, zones, cfg.inputs.fire)
     ctx.references()
     ctx.truth()
+
+
+def check_fire_on_land(fire: xr.Dataset, zones: xr.Dataset, file) -> None:
+    """No NaN fire value on a land cell (zones' land_fraction > 0): a missing value there would
+    count as "no fire" in the budgets. NaN outside the land is allowed."""
+    land = xr.DataArray(np.asarray(zones["land_fraction"].fillna(0).values) > 0, dims=("y", "x"))
+    for name in ("fire_emissions", "burned_fraction"):
+        bad = fire[name].isnull() & land
+        n = int(bad.sum().values)
+        if n:
+            t, iy, ix = (int(i) for i in np.argwhere(np.asarray(bad.values))[0])
+            when = pd.Timestamp(fire.time.values[t]).strftime("%Y-%m")
+            raise InputError(file, f"{n} value(s) are NaN on land cells (land_fraction > 0 in the zones)", column=name,
+                             where=f"cell (time={when}, y={float(fire.y.values[iy]):.6g}, x={float(fire.x.values[ix]):.6g}; "
+                                   f"index time={t}, y={iy}, x={ix})",
+                             expected="a value on every land cell in every month of the fire file (0 where nothing burned)")
+
+
+def sites_without_land(table: pd.DataFrame, pred: xr.Dataset, zones: xr.Dataset, file) -> list[str]:
+    """Sites whose grid cell has no land (zones' ``land_fraction`` 0 or NaN), sorted. Their rows
+    are dropped from the training table (documented rule, docs/formats.md §1): the cell is outside
+    the upscaling domain, so its predictors describe no mapped land."""
+    loc = table.drop_duplicates("site_id")
+    iy, ix = cell_index(pred, loc.lat.to_numpy(), loc.lon.to_numpy(), file)
+    ok = iy >= 0
+    lf = np.zeros(len(loc))
+    lf[ok] = np.nan_to_num(np.asarray(zones["land_fraction"].values)[iy[ok], ix[ok]].astype(np.float64))
+    return sorted(loc.site_id[~(lf > 0) & ok].tolist())
+
+
+def _off_land_message(off: list, table: pd.DataFrame) -> str:
+    rows = int(table.site_id.isin(off).sum())
+    shown = ", ".join(off[:5]) + (f" and {len(off) - 5} more" if len(off) > 5 else "")
+    return (f"warning: {len(off)} site(s) fall in grid cells without land (land_fraction 0): {shown}; "
+            f"their {rows} site-month(s) are dropped from the training table")
 
 
 def _check_flux_sites(table: pd.DataFrame, times: pd.DatetimeIndex, file) -> None:
@@ -313,6 +353,10 @@ def stage_sites(ctx: Context) -> None:
     pred = ctx.predictors()
     zones = ctx.zones()
     check_sites_in_grid(table, pred, cfg.inputs.sites)
+    off = sites_without_land(table, pred, zones, cfg.inputs.sites)
+    if off:  # documented rule: dropped, with a warning and a count
+        ctx.log(_off_land_message(off, table))
+        table = table[~table.site_id.isin(off)].reset_index(drop=True)
     iy, ix = cell_index(pred, table.lat.to_numpy(), table.lon.to_numpy(), cfg.inputs.sites)
     table["iy"], table["ix"] = iy, ix
     stack_vars = [n for n in PREDICTOR_NAMES if n != "month"]
@@ -937,7 +981,7 @@ def _compare_summary(d: Path) -> tuple[list, dict]:
 
 def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Period-mean budgets vs the truth, per zone and flux, and the NEE map correlation."""
-    truth = xr.open_dataset(ctx.cfg.inputs.truth, chunks={"time": 12})
+    truth = open_grid(ctx.cfg.inputs.truth, chunks={"time": 12})  # canonical order, as read_truth checked it
     y0, y1 = ctx.years()
     truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
     tann = budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], ctx.zones(), fire=ctx.fire(), veg=ctx.veg())

@@ -38,7 +38,7 @@ from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
-from .formats import grid_crs, open_dataset, write_crs
+from .formats import grid_crs, open_grid, write_crs
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 from .vocab import FLUX_UNITS, FLUXES
 
@@ -88,13 +88,7 @@ class UpscaleJob:
 def _open(path: str, key: str = "") -> xr.Dataset:
     """Open an input lazily *without* dask: a tile read goes straight to the file (the driver
     has validated it already); a dask graph per tile would cost more than the read."""
-    p = Path(path)
-    if p.is_dir() or p.suffix.lower() == ".zarr":
-        return xr.open_dataset(p, engine="zarr", chunks=None, consolidated=False)
-    try:
-        return xr.open_dataset(p, engine="h5netcdf", chunks=None)
-    except Exception:
-        return xr.open_dataset(p, engine="netcdf4", chunks=None)
+    return open_grid(path, chunks=None)  # canonical dimension order and datetime64 time, as validated
 
 
 @lru_cache(maxsize=4)
@@ -300,7 +294,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     a rerun with the same ``fingerprint`` resumes it. Returns counts of chunks done/resumed.
     """
     out = Path(out)
-    pred, zds = open_dataset(predictors), open_dataset(zones)
+    pred, zds = open_grid(predictors, chunks={}), open_grid(zones, chunks={})
     times = pd.DatetimeIndex(pred.time.values[times_sel])
     check_models_match(models, members, pred, predictors)
     work = out / "upscale.partial"
