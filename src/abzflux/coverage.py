@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import dask
+import dask.array
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -42,10 +44,41 @@ def _lost_area(mask: np.ndarray, wv: np.ndarray) -> np.ndarray:
     return mask[:, cols].astype(np.float64) @ wv[:, cols].T
 
 
+def _read(arrays: list) -> list:
+    """The values of DataArrays; the dask-backed ones in one compute (each chunk read once)."""
+    lazy = [i for i, a in enumerate(arrays) if isinstance(a.data, dask.array.Array)]
+    done = dask.compute(*[arrays[i].data for i in lazy])
+    vals = [None if i in lazy else np.asarray(a.values) for i, a in enumerate(arrays)]
+    for i, v in zip(lazy, done):
+        vals[i] = v
+    return vals
+
+
+def zone_weight_bands(zones: xr.Dataset, veg=None, band: int = 256) -> list:
+    """The zones' weights (m2 of land per zone and cell, :func:`abzflux.budgets.zone_weights`) band
+    by band of ``band`` rows: a list of (rows, zone names, weights (zone, cell)), for
+    :func:`monthly_coverage` calls on the same grid (computed once)."""
+    return list(iter_weight_bands(zones, veg, band))
+
+
+def iter_weight_bands(zones: xr.Dataset, veg=None, band: int = 256):
+    """:func:`zone_weight_bands` one band at a time (bounded memory on any grid)."""
+    zones = budgets_mod.with_cell_area(zones)
+    ny = zones.sizes["y"]
+    for i0 in range(0, ny, band):  # bands in a fixed order: sums are reproducible
+        ys = slice(i0, min(i0 + band, ny))
+        vb = None if veg is None else np.asarray(veg.isel(y=ys).values if isinstance(veg, xr.DataArray)
+                                                 else np.asarray(veg)[ys])
+        w = budgets_mod.zone_weights(zones.isel(y=ys), vb)
+        yield ys, [str(z) for z in w.zone.values], w.values.reshape(w.sizes["zone"], -1)
+
+
 def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=None, times=None,
-                     band: int = 256) -> pd.DataFrame:
+                     band: int = 256, weights: list | None = None) -> pd.DataFrame:
     """Land area (km2) the zones define and the area (km2) where every layer is finite, per zone
     and month.
+
+    ``weights``: :func:`zone_weight_bands` of ``zones`` and ``veg``, when computed already.
 
     ``layers``: name -> (time, y, x) or static (y, x) layer on the zones' grid (values only
     matter through ``np.isfinite``); ``times``: the months to measure (default: those of the
@@ -66,17 +99,12 @@ def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=
     times = pd.DatetimeIndex(times)
     dyn = {k: v.sel(time=times) for k, v in dyn.items()}
     names = list(layers)
-    zones = budgets_mod.with_cell_area(zones)
-    ny, nx, nt = zones.sizes["y"], zones.sizes["x"], len(times)
+    nt = len(times)
     zone_names, land, lost, by = None, None, None, None
-    for i0 in range(0, ny, band):  # bands in a fixed order: sums are reproducible
-        ys = slice(i0, min(i0 + band, ny))
-        vb = None if veg is None else np.asarray(veg.isel(y=ys).values if isinstance(veg, xr.DataArray)
-                                                 else np.asarray(veg)[ys])
-        w = budgets_mod.zone_weights(zones.isel(y=ys), vb)
-        wv = w.values.reshape(w.sizes["zone"], -1)
+    bands = weights if weights is not None else iter_weight_bands(zones, veg, band)
+    for ys, zn, wv in bands:
         if zone_names is None:
-            zone_names = [str(z) for z in w.zone.values]
+            zone_names = zn
             land = np.zeros(len(zone_names))
             lost = np.zeros((nt, len(zone_names)))
             by = np.zeros((len(names), nt, len(zone_names)))
@@ -85,47 +113,61 @@ def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=
         if not onland.any():
             continue
         static_any = np.zeros(onland.shape, bool)
-        for k, v in sta.items():
-            bad = ~np.isfinite(np.asarray(v.isel(y=ys).values, dtype=np.float64)).ravel() & onland
+        svals = _read([v.isel(y=ys) for v in sta.values()])
+        for k, vals in zip(sta, svals):
+            bad = ~np.isfinite(np.asarray(vals, dtype=np.float64)).ravel() & onland
             if bad.any():
                 static_any |= bad
                 by[names.index(k)] += _lost_area(bad[None], wv)  # every month
-        step = max(1, READ_BYTES // max(1, wv.shape[1] * 8))
+        step = max(1, READ_BYTES // max(1, wv.shape[1] * 8 * max(1, len(dyn))))
         for t0 in range(0, nt, step):
             ts = slice(t0, min(t0 + step, nt))
             union = np.broadcast_to(static_any, (ts.stop - t0, static_any.size)).copy()
-            for k, v in dyn.items():
-                block = np.asarray(v.isel(time=ts, y=ys).values, dtype=np.float64).reshape(ts.stop - t0, -1)
-                bad = ~np.isfinite(block) & onland
+            # one read of every layer's block (a dask graph computed once, not per layer)
+            blocks = _read([v.isel(time=ts, y=ys) for v in dyn.values()])
+            for k, block in zip(dyn, blocks):
+                bad = ~np.isfinite(np.asarray(block, dtype=np.float64).reshape(ts.stop - t0, -1)) & onland
                 if bad.any():
                     union |= bad
                     by[names.index(k), ts] += _lost_area(bad, wv)
             lost[ts] += _lost_area(union, wv)
-    rows = []
-    for zi, z in enumerate(zone_names):
-        for ti, t in enumerate(times):
-            a = land[zi]
-            order = sorted((n for n in range(len(names)) if by[n, ti, zi] > 0), key=lambda n: -by[n, ti, zi])
-            rows.append((z, t, t.year, t.month, a / M2_PER_KM2, (a - lost[ti, zi]) / M2_PER_KM2,
-                         lost[ti, zi] / a if a > 0 else 0.0, ";".join(names[n] for n in order)))
-    return pd.DataFrame(rows, columns=["zone", "time", "year", "month", "land_km2", "predicted_km2",
-                                       "share_lost", "variables"])
+    nz = len(zone_names)
+    zi, ti = np.meshgrid(np.arange(nz), np.arange(nt), indexing="ij")  # zone-major, months within
+    zi, ti = zi.ravel(), ti.ravel()
+    lz = lost.T.ravel()
+    a = land[zi]
+    variables = np.full(len(zi), "", dtype=object)
+    for k in np.nonzero(by.any(axis=0).T.ravel())[0]:  # only zone-months with a missing layer
+        vals = by[:, ti[k], zi[k]]
+        variables[k] = ";".join(names[n] for n in sorted(np.nonzero(vals > 0)[0], key=lambda n: -vals[n]))
+    return pd.DataFrame({"zone": np.asarray(zone_names, dtype=object)[zi], "time": times[ti],
+                         "year": times.year[ti], "month": times.month[ti], "land_km2": a / M2_PER_KM2,
+                         "predicted_km2": (a - lz) / M2_PER_KM2,
+                         "share_lost": np.divide(lz, a, out=np.zeros_like(lz), where=a > 0), "variables": variables})
 
 
 def annual_coverage(monthly: pd.DataFrame) -> pd.DataFrame:
     """Per zone and year, from :func:`monthly_coverage`: land_km2, predicted_km2 and share_lost of
     the year's worst month (the smallest predicted area; ``worst_month`` YYYY-MM, the first of
     equals) and the variables missing in any month of the year (the worst month's first)."""
-    out = []
-    for (zone, year), g in monthly.groupby(["zone", "year"], sort=False):
-        i = int(np.argmax(g.share_lost.to_numpy()))
-        worst = g.iloc[i]
-        names: list[str] = []
-        for v in [worst.variables] + list(g.variables):
-            names += [n for n in str(v).split(";") if n and n not in names]
-        out.append((zone, int(year), float(worst.land_km2), float(worst.predicted_km2), float(worst.share_lost),
-                    pd.Timestamp(worst.time).strftime("%Y-%m"), ";".join(names)))
-    return pd.DataFrame(out, columns=list(COLUMNS))
+    m = monthly.reset_index(drop=True)
+    worst = m.loc[m.groupby(["zone", "year"], sort=False).share_lost.idxmax().to_numpy()].reset_index(drop=True)
+    out = pd.DataFrame({"zone": worst.zone, "year": worst.year.astype(int), "land_km2": worst.land_km2,
+                        "predicted_km2": worst.predicted_km2, "share_lost": worst.share_lost,
+                        "worst_month": pd.DatetimeIndex(worst.time).strftime("%Y-%m"),
+                        "variables": worst.variables.astype(str)})
+    missing = m[m.variables.astype(str) != ""]
+    if len(missing):
+        union = {}
+        for (z, y), g in missing.groupby(["zone", "year"], sort=False):
+            union[(z, int(y))] = g.variables
+        for i, r in enumerate(out.itertuples()):
+            if (r.zone, r.year) in union:
+                names = [n for n in r.variables.split(";") if n]
+                for v in union[(r.zone, r.year)]:
+                    names += [n for n in v.split(";") if n and n not in names]
+                out.loc[i, "variables"] = ";".join(names)
+    return out[list(COLUMNS)]
 
 
 def above(annual: pd.DataFrame, threshold: float) -> pd.DataFrame:

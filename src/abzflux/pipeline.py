@@ -287,14 +287,18 @@ def check_coverage(ctx: Context) -> None:
     t = pd.DatetimeIndex(pred.time.values)
     run = pred.isel(time=np.nonzero((t.year >= y0) & (t.year <= y1))[0])
     layers = {v: run[v] for v in STACK_VARIABLES if v in run}
-    cov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage(layers, zones, veg=veg))
-    coverage_mod.check_coverage(cov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.predictors)
     fire = ctx.fire()
+    # the zones' weights are computed once for both checks when they are small (else band by band)
+    small = fire is not None and 64 * zones.sizes["y"] * zones.sizes["x"] * 8 <= coverage_mod.READ_BYTES * 8
+    weights = coverage_mod.zone_weight_bands(zones, veg) if small else None
+    cov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage(layers, zones, veg=veg, weights=weights))
+    coverage_mod.check_coverage(cov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.predictors)
     if fire is not None:
         f0, f1 = coverage_mod.check_fire_years(fire.time.values, cfg.fire.first_year, y0, y1, cfg.inputs.fire)
         ft = pd.DatetimeIndex(fire.time.values)
         fe = fire["fire_emissions"].isel(time=np.nonzero((ft.year >= f0) & (ft.year <= f1))[0])
-        fcov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage({"fire_emissions": fe}, zones, veg=veg))
+        fcov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage({"fire_emissions": fe}, zones, veg=veg,
+                                                                          weights=weights))
         coverage_mod.check_coverage(fcov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.fire, what="fire emissions",
                                     remedy="0 where nothing burned")
 
