@@ -180,7 +180,11 @@ def above(annual: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def describe(r, what: str) -> str:
     """One zone-year of :func:`annual_coverage` in words."""
     return (f"{r.share_lost:.2%} of zone {r.zone}'s land in {r.year} has no {what} "
-            f"({r.predicted_km2:,.0f} of {r.land_km2:,.0f} km2 predictable in {r.worst_month})")
+            f"({_km2(r.predicted_km2)} of {_km2(r.land_km2)} km2 predictable in {r.worst_month})")
+
+
+def _km2(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def check_coverage(annual: pd.DataFrame, warn: float, stop: float, file, what: str = "predictors",
