@@ -101,7 +101,7 @@ def test_check_coverage_thresholds(caplog):
         C.check_coverage(a, 0.001, 0.05, "stack.zarr")
     msg = str(e.value)
     assert msg.startswith("stack.zarr: [b] b not finite on land: 100.00% of zone tundra/alaska's land in 2019 "
-                          "has no predictors (0 of 0.25 km2 predictable in 2019-01)")
+                          "has no predictors (0 of 0.25 km2 with predictors in 2019-01)")
     # 16 zone-years above 0.05 (every zone with lost land), the first named
     n = int((a.share_lost > 0.05).sum())
     assert f"zone tundra/alaska, year 2019 (and {n - 1} more zone-year(s) above 0.05)" in msg
@@ -109,7 +109,7 @@ def test_check_coverage_thresholds(caplog):
     # tundra alone: March loses 0.6 (a) + 0.25 (b) of 2.85 km2 = 29.82 %: stops at 0.25, not at 0.3
     t = a[a.zone == "tundra"]
     with pytest.raises(InputError, match=r"^stack.zarr: \[a;b\] a;b not finite on land: 29.82% of zone tundra's "
-                                         r"land in 2019 has no predictors \(2 of 2.85 km2 predictable in 2019-03\)"):
+                                         r"land in 2019 has no predictors \(2 of 2.85 km2 with predictors in 2019-03\)"):
         C.check_coverage(t, 0.001, 0.25, "stack.zarr")
     C.check_coverage(t, 0.001, 0.3, "stack.zarr")
     with caplog.at_level(logging.WARNING, logger="abzflux.coverage"):

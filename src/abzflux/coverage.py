@@ -180,7 +180,7 @@ def above(annual: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def describe(r, what: str) -> str:
     """One zone-year of :func:`annual_coverage` in words."""
     return (f"{r.share_lost:.2%} of zone {r.zone}'s land in {r.year} has no {what} "
-            f"({_km2(r.predicted_km2)} of {_km2(r.land_km2)} km2 predictable in {r.worst_month})")
+            f"({_km2(r.predicted_km2)} of {_km2(r.land_km2)} km2 with {what} in {r.worst_month})")
 
 
 def _km2(v: float) -> str:
