@@ -132,6 +132,8 @@ def test_fire_period_rule():
     assert C.check_fire_years(gap, 2011, 2001, 2020, "f.nc") == (2011, 2020)  # first_year past the gap
     with pytest.raises(InputError, match="2020-01"):  # the record ends before the run
         C.check_fire_years(t[t.year < 2020], None, 2001, 2020, "f.nc")
+    with pytest.raises(InputError, match="the fire period starts in 2021, after the run's last year 2020"):
+        C.check_fire_years(pd.date_range("2021-01-01", periods=24, freq="MS"), None, 2001, 2020, "f.nc")
 
 
 def test_years_note():
@@ -345,3 +347,32 @@ def test_report_shows_the_coverage(short_run):
 
     items = coverage_items(RunData(short_run))
     assert len(items) == 1 and "alaska" in items[0].table_html and "lose more than 0.001" in items[0].caption
+
+
+def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
+    from abzflux.pipeline import Context, coverage_summary
+    from abzflux.report import RunData, coverage_items
+
+    run = tmp_path / "run"
+    (run / "budgets").mkdir(parents=True)
+    cov = pd.DataFrame({"zone": ["domain", "domain", "alaska", "alaska"], "year": [2019, 2020, 2019, 2020],
+                        "land_km2": [100.0, 100.0, 10.0, 10.0], "predicted_km2": [100.0, 100.0, 10.0, 10.0],
+                        "share_lost": [0.0, 0.0, 0.0, 0.0], "worst_month": ["2019-01", "2020-01", "2019-01", "2020-01"],
+                        "variables": ["", "", "", ""]})
+    cov.to_csv(run / "budgets" / "coverage.csv", index=False)
+    ctx = Context(cfg=load_config(write_config(tmp_path, twin)), out=run, log=lambda m: None)
+    period = pd.DataFrame({"zone": ["domain"] * 2, "flux": ["nee", "fire"], "first_year": [2019] * 2,
+                           "last_year": [2020] * 2})
+    lines, out = coverage_summary(ctx, period)
+    assert lines == ["## Coverage", "", "Full coverage: the upscaling predicted every zone's land in every month "
+                     "of 2019–2020 (budgets/coverage.csv)."]
+    assert out["full_coverage"] is True and out["max_share_lost"] == 0.0 and out["above_warn"] == []
+    # a loss below budgets.coverage_warn is still full coverage, with the largest loss stated
+    cov.loc[3, ["predicted_km2", "share_lost", "variables"]] = [9.995, 0.0005, "ndvi"]
+    cov.to_csv(run / "budgets" / "coverage.csv", index=False)
+    lines, out = coverage_summary(ctx, period)
+    assert lines[2] == ("Full coverage: the upscaling predicted every zone's land in every month of 2019–2020 "
+                        "(largest loss 0.050%, below budgets.coverage_warn = 0.001) (budgets/coverage.csv).")
+    (run / "budgets_annual.csv").write_text("zone,flux,year,tg_c\ndomain,nee,2019,1\ndomain,nee,2020,1\n")
+    items = coverage_items(RunData(run))
+    assert items[0].caption.startswith("Full coverage") and "largest loss 0.050%" in items[0].caption

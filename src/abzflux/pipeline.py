@@ -950,8 +950,7 @@ def coverage_summary(ctx: Context, period: pd.DataFrame, max_rows: int = 20) -> 
     path = ctx.path("budgets/coverage.csv")
     if not path.exists():
         return [], {}
-    cov = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    cov["variables"] = cov["variables"].fillna("")
+    cov = pd.read_csv(path, dtype={"zone": str, "variables": str}, keep_default_na=False)
     warn = ctx.cfg.budgets.coverage_warn
     y0, y1 = ctx.years()
     bad = coverage_mod.above(cov, warn)

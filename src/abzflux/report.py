@@ -725,8 +725,7 @@ def coverage_items(rd: RunData) -> list[Item]:
     is short of the zones' land by more than ``budgets.coverage_warn``, or a "full coverage" line."""
     if not rd.has("budgets/coverage.csv"):
         return []
-    cov = pd.read_csv(rd.run / "budgets" / "coverage.csv", keep_default_na=False, na_values=[""])
-    cov["variables"] = cov["variables"].fillna("")
+    cov = pd.read_csv(rd.run / "budgets" / "coverage.csv", dtype={"zone": str, "variables": str}, keep_default_na=False)
     warn = float(rd.record.get("config", {}).get("budgets", {}).get("coverage_warn", 0.001))
     bad = cov[cov.share_lost > warn].sort_values("share_lost", ascending=False, kind="stable")
     if not len(bad):
