@@ -4,8 +4,8 @@ refused, and recorded (docs/budgets.md "Coverage", docs/fire.md "Fire years").""
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +196,7 @@ def expected_shares(twin: Path, cells: np.ndarray) -> pd.Series:
     """Per zone: area of ``cells`` / zone area, from the zones' own weights (hand rule)."""
     z = xr.open_dataset(twin / "zones.nc").load()
     veg = xr.open_zarr(twin / "predictors.zarr", consolidated=False).veg_type.load()
-    veg = veg.where(~veg.isin(list(VEG_RECODE)), list(VEG_RECODE.values())[0])
+    veg = veg.where(~veg.isin(list(VEG_RECODE)), next(iter(VEG_RECODE.values())))
     w = budgets.zone_weights(z, veg.values)
     lost = w.where(xr.DataArray(cells, dims=("y", "x")), 0.0).sum(("y", "x"))
     tot = w.sum(("y", "x"))
@@ -298,7 +298,7 @@ def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
     up = xr.open_zarr(short_run / "upscaled.zarr", consolidated=False).load()
     z = xr.open_dataset(twin / "zones.nc").load()
     veg = xr.open_zarr(twin / "predictors.zarr", consolidated=False).veg_type.load()
-    veg = veg.where(~veg.isin(list(VEG_RECODE)), list(VEG_RECODE.values())[0])
+    veg = veg.where(~veg.isin(list(VEG_RECODE)), next(iter(VEG_RECODE.values())))
     w = budgets.zone_weights(z, veg.values)
     wv = w.values.reshape(w.sizes["zone"], -1)
     ok = (np.isfinite(up.gpp.values) & np.isfinite(up.reco.values) & np.isfinite(up.nee.values)).reshape(24, -1)
@@ -364,8 +364,8 @@ def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
     period = pd.DataFrame({"zone": ["domain"] * 2, "flux": ["nee", "fire"], "first_year": [2019] * 2,
                            "last_year": [2020] * 2})
     lines, out = coverage_summary(ctx, period)
-    assert lines == ["## Coverage", "", "Full coverage: the upscaling predicted every zone's land in every month "
-                     "of 2019–2020 (budgets/coverage.csv)."]
+    assert lines == ["## Coverage", "", ("Full coverage: the upscaling predicted every zone's land in every month "
+                                         "of 2019–2020 (budgets/coverage.csv).")]
     assert out["full_coverage"] is True and out["max_share_lost"] == 0.0 and out["above_warn"] == []
     # a loss below budgets.coverage_warn is still full coverage, with the largest loss stated
     cov.loc[3, ["predicted_km2", "share_lost", "variables"]] = [9.995, 0.0005, "ndvi"]

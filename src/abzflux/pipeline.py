@@ -961,9 +961,9 @@ def coverage_summary(ctx: Context, period: pd.DataFrame, max_rows: int = 20) -> 
                      + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
                      + " (budgets/coverage.csv).")
     else:
-        lines += [f"**{len(bad)} zone-year(s) lose more than {warn:g} of their land** (budgets.coverage_warn): "
-                  "there the budgets sum only the predicted area (cells where a predictor is missing have no "
-                  "flux; budgets/coverage.csv).", "",
+        lines += [(f"**{len(bad)} zone-year(s) lose more than {warn:g} of their land** (budgets.coverage_warn): "
+                   "there the budgets sum only the predicted area (cells where a predictor is missing have no "
+                   "flux; budgets/coverage.csv)."), "",
                   "| zone | year | land (km²) | predicted (km²) | lost | worst month | missing |",
                   "|---|---|---|---|---|---|---|"]
         for r in bad.head(max_rows).itertuples():
