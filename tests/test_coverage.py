@@ -192,10 +192,10 @@ def nan_predictors(twin: Path, root: Path, months=("2020-06", "2020-07", "2020-0
     return p
 
 
-def expected_shares(twin: Path, cells: np.ndarray) -> pd.Series:
+def expected_shares(twin: Path, cells: np.ndarray, predictors: Path | None = None) -> pd.Series:
     """Per zone: area of ``cells`` / zone area, from the zones' own weights (hand rule)."""
     z = xr.open_dataset(twin / "zones.nc").load()
-    veg = xr.open_zarr(twin / "predictors.zarr", consolidated=False).veg_type.load()
+    veg = xr.open_zarr(predictors or twin / "predictors.zarr", consolidated=False).veg_type.load()
     veg = veg.where(~veg.isin(list(VEG_RECODE)), next(iter(VEG_RECODE.values())))
     w = budgets.zone_weights(z, veg.values)
     lost = w.where(xr.DataArray(cells, dims=("y", "x")), 0.0).sum(("y", "x"))
@@ -235,6 +235,24 @@ def test_validate_warns_below_the_stop_threshold_and_names_the_zone(twin, tmp_pa
     with caplog.at_level(logging.WARNING, logger="abzflux.coverage"):
         validate_study(load_config(cfg), log=lambda m: None)
     assert "coverage" not in caplog.text
+
+
+def test_validate_stops_on_nan_vegetation_type_on_land(twin, tmp_path):
+    """A NaN vegetation class is not predicted either (the forests split on veg_type)."""
+    ds = xr.open_zarr(twin / "predictors.zarr", consolidated=False).load()
+    v = ds.veg_type.values.copy()
+    v[alaska_half(twin)] = np.nan
+    ds["veg_type"] = (ds.veg_type.dims, v, ds.veg_type.attrs)
+    ds.to_zarr(tmp_path / "predictors.zarr", consolidated=False)
+    with pytest.raises(InputError) as e:
+        validate_study(load_config(write_config(tmp_path, twin, predictors=tmp_path / "predictors.zarr")),
+                       log=lambda m: None)
+    # the NaN cells leave the vegetation x region zones: those are measured without them
+    share = expected_shares(twin, alaska_half(twin), tmp_path / "predictors.zarr")
+    msg = str(e.value)
+    m = re.search(r"\[veg_type\] veg_type not finite on land: ([0-9.]+)% of zone (\S+)'s land in 2019 ", msg)
+    assert m, msg  # both years lose the same: the first is named
+    assert m.group(1) == f"{100 * share.max():.2f}" and share[m.group(2)] == pytest.approx(share.max(), abs=1e-9)
 
 
 def test_coverage_config_keys_are_checked(twin, tmp_path):
