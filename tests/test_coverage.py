@@ -328,6 +328,15 @@ def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
             want = pred[12 * yi:12 * yi + 12, zi].min()
             assert c.loc[(zone, year), "land_km2"] == pytest.approx(land[zi], rel=1e-9)
             assert c.loc[(zone, year), "predicted_km2"] == pytest.approx(want, rel=1e-9, abs=1e-6)
+    # the monthly table: each month's predicted area; the annual row is the worst month's
+    mon = pd.read_csv(short_run / "budgets" / "coverage_monthly.csv", keep_default_na=False)
+    mo = mon.set_index(["zone", "year", "month"])
+    for zi, zone in enumerate(w.zone.values[:12]):
+        for k in range(24):
+            assert mo.loc[(zone, 2019 + k // 12, k % 12 + 1), "predicted_km2"] == pytest.approx(
+                pred[k, zi], rel=1e-9, abs=1e-6)
+    assert mon.groupby(["zone", "year"], sort=False).predicted_km2.min().to_numpy() == pytest.approx(
+        cov.predicted_km2.to_numpy(), rel=1e-12)
     # the NaN'd NDVI: western Alaska is not predicted in summer 2020 (and is in 2019)
     cells = alaska_half(twin)
     lost = (wv[list(w.zone.values).index("alaska")] * cells.ravel()).sum() / 1e6

@@ -649,7 +649,9 @@ def stage_budgets(ctx: Context) -> None:
                                    "(annual = jja + nonsummer).\n\n" + (note + "\n\n" if note else "")
                                    + budgets_mod.table1_markdown(t1))
     # coverage: what the budgets summed (cells where GPP, Reco and NEE are all finite), per zone and year
-    cov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage({f: up[f] for f in FLUXES}, zones, veg=veg))
+    cov_m = coverage_mod.monthly_coverage({f: up[f] for f in FLUXES}, zones, veg=veg)
+    cov_m.drop(columns="time").to_csv(out / "coverage_monthly.csv", index=False)
+    cov = coverage_mod.annual_coverage(cov_m)
     cov.to_csv(out / "coverage.csv", index=False)
     n_low, n_any = int((cov.share_lost > bs.coverage_warn).sum()), int((cov.share_lost > 0).sum())
     ctx.log(f"coverage: {n_low} zone-year(s) lose more than {bs.coverage_warn:g} of their land (budgets/coverage.csv)"
