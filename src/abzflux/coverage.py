@@ -31,7 +31,7 @@ from .errors import InputError
 
 LOG = logging.getLogger(__name__)
 M2_PER_KM2 = 1e6
-READ_BYTES = 64 * 2**20  # float64 values of one layer read at a time (rows x columns x months)
+READ_BYTES = 64 * 2**20  # float64 values of the dynamic layers read at a time (layers x months x cells)
 COLUMNS = ("zone", "year", "land_km2", "predicted_km2", "share_lost", "worst_month", "variables")
 
 
@@ -78,12 +78,11 @@ def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=
     """Land area (km2) the zones define and the area (km2) where every layer is finite, per zone
     and month.
 
-    ``weights``: :func:`zone_weight_bands` of ``zones`` and ``veg``, when computed already.
-
     ``layers``: name -> (time, y, x) or static (y, x) layer on the zones' grid (values only
     matter through ``np.isfinite``); ``times``: the months to measure (default: those of the
     first dynamic layer; dynamic layers are selected on them). ``veg``: vegetation classes
     (y, x) for the vegetation × region zones, as in :func:`abzflux.budgets.zone_weights`.
+    ``weights``: :func:`zone_weight_bands` of ``zones`` and ``veg``, when computed already.
 
     Returns a long table: zone, time, year, month, land_km2, predicted_km2, share_lost (lost /
     land; 0 for a zone without land) and variables (the layers not finite on some of the zone's
