@@ -99,6 +99,12 @@ def _with_area(zones: xr.Dataset) -> xr.Dataset:
     return zones.assign(cell_area=xr.full_like(zones["land_fraction"], area, dtype=np.float64))
 
 
+def with_cell_area(zones: xr.Dataset) -> xr.Dataset:
+    """Zones with a ``cell_area`` variable (m2), from the grid when the file has none (public
+    name of the rule the budgets use, so that a band of rows can be weighted on its own)."""
+    return _with_area(zones)
+
+
 def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=None) -> pd.DataFrame:
     """Tg C month-1 per zone, month and flux variable; long table.
 

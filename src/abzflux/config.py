@@ -64,6 +64,8 @@ class ForestSettings:
 class BudgetSettings:
     source_threshold: float = 0.0  # g C m-2 yr-1: a cell / site with mean annual NEE above it is a source
     decade_length: int = 10  # Fig. 3 periods: consecutive complete blocks of this many years from the first
+    coverage_warn: float = 0.001  # warn when a zone-year loses more than this share of its land (NaN predictors)
+    coverage_stop: float = 0.05  # stop (validate, run) above this share; 1 never stops (docs/budgets.md)
 
 
 @dataclass
@@ -269,6 +271,11 @@ def load_config(path) -> Config:
     if fs.first_year is not None and fs.target_year is not None and fs.first_year > fs.target_year:
         raise ConfigError(path, f"first_year {fs.first_year} after target_year {fs.target_year}",
                           column="fire.first_year", expected="fire.first_year <= fire.target_year")
+    for key in ("coverage_warn", "coverage_stop"):
+        v = getattr(cfg.budgets, key)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(path, f"{v} is out of range", column=f"budgets.{key}",
+                              expected="a share of land in [0, 1] (1: never stop)")
     if not (cfg.uncertainty.block_km > 0 and cfg.uncertainty.block_km < float("inf")):
         raise ConfigError(path, f"{cfg.uncertainty.block_km} is out of range", column="uncertainty.block_km",
                           expected="a block size in km > 0")

@@ -32,6 +32,7 @@ import xarray as xr
 
 from . import __version__
 from . import budgets as budgets_mod
+from . import coverage as coverage_mod
 from . import rundir
 from .config import Config
 from . import _atomic
@@ -45,7 +46,7 @@ from . import trends as trends_mod
 from . import upscale as upscale_mod
 from .compare import stage_compare
 from .forest import FluxForest, partial_dependence, permutation_importance
-from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_RECODE
+from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, STACK_VARIABLES, VEG_RECODE
 from .uncertainty import resample_rows, site_blocks, stage_extrapolation, zone_extrapolation_sd
 
 PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "numba", "zarr", "numcodecs", "dask",
@@ -279,6 +280,34 @@ def check_inputs(ctx: Context) -> None:
         check_fire_on_land(fire, zones, cfg.inputs.fire)
     ctx.references()
     ctx.truth()
+    check_coverage(ctx)
+
+
+def check_coverage(ctx: Context) -> None:
+    """The upscaling's coverage, up front (docs/budgets.md): per zone and year, the land where every
+    predictor the forests use is finite in every month, against the zones' land; then the fire
+    period's months and the fire emissions' coverage of the land (docs/fire.md). Warns above
+    ``budgets.coverage_warn``, stops (InputError) above ``budgets.coverage_stop``."""
+    cfg, bs = ctx.cfg, ctx.cfg.budgets
+    pred, zones, veg = ctx.predictors(), ctx.zones(), ctx.veg()
+    y0, y1 = ctx.years()
+    t = pd.DatetimeIndex(pred.time.values)
+    run = pred.isel(time=np.nonzero((t.year >= y0) & (t.year <= y1))[0])
+    layers = {v: run[v] for v in STACK_VARIABLES if v in run}
+    fire = ctx.fire()
+    # the zones' weights are computed once for both checks when they are small (else band by band)
+    small = fire is not None and 64 * zones.sizes["y"] * zones.sizes["x"] * 8 <= coverage_mod.READ_BYTES * 8
+    weights = coverage_mod.zone_weight_bands(zones, veg) if small else None
+    cov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage(layers, zones, veg=veg, weights=weights))
+    coverage_mod.check_coverage(cov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.predictors)
+    if fire is not None:
+        f0, f1 = coverage_mod.check_fire_years(fire.time.values, cfg.fire.first_year, y0, y1, cfg.inputs.fire)
+        ft = pd.DatetimeIndex(fire.time.values)
+        fe = fire["fire_emissions"].isel(time=np.nonzero((ft.year >= f0) & (ft.year <= f1))[0])
+        fcov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage({"fire_emissions": fe}, zones, veg=veg,
+                                                                          weights=weights))
+        coverage_mod.check_coverage(fcov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.fire, what="fire emissions",
+                                    remedy="0 where nothing burned")
 
 
 def check_fire_on_land(fire: xr.Dataset, zones: xr.Dataset, file) -> None:
@@ -657,11 +686,22 @@ def stage_budgets(ctx: Context) -> None:
     t1 = budgets_mod.table1(sites, period)
     t1.to_csv(out / "table1.csv", index=False)
     y0, y1 = ctx.years()
+    note = coverage_mod.years_note(period[period.season == "annual"], y0, y1)
     (out / "table1.md").write_text(f"# Table 1: average Arctic–boreal CO2 fluxes, {y0}–{y1}\n\n"
                                    "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. "
                                    "Upscaled: area-weighted density, mean ± SD across years; budget ± SD across the "
                                    "bootstrap forests. nonsummer = January–May + September–December of the same year "
-                                   "(annual = jja + nonsummer).\n\n" + budgets_mod.table1_markdown(t1))
+                                   "(annual = jja + nonsummer).\n\n" + (note + "\n\n" if note else "")
+                                   + budgets_mod.table1_markdown(t1))
+    # coverage: what the budgets summed (cells where GPP, Reco and NEE are all finite), per zone and year
+    cov_m = coverage_mod.monthly_coverage({f: up[f] for f in FLUXES}, zones, veg=veg)
+    cov_m.drop(columns="time").to_csv(out / "coverage_monthly.csv", index=False)
+    cov = coverage_mod.annual_coverage(cov_m)
+    cov.to_csv(out / "coverage.csv", index=False)
+    n_low, n_any = int((cov.share_lost > bs.coverage_warn).sum()), int((cov.share_lost > 0).sum())
+    ctx.log(f"coverage: {n_low} zone-year(s) lose more than {bs.coverage_warn:g} of their land (budgets/coverage.csv)"
+            if n_low else f"coverage: {n_any} zone-year(s) lose up to {cov.share_lost.max():.3g} of their land"
+            if n_any else "coverage: every zone's land predicted in every month")
     # source areas and latitude
     crs = grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors)
     flux_maps = up[["nee", "nee_derived"]]
@@ -938,12 +978,52 @@ def stage_summary(ctx: Context) -> None:
     info = json.loads(ctx.path("models/forest.json").read_text())
     summary["uncertainty"] = uncertainty_label(ctx.cfg)
     md = render_summary_md(period, truth_cmp, summary.get("nee_map_pearson_r"), info, summary["uncertainty"])
+    cov_lines, cov_summary = coverage_summary(ctx, period)
+    if cov_lines:
+        md += "\n" + "\n".join(cov_lines) + "\n"
+        summary["coverage"] = cov_summary
     cmp_lines, cmp_summary = _compare_summary(ctx.path("compare"))
     if cmp_lines:
         md += "\n" + "\n".join(cmp_lines) + "\n"
         summary["compare"] = cmp_summary
     _atomic_write_text(ctx.path("summary.md"), md)
     _atomic_write_text(ctx.path("summary.json"), json.dumps(summary, indent=2, default=float))
+
+
+def coverage_summary(ctx: Context, period: pd.DataFrame, max_rows: int = 20) -> tuple[list, dict]:
+    """The summary's coverage section: the zone-years of ``budgets/coverage.csv`` that lose more
+    than ``budgets.coverage_warn`` of their land (or "full coverage"), and the fluxes whose
+    period means cover other years than the run's (fire and NEE + fire: the fire period)."""
+    path = ctx.path("budgets/coverage.csv")
+    if not path.exists():
+        return [], {}
+    cov = pd.read_csv(path, dtype={"zone": str, "variables": str}, keep_default_na=False)
+    warn = ctx.cfg.budgets.coverage_warn
+    y0, y1 = ctx.years()
+    bad = coverage_mod.above(cov, warn)
+    top = float(cov.share_lost.max()) if len(cov) else 0.0
+    lines = ["## Coverage", ""]
+    if not len(bad):
+        lines.append(f"Full coverage: the upscaling predicted every zone's land in every month of {y0}–{y1}"
+                     + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
+                     + " (budgets/coverage.csv).")
+    else:
+        lines += [(f"**{len(bad)} zone-year(s) lose more than {warn:g} of their land** (budgets.coverage_warn): "
+                   "there the budgets sum only the predicted area (cells where a predictor is missing have no "
+                   "flux; budgets/coverage.csv)."), "",
+                  "| zone | year | land (km²) | predicted (km²) | lost | worst month | missing |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in bad.head(max_rows).itertuples():
+            lines.append(f"| {r.zone} | {r.year} | {r.land_km2:,.0f} | {r.predicted_km2:,.0f} | {r.share_lost:.2%} | "
+                         f"{r.worst_month} | {r.variables or '-'} |")
+        if len(bad) > max_rows:
+            lines.append(f"\n... and {len(bad) - max_rows} more.")
+    note = coverage_mod.years_note(period, y0, y1)
+    if note:
+        lines += ["", note]
+    out = {"warn_threshold": warn, "full_coverage": not len(bad), "max_share_lost": top,
+           "above_warn": bad.to_dict(orient="records"), "years_note": note}
+    return lines, out
 
 
 def _compare_summary(d: Path) -> tuple[list, dict]:
@@ -1111,8 +1191,9 @@ def build_stages(progress_factory=None) -> list[Stage]:
         Stage("upscale", ("upscaled.zarr",), upscale, ("forest", "bootstrap"), ("run.years", "run.tile"),
               ("predictors", "zones"), extras=("budgets_members_monthly.parquet",)),
         Stage("budgets", ("budgets_annual.csv", "budgets"), stage_budgets, ("upscale", "sites", "extrapolation"),
-              ("budgets.source_threshold", "budgets.decade_length", "fire.first_year", "run.years",
-               "uncertainty.extrapolation"), ("predictors", "zones", "fire"), extras=("budgets_period_sd.csv",)),
+              ("budgets.source_threshold", "budgets.decade_length", "budgets.coverage_warn", "budgets.coverage_stop",
+               "fire.first_year", "run.years", "uncertainty.extrapolation"), ("predictors", "zones", "fire"),
+              extras=("budgets_period_sd.csv",)),
         Stage("trends", ("trends",), trends, ("budgets",), ("run.years",), ("predictors", "zones")),
         Stage("fire", ("fire",), stage_fire, ("budgets", "forest", "sites"),
               ("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"), ("fire", "predictors", "zones"),

@@ -720,6 +720,29 @@ def tables(rd: RunData) -> list[Item]:
     return items
 
 
+def coverage_items(rd: RunData) -> list[Item]:
+    """The coverage of the budgets (RUN/budgets/coverage.csv): the zone-years whose predicted land
+    is short of the zones' land by more than ``budgets.coverage_warn``, or a "full coverage" line."""
+    if not rd.has("budgets/coverage.csv"):
+        return []
+    cov = pd.read_csv(rd.run / "budgets" / "coverage.csv", dtype={"zone": str, "variables": str}, keep_default_na=False)
+    warn = float(rd.record.get("config", {}).get("budgets", {}).get("coverage_warn", 0.001))
+    bad = cov[cov.share_lost > warn].sort_values("share_lost", ascending=False, kind="stable")
+    if not len(bad):
+        top = float(cov.share_lost.max()) if len(cov) else 0.0
+        return [Item("coverage", "Tables", "Coverage of the budgets",
+                     f"Full coverage: the upscaling predicted every zone's land in every month of {rd.period()}"
+                     + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
+                     + " (RUN/budgets/coverage.csv).", table_html="")]
+    t = pd.DataFrame({"zone": bad.zone, "year": bad.year, "land (km²)": bad.land_km2.round(0),
+                      "predicted (km²)": bad.predicted_km2.round(0), "lost": (100 * bad.share_lost).map("{:.2f}%".format),
+                      "worst month": bad.worst_month, "missing": bad.variables})
+    return [Item("coverage", "Tables", "Coverage of the budgets",
+                 f"{len(bad)} zone-year(s) lose more than {warn:g} of their land (budgets.coverage_warn): where a "
+                 "predictor is missing the upscaled flux is NaN, and these budgets sum only the predicted area "
+                 "(worst month of the year; RUN/budgets/coverage.csv).", table_html=_table(t.head(50)))]
+
+
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, escape=True, border=0, classes="tbl", na_rep="",
                       float_format=lambda v: f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}")
@@ -727,7 +750,7 @@ def _table(df: pd.DataFrame) -> str:
 
 FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     fig1_maps, fig2_budgets, fig3_monthly, fig4_regions, fig_skill, fig_interpret, fig_fire, fig_uncertainty,
-    uncertainty_method, fig_extrapolation, tables)
+    uncertainty_method, fig_extrapolation, tables, coverage_items)
 
 
 # --------------------------------------------------------------------------- the page
