@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: columns an ABCflux v2 file must have (lower case; the rules below use each of them)
 ABCFLUX_COLUMNS = ("site_name", "site_reference", "site_id", "country", "latitude", "longitude",
                    "year", "month", "nee", "gpp", "reco", "biome", "permafrost", "disturbance",
-                   "disturb_year", "flux_method", "data_usage", "waterbody_type")
+                   "disturb_year", "flux_method", "partition_method", "data_usage", "waterbody_type")
 #: cells read as "no value" (not reported: this is how ABCflux writes a missing value)
 NA_TOKENS = frozenset({"", "na", "nan", "n/a", "#n/a", "null"})
 #: biomes of the Arctic-boreal zone (the `biome` column, case-insensitive)
@@ -483,23 +483,28 @@ def _signs(df, report):
 
 def _duplicates(df, report):
     """One row per site key, year and month: keep the row with the most of nee/gpp/reco present;
-    among equals, the first in the file."""
+    among equals, a row whose GPP/Reco come from the night-time partitioning (`partition_method`
+    "Reichstein"; ABCflux v2 gives many towers twice, once per partitioning); then the first in
+    the file."""
     keys = ["site_key", "year", "month"]
     dup = df.duplicated(keys, keep=False).to_numpy()
     if not dup.any():
         report.add("duplicated site-month", "dropped", 0, "")
         return df
     n_present = df[list(FLUXES)].notna().sum(axis=1)
-    order = df.assign(_n=-n_present).sort_values(keys + ["_n", "abcflux_row"], kind="stable")
+    night = df["partition_method"].str.strip().str.lower().str.startswith("reichstein")
+    order = df.assign(_n=-n_present, _p=(~night).astype(int)).sort_values(
+        keys + ["_n", "_p", "abcflux_row"], kind="stable")
     keep = ~order.duplicated(keys, keep="first")
-    kept = order[keep].drop(columns="_n")
+    order = order.drop(columns=["_n", "_p"])
+    kept = order[keep]
     dropped = order[~keep]
     ident = dropped.merge(kept[keys + list(FLUXES)], on=keys + list(FLUXES), how="inner")
     n_groups = int(df[dup].groupby(keys).ngroups)
     report.add("duplicated site-month", "dropped", len(dropped),
                f"{n_groups} site-month(s) given more than once (same site key, year, month; {len(ident)} "
                "of the dropped rows have the same fluxes as the kept one): kept the row with the most "
-               "of nee/gpp/reco, then the first in the file", _examples(dropped, np.ones(len(dropped), bool)))
+               "of nee/gpp/reco, then night-time partitioning (Reichstein), then the first in the file", _examples(dropped, np.ones(len(dropped), bool)))
     return kept.sort_values("abcflux_row", kind="stable")
 
 
