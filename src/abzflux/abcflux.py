@@ -165,6 +165,10 @@ def _read_bytes(path: Path) -> tuple[bytes, str]:
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if not n.endswith("/") and "__MACOSX/" not in n
                      and not Path(n).name.startswith("._")]
+            if "[Content_Types].xml" in names or any(n.startswith("xl/") for n in names):
+                raise InputError(file, "is an Excel workbook, not a CSV file",
+                                 expected="the ABCflux CSV as published (or the sheet saved as "
+                                          "comma-separated CSV with the ABCflux header)")
             csvs = [n for n in names if n.lower().endswith(".csv")]
             if len(csvs) != 1:
                 raise InputError(file, f"the zip holds {len(csvs)} CSV file(s) ({', '.join(names) or 'none'})",
@@ -178,6 +182,10 @@ def _decode(raw: bytes, report: ImportReport) -> str:
     the 5 bytes Windows-1252 leaves undefined). ABCflux v2 mixes both."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" export
+        text = raw.decode("utf-16")
+        report.decoding = {"UTF-16": text.count("\n") + 1}
+        return text
     try:
         text = raw.decode("utf-8")
         report.decoding = {"UTF-8": text.count("\n") + 1}
@@ -222,8 +230,8 @@ def _parse(text: str, file: str) -> pd.DataFrame:
             problem = f"none of the ABCflux columns in the header line ({first[:80]!r})"
         else:
             problem = f"missing ABCflux column(s): {', '.join(missing)}"
-        raise InputError(file, problem, column=", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""),
-                         where="line 1 (the header)", expected=expected)
+        column = ", ".join(missing) if problem.startswith("missing") else None
+        raise InputError(file, problem, column=column, where="line 1 (the header)", expected=expected)
     if len(df) == 0:
         raise InputError(file, "no data rows", expected="one row per site-month under the header")
     return df
