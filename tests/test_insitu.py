@@ -74,3 +74,21 @@ def test_summary_markdown_shows_paper_values(table):
     md = insitu.summary_markdown(insitu.summary(table))
     assert "| boreal | nee | 2 | 3 | -12 ± 51 | -42 ± 82 |" in md
     assert "2 of 4 (50 %)" in md
+
+
+def test_report_shows_insitu_tables_only_for_abcflux_tables(tmp_path):
+    from pathlib import Path
+
+    from abzflux.abcflux import read_abcflux
+    from abzflux.report import RunData, insitu_tables
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "budgets_annual.csv").write_text("zone,flux,year,tg_c\n")  # RunData wants a finished run
+    t = read_abcflux(Path(__file__).parent / "data" / "ABC.v2.apr24.excerpt.csv.zip").table
+    t.to_parquet(run / "sites.parquet", index=False)
+    items = insitu_tables(RunData(run))
+    assert [i.id for i in items] == ["insitu_biomes", "insitu_other"]
+    assert "-42 ± 82" in items[0].table_html and "boreal" in items[0].table_html
+    t.drop(columns="abcflux_row").to_parquet(run / "sites.parquet", index=False)
+    assert insitu_tables(RunData(run)) == []
