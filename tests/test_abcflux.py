@@ -12,8 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from abzflux.abcflux import (DISTURBANCE_CLASSES, DISTURBANCE_MAP, read_abcflux, report_path,
-                             write_abcflux)
+from abzflux.abcflux import (
+    DISTURBANCE_CLASSES,
+    DISTURBANCE_MAP,
+    read_abcflux,
+    report_path,
+    write_abcflux,
+)
 from abzflux.cli import app
 from abzflux.errors import InputError
 from abzflux.formats import read_site_table, write_crs
@@ -113,7 +118,7 @@ def test_site_reporting_gpp_positive_is_kept(imp):
     # Bouleau automated chamber 2 reports GPP positive (22.17 … 94.47): not negated
     r = rows(imp.table, "Bouleau_automatedchamber2_HummockSphagnum", 2019, 7)
     assert r.gpp.iat[0] == pytest.approx(76.66) and r.nee.iat[0] == pytest.approx(-12.19)
-    info = [x for x in imp.report.rules if x["rule"] == "GPP sign: site reports GPP positive"][0]
+    info = next(x for x in imp.report.rules if x["rule"] == "GPP sign: site reports GPP positive")
     assert "Bouleau_automatedchamber2_HummockSphagnum" in info["detail"]
 
 
@@ -263,7 +268,7 @@ def test_zones_file_filter(tmp_path):
 
 def test_write_is_atomic_refuses_foreign_files_and_is_deterministic(imp, tmp_path):
     out = tmp_path / "sites.parquet"
-    t, rep = write_abcflux(imp, out)
+    _, rep = write_abcflux(imp, out)
     assert rep == report_path(out) == tmp_path / "sites.import.md"
     h1 = hashlib.sha256(out.read_bytes()).hexdigest()
     write_abcflux(read_abcflux(EXCERPT), out)  # its own output: replaced
@@ -345,7 +350,16 @@ def test_full_shared_file_imports(tmp_path):
     r = read_abcflux(src)
     assert r.report.rows_read == 26156
     assert r.report.counts("dropped")["column-description row"] == 1
-    out, rep = write_abcflux(r, tmp_path / "sites.parquet")
+    out, _ = write_abcflux(r, tmp_path / "sites.parquet")
     t = read_site_table(out)
     assert len(t) == r.report.rows_written and t.site_id.nunique() == r.report.sites_written
     assert set(t.biome) == {"boreal", "tundra"}
+
+
+def test_filters_that_keep_nothing_are_an_error(tmp_path):
+    with pytest.raises(InputError, match="no site-month is left") as e:
+        read_abcflux(EXCERPT, period=(1900, 1901))
+    assert "period: 1900-1901" in str(e.value)
+    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--years", "1900-1901",
+                            "--out", str(tmp_path / "s.parquet")])
+    assert r.exit_code == 2 and list(tmp_path.iterdir()) == []

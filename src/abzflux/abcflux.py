@@ -83,7 +83,7 @@ OUTLIER_RULES = (
 
 _MARKER = "<!-- abzflux sites import abcflux -->"
 _YEAR = re.compile(r"(?<!\d)(1[89]\d\d|20\d\d)(?!\d)")
-_TIER = re.compile(r"tier\s*([12])", re.I)
+_TIER = re.compile(r"tier\s*([12])", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _parse(text: str, file: str) -> pd.DataFrame:
                 + ", ".join(ABCFLUX_COLUMNS))
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
-    except Exception as exc:  # pandas raises several types for malformed CSV
+    except Exception as exc:  # noqa: BLE001 - pandas raises several types for malformed CSV
         raise InputError(file, f"cannot be read as CSV ({str(exc)[:200]})", expected=expected) from None
     cols = [str(c).strip().lower() for c in df.columns]
     df.columns = cols
@@ -265,7 +265,7 @@ def _tier(text: str | None) -> float:
     if text is None:
         return np.nan
     t = text
-    m = re.search(r"co2:(.*?)(ch4:|$)", t, re.I)
+    m = re.search(r"co2:(.*?)(ch4:|$)", t, re.IGNORECASE)
     if m:
         t = m.group(1)
     tiers = {int(v) for v in _TIER.findall(t)}
@@ -396,7 +396,7 @@ def read_abcflux(path, *, group_by: str = "site_id", period: tuple[int, int] | N
     df["data_usage"] = _clean_text(df["data_usage"])
     df["co2_tier"] = df["data_usage"].map(_tier).astype("float64")
     if tiers:
-        keep = set(int(t) for t in tiers)
+        keep = {int(t) for t in tiers}
         m = ~df["co2_tier"].isin(keep)
         df = _drop(df, m, report, "data-use tier not selected",
                    f"CO2 tier not in {sorted(keep)} (rows with no tier included)", col="data_usage")
@@ -419,6 +419,10 @@ def read_abcflux(path, *, group_by: str = "site_id", period: tuple[int, int] | N
     df = _locations(df, report)
     df = _disturbance(df, report)
     df = _finish(df, zones is not None)
+    if len(df) == 0:
+        raise InputError(file, "no site-month is left after the import's rules and filters",
+                         where=", ".join(f"{k}: {v}" for k, v in report.settings.items()),
+                         expected="filters (--years, --tier, --zones) that keep some ABCflux rows")
     report.rows_written = len(df)
     report.sites_written = int(df["site_id"].nunique())
     log.info("ABCflux import: %d of %d records kept, %d sites", len(df), report.rows_read,
@@ -427,7 +431,7 @@ def read_abcflux(path, *, group_by: str = "site_id", period: tuple[int, int] | N
 
 
 def _zone_filter(df, zones, report):
-    from .formats import cell_index, read_zones, categories
+    from .formats import categories, cell_index, read_zones
 
     z = read_zones(zones)
     iy, ix = cell_index(z, df["latitude"].to_numpy(), df["longitude"].to_numpy(), file=zones)
@@ -684,7 +688,11 @@ def write_abcflux(result: AbcfluxImport, out, *, force: bool = False) -> tuple[P
             result.table.to_csv(tmp, index=False)
         else:
             result.table.to_parquet(tmp, index=False)
-        read_site_table(tmp)  # the output must pass the contract reader unchanged
+        try:
+            read_site_table(tmp)  # the output must pass the contract reader unchanged
+        except InputError as e:
+            raise InputError(str(out), f"the imported table breaks the site-table contract ({e.problem})",
+                             column=e.column, where=e.where, expected=e.expected) from None
         text = result.report.to_markdown() + f"\nTable `{out.name}`: sha256 `{_sha256(tmp)}`\n"
         with open(tmp_rep, "w", encoding="utf-8") as fh:
             fh.write(text)

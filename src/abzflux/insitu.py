@@ -119,10 +119,10 @@ def summary_markdown(s: dict, paper: bool = True) -> str:
     sh, la = s["source_share"], s["latitude"]
     out += ["", "### Sources and latitude", "",
             "| statistic | value | paper |", "|---|---|---|",
-            f"| sites with annual NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
-            f"NEE {_f(sh['source_min'])} to {_f(sh['source_max'])} | 29 %, NEE 0 to 142 |",
-            f"| Pearson r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
-            f"(p = {_f(la['p'], '{:.3g}')}, n = {la['n']}) | 0.26 (P = 0.053) |"]
+            (f"| sites with annual NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
+             f"NEE {_f(sh['source_min'])} to {_f(sh['source_max'])} | 29 %, NEE 0 to 142 |"),
+            (f"| Pearson r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
+             f"(p = {_f(la['p'], '{:.3g}')}, n = {la['n']}) | 0.26 (P = 0.053) |")]
     tr = s["trends"]
     nee = tr[tr.flux == "nee"]
     out += ["", f"### Site trends (≥ {TREND_MIN_YEARS} complete years; Theil–Sen, zyp Zhang Mann–Kendall)", "",
