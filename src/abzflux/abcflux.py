@@ -399,7 +399,7 @@ def read_abcflux(path, *, group_by: str = "site_id", period: tuple[int, int] | N
         keep = {int(t) for t in tiers}
         m = ~df["co2_tier"].isin(keep)
         df = _drop(df, m, report, "data-use tier not selected",
-                   f"CO2 tier not in {sorted(keep)} (rows with no tier included)", col="data_usage")
+                   f"CO2 tier not in {sorted(keep)}, or no tier given", col="data_usage")
 
     # the original workflow's outlier removals (workflow.md §1)
     for label, col, pattern, rows in OUTLIER_RULES:
