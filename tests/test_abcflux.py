@@ -363,3 +363,19 @@ def test_filters_that_keep_nothing_are_an_error(tmp_path):
     r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--years", "1900-1901",
                             "--out", str(tmp_path / "s.parquet")])
     assert r.exit_code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_cli_options_reach_the_importer(tmp_path):
+    out = tmp_path / "t1.parquet"
+    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--out", str(out), "--tier", "1",
+                            "--group-by", "site_name", "--years", "2003-2021"])
+    assert r.exit_code == 0, r.output
+    t = read_site_table(out)
+    assert (t.co2_tier == 1).all() and t.year.between(2003, 2021).all()
+    assert "Hyytiala" in set(t.site_id)  # site_name grouping
+    md = tmp_path / "insitu.md"
+    r = runner.invoke(app, ["sites", "summary", str(out), "--out", str(md)])
+    assert r.exit_code == 0 and md.read_text().startswith("Site-months:")
+    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--out", str(tmp_path / "x.parquet"),
+                            "--group-by", "tower"])
+    assert r.exit_code == 2 and not (tmp_path / "x.parquet").exists()
