@@ -611,8 +611,9 @@ def _disturbance(df, report):
 
 def _finish(df, zoned: bool) -> pd.DataFrame:
     perm = df["permafrost"].str.strip().str.lower()
-    pf = np.where(perm.str.match(r"^(yes|permafrost present|\(present\))"), 1.0,
-                  np.where(perm.str.match(r"^(no|absence)$"), 0.0, np.nan))
+    yes = perm.str.match(r"^(yes|permafrost present|\(present\))").fillna(False).astype(bool)
+    no = perm.str.match(r"^(no|absence)$").fillna(False).astype(bool)
+    pf = np.where(yes, 1.0, np.where(no, 0.0, np.nan))
     out = pd.DataFrame({
         "site_id": df["site_key"].astype(str),
         "lat": df["latitude"].astype("float64"), "lon": df["longitude"].astype("float64"),
