@@ -154,6 +154,8 @@ def test_text_decoding_utf8_and_windows_1252(imp):
     # Knottåsen's record is not valid UTF-8 (byte 0xE5); Iškoras's is UTF-8
     assert set(rows(t, "Lindroth_SE-Kno_tower1").site_name) == {"Knottåsen"}
     assert set(rows(t, "Althuizen_Iskoras_chamber6").site_name) == {"Iškoras"}
+    # 496 lines (the excerpt CSV's `wc -l`), 18 of them not valid UTF-8
+    assert imp.report.decoding == {"UTF-8": 478, "Windows-1252 (not valid UTF-8)": 18}
 
 
 def test_several_locations_take_the_most_frequent(imp):

@@ -184,22 +184,24 @@ def _decode(raw: bytes, report: ImportReport) -> str:
         raw = raw[3:]
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" export
         text = raw.decode("utf-16")
-        report.decoding = {"UTF-16": text.count("\n") + 1}
+        report.decoding = {"UTF-16": text.count("\n") + (not text.endswith("\n"))}
         return text
     try:
         text = raw.decode("utf-8")
-        report.decoding = {"UTF-8": text.count("\n") + 1}
+        report.decoding = {"UTF-8": text.count("\n") + (not text.endswith("\n"))}
         return text
     except UnicodeDecodeError:
         pass
     out, n8, n1252 = [], 0, 0
-    for line in raw.split(b"\n"):
+    lines = raw.split(b"\n")
+    for line in lines:
         try:
             out.append(line.decode("utf-8"))
             n8 += 1
         except UnicodeDecodeError:
             out.append(line.decode("cp1252", errors="abzflux-latin1"))
             n1252 += 1
+    n8 -= lines[-1] == b""  # the empty piece after a final line break is not a line
     report.decoding = {"UTF-8": n8, "Windows-1252 (not valid UTF-8)": n1252}
     return "\n".join(out)
 
