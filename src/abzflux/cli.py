@@ -456,5 +456,58 @@ def domain(resolution_km: float = typer.Option(10, "--resolution-km", help="Grid
     console.print(t)
 
 
+sites_app = typer.Typer(no_args_is_help=True, help="Real site-month tables: import ABCflux, in-situ statistics.")
+sites_import_app = typer.Typer(no_args_is_help=True, help="Import a published flux database as a site table.")
+sites_app.add_typer(sites_import_app, name="import")
+app.add_typer(sites_app, name="sites")
+
+
+@sites_import_app.command("abcflux")
+def sites_import_abcflux(
+    file: Path = typer.Argument(..., help="The ABCflux CSV, or its zip (e.g. ABC.v2.apr24.csv.zip)."),
+    out: Path = typer.Option(Path("sites.parquet"), "--out", help="Site table to write (.parquet or .csv)."),
+    group_by: str = typer.Option("site_id", "--group-by", help="CV group: site_id (measurement set) or site_name."),
+    years: str = typer.Option(None, "--years", help="FIRST-LAST calendar years to keep (default: all)."),
+    tier: list[int] = typer.Option(None, "--tier", help="CO2 data-use tier(s) to keep, e.g. --tier 1 (default: all)."),
+    all_biomes: bool = typer.Option(False, "--all-biomes", help="Keep every biome (default: boreal and tundra)."),
+    zones: Path = typer.Option(None, "--zones", help="Keep only sites inside this zones file's domain."),
+    aquatic: bool = typer.Option(False, "--aquatic", help="Keep aquatic rows (default: terrestrial only)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file this command did not write."),
+):
+    """Read the published ABCflux CSV into a site table, with an import report beside it."""
+    from .abcflux import read_abcflux, write_abcflux
+
+    if group_by not in ("site_id", "site_name"):
+        raise typer.BadParameter("--group-by must be site_id or site_name")
+    try:
+        res = read_abcflux(file, group_by=group_by, period=_years(years) if years else None,
+                           tiers=set(tier) if tier else None, domain=None if all_biomes else "abz",
+                           zones=zones, terrestrial_only=not aquatic)
+        table, rep = write_abcflux(res, out, force=force)
+    except InputError as e:
+        _fail(e)
+    r = res.report
+    console.print(f"{r.rows_written} site-months at {r.sites_written} sites (of {r.rows_read} records) "
+                  f"written to [bold]{escape(str(table))}[/]; import report: {escape(str(rep))}", soft_wrap=True)
+
+
+@sites_app.command("summary")
+def sites_summary(
+    table: Path = typer.Argument(..., help="Site table (docs/formats.md section 1), e.g. from `sites import`."),
+    out: Path = typer.Option(None, "--out", help="Also write the statistics as markdown to this file."),
+):
+    """In-situ statistics: annual fluxes by biome, source sites, latitude, cycles, trends."""
+    from .formats import read_site_table
+    from .insitu import summary, summary_markdown
+
+    try:
+        text = summary_markdown(summary(read_site_table(table)))
+    except InputError as e:
+        _fail(e)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if out is not None:
+        out.write_text(text)
+
+
 if __name__ == "__main__":
     app()

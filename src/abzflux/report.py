@@ -743,6 +743,38 @@ def coverage_items(rd: RunData) -> list[Item]:
                  "(worst month of the year; RUN/budgets/coverage.csv).", table_html=_table(t.head(50)))]
 
 
+def insitu_tables(rd: RunData) -> list[Item]:
+    """In-situ statistics (abzflux.insitu) when the run's site table came from ABCflux (its
+    `abcflux_row` provenance column, written by `abzflux sites import abcflux`)."""
+    if not rd.has("sites.parquet"):
+        return []
+    sites = rd.sites()
+    if "abcflux_row" not in sites.columns:
+        return []
+    from .insitu import PAPER, summary
+
+    s = summary(sites)
+    b = s["biome_annual"].copy()
+    b["paper (in situ)"] = [f"{PAPER[k][0]:.0f} ± {PAPER[k][1]:.0f}" if k in PAPER else ""
+                            for k in (b.biome + " " + b.flux)]
+    sh, la, tr = s["source_share"], s["latitude"], s["trends"]
+    nee = tr[tr.flux == "nee"]
+    other = pd.DataFrame([
+        {"statistic": "sites with annual NEE > 0", "value": f"{sh['source_sites']} of {sh['sites']} "
+         f"({100 * sh['share']:.0f} %)", "paper": "29 %"},
+        {"statistic": "Pearson r, site NEE vs latitude", "value": f"{la['pearson_r']:.2f} (p = {la['p']:.3g}, "
+         f"n = {la['n']})", "paper": "0.26 (P = 0.053)"},
+        {"statistic": "sites with ≥ 8 complete NEE years", "value": f"{len(nee)}, {int((nee.p < 0.05).sum())} "
+         "with p < 0.05", "paper": "9, 1 significant"}])
+    cap = ("The run's site table is ABCflux (abzflux sites import abcflux). Annual flux: each site's mean over "
+           "its site-years with 12 months, then mean ± SD across sites (g C m-2 yr-1); docs/real_data.md "
+           "explains the differences from the paper's values.")
+    return [Item("insitu_biomes", "In situ (ABCflux)", "In-situ annual fluxes by biome", cap,
+                 table_html=_table(b)),
+            Item("insitu_other", "In situ (ABCflux)", "Source sites, latitude and site trends", cap,
+                 table_html=_table(other))]
+
+
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, escape=True, border=0, classes="tbl", na_rep="",
                       float_format=lambda v: f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}")
@@ -750,7 +782,7 @@ def _table(df: pd.DataFrame) -> str:
 
 FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     fig1_maps, fig2_budgets, fig3_monthly, fig4_regions, fig_skill, fig_interpret, fig_fire, fig_uncertainty,
-    uncertainty_method, fig_extrapolation, tables, coverage_items)
+    uncertainty_method, fig_extrapolation, tables, coverage_items, insitu_tables)
 
 
 # --------------------------------------------------------------------------- the page
