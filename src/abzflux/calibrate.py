@@ -159,10 +159,14 @@ def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bo
 def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resolution_km: float = 200.0,
                     years: tuple[int, int] = (2011, 2020), n_estimators: int = 100, n_bootstrap: int = 10,
                     block_km: float = 1000.0, n_sites: int = 200, n_site_months: int = 4900,
-                    log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    network_tables: dict | None = None, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
     calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
-    the same directory reuses the twins and method runs already finished."""
+    the same directory reuses the twins and method runs already finished.
+
+    ``network_tables``: network label -> a site table in the contract; a twin whose ``network``
+    is such a label has that table's sites (``make_twin(network=...)``) in the world of the
+    realistic twin of the same seed."""
     from .twin import TwinSpec, make_twin
 
     out = Path(out)
@@ -174,9 +178,10 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
         if not (tdir / "config.toml").exists():
             shutil.rmtree(tdir, ignore_errors=True)
             t0 = time.perf_counter()
+            table = (network_tables or {}).get(t["network"])
             make_twin(tdir, TwinSpec(resolution_km=resolution_km, first_year=years[0], last_year=years[1],
                                      seed=t["seed"], n_sites=n_sites, n_site_months=n_site_months,
-                                     network=t["network"]))
+                                     network="realistic" if table is not None else t["network"]), network=table)
             log(f"twin {name}: {time.perf_counter() - t0:.0f} s")
         truth, dirs = run_twin(tdir, out / "runs" / name, methods, n_estimators=n_estimators,
                                n_bootstrap=n_bootstrap, block_km=block_km, log=log)

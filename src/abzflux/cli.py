@@ -305,6 +305,12 @@ def calibrate(
     trees: int = typer.Option(100, "--trees", help="Trees per forest (final, CV and bootstrap)."),
     n_bootstrap: int = typer.Option(10, "--bootstrap", help="Bootstrap forests per flux and method."),
     block_km: float = typer.Option(1000, "--block-km", help="Spatial block size of the blocks method (km)."),
+    network_file: Path = typer.Option(None, "--network-file",
+                                      help="Every twin takes this site network (sites, months, methods, "
+                                           "disturbances; docs/twin.md), labelled by the file's name; "
+                                           "--networks and --realistic are then ignored."),
+    network_format: str = typer.Option("contract", "--network-format",
+                                       help="Format of --network-file: contract or abcflux."),
     quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
@@ -313,8 +319,17 @@ def calibrate(
     y0, y1 = _years(years)
     if twins < 5:
         raise typer.BadParameter("--twins must be at least 5")
+    tables = None
+    if network_file is not None:
+        from .twin_network import read_network
+
+        try:
+            tables = {network_file.stem: read_network(network_file, network_format)}
+        except InputError as e:
+            _fail(e)
+        networks, realistic = network_file.stem, None
     nets = [n.strip() for n in networks.split(",") if n.strip()]
-    if not nets or any(n not in ("realistic", "uniform") for n in nets):
+    if not nets or any(n not in ("realistic", "uniform", *(tables or {})) for n in nets):
         raise typer.BadParameter("--networks: comma-separated realistic and/or uniform")
     ms = [m.strip() for m in methods.split(",") if m.strip()]
     if not ms or any(m not in BOOT_METHODS for m in ms):
@@ -331,7 +346,7 @@ def calibrate(
     t0 = time.perf_counter()
     try:
         _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
-                                  n_bootstrap=n_bootstrap, block_km=block_km, log=log)
+                                  n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables, log=log)
     except (InputError, ValueError) as e:
         _fail(e)
     t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
