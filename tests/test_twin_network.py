@@ -261,3 +261,11 @@ def test_cli_twin_on_a_contract_network(tmp_path, zones):
     r = CliRunner().invoke(app, ["twin", "--out", str(tmp_path / "v"), "--network", str(path),
                                  "--network-format", "xls"])
     assert r.exit_code == 2 and "unknown network format 'xls'" in r.output and not (tmp_path / "v").exists()
+
+
+def test_cli_calibrate_names_a_bad_network_file(tmp_path, zones):
+    bad = tmp_path / "bad.csv"
+    network_table(zones).drop(columns="lat").to_csv(bad, index=False)
+    r = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "cal"), "--network-file", str(bad)])
+    assert r.exit_code == 2 and "bad.csv: [lat] missing required column" in r.output
+    assert not (tmp_path / "cal").exists()

@@ -311,6 +311,9 @@ def calibrate(
                                            "--networks and --realistic are then ignored."),
     network_format: str = typer.Option("contract", "--network-format",
                                        help="Format of --network-file: contract or abcflux."),
+    extrapolation: bool = typer.Option(True, "--extrap/--no-extrap",
+                                       help="Score the +extrap variants (needs leave-one-site-out CV, one forest "
+                                            "per site: slow on large networks)."),
     quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
@@ -346,7 +349,8 @@ def calibrate(
     t0 = time.perf_counter()
     try:
         _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
-                                  n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables, log=log)
+                                  n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables,
+                                  extrapolation=extrapolation, log=log)
     except (InputError, ValueError) as e:
         _fail(e)
     t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
