@@ -269,3 +269,22 @@ def test_cli_calibrate_names_a_bad_network_file(tmp_path, zones):
     r = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "cal"), "--network-file", str(bad)])
     assert r.exit_code == 2 and "bad.csv: [lat] missing required column" in r.output
     assert not (tmp_path / "cal").exists()
+
+
+def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zones):
+    """`abzflux calibrate --no-extrap` skips the LOSO CV and the extrapolation term only: with
+    the twin's fixed mtry the forests, bootstrap members and budgets are those of a full run."""
+    from abzflux.calibrate import run_twin, twin_rows
+
+    spec = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
+    make_twin(tmp_path / "twin", spec, network=network_table(zones))
+    kw = dict(n_estimators=5, n_bootstrap=2, block_km=1000.0, log=lambda m: None)
+    truth, (full,) = run_twin(tmp_path / "twin", tmp_path / "full", ["sites"], **kw)
+    _, (lite,) = run_twin(tmp_path / "twin", tmp_path / "lite", ["sites"], extrapolation=False, **kw)
+    a, b = pd.read_csv(full / "budgets_annual.csv"), pd.read_csv(lite / "budgets_annual.csv")
+    assert "tg_c_sd_total" in a and "tg_c_sd_total" not in b
+    pd.testing.assert_frame_equal(a[b.columns], b)
+    assert not (tmp_path / "lite" / "shared" / "uncertainty").exists()
+    rows_lite = twin_rows(lite, truth, "sites", {"twin": "t", "network": "net", "seed": 448})
+    assert set(rows_lite.method) == {"sites"} and len(rows_lite) == len(b[b.zone.isin(rows_lite.zone.unique())
+                                                                          & b.flux.isin(["gpp", "reco", "nee"])])
