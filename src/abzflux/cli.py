@@ -125,8 +125,9 @@ def twin(
         r = summary["network"]
         console.print(f"network {escape(str(network_path))}: {r['sites_placed']} of {r['sites_in_table']} sites placed "
                       f"({r['sites_outside_grid']} outside the grid, {r['sites_without_domain_land']} in cells without "
-                      f"domain land; {r['sites_shifted']} shifted in time, {r['site_months_truncated']} site-months "
-                      "outside the years): twin.json, key network", soft_wrap=True, highlight=False)
+                      f"domain land, {r['sites_without_months']} without months in the years; {r['sites_shifted']} "
+                      f"shifted in time, {r['site_months_truncated']} site-months outside the years): twin.json, key "
+                      "network", soft_wrap=True, highlight=False)
 
 
 @app.command()
