@@ -20,7 +20,13 @@ from abzflux.domain import CRS_EPSG, load_domain
 from abzflux.errors import InputError
 from abzflux.formats import read_site_table, write_crs
 from abzflux.twin import TwinSpec, fire_legacy, make_twin
-from abzflux.twin_network import NO_DOMAIN_LAND, OUTSIDE_GRID, check_network, place_network, year_shift
+from abzflux.twin_network import (
+    NO_DOMAIN_LAND,
+    OUTSIDE_GRID,
+    check_network,
+    place_network,
+    year_shift,
+)
 
 SPEC = TwinSpec(resolution_km=200, first_year=2019, last_year=2020, seed=7, n_sites=30, n_site_months=400)
 # sha256 of sites.csv of make_twin(SPEC) at main 430ee01, before networks existed: the synthetic
@@ -278,7 +284,7 @@ def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zone
 
     spec = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
     make_twin(tmp_path / "twin", spec, network=network_table(zones))
-    kw = dict(n_estimators=5, n_bootstrap=2, block_km=1000.0, log=lambda m: None)
+    kw = {"n_estimators": 5, "n_bootstrap": 2, "block_km": 1000.0, "log": lambda m: None}
     truth, (full,) = run_twin(tmp_path / "twin", tmp_path / "full", ["sites"], **kw)
     _, (lite,) = run_twin(tmp_path / "twin", tmp_path / "lite", ["sites"], extrapolation=False, **kw)
     a, b = pd.read_csv(full / "budgets_annual.csv"), pd.read_csv(lite / "budgets_annual.csv")

@@ -42,7 +42,13 @@ from . import budgets as budgets_mod
 from .domain import BIOMES, CRS_EPSG, REGIONS, load_domain
 from .formats import write_crs
 from .predictors import BY_NAME, STACK_VARIABLES, VEG_CLASSES
-from .twin_network import HARVEST_LABELS, THAW_LABELS, NetworkPlacement, check_network, place_network
+from .twin_network import (
+    HARVEST_LABELS,
+    THAW_LABELS,
+    NetworkPlacement,
+    check_network,
+    place_network,
+)
 from .vocab import FLUX_UNITS
 
 DAYS = np.array([31, 28.25, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])

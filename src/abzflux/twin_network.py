@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .formats import FLUXES, SITE_REQUIRED, cell_index, read_site_table
+from .formats import SITE_REQUIRED, cell_index, read_site_table
+from .vocab import FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ def read_network(path, fmt: str = "contract") -> pd.DataFrame:
         raise InputError(str(path), f"unknown network format {fmt!r}", expected=" or ".join(NETWORK_FORMATS))
     if fmt == "abcflux":
         try:
-            from .abcflux import read_abcflux  # the importer, loaded only when asked for
+            from .abcflux import (
+                read_abcflux,  # the importer, loaded only when asked for
+            )
         except ImportError as e:
             raise InputError(str(path), f"cannot read ABCflux files here ({e})",
                              expected="a site table from `abzflux sites import abcflux` with --network-format "
@@ -217,14 +219,14 @@ def place_network(table: pd.DataFrame, zones, first_year: int, last_year: int, *
     report = {
         "source": file,
         "first_year": int(first_year), "last_year": int(last_year),
-        "sites_in_table": int(len(loc)), "site_months_in_table": int(len(table)),
+        "sites_in_table": len(loc), "site_months_in_table": len(table),
         "sites_excluded": len(excluded),
         "sites_outside_grid": int(outside.sum()), "sites_without_domain_land": int(no_land.sum()),
         "site_months_of_excluded_sites": int(sum(e["site_months"] for e in excluded)),
         "sites_shifted": int((sites.shift_years != 0).sum()),
         "site_months_truncated": n_truncated,
         "site_months_without_flux": n_no_flux,
-        "sites_placed": int(len(sites)), "site_months_placed": int(len(records)),
+        "sites_placed": len(sites), "site_months_placed": len(records),
         "sites_without_months": len(dropped_all),
         "fire_rows_without_years_since_fire": int((fire & ~np.isfinite(ysf)).sum()),
         "excluded": excluded,
