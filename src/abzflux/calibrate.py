@@ -117,22 +117,24 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
 
 
 def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bootstrap: int, block_km: float,
-             log=print) -> tuple[pd.DataFrame, list[Path]]:
+             extrapolation: bool = True, log=print) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
-    bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed)."""
+    bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
+    ``extrapolation=False``: no leave-one-site-out CV and no extrapolation term (no ``+extrap``
+    rows); the forests, bootstraps and budgets are the same."""
     from .config import load_config
     from .pipeline import Context, stage_bootstrap, stage_budgets, stage_forest, stage_sites, stage_upscale
     from .uncertainty import stage_extrapolation
 
     cfg = load_config(twin_dir / "config.toml")
     cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0,
-                         cv=True)
-    cfg.uncertainty = replace(cfg.uncertainty, extrapolation=True, block_km=block_km)
+                         cv=extrapolation)
+    cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg=cfg, out=base, log=log)
     steps = (("sites", stage_sites, "sites.parquet"), ("forest", stage_forest, "models"),
-             ("extrapolation", stage_extrapolation, "uncertainty"))
+             ("extrapolation", stage_extrapolation, "uncertainty"))[:3 if extrapolation else 2]
     for name, func, output in steps:  # a resumed calibration keeps finished steps
         if not (base / output).exists():
             t0 = time.perf_counter()
@@ -144,7 +146,7 @@ def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bo
         d = run_root / m
         if not (d / "budgets_annual.csv").exists():
             d.mkdir(parents=True, exist_ok=True)
-            for item in ("sites.parquet", "models", "cv", "uncertainty"):
+            for item in ("sites.parquet", "models", "cv", "uncertainty")[:4 if extrapolation else 3]:
                 _copy(base / item, d / item)
             mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d, log=log)
             t0 = time.perf_counter()
@@ -158,10 +160,15 @@ def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bo
 def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resolution_km: float = 200.0,
                     years: tuple[int, int] = (2011, 2020), n_estimators: int = 100, n_bootstrap: int = 10,
                     block_km: float = 1000.0, n_sites: int = 200, n_site_months: int = 4900,
+                    network_tables: dict | None = None, extrapolation: bool = True,
                     log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
     calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
-    the same directory reuses the twins and method runs already finished."""
+    the same directory reuses the twins and method runs already finished.
+
+    ``network_tables``: network label -> a site table in the contract; a twin whose ``network``
+    is such a label has that table's sites (``make_twin(network=...)``) in the world of the
+    realistic twin of the same seed."""
     from .twin import TwinSpec, make_twin
 
     out = Path(out)
@@ -173,12 +180,13 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
         if not (tdir / "config.toml").exists():
             shutil.rmtree(tdir, ignore_errors=True)
             t0 = time.perf_counter()
+            table = (network_tables or {}).get(t["network"])
             make_twin(tdir, TwinSpec(resolution_km=resolution_km, first_year=years[0], last_year=years[1],
                                      seed=t["seed"], n_sites=n_sites, n_site_months=n_site_months,
-                                     network=t["network"]))
+                                     network="realistic" if table is not None else t["network"]), network=table)
             log(f"twin {name}: {time.perf_counter() - t0:.0f} s")
         truth, dirs = run_twin(tdir, out / "runs" / name, methods, n_estimators=n_estimators,
-                               n_bootstrap=n_bootstrap, block_km=block_km, log=log)
+                               n_bootstrap=n_bootstrap, block_km=block_km, extrapolation=extrapolation, log=log)
         for m, d in zip(methods, dirs):
             rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
         cal = pd.concat(rows, ignore_index=True)

@@ -79,7 +79,12 @@ def twin(
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed: the same seed gives identical files."),
     n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
     n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
-    network: str = typer.Option("realistic", "--network", help="Site network: realistic (biased) or uniform."),
+    network: str = typer.Option("realistic", "--network",
+                                help="Site network: realistic (biased), uniform, or a FILE whose sites, months, "
+                                     "methods and disturbances the twin's sites take (docs/twin.md)."),
+    network_format: str = typer.Option("contract", "--network-format",
+                                       help="Format of --network FILE: contract (a site table) or abcflux (a raw "
+                                            "ABCflux CSV, read as `abzflux sites import abcflux` does)."),
     coarse_km: float = typer.Option(None, "--coarse-km",
                                   help="Also write a coarse model set's twin at this spacing (in out/coarse)."),
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
@@ -89,8 +94,15 @@ def twin(
     from .twin import TwinSpec, make_twin
 
     y0, y1 = _years(years)
-    if network not in ("realistic", "uniform"):
-        raise typer.BadParameter("--network must be realistic or uniform")
+    table = None
+    if network not in ("realistic", "uniform"):  # a network file; the world is the realistic twin's
+        from .twin_network import read_network
+
+        try:
+            table = read_network(Path(network), network_format)
+        except InputError as e:
+            _fail(e)
+        network_path, network = network, "realistic"
     spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed,
                     n_sites=n_sites, n_site_months=n_site_months, network=network)
     coarse = None
@@ -101,7 +113,7 @@ def twin(
     t0 = time.perf_counter()
     prog = _progress_factory(quiet)("generating twin years")
     try:
-        summary = make_twin(out, spec, progress=prog, coarse=coarse)
+        summary = make_twin(out, spec, progress=prog, coarse=coarse, network=table)
     except (ValueError, FileExistsError) as e:
         _fail(e)
     finally:
@@ -109,6 +121,13 @@ def twin(
     console.print(f"twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s: "
                   f"{summary['sites']} sites, {summary['site_months']} site-months, "
                   f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²", soft_wrap=True)
+    if "network" in summary:
+        r = summary["network"]
+        console.print(f"network {escape(str(network_path))}: {r['sites_placed']} of {r['sites_in_table']} sites placed "
+                      f"({r['sites_outside_grid']} outside the grid, {r['sites_without_domain_land']} in cells without "
+                      f"domain land, {r['sites_without_months']} without months in the years; {r['sites_shifted']} "
+                      f"shifted in time, {r['site_months_truncated']} site-months outside the years): twin.json, key "
+                      "network", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -293,6 +312,15 @@ def calibrate(
     trees: int = typer.Option(100, "--trees", help="Trees per forest (final, CV and bootstrap)."),
     n_bootstrap: int = typer.Option(10, "--bootstrap", help="Bootstrap forests per flux and method."),
     block_km: float = typer.Option(1000, "--block-km", help="Spatial block size of the blocks method (km)."),
+    network_file: Path = typer.Option(None, "--network-file",
+                                      help="Every twin takes this site network (sites, months, methods, "
+                                           "disturbances; docs/twin.md), labelled by the file's name; "
+                                           "--networks and --realistic are then ignored."),
+    network_format: str = typer.Option("contract", "--network-format",
+                                       help="Format of --network-file: contract or abcflux."),
+    extrapolation: bool = typer.Option(True, "--extrap/--no-extrap",
+                                       help="Score the +extrap variants (needs leave-one-site-out CV, one forest "
+                                            "per site: slow on large networks)."),
     quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
@@ -301,8 +329,17 @@ def calibrate(
     y0, y1 = _years(years)
     if twins < 5:
         raise typer.BadParameter("--twins must be at least 5")
+    tables = None
+    if network_file is not None:
+        from .twin_network import read_network
+
+        try:
+            tables = {network_file.stem: read_network(network_file, network_format)}
+        except InputError as e:
+            _fail(e)
+        networks, realistic = network_file.stem, None
     nets = [n.strip() for n in networks.split(",") if n.strip()]
-    if not nets or any(n not in ("realistic", "uniform") for n in nets):
+    if not nets or any(n not in ("realistic", "uniform", *(tables or {})) for n in nets):
         raise typer.BadParameter("--networks: comma-separated realistic and/or uniform")
     ms = [m.strip() for m in methods.split(",") if m.strip()]
     if not ms or any(m not in BOOT_METHODS for m in ms):
@@ -319,7 +356,8 @@ def calibrate(
     t0 = time.perf_counter()
     try:
         _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
-                                  n_bootstrap=n_bootstrap, block_km=block_km, log=log)
+                                  n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables,
+                                  extrapolation=extrapolation, log=log)
     except (InputError, ValueError) as e:
         _fail(e)
     t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")

@@ -42,6 +42,13 @@ from . import budgets as budgets_mod
 from .domain import BIOMES, CRS_EPSG, REGIONS, load_domain
 from .formats import write_crs
 from .predictors import BY_NAME, STACK_VARIABLES, VEG_CLASSES
+from .twin_network import (
+    HARVEST_LABELS,
+    THAW_LABELS,
+    NetworkPlacement,
+    check_network,
+    place_network,
+)
 from .vocab import FLUX_UNITS
 
 DAYS = np.array([31, 28.25, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
@@ -98,6 +105,17 @@ class TwinSpec:
     n_site_months: int = 4900
     network: str = "realistic"  # or "uniform": sites spread over the domain by area
     fire_spinup_years: int = 20
+
+
+# Observation model of the site fluxes (docs/twin.md, "Sites"): correlated lognormal site effects
+# (SD of log GPP and log Reco factors, their correlation), disturbance effects on the log factor,
+# multiplicative measurement noise (SD of the log), NEE noise (g C m-2 month-1).
+SITE_EFFECT_SD = (0.20, 0.25)
+SITE_EFFECT_R = 0.6
+THAW_RECO_EFFECT = 0.25
+HARVEST_GPP_EFFECT = -0.3
+MEASUREMENT_SD = 0.10
+NEE_NOISE_SD = 3.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -420,7 +438,8 @@ def _site_calendar(rng, n, first, last, fire_year=np.nan):
 #: at most a year): bounded memory on big grids, few appends on small ones.
 WRITE_BLOCK_BYTES = 256 * 2**20
 
-def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None) -> dict:
+def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None,
+              network: pd.DataFrame | None = None) -> dict:
     """Generate a twin into directory ``out`` (created; must not exist or be empty).
 
     Files: ``sites.csv``, ``predictors.zarr``, ``zones.nc``, ``fire.zarr``, ``truth.nc``,
@@ -431,17 +450,28 @@ def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coars
     ``coarse``: a second twin for the coarse model set (e.g. a coarser grid over 1990-2016),
     written to ``out/coarse`` with its own sites, predictors and truth, and referenced by a
     ``[coarse]`` section of ``config.toml``.
+
+    ``network``: a site table in the contract (docs/formats.md §1; e.g. the real ABCflux network,
+    :func:`abzflux.twin_network.read_network`) whose sites, months, methods and disturbance labels
+    replace the synthetic network (in both model sets), by the rules of
+    :mod:`abzflux.twin_network`; its ``attrs["source"]`` names it in messages and ``twin.json``
+    (key ``network``). The world (predictors, truth, fire) is the synthetic twin's of the same
+    spec. Without it the synthetic network is written, unchanged.
     """
+    if network is not None:
+        source = network.attrs.get("source", "<network table>")
+        network = check_network(network, source)
+        network.attrs["source"] = source
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: directory exists and is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        summary = _write_twin(tmp, spec, progress)
+        summary = _write_twin(tmp, spec, progress, network)
         if coarse is not None:
             (tmp / "coarse").mkdir()
-            summary["coarse"] = _write_twin(tmp / "coarse", coarse, progress)
+            summary["coarse"] = _write_twin(tmp / "coarse", coarse, progress, network)
             (tmp / "coarse" / "config.toml").unlink()
             (tmp / "twin.json").write_text(json.dumps(summary, indent=2))
             with open(tmp / "config.toml", "a") as fh:
@@ -523,7 +553,87 @@ def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarra
     rec.loc[rec.index[sel], "reco_t"] = sf["reco"]
 
 
-def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
+def _site_effect_cov() -> list:
+    """Covariance of the log site-effect factors of GPP and Reco."""
+    sg, sr = SITE_EFFECT_SD
+    return [[sg**2, SITE_EFFECT_R * sg * sr], [SITE_EFFECT_R * sg * sr, sr**2]]
+
+
+def _network_records(placement: NetworkPlacement) -> pd.DataFrame:
+    """Site-month records of a placed network, in the shape the monthly loop fills
+    (:func:`_site_truth`): a fire site's ``fire_year`` is the decimal year of its fire in the
+    twin's years and ``fire_month`` 0.5, so that the age there is the row's years since fire."""
+    r = placement.records.merge(placement.sites[["site", "iy", "ix", "lat", "lon"]], on="site", how="left")
+    return r.assign(fire_year=r.fire_time.to_numpy(np.float64), fire_month=0.5)
+
+
+def _network_site_table(rng, rec: pd.DataFrame, placement: NetworkPlacement) -> tuple[pd.DataFrame, np.ndarray]:
+    """A placed network's site table: the truth at its cells and months with the synthetic
+    network's observation model (site effects, disturbance effects by label, measurement noise);
+    each flux present where the network has it; the network's ids, locations, methods,
+    disturbance labels and years since fire. Returns the table and each site's label (``fire``
+    where any of its rows is fire-labelled, else its first label)."""
+    n_s = len(placement.sites)
+    re = rng.multivariate_normal([0, 0], _site_effect_cov(), size=n_s)
+    site = rec.site.to_numpy()
+    k = rec.disturbance.to_numpy(object).astype(str)
+    r_g = re[site, 0] + np.where(np.isin(k, HARVEST_LABELS), HARVEST_GPP_EFFECT, 0.0)
+    r_r = re[site, 1] + np.where(np.isin(k, THAW_LABELS), THAW_RECO_EFFECT, 0.0)
+    n = len(rec)
+    gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
+    reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
+    nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
+    table = pd.DataFrame({
+        "site_id": placement.sites.site_id.to_numpy(object)[site],
+        "lat": rec.lat.values, "lon": rec.lon.values,
+        "year": rec.year.values, "month": rec.month.values,
+        "gpp": np.where(rec.has_gpp.values, gpp, np.nan).round(3),
+        "reco": np.where(rec.has_reco.values, reco, np.nan).round(3),
+        "nee": np.where(rec.has_nee.values, nee, np.nan).round(3),
+        "method": rec.method.values,
+        "disturbance": np.where(k == "none", "", k),
+        "years_since_fire": rec.years_since_fire.values,
+    }).sort_values(["site_id", "year", "month"], kind="mergesort")
+    first = pd.Series(k).groupby(site).first()
+    fire = pd.Series(k == "fire").groupby(site).any()
+    kind = np.where(fire.to_numpy(), "fire", first.to_numpy(object))
+    return table, kind
+
+
+def _synthetic_site_table(rng, rec: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The synthetic network's site table: truth at the site, site effects, noise, gaps."""
+    n_s = len(sites)
+    re = rng.multivariate_normal([0, 0], _site_effect_cov(), size=n_s)
+    kind = rng.choice(["none", "harvest", "thermokarst"], p=[0.9, 0.05, 0.05], size=n_s)
+    kind = np.where(~np.isnan(sites.fire_year.values), "fire", kind)
+    nee_only = rng.random(n_s) < 0.22
+    r_g, r_r = re[rec.site.values, 0], re[rec.site.values, 1]
+    k = kind[rec.site.values]
+    r_r = r_r + np.where(k == "thermokarst", THAW_RECO_EFFECT, 0.0)
+    r_g = r_g + np.where(k == "harvest", HARVEST_GPP_EFFECT, 0.0)
+    n = len(rec)
+    gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
+    reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
+    nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
+    drop_parts = nee_only[rec.site.values] | (rng.random(n) < 0.05)
+    table = pd.DataFrame({
+        "site_id": [f"TW{s + 1:03d}" for s in rec.site.values],
+        "lat": rec.lat.values, "lon": rec.lon.values,
+        "year": rec.year.values, "month": rec.month.values,
+        "gpp": np.where(drop_parts, np.nan, gpp).round(3),
+        "reco": np.where(drop_parts, np.nan, reco).round(3),
+        "nee": nee.round(3),
+        "method": rec.method.values,
+        "disturbance": np.where(k == "none", "", k),
+        "years_since_fire": np.where(
+            k == "fire",
+            (rec.year.values + (rec.month.values - 0.5) / 12 - rec.fire_year.values
+             - (rec.fire_month.values - 0.5) / 12).round(3), np.nan),
+    }).sort_values(["site_id", "year", "month"], kind="mergesort")
+    return table, kind
+
+
+def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | None = None) -> dict:
     w = _World(spec)
     rng = w.rng
     crs = CRS.from_epsg(CRS_EPSG)
@@ -557,6 +667,13 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
         yrs, mons, method = _site_calendar(rng, int(n), spec.first_year, spec.last_year, s.fire_year)
         recs.append(pd.DataFrame({"site": s.site, "year": yrs, "month": mons, "method": method}))
     rec = pd.concat(recs, ignore_index=True).merge(sites, on="site")
+    placement = None
+    if network is not None:
+        # The synthetic sites above are drawn and discarded, so that the world (weather,
+        # predictors, truth, fire) is the synthetic twin's of the same spec: only the sites differ.
+        placement = place_network(network, zones, spec.first_year, spec.last_year,
+                                  file=str(network.attrs.get("source", "<network table>")))
+        rec = _network_records(placement)
     rec["gpp_t"] = rec["reco_t"] = np.nan
 
     # ---- monthly loop: predictors, fire and truth, appended in blocks of months: a whole year on
@@ -612,35 +729,10 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
     truth.close()
 
     # ---- the site table: truth at the site, site effects, noise, gaps
-    n_s = len(sites)
-    cov = [[0.20**2, 0.6 * 0.20 * 0.25], [0.6 * 0.20 * 0.25, 0.25**2]]
-    re = rng.multivariate_normal([0, 0], cov, size=n_s)
-    kind = rng.choice(["none", "harvest", "thermokarst"], p=[0.9, 0.05, 0.05], size=n_s)
-    kind = np.where(~np.isnan(sites.fire_year.values), "fire", kind)
-    nee_only = rng.random(n_s) < 0.22
-    r_g, r_r = re[rec.site.values, 0], re[rec.site.values, 1]
-    k = kind[rec.site.values]
-    r_r = r_r + np.where(k == "thermokarst", 0.25, 0.0)
-    r_g = r_g + np.where(k == "harvest", -0.3, 0.0)
-    n = len(rec)
-    gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, 0.10, n))
-    reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, 0.10, n))
-    nee = reco - gpp + rng.normal(0, 3.0, n)
-    drop_parts = nee_only[rec.site.values] | (rng.random(n) < 0.05)
-    table = pd.DataFrame({
-        "site_id": [f"TW{s + 1:03d}" for s in rec.site.values],
-        "lat": rec.lat.values, "lon": rec.lon.values,
-        "year": rec.year.values, "month": rec.month.values,
-        "gpp": np.where(drop_parts, np.nan, gpp).round(3),
-        "reco": np.where(drop_parts, np.nan, reco).round(3),
-        "nee": nee.round(3),
-        "method": rec.method.values,
-        "disturbance": np.where(k == "none", "", k),
-        "years_since_fire": np.where(
-            k == "fire",
-            (rec.year.values + (rec.month.values - 0.5) / 12 - rec.fire_year.values
-             - (rec.fire_month.values - 0.5) / 12).round(3), np.nan),
-    }).sort_values(["site_id", "year", "month"], kind="mergesort")
+    if placement is not None:
+        table, kind = _network_site_table(rng, rec, placement)
+    else:
+        table, kind = _synthetic_site_table(rng, rec, sites)
     table.to_csv(tmp / "sites.csv", index=False)
 
     area = float((zones.land_fraction * zones.cell_area).sum()) / 1e6
@@ -654,6 +746,8 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress) -> dict:
         "fire_sites": int((kind == "fire").sum()),
         "truth_period_mean_tg": _period_means(tb),
     }
+    if placement is not None:
+        summary["network"] = placement.report
     summary["references"] = _write_references(tmp, spec, w, zones)
     (tmp / "twin.json").write_text(json.dumps(summary, indent=2))
     (tmp / "config.toml").write_text(default_config_toml(spec, [r["file"] for r in summary["references"]]))
