@@ -188,9 +188,9 @@ def test_plan_chunks_skips_tiles_without_land():
 
 def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
     import rasterio
+    from typer.testing import CliRunner
 
     from abzflux.cli import app
-    from typer.testing import CliRunner
 
     run, _ = study_run
     ds = xr.open_zarr(run / "upscaled.zarr", consolidated=False)
