@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/abzflux demo --out demo
 
+# --dist load --maxschedchunk 2: one test at a time to the next free worker, in the order that
+# tests/conftest.py sets (the shared study is built first; the longest tests do not end the run).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist load --maxschedchunk 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=30
+	$(PYTEST) --durations=30
 
 # Unit and property tests: everything not marked `slow` (no study run, no killed run).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow" --durations=15
+	$(PYTEST) -m "not slow" --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

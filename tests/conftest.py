@@ -13,7 +13,9 @@ checks at the end of the session that the shared directories still hold exactly 
 (names, sizes, modification times) they held when it first used them, and fails otherwise.
 
 Tests that need the study run are marked ``slow`` here (building it is a whole study);
-``make test-fast`` runs ``-m "not slow"``.
+``make test-fast`` runs ``-m "not slow"``. An expensive module-scoped fixture should be built
+with :func:`shared_build` too: under ``--dist load`` a module's tests may run on several
+workers, and each would otherwise build its own.
 """
 
 from __future__ import annotations
@@ -137,11 +139,50 @@ def absolute_config(text: str, twin: Path) -> str:
 # ----------------------------------------------------------------------------- hooks
 
 
+def _scopes(item) -> set[str]:
+    info = getattr(item, "_fixtureinfo", None)
+    return {d[-1].scope for d in info.name2fixturedefs.values()} if info else set()
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(config, items):
     """Tests that use the shared study run are whole-study tests: ``slow``."""
     for item in items:
-        if "study_run" in getattr(item, "fixturenames", ()):
+        if "study_run" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+            item.stash[AUTO_SLOW] = True
+
+
+AUTO_SLOW = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist sends the collection to the scheduler
+def pytest_collection_finish(session):
+    """The order in
+    which the tests are handed out (``make test``: ``--dist load --maxschedchunk 2``, one test
+    at a time to the next free worker), chosen so that no worker waits and the longest tests do
+    not end the run alone:
+
+    0. one test that needs the study run: its worker builds the study first;
+    1. the other tests marked ``slow`` that need no study run (killed and resumed tiny runs);
+    2. every test that is not slow, module by module;
+    3. the tests marked ``slow`` that run another study on the shared one (by then built);
+    4. the other tests that only read the study run, module by module.
+
+    Within each group the collection order is kept, so a module's tests stay together."""
+    items = session.items
+    rank = {}
+    first = None
+    for i, item in enumerate(items):
+        uses_study = "study_run" in getattr(item, "fixturenames", ())
+        slow = item.get_closest_marker("slow") is not None and not item.stash.get(AUTO_SLOW, False)
+        if uses_study and not slow and first is None and _scopes(item) <= {"session", "function"}:
+            first = i
+        rank[i] = (3 if slow else 4) if uses_study else (1 if slow else 2)
+    if first is not None:
+        rank[first] = 0
+    order = sorted(range(len(items)), key=lambda i: (rank[i], i))
+    items[:] = [items[i] for i in order]
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -16,6 +16,7 @@ table of docs/errors.md (case, what is wrong, the error message) from real runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ from typer.testing import CliRunner
 from abzflux.cli import app
 from abzflux.formats import write_crs
 from abzflux.twin import TwinSpec, make_twin
+
+from conftest import shared_build
 
 # A tiny twin: 300-km grid (27 x 30 cells), two years, 30 sites; validation takes about a second.
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
@@ -662,10 +665,10 @@ def error_text(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_twin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("catalogue") / "twin"
-    make_twin(out, TINY)
-    return out
+def tiny_twin(shared_root, code_key):
+    """The catalogue's valid twin (built once per pytest run and shared by the workers: read-only)."""
+    key = hashlib.sha256(f"{code_key}|{TINY!r}".encode()).hexdigest()
+    return shared_build(shared_root, "catalogue-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
 def test_the_valid_twin_runs_validation(tiny_twin):

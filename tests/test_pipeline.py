@@ -75,6 +75,7 @@ def test_run_json_records_provenance(study_run, fast_config):
                                  "compare", "summary"]
 
 
+@pytest.mark.slow  # runs another study
 def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast_config, tmp_path):
     out0, _ = study_run
     out = tmp_path / "run"
@@ -97,6 +98,7 @@ def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast
     assert json.loads((out / "models" / "forest.json").read_text())["nee"]["mtry"] == 6
 
 
+@pytest.mark.slow  # runs another study
 def test_same_inputs_and_seed_give_identical_outputs(study_run, fast_config, tmp_path):
     """Every output file of a second run is byte-identical (run.json and the stage markers hold
     timestamps and timings and are left out)."""
