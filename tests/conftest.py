@@ -12,8 +12,8 @@ makes its own copy (``shutil.copytree``) or a view of symlinks in ``tmp_path``. 
 checks at the end of the session that the shared directories still hold exactly the files
 (names, sizes, modification times) they held when it first used them, and fails otherwise.
 
-Tests that need the study run are marked ``slow`` here (building it is a whole study);
-``make test-fast`` runs ``-m "not slow"``. An expensive module-scoped fixture should be built
+Tests that need the shared twin or the study run are marked ``slow`` here; ``make test-fast``
+runs ``-m "not slow"``. An expensive module-scoped fixture should be built
 with :func:`shared_build` too: under ``--dist load`` a module's tests may run on several
 workers, and each would otherwise build its own.
 """
@@ -144,11 +144,16 @@ def _scopes(item) -> set[str]:
     return {d[-1].scope for d in info.name2fixturedefs.values()} if info else set()
 
 
+SLOW_FIXTURES = frozenset(SHARED_FIXTURES)
+"""A test that uses one of these is ``slow``: it needs the coarse twin (a 100-km, 20-year
+twin, built once per run) or the whole study run on it."""
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(config, items):
-    """Tests that use the shared study run are whole-study tests: ``slow``."""
+    """Tests that use the shared twin or study run are ``slow``."""
     for item in items:
-        if "study_run" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
             item.stash[AUTO_SLOW] = True
 

@@ -671,6 +671,7 @@ def tiny_twin(shared_root, code_key):
     return shared_build(shared_root, "catalogue-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
+@pytest.mark.slow  # builds a twin, runs the CLI
 def test_the_valid_twin_runs_validation(tiny_twin):
     """The catalogue's base inputs are valid: every failure below is the mutation's."""
     r = CliRunner().invoke(app, ["validate", str(tiny_twin / "config.toml")])
@@ -693,6 +694,7 @@ def test_docs_list_every_case():
             assert part.replace("|", "\\|") in rows[c.id], (c.id, part)
 
 
+@pytest.mark.slow  # each case runs the CLI on a twin
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tiny_twin, tmp_path):
     result, run_dir = run_case(case, tiny_twin, tmp_path / case.id)
@@ -707,6 +709,7 @@ def test_bad_input(case, tiny_twin, tmp_path):
     assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
 
 
+@pytest.mark.slow  # builds a twin, runs the CLI
 def test_validate_gives_the_same_error(tiny_twin, tmp_path):
     """`abzflux validate` makes the same checks as `run` (the same code: three cases suffice)."""
     for cid in ("sites-month-13", "fire-units", "coarse-set-bad"):
