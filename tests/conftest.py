@@ -91,15 +91,18 @@ def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-_SEEN: dict[Path, dict[str, tuple[int, int]]] = {}
+SNAPSHOTS: dict[Path, dict[str, tuple[int, int]]] = {}
+"""Each shared directory this process used -> its files when first used."""
 
 
-def shared_build(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
+def shared_build(root: Path, name: str, key: str, build: Callable[[Path], None],
+                 snapshots: dict | None = None) -> Path:
     """``root/name-KEY``, built by ``build(path)`` once across processes under a file lock.
 
     ``build`` writes into the final path (run directories record absolute input paths, so the
     directory is never renamed); a file ``name-KEY.done`` written afterwards marks it complete.
-    A directory without its marker is what a crashed build left: it is deleted and rebuilt."""
+    A directory without its marker is what a crashed build left: it is deleted and rebuilt.
+    The directory's files are recorded in ``snapshots`` (default :data:`SNAPSHOTS`)."""
     path = root / f"{name}-{key[:16]}"
     done = path.with_name(path.name + ".done")
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -114,14 +117,14 @@ def shared_build(root: Path, name: str, key: str, build: Callable[[Path], None])
                 done.write_text(key + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    _SEEN.setdefault(path, _snapshot(path))
+    (SNAPSHOTS if snapshots is None else snapshots).setdefault(path, _snapshot(path))
     return path
 
 
-def untouched_shared_dirs() -> list[str]:
+def untouched_shared_dirs(snapshots: dict | None = None) -> list[str]:
     """Problems found: shared fixture directories whose files changed since this process read them."""
     bad = []
-    for path, before in _SEEN.items():
+    for path, before in (SNAPSHOTS if snapshots is None else snapshots).items():
         now = _snapshot(path)
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
