@@ -1,22 +1,35 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test`. For development:
+# `make test-fast` (no whole-study tests) and `make lint` (ruff + mypy, as CI).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 demo: $(STAMP)
 	$(BIN)/abzflux demo --out demo
 
+# --dist load --maxschedchunk 2: one test at a time to the next free worker, in the order that
+# tests/conftest.py sets (the shared study is built first; the longest tests do not end the run).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist load --maxschedchunk 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=30
+	$(PYTEST) --durations=30
+
+# Unit and property tests: everything not marked `slow` (no study run, no killed run).
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) demo

@@ -15,8 +15,15 @@ from abzflux.calibrate import coverage_summary, error_ratio, inside, score, summ
 from abzflux.config import load_config
 from abzflux.errors import ConfigError
 from abzflux.pipeline import Context, add_extrapolation_sd, stage_bootstrap, training_rows
-from abzflux.uncertainty import (HALF_NORMAL, extrapolation_sd, fit_extrapolation, resample_rows, site_blocks,
-                                 stage_extrapolation, zone_extrapolation_sd)
+from abzflux.uncertainty import (
+    HALF_NORMAL,
+    extrapolation_sd,
+    fit_extrapolation,
+    resample_rows,
+    site_blocks,
+    stage_extrapolation,
+    zone_extrapolation_sd,
+)
 
 
 # --------------------------------------------------------------------------- coverage arithmetic

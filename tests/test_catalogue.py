@@ -16,6 +16,7 @@ table of docs/errors.md (case, what is wrong, the error message) from real runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,8 @@ from typer.testing import CliRunner
 from abzflux.cli import app
 from abzflux.formats import write_crs
 from abzflux.twin import TwinSpec, make_twin
+
+from conftest import shared_build
 
 # A tiny twin: 300-km grid (27 x 30 cells), two years, 30 sites; validation takes about a second.
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
@@ -819,12 +822,13 @@ def error_text(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_twin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("catalogue") / "twin"
-    make_twin(out, TINY)
-    return out
+def tiny_twin(shared_root, code_key):
+    """The catalogue's valid twin (built once per pytest run and shared by the workers: read-only)."""
+    key = hashlib.sha256(f"{code_key}|{TINY!r}".encode()).hexdigest()
+    return shared_build(shared_root, "catalogue-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
+@pytest.mark.slow  # builds a twin, runs the CLI
 def test_the_valid_twin_runs_validation(tiny_twin):
     """The catalogue's base inputs are valid: every failure below is the mutation's."""
     r = CliRunner().invoke(app, ["validate", str(tiny_twin / "config.toml")])
@@ -847,6 +851,7 @@ def test_docs_list_every_case():
             assert part.replace("|", "\\|") in rows[c.id], (c.id, part)
 
 
+@pytest.mark.slow  # each case runs the CLI on a twin
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tiny_twin, tmp_path):
     result, run_dir = run_case(case, tiny_twin, tmp_path / case.id)
@@ -861,6 +866,7 @@ def test_bad_input(case, tiny_twin, tmp_path):
     assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
 
 
+@pytest.mark.slow  # builds a twin, runs the CLI
 def test_validate_gives_the_same_error(tiny_twin, tmp_path):
     """`abzflux validate` makes the same checks as `run` (the same code: three cases suffice)."""
     for cid in ("sites-month-13", "fire-units", "coarse-set-bad"):

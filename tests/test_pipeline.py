@@ -15,6 +15,8 @@ from abzflux.config import load_config
 from abzflux.errors import InputError, RunDirConflict
 from abzflux.pipeline import file_hash, output_digest, run_study
 
+from conftest import absolute_config
+
 # Stated tolerances for the coarse (100 km, 100-tree) twin study. GPP and Reco are large,
 # well-sampled fluxes; NEE is their small residual and is reported, not bounded here.
 GPP_RECO_TOL = 0.10  # relative error of the domain and boreal period-mean budgets
@@ -73,6 +75,7 @@ def test_run_json_records_provenance(study_run, fast_config):
                                  "compare", "summary"]
 
 
+@pytest.mark.slow  # runs another study
 def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast_config, tmp_path):
     out0, _ = study_run
     out = tmp_path / "run"
@@ -82,8 +85,8 @@ def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast
     assert rec["output_digest"] == json.loads((out0 / "run.json").read_text())["output_digest"]
     # A different mtry would mix forests of two configs in one run directory: refused, nothing
     # touched; --restart (restart=True) starts over.
-    cfg = fast_config.read_text().replace("mtry = 5", "mtry = 6")
-    p2 = fast_config.with_name("config_mtry6.toml")
+    cfg = absolute_config(fast_config.read_text(), fast_config.parent).replace("mtry = 5", "mtry = 6")
+    p2 = tmp_path / "config_mtry6.toml"  # not beside fast_config: the shared twin is read-only
     p2.write_text(cfg)
     before = output_digest(out)
     with pytest.raises(RunDirConflict, match=r"forest\.mtry: 5 -> 6 \(stages forest, interpret, bootstrap, upscale"):
@@ -95,6 +98,7 @@ def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast
     assert json.loads((out / "models" / "forest.json").read_text())["nee"]["mtry"] == 6
 
 
+@pytest.mark.slow  # runs another study
 def test_same_inputs_and_seed_give_identical_outputs(study_run, fast_config, tmp_path):
     """Every output file of a second run is byte-identical (run.json and the stage markers hold
     timestamps and timings and are left out)."""

@@ -10,6 +10,7 @@ outputs of another config or other inputs is refused before anything is written,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,6 +32,8 @@ from abzflux.config import Config, load_config
 from abzflux.errors import RunDirConflict
 from abzflux.pipeline import NO_OUTPUT_EFFECT, clean_run_dir, file_hash, output_digest, output_keys, run_study
 from abzflux.twin import TwinSpec, make_twin
+
+from conftest import shared_build
 
 TINY = TwinSpec(resolution_km=300, first_year=2001, last_year=2003, seed=448, n_sites=30, n_site_months=800)
 TINY_FOREST = """[forest]
@@ -56,10 +59,15 @@ def _write_config(twin: Path, path: Path, forest: str = TINY_FOREST, sites: Path
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_twin(d / "twin", TINY)
-    return _write_config(d / "twin", d / "config.toml")
+def tiny(shared_root, code_key):
+    """The tiny twin's config (built once per pytest run and shared by the workers: read-only)."""
+
+    def build(d: Path) -> None:
+        make_twin(d / "twin", TINY)
+        _write_config(d / "twin", d / "config.toml")
+
+    key = hashlib.sha256(f"{code_key}|{TINY!r}|{TINY_FOREST}".encode()).hexdigest()
+    return shared_build(shared_root, "resume-twin", key, build) / "config.toml"
 
 
 def _start(cfg: Path, out: Path, log: Path, *extra: str, threads: str = "1") -> subprocess.Popen:
@@ -95,13 +103,18 @@ def _nothing_half_done(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny, tmp_path_factory):
-    """An uninterrupted run in this process (numba's default threads: one per core)."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    run_study(load_config(tiny), out, log=lambda m: None)
-    return out
+def reference(tiny, shared_root):
+    """An uninterrupted run in a pytest process (numba's default threads: one per core), shared
+    by the workers: read-only."""
+
+    def build(d: Path) -> None:
+        run_study(load_config(tiny), d / "run", log=lambda m: None)
+
+    key = hashlib.sha256(str(tiny.parent).encode()).hexdigest()  # the twin's directory holds its key
+    return shared_build(shared_root, "resume-ref", key, build) / "run"
 
 
+@pytest.mark.slow
 def test_killed_at_several_points_and_restarted_matches_uninterrupted(tiny, reference, tmp_path):
     out, log = tmp_path / "run", tmp_path / "log.txt"
     shutil.copytree(reference, out)  # a finished run of another config: refused, then --restart
@@ -151,6 +164,7 @@ def test_killed_at_several_points_and_restarted_matches_uninterrupted(tiny, refe
     assert b["environment"]["numba_threads"] == numba.config.NUMBA_NUM_THREADS
 
 
+@pytest.mark.slow
 def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -194,6 +208,7 @@ def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference,
     assert [s for s, r in rec["stages"].items() if not r["skipped"]] == ["summary"] and output_digest(out) == before
 
 
+@pytest.mark.slow
 def test_restart_deletes_only_what_abzflux_wrote(reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)

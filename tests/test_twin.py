@@ -18,6 +18,7 @@ from abzflux.twin import TwinSpec, fire_legacy, make_twin, true_fluxes
 PAPER_DOMAIN_KM2 = 20.7e6
 
 
+@pytest.mark.slow  # the 10-km domain on 7 grids
 def test_domain_area_close_to_paper_and_conserved_by_aggregation():
     b = _base()
     mask_area = float(b["land_fraction"].astype(np.float64).sum()) * 1e8 / 1e6  # 10-km cells, km2
@@ -149,6 +150,7 @@ def test_site_network_is_biased_and_realistic(twin_dir):
     assert n.min() >= 1 and n.max() <= 213 and n.median() < n.mean()  # right-skewed records
 
 
+@pytest.mark.slow  # builds twins
 def test_twin_is_deterministic_and_seeded(tmp_path, monkeypatch):
     spec = TwinSpec(resolution_km=200, first_year=2019, last_year=2020, seed=7, n_sites=30, n_site_months=400)
     make_twin(tmp_path / "a", spec)
@@ -252,6 +254,7 @@ def test_reference_products_memory_does_not_grow_with_years(twin_dir, tmp_path):
     assert 2.0 < np.nanstd(a - truth.nee.values[:24]) < 30.0
 
 
+@pytest.mark.slow  # builds twins
 def test_sigterm_leaves_no_partial_twin(tmp_path):
     """A twin killed with SIGTERM (a scheduler's time limit) removes its temporary directory."""
     import os

@@ -79,6 +79,7 @@ def test_two_worker_localcluster_gives_identical_outputs(study_run, twin_dir, ti
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # same chunk order: bit-identical sums
 
 
+@pytest.mark.slow  # runs another study
 def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tmp_path):
     """Kill a real ``abzflux run`` in the middle of upscaling, rerun, compare."""
     run, _ = study_run
@@ -188,9 +189,9 @@ def test_plan_chunks_skips_tiles_without_land():
 
 def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
     import rasterio
+    from typer.testing import CliRunner
 
     from abzflux.cli import app
-    from typer.testing import CliRunner
 
     run, _ = study_run
     ds = xr.open_zarr(run / "upscaled.zarr", consolidated=False)
@@ -239,6 +240,7 @@ def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path
     assert not (tmp_path / "run" / "sites.parquet").exists()
 
 
+@pytest.mark.slow
 def test_two_model_sets_from_one_config(tmp_path):
     """The twin writes a fine and a coarse set; one run produces both stores with SD layers."""
     from abzflux.config import load_config

@@ -236,7 +236,7 @@ def _grow_batch(XT, y, yraw, is_cat, n_levels, order, pool, seeds, mtry, nodesiz
         state[0] = seeds[t]
         counts = np.zeros(n, np.float64)
         npool = pool.shape[0]
-        for d in range(npool):  # bootstrap: npool draws with replacement from the pool
+        for _ in range(npool):  # bootstrap: npool draws with replacement from the pool
             counts[pool[_randint(state, npool)]] += 1.0
         o = t * cap
         sizes[t] = _build_tree(XT, y, yraw, is_cat, n_levels, order, counts, mtry, nodesize, state,
@@ -335,7 +335,7 @@ class PackedForest:
         return self.predict_trees(X, ids).astype(np.int64)
 
     @classmethod
-    def from_sklearn(cls, model) -> "PackedForest":
+    def from_sklearn(cls, model) -> PackedForest:
         """Pack a fitted scikit-learn ``RandomForestRegressor`` (single output) or
         ``DecisionTreeRegressor`` into node records.
 
@@ -368,7 +368,7 @@ class PackedForest:
                 "value": self.value, "wcount": self.wcount}
 
     @classmethod
-    def from_arrays(cls, d) -> "PackedForest":
+    def from_arrays(cls, d) -> PackedForest:
         return cls(d["roots"], d["nodes"], d["catmask"], d["value"], d["wcount"])
 
 
@@ -408,7 +408,7 @@ def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed
     seeds = np.random.SeedSequence(seed).generate_state(n_trees, dtype=np.uint64)
     seeds[seeds == 0] = 1  # xorshift state must be non-zero
     cap = 2 * min(len(pool), n) + 1
-    parts = {k: [] for k in ("nodes", "catmask", "value", "wcount")}
+    parts: dict[str, list] = {k: [] for k in ("nodes", "catmask", "value", "wcount")}
     roots = []
     offset = 0
     for b0 in range(0, n_trees, batch):
@@ -710,13 +710,13 @@ class LevelForest:
         return cls(*arrays)
 
     @classmethod
-    def from_packed(cls, pf: "PackedForest", value: np.ndarray | None = None) -> "LevelForest":
+    def from_packed(cls, pf: PackedForest, value: np.ndarray | None = None) -> LevelForest:
         nd = pf.nodes
         return cls._build(nd["left"], nd["right"], nd["feat"], nd["thr"], pf.catmask,
                           pf.value if value is None else value, pf.roots)
 
     @classmethod
-    def from_sklearn(cls, model) -> "LevelForest":
+    def from_sklearn(cls, model) -> LevelForest:
         return cls.from_packed(PackedForest.from_sklearn(model))
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -159,7 +159,7 @@ def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, se
             if progress:
                 progress(i + 1, len(folds))
     parts = []
-    for (k, tr, te), res in zip(folds, results):
+    for (_, _, te), res in zip(folds, results):
         for m, pr in zip(grid, res):
             parts.append(pd.DataFrame({"row": te, "site_id": sites[te], "mtry": m, "obs": y[te], "pred": pr}))
     pred = pd.concat(parts, ignore_index=True)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from .formats import write_crs
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 BASE_RESOLUTION_KM = 10
 CRS_EPSG = 6931  # NSIDC EASE-Grid 2.0 North == +proj=laea +lat_0=90 +lon_0=0 +datum=WGS84
@@ -49,7 +53,7 @@ def _majority(codes: np.ndarray, weight: np.ndarray, k: int, ncode: int) -> np.n
     return out
 
 
-def _overlap(n_src: int, src_res: float, dst_res: float) -> "scipy.sparse.csr_matrix":
+def _overlap(n_src: int, src_res: float, dst_res: float) -> scipy.sparse.csr_matrix:
     """(n_dst, n_src) sparse matrix: the share of each destination cell covered by each source
     cell along one axis, both grids starting at the same edge. Destination cells reaching past
     the source extent are covered only partly (the rest counts as outside the domain)."""
@@ -100,7 +104,7 @@ def _aggregate(b: dict, resolution_km: float):
     ox = _overlap(lf10.shape[1], abs(dx), res)
 
     def remap(a):  # overlap-weighted sum over the source cells, per destination cell
-        return np.asarray((oy @ (ox @ a.T).T))
+        return np.asarray(oy @ (ox @ a.T).T)
 
     lf = remap(lf10)
     safe = np.where(lf > 0, lf, 1.0)

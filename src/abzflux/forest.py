@@ -186,7 +186,7 @@ class FluxForest:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path) -> "FluxForest":
+    def load(cls, path) -> FluxForest:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: z[k] for k in z.files if k != "meta"}

@@ -76,8 +76,9 @@ Either way the results equal ``zyp_trend`` bit for bit. Timing: ``benchmarks/ben
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
