@@ -361,7 +361,7 @@ def test_validate_passing_implies_the_first_stages_run(twin, tmp_path):
             try:
                 first_stages(w)
             except Exception as exc:  # noqa: BLE001 - any failure here is the one this test exists to catch
-                raise AssertionError(f"validate passed but the run failed: {what}: {type(exc).__name__}: {exc}")
+                raise AssertionError(f"validate passed but the run failed: {what}: {type(exc).__name__}: {exc}") from exc
             seen["ok"].append(what)
         else:
             assert r.exit_code == 2, (what, r.exit_code, r.output, r.exception)

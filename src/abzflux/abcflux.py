@@ -518,7 +518,8 @@ def _duplicates(df, report):
     report.add("duplicated site-month", "dropped", len(dropped),
                f"{n_groups} site-month(s) given more than once (same site key, year, month; {len(ident)} "
                "of the dropped rows have the same fluxes as the kept one): kept the row with the most "
-               "of nee/gpp/reco, then night-time partitioning (Reichstein), then the first in the file", _examples(dropped, np.ones(len(dropped), bool)))
+               "of nee/gpp/reco, then night-time partitioning (Reichstein), then the first in the file",
+               _examples(dropped, np.ones(len(dropped), bool)))
     return kept.sort_values("abcflux_row", kind="stable")
 
 

@@ -155,8 +155,14 @@ def run(
         out = out or cfg.source.resolve().parent / "run"
         log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
         # The summary and the report are written with the run directory still locked.
+
+        def finish() -> None:
+            _print_summary(out)
+            if report:
+                _write_report(out, quiet)
+
         run_study(cfg, out, log=log, force=force, restart=restart, progress_factory=_progress_factory(quiet),
-                  finish=lambda: (_print_summary(out), report and _write_report(out, quiet)))
+                  finish=finish)
     except InputError as e:
         _fail(e)
 
@@ -277,7 +283,10 @@ def demo(
     log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         cfg = load_config(twin_dir / "config.toml")
-        finish = lambda: (_print_summary(out / "run"), _write_report(out / "run", quiet))
+
+        def finish() -> None:
+            _print_summary(out / "run")
+            _write_report(out / "run", quiet)
         try:
             run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet),
                       finish=finish)
@@ -300,7 +309,7 @@ def calibrate(
     networks: str = typer.Option("realistic,uniform", "--networks",
                                  help="Site networks, comma-separated, assigned to the twins in turn; "
                                       "see --realistic for the split."),
-    realistic: int = typer.Option(None, "--realistic",
+    realistic: int | None = typer.Option(None, "--realistic",
                                   help="How many of the twins use the realistic network (default: all but 2 "
                                        "when both networks are given)."),
     seed: int = typer.Option(101, "--seed", help="Seed of the first twin; twin i uses seed + i."),

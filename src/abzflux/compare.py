@@ -29,8 +29,8 @@ from scipy import sparse, stats
 from scipy.spatial import cKDTree
 
 from . import budgets as budgets_mod
-from . import trends as trends_mod
 from . import seeds
+from . import trends as trends_mod
 from .errors import InputError
 from .formats import axis_unit_m, grid_crs, read_reference, write_crs
 from .predictors import CATEGORICAL, PREDICTOR_NAMES

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import seeds
 from ._rf import grow_forest, presort
 from .forest import FluxForest
-from . import seeds
-from .vocab import DEFAULT_SEED
 from .predictors import CATEGORICAL
+from .vocab import DEFAULT_SEED
 
 
 def mtry_grid(p: int, tune_length: int = 3) -> list[int]:

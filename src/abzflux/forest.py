@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._rf import LevelForest, PackedForest, grow_forest
 from . import seeds
+from ._rf import LevelForest, PackedForest, grow_forest
 from .predictors import CATEGORICAL, VEG_RECODE
 from .vocab import DEFAULT_SEED
 

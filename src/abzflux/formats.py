@@ -204,6 +204,7 @@ def open_dataset(path) -> xr.Dataset:
                 + ")",
                 expected="a complete NetCDF-4/HDF5 or NetCDF-3 file, or a Zarr store",
             )
+    assert ds is not None  # the loop either opened the file or raised
     ds = canonical_order(ds)
     ds.encoding["source"] = file
     return ds
@@ -262,6 +263,7 @@ def open_grid(path, chunks=None) -> xr.Dataset:
             except Exception:
                 if i == len(NETCDF_ENGINES) - 1:
                     raise
+    assert ds is not None  # the loop either opened the file or raised
     ds = canonical_order(ds)
     if "time" in ds.coords:
         ds = _check_time(ds, str(path))
