@@ -294,3 +294,25 @@ def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zone
     rows_lite = twin_rows(lite, truth, "sites", {"twin": "t", "network": "net", "seed": 448})
     assert set(rows_lite.method) == {"sites"} and len(rows_lite) == len(b[b.zone.isin(rows_lite.zone.unique())
                                                                           & b.flux.isin(["gpp", "reco", "nee"])])
+
+
+def test_abcflux_network_format_reads_the_importers_table(tmp_path, zones):
+    """`--network-format abcflux` on a raw ABCflux file = `sites import abcflux` then the contract
+    route: the same checked network, and it places real sites on the twin's land."""
+    from pathlib import Path
+
+    from abzflux.abcflux import read_abcflux, write_abcflux
+    from abzflux.twin_network import read_network
+
+    raw = Path(__file__).parent / "data" / "ABC.v2.apr24.excerpt.csv.zip"
+    direct = read_network(raw, "abcflux")
+    table, _ = write_abcflux(read_abcflux(raw), tmp_path / "sites.parquet")
+    via = read_network(table, "contract")
+    cols = ["site_id", "lat", "lon", "year", "month", "gpp", "reco", "nee", "method", "disturbance"]
+    pd.testing.assert_frame_equal(direct[cols].reset_index(drop=True), via[cols].reset_index(drop=True),
+                                  check_dtype=False)
+    assert direct.site_id.nunique() > 5 and direct.method.isin(["EC", "chamber"]).all()
+    p = place_network(direct, zones, 2001, 2020, file=str(raw))
+    assert p.report["sites_placed"] > 0 and len(p.records) > 0
+    with pytest.raises(InputError, match=r"unknown network format 'csv'"):
+        read_network(raw, "csv")
