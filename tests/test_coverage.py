@@ -203,6 +203,7 @@ def expected_shares(twin: Path, cells: np.ndarray, predictors: Path | None = Non
     return (lost / tot.where(tot > 0)).fillna(0.0).to_series()
 
 
+@pytest.mark.slow  # builds a twin
 def test_validate_stops_on_a_shrunken_domain_naming_variable_zone_year_share(twin, tmp_path):
     pred = nan_predictors(twin, tmp_path)
     cfg = write_config(tmp_path, twin, predictors=pred)
@@ -220,6 +221,7 @@ def test_validate_stops_on_a_shrunken_domain_naming_variable_zone_year_share(twi
     assert f"zone {zone}, year 2020" in out and str(pred) in out
 
 
+@pytest.mark.slow  # builds a twin
 def test_validate_warns_below_the_stop_threshold_and_names_the_zone(twin, tmp_path, caplog):
     pred = nan_predictors(twin, tmp_path)
     cfg = write_config(tmp_path, twin, predictors=pred, extra="\n[budgets]\ncoverage_stop = 1.0\n")
@@ -237,6 +239,7 @@ def test_validate_warns_below_the_stop_threshold_and_names_the_zone(twin, tmp_pa
     assert "coverage" not in caplog.text
 
 
+@pytest.mark.slow  # builds a twin
 def test_validate_stops_on_nan_vegetation_type_on_land(twin, tmp_path):
     """A NaN vegetation class is not predicted either (the forests split on veg_type)."""
     ds = xr.open_zarr(twin / "predictors.zarr", consolidated=False).load()
@@ -255,6 +258,7 @@ def test_validate_stops_on_nan_vegetation_type_on_land(twin, tmp_path):
     assert m.group(1) == f"{100 * share.max():.2f}" and share[m.group(2)] == pytest.approx(share.max(), abs=1e-9)
 
 
+@pytest.mark.slow  # builds a twin
 def test_coverage_config_keys_are_checked(twin, tmp_path):
     cfg = write_config(tmp_path, twin, extra="\n[budgets]\ncoverage_stop = 1.5\n")
     r = CliRunner().invoke(app, ["validate", str(cfg)])
@@ -273,6 +277,7 @@ def drop_fire_months(twin: Path, root: Path, keep) -> Path:
     return p
 
 
+@pytest.mark.slow  # builds a twin
 def test_validate_stops_on_a_fire_file_with_a_missing_year_inside_the_fire_period(twin, tmp_path):
     fire = drop_fire_months(twin, tmp_path, lambda t: t.year != 2020)  # the record ends a year early
     cfg = write_config(tmp_path, twin, fire=fire)
@@ -310,6 +315,7 @@ def short_run(twin, tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow  # builds a twin
 def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
     cov = pd.read_csv(short_run / "budgets" / "coverage.csv", keep_default_na=False)
     assert list(cov.columns) == list(C.COLUMNS)
@@ -350,6 +356,7 @@ def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
     assert a.coverage == pytest.approx(ak.predicted_km2 / ak.land_km2, rel=1e-6)
 
 
+@pytest.mark.slow  # builds a twin
 def test_summary_lists_the_zone_years_and_the_fire_years(short_run):
     md = (short_run / "summary.md").read_text()
     s = json.loads((short_run / "summary.json").read_text())
@@ -369,6 +376,7 @@ def test_summary_lists_the_zone_years_and_the_fire_years(short_run):
     assert "fire 2020–2020" in (short_run / "budgets" / "table1.md").read_text()
 
 
+@pytest.mark.slow  # builds a twin
 def test_report_shows_the_coverage(short_run):
     from abzflux.report import RunData, coverage_items
 
@@ -376,6 +384,7 @@ def test_report_shows_the_coverage(short_run):
     assert len(items) == 1 and "alaska" in items[0].table_html and "lose more than 0.001" in items[0].caption
 
 
+@pytest.mark.slow  # builds a twin
 def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
     from abzflux.pipeline import Context, coverage_summary
     from abzflux.report import RunData, coverage_items

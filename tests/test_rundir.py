@@ -31,6 +31,9 @@ from abzflux.config import load_config
 from abzflux.pipeline import clean_run_dir, file_hash, output_digest, run_study
 from abzflux.twin import TwinSpec, make_twin
 
+# Every test here writes a run directory with the CLI or the stages (make test-fast skips them).
+pytestmark = pytest.mark.slow
+
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
 TINY_FOREST = """[forest]
 n_estimators = 10

@@ -30,6 +30,9 @@ from abzflux.config import load_config
 from abzflux.formats import open_grid, read_zones, spacing_area_m2, write_crs
 from abzflux.twin import make_twin
 
+# Every test here runs stages on a built twin (make test-fast skips them).
+pytestmark = pytest.mark.slow
+
 TINY_FOREST = ["n_estimators = 3", "mtry = 3", "cv = false", "n_bootstrap = 2"]
 LAEA_KM = "+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=km +no_defs"
 

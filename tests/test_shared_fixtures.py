@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import absolute_config, shared_build, untouched_shared_dirs
 
 KEY = "ab" * 32
@@ -30,6 +32,7 @@ print(shared_build(root, "twin", sys.argv[3], build))
 """
 
 
+@pytest.mark.slow  # two processes build a twin
 def test_two_processes_build_once_and_both_read_the_result(tmp_path):
     log = tmp_path / "builds.txt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))

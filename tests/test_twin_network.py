@@ -175,11 +175,13 @@ def exact(tmp_path_factory, zones):
     return out, summary
 
 
+@pytest.mark.slow  # builds twins
 def test_synthetic_network_is_unchanged(synthetic):
     assert hashlib.sha256((synthetic / "sites.csv").read_bytes()).hexdigest() == SYNTHETIC_SITES_SHA256
     assert "network" not in json.loads((synthetic / "twin.json").read_text())
 
 
+@pytest.mark.slow  # builds twins
 def test_network_twin_shares_the_synthetic_world(exact, synthetic):
     out, _ = exact
     for f in ("truth.nc", "zones.nc", "ref_inversion.nc"):
@@ -189,6 +191,7 @@ def test_network_twin_shares_the_synthetic_world(exact, synthetic):
     assert (out / "truth_budgets.csv").read_bytes() == (synthetic / "truth_budgets.csv").read_bytes()
 
 
+@pytest.mark.slow  # builds twins
 def test_network_sites_observe_the_truth_of_their_cell(exact, zones):
     out, summary = exact
     a, b, _ = cells(zones)
@@ -216,6 +219,7 @@ def test_network_sites_observe_the_truth_of_their_cell(exact, zones):
     assert summary["sites"] == 8 and summary["fire_sites"] == 3
 
 
+@pytest.mark.slow  # builds twins
 def test_disturbance_labels_carry_the_twins_effects(exact):
     out, _ = exact
     s = read_site_table(out / "sites.csv").set_index(["site_id", "year", "month"])
@@ -236,6 +240,7 @@ def test_disturbance_labels_carry_the_twins_effects(exact):
             assert gap > 9.0 and f3.gpp < f20.gpp
 
 
+@pytest.mark.slow  # builds twins
 def test_network_twin_is_deterministic(tmp_path, zones):
     net = network_table(zones)
     make_twin(tmp_path / "a", SPEC, network=net)
@@ -248,6 +253,7 @@ def test_network_twin_is_deterministic(tmp_path, zones):
     assert set(ids) == set(pd.read_csv(tmp_path / "a" / "sites.csv").site_id)  # same sites, other noise
 
 
+@pytest.mark.slow  # builds twins
 def test_cli_twin_on_a_contract_network(tmp_path, zones):
     path = tmp_path / "net.csv"
     network_table(zones).to_csv(path, index=False)
@@ -277,6 +283,7 @@ def test_cli_calibrate_names_a_bad_network_file(tmp_path, zones):
     assert not (tmp_path / "cal").exists()
 
 
+@pytest.mark.slow  # builds twins
 def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zones):
     """`abzflux calibrate --no-extrap` skips the LOSO CV and the extrapolation term only: with
     the twin's fixed mtry the forests, bootstrap members and budgets are those of a full run."""
