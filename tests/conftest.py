@@ -240,7 +240,7 @@ def study_run(shared_root, code_key, fast_config):
     Shared and read-only: copy it (or symlink its entries) before writing."""
 
     def build(d: Path) -> None:
-        run_study(load_config(fast_config), d / "run", log=lambda m: None)
+        run_study(load_config(fast_config), d / "run")
 
     key = hashlib.sha256(f"{_twin_key(code_key)}|{fast_config}".encode()).hexdigest()
     out = shared_build(shared_root, "run", key, build) / "run"

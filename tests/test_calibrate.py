@@ -189,7 +189,7 @@ def test_bootstrap_stage_methods(run_copy, method):
     out, cfg = run_copy
     cfg = replace(cfg, forest=replace(cfg.forest, n_bootstrap=2, n_estimators=5),
                   uncertainty=replace(cfg.uncertainty, method=method, block_km=1500.0))
-    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    ctx = Context(cfg=cfg, out=out)
     stage_bootstrap(ctx)
     rec = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
     assert rec["method"] == method
@@ -219,7 +219,7 @@ def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
 
     out, cfg = run_copy
     cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, extrapolation=True))
-    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    ctx = Context(cfg=cfg, out=out)
     fitted = {}
 
     def fit(d, e):  # the real fit, recorded; the maps then use a known slope so that they are not all 0

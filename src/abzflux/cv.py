@@ -172,3 +172,21 @@ def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, se
     best = int(metrics.loc[metrics.caret_RMSE.idxmin(), "mtry"])  # caret "best": lowest mean RMSE
     metrics["selected"] = metrics.mtry == best
     return LosoResult(pred, metrics, best)
+
+
+SKILL_BREAKDOWNS = (None, "month", "biome", "veg_type", "disturbance", "method")
+
+
+def skill_tables(chosen: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The CV skill of the chosen mtry per flux, overall and by each breakdown, by file stem
+    (``skill``, ``skill_by_month``, ...)."""
+    out = {}
+    for by in SKILL_BREAKDOWNS:
+        parts = []
+        for f, g in chosen.groupby("flux", sort=False):
+            g = g.assign(disturbance=g.disturbance.fillna("none").replace("", "none")) if by == "disturbance" else g
+            t = skill_table(g, by)
+            t.insert(0, "flux", f)
+            parts.append(t)
+        out[f"skill{'' if by is None else '_by_' + by}"] = pd.concat(parts, ignore_index=True)
+    return out
