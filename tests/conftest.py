@@ -33,7 +33,7 @@ import pytest
 
 import abzflux
 from abzflux.config import load_config
-from abzflux.pipeline import run_study
+from abzflux.runner import run_study
 from abzflux.twin import TwinSpec, make_twin
 
 log = logging.getLogger(__name__)

@@ -273,20 +273,21 @@ def test_study_run_writes_compare_outputs(study_run, twin_dir, fast_config, tmp_
     # Without reference products the stage still writes the extrapolation outputs.
     import shutil
 
-    from abzflux.pipeline import Context
+    from abzflux.context import Context
+    from abzflux.steps.compare import run as stage_compare
 
     run2 = tmp_path / "run"
     shutil.copytree(out, run2, ignore=shutil.ignore_patterns("compare", "upscale.partial"))
     cfg = load_config(fast_config)
     cfg.inputs.references = None
-    cmp.stage_compare(Context(cfg=cfg, out=run2))
+    stage_compare(Context(cfg=cfg, out=run2))
     assert sorted(p.name for p in (run2 / "compare").iterdir()) == ["aoa_sd.csv", "clusters.csv",
                                                                    "extrapolation.zarr", "mess_area.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(run2 / "compare" / "clusters.csv"), cl)
 
 
 def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
 
     ref = xr.open_dataset(twin_dir / "ref_process.nc").load()
     ref = ref.assign_coords(time=ref.time.to_index() + pd.DateOffset(years=30))  # 2031-2044

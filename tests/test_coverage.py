@@ -19,8 +19,8 @@ from abzflux import coverage as C
 from abzflux.cli import app
 from abzflux.config import load_config
 from abzflux.errors import InputError
-from abzflux.pipeline import run_study, validate_study
 from abzflux.predictors import VEG_RECODE
+from abzflux.runner import run_study, validate_study
 from abzflux.twin import TwinSpec, make_twin
 
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
@@ -377,8 +377,9 @@ def test_report_shows_the_coverage(short_run):
 
 
 def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
-    from abzflux.pipeline import Context, coverage_summary
+    from abzflux.context import Context
     from abzflux.report import RunData, coverage_items
+    from abzflux.steps.summary import coverage_summary
 
     run = tmp_path / "run"
     (run / "budgets").mkdir(parents=True)

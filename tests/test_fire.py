@@ -108,7 +108,8 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     import shutil
 
     from abzflux.config import load_config
-    from abzflux.pipeline import Context, stage_fire
+    from abzflux.context import Context
+    from abzflux.steps.fire import run as stage_fire
 
     run, _ = study_run
     d = run / "fire"
@@ -152,7 +153,7 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
 
 def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_config, tmp_path, caplog):
     from abzflux.config import load_config
-    from abzflux.pipeline import Context
+    from abzflux.context import Context
 
     f = xr.open_zarr(twin_dir / "fire.zarr", consolidated=False).isel(time=slice(0, 24)).load()
     # split every cell into 2 x 2 finer cells with the same flux density: coarse values come back

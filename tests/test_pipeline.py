@@ -13,7 +13,7 @@ import xarray as xr
 
 from abzflux.config import load_config
 from abzflux.errors import InputError, RunDirConflict
-from abzflux.pipeline import file_hash, output_digest, run_study
+from abzflux.runner import file_hash, output_digest, run_study
 
 from conftest import absolute_config
 
@@ -178,7 +178,9 @@ def test_trend_outputs(study_run):
 def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
     """Bands of 7 rows (bounded memory) give the same maps and area shares as the run's stage
     (one band at this grid size), value by value."""
-    from abzflux.pipeline import Context, stage_trends, trend_band_rows
+    from abzflux.context import Context
+    from abzflux.steps.trends import run as stage_trends
+    from abzflux.trends import trend_band_rows
 
     out, _ = study_run
     run = tmp_path / "run"

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from abzflux.cli import app
 from abzflux.config import Config, load_config
 from abzflux.errors import RunDirConflict
-from abzflux.pipeline import NO_OUTPUT_EFFECT, clean_run_dir, file_hash, output_digest, output_keys, run_study
+from abzflux.runner import NO_OUTPUT_EFFECT, clean_run_dir, file_hash, output_digest, output_keys, run_study
 from abzflux.twin import TwinSpec, make_twin
 
 from conftest import shared_build

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from abzflux import rundir
 from abzflux.cli import app
 from abzflux.config import load_config
-from abzflux.pipeline import clean_run_dir, file_hash, output_digest, run_study
+from abzflux.runner import clean_run_dir, file_hash, output_digest, run_study
 from abzflux.twin import TwinSpec, make_twin
 
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)

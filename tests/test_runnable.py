@@ -25,9 +25,11 @@ import xarray as xr
 from test_catalogue import TINY, Work, error_text
 from typer.testing import CliRunner
 
-from abzflux import pipeline as pl
+from abzflux import steps
+from abzflux.checks import check_inputs
 from abzflux.cli import app
 from abzflux.config import load_config
+from abzflux.context import Context
 from abzflux.formats import open_grid, read_zones, spacing_area_m2, write_crs
 from abzflux.twin import make_twin
 
@@ -60,11 +62,11 @@ def first_stages(w: Work) -> Path:
     cfg = load_config(w.config)
     out = w.root / "run"
     out.mkdir()
-    ctx = pl.Context(cfg=cfg, out=out)
+    ctx = Context(cfg=cfg, out=out)
     try:
-        pl.check_inputs(ctx)
-        for stage in (pl.stage_sites, pl.stage_forest, pl.stage_bootstrap, pl.stage_upscale):
-            stage(ctx)
+        check_inputs(ctx)
+        for stage in (steps.sites, steps.forest, steps.bootstrap, steps.upscale):
+            stage.run(ctx)
     finally:
         ctx.close()
     return out
@@ -210,9 +212,9 @@ def test_site_without_land_is_dropped_with_a_warning(twin, tmp_path, caplog):
     cfg = load_config(w.config)
     out = w.root / "run"
     out.mkdir()
-    ctx = pl.Context(cfg=cfg, out=out)
+    ctx = Context(cfg=cfg, out=out)
     with caplog.at_level(logging.WARNING, logger="abzflux.steps.sites"):
-        pl.stage_sites(ctx)
+        steps.sites.run(ctx)
     table = pd.read_parquet(out / "sites.parquet")
     assert site in gone and not set(gone) & set(table.site_id)
     assert table.site_id.nunique() == df.site_id.nunique() - len(gone)

@@ -20,7 +20,7 @@ import xarray as xr
 
 from abzflux import upscale as up
 from abzflux.errors import InputError
-from abzflux.pipeline import FLUXES
+from abzflux.vocab import FLUXES
 
 
 def _inputs(study_run, twin_dir):
@@ -220,7 +220,7 @@ def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
 
 def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path):
     from abzflux.config import load_config
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
 
     pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False)
     t = pd.DatetimeIndex(pred.time.values)
@@ -245,7 +245,7 @@ def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path
 def test_two_model_sets_from_one_config(tmp_path):
     """The twin writes a fine and a coarse set; one run produces both stores with SD layers."""
     from abzflux.config import load_config
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
     from abzflux.twin import TwinSpec, make_twin
 
     d = tmp_path / "twin"

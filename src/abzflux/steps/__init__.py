@@ -18,4 +18,23 @@ STEPS: tuple[StepSpec, ...] = (
     trends.SPEC, fire.SPEC, compare.SPEC, summary.SPEC,
 )
 
-__all__ = ["STEPS", "StepSpec"]
+__all__ = ["STEPS", "StepSpec", "stage_table"]
+
+
+def _code(items) -> str:
+    return ", ".join(f"`{i}`" for i in items) or "–"
+
+
+def stage_table() -> str:
+    """The stage graph as a markdown table, generated from the specs (docs/architecture.md
+    holds this text between its ``stage table`` markers; tests/test_architecture.py checks it)."""
+    lines = ["| stage | module | config keys | inputs | upstream stages | upstream outputs read | outputs written "
+             "| runs |", "|---|---|---|---|---|---|---|---|"]
+    for st in STEPS:
+        runs = (f"with `inputs.{st.optional}`" if st.optional else f"when `{st.enabled_by}`" if st.enabled_by
+                else "always")
+        writes = _code(st.writes) + (" (+ " + _code(st.extras) + " in some runs)" if st.extras else "")
+        lines.append(f"| {st.name} | `steps/{st.name}.py` | {_code(st.config_keys)} | "
+                     f"{_code(f'inputs.{i}' for i in st.inputs)} | {', '.join(st.depends) or '–'} | "
+                     f"{_code(st.reads)} | {writes} | {runs} |")
+    return "\n".join(lines) + "\n"
