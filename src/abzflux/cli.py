@@ -15,7 +15,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import layout as L
 from .errors import InputError, RunDirConflict
+from .layout import RunLayout
 from .vocab import DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -219,11 +221,12 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
 
 
 # What `abzflux report` writes into a run directory (recorded as abzflux's, rundir.owning).
-REPORT_PATHS = ("report.html", "report", "report.tmp", "report.old")
+REPORT_PATHS = (L.REPORT_HTML, L.REPORT, L.REPORT + ".tmp", L.REPORT + ".old")
 
 
 def _print_summary(run_dir: Path) -> None:
-    s = json.loads((run_dir / "summary.json").read_text())
+    lay = RunLayout(run_dir)
+    s = json.loads(lay.summary_json.read_text())
     if "truth" in s:
         t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
                         f"± method: {s.get('uncertainty', 'rows')}")
@@ -259,9 +262,9 @@ def _print_summary(run_dir: Path) -> None:
     if cmp.get("nee_sd_inside_outside_aoa"):
         a, b = cmp["nee_sd_inside_outside_aoa"]
         console.print(f"NEE bootstrap SD inside / outside the area of applicability: {a:.1f} / {b:.1f} g C m-2 yr-1")
-    console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]", soft_wrap=True)
-    if (run_dir / "coarse" / "summary.md").exists():
-        console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]", soft_wrap=True)
+    console.print(f"summary: [bold]{lay.summary_md}[/]", soft_wrap=True)
+    if lay.coarse.summary_md.exists():
+        console.print(f"coarse model set summary: [bold]{lay.coarse.summary_md}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -452,10 +455,10 @@ def export(
     from .rundir import FileSystemError, fs_error, is_fs_error, locked, owning
     from .upscale import export_geotiff, export_netcdf
 
-    base = run_dir / "coarse" if model_set == "coarse" else run_dir
-    store = base / "upscaled.zarr"
+    base = RunLayout(run_dir).coarse if model_set == "coarse" else RunLayout(run_dir)
+    store = base.upscaled
     names = [v.strip() for v in variables.split(",")] if variables else None
-    target = out or base / ("upscaled.nc" if fmt == "netcdf" else "geotiff")
+    target = out or (base.upscaled_nc if fmt == "netcdf" else base.geotiff)
     try:
         if model_set not in ("fine", "coarse"):
             raise InputError(str(run_dir), f"unknown model set {model_set!r}", expected="fine or coarse")
@@ -471,7 +474,7 @@ def export(
             raise FileSystemError(str(target.parent), "no such directory", where=f"the parent of --out {target}",
                                   expected="an existing directory")
         # Not while a run writes the store (the lock); the default paths only over abzflux's own export.
-        own = owning(base, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
+        own = owning(base.root, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
         with locked(run_dir, "export", read_only_ok=out is not None), own:
             if fmt == "netcdf":
                 path = export_netcdf(store, target, names)

@@ -20,6 +20,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from . import budgets as budgets_mod
 from . import trends as trends_mod
 from .errors import InputError
 from .formats import axis_unit_m, read_reference, write_crs
-from .predictors import CATEGORICAL, PREDICTOR_NAMES
+from .predictors import CATEGORICAL, PREDICTOR_NAMES, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -605,6 +606,140 @@ def _summaries(arr: np.ndarray, times: pd.DatetimeIndex, periods) -> tuple[np.nd
         per = np.stack([np.nanmean(arr[(times.year >= a) & (times.year <= b)], 0) for a, b in periods])
         clim = np.stack([np.nanmean(arr[times.month == m], 0) for m in range(1, 13)])
         return per, clim, np.nanmean(arr, 0)
+
+
+def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Dataset, table: pd.DataFrame,
+                              importance: pd.DataFrame | None, years: tuple[int, int], crs, store: Path, *,
+                              period_length: int, cluster_sample: int, max_training: int, n_clusters: int,
+                              seed: int) -> dict[str, pd.DataFrame]:
+    """Where the model extrapolates (docs/compare.md): MESS per period against the NEE training
+    rows, the AOA (importance-weighted when ``importance`` is given, else equal weights) and
+    k-means environmental clusters, written band by band of grid rows into the Zarr store
+    ``store``. Returns the tables ``mess_area`` (share extrapolated per period and zone),
+    ``aoa_sd`` (bootstrap SD inside vs outside the AOA, from the ``*_sd`` variables of ``up``) and
+    ``clusters``. ``zones`` needs a ``cell_area`` (:func:`abzflux.budgets.with_cell_area`)."""
+    y0, y1 = years
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    times_all = pd.DatetimeIndex(pred.time.values)
+    tsel = np.nonzero((times_all.year >= y0) & (times_all.year <= y1))[0]
+    times = times_all[tsel]
+    periods = mess_periods(y0, y1, period_length)
+    pnames = [f"{a}-{b}" for a, b in periods]
+    V = len(CONTINUOUS)
+    rows = training_rows(table, "nee").reset_index(drop=True)
+    land = np.asarray((zones["land_fraction"].fillna(0) > 0).values)
+
+    # ---- pass 0 (bands of rows): MESS reference sets at the training cells, k-means sample
+    cells = np.unique(rows.iy.to_numpy() * nx + rows.ix.to_numpy())
+    ref_per = np.empty((len(periods), len(cells), V))
+    flat = np.flatnonzero(land.ravel())
+    samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cluster_sample, flat.size)).round().astype(int))]
+    sample = np.empty((len(samp), V))
+    band = band_rows(ny, nx, len(times))
+    cached = None
+    for i0 in range(0, ny, band):
+        ys = slice(i0, min(i0 + band, ny))
+        per, clim, mean = band_summaries(pred, ys, tsel, times, periods)
+        for idx, dest in ((cells, "ref"), (samp, "sample")):
+            sel = (idx >= ys.start * nx) & (idx < ys.stop * nx)
+            loc = idx[sel] - ys.start * nx
+            if dest == "ref":
+                ref_per[:, sel] = per[:, loc]
+            else:
+                sample[sel] = mean[loc]
+        if ys.stop - ys.start == ny:
+            cached = (per, clim, mean)  # one band holds the grid: pass 1 reuses it
+    pos = pd.Series(np.arange(len(cells)), index=cells)
+    row_cell = pos[rows.iy.to_numpy() * nx + rows.ix.to_numpy()].to_numpy()
+    refs_by_period = [ref_per[p][row_cell[(rows.year >= a).to_numpy() & (rows.year <= b).to_numpy()]]
+                      for p, (a, b) in enumerate(periods)]
+    for name, r in zip(pnames, refs_by_period):
+        if len(r) == 0:
+            log.info(f"MESS {name}: no NEE training rows in this period; its MESS is missing")
+
+    weights = np.ones(V)
+    if importance is not None:
+        imp = importance[importance.flux == "nee"].set_index("predictor").importance
+        weights = np.array([imp.get(v, 0.0) for v in CONTINUOUS], np.float64)
+    trows = rows
+    if len(rows) > max_training:
+        trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_training).round().astype(int))]
+        log.info(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
+    aoa = AOA(trows[list(CONTINUOUS)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
+    predict_cluster, centres, used = fit_clusters(sample, n_clusters, seed)
+    n_found = len(centres)
+
+    # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside
+    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found).to_zarr(store, compute=False, mode="w",
+                                                                             consolidated=False)
+    import zarr  # the band writes go straight to the arrays
+
+    g: Any = zarr.open_group(str(store), mode="r+")
+    sd_vars = [v for v in ("gpp_sd", "reco_sd", "nee_sd", "nee_derived_sd") if v in up]
+    zone_names = list(budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values)
+    mess_acc = np.zeros((2, len(periods), len(zone_names)))  # area with MESS, area with MESS < 0
+    sd_acc = {v: np.zeros(4) for v in sd_vars}  # inside: sum w*sd, sum w; outside: same
+    for i0 in range(0, ny, band):
+        ys = slice(i0, min(i0 + band, ny))
+        nb = ys.stop - ys.start
+        per, clim, mean = cached if cached is not None else band_summaries(pred, ys, tsel, times, periods)
+        lb = land[ys].ravel()
+        per[:, ~lb], clim[:, ~lb], mean[~lb] = np.nan, np.nan, np.nan
+        w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
+        ms = np.full((len(periods), nb * nx), np.nan, np.float32)
+        mod = np.full((len(periods), nb * nx), -1, np.int16)
+        for p in range(len(periods)):
+            if len(refs_by_period[p]):
+                ms[p], mod[p] = mess(per[p], refs_by_period[p])
+                fin = np.isfinite(ms[p])
+                mess_acc[0, p] += w[:, fin].sum(1)
+                mess_acc[1, p] += w[:, fin & (ms[p] < 0)].sum(1)
+        di_m = np.stack([aoa.di(clim[m]) for m in range(12)])
+        with np.errstate(invalid="ignore"):
+            di = np.where(np.isfinite(di_m).all(0), di_m.max(0), np.nan)
+        inside = np.where(np.isfinite(di), (di <= aoa.threshold).astype(np.int8), -1).astype(np.int8)
+        lab = predict_cluster(mean)
+        for v in sd_vars:
+            ann = annual_sums(np.asarray(up[v].isel(y=ys).values, np.float64).reshape(len(up.time), -1))
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # cells without SD (water)
+                sd = np.nanmean(ann, 0)
+            fin = np.isfinite(sd)
+            for k, sel in ((0, fin & (inside == 1)), (2, fin & (inside == 0))):
+                sd_acc[v][k] += (w[0][sel] * sd[sel]).sum()
+                sd_acc[v][k + 1] += w[0][sel].sum()
+        sh = (nb, nx)
+        g["mess"][:, ys] = ms.reshape(len(periods), *sh)
+        g["mess_mod"][:, ys] = mod.reshape(len(periods), *sh)
+        g["mess_class"][:, ys] = np.stack([np.where(np.isfinite(m_), mess_class(m_), 0) for m_ in ms]).reshape(
+            len(periods), *sh)
+        g["di"][ys] = di.reshape(sh).astype(np.float32)
+        g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
+        g["aoa"][ys] = inside.reshape(sh)
+        g["cluster"][ys] = lab.reshape(sh)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = mess_acc[1] / mess_acc[0]
+    mess_area = pd.DataFrame([{"period": pn, "zone": z, "share_extrapolated": share[p, k]}
+                              for p, pn in enumerate(pnames) for k, z in enumerate(zone_names)])
+    sd_rows = []
+    for v, (si, wi, so, wo) in sd_acc.items():
+        a = si / wi if wi > 0 else np.nan
+        b = so / wo if wo > 0 else np.nan
+        sd_rows.append({"flux": v[:-3], "inside_mean_sd": a, "outside_mean_sd": b,
+                        "ratio": b / a if a and np.isfinite(a) and a > 0 else np.nan})
+    aoa_sd = pd.DataFrame(sd_rows, columns=["flux", "inside_mean_sd", "outside_mean_sd", "ratio"])
+    lab_grid = np.asarray(g["cluster"][:])
+    all_rows = table[table[["gpp", "reco", "nee"]].notna().any(axis=1)]
+    site_lab = lab_grid[all_rows.iy.to_numpy(), all_rows.ix.to_numpy()]
+    ct = cluster_table(np.where(lab_grid.ravel() >= 0, lab_grid.ravel(), -1),
+                       np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values).ravel(),
+                       site_lab, all_rows.site_id.to_numpy(), centres, CONTINUOUS)
+    clusters = ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u])
+    inside_share = aoa_share(g, zones)
+    log.info(f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
+             f"{100 * inside_share:.0f}% of the land area inside; {n_found} clusters")
+    return {"mess_area": mess_area, "aoa_sd": aoa_sd, "clusters": clusters}
 
 
 def aoa_share(g, zones) -> float:

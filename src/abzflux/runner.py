@@ -149,8 +149,9 @@ def output_digest(run_dir) -> dict[str, str]:
         files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else []
         for f in files:
             out[str(f.relative_to(run_dir))] = file_hash(f)
-    if (run_dir / "coarse").is_dir():
-        out.update({f"coarse/{k}": v for k, v in output_digest(run_dir / "coarse").items()})
+    coarse = RunLayout(run_dir).coarse.root
+    if coarse.is_dir():
+        out.update({f"{L.COARSE}/{k}": v for k, v in output_digest(coarse).items()})
     return out
 
 
