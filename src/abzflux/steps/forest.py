@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
-import numpy as np
 import pandas as pd
 
 from .. import _atomic, plots, seeds
@@ -15,7 +13,6 @@ from .. import cv as cv_mod
 from .. import layout as L
 from ..context import Context
 from ..errors import InputError
-from ..forest import FluxForest
 from ..predictors import PREDICTOR_NAMES, training_rows
 from ..vocab import FLUXES
 from .spec import StepSpec, fresh_dir
@@ -45,53 +42,21 @@ def run(ctx: Context, progress_factory=None) -> None:
         for c in X_cols:
             if rows[c].nunique() < 2:
                 log.warning(f"{flux}: predictor {c} is constant over the training rows; it cannot split")
-        grid = [fs.mtry] if fs.mtry is not None else (fs.mtry_grid or cv_mod.mtry_grid(len(X_cols)))
-        best = fs.mtry if fs.mtry is not None else None
-        t0 = time.perf_counter()
-        if fs.cv:
-            prog = progress_factory(f"{flux}: leave-one-site-out folds") if progress_factory else None
-            try:
-                res = cv_mod.loso_cv(rows[X_cols], rows[flux].to_numpy(), rows.site_id.to_numpy(), grid,
-                                     n_trees=fs.n_estimators, nodesize=fs.nodesize, seed=ctx.cfg.run.seed,
-                                     progress=prog, client=ctx.client())
-            finally:
-                if prog is not None:
-                    prog(None, None)
-            best = res.best_mtry if best is None else best
-            pred = res.predictions.merge(rows[["site_id", "year", "month", "biome", "region", "veg_type",
-                                               "method", "disturbance"]].reset_index().rename(columns={"index": "row"}),
-                                         on=["row", "site_id"])
-            pred.insert(0, "flux", flux)
-            all_pred.append(pred)
-            m = res.metrics.copy()
-            m.insert(0, "flux", flux)
-            all_metrics.append(m)
-            overall[flux] = m[m.mtry == best].iloc[0].to_dict()
-        elif best is None:
-            best = max(len(X_cols) // 3, 1)
-        cv_s = time.perf_counter() - t0
-        model = FluxForest(n_estimators=fs.n_estimators, mtry=best, nodesize=fs.nodesize, central=fs.central,
-                           random_state=seeds.integer(ctx.cfg.run.seed, "forest"))
-        t0 = time.perf_counter()
-        model.fit(rows[X_cols], rows[flux].to_numpy())
-        fit_s = time.perf_counter() - t0
-        seconds[flux] = {"cv": round(cv_s, 2), "fit": round(fit_s, 2)}
-        model.save(models_dir / f"{flux}.npz")
-        fitted = model.predict(rows[X_cols])
-        obs = rows[flux].to_numpy()
-        info[flux] = {
-            "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": int(best),
-            "mtry_grid": [int(g) for g in grid], "tuned": fs.mtry is None and fs.cv,
-            "n_estimators": fs.n_estimators, "nodesize": fs.nodesize, "central": fs.central,
-            "sites_dropped_by_listwise_deletion": dropped,
-            "in_sample_r2": float(np.corrcoef(fitted, obs)[0, 1] ** 2),
-            "in_sample_rmse": float(np.sqrt(np.mean((fitted - obs) ** 2))),
-            "cv": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
-                   for k, v in overall.get(flux, {}).items()},
-        }
-        log.info(f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {best}"
+        prog = progress_factory(f"{flux}: leave-one-site-out folds") if progress_factory and fs.cv else None
+        fit = cv_mod.fit_flux(rows, flux, X_cols, mtry=fs.mtry, grid=fs.mtry_grid, n_estimators=fs.n_estimators,
+                              nodesize=fs.nodesize, central=fs.central, cv=fs.cv, seed=ctx.cfg.run.seed,
+                              forest_seed=seeds.integer(ctx.cfg.run.seed, "forest"), dropped=dropped,
+                              progress=prog, client=ctx.client() if fs.cv else None)
+        seconds[flux] = fit.seconds
+        fit.model.save(models_dir / f"{flux}.npz")
+        info[flux] = fit.info
+        if fit.overall is not None:
+            all_pred.append(fit.predictions)
+            all_metrics.append(fit.metrics)
+            overall[flux] = fit.overall
+        log.info(f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {info[flux]['mtry']}"
                  + (f" (LOSO RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
-                    f"{cv_s:.0f} s)" if flux in overall else ""))
+                    f"{fit.seconds['cv']:.0f} s)" if flux in overall else ""))
     (models_dir / "forest.json").write_text(json.dumps(info, indent=2))
     if all_pred:
         pred = pd.concat(all_pred, ignore_index=True)
