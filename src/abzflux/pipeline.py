@@ -12,9 +12,23 @@ from .checks import check_coverage, check_inputs, sites_without_land
 from .context import Context
 from .layout import RunLayout
 from .predictors import training_rows
-from .runner import (NO_OUTPUT_EFFECT, RUN_DIRS, RUN_FILES, build_stages, clean_run_dir, code_hash, digest_path,
-                     environment, file_hash, output_digest, output_keys, package_versions, run_paths, run_study,
-                     validate_study)
+from .runner import (
+    NO_OUTPUT_EFFECT,
+    RUN_DIRS,
+    RUN_FILES,
+    build_stages,
+    clean_run_dir,
+    code_hash,
+    digest_path,
+    environment,
+    file_hash,
+    output_digest,
+    output_keys,
+    package_versions,
+    run_paths,
+    run_study,
+    validate_study,
+)
 from .steps import StepSpec
 from .steps import bootstrap as _bootstrap
 from .steps import budgets as _budgets
