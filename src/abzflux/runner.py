@@ -33,7 +33,7 @@ from .config import Config
 from .context import Context
 from .errors import RunDirConflict
 from .layout import RunLayout
-from .steps import STEPS, StepSpec
+from .steps import STEPS, StepSpec, lineage
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,7 @@ def _cfg_value(cfg: Config, key: str):
 
 
 def _lineage(stages: list[StepSpec]) -> dict[str, tuple[tuple, tuple]]:
-    """Per stage: the config keys and inputs of the stage and every stage upstream of it (what
-    its outputs depend on, directly or through upstream outputs)."""
-    out: dict[str, tuple[set, set]] = {}
-    for st in stages:  # upstream stages come first
-        keys, inputs = set(st.config_keys), set(st.inputs)
-        for d in st.depends:
-            keys |= out[d][0]
-            inputs |= out[d][1]
-        out[st.name] = (keys, inputs)
-    return {k: (tuple(sorted(a)), tuple(sorted(b))) for k, (a, b) in out.items()}
+    return lineage(stages)
 
 
 def output_keys() -> set[str]:

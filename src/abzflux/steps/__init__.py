@@ -18,7 +18,21 @@ STEPS: tuple[StepSpec, ...] = (
     trends.SPEC, fire.SPEC, compare.SPEC, summary.SPEC,
 )
 
-__all__ = ["STEPS", "StepSpec", "stage_table"]
+__all__ = ["STEPS", "StepSpec", "lineage", "stage_table"]
+
+
+def lineage(specs=STEPS) -> dict[str, tuple[tuple, tuple]]:
+    """Per stage: the config keys and inputs of the stage and every stage upstream of it (what
+    its outputs depend on, directly or through upstream outputs; the runner's fingerprints and
+    run-directory conflicts use it)."""
+    out: dict[str, tuple[set, set]] = {}
+    for st in specs:  # upstream stages come first
+        keys, inputs = set(st.config_keys), set(st.inputs)
+        for d in st.depends:
+            keys |= out[d][0]
+            inputs |= out[d][1]
+        out[st.name] = (keys, inputs)
+    return {k: (tuple(sorted(a)), tuple(sorted(b))) for k, (a, b) in out.items()}
 
 
 def _code(items) -> str:
@@ -37,4 +51,8 @@ def stage_table() -> str:
         lines.append(f"| {st.name} | `steps/{st.name}.py` | {_code(st.config_keys)} | "
                      f"{_code(f'inputs.{i}' for i in st.inputs)} | {', '.join(st.depends) or '–'} | "
                      f"{_code(st.reads)} | {writes} | {runs} |")
+    lines += ["", "Every config key and input a stage's outputs depend on (its own and its upstream stages'; "
+              "a change reruns the stage):", "", "| stage | config keys | inputs |", "|---|---|---|"]
+    for name, (keys, inputs) in lineage().items():
+        lines.append(f"| {name} | {_code(keys)} | {_code(f'inputs.{i}' for i in inputs)} |")
     return "\n".join(lines) + "\n"
