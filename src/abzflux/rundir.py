@@ -251,7 +251,7 @@ def tree_files(path: Path) -> list[str]:
 
 
 def tree_hash(path: Path, files: Iterable[str]) -> str:
-    """SHA-256 of some files of a directory, computed as ``pipeline.file_hash`` computes it for
+    """SHA-256 of some files of a directory, computed as ``runner.file_hash`` computes it for
     the whole directory (relative path, then bytes, in sorted order)."""
     h = hashlib.sha256()
     for rel in sorted(files):
