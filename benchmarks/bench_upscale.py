@@ -61,8 +61,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         out = a.work or Path(d)
         info = up.upscale(a.twin / "predictors.zarr", a.twin / "zones.nc", models, members, out, sel,
-                          tile=a.tile, client=client, progress=progress, fingerprint=f"bench-{len(sel)}-{a.tile}",
-                          log=lambda m: None)
+                          tile=a.tile, client=client, progress=progress, fingerprint=f"bench-{len(sel)}-{a.tile}")
         wall = time.perf_counter() - t0
     n_forests = 3 + sum(len(v) for v in members.values())
     trees = {f: up._load(str(p)).n_estimators for f, p in models.items()}

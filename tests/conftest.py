@@ -33,7 +33,7 @@ import pytest
 
 import abzflux
 from abzflux.config import load_config
-from abzflux.pipeline import run_study
+from abzflux.runner import run_study
 from abzflux.twin import TwinSpec, make_twin
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def study_run(shared_root, code_key, fast_config):
     Shared and read-only: copy it (or symlink its entries) before writing."""
 
     def build(d: Path) -> None:
-        run_study(load_config(fast_config), d / "run", log=lambda m: None)
+        run_study(load_config(fast_config), d / "run")
 
     key = hashlib.sha256(f"{_twin_key(code_key)}|{fast_config}".encode()).hexdigest()
     out = shared_build(shared_root, "run", key, build) / "run"

@@ -11,17 +11,20 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from abzflux.budgets import add_extrapolation_sd
 from abzflux.calibrate import coverage_summary, error_ratio, inside, score, summary_markdown
 from abzflux.config import load_config
+from abzflux.context import Context
 from abzflux.errors import ConfigError
-from abzflux.pipeline import Context, add_extrapolation_sd, stage_bootstrap, training_rows
+from abzflux.predictors import training_rows
+from abzflux.steps.bootstrap import run as stage_bootstrap
+from abzflux.steps.extrapolation import run as stage_extrapolation
 from abzflux.uncertainty import (
     HALF_NORMAL,
     extrapolation_sd,
     fit_extrapolation,
     resample_rows,
     site_blocks,
-    stage_extrapolation,
     zone_extrapolation_sd,
 )
 
@@ -189,7 +192,7 @@ def test_bootstrap_stage_methods(run_copy, method):
     out, cfg = run_copy
     cfg = replace(cfg, forest=replace(cfg.forest, n_bootstrap=2, n_estimators=5),
                   uncertainty=replace(cfg.uncertainty, method=method, block_km=1500.0))
-    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    ctx = Context(cfg=cfg, out=out)
     stage_bootstrap(ctx)
     rec = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
     assert rec["method"] == method
@@ -219,7 +222,7 @@ def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
 
     out, cfg = run_copy
     cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, extrapolation=True))
-    ctx = Context(cfg=cfg, out=out, log=lambda m: None)
+    ctx = Context(cfg=cfg, out=out)
     fitted = {}
 
     def fit(d, e):  # the real fit, recorded; the maps then use a known slope so that they are not all 0
@@ -235,7 +238,7 @@ def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
     assert (se.abs_error >= 0).all() and se.di.notna().all()
     ds = xr.open_zarr(out / "uncertainty" / "extrapolation_sd.zarr", consolidated=False)
     assert ds.sizes["time"] == 12 * (ctx.years()[1] - ctx.years()[0] + 1)
-    ext = zone_extrapolation_sd(ctx)
+    ext = zone_extrapolation_sd(ds, ctx.zones(), ctx.veg())
     # the zone term is the area-weighted sum of the cell SDs (fully correlated), by hand for one month
     from abzflux.budgets import zone_weights
 

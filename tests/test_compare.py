@@ -48,7 +48,7 @@ def test_product_equal_to_our_field_gives_r_1_and_ratio_1(tmp_path):
     up = _monthly(range(2003, 2009))
     ref = cmp.Reference(tmp_path / "same.nc", "same", up.assign_attrs(product="same"), latlon=False,
                         fire_included=False, subtract_fire=False, years=list(range(2003, 2009)))
-    cmp.compare_products([ref], up, zones, None, LAEA, tmp_path, threshold=0.0, n_sub=4, log=lambda m: None)
+    cmp.compare_products([ref], up, zones, None, LAEA, tmp_path, threshold=0.0, n_sub=4)
     m = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
     assert m["product"] == "same" and (m.first_year, m.last_year) == (2003, 2008)
     assert m.map_r == pytest.approx(1.0, abs=1e-12) and m.map_p < 1e-6
@@ -273,20 +273,21 @@ def test_study_run_writes_compare_outputs(study_run, twin_dir, fast_config, tmp_
     # Without reference products the stage still writes the extrapolation outputs.
     import shutil
 
-    from abzflux.pipeline import Context
+    from abzflux.context import Context
+    from abzflux.steps.compare import run as stage_compare
 
     run2 = tmp_path / "run"
     shutil.copytree(out, run2, ignore=shutil.ignore_patterns("compare", "upscale.partial"))
     cfg = load_config(fast_config)
     cfg.inputs.references = None
-    cmp.stage_compare(Context(cfg=cfg, out=run2, log=lambda m: None))
+    stage_compare(Context(cfg=cfg, out=run2))
     assert sorted(p.name for p in (run2 / "compare").iterdir()) == ["aoa_sd.csv", "clusters.csv",
                                                                    "extrapolation.zarr", "mess_area.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(run2 / "compare" / "clusters.csv"), cl)
 
 
 def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
 
     ref = xr.open_dataset(twin_dir / "ref_process.nc").load()
     ref = ref.assign_coords(time=ref.time.to_index() + pd.DateOffset(years=30))  # 2031-2044
@@ -297,7 +298,7 @@ def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
         text = text.replace(f'"{f}"', f'"{twin_dir / f}"')
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(InputError, match=r"late\.nc.*no complete calendar year.*2001-2020"):
-        run_study(load_config(tmp_path / "c.toml"), tmp_path / "run", log=lambda m: None)
+        run_study(load_config(tmp_path / "c.toml"), tmp_path / "run")
     assert not [q for q in (tmp_path / "run").rglob("*") if q.is_file()]
 
 

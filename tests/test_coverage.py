@@ -19,8 +19,8 @@ from abzflux import coverage as C
 from abzflux.cli import app
 from abzflux.config import load_config
 from abzflux.errors import InputError
-from abzflux.pipeline import run_study, validate_study
 from abzflux.predictors import VEG_RECODE
+from abzflux.runner import run_study, validate_study
 from abzflux.twin import TwinSpec, make_twin
 
 TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
@@ -226,7 +226,7 @@ def test_validate_warns_below_the_stop_threshold_and_names_the_zone(twin, tmp_pa
     pred = nan_predictors(twin, tmp_path)
     cfg = write_config(tmp_path, twin, predictors=pred, extra="\n[budgets]\ncoverage_stop = 1.0\n")
     with caplog.at_level(logging.WARNING, logger="abzflux.coverage"):
-        validate_study(load_config(cfg), log=lambda m: None)
+        validate_study(load_config(cfg))
     share = expected_shares(twin, alaska_half(twin))
     n = int((share > 0.001).sum())  # each such zone loses it in 2020 only
     assert f"{n} zone-year(s) lose more than 0.001 of their land to missing predictors" in caplog.text
@@ -235,7 +235,7 @@ def test_validate_warns_below_the_stop_threshold_and_names_the_zone(twin, tmp_pa
     caplog.clear()
     cfg = write_config(tmp_path, twin, predictors=pred, extra="\n[budgets]\ncoverage_warn = 1.0\ncoverage_stop = 1.0\n")
     with caplog.at_level(logging.WARNING, logger="abzflux.coverage"):
-        validate_study(load_config(cfg), log=lambda m: None)
+        validate_study(load_config(cfg))
     assert "coverage" not in caplog.text
 
 
@@ -249,7 +249,7 @@ def test_validate_stops_on_nan_vegetation_type_on_land(twin, tmp_path):
     ds.to_zarr(tmp_path / "predictors.zarr", consolidated=False)
     with pytest.raises(InputError) as e:
         validate_study(load_config(write_config(tmp_path, twin, predictors=tmp_path / "predictors.zarr")),
-                       log=lambda m: None)
+)
     # the NaN cells leave the vegetation x region zones: those are measured without them
     share = expected_shares(twin, alaska_half(twin), tmp_path / "predictors.zarr")
     msg = str(e.value)
@@ -311,7 +311,7 @@ def short_run(twin, tmp_path_factory):
     pred = nan_predictors(twin, root)
     fire = drop_fire_months(twin, root, lambda t: t.year == 2020)
     cfg = write_config(root, twin, predictors=pred, fire=fire, extra=FAST)
-    run_study(load_config(cfg), root / "run", log=lambda m: None)
+    run_study(load_config(cfg), root / "run")
     return root / "run"
 
 
@@ -386,8 +386,9 @@ def test_report_shows_the_coverage(short_run):
 
 @pytest.mark.slow  # builds a twin
 def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
-    from abzflux.pipeline import Context, coverage_summary
+    from abzflux.context import Context
     from abzflux.report import RunData, coverage_items
+    from abzflux.steps.summary import coverage_summary
 
     run = tmp_path / "run"
     (run / "budgets").mkdir(parents=True)
@@ -396,7 +397,7 @@ def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
                         "share_lost": [0.0, 0.0, 0.0, 0.0], "worst_month": ["2019-01", "2020-01", "2019-01", "2020-01"],
                         "variables": ["", "", "", ""]})
     cov.to_csv(run / "budgets" / "coverage.csv", index=False)
-    ctx = Context(cfg=load_config(write_config(tmp_path, twin)), out=run, log=lambda m: None)
+    ctx = Context(cfg=load_config(write_config(tmp_path, twin)), out=run)
     period = pd.DataFrame({"zone": ["domain"] * 2, "flux": ["nee", "fire"], "first_year": [2019] * 2,
                            "last_year": [2020] * 2})
     lines, out = coverage_summary(ctx, period)

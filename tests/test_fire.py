@@ -3,6 +3,8 @@ slope, the correction leaves unburned cells and other months unchanged."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,7 +108,8 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     import shutil
 
     from abzflux.config import load_config
-    from abzflux.pipeline import Context, stage_fire
+    from abzflux.context import Context
+    from abzflux.steps.fire import run as stage_fire
 
     run, _ = study_run
     d = run / "fire"
@@ -127,7 +130,7 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     shutil.copytree(run, work, ignore=shutil.ignore_patterns("fire", "trends", "interpret", "bootstrap"))
     cfg = load_config(fast_config)
     cfg.fire.months = [5, 6, 7]
-    stage_fire(Context(cfg=cfg, out=work, log=lambda m: None))
+    stage_fire(Context(cfg=cfg, out=work))
     rep = json.loads((work / "fire" / "fire.json").read_text())
     assert rep["corrected_months"] == [5, 6, 7]
     bc = pd.read_csv(work / "fire" / "bias_correction.csv").set_index("zone")
@@ -148,9 +151,9 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     assert rep["domain_nee_after"] == pytest.approx(rep["domain_nee_before"] + want, rel=1e-5)
 
 
-def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_config, tmp_path):
+def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_config, tmp_path, caplog):
     from abzflux.config import load_config
-    from abzflux.pipeline import Context
+    from abzflux.context import Context
 
     f = xr.open_zarr(twin_dir / "fire.zarr", consolidated=False).isel(time=slice(0, 24)).load()
     # split every cell into 2 x 2 finer cells with the same flux density: coarse values come back
@@ -170,11 +173,11 @@ def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_con
     fine.to_zarr(tmp_path / "fire_fine.zarr", consolidated=False)
     cfg = load_config(fast_config)
     cfg.inputs.fire = tmp_path / "fire_fine.zarr"
-    logs = []
-    ctx = Context(cfg=cfg, out=tmp_path, log=logs.append)
-    agg = ctx.fire()
-    assert any("2x finer" in m for m in logs)
+    ctx = Context(cfg=cfg, out=tmp_path)
+    with caplog.at_level(logging.INFO, logger="abzflux.context"):
+        agg = ctx.fire()
+    assert "2x finer" in caplog.text
     assert agg.sizes["y"] == f.sizes["y"] and agg.sizes["x"] == f.sizes["x"]
     np.testing.assert_allclose(agg.fire_emissions.values, f.fire_emissions.values, rtol=1e-5, equal_nan=True)
     cfg.fire.first_year = 2002
-    assert pd.DatetimeIndex(Context(cfg=cfg, out=tmp_path, log=logs.append).fire().time.values).year.min() == 2002
+    assert pd.DatetimeIndex(Context(cfg=cfg, out=tmp_path).fire().time.values).year.min() == 2002

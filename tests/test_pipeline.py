@@ -13,7 +13,7 @@ import xarray as xr
 
 from abzflux.config import load_config
 from abzflux.errors import InputError, RunDirConflict
-from abzflux.pipeline import file_hash, output_digest, run_study
+from abzflux.runner import file_hash, output_digest, run_study
 
 from conftest import absolute_config
 
@@ -80,7 +80,7 @@ def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast
     out0, _ = study_run
     out = tmp_path / "run"
     shutil.copytree(out0, out)
-    rec = run_study(load_config(fast_config), out, log=lambda m: None)
+    rec = run_study(load_config(fast_config), out)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert rec["output_digest"] == json.loads((out0 / "run.json").read_text())["output_digest"]
     # A different mtry would mix forests of two configs in one run directory: refused, nothing
@@ -90,9 +90,9 @@ def test_rerun_skips_unchanged_stages_and_refuses_another_config(study_run, fast
     p2.write_text(cfg)
     before = output_digest(out)
     with pytest.raises(RunDirConflict, match=r"forest\.mtry: 5 -> 6 \(stages forest, interpret, bootstrap, upscale"):
-        run_study(load_config(p2), out, log=lambda m: None)
+        run_study(load_config(p2), out)
     assert output_digest(out) == before
-    rec = run_study(load_config(p2), out, log=lambda m: None, restart=True)
+    rec = run_study(load_config(p2), out, restart=True)
     assert not any(s["skipped"] for s in rec["stages"].values())
     assert (out / "budgets_annual.csv").read_text() != (out0 / "budgets_annual.csv").read_text()
     assert json.loads((out / "models" / "forest.json").read_text())["nee"]["mtry"] == 6
@@ -103,7 +103,7 @@ def test_same_inputs_and_seed_give_identical_outputs(study_run, fast_config, tmp
     """Every output file of a second run is byte-identical (run.json and the stage markers hold
     timestamps and timings and are left out)."""
     out0, _ = study_run
-    rec = run_study(load_config(fast_config), tmp_path / "again", log=lambda m: None)
+    rec = run_study(load_config(fast_config), tmp_path / "again")
     a, b = output_digest(out0), output_digest(tmp_path / "again")
     assert len(a) > 100 and [k for k in a if a[k] != b.get(k)] == [] and sorted(a) == sorted(b)
     assert rec["output_digest"] == json.loads((out0 / "run.json").read_text())["output_digest"]
@@ -123,7 +123,7 @@ def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_
                  .replace('"ref_inversion.nc"', f'"{twin_dir / "ref_inversion.nc"}"')
                  .replace('"ref_process.nc"', f'"{twin_dir / "ref_process.nc"}"'))
     with pytest.raises(InputError, match=r"sites\.csv.*month.*row 6"):
-        run_study(load_config(p), tmp_path / "run", log=lambda m: None)
+        run_study(load_config(p), tmp_path / "run")
     produced = {q.name for q in (tmp_path / "run").rglob("*") if q.is_file()}
     assert produced == set()
 
@@ -178,14 +178,16 @@ def test_trend_outputs(study_run):
 def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
     """Bands of 7 rows (bounded memory) give the same maps and area shares as the run's stage
     (one band at this grid size), value by value."""
-    from abzflux.pipeline import Context, stage_trends, trend_band_rows
+    from abzflux.context import Context
+    from abzflux.steps.trends import run as stage_trends
+    from abzflux.trends import trend_band_rows
 
     out, _ = study_run
     run = tmp_path / "run"
     run.mkdir()
     for f in ("upscaled.zarr", "budgets_annual.csv", "sites.parquet"):
         (run / f).symlink_to(out / f)
-    ctx = Context(cfg=load_config(fast_config), out=run, log=lambda m: None)
+    ctx = Context(cfg=load_config(fast_config), out=run)
     seen = []
     stage_trends(ctx, progress=lambda d, t: seen.append((d, t)), band_rows=7)
     a = xr.open_zarr(out / "trends" / "trend_maps.zarr", consolidated=False)

@@ -207,7 +207,7 @@ def test_mess_classes_are_disjoint():
 
 def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_run(study_run, fast_config,
                                                                                        tmp_path, monkeypatch):
-    import abzflux.pipeline as P
+    import abzflux.runner as P
 
     # a path longer than the console is wide: it must still print whole (no hard line break in it)
     run = _link_run(study_run[0], tmp_path / ("run_" + "x" * 90))
@@ -215,7 +215,7 @@ def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_
     monkeypatch.setattr(P, "run_study", lambda *a, finish=None, **k: (finish and finish(), {})[1])
     calls = []
 
-    def fake(run_dir, log=None, progress=None):
+    def fake(run_dir, progress=None):
         calls.append(run_dir)
         return R.Report(run=run_dir, path=run_dir / "report.html", items=[R.Item("x", "s", "t", "c")])
 
@@ -226,7 +226,7 @@ def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_
     r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet", "--no-report"])
     assert r.exit_code == 0 and len(calls) == 1
 
-    def boom(run_dir, log=None, progress=None):
+    def boom(run_dir, progress=None):
         raise MemoryError("out of memory")
 
     monkeypatch.setattr(R, "write_report", boom)

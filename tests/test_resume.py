@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from abzflux.cli import app
 from abzflux.config import Config, load_config
 from abzflux.errors import RunDirConflict
-from abzflux.pipeline import NO_OUTPUT_EFFECT, clean_run_dir, file_hash, output_digest, output_keys, run_study
+from abzflux.runner import NO_OUTPUT_EFFECT, clean_run_dir, file_hash, output_digest, output_keys, run_study
 from abzflux.twin import TwinSpec, make_twin
 
 from conftest import shared_build
@@ -108,7 +108,7 @@ def reference(tiny, shared_root):
     by the workers: read-only."""
 
     def build(d: Path) -> None:
-        run_study(load_config(tiny), d / "run", log=lambda m: None)
+        run_study(load_config(tiny), d / "run")
 
     key = hashlib.sha256(str(tiny.parent).encode()).hexdigest()  # the twin's directory holds its key
     return shared_build(shared_root, "resume-ref", key, build) / "run"
@@ -174,7 +174,7 @@ def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference,
     cfg.run.tile = 8
     cfg.compare.n_clusters = 3
     with pytest.raises(RunDirConflict) as e:
-        run_study(cfg, out, log=lambda m: None)
+        run_study(cfg, out)
     msg = str(e.value)
     assert "run.tile: 16 -> 8 (stages upscale, budgets, trends, fire, compare, summary)" in msg
     assert "compare.n_clusters: 8 -> 3 (stages compare, summary)" in msg and "--restart" in msg
@@ -184,27 +184,27 @@ def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference,
     sites.to_csv(tmp_path / "sites.csv", index=False)
     with pytest.raises(RunDirConflict, match=r"input sites: .*twin/sites\.csv \(sha256 .*\) -> .*/sites\.csv"):
         run_study(load_config(_write_config(tiny.parent / "twin", tmp_path / "c.toml", sites=tmp_path / "sites.csv")),
-                  out, log=lambda m: None)
+                  out)
     # an input dropped from the config: its stage's outputs would be left over
     text = tiny.read_text()
     (tmp_path / "nofire.toml").write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("fire ="))
                                           + "\n[compare]\nsubtract_fire = false\n")  # the products include fire
     with pytest.raises(RunDirConflict, match=r"input fire: .*fire\.zarr -> not given \(stages budgets, trends, fire"):
-        run_study(load_config(tmp_path / "nofire.toml"), out, log=lambda m: None)
+        run_study(load_config(tmp_path / "nofire.toml"), out)
     assert output_digest(out) == before  # nothing was touched
     assert {m.name: m.read_text() for m in (out / "stages").glob("*.json")} == markers
     # Settings that change how, not what: accepted, every stage skipped (an unreachable
     # scheduler proves no stage ran).
     cfg = load_config(tiny)
     cfg.run.scheduler = "tcp://127.0.0.1:9"
-    rec = run_study(cfg, out, log=lambda m: None)
+    rec = run_study(cfg, out)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert rec["environment"]["scheduler"] == "tcp://127.0.0.1:9" and output_digest(out) == before
     # A stage whose upstream outputs are not the ones it read (by digest) reruns.
     m = json.loads((out / "stages" / "summary.json").read_text())
     m["upstream_digest"]["compare"] = {"compare": "0" * 64}
     (out / "stages" / "summary.json").write_text(json.dumps(m))
-    rec = run_study(load_config(tiny), out, log=lambda m: None)
+    rec = run_study(load_config(tiny), out)
     assert [s for s, r in rec["stages"].items() if not r["skipped"]] == ["summary"] and output_digest(out) == before
 
 
@@ -218,14 +218,14 @@ def test_restart_deletes_only_what_abzflux_wrote(reference, tmp_path):
     (out / "mine").mkdir()
     (out / "mine" / "a.csv").write_text("1")
     (out / "upscaled.nc").write_text("an export")
-    removed = clean_run_dir(out, log=lambda m: None)
+    removed = clean_run_dir(out)
     assert {p.name for p in removed} >= {"stages", "run.json", "upscaled.zarr", "models", "budgets", "summary.md",
                                          "budgets_members_monthly.parquet"}
     # Only what abzflux recorded writing (issue 19): a hand-made upscaled.nc and a coarse/sites.parquet
     # that no coarse marker names are kept; the coarse set's (marker) files are deleted.
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "coarse", "coarse/sites.parquet", "mine", "mine/a.csv", "upscaled.nc"]
-    assert clean_run_dir(tmp_path / "mine_only", log=lambda m: None) == []  # not a run directory: untouched
+    assert clean_run_dir(tmp_path / "mine_only") == []  # not a run directory: untouched
 
 
 def test_every_config_key_is_an_output_key_or_declared_without_effect():

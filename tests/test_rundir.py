@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from abzflux import rundir
 from abzflux.cli import app
 from abzflux.config import load_config
-from abzflux.pipeline import clean_run_dir, file_hash, output_digest, run_study
+from abzflux.runner import clean_run_dir, file_hash, output_digest, run_study
 from abzflux.twin import TwinSpec, make_twin
 
 # Every test here writes a run directory with the CLI or the stages (make test-fast skips them).
@@ -67,7 +67,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    run_study(load_config(tiny), out, log=lambda m: None)
+    run_study(load_config(tiny), out)
     return out
 
 
@@ -139,7 +139,7 @@ def test_an_input_at_an_output_location_is_refused_and_one_elsewhere_is_untouche
     (out2 / "inputs").mkdir()
     shutil.copy(twin / "sites.csv", out2 / "inputs" / "sites.csv")
     rec = run_study(load_config(_config(twin, tmp_path / "sites_inside.toml", sites=out2 / "inputs" / "sites.csv")),
-                    out2, log=lambda m: None)
+                    out2)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert file_hash(out2 / "inputs" / "sites.csv") == file_hash(twin / "sites.csv")
 
@@ -152,7 +152,7 @@ def test_restart_deletes_only_recorded_paths(finished, tmp_path):
     (out / "upscaled.nc").write_text("my own file")
     owned = set(json.loads((out / rundir.MANIFEST).read_text())["paths"])
     assert {"models", "upscaled.zarr", "stages", "run.json", "summary.md"} <= owned and "notes.txt" not in owned
-    removed = clean_run_dir(out, log=lambda m: None)
+    removed = clean_run_dir(out)
     assert {p.name for p in removed} == owned
     assert sorted(p.name for p in out.iterdir()) == ["geotiff", "notes.txt", "upscaled.nc"]
     assert (out / "geotiff" / "nee_2019.tif").read_text() == "my own map"
@@ -175,7 +175,7 @@ def test_a_directory_of_an_abzflux_without_manifests_resumes_and_keeps_foreign_f
     code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
     assert code == 2 and f"{out / 'trends'}: its files do not reproduce the digest" in msg, msg
     shutil.copy(finished / "trends" / "site_trends.csv", out / "trends" / "site_trends.csv")
-    rec = run_study(load_config(tiny), out, log=lambda m: None)  # resumed: every stage skipped, manifest written
+    rec = run_study(load_config(tiny), out)  # resumed: every stage skipped, manifest written
     assert all(s["skipped"] for s in rec["stages"].values())
     paths = json.loads((out / rundir.MANIFEST).read_text())["paths"]
     assert sorted(paths["models"]) == sorted(rundir.tree_files(out / "models"))
@@ -183,7 +183,7 @@ def test_a_directory_of_an_abzflux_without_manifests_resumes_and_keeps_foreign_f
     (out / rundir.MANIFEST).unlink()
     (out / "models" / "README.txt").write_text("my notes")
     os.utime(out / "models" / "README.txt", (time.time() + 60, time.time() + 60))
-    clean_run_dir(out, log=lambda m: None)
+    clean_run_dir(out)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["models", "models/README.txt"]
 
 
@@ -216,13 +216,13 @@ def test_a_lock_left_by_a_killed_process_is_recovered(tiny, finished, tmp_path, 
     try:
         assert p.stdout.readline().strip() == "held"
         with pytest.raises(rundir.RunDirInUse, match=f"pid {p.pid} on host"):
-            run_study(load_config(tiny), out, log=lambda m: None)
+            run_study(load_config(tiny), out)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert json.loads((out / rundir.LOCK).read_text())["pid"] == p.pid  # the file stays, its flock is gone
     with caplog.at_level("WARNING", logger="abzflux.rundir"):
-        rec = run_study(load_config(tiny), out, log=lambda m: None)
+        rec = run_study(load_config(tiny), out)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert "took over a stale lock" in caplog.text and f'"pid": {p.pid}' in caplog.text
     assert not (out / rundir.LOCK).exists()
@@ -350,7 +350,7 @@ def test_a_file_system_without_locks_runs_unprotected_with_a_warning(tiny, finis
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with caplog.at_level("WARNING", logger="abzflux.rundir"):
-        rec = run_study(load_config(tiny), out, log=lambda m: None)
+        rec = run_study(load_config(tiny), out)
     assert all(s["skipped"] for s in rec["stages"].values())
     assert "does not support locks (No locks available)" in caplog.text and not (out / rundir.LOCK).exists()
 

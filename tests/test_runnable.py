@@ -14,6 +14,7 @@ same way by test_catalogue.test_bad_input (`run` makes validate's checks first).
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import xarray as xr
 from test_catalogue import TINY, Work, error_text
 from typer.testing import CliRunner
 
-from abzflux import pipeline as pl
+from abzflux import steps
+from abzflux.checks import check_inputs
 from abzflux.cli import app
 from abzflux.config import load_config
+from abzflux.context import Context
 from abzflux.formats import open_grid, read_zones, spacing_area_m2, write_crs
 from abzflux.twin import make_twin
 
@@ -62,11 +65,11 @@ def first_stages(w: Work) -> Path:
     cfg = load_config(w.config)
     out = w.root / "run"
     out.mkdir()
-    ctx = pl.Context(cfg=cfg, out=out, log=lambda m: None)
+    ctx = Context(cfg=cfg, out=out)
     try:
-        pl.check_inputs(ctx)
-        for stage in (pl.stage_sites, pl.stage_forest, pl.stage_bootstrap, pl.stage_upscale):
-            stage(ctx)
+        check_inputs(ctx)
+        for stage in (steps.sites, steps.forest, steps.bootstrap, steps.upscale):
+            stage.run(ctx)
     finally:
         ctx.close()
     return out
@@ -189,7 +192,7 @@ def test_noleap_calendar_runs(twin, tmp_path, canonical_run):
     np.testing.assert_array_equal(upscaled(first_stages(w))["gpp"].values, upscaled(canonical_run)["gpp"].values)
 
 
-def test_site_without_land_is_dropped_with_a_warning(twin, tmp_path):
+def test_site_without_land_is_dropped_with_a_warning(twin, tmp_path, caplog):
     """Documented rule (docs/formats.md §1): a site whose cell has no land is dropped from the
     training table, with a warning that names it and counts its site-months."""
     w = new_work(twin, tmp_path)
@@ -206,18 +209,19 @@ def test_site_without_land_is_dropped_with_a_warning(twin, tmp_path):
     r = validate(w)
     assert r.exit_code == 0, r.output
     n = int(df.site_id.isin(gone).sum())
-    assert (f"warning: {len(gone)} site(s) fall in grid cells without land (land_fraction 0): {', '.join(gone)}; "
+    assert "WARNING" in r.output
+    assert (f"{len(gone)} site(s) fall in grid cells without land (land_fraction 0): {', '.join(gone)}; "
             f"their {n} site-month(s) are dropped") in error_text(r)
     cfg = load_config(w.config)
-    logs = []
     out = w.root / "run"
     out.mkdir()
-    ctx = pl.Context(cfg=cfg, out=out, log=logs.append)
-    pl.stage_sites(ctx)
+    ctx = Context(cfg=cfg, out=out)
+    with caplog.at_level(logging.WARNING, logger="abzflux.steps.sites"):
+        steps.sites.run(ctx)
     table = pd.read_parquet(out / "sites.parquet")
     assert site in gone and not set(gone) & set(table.site_id)
     assert table.site_id.nunique() == df.site_id.nunique() - len(gone)
-    assert any("without land" in m for m in logs)
+    assert "without land" in caplog.text
 
 
 # ------------------------------------------------------------------------------ the property

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from abzflux import twin as twin_mod
-from abzflux.domain import _base, load_domain
+from abzflux.domain import base_grid, load_domain
 from abzflux.formats import read_fire, read_predictors, read_site_table, read_zones
 from abzflux.predictors import STACK_VARIABLES
 from abzflux.twin import TwinSpec, fire_legacy, make_twin, true_fluxes
@@ -20,7 +20,7 @@ PAPER_DOMAIN_KM2 = 20.7e6
 
 @pytest.mark.slow  # the 10-km domain on 7 grids
 def test_domain_area_close_to_paper_and_conserved_by_aggregation():
-    b = _base()
+    b = base_grid()
     mask_area = float(b["land_fraction"].astype(np.float64).sum()) * 1e8 / 1e6  # 10-km cells, km2
     assert abs(mask_area - PAPER_DOMAIN_KM2) / PAPER_DOMAIN_KM2 < 0.03
     for r in (20, 50, 70, 100, 8, 7.995296, 12.5):  # blocks, and exact-overlap remapping (8 km)
@@ -69,7 +69,7 @@ def test_domain_zones_partition_the_land():
 def test_twin_land_area_equals_mask_area(twin_dir):
     z = xr.open_dataset(twin_dir / "zones.nc")
     area = float((z.land_fraction.astype(np.float64) * z.cell_area).sum()) / 1e6
-    mask_area = float(_base()["land_fraction"].astype(np.float64).sum()) * 100.0
+    mask_area = float(base_grid()["land_fraction"].astype(np.float64).sum()) * 100.0
     assert area == pytest.approx(mask_area, rel=1e-6)
     s = json.loads((twin_dir / "twin.json").read_text())
     assert s["domain_area_km2"] == pytest.approx(mask_area, rel=1e-6)

@@ -291,7 +291,7 @@ def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zone
 
     spec = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
     make_twin(tmp_path / "twin", spec, network=network_table(zones))
-    kw = {"n_estimators": 5, "n_bootstrap": 2, "block_km": 1000.0, "log": lambda m: None}
+    kw = {"n_estimators": 5, "n_bootstrap": 2, "block_km": 1000.0}
     truth, (full,) = run_twin(tmp_path / "twin", tmp_path / "full", ["sites"], **kw)
     _, (lite,) = run_twin(tmp_path / "twin", tmp_path / "lite", ["sites"], extrapolation=False, **kw)
     a, b = pd.read_csv(full / "budgets_annual.csv"), pd.read_csv(lite / "budgets_annual.csv")

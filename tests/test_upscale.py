@@ -4,6 +4,7 @@ clear errors for predictor stacks that do not fit the models."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import xarray as xr
 
 from abzflux import upscale as up
 from abzflux.errors import InputError
-from abzflux.pipeline import FLUXES
+from abzflux.vocab import FLUXES
 
 
 def _inputs(study_run, twin_dir):
@@ -46,7 +47,7 @@ def tile32(study_run, twin_dir, tmp_path_factory):
     models, members, sel = _inputs(study_run, twin_dir)
     out = tmp_path_factory.mktemp("tile32")
     info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, out, sel,
-                      tile=32, fingerprint="t32", log=lambda m: None)
+                      tile=32, fingerprint="t32")
     return out, info
 
 
@@ -71,7 +72,7 @@ def test_two_worker_localcluster_gives_identical_outputs(study_run, twin_dir, ti
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, tmp_path, sel,
-                          tile=32, client=client, fingerprint="t32", log=lambda m: None)
+                          tile=32, client=client, fingerprint="t32")
     assert info["resumed"] == 0
     _same_store(tile32[0] / "upscaled.zarr", tmp_path / "upscaled.zarr")
     a = pd.read_parquet(tile32[0] / "budgets_members_monthly.parquet")
@@ -126,18 +127,18 @@ def test_killed_run_resumes_and_matches_uninterrupted(study_run, fast_config, tm
     members = {f: [work / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in brec[f]] for f in FLUXES}
     sel = np.arange(xr.open_zarr(fast_config.parent / "predictors.zarr", consolidated=False).sizes["time"])
     up.upscale(fast_config.parent / "predictors.zarr", fast_config.parent / "zones.nc", models, members, ref, sel,
-               tile=32, log=lambda m: None)
+               tile=32)
     pd.testing.assert_frame_equal(pd.read_parquet(ref / "budgets_members_monthly.parquet"),
                                   pd.read_parquet(work / "budgets_members_monthly.parquet"), check_exact=True)
     pd.testing.assert_frame_equal(pd.read_csv(run / "budgets_annual.csv"), pd.read_csv(work / "budgets_annual.csv"),
                                   rtol=1e-9)
 
 
-def test_resume_counts_only_missing_chunks(study_run, twin_dir, tmp_path):
+def test_resume_counts_only_missing_chunks(study_run, twin_dir, tmp_path, caplog):
     models, members, sel = _inputs(study_run, twin_dir)
     sel = sel[:24]  # two years
     args = (twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, tmp_path, sel)
-    full = up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None)
+    full = up.upscale(*args, tile=32, fingerprint="a")
     # simulate an interruption: a partial directory with half the completion records
     ref = tmp_path / "ref.zarr"
     os.replace(tmp_path / "upscaled.zarr", ref)
@@ -152,17 +153,17 @@ def test_resume_counts_only_missing_chunks(study_run, twin_dir, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None, progress=progress)
-    logs = []
-    info = up.upscale(*args, tile=32, fingerprint="a", log=logs.append)
+        up.upscale(*args, tile=32, fingerprint="a", progress=progress)
+    with caplog.at_level(logging.INFO, logger="abzflux.upscale"):
+        info = up.upscale(*args, tile=32, fingerprint="a")
     assert info["resumed"] == full["chunks"] // 2
-    assert any("resuming" in m for m in logs)
+    assert "resuming" in caplog.text
     _same_store(ref, tmp_path / "upscaled.zarr")
     # a different fingerprint (other models or inputs) never resumes stale chunks
     with pytest.raises(Stop):
-        up.upscale(*args, tile=32, fingerprint="a", log=lambda m: None,
+        up.upscale(*args, tile=32, fingerprint="a",
                    progress=lambda d, t: (_ for _ in ()).throw(Stop) if d == 3 else None)
-    info = up.upscale(*args, tile=32, fingerprint="b", log=lambda m: None)
+    info = up.upscale(*args, tile=32, fingerprint="b")
     assert info["resumed"] == 0
 
 
@@ -172,7 +173,7 @@ def test_stack_without_a_model_predictor_is_a_clear_error(study_run, twin_dir, t
     bad = tmp_path / "pred.zarr"
     pred.to_zarr(bad, consolidated=False)
     with pytest.raises(InputError, match="ndvi") as e:
-        up.upscale(bad, twin_dir / "zones.nc", models, members, tmp_path / "out", sel, log=lambda m: None)
+        up.upscale(bad, twin_dir / "zones.nc", models, members, tmp_path / "out", sel)
     assert "pred.zarr" in str(e.value)
     assert not (tmp_path / "out" / "upscaled.zarr").exists()
 
@@ -226,7 +227,7 @@ def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
 
 def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path):
     from abzflux.config import load_config
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
 
     pred = xr.open_zarr(twin_dir / "predictors.zarr", consolidated=False)
     t = pd.DatetimeIndex(pred.time.values)
@@ -241,7 +242,7 @@ def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path
         c = load_config(cfg)
         c.run.years = years
         with pytest.raises(InputError, match="2007-07") as e:
-            run_study(c, tmp_path / "run", log=lambda m: None)
+            run_study(c, tmp_path / "run")
         assert "predictors.zarr" in str(e.value)
     assert not (tmp_path / "run" / "upscaled.zarr").exists()
     assert not (tmp_path / "run" / "sites.parquet").exists()
@@ -251,7 +252,7 @@ def test_missing_predictor_month_names_the_month(twin_dir, fast_config, tmp_path
 def test_two_model_sets_from_one_config(tmp_path):
     """The twin writes a fine and a coarse set; one run produces both stores with SD layers."""
     from abzflux.config import load_config
-    from abzflux.pipeline import run_study
+    from abzflux.runner import run_study
     from abzflux.twin import TwinSpec, make_twin
 
     d = tmp_path / "twin"
@@ -262,7 +263,7 @@ def test_two_model_sets_from_one_config(tmp_path):
     text = text[:text.index("[forest]")] + fast + text[text.index("[coarse]"):]
     (d / "config.toml").write_text(text)
     cfg = load_config(d / "config.toml")
-    rec = run_study(cfg, tmp_path / "run", log=lambda m: None)
+    rec = run_study(cfg, tmp_path / "run")
     assert "coarse" in rec
     fine = xr.open_zarr(tmp_path / "run" / "upscaled.zarr", consolidated=False)
     coarse = xr.open_zarr(tmp_path / "run" / "coarse" / "upscaled.zarr", consolidated=False)

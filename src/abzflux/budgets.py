@@ -9,6 +9,8 @@ each zone's area that had a value is reported as ``coverage``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -465,3 +467,116 @@ def site_latitude_correlation(sites: pd.DataFrame) -> pd.DataFrame:
     r = pearsonr(lat.to_numpy(float), ins.to_numpy(float))
     return pd.DataFrame([{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": float(r.statistic),
                           "p": float(r.pvalue)}])
+
+
+# ---------------------------------------------------------------------------- the budgets step's tables
+KEYS = ["zone", "time", "year", "month"]
+
+
+def with_fire(monthly: pd.DataFrame, fire_monthly: pd.DataFrame,
+              members: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Add fire (``fire_monthly``: zone-month fire emission budgets, Tg C) and NEE + fire to the
+    monthly budgets, over their months; the bootstrap members get NEE + fire with the same
+    emissions (fire carries no bootstrap uncertainty)."""
+    fm = fire_monthly.assign(flux="fire")
+    fm = fm[fm.time.isin(monthly.time.unique())]
+    fire = fm[KEYS + ["tg_c"]]
+    nee = monthly[monthly.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=KEYS)
+    monthly = pd.concat([monthly, fm, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
+                        ignore_index=True)
+    if members is not None:
+        nee = members[members.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=KEYS)
+        members = pd.concat([members, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
+                            ignore_index=True)
+    return monthly, members
+
+
+def density(df: pd.DataFrame, areas: pd.Series) -> pd.Series:
+    """g C m-2 of each row's budget (Tg C) over its zone's land area (m2)."""
+    return df.tg_c * TG / df.zone.map(areas)
+
+
+def budget_tables(monthly: pd.DataFrame, members: pd.DataFrame | None,
+                  areas: pd.Series) -> dict[str, Any]:
+    """The monthly, seasonal (every year) and period tables of ``budgets/``, with densities and
+    the SD across the bootstrap members (when given); also the seasonal budgets (``seas``) and
+    the members' (``seas_members``) that the other tables are built from."""
+    kinds = {z: zone_kind(z) for z in areas.index}
+    mo = monthly.assign(density_g_m2=density(monthly, areas))
+    if members is not None:
+        sd = members.groupby(["zone", "flux", "time"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
+        mo = mo.merge(sd, on=["zone", "flux", "time"], how="left")
+    mo.insert(1, "kind", mo.zone.map(kinds))
+    seas = exact_nee_fire(seasonal_from_monthly(monthly), ["zone", "season", "year"])
+    seas_m = seasonal_from_monthly(members, by=("member",)) if members is not None else None
+    st = seas.assign(density_g_m2=density(seas, areas))
+    if seas_m is not None:
+        sd = seas_m.groupby(["zone", "flux", "season", "year"]).tg_c.std(ddof=1).rename("tg_c_sd").reset_index()
+        st = st.merge(sd, on=["zone", "flux", "season", "year"], how="left")
+    st.insert(1, "kind", st.zone.map(kinds))
+    period = period_stats(seas, seas_m, areas)
+    period.insert(1, "kind", period.zone.map(kinds))
+    return {"monthly": mo.drop(columns="time"), "seasonal": st, "period": period, "seas": seas,
+            "seas_members": seas_m}
+
+
+def annual_table(monthly: pd.DataFrame, areas: pd.Series, seasonal: pd.DataFrame, period: pd.DataFrame,
+                 has_members: bool, extrapolation: pd.DataFrame | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``budgets_annual.csv`` (annual budgets with coverage, density and, with bootstrap members,
+    their SD) and the period-mean SD table ``budgets_period_sd.csv`` (None without members).
+    ``extrapolation``: zone-month extrapolation SD terms (:func:`add_extrapolation_sd`)."""
+    ann = exact_nee_fire(annual_from_monthly(monthly.assign(coverage=monthly.coverage.fillna(1.0))), ["zone", "year"])
+    ann["density_g_m2"] = density(ann, areas)
+    p_sd = None
+    if has_members:
+        a_sd = seasonal[seasonal.season == "annual"][["zone", "flux", "year", "tg_c_sd"]]
+        ann = ann.merge(a_sd, on=["zone", "flux", "year"], how="left")
+        p_sd = period[period.season == "annual"][["zone", "flux", "tg_c_sd"]].rename(
+            columns={"tg_c_sd": "period_mean_tg_c_sd"})
+        if extrapolation is not None:
+            ann, p_sd = add_extrapolation_sd(ann, p_sd, extrapolation)
+    return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True), p_sd
+
+
+def table1_text(t1: pd.DataFrame, y0: int, y1: int, note: str | None) -> str:
+    """``budgets/table1.md``."""
+    return (f"# Table 1: average Arctic–boreal CO2 fluxes, {y0}–{y1}\n\n"
+            "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. "
+            "Upscaled: area-weighted density, mean ± SD across years; budget ± SD across the "
+            "bootstrap forests. nonsummer = January–May + September–December of the same year "
+            "(annual = jja + nonsummer).\n\n" + (note + "\n\n" if note else "")
+            + table1_markdown(t1))
+
+
+def decades(y0: int, y1: int, length: int) -> list[tuple[int, int]]:
+    """Whole periods of ``length`` years from ``y0`` within ``y1`` (Fig. 3 compares the first and last)."""
+    return [(a, a + length - 1) for a in range(y0, y1 + 1, length) if a + length - 1 <= y1]
+
+
+def amplitude_tables(monthly: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """NEE's seasonal amplitude per year and its change, for the domain, biomes and permafrost."""
+    amps, changes = [], []
+    for z in ("domain", "boreal", "tundra", "permafrost"):
+        amp, info = seasonal_amplitude(monthly, zone=z, flux="nee")
+        amps.append(amp.assign(zone=z))
+        changes.append(info)
+    return pd.concat(amps, ignore_index=True), pd.DataFrame(changes)
+
+
+def add_extrapolation_sd(ann: pd.DataFrame, p_sd: pd.DataFrame, ext: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Annual and period-mean budgets get the extrapolation SD term (``tg_c_sd_extrap``) and the
+    total ``tg_c_sd_total = sqrt(bootstrap SD² + extrapolation SD²)`` (the two independent).
+    The zone-month terms are added over the months of a year and averaged over the years: the
+    error is taken as fully correlated in time as in space (conservative). NEE + fire carries
+    NEE's term (fire has none); Reco − GPP carries none (its GPP and Reco errors are not
+    modelled jointly), so its total is its bootstrap SD."""
+    a = ext.groupby(["zone", "flux", "year"]).tg_c_sd_extrap.sum().reset_index()
+    a = pd.concat([a, a[a.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
+    ann = ann.merge(a, on=["zone", "flux", "year"], how="left")
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd ** 2 + ann.tg_c_sd_extrap.fillna(0.0) ** 2)
+    p = a.groupby(["zone", "flux"]).tg_c_sd_extrap.mean().rename("period_mean_tg_c_sd_extrap").reset_index()
+    p_sd = p_sd.merge(p, on=["zone", "flux"], how="left")
+    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(p_sd.period_mean_tg_c_sd ** 2
+                                                + p_sd.period_mean_tg_c_sd_extrap.fillna(0.0) ** 2)
+    return ann, p_sd

@@ -12,6 +12,7 @@ with ``+extrap`` (the bootstrap SD combined with the extrapolation term).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -20,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import budgets as budgets_mod
+from . import layout as L
+from .config import load_config
+from .context import Context
+from .formats import open_grid
+from .layout import RunLayout
+from .steps import STEPS
 from .vocab import FLUXES
+
+log = logging.getLogger(__name__)
 
 #: Zones the calibration scores (the summary's zones).
 ZONES = ("domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
@@ -90,9 +100,6 @@ def _copy(src: Path, dst: Path) -> None:
 
 def truth_annual(ctx) -> pd.DataFrame:
     """True annual zone budgets (Tg C yr-1) of a twin run (same zones and code as the estimate)."""
-    from . import budgets as budgets_mod
-    from .formats import open_grid
-
     truth = open_grid(ctx.cfg.inputs.truth, chunks={"time": 12})  # canonical order, as read_truth checked it
     y0, y1 = ctx.years()
     truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
@@ -104,7 +111,7 @@ def truth_annual(ctx) -> pd.DataFrame:
 
 def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd.DataFrame:
     """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
-    ann = pd.read_csv(run_dir / "budgets_annual.csv")
+    ann = pd.read_csv(RunLayout(run_dir).budgets_annual)
     ann = ann[ann.zone.isin(ZONES) & ann.flux.isin(FLUXES)]
     m = ann.merge(truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}),
                   on=["zone", "flux", "year"])
@@ -117,42 +124,38 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
 
 
 def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bootstrap: int, block_km: float,
-             extrapolation: bool = True, log=print) -> tuple[pd.DataFrame, list[Path]]:
+             extrapolation: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
     bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
     ``extrapolation=False``: no leave-one-site-out CV and no extrapolation term (no ``+extrap``
     rows); the forests, bootstraps and budgets are the same."""
-    from .config import load_config
-    from .pipeline import Context, stage_bootstrap, stage_budgets, stage_forest, stage_sites, stage_upscale
-    from .uncertainty import stage_extrapolation
-
     cfg = load_config(twin_dir / "config.toml")
     cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0,
                          cv=extrapolation)
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
-    ctx = Context(cfg=cfg, out=base, log=log)
-    steps = (("sites", stage_sites, "sites.parquet"), ("forest", stage_forest, "models"),
-             ("extrapolation", stage_extrapolation, "uncertainty"))[:3 if extrapolation else 2]
-    for name, func, output in steps:  # a resumed calibration keeps finished steps
-        if not (base / output).exists():
+    ctx = Context(cfg=cfg, out=base)
+    spec = {st.name: st for st in STEPS}
+    shared = [spec[n] for n in ("sites", "forest", "extrapolation")[:3 if extrapolation else 2]]
+    for st in shared:  # a resumed calibration keeps finished steps
+        if not (base / st.writes[0]).exists():
             t0 = time.perf_counter()
-            func(ctx)
-            log(f"[{name}] {time.perf_counter() - t0:.0f} s")
+            st.run(ctx)
+            log.info(f"[{st.name}] {time.perf_counter() - t0:.0f} s")
     truth = truth_annual(ctx)
     out = []
     for m in methods:
         d = run_root / m
-        if not (d / "budgets_annual.csv").exists():
+        if not RunLayout(d).budgets_annual.exists():
             d.mkdir(parents=True, exist_ok=True)
-            for item in ("sites.parquet", "models", "cv", "uncertainty")[:4 if extrapolation else 3]:
+            for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[:4 if extrapolation else 3]:
                 _copy(base / item, d / item)
-            mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d, log=log)
+            mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d)
             t0 = time.perf_counter()
-            for func in (stage_bootstrap, stage_upscale, stage_budgets):
-                func(mctx)
-            log(f"[{m}] bootstrap, upscale, budgets: {time.perf_counter() - t0:.0f} s")
+            for name in ("bootstrap", "upscale", "budgets"):
+                spec[name].run(mctx)
+            log.info(f"[{m}] bootstrap, upscale, budgets: {time.perf_counter() - t0:.0f} s")
         out.append(d)
     return truth, out
 
@@ -161,7 +164,7 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
                     years: tuple[int, int] = (2011, 2020), n_estimators: int = 100, n_bootstrap: int = 10,
                     block_km: float = 1000.0, n_sites: int = 200, n_site_months: int = 4900,
                     network_tables: dict | None = None, extrapolation: bool = True,
-                    log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
     calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
     the same directory reuses the twins and method runs already finished.
@@ -184,9 +187,9 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
             make_twin(tdir, TwinSpec(resolution_km=resolution_km, first_year=years[0], last_year=years[1],
                                      seed=t["seed"], n_sites=n_sites, n_site_months=n_site_months,
                                      network="realistic" if table is not None else t["network"]), network=table)
-            log(f"twin {name}: {time.perf_counter() - t0:.0f} s")
+            log.info(f"twin {name}: {time.perf_counter() - t0:.0f} s")
         truth, dirs = run_twin(tdir, out / "runs" / name, methods, n_estimators=n_estimators,
-                               n_bootstrap=n_bootstrap, block_km=block_km, extrapolation=extrapolation, log=log)
+                               n_bootstrap=n_bootstrap, block_km=block_km, extrapolation=extrapolation)
         for m, d in zip(methods, dirs):
             rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
         cal = pd.concat(rows, ignore_index=True)

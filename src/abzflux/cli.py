@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import layout as L
 from .errors import InputError, RunDirConflict
+from .layout import RunLayout
 from .vocab import DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).")
 console = Console()
+log = logging.getLogger(__name__)
+LOGGER = logging.getLogger("abzflux")  # every library module logs under it
+
+
+class _ConsoleHandler(RichHandler):
+    """abzflux's log records on the console (installed once per command; see :func:`_root`)."""
+
+
+def _setup_logging(level: int) -> None:
+    for h in [h for h in LOGGER.handlers if isinstance(h, _ConsoleHandler)]:
+        LOGGER.removeHandler(h)
+    LOGGER.addHandler(_ConsoleHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+    LOGGER.setLevel(level)
+
+
+def _quiet(quiet: bool) -> None:
+    """A subcommand's own ``--quiet``: only warnings and errors (and the command's results)."""
+    if quiet:
+        LOGGER.setLevel(max(LOGGER.level, logging.WARNING))
 
 
 def _terminated(signum, frame):
@@ -29,8 +52,12 @@ def _terminated(signum, frame):
 
 
 @app.callback()
-def _root():
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors (results are still shown)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages too."),
+):
     signal.signal(signal.SIGTERM, _terminated)
+    _setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def _years(s: str) -> tuple[int, int]:
@@ -44,6 +71,8 @@ def _years(s: str) -> tuple[int, int]:
 
 
 def _progress_factory(quiet: bool):
+    quiet = quiet or LOGGER.getEffectiveLevel() > logging.INFO  # `abzflux --quiet CMD`: no bars either
+
     def factory(label: str):
         if quiet:
             return lambda done, total: None
@@ -146,14 +175,14 @@ def run(
 ):
     """Run the study described by CONFIG: sites, forests, upscaling, budgets, summary, report."""
     from .config import load_config
-    from .pipeline import run_study
+    from .runner import run_study
 
+    _quiet(quiet)
     try:
         cfg = load_config(config)
         if scheduler:
             cfg.run.scheduler = scheduler
         out = out or cfg.source.resolve().parent / "run"
-        log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
         # The summary and the report are written with the run directory still locked.
 
         def finish() -> None:
@@ -161,7 +190,7 @@ def run(
             if report:
                 _write_report(out, quiet)
 
-        run_study(cfg, out, log=log, force=force, restart=restart, progress_factory=_progress_factory(quiet),
+        run_study(cfg, out, force=force, restart=restart, progress_factory=_progress_factory(quiet),
                   finish=finish)
     except InputError as e:
         _fail(e)
@@ -173,11 +202,10 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
     from .report import write_report
     from .rundir import owning
 
-    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     prog = _progress_factory(quiet)("report figures")
     try:
         with owning(run_dir, REPORT_PATHS, "report"):
-            rep = write_report(run_dir, log=log, progress=prog)
+            rep = write_report(run_dir, progress=prog)
     except Exception as e:  # noqa: BLE001 - a failed report must not fail a finished run
         console.print(f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
                       f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)",
@@ -193,20 +221,22 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
 
 
 # What `abzflux report` writes into a run directory (recorded as abzflux's, rundir.owning).
-REPORT_PATHS = ("report.html", "report", "report.tmp", "report.old")
+REPORT_PATHS = (L.REPORT_HTML, L.REPORT, L.REPORT + ".tmp", L.REPORT + ".old")
 
 
 def _print_summary(run_dir: Path) -> None:
-    s = json.loads((run_dir / "summary.json").read_text())
+    lay = RunLayout(run_dir)
+    s = json.loads(lay.summary_json.read_text())
     if "truth" in s:
         t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
                         f"± method: {s.get('uncertainty', 'rows')}")
         for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
-        from .pipeline import _order
         import pandas as pd
 
-        for r in _order(pd.DataFrame(s["truth"])).itertuples():
+        from .summary import order
+
+        for r in order(pd.DataFrame(s["truth"])).itertuples():
             sd = getattr(r, "sd", float("nan"))
             t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{sd:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
                       f"{100 * r.rel_error:+.1f}", f"{r.trend:+.1f}", f"{r.trend_truth:+.1f}")
@@ -232,9 +262,9 @@ def _print_summary(run_dir: Path) -> None:
     if cmp.get("nee_sd_inside_outside_aoa"):
         a, b = cmp["nee_sd_inside_outside_aoa"]
         console.print(f"NEE bootstrap SD inside / outside the area of applicability: {a:.1f} / {b:.1f} g C m-2 yr-1")
-    console.print(f"summary: [bold]{run_dir / 'summary.md'}[/]", soft_wrap=True)
-    if (run_dir / "coarse" / "summary.md").exists():
-        console.print(f"coarse model set summary: [bold]{run_dir / 'coarse' / 'summary.md'}[/]", soft_wrap=True)
+    console.print(f"summary: [bold]{lay.summary_md}[/]", soft_wrap=True)
+    if lay.coarse.summary_md.exists():
+        console.print(f"coarse model set summary: [bold]{lay.coarse.summary_md}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -250,9 +280,10 @@ def demo(
 ):
     """Generate a twin (fine and coarse model sets) and run the whole study on it."""
     from .config import load_config
-    from .pipeline import run_study
+    from .runner import run_study
     from .twin import TwinSpec, make_twin
 
+    _quiet(quiet)
     y0, y1 = _years(years)
     spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed)
     coarse = None
@@ -264,8 +295,7 @@ def demo(
     existing = twin_dir / "twin.json"
     if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__ and \
             json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None):
-        if not quiet:
-            console.log(f"reusing twin in {twin_dir}")
+        log.info(f"reusing twin in {twin_dir}")
     else:
         if twin_dir.exists():
             console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first",
@@ -277,10 +307,8 @@ def demo(
             make_twin(twin_dir, spec, progress=prog, coarse=coarse)
         finally:
             prog(None, None)
-        if not quiet:
-            console.log(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
+        log.info(f"twin written to {twin_dir} in {time.perf_counter() - t0:.1f} s")
         new_twin = True
-    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
     try:
         cfg = load_config(twin_dir / "config.toml")
 
@@ -288,15 +316,14 @@ def demo(
             _print_summary(out / "run")
             _write_report(out / "run", quiet)
         try:
-            run_study(cfg, out / "run", log=log, restart=restart, progress_factory=_progress_factory(quiet),
+            run_study(cfg, out / "run", restart=restart, progress_factory=_progress_factory(quiet),
                       finish=finish)
         except RunDirConflict:
             if not new_twin:
                 raise
             # The twin was just (re)generated: the demo's previous run came from other inputs.
-            if not quiet:
-                console.log(f"{out / 'run'} holds a run of an earlier twin: starting over")
-            run_study(cfg, out / "run", log=log, restart=True, progress_factory=_progress_factory(quiet),
+            log.info(f"{out / 'run'} holds a run of an earlier twin: starting over")
+            run_study(cfg, out / "run", restart=True, progress_factory=_progress_factory(quiet),
                       finish=finish)
     except InputError as e:
         _fail(e)
@@ -361,12 +388,12 @@ def calibrate(
             raise typer.BadParameter("--realistic must be between 0 and --twins")
         plan = ["realistic"] * n_real + ["uniform"] * (twins - n_real)
     spec = [{"network": n, "seed": seed + i} for i, n in enumerate(plan)]
-    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
+    _quiet(quiet)
     t0 = time.perf_counter()
     try:
         _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
                                   n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables,
-                                  extrapolation=extrapolation, log=log)
+                                  extrapolation=extrapolation)
     except (InputError, ValueError) as e:
         _fail(e)
     t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
@@ -390,14 +417,14 @@ def report(
 
     from .rundir import fs_error, is_fs_error, locked, owning
 
-    log = (lambda m: None) if quiet else (lambda m: console.log(m, markup=False))
+    _quiet(quiet)
     prog = _progress_factory(quiet)("report figures")
     try:
         if not run_dir.is_dir():
             raise InputError(str(run_dir), "no such run directory", expected="a finished run directory")
         # Not while a run writes into the directory (the lock), and only over abzflux's own report.
         with locked(run_dir, "report"), owning(run_dir, REPORT_PATHS, "report"):
-            rep = write_report(run_dir, log=log, progress=prog)
+            rep = write_report(run_dir, progress=prog)
     except OSError as e:
         if not is_fs_error(e):
             raise
@@ -428,10 +455,10 @@ def export(
     from .rundir import FileSystemError, fs_error, is_fs_error, locked, owning
     from .upscale import export_geotiff, export_netcdf
 
-    base = run_dir / "coarse" if model_set == "coarse" else run_dir
-    store = base / "upscaled.zarr"
+    base = RunLayout(run_dir).coarse if model_set == "coarse" else RunLayout(run_dir)
+    store = base.upscaled
     names = [v.strip() for v in variables.split(",")] if variables else None
-    target = out or base / ("upscaled.nc" if fmt == "netcdf" else "geotiff")
+    target = out or (base.upscaled_nc if fmt == "netcdf" else base.geotiff)
     try:
         if model_set not in ("fine", "coarse"):
             raise InputError(str(run_dir), f"unknown model set {model_set!r}", expected="fine or coarse")
@@ -447,7 +474,7 @@ def export(
             raise FileSystemError(str(target.parent), "no such directory", where=f"the parent of --out {target}",
                                   expected="an existing directory")
         # Not while a run writes the store (the lock); the default paths only over abzflux's own export.
-        own = owning(base, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
+        own = owning(base.root, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
         with locked(run_dir, "export", read_only_ok=out is not None), own:
             if fmt == "netcdf":
                 path = export_netcdf(store, target, names)
@@ -467,12 +494,13 @@ def export(
 def validate(config: Path = typer.Argument(..., help="Run configuration (TOML).")):
     """Check every input of CONFIG against the format contract, writing nothing."""
     from .config import load_config
-    from .pipeline import validate_study
+    from .runner import validate_study
 
+    if LOGGER.level == logging.INFO:  # warnings (e.g. sites dropped) are shown; notes only with -v
+        LOGGER.setLevel(logging.WARNING)
     try:
         # The same checks `run` makes before it writes anything (every model set).
-        ctxs = validate_study(load_config(config), log=lambda m: console.print(m, markup=False)
-                              if m.startswith("warning") else None)  # warnings (e.g. sites dropped) are shown
+        ctxs = validate_study(load_config(config))
     except InputError as e:
         _fail(e)
     for ctx in ctxs:

@@ -16,10 +16,11 @@ band by band.
 
 from __future__ import annotations
 
-import shutil
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,12 @@ from scipy import sparse, stats
 from scipy.spatial import cKDTree
 
 from . import budgets as budgets_mod
-from . import seeds
 from . import trends as trends_mod
 from .errors import InputError
-from .formats import axis_unit_m, grid_crs, read_reference, write_crs
-from .predictors import CATEGORICAL, PREDICTOR_NAMES
+from .formats import axis_unit_m, read_reference, write_crs
+from .predictors import CATEGORICAL, PREDICTOR_NAMES, training_rows
+
+log = logging.getLogger(__name__)
 
 #: The continuous predictors (no month, no vegetation-type factor): MESS, AOA and clusters.
 CONTINUOUS: tuple[str, ...] = tuple(p for p in PREDICTOR_NAMES if p not in CATEGORICAL)
@@ -322,7 +324,7 @@ class ProductStats:
         return metrics, budgets
 
 
-def _annual(monthly: np.ndarray) -> np.ndarray:
+def annual_sums(monthly: np.ndarray) -> np.ndarray:
     """(12 * years, ...) -> (years, ...) annual sums; NaN unless all 12 months are finite."""
     a = monthly.reshape(-1, 12, *monthly.shape[1:])
     return np.where(np.isfinite(a).all(1), np.nansum(a, 1), np.nan)
@@ -337,11 +339,11 @@ def _trend(ann: np.ndarray, years: list) -> np.ndarray:
 
 
 def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | None,
-                     crs, out: Path, threshold: float, n_sub: int, log=print) -> None:
+                     crs, out: Path, threshold: float, n_sub: int) -> None:
     """metrics.csv, budgets.csv and product_maps.zarr for every reference product."""
     ny, nx = zones.sizes["y"], zones.sizes["x"]
     x, y = zones.x.values, zones.y.values
-    zones = budgets_mod._with_area(zones)
+    zones = budgets_mod.with_cell_area(zones)
     zone_names = [z for z in budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values]
     mrows, brows = [], []
     maps = {"mean_annual": np.full((len(refs), ny, nx), np.nan, np.float32),
@@ -356,7 +358,7 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             src = np.asarray(prod.values, np.float64).reshape(len(times), -1).T  # (n_src, T)
             fixed = factor != 1
             dev = float(np.median(np.abs(factor[fixed] - 1))) if fixed.any() else 0.0
-            log(f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
+            log.info(f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
                 f"({n_sub} x {n_sub} sub-points per cell; sampled overlap areas rescaled to the exact cell "
                 f"areas by {100 * dev:.1f}% in the median)")
         ours_da = upscaled["nee"].sel(time=times)
@@ -374,7 +376,7 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             if fire_da is not None:
                 p = p - np.asarray(fire_da.isel(y=ys).values, np.float64)
             o = np.asarray(ours_da.isel(y=ys).values, np.float64)
-            ao, ap = _annual(o), _annual(p)
+            ao, ap = annual_sums(o), annual_sums(p)
             to, tp = _trend(ao, years), _trend(ap, years)
             w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
             ok = acc.add(ao.reshape(len(years), -1), ap.reshape(len(years), -1), w, to.ravel(), tp.ravel())
@@ -385,7 +387,7 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
         mrows.append({"product": ref.product, "first_year": years[0], "last_year": years[-1],
                       "fire_subtracted": ref.subtract_fire, **m})
         brows.append(b.assign(product=ref.product, first_year=years[0], last_year=years[-1]))
-        log(f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
+        log.info(f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
             f"domain budget ratio {b.ratio.iloc[0]:.2f}")
     pd.DataFrame(mrows).to_csv(out / "metrics.csv", index=False)
     cols = ["product", "zone", "first_year", "last_year", "abzflux_tg_c", "product_tg_c", "ratio"]
@@ -574,11 +576,11 @@ def cluster_table(labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray,
 
 
 # --------------------------------------------------------------------------- the stage
-def _band_rows(ny: int, nx: int, nt: int) -> int:
+def band_rows(ny: int, nx: int, nt: int) -> int:
     return int(max(1, min(ny, BAND_BYTES // max(1, 8 * nt * nx))))
 
 
-def _band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods):
+def band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods):
     """Per-period means (P, cells, V), calendar-month means (12, cells, V) and the overall mean
     (cells, V) of every continuous predictor over a band of rows (cells y-major)."""
     nb, nx = ys.stop - ys.start, pred.sizes["x"]
@@ -606,26 +608,24 @@ def _summaries(arr: np.ndarray, times: pd.DatetimeIndex, periods) -> tuple[np.nd
         return per, clim, np.nanmean(arr, 0)
 
 
-def stage_compare(ctx) -> None:
-    """(f) Extrapolation (MESS, AOA, clusters) always; comparisons when reference products are
-    given. Writes RUN/compare/ (docs/compare.md)."""
-    from .pipeline import _atomic_replace, training_rows
-
-    cfg, cs = ctx.cfg, ctx.cfg.compare
-    pred, zones = ctx.predictors(), budgets_mod._with_area(ctx.zones())
-    crs = grid_crs(pred, cfg.inputs.predictors)
-    y0, y1 = ctx.years()
-    out = ctx.path("compare.tmp")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Dataset, table: pd.DataFrame,
+                              importance: pd.DataFrame | None, years: tuple[int, int], crs, store: Path, *,
+                              period_length: int, cluster_sample: int, max_training: int, n_clusters: int,
+                              seed: int) -> dict[str, pd.DataFrame]:
+    """Where the model extrapolates (docs/compare.md): MESS per period against the NEE training
+    rows, the AOA (importance-weighted when ``importance`` is given, else equal weights) and
+    k-means environmental clusters, written band by band of grid rows into the Zarr store
+    ``store``. Returns the tables ``mess_area`` (share extrapolated per period and zone),
+    ``aoa_sd`` (bootstrap SD inside vs outside the AOA, from the ``*_sd`` variables of ``up``) and
+    ``clusters``. ``zones`` needs a ``cell_area`` (:func:`abzflux.budgets.with_cell_area`)."""
+    y0, y1 = years
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     times_all = pd.DatetimeIndex(pred.time.values)
     tsel = np.nonzero((times_all.year >= y0) & (times_all.year <= y1))[0]
     times = times_all[tsel]
-    periods = mess_periods(y0, y1, cs.mess_period_length)
+    periods = mess_periods(y0, y1, period_length)
     pnames = [f"{a}-{b}" for a, b in periods]
     V = len(CONTINUOUS)
-    table = pd.read_parquet(ctx.path("sites.parquet"))
     rows = training_rows(table, "nee").reset_index(drop=True)
     land = np.asarray((zones["land_fraction"].fillna(0) > 0).values)
 
@@ -633,13 +633,13 @@ def stage_compare(ctx) -> None:
     cells = np.unique(rows.iy.to_numpy() * nx + rows.ix.to_numpy())
     ref_per = np.empty((len(periods), len(cells), V))
     flat = np.flatnonzero(land.ravel())
-    samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cs.cluster_sample, flat.size)).round().astype(int))]
+    samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cluster_sample, flat.size)).round().astype(int))]
     sample = np.empty((len(samp), V))
-    band = _band_rows(ny, nx, len(times))
+    band = band_rows(ny, nx, len(times))
     cached = None
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
-        per, clim, mean = _band_summaries(pred, ys, tsel, times, periods)
+        per, clim, mean = band_summaries(pred, ys, tsel, times, periods)
         for idx, dest in ((cells, "ref"), (samp, "sample")):
             sel = (idx >= ys.start * nx) & (idx < ys.stop * nx)
             loc = idx[sel] - ys.start * nx
@@ -655,32 +655,26 @@ def stage_compare(ctx) -> None:
                       for p, (a, b) in enumerate(periods)]
     for name, r in zip(pnames, refs_by_period):
         if len(r) == 0:
-            ctx.log(f"MESS {name}: no NEE training rows in this period; its MESS is missing")
+            log.info(f"MESS {name}: no NEE training rows in this period; its MESS is missing")
 
-    imp_path = ctx.path("interpret/importance.csv")
     weights = np.ones(V)
-    if imp_path.exists():
-        imp = pd.read_csv(imp_path)
-        imp = imp[imp.flux == "nee"].set_index("predictor").importance
+    if importance is not None:
+        imp = importance[importance.flux == "nee"].set_index("predictor").importance
         weights = np.array([imp.get(v, 0.0) for v in CONTINUOUS], np.float64)
-    else:
-        ctx.log("AOA: no permutation importance (forest.importance_repeats = 0): equal weights")
     trows = rows
-    if len(rows) > cs.aoa_max_training:
-        trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, cs.aoa_max_training).round().astype(int))]
-        ctx.log(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
+    if len(rows) > max_training:
+        trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_training).round().astype(int))]
+        log.info(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
     aoa = AOA(trows[list(CONTINUOUS)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
-    predict_cluster, centres, used = fit_clusters(sample, cs.n_clusters, seeds.integer(cfg.run.seed, "kmeans"))
-    n_clusters = len(centres)
+    predict_cluster, centres, used = fit_clusters(sample, n_clusters, seed)
+    n_found = len(centres)
 
     # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside
-    store = out / "extrapolation.zarr"
-    _template(pred, crs, pnames, aoa.threshold, n_clusters).to_zarr(store, compute=False, mode="w",
-                                                                   consolidated=False)
-    import zarr
+    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found).to_zarr(store, compute=False, mode="w",
+                                                                             consolidated=False)
+    import zarr  # the band writes go straight to the arrays
 
-    g = zarr.open_group(str(store), mode="r+")
-    up = xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False)
+    g: Any = zarr.open_group(str(store), mode="r+")
     sd_vars = [v for v in ("gpp_sd", "reco_sd", "nee_sd", "nee_derived_sd") if v in up]
     zone_names = list(budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values)
     mess_acc = np.zeros((2, len(periods), len(zone_names)))  # area with MESS, area with MESS < 0
@@ -688,7 +682,7 @@ def stage_compare(ctx) -> None:
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
         nb = ys.stop - ys.start
-        per, clim, mean = cached if cached is not None else _band_summaries(pred, ys, tsel, times, periods)
+        per, clim, mean = cached if cached is not None else band_summaries(pred, ys, tsel, times, periods)
         lb = land[ys].ravel()
         per[:, ~lb], clim[:, ~lb], mean[~lb] = np.nan, np.nan, np.nan
         w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
@@ -706,7 +700,7 @@ def stage_compare(ctx) -> None:
         inside = np.where(np.isfinite(di), (di <= aoa.threshold).astype(np.int8), -1).astype(np.int8)
         lab = predict_cluster(mean)
         for v in sd_vars:
-            ann = _annual(np.asarray(up[v].isel(y=ys).values, np.float64).reshape(len(up.time), -1))
+            ann = annual_sums(np.asarray(up[v].isel(y=ys).values, np.float64).reshape(len(up.time), -1))
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # cells without SD (water)
                 sd = np.nanmean(ann, 0)
@@ -723,52 +717,44 @@ def stage_compare(ctx) -> None:
         g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
         g["aoa"][ys] = inside.reshape(sh)
         g["cluster"][ys] = lab.reshape(sh)
-    up.close()
 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = mess_acc[1] / mess_acc[0]
-    pd.DataFrame([{"period": pn, "zone": z, "share_extrapolated": share[p, k]}
-                  for p, pn in enumerate(pnames) for k, z in enumerate(zone_names)]).to_csv(
-        out / "mess_area.csv", index=False)
+    mess_area = pd.DataFrame([{"period": pn, "zone": z, "share_extrapolated": share[p, k]}
+                              for p, pn in enumerate(pnames) for k, z in enumerate(zone_names)])
     sd_rows = []
     for v, (si, wi, so, wo) in sd_acc.items():
         a = si / wi if wi > 0 else np.nan
         b = so / wo if wo > 0 else np.nan
         sd_rows.append({"flux": v[:-3], "inside_mean_sd": a, "outside_mean_sd": b,
                         "ratio": b / a if a and np.isfinite(a) and a > 0 else np.nan})
-    pd.DataFrame(sd_rows, columns=["flux", "inside_mean_sd", "outside_mean_sd", "ratio"]).to_csv(
-        out / "aoa_sd.csv", index=False)
+    aoa_sd = pd.DataFrame(sd_rows, columns=["flux", "inside_mean_sd", "outside_mean_sd", "ratio"])
     lab_grid = np.asarray(g["cluster"][:])
     all_rows = table[table[["gpp", "reco", "nee"]].notna().any(axis=1)]
     site_lab = lab_grid[all_rows.iy.to_numpy(), all_rows.ix.to_numpy()]
     ct = cluster_table(np.where(lab_grid.ravel() >= 0, lab_grid.ravel(), -1),
                        np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values).ravel(),
                        site_lab, all_rows.site_id.to_numpy(), centres, CONTINUOUS)
-    ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u]).to_csv(out / "clusters.csv", index=False)
-    inside_share = _aoa_share(g, zones)
-    ctx.log(f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
-            f"{100 * inside_share:.0f}% of the land area inside; {n_clusters} clusters")
-
-    refs = ctx.references()
-    if refs:
-        compare_products(refs, xr.open_zarr(ctx.path("upscaled.zarr"), consolidated=False), zones, ctx.fire(),
-                         crs, out, cfg.budgets.source_threshold, cs.regrid_subsamples, ctx.log)
-    _atomic_replace(out, ctx.path("compare"))
+    clusters = ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u])
+    inside_share = aoa_share(g, zones)
+    log.info(f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
+             f"{100 * inside_share:.0f}% of the land area inside; {n_found} clusters")
+    return {"mess_area": mess_area, "aoa_sd": aoa_sd, "clusters": clusters}
 
 
-def _aoa_share(g, zones) -> float:
+def aoa_share(g, zones) -> float:
     a = np.asarray(g["aoa"][:])
     w = np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values)
     tot = w[a >= 0].sum()
     return float(w[a == 1].sum() / tot) if tot > 0 else float("nan")
 
 
-def _template(pred: xr.Dataset, crs, pnames: list, threshold: float, n_clusters: int) -> xr.Dataset:
+def extrapolation_template(pred: xr.Dataset, crs, pnames: list, threshold: float, n_clusters: int) -> xr.Dataset:
     import dask.array as dsa
 
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     P = len(pnames)
-    band = _band_rows(ny, nx, 12)
+    band = band_rows(ny, nx, 12)
 
     def full(shape, dtype, fill):
         return dsa.full(shape, fill, dtype=dtype, chunks=tuple([1] * (len(shape) - 2) + [min(band, ny), nx]))

@@ -14,6 +14,7 @@ same run sequentially, on threads, or on a dask.distributed cluster.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,3 +173,84 @@ def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, se
     best = int(metrics.loc[metrics.caret_RMSE.idxmin(), "mtry"])  # caret "best": lowest mean RMSE
     metrics["selected"] = metrics.mtry == best
     return LosoResult(pred, metrics, best)
+
+
+SKILL_BREAKDOWNS = (None, "month", "biome", "veg_type", "disturbance", "method")
+
+
+def skill_tables(chosen: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The CV skill of the chosen mtry per flux, overall and by each breakdown, by file stem
+    (``skill``, ``skill_by_month``, ...)."""
+    out = {}
+    for by in SKILL_BREAKDOWNS:
+        parts = []
+        for f, g in chosen.groupby("flux", sort=False):
+            g = g.assign(disturbance=g.disturbance.fillna("none").replace("", "none")) if by == "disturbance" else g
+            t = skill_table(g, by)
+            t.insert(0, "flux", f)
+            parts.append(t)
+        out[f"skill{'' if by is None else '_by_' + by}"] = pd.concat(parts, ignore_index=True)
+    return out
+
+
+@dataclass
+class FluxFit:
+    """One flux's final forest and what the forest step records of it."""
+
+    model: FluxForest
+    info: dict  # models/forest.json's entry
+    predictions: pd.DataFrame | None  # the CV predictions with the rows' breakdown columns (None without CV)
+    metrics: pd.DataFrame | None  # CV metrics by mtry
+    overall: dict | None  # the CV metrics of the chosen mtry
+    seconds: dict  # {"cv": ..., "fit": ...}
+
+
+#: Columns of the training rows that go with the CV predictions (skill breakdowns).
+BREAKDOWN_COLUMNS = ["site_id", "year", "month", "biome", "region", "veg_type", "method", "disturbance"]
+
+
+def fit_flux(rows: pd.DataFrame, flux: str, x_cols: list[str], *, mtry: int | None, grid: list | None,
+             n_estimators: int, nodesize: int, central, cv: bool, seed: int, forest_seed: int,
+             dropped: list, progress=None, client=None) -> FluxFit:
+    """Leave-one-site-out CV over the mtry grid (``mtry`` fixed: that one; ``cv`` false: none),
+    the chosen mtry, and the final forest refit on all ``rows``. ``grid``: the mtry values to
+    tune over (default :func:`mtry_grid`)."""
+    grid = [mtry] if mtry is not None else (grid or mtry_grid(len(x_cols)))
+    best = mtry
+    pred = m = overall = None
+    t0 = time.perf_counter()
+    if cv:
+        try:
+            res = loso_cv(rows[x_cols], rows[flux].to_numpy(), rows.site_id.to_numpy(), grid,
+                          n_trees=n_estimators, nodesize=nodesize, seed=seed, progress=progress, client=client)
+        finally:
+            if progress is not None:
+                progress(None, None)
+        best = res.best_mtry if best is None else best
+        pred = res.predictions.merge(rows[BREAKDOWN_COLUMNS].reset_index().rename(columns={"index": "row"}),
+                                     on=["row", "site_id"])
+        pred.insert(0, "flux", flux)
+        m = res.metrics.copy()
+        m.insert(0, "flux", flux)
+        overall = m[m.mtry == best].iloc[0].to_dict()
+    elif best is None:
+        best = max(len(x_cols) // 3, 1)
+    cv_s = time.perf_counter() - t0
+    model = FluxForest(n_estimators=n_estimators, mtry=best, nodesize=nodesize, central=central,
+                       random_state=forest_seed)
+    t0 = time.perf_counter()
+    model.fit(rows[x_cols], rows[flux].to_numpy())
+    fit_s = time.perf_counter() - t0
+    fitted = model.predict(rows[x_cols])
+    obs = rows[flux].to_numpy()
+    info = {
+        "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": int(best),
+        "mtry_grid": [int(g) for g in grid], "tuned": mtry is None and cv,
+        "n_estimators": n_estimators, "nodesize": nodesize, "central": central,
+        "sites_dropped_by_listwise_deletion": dropped,
+        "in_sample_r2": float(np.corrcoef(fitted, obs)[0, 1] ** 2),
+        "in_sample_rmse": float(np.sqrt(np.mean((fitted - obs) ** 2))),
+        "cv": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+               for k, v in (overall or {}).items()},
+    }
+    return FluxFit(model, info, pred, m, overall, {"cv": round(cv_s, 2), "fit": round(fit_s, 2)})

@@ -27,7 +27,7 @@ REGIONS = ("alaska", "canada", "europe", "siberia")  # codes 1..4
 
 
 @lru_cache(maxsize=1)
-def _base() -> dict[str, np.ndarray]:
+def base_grid() -> dict[str, np.ndarray]:
     with resources.files("abzflux").joinpath("data/domain_10km.npz").open("rb") as fh:
         with np.load(fh, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -142,7 +142,7 @@ def load_domain(resolution_km: float = 50, crop: bool = True) -> xr.Dataset:
     """
     if not resolution_km > 0:
         raise ValueError(f"resolution_km must be positive, got {resolution_km}")
-    b = _base()
+    b = base_grid()
     lf, wmean, majority, x, y = _aggregate(b, resolution_km)
     t2m = wmean(b["t2m"] / 100.0)
     tp = wmean(b["tp"] / 10.0)

@@ -114,3 +114,89 @@ def correct_nee(nee: xr.DataArray, models: pd.DataFrame, last_burn: xr.DataArray
         bias = (m.loc[mon, "intercept"] + m.loc[mon, "slope"] * ysf) * burned_frac
         out[i] = out[i] + bias.fillna(0.0).astype(out.dtype)
     return out
+
+
+def fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
+    """k when ``ds``'s grid nests k x k cells into each cell of ``like``'s (same origin corner),
+    else 1."""
+    try:
+        d = abs(float(ds.x[1] - ds.x[0]))
+        D = abs(float(like.x[1] - like.x[0]))
+    except (IndexError, KeyError):
+        return 1
+    k = int(round(D / d))
+    if k <= 1 or abs(k * d - D) > 1e-6 * D or ds.sizes["x"] != k * like.sizes["x"] or ds.sizes["y"] != k * like.sizes["y"]:
+        return 1
+    x0 = float(ds.x.values[:k].mean())
+    y0 = float(ds.y.values[:k].mean())
+    if abs(x0 - float(like.x[0])) > 1e-6 * D or abs(y0 - float(like.y[0])) > 1e-6 * D:
+        return 1
+    return k
+
+
+def emissions_by_zone(annual: pd.DataFrame, first_year: int) -> pd.DataFrame:
+    """Fire emissions (Tg C yr-1) by year (rows) and zone (columns) from the fire period on."""
+    fr = annual[(annual.flux == "fire") & (annual.year >= first_year)]
+    return fr.pivot(index="year", columns="zone", values="tg_c")
+
+
+def fire_vs_uptake(annual: pd.DataFrame, first_year: int) -> pd.DataFrame | None:
+    """Per zone and year of the fire period: NEE, fire, NEE + fire and whether fire emissions
+    exceeded the net uptake (None without both fluxes)."""
+    w = annual[annual.year >= first_year].pivot_table(index=["zone", "year"], columns="flux", values="tg_c").reset_index()
+    if not {"nee", "fire"} <= set(w.columns):
+        return None
+    w["fire_exceeds_uptake"] = w.fire > -w.nee
+    return w[["zone", "year", "nee", "fire", "nee_fire", "fire_exceeds_uptake"]]
+
+
+def burned_maps(fire: xr.Dataset, first_year: int, target: int) -> tuple[xr.Dataset, xr.DataArray, xr.DataArray]:
+    """The cells burned during the fire period (Fig. 2d): last burn year, its burned fraction and
+    the summed monthly burned fractions; also returns (last, frac) for the bias correction."""
+    ft = pd.DatetimeIndex(fire.time.values)
+    last, frac = last_burn_year(fire["burned_fraction"], first_year, min(target, int(ft.year.max())))
+    total = fire["burned_fraction"].sel(time=slice(f"{first_year}-01-01", f"{target}-12-31")).fillna(0).sum("time")
+    maps = xr.Dataset({"last_burn_year": last.astype(np.float32), "last_burn_fraction": frac.astype(np.float32),
+                       "burned_fraction_total": total.astype(np.float32)})
+    maps["burned_fraction_total"].attrs.update(units="1",
+                                               long_name=f"sum of monthly burned fractions {first_year}-{target}")
+    return maps.assign_coords(y=fire.y, x=fire.x), last, frac
+
+
+def site_residuals(cv_pred: pd.DataFrame, sites: pd.DataFrame, mtry: int) -> pd.DataFrame:
+    """The NEE model's leave-one-site-out residuals (chosen mtry) with years since fire, and
+    whether the site-month is burned (a fire disturbance with a years-since-fire value)."""
+    pr = cv_pred[(cv_pred.flux == "nee") & (cv_pred.mtry == mtry)]
+    s = sites[["site_id", "year", "month", "years_since_fire"]]
+    r = pr.merge(s, on=["site_id", "year", "month"], how="left").assign(residual=lambda d: d.obs - d.pred)
+    r["burned"] = (r.disturbance == "fire") & r.years_since_fire.notna()
+    return r
+
+
+def residual_diagnostics(r: pd.DataFrame) -> pd.DataFrame:
+    """Residual mean, SD and count at burned vs unburned site-months, and by years since fire."""
+    diag = r.assign(ysf_bin=np.where(r.burned, np.floor(r.years_since_fire.fillna(-1)).clip(upper=30), np.nan))
+    return pd.concat([diag.groupby("burned").residual.agg(["mean", "std", "size"]).reset_index().assign(by="burned"),
+                      diag[diag.burned].groupby("ysf_bin").residual.agg(["mean", "std", "size"]).reset_index()
+                      .assign(by="years_since_fire")], ignore_index=True)
+
+
+def correctable_months(models: pd.DataFrame, months) -> list[int]:
+    """The months to correct: ``months`` (``fire.months``) or the significant ones, among those
+    with a fitted slope."""
+    months = months if months is not None else significant_months(models)
+    return [m for m in months if m in set(models.month)
+            and np.isfinite(models.set_index("month").loc[m].get("slope", np.nan))]
+
+
+def significant_months(models: pd.DataFrame) -> list[int]:
+    return [int(m) for m in models.loc[models.significant, "month"]] if len(models) else []
+
+
+def correction_table(change: pd.Series, annual: pd.DataFrame, target: int) -> pd.DataFrame:
+    """NEE of the target year before and after the correction, per zone (Tg C yr-1); ``change``:
+    the correction's budget by zone."""
+    b = annual[(annual.flux == "nee") & (annual.year == target)].set_index("zone").tg_c.rename("nee_before")
+    t = pd.concat([b.reindex(change.index), change], axis=1)
+    t["nee_after"] = t.nee_before + t.change
+    return t[["nee_before", "nee_after", "change"]].rename_axis("zone").reset_index()

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+import xarray as xr
+
 
 @dataclass(frozen=True)
 class Predictor:
@@ -108,3 +112,46 @@ VEG_FALLBACK: dict[int, tuple[int, ...]] = {
     120: (30, 80, 33),
     160: (41, 30, 120),
 }
+
+
+def training_rows(table: pd.DataFrame, flux: str) -> pd.DataFrame:
+    """Listwise deletion for one flux: rows where the flux and all 17 predictors are present."""
+    cols = list(PREDICTOR_NAMES) + [flux]
+    return table[table[cols].notna().all(axis=1)]
+
+
+def extract_at_sites(table: pd.DataFrame, pred: xr.Dataset, iy: np.ndarray, ix: np.ndarray) -> int:
+    """Add every stack predictor's value at each site-month (grid cell ``iy``, ``ix``, the row's
+    month) to ``table`` in place; months outside the stack get NaN. Returns their count."""
+    times = pd.DatetimeIndex(pred.time.values)
+    key = pd.Series(np.arange(len(times)), index=times.year * 100 + times.month)
+    ti = (table.year * 100 + table.month).map(key)
+    in_period = ti.notna().to_numpy()
+    t_idx = xr.DataArray(np.where(in_period, ti.fillna(0), 0).astype(int), dims="row")
+    y_idx, x_idx = xr.DataArray(iy, dims="row"), xr.DataArray(ix, dims="row")
+    for v in (n for n in PREDICTOR_NAMES if n != "month"):
+        da = pred[v]
+        if "time" in da.dims:
+            vals = da.isel(time=t_idx, y=y_idx, x=x_idx).values.astype(np.float64)
+            vals[~in_period] = np.nan
+        else:
+            vals = da.isel(y=y_idx, x=x_idx).values.astype(np.float64)
+        table[v] = vals
+    return int((~in_period).sum())
+
+
+def finish_training_table(table: pd.DataFrame, zones: xr.Dataset, iy: np.ndarray, ix: np.ndarray,
+                          zone_names: dict[str, dict]) -> pd.DataFrame:
+    """Recode vegetation, add the optional contract columns, the zone names (``zone_names``:
+    variable -> code -> name, for skill breakdowns) and the permafrost flag of each row's cell."""
+    if "veg_type" in table:
+        table["veg_type"] = table["veg_type"].replace(VEG_RECODE)
+    for c in ("method", "disturbance", "years_since_fire"):  # optional contract columns
+        if c not in table:
+            table[c] = np.nan
+    yi, xi = xr.DataArray(iy, dims="row"), xr.DataArray(ix, dims="row")
+    for zvar in ("biome", "region"):
+        codes = zones[zvar].isel(y=yi, x=xi).values
+        table[zvar] = pd.Series(codes).map({float(k): v for k, v in zone_names[zvar].items()}).to_numpy()
+    table["permafrost"] = zones["permafrost"].isel(y=yi, x=xi).values.astype(np.float64)
+    return table

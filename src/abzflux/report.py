@@ -19,6 +19,7 @@ import base64
 import html
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,8 +39,15 @@ from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm  # noqa
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import _atomic, plots  # noqa: E402
+from . import layout as L  # noqa: E402
+from .domain import CRS_EPSG, base_grid  # noqa: E402
 from .errors import InputError  # noqa: E402
+from .formats import grid_crs  # noqa: E402
+from .layout import RunLayout  # noqa: E402
+from .summary import METHOD_TEXT, order  # noqa: E402
 from .vocab import FLUX_UNITS, FLUXES  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 LABEL = {"gpp": "GPP", "reco": "Reco", "nee": "NEE", "nee_fire": "NEE + fire", "nee_derived": "Reco − GPP"}
 REGIONS = ("alaska", "canada", "europe", "siberia")
@@ -77,24 +85,25 @@ class RunData:
 
     def __init__(self, run: Path):
         self.run = Path(run)
-        if not (self.run / "budgets_annual.csv").exists():
+        self.layout = RunLayout(self.run)
+        if not self.layout.budgets_annual.exists():
             raise InputError(str(self.run), "not a finished run: budgets_annual.csv is missing",
                              expected="a run directory written by `abzflux run`")
-        rec = self.run / "run.json"
+        rec = self.layout.run_json
         self.record = json.loads(rec.read_text()) if rec.exists() else {}
         self._cache: dict = {}
 
     def has(self, rel: str) -> bool:
-        return (self.run / rel).exists()
+        return (self.layout / rel).exists()
 
     def csv(self, rel: str, **kw) -> pd.DataFrame:
         key = ("csv", rel)
         if key not in self._cache:
-            self._cache[key] = pd.read_csv(self.run / rel, **kw)
+            self._cache[key] = pd.read_csv(self.layout / rel, **kw)
         return self._cache[key]
 
     def annual(self) -> pd.DataFrame:
-        return self.csv("budgets_annual.csv")
+        return self.csv(L.BUDGETS_ANNUAL)
 
     def years(self) -> tuple[int, int]:
         a = self.annual()
@@ -106,7 +115,7 @@ class RunData:
 
     def upscaled(self) -> xr.Dataset:
         if "up" not in self._cache:
-            self._cache["up"] = xr.open_zarr(self.run / "upscaled.zarr", consolidated=False)
+            self._cache["up"] = xr.open_zarr(self.layout.upscaled, consolidated=False)
         return self._cache["up"]
 
     def grid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -140,11 +149,8 @@ class RunData:
             x, y = self.grid()
             coast = (x, y, self.land())
             try:
-                from .domain import CRS_EPSG, _base
-                from .formats import grid_crs
-
-                if grid_crs(self.upscaled(), self.run / "upscaled.zarr").to_epsg() == CRS_EPSG:
-                    b = _base()
+                if grid_crs(self.upscaled(), self.layout.upscaled).to_epsg() == CRS_EPSG:
+                    b = base_grid()
                     # 20-km block mean: a clean outline without every 10-km lake
                     lf = b["land_fraction"].astype(float)
                     ny, nx = (s // 2 * 2 for s in lf.shape)
@@ -167,12 +173,12 @@ class RunData:
 
     def trend_maps(self) -> xr.Dataset:
         if "tm" not in self._cache:
-            self._cache["tm"] = xr.open_zarr(self.run / "trends" / "trend_maps.zarr", consolidated=False)
+            self._cache["tm"] = xr.open_zarr(self.layout.trend_maps, consolidated=False)
         return self._cache["tm"]
 
     def sites(self) -> pd.DataFrame:
         if "sites" not in self._cache:
-            self._cache["sites"] = pd.read_parquet(self.run / "sites.parquet")
+            self._cache["sites"] = pd.read_parquet(self.layout.sites)
         return self._cache["sites"]
 
 
@@ -295,7 +301,7 @@ def fig1_maps(rd: RunData) -> list[Item]:
     st = rd.csv("trends/site_trends.csv") if rd.has("trends/site_trends.csv") else pd.DataFrame()
     prod = None
     if rd.has("compare/product_maps.zarr"):
-        prod = xr.open_zarr(rd.run / "compare" / "product_maps.zarr", consolidated=False)
+        prod = xr.open_zarr(rd.layout.product_maps, consolidated=False)
     names = [str(n) for n in prod["product"].values] if prod is not None else []
     ncol = 2 + len(names)
     fig, axes = plt.subplots(2, ncol, figsize=(4.0 * ncol, 7.4), squeeze=False)
@@ -380,10 +386,10 @@ def fig2_budgets(rd: RunData) -> list[Item]:
     _classes(axes[1, 0], rd, cls - 1, OVERLAY_NAMES, ["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"],
              "c  what drives the NEE trend")
     if fire:
-        with xr.open_dataset(rd.run / "fire" / "burned_cells.nc") as b:
+        with xr.open_dataset(rd.layout.burned_cells) as b:
             last = b["last_burn_year"].values.astype(float)
             bx, by = b.x.values.astype(float), b.y.values.astype(float)
-        fp = json.loads((rd.run / "fire" / "fire.json").read_text())["fire_period"]
+        fp = json.loads(rd.layout.fire_json.read_text())["fire_period"]
         im = _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
                   title="d  burned cells (year of the last fire)", colorbar=False)
         if im is not None:
@@ -456,8 +462,8 @@ def fig4_regions(rd: RunData) -> list[Item]:
 def fig_skill(rd: RunData) -> list[Item]:
     if not rd.has("cv/predictions.parquet"):
         return []
-    info = json.loads((rd.run / "models" / "forest.json").read_text())
-    pred = pd.read_parquet(rd.run / "cv" / "predictions.parquet")
+    info = json.loads(rd.layout.forest_json.read_text())
+    pred = pd.read_parquet(rd.layout.cv_predictions)
     chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
     fig = plots.obs_vs_pred(chosen, {f: v.get("cv", {}) for f, v in info.items()}, None)
     mtry = ", ".join(f"{f} {v['mtry']}" for f, v in info.items())
@@ -565,15 +571,13 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     u = rd.record.get("config", {}).get("uncertainty") or {}
     base = u.get("method", "rows")  # runs from before the setting existed used the row bootstrap
     label = base + ("+extrap" if u.get("extrapolation") else "")
-    from .pipeline import METHOD_TEXT
-
     text = (f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
             + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")
             + ("; the budgets' ± also adds the extrapolation term, which grows with the dissimilarity index of "
                "each cell to the training data (zone sums fully correlated; budgets_annual.csv tg_c_sd_total)"
                if u.get("extrapolation") else "") + f". Method label: {label} (docs/uncertainty.md).")
     if rd.has("uncertainty/extrapolation.json"):
-        m = json.loads((rd.run / "uncertainty" / "extrapolation.json").read_text())
+        m = json.loads(rd.layout.extrapolation_json.read_text())
         text += " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): " + "; ".join(
             f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}"
             for f, v in m.items()) + "."
@@ -596,7 +600,7 @@ def uncertainty_method(rd: RunData) -> list[Item]:
 
 
 def fig_extrapolation(rd: RunData) -> list[Item]:
-    p = rd.run / "compare" / "extrapolation.zarr"
+    p = rd.layout.extrapolation_maps
     if not p.exists():
         return []
     ex = xr.open_zarr(p, consolidated=False)
@@ -695,11 +699,10 @@ def tables(rd: RunData) -> list[Item]:
                           "nonsummer = January–May + September–December of the same year (RUN/budgets/table1.csv).",
                           table_html=_table(pd.DataFrame(rows))))
     if rd.has("summary.json"):
-        s = json.loads((rd.run / "summary.json").read_text())
+        s = json.loads(rd.layout.summary_json.read_text())
         if "truth" in s:
             t = pd.DataFrame(s["truth"])
-            from .pipeline import _order
-            t = _order(t)
+            t = order(t)
             cols = [c for c in ("flux", "zone", "estimate", "sd", "truth", "error", "rel_error", "trend", "trend_truth")
                     if c in t]
             items.append(Item("truth_table", "Tables", f"Budgets vs the twin's truth, {rd.period()}",
@@ -725,7 +728,7 @@ def coverage_items(rd: RunData) -> list[Item]:
     is short of the zones' land by more than ``budgets.coverage_warn``, or a "full coverage" line."""
     if not rd.has("budgets/coverage.csv"):
         return []
-    cov = pd.read_csv(rd.run / "budgets" / "coverage.csv", dtype={"zone": str, "variables": str}, keep_default_na=False)
+    cov = pd.read_csv(rd.layout.coverage, dtype={"zone": str, "variables": str}, keep_default_na=False)
     warn = float(rd.record.get("config", {}).get("budgets", {}).get("coverage_warn", 0.001))
     bad = cov[cov.share_lost > warn].sort_values("share_lost", ascending=False, kind="stable")
     if not len(bad):
@@ -786,14 +789,13 @@ FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
 
 
 # --------------------------------------------------------------------------- the page
-def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
-                 progress: Callable | None = None) -> Report:
+def write_report(run_dir, progress: Callable | None = None) -> Report:
     """Write ``RUN/report/`` (PNG + PDF per figure) and ``RUN/report.html``. A figure that fails is
     reported on the page and in ``Report.errors``; the others are still written."""
     t0 = time.perf_counter()
     rd = RunData(Path(run_dir))
     rep = Report(rd.run)
-    tmp = rd.run / "report.tmp"
+    tmp = rd.layout.tmp(L.REPORT)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for i, builder in enumerate(FIGURES):
@@ -803,7 +805,7 @@ def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
             items = builder(rd)
         except Exception as e:  # noqa: BLE001 - one broken figure must not take the page down with it
             rep.errors.append((builder.__name__, f"{type(e).__name__}: {e}"))
-            log(f"report: {builder.__name__} failed: {type(e).__name__}: {e}")
+            log.warning(f"report: {builder.__name__} failed: {type(e).__name__}: {e}")
             plt.close("all")
             continue
         for it in items:
@@ -814,17 +816,17 @@ def write_report(run_dir, log: Callable[[str], None] = lambda m: None,
                 plt.close(it.fig)
                 it.fig = None
             rep.items.append(it)
-        log(f"report: {builder.__name__}: {len(items)} item(s)")
+        log.info(f"report: {builder.__name__}: {len(items)} item(s)")
     if progress is not None:
         progress(len(FIGURES), len(FIGURES))
     page = render_html(rd, rep)
     (tmp / "report.html.tmp").write_text(page, encoding="utf-8")
     # The old page goes first: a kill between the two renames leaves no report.html, never an old
     # page beside the new figures.
-    (rd.run / "report.html").unlink(missing_ok=True)
-    _atomic.replace(tmp, rd.run / "report")
-    os.replace(rd.run / "report" / "report.html.tmp", rd.run / "report.html")
-    rep.path = rd.run / "report.html"
+    rd.layout.report_html.unlink(missing_ok=True)
+    _atomic.replace(tmp, rd.layout.report)
+    os.replace(rd.layout.report / "report.html.tmp", rd.layout.report_html)
+    rep.path = rd.layout.report_html
     rep.seconds = time.perf_counter() - t0
     return rep
 

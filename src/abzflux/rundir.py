@@ -35,7 +35,9 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import layout as L
 from .errors import InputError
+from .layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +251,7 @@ def tree_files(path: Path) -> list[str]:
 
 
 def tree_hash(path: Path, files: Iterable[str]) -> str:
-    """SHA-256 of some files of a directory, computed as ``pipeline.file_hash`` computes it for
+    """SHA-256 of some files of a directory, computed as ``runner.file_hash`` computes it for
     the whole directory (relative path, then bytes, in sorted order)."""
     h = hashlib.sha256()
     for rel in sorted(files):
@@ -293,16 +295,17 @@ class Ownership:
         files whose digest reproduces the marker's; the others are left out, so they count as
         foreign), the report and default exports, and work in progress. Returns the problems
         found (a directory whose recorded files do not reproduce the digest)."""
-        if self.file.exists() or not ((self.dir / "run.json").exists() or (self.dir / "stages").is_dir()):
+        lay = RunLayout(self.dir)
+        if self.file.exists() or not (lay.run_json.exists() or lay.stages.is_dir()):
             return []
         self.legacy = True
         problems = []
-        for n in ("run.json", "run.json.tmp"):
+        for n in (L.RUN_JSON, L.RUN_JSON + ".tmp"):
             if (self.dir / n).is_file():
                 self.paths[n] = None
-        if (self.dir / "stages").is_dir():
-            self.paths["stages"] = MARKERS
-        for m in sorted((self.dir / "stages").glob("*.json")):
+        if lay.stages.is_dir():
+            self.paths[L.STAGES] = MARKERS
+        for m in sorted(lay.stages.glob("*.json")):
             try:
                 rec = json.loads(m.read_text())
             except ValueError:

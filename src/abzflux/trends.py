@@ -1562,3 +1562,94 @@ def site_trends(table: pd.DataFrame, min_years: int = 8, flux: str = "nee", meth
         rows.append({"site_id": site, "n_years": int(len(g)), "first_year": int(years[0]),
                      "last_year": int(years[-1]), **{k: r[k] for k in ("slope", "p", "tau")}})
     return pd.DataFrame(rows, columns=["site_id", "n_years", "first_year", "last_year", "slope", "p", "tau"])
+
+
+# ---------------------------------------------------------------------------- the trends step's maps and tables
+# Driver variables of the stack with a trend map: variable -> (period, aggregation).
+DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("annual", "mean"),
+           "soil_moisture": ("jja", "mean"), "soil_temp": ("annual", "mean"), "srad": ("annual", "mean"),
+           "vpd": ("jja", "mean")}
+TREND_BAND_BYTES = 256 * 2**20  # float64 monthly series held per band and flux
+
+
+def trend_band(up: xr.Dataset, drv: xr.Dataset, rows: slice, fluxes: Sequence[str]) -> xr.Dataset:
+    """Every per-pixel trend map of one band of grid rows: each flux's periods, the drivers'
+    and the GPP/Reco attribution of NEE trends."""
+    maps = {}
+    for flux in fluxes:
+        for period, series in period_series(up[flux].isel(y=rows).load()).items():
+            t = trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{flux}_{period}_{stat}"] = t[stat]
+    for var, (period, how) in DRIVERS.items():
+        if var in drv:
+            series = period_series(drv[var].isel(y=rows).load(), how=how)[period]
+            t = trend_grid(series, "year")
+            for stat in ("slope", "p", "tau"):
+                maps[f"{var}_{period}_{stat}"] = t[stat]
+    ds = xr.Dataset(maps)
+    ds["nee_trend_attribution"] = overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
+                                                  ds.reco_annual_slope).astype("int8")
+    return ds
+
+
+def trend_band_rows(ny: int, nx: int, n_months: int, tile: int, budget: int = TREND_BAND_BYTES) -> int:
+    """Rows per band: the upscaling tile (whole Zarr chunks are read) unless one flux's float64
+    monthly series for that many rows would exceed ``budget`` bytes."""
+    fit = max(1, budget // max(1, nx * n_months * 8))
+    return int(max(1, min(tile, fit, ny)))
+
+
+def maps_template(first_band: xr.Dataset, y, x, nrow: int) -> xr.Dataset:
+    """The (lazy, missing-valued) layout of the whole grid's trend maps, from the first band's
+    variables and dtypes; CRS and title attributes are the caller's."""
+    import dask.array as dsa
+
+    ny, nx = len(y), len(x)
+    tmpl = xr.Dataset({k: (("y", "x"), dsa.full((ny, nx), -1 if v.dtype.kind == "i" else np.nan,
+                                                dtype=v.dtype, chunks=(nrow, nx)), v.attrs)
+                       for k, v in first_band.data_vars.items()}, coords={"y": y, "x": x})
+    for k in tmpl.data_vars:
+        if str(k).endswith("_slope"):
+            tmpl[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
+    tmpl["nee_trend_attribution"].attrs.update(
+        flag_values=list(range(len(OVERLAY) + 1)),
+        flag_meanings="none " + " ".join(OVERLAY))
+    return tmpl
+
+
+def trend_area_shares(ds: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
+    """Area shares (area-weighted over land cells with a trend) of significant NEE trends,
+    greening and its overlap with uptake trends, and of each attribution class."""
+    w = zones["land_fraction"].fillna(0) * zones["cell_area"]
+    sig = ALPHA
+    valid = ds.nee_annual_slope.notnull() & (w > 0)
+    perm = zones["permafrost"].fillna(0) > 0
+    shares = {
+        "nee_increasing_uptake": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid),
+        "nee_increasing_emissions": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope > 0), w, valid),
+        "permafrost_nee_increasing_uptake": area_share(
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & perm),
+    }
+    if "ndvi_jja_slope" in ds:
+        green = (ds.ndvi_jja_p < sig) & (ds.ndvi_jja_slope > 0)
+        shares["greening"] = area_share(green, w, valid)
+        shares["greening_with_annual_uptake_trend"] = area_share(
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & green)
+        shares["greening_with_jja_uptake_trend"] = area_share(
+            (ds.nee_jja_p < sig) & (ds.nee_jja_slope < 0), w, valid & green)
+    for code, name in enumerate(OVERLAY, start=1):
+        shares[f"attribution_{name}"] = area_share(ds.nee_trend_attribution == code, w, valid)
+    return pd.DataFrame([{"quantity": k, "area_share": v} for k, v in shares.items()])
+
+
+def budget_trends(annual: pd.DataFrame) -> pd.DataFrame:
+    """Theil–Sen + Mann–Kendall trends of each zone's and flux's annual budget (Tg C yr-2)."""
+    rows = []
+    for (zone, flux), g in annual.groupby(["zone", "flux"], sort=True):
+        g = g.sort_values("year")
+        r = trend_series(g.tg_c.to_numpy(), g.year.to_numpy())
+        rows.append({"zone": zone, "flux": flux, **{k: r[k] for k in ("first_year", "last_year", "n_years", "slope",
+                                                                       "p", "tau", "lbound", "ubound")}})
+    return pd.DataFrame(rows)
+

@@ -13,16 +13,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import budgets as budgets_mod
 from .compare import AOA, CONTINUOUS
-from .formats import FLUXES, grid_crs, write_crs
+from .formats import FLUXES, write_crs
 from .vocab import FLUX_UNITS
 
 #: E|e| = sigma * sqrt(2/pi) for a zero-mean normal error e: the SD from a mean absolute error.
@@ -106,103 +103,64 @@ def site_errors(rows: pd.DataFrame, pred: pd.DataFrame, train_di: np.ndarray, fl
     return g.assign(flux=flux)
 
 
-def stage_extrapolation(ctx) -> None:
-    """(b4) The extrapolation-aware SD term: per flux the DI model of the LOSO residuals, and
-    monthly SD maps ``uncertainty/extrapolation_sd.zarr`` (g C m-2 month-1); the budgets stage
-    sums them per zone (fully correlated). Needs the forest stage's CV predictions."""
-    from .pipeline import _atomic_replace, training_rows
-
-    cfg = ctx.cfg
-    out = ctx.path("uncertainty.tmp")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    pred_path = ctx.path("cv/predictions.parquet")
-    if not pred_path.exists():
-        from .errors import ConfigError
-        raise ConfigError(cfg.source, "the extrapolation term needs the leave-one-site-out CV",
-                          column="uncertainty.extrapolation", expected="forest.cv = true")
-    cvp = pd.read_parquet(pred_path)
-    info = json.loads(ctx.path("models/forest.json").read_text())
-    table = pd.read_parquet(ctx.path("sites.parquet"))
-    imp_path = ctx.path("interpret/importance.csv")
-    imp = pd.read_csv(imp_path) if imp_path.exists() else None
-    models, aoas, errs = {}, {}, []
-    for flux in FLUXES:
-        rows = training_rows(table, flux).reset_index(drop=True)
-        w = np.ones(len(CONTINUOUS))
-        if imp is not None and (imp.flux == flux).any():
-            s = imp[imp.flux == flux].set_index("predictor").importance
-            w = np.array([s.get(v, 0.0) for v in CONTINUOUS], np.float64)
-        sub = rows
-        if len(rows) > cfg.compare.aoa_max_training:
-            sub = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, cfg.compare.aoa_max_training).round().astype(int))]
-        aoa = AOA(sub[list(CONTINUOUS)].to_numpy(np.float64), sub.site_id.to_numpy(), w)
-        di_rows = np.full(len(rows), np.nan)
-        di_rows[sub.index.to_numpy()] = aoa.train_di
-        p = cvp[(cvp.flux == flux) & (cvp.mtry == info[flux]["mtry"])]
-        e = site_errors(rows, p, di_rows, flux)
-        m = fit_extrapolation(e.di.to_numpy(), e.abs_error.to_numpy())
-        m["weights"] = "importance" if imp is not None else "equal"
-        models[flux], aoas[flux] = m, aoa
-        errs.append(e)
-        ctx.log(f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
-                f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}")
-    pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
-    (out / "extrapolation.json").write_text(json.dumps(models, indent=2))
-    write_sd_maps(ctx, aoas, models, out / "extrapolation_sd.zarr")
-    _atomic_replace(out, ctx.path("uncertainty"))
+def flux_extrapolation(rows: pd.DataFrame, cv_pred: pd.DataFrame, mtry: int, importance: pd.DataFrame | None,
+                       flux: str, max_training: int) -> tuple[dict, AOA, pd.DataFrame]:
+    """One flux's extrapolation term: the AOA of its training rows (``importance``-weighted when
+    given; at most ``max_training`` rows), the site-mean LOSO residuals (chosen ``mtry``)
+    against the dissimilarity index, and the fitted DI model. Returns (model, aoa, site errors)."""
+    w = np.ones(len(CONTINUOUS))
+    if importance is not None and (importance.flux == flux).any():
+        s = importance[importance.flux == flux].set_index("predictor").importance
+        w = np.array([s.get(v, 0.0) for v in CONTINUOUS], np.float64)
+    sub = rows
+    if len(rows) > max_training:
+        sub = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_training).round().astype(int))]
+    aoa = AOA(sub[list(CONTINUOUS)].to_numpy(np.float64), sub.site_id.to_numpy(), w)
+    di_rows = np.full(len(rows), np.nan)
+    di_rows[sub.index.to_numpy()] = aoa.train_di
+    p = cv_pred[(cv_pred.flux == flux) & (cv_pred.mtry == mtry)]
+    e = site_errors(rows, p, di_rows, flux)
+    m = fit_extrapolation(e.di.to_numpy(), e.abs_error.to_numpy())
+    m["weights"] = "importance" if importance is not None else "equal"
+    return m, aoa, e
 
 
-def write_sd_maps(ctx, aoas: dict, models: dict, store: Path) -> None:
-    """Monthly extrapolation SD maps over the run's years, written year by year and band by band
-    of ``run.tile`` rows (bounded memory)."""
+def sd_block(pred: xr.Dataset, land: np.ndarray, tk: np.ndarray, ys: slice, aoas: dict, models: dict) -> dict:
+    """The extrapolation SD maps of one block of months ``tk`` and grid rows ``ys``, by variable."""
+    nb, nx = ys.stop - ys.start, pred.sizes["x"]
+    cols = []
+    for v in CONTINUOUS:
+        da = pred[v].isel(y=ys)
+        a = np.asarray(da.isel(time=tk).values if "time" in da.dims else
+                       np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64)
+        cols.append(a.reshape(-1))
+    X = np.stack(cols, 1)
+    X[~np.tile(land[ys].ravel(), len(tk))] = np.nan
+    data = {}
+    for f in FLUXES:
+        sd = extrapolation_sd(aoas[f].di(X), models[f]).reshape(len(tk), nb, nx).astype(np.float32)
+        data[f"{f}_extrap_sd"] = (("time", "y", "x"), sd)
+    return data
+
+
+def sd_template(pred: xr.Dataset, tsel: np.ndarray, band: int, crs) -> xr.Dataset:
+    """The (lazy, NaN) layout of the monthly extrapolation SD maps."""
     import dask.array as dsa
 
-    pred = ctx.predictors()
-    land = np.asarray((ctx.zones()["land_fraction"].fillna(0) > 0).values)
-    y0, y1 = ctx.years()
     times = pd.DatetimeIndex(pred.time.values)
-    tsel = np.nonzero((times.year >= y0) & (times.year <= y1))[0]
     ny, nx = pred.sizes["y"], pred.sizes["x"]
-    band = max(1, min(ctx.cfg.run.tile, ny))
     ch = (12, band, nx)
     tmpl = xr.Dataset({f"{f}_extrap_sd": (("time", "y", "x"), dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32,
                                                                        chunks=ch),
                                           {"units": FLUX_UNITS, "long_name": f"{f} extrapolation SD term"})
                        for f in FLUXES}, coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values})
-    tmpl = write_crs(tmpl, grid_crs(pred, ctx.cfg.inputs.predictors))
-    tmpl.to_zarr(store, compute=False, mode="w", consolidated=False)
-    for k0 in range(0, len(tsel), 12):
-        tk = tsel[k0:k0 + 12]
-        for i0 in range(0, ny, band):
-            ys = slice(i0, min(i0 + band, ny))
-            nb = ys.stop - ys.start
-            cols = []
-            for v in CONTINUOUS:
-                da = pred[v].isel(y=ys)
-                a = np.asarray(da.isel(time=tk).values if "time" in da.dims else
-                               np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64)
-                cols.append(a.reshape(-1))
-            X = np.stack(cols, 1)
-            X[~np.tile(land[ys].ravel(), len(tk))] = np.nan
-            data = {}
-            for f in FLUXES:
-                sd = extrapolation_sd(aoas[f].di(X), models[f]).reshape(len(tk), nb, nx).astype(np.float32)
-                data[f"{f}_extrap_sd"] = (("time", "y", "x"), sd)
-            xr.Dataset(data).to_zarr(store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)},
-                                     consolidated=False)
+    return write_crs(tmpl, crs)
 
 
-def zone_extrapolation_sd(ctx) -> pd.DataFrame | None:
+def zone_extrapolation_sd(sd_maps: xr.Dataset, zones: xr.Dataset, veg: xr.DataArray) -> pd.DataFrame:
     """Zone-month extrapolation SD (Tg C month-1): the cell SDs summed with the zone weights, i.e.
     cell errors fully correlated within a zone (the conservative choice). Columns zone, time,
-    year, month, flux, tg_c_sd_extrap. None when the run has no extrapolation term."""
-    from . import budgets as budgets_mod
-
-    store = ctx.path("uncertainty/extrapolation_sd.zarr")
-    if not ctx.cfg.uncertainty.extrapolation or not store.exists():
-        return None
-    ds = xr.open_zarr(store, consolidated=False)
-    ds = ds.rename({f"{f}_extrap_sd": f for f in FLUXES})[list(FLUXES)]
-    m = budgets_mod.monthly_budgets(ds, ctx.zones(), veg=ctx.veg())
+    year, month, flux, tg_c_sd_extrap."""
+    ds = sd_maps.rename({f"{f}_extrap_sd": f for f in FLUXES})[list(FLUXES)]
+    m = budgets_mod.monthly_budgets(ds, zones, veg=veg)
     return m.rename(columns={"tg_c": "tg_c_sd_extrap"}).drop(columns="coverage")

@@ -22,6 +22,7 @@ every worker sees (see docs/scaling.md).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -39,8 +40,11 @@ from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
 from .formats import grid_crs, open_grid, write_crs
+from .layout import RunLayout
 from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
 from .vocab import FLUX_UNITS, FLUXES
+
+log = logging.getLogger(__name__)
 
 OUT_VARS = (*FLUXES, "nee_derived")
 LONG_NAMES = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
@@ -238,7 +242,7 @@ def plan_chunks(land: np.ndarray, times: pd.DatetimeIndex, tile: int) -> list[Ch
     return chunks
 
 
-def veg_remap(veg: np.ndarray, known: list, flux: str, log) -> dict:
+def veg_remap(veg: np.ndarray, known: list, flux: str) -> dict:
     """Vegetation classes on land without training levels: each takes its first trained
     fallback (predictors.VEG_FALLBACK); classes with none are not predicted (None → NaN)."""
     out = {}
@@ -246,7 +250,7 @@ def veg_remap(veg: np.ndarray, known: list, flux: str, log) -> dict:
     for code in sorted(set(veg.tolist()) - known):
         fb = next((float(c) for c in VEG_FALLBACK.get(int(code), ()) if c in known), None)
         out[float(code)] = fb
-        log(f"{flux}: vegetation class {int(code)} not in training; "
+        log.info(f"{flux}: vegetation class {int(code)} not in training; "
             + ("cells left NaN" if fb is None else f"predicted as class {int(fb)}"))
     return out
 
@@ -285,7 +289,7 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
 
 
 def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel: np.ndarray, *,
-            tile: int = 128, client=None, progress=None, fingerprint: str = "", log=print) -> dict:
+            tile: int = 128, client=None, progress=None, fingerprint: str = "") -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
 
@@ -294,10 +298,11 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     a rerun with the same ``fingerprint`` resumes it. Returns counts of chunks done/resumed.
     """
     out = Path(out)
+    lay = RunLayout(out)
     pred, zds = open_grid(predictors, chunks={}), open_grid(zones, chunks={})
     times = pd.DatetimeIndex(pred.time.values[times_sel])
     check_models_match(models, members, pred, predictors)
-    work = out / "upscale.partial"
+    work = lay.upscale_partial
     store, parts = work / "store.zarr", work / "parts"
     variables = list(OUT_VARS) + ([f"{v}_sd" for v in OUT_VARS] if members else [])
     state = work / "job.json"
@@ -314,7 +319,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         raise InputError(predictors, "veg_type varies with time", column="veg_type", expected="a static layer (y, x)")
     veg_codes = np.unique(np.asarray(veg_da.values)[land])
     veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
-    veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f, log) for f, p in models.items()}
+    veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
     corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
     zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
     job = UpscaleJob(predictors=str(predictors), zones=str(zones), models={f: str(p) for f, p in models.items()},
@@ -325,7 +330,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     done = {p.stem for p in parts.glob("*.npz") if not p.name.endswith(".tmp.npz")}
     todo = [c for c in chunks if c.key not in done]
     if done:
-        log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
+        log.info(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
     n_done = len(chunks) - len(todo)
     if progress:
         progress(n_done, len(chunks))
@@ -346,7 +351,7 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
             if progress:
                 progress(n_done, len(chunks))
     # Bootstrap zone sums, added in the fixed chunk order (identical for any scheduler).
-    mb_path = out / "budgets_members_monthly.parquet"
+    mb_path = lay.members_monthly
     if members:
         n_mem = len(next(iter(members.values())))
         total = np.zeros((len(OUT_VARS), n_mem, len(times), len(zorder)))
@@ -359,12 +364,12 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
                            "time": times[t_i.ravel()], "zone": np.asarray(zorder)[z_i.ravel()],
                            "tg_c": total.ravel()})
         mb["year"], mb["month"] = mb.time.dt.year, mb.time.dt.month
-        tmp = out / "budgets_members_monthly.parquet.tmp"
+        tmp = lay.tmp(mb_path.name)
         mb.to_parquet(tmp, index=False)
         os.replace(tmp, mb_path)
     else:
         mb_path.unlink(missing_ok=True)
-    _atomic.replace(store, out / "upscaled.zarr")
+    _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
     for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
         cache.cache_clear()

@@ -1,0 +1,154 @@
+"""What a step gets: the config, the run directory's :class:`~abzflux.layout.RunLayout`, and the
+inputs, read and validated once per process on first use (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+
+from .compare import read_references
+from .config import Config
+from .errors import InputError
+from .fire import aggregate_fire, fine_factor
+from .formats import check_same_grid, read_fire, read_predictors, read_site_table, read_truth, read_zones
+from .layout import RunLayout
+from .predictors import VEG_RECODE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    cfg: Config
+    out: Path
+    progress_factory: Callable | None = None  # label -> update(done, total) (the CLI's progress bars), or None
+    hashes: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
+
+    def progress(self, label: str):
+        """A progress callback ``update(done, total)`` (``update(None, None)`` ends it), or None."""
+        return self.progress_factory(label) if callable(self.progress_factory) else None
+
+    def input_paths(self) -> dict:
+        """The given inputs by name (``references``: a list of paths)."""
+        out = {k: getattr(self.cfg.inputs, k) for k in ("sites", "predictors", "zones", "fire", "truth")}
+        out["references"] = self.cfg.inputs.references or None
+        return {k: v for k, v in out.items() if v is not None}
+
+    # Inputs are read and validated once per process, on first use.
+    def sites(self) -> pd.DataFrame:
+        if "sites" not in self.cache:
+            self.cache["sites"] = read_site_table(self.cfg.inputs.sites)
+        return self.cache["sites"]
+
+    def truth(self) -> xr.Dataset | None:
+        """A twin's true fluxes (compared with the estimates in the summary)."""
+        if self.cfg.inputs.truth is None:
+            return None
+        if "truth" not in self.cache:
+            ds = read_truth(self.cfg.inputs.truth, like=self.predictors())
+            y0, y1 = self.years()
+            t = pd.DatetimeIndex(ds.time.values)
+            missing = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS").difference(t)
+            if len(missing):
+                raise InputError(self.cfg.inputs.truth, f"{len(missing)} month(s) of the run's years missing",
+                                 column="time", where=", ".join(m.strftime("%Y-%m") for m in missing[:5]),
+                                 expected=f"every month of {y0}-{y1}")
+            self.cache["truth"] = ds
+        return self.cache["truth"]
+
+    def predictors(self) -> xr.Dataset:
+        if "pred" not in self.cache:
+            self.cache["pred"] = read_predictors(self.cfg.inputs.predictors)
+        return self.cache["pred"]
+
+    def zones(self) -> xr.Dataset:
+        if "zones" not in self.cache:
+            self.cache["zones"] = read_zones(self.cfg.inputs.zones, like=self.predictors())
+        return self.cache["zones"]
+
+    def veg(self) -> xr.DataArray:
+        """Static vegetation classes after recoding (for vegetation × region zones)."""
+        v = self.predictors()["veg_type"]
+        for a, b in VEG_RECODE.items():
+            v = v.where(v != a, b)
+        return v
+
+    def fire(self) -> xr.Dataset | None:
+        if self.cfg.inputs.fire is None:
+            return None
+        if "fire" not in self.cache:
+            path, pred = self.cfg.inputs.fire, self.predictors()
+            ds = read_fire(path)
+            k = fine_factor(ds, pred)
+            if k > 1:  # a finer fire grid nested in the analysis grid: aggregate (conserving emissions)
+                log.info(f"fire file is on a {k}x finer grid: aggregated onto the analysis grid")
+                ds = aggregate_fire(ds, k).assign_coords(y=pred.y.values, x=pred.x.values)
+            check_same_grid(ds, pred, path, self.cfg.inputs.predictors)
+            f0 = self.cfg.fire.first_year
+            if f0 is not None:  # the fire period (paper: 2002-2020); NEE + fire only where fire is counted
+                ds = ds.sel(time=slice(f"{f0}-01-01", None))
+            self.cache["fire"] = ds
+        return self.cache["fire"]
+
+    def references(self) -> list:
+        """The reference products (docs/compare.md), read and checked on first use."""
+        if not self.cfg.inputs.references:
+            return []
+        if "references" not in self.cache:
+            self.cache["references"] = read_references(self.cfg.inputs.references, self.predictors(), self.years(),
+                                                       self.fire(), self.cfg.compare.subtract_fire)
+        return self.cache["references"]
+
+    def client(self):
+        """A dask.distributed client when ``run.scheduler`` is set (folds run on the cluster)."""
+        addr = self.cfg.run.scheduler
+        if not addr:
+            return None
+        if "client" not in self.cache:
+            from dask.distributed import Client, LocalCluster
+
+            if addr == "local":
+                self.cache["cluster"] = LocalCluster(n_workers=2, threads_per_worker=1, processes=True)
+                self.cache["client"] = Client(self.cache["cluster"])
+            else:
+                self.cache["client"] = Client(addr)
+            log.info(f"dask.distributed: {self.cache['client']}")
+        return self.cache["client"]
+
+    def close(self) -> None:
+        for k in ("client", "cluster"):
+            if k in self.cache:
+                self.cache.pop(k).close()
+
+    def years(self) -> tuple[int, int]:
+        """The run's calendar years: ``run.years``, or the first to the last complete year of
+        the predictor stack. Every month of every year in the range must be in the stack."""
+        yr = self.cfg.run.year_range(self.cfg.source)
+        t = pd.DatetimeIndex(self.predictors().time.values)
+        full = t.to_series().groupby(t.year).size()
+        full = full[full == 12].index
+        if len(full) == 0:
+            raise InputError(self.cfg.inputs.predictors, "no complete calendar year of monthly predictors",
+                             column="time", expected="12 monthly steps per year")
+        y0, y1 = (int(full.min()), int(full.max())) if yr is None else yr
+        want = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS")
+        missing = want.difference(t)
+        if len(missing):
+            months = ", ".join(m.strftime("%Y-%m") for m in missing[:12]) + (" ..." if len(missing) > 12 else "")
+            raise InputError(self.cfg.inputs.predictors, f"{len(missing)} month(s) of {y0}-{y1} missing from the "
+                             f"predictor stack: {months}", column="time",
+                             expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)")
+        return y0, y1

@@ -1,0 +1,55 @@
+"""(f) compare: extrapolation diagnostics (MESS, AOA, environmental clusters) always; the
+comparison with reference products when ``inputs.references`` are given. Writes ``compare/``
+(docs/compare.md); the methods are :mod:`abzflux.compare`."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import xarray as xr
+
+from .. import _atomic, seeds
+from .. import budgets as budgets_mod
+from .. import compare as cmp
+from .. import layout as L
+from ..context import Context
+from ..formats import grid_crs
+from .spec import StepSpec, fresh_dir
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context) -> None:
+    cfg, cs, lay = ctx.cfg, ctx.cfg.compare, ctx.layout
+    pred, zones = ctx.predictors(), budgets_mod.with_cell_area(ctx.zones())
+    crs = grid_crs(pred, cfg.inputs.predictors)
+    out = fresh_dir(lay.tmp(L.COMPARE))
+    importance = None
+    if lay.importance.exists():
+        importance = pd.read_csv(lay.importance)
+    else:
+        log.info("AOA: no permutation importance (forest.importance_repeats = 0): equal weights")
+    up = xr.open_zarr(lay.upscaled, consolidated=False)
+    tables = cmp.extrapolation_diagnostics(
+        pred, zones, up, pd.read_parquet(lay.sites), importance, ctx.years(), crs, out / "extrapolation.zarr",
+        period_length=cs.mess_period_length, cluster_sample=cs.cluster_sample, max_training=cs.aoa_max_training,
+        n_clusters=cs.n_clusters, seed=seeds.integer(cfg.run.seed, "kmeans"))
+    up.close()
+    for name, t in tables.items():
+        t.to_csv(out / f"{name}.csv", index=False)
+    refs = ctx.references()
+    if refs:
+        cmp.compare_products(refs, xr.open_zarr(lay.upscaled, consolidated=False), zones, ctx.fire(),
+                             crs, out, cfg.budgets.source_threshold, cs.regrid_subsamples)
+    _atomic.replace(out, lay.compare)
+
+
+SPEC = StepSpec(
+    "compare", run, writes=(L.COMPARE,), depends=("trends", "upscale", "interpret", "sites"),
+    reads=(L.SITES, "interpret/importance.csv", L.UPSCALED),
+    config_keys=("compare.subtract_fire", "compare.regrid_subsamples", "compare.mess_period_length",
+                 "compare.n_clusters", "compare.cluster_sample", "compare.aoa_max_training",
+                 "budgets.source_threshold", "fire.first_year", "run.years", "run.seed"),
+    inputs=("predictors", "zones", "fire", "references"),
+    summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given")

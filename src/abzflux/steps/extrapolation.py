@@ -1,0 +1,77 @@
+"""(b4) extrapolation: the extrapolation-aware SD term. Per flux the DI model of the LOSO
+residuals, and monthly SD maps ``uncertainty/extrapolation_sd.zarr`` (g C m-2 month-1); the
+budgets step sums them per zone (fully correlated). Needs the forest step's CV predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .. import _atomic
+from .. import layout as L
+from ..context import Context
+from ..errors import ConfigError
+from ..formats import grid_crs
+from ..predictors import training_rows
+from ..uncertainty import flux_extrapolation, sd_block, sd_template
+from ..vocab import FLUXES
+from .spec import StepSpec, fresh_dir
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context) -> None:
+    cfg, lay = ctx.cfg, ctx.layout
+    out = fresh_dir(lay.tmp(L.UNCERTAINTY))
+    if not lay.cv_predictions.exists():
+        raise ConfigError(cfg.source, "the extrapolation term needs the leave-one-site-out CV",
+                          column="uncertainty.extrapolation", expected="forest.cv = true")
+    cvp = pd.read_parquet(lay.cv_predictions)
+    info = json.loads(lay.forest_json.read_text())
+    table = pd.read_parquet(lay.sites)
+    imp = pd.read_csv(lay.importance) if lay.importance.exists() else None
+    models, aoas, errs = {}, {}, []
+    for flux in FLUXES:
+        rows = training_rows(table, flux).reset_index(drop=True)
+        m, aoa, e = flux_extrapolation(rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training)
+        models[flux], aoas[flux] = m, aoa
+        errs.append(e)
+        log.info(f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
+                 f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}")
+    pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
+    (out / "extrapolation.json").write_text(json.dumps(models, indent=2))
+    write_sd_maps(ctx, aoas, models, out / "extrapolation_sd.zarr")
+    _atomic.replace(out, lay.uncertainty)
+
+
+def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
+    """Monthly extrapolation SD maps over the run's years, written year by year and band by band
+    of ``run.tile`` rows (bounded memory)."""
+    pred = ctx.predictors()
+    land = np.asarray((ctx.zones()["land_fraction"].fillna(0) > 0).values)
+    y0, y1 = ctx.years()
+    times = pd.DatetimeIndex(pred.time.values)
+    tsel = np.nonzero((times.year >= y0) & (times.year <= y1))[0]
+    ny, nx = pred.sizes["y"], pred.sizes["x"]
+    band = max(1, min(ctx.cfg.run.tile, ny))
+    sd_template(pred, tsel, band, grid_crs(pred, ctx.cfg.inputs.predictors)).to_zarr(
+        store, compute=False, mode="w", consolidated=False)
+    for k0 in range(0, len(tsel), 12):
+        tk = tsel[k0:k0 + 12]
+        for i0 in range(0, ny, band):
+            ys = slice(i0, min(i0 + band, ny))
+            xr.Dataset(sd_block(pred, land, tk, ys, aoas, models)).to_zarr(
+                store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False)
+
+
+SPEC = StepSpec(
+    "extrapolation", run, writes=(L.UNCERTAINTY,), depends=("forest", "interpret"),
+    reads=(L.SITES, "models/forest.json", "cv/predictions.parquet", "interpret/importance.csv"),
+    config_keys=("compare.aoa_max_training", "run.years", "run.tile"), inputs=("predictors", "zones"),
+    enabled=lambda cfg: cfg.uncertainty.extrapolation, enabled_by="uncertainty.extrapolation",
+    summary="the extrapolation SD term: DI model of the LOSO residuals and monthly SD maps")
