@@ -132,6 +132,19 @@ def untouched_shared_dirs(snapshots: dict | None = None) -> list[str]:
     return bad
 
 
+def run_view(src: Path, dst: Path, exclude=()) -> Path:
+    """A view of a finished shared run that a test may write into: every entry symlinked, except
+    the files abzflux rewrites in place (the ownership manifest, copied; the lock, left out), so
+    that a report or an export on the view never writes through a link into the shared run."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name == "abzflux-owned.json":
+            shutil.copy2(p, dst / p.name)
+        elif p.name not in ("abzflux.lock", *exclude):
+            (dst / p.name).symlink_to(p)
+    return dst
+
+
 def absolute_config(text: str, twin: Path) -> str:
     """A twin config's text with its input paths made absolute, to be written anywhere."""
     for k in INPUT_FILES:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -20,19 +19,15 @@ from abzflux import report as R
 from abzflux.cli import app
 from abzflux.formats import write_crs
 
+from conftest import run_view
+
 runner = CliRunner()
 PERIODS = ["2001-2010", "2011-2020"]
 
 
 def _link_run(src, dst, exclude=()):
-    """A view of a finished run (symlinked entries) that the test may add files to."""
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.name in ("abzflux-owned.json", "abzflux.lock"):
-            shutil.copy2(p, dst / p.name)  # the report and the lock write these: never through a link
-        elif p.name not in ("report", "report.html", "report.tmp", *exclude):
-            (dst / p.name).symlink_to(p)
-    return dst
+    """A view of a finished run without its report (the test writes one)."""
+    return run_view(src, dst, exclude=("report", "report.html", "report.tmp", *exclude))
 
 
 def _synthetic_compare(run):
