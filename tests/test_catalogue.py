@@ -16,7 +16,6 @@ table of docs/errors.md (case, what is wrong, the error message) from real runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,12 +32,11 @@ from typer.testing import CliRunner
 
 from abzflux.cli import app
 from abzflux.formats import write_crs
-from abzflux.twin import TwinSpec, make_twin
+from abzflux.twin import make_twin
 
-from conftest import shared_build
+from conftest import TINY
 
 # A tiny twin: 300-km grid (27 x 30 cells), two years, 30 sites; validation takes about a second.
-TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
 INPUTS = ("sites", "predictors", "zones", "fire", "truth")
 
 
@@ -819,13 +817,6 @@ def run_case(case: Case, twin: Path, root: Path):
 
 def error_text(result) -> str:
     return " ".join(result.output.split())  # rich may wrap long lines
-
-
-@pytest.fixture(scope="module")
-def tiny_twin(shared_root, code_key):
-    """The catalogue's valid twin (built once per pytest run and shared by the workers: read-only)."""
-    key = hashlib.sha256(f"{code_key}|{TINY!r}".encode()).hexdigest()
-    return shared_build(shared_root, "catalogue-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
 @pytest.mark.slow  # builds a twin, runs the CLI
