@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 COARSE = TwinSpec(resolution_km=100, first_year=2001, last_year=2020, seed=448)
 
+TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
+"""A tiny twin (300-km grid, two years, 30 sites) for tests that run the CLI or the first stages
+on valid or mutated inputs: built in seconds, shared as ``tiny_twin``."""
+
 FAST_FOREST = """[forest]
 n_estimators = 40
 mtry = 5
@@ -237,6 +241,14 @@ def twin_dir(shared_root, code_key):
         (d / "coarse" / "config_fast.toml").write_text(text[: text.index("[forest]")] + FAST_FOREST)
 
     return shared_build(shared_root, "twin", _twin_key(code_key), build) / "coarse"
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(shared_root, code_key):
+    """The :data:`TINY` twin's directory (its ``config.toml`` has the twin's default forests).
+    Shared and read-only."""
+    key = hashlib.sha256(f"{code_key}|{TINY!r}".encode()).hexdigest()
+    return shared_build(shared_root, "tiny-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
 @pytest.fixture(scope="session")

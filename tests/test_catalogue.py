@@ -16,7 +16,6 @@ table of docs/errors.md (case, what is wrong, the error message) from real runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,12 +32,11 @@ from typer.testing import CliRunner
 
 from abzflux.cli import app
 from abzflux.formats import write_crs
-from abzflux.twin import TwinSpec, make_twin
+from abzflux.twin import make_twin
 
-from conftest import shared_build
+from conftest import TINY
 
 # A tiny twin: 300-km grid (27 x 30 cells), two years, 30 sites; validation takes about a second.
-TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
 INPUTS = ("sites", "predictors", "zones", "fire", "truth")
 
 
@@ -409,12 +407,12 @@ def m_pred_zarr_no_time(w):
 
 def m_pred_zarr_corrupt_chunk(w):
     store = w.copy("predictors")
-    _truncate(store / "srad" / "c" / "5" / "0" / "0")
+    _truncate(store / "srad" / "c" / "1" / "0" / "0")  # 2020 (a year per chunk)
 
 
 def m_pred_zarr_lost_chunk(w):
     store = w.copy("predictors")
-    (store / "srad" / "c" / "5" / "0" / "0").unlink()
+    (store / "srad" / "c" / "1" / "0" / "0").unlink()  # 2020 (a year per chunk)
 
 
 def m_zones_offset(w):
@@ -473,7 +471,7 @@ def m_fire_percent(w):
 
 def m_fire_lost_chunk(w):
     store = w.copy("fire")
-    (store / "fire_emissions" / "c" / "7" / "0" / "0").unlink()
+    (store / "fire_emissions" / "c" / "1" / "0" / "0").unlink()  # 2020
 
 
 def m_ref_no_product(w):
@@ -749,8 +747,8 @@ CASES = [
          ("predictors.zarr", "[time]", "dimension `time` has no coordinate values")),
     Case("pred-zarr-corrupt-chunk", "predictors: a truncated Zarr chunk", m_pred_zarr_corrupt_chunk,
          ("predictors.zarr", "the data values cannot be read")),
-    Case("pred-zarr-lost-chunk", "predictors: a deleted Zarr chunk (reads as NaN)", m_pred_zarr_lost_chunk,
-         ("predictors.zarr", "[srad]", "NaN in 1 time step(s)", "time step 5 (2019-06-01)")),
+    Case("pred-zarr-lost-chunk", "predictors: a deleted Zarr chunk (a year reads as NaN)", m_pred_zarr_lost_chunk,
+         ("predictors.zarr", "[srad]", "NaN in 12 time step(s)", "time step 12 (2020-01-01)")),
     # zones
     Case("zones-grid-offset", "zones: grid shifted by half a cell", m_zones_offset,
          ("zones.nc", "[x]", "grid does not match", "predictors.zarr", "x[0]")),
@@ -785,8 +783,8 @@ CASES = [
           "expected units 'g C m-2 month-1'")),
     Case("fire-burned-percent", "fire: burned_fraction in %", m_fire_percent,
          ("fire.nc", "[burned_fraction]", "out of range", "values in 0-1")),
-    Case("fire-zarr-lost-chunk", "fire: a deleted Zarr chunk (a month reads as NaN)", m_fire_lost_chunk,
-         ("fire.zarr", "[fire_emissions]", "NaN in 1 time step(s)", "time step 7 (2019-08-01)")),
+    Case("fire-zarr-lost-chunk", "fire: a deleted Zarr chunk (a year reads as NaN)", m_fire_lost_chunk,
+         ("fire.zarr", "[fire_emissions]", "NaN in 12 time step(s)", "time step 12 (2020-01-01)")),
     Case("fire-inf", "fire: an infinite emission", m_fire_inf,
          ("fire.nc", "[fire_emissions]", "out of range (first: inf)", "finite values >= 0")),
     Case("fire-nan-on-land", "fire: burned_fraction NaN on a land cell", m_fire_nan_land,
@@ -819,13 +817,6 @@ def run_case(case: Case, twin: Path, root: Path):
 
 def error_text(result) -> str:
     return " ".join(result.output.split())  # rich may wrap long lines
-
-
-@pytest.fixture(scope="module")
-def tiny_twin(shared_root, code_key):
-    """The catalogue's valid twin (built once per pytest run and shared by the workers: read-only)."""
-    key = hashlib.sha256(f"{code_key}|{TINY!r}".encode()).hexdigest()
-    return shared_build(shared_root, "catalogue-twin", key, lambda d: make_twin(d / "twin", TINY)) / "twin"
 
 
 @pytest.mark.slow  # builds a twin, runs the CLI

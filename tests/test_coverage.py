@@ -21,9 +21,6 @@ from abzflux.config import load_config
 from abzflux.errors import InputError
 from abzflux.predictors import VEG_RECODE
 from abzflux.runner import run_study, validate_study
-from abzflux.twin import TwinSpec, make_twin
-
-TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
 
 
 # ------------------------------------------------------------------------ a hand-computed grid
@@ -146,10 +143,9 @@ def test_years_note():
 
 # ------------------------------------------------------------------------ the twin
 @pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cov") / "twin"
-    make_twin(out, TINY)
-    return out
+def twin(tiny_twin) -> Path:
+    """The shared tiny twin (read-only: mutations are written to each test's own directory)."""
+    return tiny_twin
 
 
 def alaska_half(twin: Path) -> np.ndarray:

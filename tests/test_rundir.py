@@ -10,6 +10,7 @@ for the cases that need a finished run directory.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -29,12 +30,12 @@ from abzflux import rundir
 from abzflux.cli import app
 from abzflux.config import load_config
 from abzflux.runner import clean_run_dir, file_hash, output_digest, run_study
-from abzflux.twin import TwinSpec, make_twin
+
+from conftest import shared_build
 
 # Every test here writes a run directory with the CLI or the stages (make test-fast skips them).
 pytestmark = pytest.mark.slow
 
-TINY = TwinSpec(resolution_km=300, first_year=2019, last_year=2020, seed=448, n_sites=30, n_site_months=400)
 TINY_FOREST = """[forest]
 n_estimators = 10
 mtry = 5
@@ -58,17 +59,25 @@ def _config(twin: Path, path: Path, **inputs) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rundir")
-    make_twin(d / "twin", TINY)
-    return _config(d / "twin", d / "config.toml")
+def shared_run(shared_root, tiny_twin):
+    """A directory holding ``config.toml`` (the tiny twin with tiny forests) and ``run/``, a
+    finished run of it; built once per pytest run and shared by the workers: read-only."""
+
+    def build(d: Path) -> None:
+        run_study(load_config(_config(tiny_twin, d / "config.toml")), d / "run")
+
+    key = hashlib.sha256(f"{tiny_twin}|{TINY_FOREST}".encode()).hexdigest()  # the twin's path holds its key
+    return shared_build(shared_root, "rundir-run", key, build)
 
 
 @pytest.fixture(scope="module")
-def finished(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished") / "run"
-    run_study(load_config(tiny), out)
-    return out
+def tiny(shared_run):
+    return shared_run / "config.toml"
+
+
+@pytest.fixture(scope="module")
+def finished(shared_run):
+    return shared_run / "run"
 
 
 def _copy(finished: Path, tmp_path: Path) -> Path:
@@ -119,8 +128,8 @@ def test_a_file_added_inside_a_finished_runs_output_is_refused_also_by_restart(t
     assert (out / "report" / "draft.docx").read_text() == "my paper" and not (out / "report.html").exists()
 
 
-def test_an_input_at_an_output_location_is_refused_and_one_elsewhere_is_untouched(tiny, finished, tmp_path):
-    twin = tiny.parent / "twin"
+def test_an_input_at_an_output_location_is_refused_and_one_elsewhere_is_untouched(tiny, tiny_twin, finished, tmp_path):
+    twin = tiny_twin
     out = _copy(finished, tmp_path)
     # the fire store the config names lies in DIR/fire/, which the fire stage replaces
     shutil.rmtree(out / "fire")

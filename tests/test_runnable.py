@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_catalogue import TINY, Work, error_text
+from test_catalogue import Work, error_text
 from typer.testing import CliRunner
 
 from abzflux import steps
@@ -31,7 +31,6 @@ from abzflux.cli import app
 from abzflux.config import load_config
 from abzflux.context import Context
 from abzflux.formats import open_grid, read_zones, spacing_area_m2, write_crs
-from abzflux.twin import make_twin
 
 # Every test here runs stages on a built twin (make test-fast skips them).
 pytestmark = pytest.mark.slow
@@ -41,10 +40,9 @@ LAEA_KM = "+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=km +no_defs"
 
 
 @pytest.fixture(scope="module")
-def twin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runnable") / "twin"
-    make_twin(out, TINY)
-    return out
+def twin(tiny_twin):
+    """The shared tiny twin (read-only: mutations are written to each test's own directory)."""
+    return tiny_twin
 
 
 def new_work(twin: Path, root: Path) -> Work:

@@ -151,4 +151,12 @@ class Context:
             raise InputError(self.cfg.inputs.predictors, f"{len(missing)} month(s) of {y0}-{y1} missing from the "
                              f"predictor stack: {months}", column="time",
                              expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)")
+        left = t[(t.year < y0) | (t.year > y1)]
+        if yr is None and len(left) and not self.cache.get("years_warned"):
+            # the run covers less than the stack: say so once (a trailing partial year is common)
+            self.cache["years_warned"] = True
+            log.warning("%s: the run covers %d-%d, the complete years of the predictor stack; %d month(s) of "
+                        "incomplete years are left out (%s to %s; set run.years to choose the period)",
+                        self.cfg.inputs.predictors, y0, y1, len(left), left.min().strftime("%Y-%m"),
+                        left.max().strftime("%Y-%m"))
         return y0, y1

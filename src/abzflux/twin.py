@@ -522,7 +522,7 @@ def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
         {"fire_emissions": (("time", "y", "x"), fe, {"units": FLUX_UNITS}),
          "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"})},
         coords=_coords(w, times)), crs)
-    chunk = {"time": 1, "y": w.shape[0], "x": w.shape[1]}
+    chunk = {"time": 12, "y": w.shape[0], "x": w.shape[1]}  # a year per chunk: the unit the stores are written and read in
     for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
         ds = ds.chunk(chunk)
         if first:
