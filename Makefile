@@ -1,11 +1,12 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. For development:
-# `make test-fast` (no whole-study tests) and `make lint` (ruff + mypy, as CI).
+# `make test-fast` (no whole-study tests), `make lint` (ruff check + format check + mypy, as CI)
+# and `make format` (ruff format).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +30,11 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
 
 clean:
 	rm -rf $(VENV) demo

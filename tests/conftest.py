@@ -53,8 +53,15 @@ pdp_rows = 200
 n_bootstrap = 3
 """
 
-INPUT_FILES = ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc", "ref_inversion.nc",
-               "ref_process.nc")
+INPUT_FILES = (
+    "sites.csv",
+    "predictors.zarr",
+    "zones.nc",
+    "fire.zarr",
+    "truth.nc",
+    "ref_inversion.nc",
+    "ref_process.nc",
+)
 """The twin's input files, as its config.toml names them (relative to the twin directory)."""
 
 SHARED_FIXTURES = ("twin_dir", "fast_config", "study_run")
@@ -99,8 +106,7 @@ SNAPSHOTS: dict[Path, dict[str, tuple[int, int]]] = {}
 """Each shared directory this process used -> its files when first used."""
 
 
-def shared_build(root: Path, name: str, key: str, build: Callable[[Path], None],
-                 snapshots: dict | None = None) -> Path:
+def shared_build(root: Path, name: str, key: str, build: Callable[[Path], None], snapshots: dict | None = None) -> Path:
     """``root/name-KEY``, built by ``build(path)`` once across processes under a file lock.
 
     ``build`` writes into the final path (run directories record absolute input paths, so the

@@ -26,8 +26,10 @@ from abzflux.formats import read_site_table, write_crs
 DATA = Path(__file__).parent / "data"
 EXCERPT = DATA / "ABC.v2.apr24.excerpt.csv.zip"
 REPO = Path(__file__).resolve().parents[1]
-FULL_CANDIDATES = [Path("/work/shared/data/abcflux/ABC.v2.apr24.csv.zip"),
-                   REPO.parent / "shared" / "data" / "abcflux" / "ABC.v2.apr24.csv.zip"]
+FULL_CANDIDATES = [
+    Path("/work/shared/data/abcflux/ABC.v2.apr24.csv.zip"),
+    REPO.parent / "shared" / "data" / "abcflux" / "ABC.v2.apr24.csv.zip",
+]
 runner = CliRunner()
 
 
@@ -126,7 +128,9 @@ def test_wrong_signed_small_gpp_set_to_zero(imp):
     # Tagesson Cassiope heath 3, 2007-08: file GPP +2.8997 (a release) -> 0 after negation
     r = rows(imp.table, "Tagesson_Rylekaerene_Cassiope heath 3", 2007, 8)
     assert r.gpp.iat[0] == 0.0
-    assert rows(imp.table, "Tagesson_Rylekaerene_Cassiope heath 3", 2007, 7).gpp.iat[0] == pytest.approx(36.2613630361476)
+    assert rows(imp.table, "Tagesson_Rylekaerene_Cassiope heath 3", 2007, 7).gpp.iat[0] == pytest.approx(
+        36.2613630361476
+    )
 
 
 def test_inf_and_implausible_cells_become_nan(imp):
@@ -188,8 +192,11 @@ def test_disturbance_mapping_and_years_since_fire(imp):
 
 
 def test_unknown_disturbance_label_and_fire_before_measurement(csv_path, tmp_path):
-    text = csv_path.read_bytes().replace(b"Site burned four years ago in 2017 due to forest fire",
-                                         b"Volcanic ash").replace(b",Fire,1998,", b",Fire,2009,")
+    text = (
+        csv_path.read_bytes()
+        .replace(b"Site burned four years ago in 2017 due to forest fire", b"Volcanic ash")
+        .replace(b",Fire,1998,", b",Fire,2009,")
+    )
     p = tmp_path / "x.csv"
     p.write_bytes(text)
     r = read_abcflux(p)
@@ -252,14 +259,23 @@ def test_zones_file_filter(tmp_path):
     x = x0 + np.array([-50e3, 0, 50e3])
     y = y0 + np.array([50e3, 0, -50e3])
     one = np.ones((3, 3))
-    ds = xr.Dataset({"land_fraction": (("y", "x"), one, {"units": "1"}),
-                     "biome": (("y", "x"), np.ones((3, 3), np.int8), {"flag_values": np.array([1, 2], np.int8),
-                                                                       "flag_meanings": "boreal tundra"}),
-                     "region": (("y", "x"), np.full((3, 3), 3, np.int8),
-                                {"flag_values": np.array([1, 2, 3, 4], np.int8),
-                                 "flag_meanings": "alaska canada europe siberia"}),
-                     "permafrost": (("y", "x"), 0 * one, {"units": "1"})},
-                    coords={"y": y, "x": x})
+    ds = xr.Dataset(
+        {
+            "land_fraction": (("y", "x"), one, {"units": "1"}),
+            "biome": (
+                ("y", "x"),
+                np.ones((3, 3), np.int8),
+                {"flag_values": np.array([1, 2], np.int8), "flag_meanings": "boreal tundra"},
+            ),
+            "region": (
+                ("y", "x"),
+                np.full((3, 3), 3, np.int8),
+                {"flag_values": np.array([1, 2, 3, 4], np.int8), "flag_meanings": "alaska canada europe siberia"},
+            ),
+            "permafrost": (("y", "x"), 0 * one, {"units": "1"}),
+        },
+        coords={"y": y, "x": x},
+    )
     ds = write_crs(ds, "EPSG:6931")
     zp = tmp_path / "zones.nc"
     ds.to_netcdf(zp)
@@ -310,14 +326,26 @@ def _xlsx() -> bytes:
 
 
 BAD = {
-    "semicolon": (b"site_name;site_id;latitude;longitude;year;month;nee;gpp;reco\nA;a;60;20;2015;1;1;-1;2\n",
-                  "the header line is separated by ';', not commas", "the ABCflux CSV layout"),
-    "missing": (b"site_id,latitude,longitude,year,month,nee\na,60,20,2015,1,1\n",
-                "missing ABCflux column(s): site_name, site_reference, country", "the ABCflux CSV layout"),
-    "excel-title-row": (b"ABCflux export,,,\nSite name,Latitude (deg N),Longitude (deg E),Year\nA,60,20,2015\n",
-                        "none of the ABCflux columns in the header line", "the ABCflux CSV layout"),
-    "excel-unicode-text": ("site_name\tsite_id\tlatitude\nA\ta\t60\n".encode("utf-16"),
-                           "the header line is separated by '\\t', not commas", "the ABCflux CSV layout"),
+    "semicolon": (
+        b"site_name;site_id;latitude;longitude;year;month;nee;gpp;reco\nA;a;60;20;2015;1;1;-1;2\n",
+        "the header line is separated by ';', not commas",
+        "the ABCflux CSV layout",
+    ),
+    "missing": (
+        b"site_id,latitude,longitude,year,month,nee\na,60,20,2015,1,1\n",
+        "missing ABCflux column(s): site_name, site_reference, country",
+        "the ABCflux CSV layout",
+    ),
+    "excel-title-row": (
+        b"ABCflux export,,,\nSite name,Latitude (deg N),Longitude (deg E),Year\nA,60,20,2015\n",
+        "none of the ABCflux columns in the header line",
+        "the ABCflux CSV layout",
+    ),
+    "excel-unicode-text": (
+        "site_name\tsite_id\tlatitude\nA\ta\t60\n".encode("utf-16"),
+        "the header line is separated by '\\t', not commas",
+        "the ABCflux CSV layout",
+    ),
     "xlsx": (_xlsx(), "is an Excel workbook, not a CSV file", "the ABCflux CSV as published"),
 }
 
@@ -362,15 +390,31 @@ def test_filters_that_keep_nothing_are_an_error(tmp_path):
     with pytest.raises(InputError, match="no site-month is left") as e:
         read_abcflux(EXCERPT, period=(1900, 1901))
     assert "period: 1900-1901" in str(e.value)
-    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--years", "1900-1901",
-                            "--out", str(tmp_path / "s.parquet")])
+    r = runner.invoke(
+        app, ["sites", "import", "abcflux", str(EXCERPT), "--years", "1900-1901", "--out", str(tmp_path / "s.parquet")]
+    )
     assert r.exit_code == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_cli_options_reach_the_importer(tmp_path):
     out = tmp_path / "t1.parquet"
-    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--out", str(out), "--tier", "1",
-                            "--group-by", "site_name", "--years", "2003-2021"])
+    r = runner.invoke(
+        app,
+        [
+            "sites",
+            "import",
+            "abcflux",
+            str(EXCERPT),
+            "--out",
+            str(out),
+            "--tier",
+            "1",
+            "--group-by",
+            "site_name",
+            "--years",
+            "2003-2021",
+        ],
+    )
     assert r.exit_code == 0, r.output
     t = read_site_table(out)
     assert (t.co2_tier == 1).all() and t.year.between(2003, 2021).all()
@@ -378,6 +422,7 @@ def test_cli_options_reach_the_importer(tmp_path):
     md = tmp_path / "insitu.md"
     r = runner.invoke(app, ["sites", "summary", str(out), "--out", str(md)])
     assert r.exit_code == 0 and md.read_text().startswith("Site-months:")
-    r = runner.invoke(app, ["sites", "import", "abcflux", str(EXCERPT), "--out", str(tmp_path / "x.parquet"),
-                            "--group-by", "tower"])
+    r = runner.invoke(
+        app, ["sites", "import", "abcflux", str(EXCERPT), "--out", str(tmp_path / "x.parquet"), "--group-by", "tower"]
+    )
     assert r.exit_code == 2 and not (tmp_path / "x.parquet").exists()

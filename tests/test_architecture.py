@@ -18,8 +18,24 @@ DOC = ROOT / "docs" / "architecture.md"
 LAYERS = {
     0: {"vocab", "seeds", "errors", "config", "predictors", "__init__"},
     1: {"formats", "abcflux", "_atomic", "rundir", "layout"},
-    2: {"_rf", "forest", "cv", "uncertainty", "upscale", "budgets", "coverage", "fire", "trends", "compare",
-        "summary", "insitu", "plots", "twin", "twin_network", "domain"},
+    2: {
+        "_rf",
+        "forest",
+        "cv",
+        "uncertainty",
+        "upscale",
+        "budgets",
+        "coverage",
+        "fire",
+        "trends",
+        "compare",
+        "summary",
+        "insitu",
+        "plots",
+        "twin",
+        "twin_network",
+        "domain",
+    },
     3: {"context", "checks", "steps"},
     4: {"runner"},
     5: {"cli", "calibrate", "report", "pipeline"},
@@ -43,8 +59,10 @@ def _imports(path: Path) -> set[str]:
                 if parts:
                     out.add(parts[0])
                 else:  # `from . import x`: a module, or a name of the package's __init__
-                    out |= {a.name if (SRC / f"{a.name}.py").exists() or (SRC / a.name).is_dir() else "__init__"
-                            for a in node.names}
+                    out |= {
+                        a.name if (SRC / f"{a.name}.py").exists() or (SRC / a.name).is_dir() else "__init__"
+                        for a in node.names
+                    }
             elif node.module and node.module.startswith("abzflux."):
                 out.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -97,8 +115,13 @@ def test_steps_read_what_upstream_stages_write():
 
 
 def test_only_the_cli_prints():
-    found = [f"{f.relative_to(SRC)}:{i}" for f in SRC.rglob("*.py") if f.name != "cli.py"
-             for i, line in enumerate(f.read_text().splitlines(), 1) if re.search(r"(?<![\w.])print\(", line)]
+    found = [
+        f"{f.relative_to(SRC)}:{i}"
+        for f in SRC.rglob("*.py")
+        if f.name != "cli.py"
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if re.search(r"(?<![\w.])print\(", line)
+    ]
     assert not found, found
 
 

@@ -12,36 +12,48 @@ from abzflux import budgets
 # 3 x 4 grid, 1000 m spacing (cell area 1e6 m2 = 1 km2 when taken from the spacing).
 X = np.array([0.0, 1000.0, 2000.0, 3000.0])
 Y = np.array([2000.0, 1000.0, 0.0])  # descending, as in the domain grid
-LAND = np.array([
-    [1.0, 0.5, 0.0, 0.25],
-    [0.75, 1.0, 1.0, 0.0],
-    [0.2, 0.0, 1.0, 0.6],
-])  # sum 6.3
-BIOME = np.array([  # 1 boreal, 2 tundra; 0 outside (only where land is 0)
-    [1, 1, 0, 2],
-    [1, 2, 2, 0],
-    [1, 0, 2, 2],
-])
-REGION = np.array([  # 1 alaska, 2 canada, 3 europe, 4 siberia
-    [1, 1, 0, 2],
-    [3, 3, 4, 0],
-    [4, 0, 4, 2],
-])
-PERMAFROST = np.array([
-    [0, 1, 0, 1],
-    [0, 1, 1, 0],
-    [0, 0, 1, 1],
-])
-PERMAFROST_FRAC = np.array([
-    [0.0, 0.4, 0.9, 1.0],
-    [0.1, 0.5, 0.75, 0.3],
-    [0.0, 0.2, 1.0, 0.6],
-])
-CELL_AREA = np.array([  # m2, deliberately different from the 1e6 m2 the spacing gives
-    [1.0e6, 1.1e6, 1.2e6, 1.3e6],
-    [0.9e6, 1.0e6, 1.5e6, 2.0e6],
-    [0.8e6, 1.0e6, 1.25e6, 0.5e6],
-])
+LAND = np.array(
+    [
+        [1.0, 0.5, 0.0, 0.25],
+        [0.75, 1.0, 1.0, 0.0],
+        [0.2, 0.0, 1.0, 0.6],
+    ]
+)  # sum 6.3
+BIOME = np.array(
+    [  # 1 boreal, 2 tundra; 0 outside (only where land is 0)
+        [1, 1, 0, 2],
+        [1, 2, 2, 0],
+        [1, 0, 2, 2],
+    ]
+)
+REGION = np.array(
+    [  # 1 alaska, 2 canada, 3 europe, 4 siberia
+        [1, 1, 0, 2],
+        [3, 3, 4, 0],
+        [4, 0, 4, 2],
+    ]
+)
+PERMAFROST = np.array(
+    [
+        [0, 1, 0, 1],
+        [0, 1, 1, 0],
+        [0, 0, 1, 1],
+    ]
+)
+PERMAFROST_FRAC = np.array(
+    [
+        [0.0, 0.4, 0.9, 1.0],
+        [0.1, 0.5, 0.75, 0.3],
+        [0.0, 0.2, 1.0, 0.6],
+    ]
+)
+CELL_AREA = np.array(
+    [  # m2, deliberately different from the 1e6 m2 the spacing gives
+        [1.0e6, 1.1e6, 1.2e6, 1.3e6],
+        [0.9e6, 1.0e6, 1.5e6, 2.0e6],
+        [0.8e6, 1.0e6, 1.25e6, 0.5e6],
+    ]
+)
 
 ZONES = ("domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "permafrost")
 # zone_weights also gives biome/region, north_america and eurasia (tested in test_zonal.py)
@@ -52,10 +64,12 @@ def make_zones(cell_area: bool = False, permafrost=PERMAFROST, land=LAND) -> xr.
     ds = xr.Dataset(
         {
             "land_fraction": (("y", "x"), np.asarray(land, dtype=np.float32)),
-            "biome": (("y", "x"), BIOME.astype(np.int8),
-                      {"flag_values": [1, 2], "flag_meanings": "boreal tundra"}),
-            "region": (("y", "x"), REGION.astype(np.int8),
-                       {"flag_values": [1, 2, 3, 4], "flag_meanings": "alaska canada europe siberia"}),
+            "biome": (("y", "x"), BIOME.astype(np.int8), {"flag_values": [1, 2], "flag_meanings": "boreal tundra"}),
+            "region": (
+                ("y", "x"),
+                REGION.astype(np.int8),
+                {"flag_values": [1, 2, 3, 4], "flag_meanings": "alaska canada europe siberia"},
+            ),
             "permafrost": (("y", "x"), np.asarray(permafrost, dtype=np.float32)),
         },
         coords={"y": Y, "x": X},
@@ -105,12 +119,11 @@ def make_fluxes(times, seed=0, nan_cells=()) -> xr.Dataset:
     gpp = rng.uniform(0, 200, shape)
     reco = rng.uniform(0, 150, shape)
     nee = reco - gpp
-    for (t, i, j) in nan_cells:
+    for t, i, j in nan_cells:
         gpp[t, i, j] = np.nan
         nee[t, i, j] = np.nan
     return xr.Dataset(
-        {"gpp": (("time", "y", "x"), gpp), "reco": (("time", "y", "x"), reco),
-         "nee": (("time", "y", "x"), nee)},
+        {"gpp": (("time", "y", "x"), gpp), "reco": (("time", "y", "x"), reco), "nee": (("time", "y", "x"), nee)},
         coords={"time": times, "y": Y, "x": X},
     )
 
@@ -134,8 +147,8 @@ def test_zone_areas_from_grid_spacing():
     areas = budgets.zone_areas_km2(make_zones(cell_area=False))
     expected = {
         "domain": 6.3,
-        "boreal": 1.0 + 0.5 + 0.75 + 0.2,          # 2.45
-        "tundra": 0.25 + 1.0 + 1.0 + 1.0 + 0.6,    # 3.85
+        "boreal": 1.0 + 0.5 + 0.75 + 0.2,  # 2.45
+        "tundra": 0.25 + 1.0 + 1.0 + 1.0 + 0.6,  # 3.85
         "alaska": 1.0 + 0.5,
         "canada": 0.25 + 0.6,
         "europe": 0.75 + 1.0,
@@ -150,8 +163,9 @@ def test_zone_areas_from_grid_spacing():
 def test_zone_areas_use_cell_area_when_present():
     areas = budgets.zone_areas_km2(make_zones(cell_area=True))
     # domain: sum(land * cell_area) / 1e6, written out
-    domain = (1.0 * 1.0 + 0.5 * 1.1 + 0.25 * 1.3 + 0.75 * 0.9 + 1.0 * 1.0 + 1.0 * 1.5
-              + 0.2 * 0.8 + 1.0 * 1.25 + 0.6 * 0.5)
+    domain = (
+        1.0 * 1.0 + 0.5 * 1.1 + 0.25 * 1.3 + 0.75 * 0.9 + 1.0 * 1.0 + 1.0 * 1.5 + 0.2 * 0.8 + 1.0 * 1.25 + 0.6 * 0.5
+    )
     assert areas["domain"] == pytest.approx(domain, rel=1e-6)
     assert areas["boreal"] == pytest.approx(1.0 * 1.0 + 0.5 * 1.1 + 0.75 * 0.9 + 0.2 * 0.8, rel=1e-6)
     assert areas["siberia"] == pytest.approx(1.0 * 1.5 + 0.2 * 0.8 + 1.0 * 1.25, rel=1e-6)
@@ -160,8 +174,9 @@ def test_zone_areas_use_cell_area_when_present():
 
 def test_zone_areas_fractional_permafrost():
     areas = budgets.zone_areas_km2(make_zones(permafrost=PERMAFROST_FRAC))
-    expected = sum(float(np.float32(LAND[i, j])) * float(np.float32(PERMAFROST_FRAC[i, j]))
-                   for i in range(3) for j in range(4))
+    expected = sum(
+        float(np.float32(LAND[i, j])) * float(np.float32(PERMAFROST_FRAC[i, j])) for i in range(3) for j in range(4)
+    )
     # written out: 0.5*0.4 + 0.25*1 + 0.75*0.1 + 1*0.5 + 1*0.75 + 0.2*0 + 1*1 + 0.6*0.6
     assert expected == pytest.approx(0.2 + 0.25 + 0.075 + 0.5 + 0.75 + 1.0 + 0.36, rel=1e-6)
     assert areas["permafrost"] == pytest.approx(expected, rel=1e-6)
@@ -191,8 +206,7 @@ def test_default_zone_names_without_flag_attributes():
 def test_constant_flux_literal_value():
     """100 g C m-2 every month on 6.3 km2 of land: 6.3e6 m2 * 100 g / 1e12 = 6.3e-4 Tg C."""
     times = pd.date_range("2001-01-01", periods=12, freq="MS")
-    flux = xr.Dataset({"gpp": (("time", "y", "x"), np.full((12, 3, 4), 100.0))},
-                      coords={"time": times, "y": Y, "x": X})
+    flux = xr.Dataset({"gpp": (("time", "y", "x"), np.full((12, 3, 4), 100.0))}, coords={"time": times, "y": Y, "x": X})
     mon = budgets.monthly_budgets(flux, make_zones())
     dom = mon[mon.zone == "domain"]
     assert len(dom) == 12
@@ -276,8 +290,7 @@ def test_biomes_and_regions_sum_to_domain(cell_area):
     mon = budgets.monthly_budgets(fl, make_zones(cell_area=cell_area))
     wide = mon.pivot_table(index=["flux", "time"], columns="zone", values="tg_c")
     np.testing.assert_allclose(wide.boreal + wide.tundra, wide.domain, rtol=1e-12)
-    np.testing.assert_allclose(wide.alaska + wide.canada + wide.europe + wide.siberia,
-                               wide.domain, rtol=1e-12)
+    np.testing.assert_allclose(wide.alaska + wide.canada + wide.europe + wide.siberia, wide.domain, rtol=1e-12)
     assert (wide.domain.abs() > 0).all()
 
 
@@ -317,11 +330,14 @@ def test_annual_is_sum_of_twelve_months():
     assert row(ann, zone="domain", flux="gpp", year=2001).coverage == 1.0
 
 
-@pytest.mark.parametrize("start,periods,years", [
-    ("2001-01-01", 27, [2001, 2002]),  # trailing Jan-Mar 2003 dropped
-    ("2001-07-01", 30, [2002, 2003]),  # leading Jul-Dec 2001 dropped
-    ("2001-02-01", 11, []),            # no complete year
-])
+@pytest.mark.parametrize(
+    "start,periods,years",
+    [
+        ("2001-01-01", 27, [2001, 2002]),  # trailing Jan-Mar 2003 dropped
+        ("2001-07-01", 30, [2002, 2003]),  # leading Jul-Dec 2001 dropped
+        ("2001-02-01", 11, []),  # no complete year
+    ],
+)
 def test_incomplete_years_are_dropped(start, periods, years):
     times = pd.date_range(start, periods=periods, freq="MS")
     ann = budgets.annual_from_monthly(budgets.monthly_budgets(make_fluxes(times), make_zones()))
@@ -341,8 +357,7 @@ def test_annual_budgets_density_is_budget_over_zone_area():
         assert r.density_g_m2 == pytest.approx(r.tg_c * 1e12 / areas_m2[r.zone], rel=1e-9)
     # a literal case: constant 10 g C m-2 month-1 is 120 g C m-2 yr-1 in every zone
     times = pd.date_range("2001-01-01", periods=12, freq="MS")
-    const = xr.Dataset({"gpp": (("time", "y", "x"), np.full((12, 3, 4), 10.0))},
-                       coords={"time": times, "y": Y, "x": X})
+    const = xr.Dataset({"gpp": (("time", "y", "x"), np.full((12, 3, 4), 10.0))}, coords={"time": times, "y": Y, "x": X})
     dens = budgets.annual_budgets(const, z)
     dens = dens[dens.zone.map(areas_m2) > 0]
     np.testing.assert_allclose(dens.density_g_m2, 120.0, rtol=1e-9)
@@ -364,8 +379,7 @@ def test_annual_budgets_with_fire():
     rng = np.random.default_rng(9)
     fe = rng.uniform(0, 5, (24, 3, 4))
     fe[0, 2, 3] = np.nan
-    fire = xr.Dataset({"fire_emissions": (("time", "y", "x"), fe)},
-                      coords={"time": ftimes, "y": Y, "x": X})
+    fire = xr.Dataset({"fire_emissions": (("time", "y", "x"), fe)}, coords={"time": ftimes, "y": Y, "x": X})
     z = make_zones(cell_area=True)
     ann = budgets.annual_budgets(fl, z, fire=fire)
     assert set(ann.flux.unique()) == {"gpp", "reco", "nee", "fire", "nee_fire"}
@@ -385,11 +399,13 @@ def test_annual_budgets_with_fire():
         assert nf.density_g_m2 == pytest.approx(nf.tg_c * 1e12 / area, rel=1e-9)
     # the NaN fire cell (2, 3) is canada/tundra/permafrost: coverage there is below 1
     assert row(ann, zone="canada", flux="fire", year=2002).coverage == pytest.approx(
-        1.0 - 0.6 * 0.5 / (0.25 * 1.3 + 0.6 * 0.5), rel=1e-6)
+        1.0 - 0.6 * 0.5 / (0.25 * 1.3 + 0.6 * 0.5), rel=1e-6
+    )
     # without fire, no fire rows
     plain = budgets.annual_budgets(fl, z)
     assert set(plain.flux.unique()) == {"gpp", "reco", "nee"}
     key = ["flux", "zone", "year"]
     pd.testing.assert_frame_equal(
         plain.sort_values(key).reset_index(drop=True),
-        ann[ann.flux.isin(["gpp", "reco", "nee"])].sort_values(key).reset_index(drop=True))
+        ann[ann.flux.isin(["gpp", "reco", "nee"])].sort_values(key).reset_index(drop=True),
+    )

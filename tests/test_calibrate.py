@@ -44,9 +44,16 @@ def test_inside_and_ratio_known_cases():
 def test_coverage_summary_known_answer():
     # method a: errors 1, 3, 0.5, 5 against SD 2 -> ratios .5, 1.5, .25, 2.5; inside1 2/4, inside2 3/4
     # method b: errors 1, 1 against SD 0.5 -> ratios 2, 2; inside1 0, inside2 2/2
-    df = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "network": "realistic", "flux": "nee",
-                       "estimate": [0.0, 0.0, 0.0, 0.0, 1.0, -1.0], "truth": [1.0, -3.0, 0.5, 5.0, 0.0, 0.0],
-                       "sd": [2.0, 2.0, 2.0, 2.0, 0.5, 0.5]})
+    df = pd.DataFrame(
+        {
+            "method": ["a"] * 4 + ["b"] * 2,
+            "network": "realistic",
+            "flux": "nee",
+            "estimate": [0.0, 0.0, 0.0, 0.0, 1.0, -1.0],
+            "truth": [1.0, -3.0, 0.5, 5.0, 0.0, 0.0],
+            "sd": [2.0, 2.0, 2.0, 2.0, 0.5, 0.5],
+        }
+    )
     s = coverage_summary(score(df)).set_index("method")
     assert s.loc["a", "n"] == 4 and s.loc["b", "n"] == 2
     assert s.loc["a", "coverage1"] == 0.5 and s.loc["a", "coverage2"] == 0.75
@@ -118,12 +125,26 @@ def test_extrapolation_model_recovers_slope_and_grows_with_di():
 
 
 def test_extrapolation_budget_terms_add_fully_correlated():
-    ext = pd.DataFrame({"zone": "domain", "flux": "nee", "year": [2001] * 12 + [2002] * 12,
-                        "month": list(range(1, 13)) * 2, "tg_c_sd_extrap": [1.0] * 12 + [2.0] * 12})
-    ann = pd.DataFrame({"zone": "domain", "flux": ["nee", "nee", "nee_fire", "nee_derived"],
-                        "year": [2001, 2002, 2001, 2001], "tg_c_sd": [5.0, 5.0, 5.0, 4.0]})
-    p_sd = pd.DataFrame({"zone": ["domain", "domain"], "flux": ["nee", "nee_derived"],
-                         "period_mean_tg_c_sd": [3.0, 2.0]})
+    ext = pd.DataFrame(
+        {
+            "zone": "domain",
+            "flux": "nee",
+            "year": [2001] * 12 + [2002] * 12,
+            "month": list(range(1, 13)) * 2,
+            "tg_c_sd_extrap": [1.0] * 12 + [2.0] * 12,
+        }
+    )
+    ann = pd.DataFrame(
+        {
+            "zone": "domain",
+            "flux": ["nee", "nee", "nee_fire", "nee_derived"],
+            "year": [2001, 2002, 2001, 2001],
+            "tg_c_sd": [5.0, 5.0, 5.0, 4.0],
+        }
+    )
+    p_sd = pd.DataFrame(
+        {"zone": ["domain", "domain"], "flux": ["nee", "nee_derived"], "period_mean_tg_c_sd": [3.0, 2.0]}
+    )
     a, p = add_extrapolation_sd(ann, p_sd, ext)
     a = a.set_index(["flux", "year"])
     assert a.loc[("nee", 2001), "tg_c_sd_extrap"] == 12.0 and a.loc[("nee", 2002), "tg_c_sd_extrap"] == 24.0
@@ -161,13 +182,16 @@ def test_uncertainty_config_defaults_and_values(proj):
     assert c.to_dict()["uncertainty"]["method"] == "blocks"
 
 
-@pytest.mark.parametrize("body, parts", [
-    ('method = "site"', ("uncertainty.method", "'site'", "rows")),
-    ("block_km = 0", ("uncertainty.block_km", "> 0")),
-    ("block_km = -5.0", ("uncertainty.block_km",)),
-    ('extrapolation = "yes"', ("uncertainty.extrapolation", "true or false")),
-    ("blocks = 3", ("uncertainty.blocks", "unknown key")),
-])
+@pytest.mark.parametrize(
+    "body, parts",
+    [
+        ('method = "site"', ("uncertainty.method", "'site'", "rows")),
+        ("block_km = 0", ("uncertainty.block_km", "> 0")),
+        ("block_km = -5.0", ("uncertainty.block_km",)),
+        ('extrapolation = "yes"', ("uncertainty.extrapolation", "true or false")),
+        ("blocks = 3", ("uncertainty.blocks", "unknown key")),
+    ],
+)
 def test_uncertainty_config_errors(proj, body, parts):
     (proj / "c.toml").write_text(BASE + "[uncertainty]\n" + body + "\n")
     with pytest.raises(ConfigError) as e:
@@ -190,8 +214,11 @@ def run_copy(study_run, fast_config, tmp_path_factory):
 @pytest.mark.parametrize("method", ["sites", "blocks"])
 def test_bootstrap_stage_methods(run_copy, method):
     out, cfg = run_copy
-    cfg = replace(cfg, forest=replace(cfg.forest, n_bootstrap=2, n_estimators=5),
-                  uncertainty=replace(cfg.uncertainty, method=method, block_km=1500.0))
+    cfg = replace(
+        cfg,
+        forest=replace(cfg.forest, n_bootstrap=2, n_estimators=5),
+        uncertainty=replace(cfg.uncertainty, method=method, block_km=1500.0),
+    )
     ctx = Context(cfg=cfg, out=out)
     stage_bootstrap(ctx)
     rec = json.loads((out / "bootstrap" / "bootstrap.json").read_text())
@@ -222,7 +249,9 @@ def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
 
     out, cfg = run_copy
     # three years of the twin's twenty: the maps are made month by month
-    cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, extrapolation=True), run=replace(cfg.run, years="2001-2003"))
+    cfg = replace(
+        cfg, uncertainty=replace(cfg.uncertainty, extrapolation=True), run=replace(cfg.run, years="2001-2003")
+    )
     ctx = Context(cfg=cfg, out=out)
     fitted = {}
 
@@ -258,11 +287,21 @@ def test_report_names_the_method_and_its_calibration(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     (run / "budgets_annual.csv").write_text("zone,flux,year,tg_c\ndomain,nee,2001,-1.0\n")
-    (run / "run.json").write_text(json.dumps({"config": {"uncertainty": {"method": "blocks", "block_km": 800.0,
-                                                                         "extrapolation": False}}}))
-    cal = pd.DataFrame({"method": ["blocks", "rows"], "network": "realistic", "flux": "nee", "n": [40, 40],
-                        "coverage1": [0.55, 0.2], "coverage2": [0.93, 0.4], "median_ratio": [0.9, 3.1],
-                        "p90_ratio": [2.1, 7.0]})
+    (run / "run.json").write_text(
+        json.dumps({"config": {"uncertainty": {"method": "blocks", "block_km": 800.0, "extrapolation": False}}})
+    )
+    cal = pd.DataFrame(
+        {
+            "method": ["blocks", "rows"],
+            "network": "realistic",
+            "flux": "nee",
+            "n": [40, 40],
+            "coverage1": [0.55, 0.2],
+            "coverage2": [0.93, 0.4],
+            "median_ratio": [0.9, 3.1],
+            "p90_ratio": [2.1, 7.0],
+        }
+    )
     monkeypatch.setattr(R, "shipped_calibration", lambda: (cal, "made by the test"))
     (it,) = R.uncertainty_method(R.RunData(run))
     assert "spatial blocks" in it.caption and "800 km" in it.caption and "made by the test" in it.caption

@@ -27,9 +27,16 @@ def _zones(ny=6, nx=7):
     lf[0, 0] = 0.0
     biome = np.where(np.arange(nx)[None, :] < 3, 1, 2) * np.ones((ny, 1))
     region = np.where(np.arange(ny)[:, None] < 3, 1, 2) * np.ones((1, nx))
-    ds = xr.Dataset({"land_fraction": (("y", "x"), lf), "biome": (("y", "x"), biome),
-                     "region": (("y", "x"), region), "permafrost": (("y", "x"), (lf > 0.6).astype(float)),
-                     "cell_area": (("y", "x"), np.full((ny, nx), 1e10))}, coords={"y": y, "x": x})
+    ds = xr.Dataset(
+        {
+            "land_fraction": (("y", "x"), lf),
+            "biome": (("y", "x"), biome),
+            "region": (("y", "x"), region),
+            "permafrost": (("y", "x"), (lf > 0.6).astype(float)),
+            "cell_area": (("y", "x"), np.full((ny, nx), 1e10)),
+        },
+        coords={"y": y, "x": x},
+    )
     return write_crs(ds, LAEA)
 
 
@@ -46,8 +53,15 @@ def _monthly(years, ny=6, nx=7, seed=2):
 def test_product_equal_to_our_field_gives_r_1_and_ratio_1(tmp_path):
     zones = _zones()
     up = _monthly(range(2003, 2009))
-    ref = cmp.Reference(tmp_path / "same.nc", "same", up.assign_attrs(product="same"), latlon=False,
-                        fire_included=False, subtract_fire=False, years=list(range(2003, 2009)))
+    ref = cmp.Reference(
+        tmp_path / "same.nc",
+        "same",
+        up.assign_attrs(product="same"),
+        latlon=False,
+        fire_included=False,
+        subtract_fire=False,
+        years=list(range(2003, 2009)),
+    )
     cmp.compare_products([ref], up, zones, None, LAEA, tmp_path, threshold=0.0, n_sub=4)
     m = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
     assert m["product"] == "same" and (m.first_year, m.last_year) == (2003, 2008)
@@ -131,8 +145,14 @@ def test_mess_hand_computed():
 
 
 def test_mess_periods_and_classes():
-    assert cmp.mess_periods(1990, 2020, 5) == [(1990, 1994), (1995, 1999), (2000, 2004), (2005, 2009),
-                                               (2010, 2014), (2015, 2020)]
+    assert cmp.mess_periods(1990, 2020, 5) == [
+        (1990, 1994),
+        (1995, 1999),
+        (2000, 2004),
+        (2005, 2009),
+        (2010, 2014),
+        (2015, 2020),
+    ]
     assert cmp.mess_periods(2001, 2003, 5) == [(2001, 2003)]
     c = cmp.mess_class(np.array([-90, -80, -20.0001, -20, -0.1, 0, 4.99, 5, 39.9, 40, 100]))
     assert list(c) == [-3, -2, -2, -1, -1, 1, 1, 2, 2, 3, 3]
@@ -162,8 +182,14 @@ def test_boxplot_upper_whisker_is_r_boxplot_stats():
 def test_cluster_counts():
     labels = np.array([0, 0, 1, 1, -1])
     area = np.array([1.0, 1.0, 2.0, 2.0, 5.0])
-    t = cmp.cluster_table(labels, area, np.array([0, 0, 1, 0, -1]), np.array(["a", "a", "b", "c", "d"]),
-                          np.array([[0.5], [-0.5]]), ["tmp"])
+    t = cmp.cluster_table(
+        labels,
+        area,
+        np.array([0, 0, 1, 0, -1]),
+        np.array(["a", "a", "b", "c", "d"]),
+        np.array([[0.5], [-0.5]]),
+        ["tmp"],
+    )
     assert list(t.n_sites) == [2, 1] and list(t.n_site_months) == [3, 1] and list(t.n_cells) == [2, 2]
     np.testing.assert_allclose(t.area_share, [2 / 6, 4 / 6])
     assert list(t.tmp) == [0.5, -0.5]
@@ -186,8 +212,9 @@ def test_fit_clusters_numbers_by_size():
 def _pred(years=(2001, 2002)):
     x, y = _grid()
     t = pd.date_range(f"{years[0]}-01-01", f"{years[1]}-12-01", freq="MS")
-    return write_crs(xr.Dataset({"ndvi": (("time", "y", "x"), np.ones((t.size, 6, 7)))},
-                                coords={"time": t, "y": y, "x": x}), LAEA)
+    return write_crs(
+        xr.Dataset({"ndvi": (("time", "y", "x"), np.ones((t.size, 6, 7)))}, coords={"time": t, "y": y, "x": x}), LAEA
+    )
 
 
 def _write(ds, path):
@@ -219,8 +246,10 @@ def test_config_references_and_compare_section(tmp_path):
     for f in ("s.csv", "p.zarr", "z.nc", "r1.nc"):
         (tmp_path / f).touch()
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[inputs]\nsites="s.csv"\npredictors="p.zarr"\nzones="z.nc"\nreferences=["r1.nc"]\n'
-                   '[compare]\nsubtract_fire=false\nn_clusters=4\n')
+    cfg.write_text(
+        '[inputs]\nsites="s.csv"\npredictors="p.zarr"\nzones="z.nc"\nreferences=["r1.nc"]\n'
+        "[compare]\nsubtract_fire=false\nn_clusters=4\n"
+    )
     c = load_config(cfg)
     assert c.inputs.references == [tmp_path / "r1.nc"] and c.compare.n_clusters == 4
     assert c.compare.subtract_fire is False and c.compare.mess_period_length == 5
@@ -281,8 +310,12 @@ def test_study_run_writes_compare_outputs(study_run, twin_dir, fast_config, tmp_
     cfg = load_config(fast_config)
     cfg.inputs.references = None
     stage_compare(Context(cfg=cfg, out=run2))
-    assert sorted(p.name for p in (run2 / "compare").iterdir()) == ["aoa_sd.csv", "clusters.csv",
-                                                                   "extrapolation.zarr", "mess_area.csv"]
+    assert sorted(p.name for p in (run2 / "compare").iterdir()) == [
+        "aoa_sd.csv",
+        "clusters.csv",
+        "extrapolation.zarr",
+        "mess_area.csv",
+    ]
     pd.testing.assert_frame_equal(pd.read_csv(run2 / "compare" / "clusters.csv"), cl)
 
 
@@ -293,7 +326,9 @@ def test_bad_reference_fails_before_any_stage_writes(twin_dir, tmp_path):
     ref = ref.assign_coords(time=ref.time.to_index() + pd.DateOffset(years=30))  # 2031-2044
     ref.to_netcdf(tmp_path / "late.nc", engine="h5netcdf")
     text = (twin_dir / "config.toml").read_text()
-    text = text.replace('references = ["ref_inversion.nc", "ref_process.nc"]', f'references = ["{tmp_path / "late.nc"}"]')
+    text = text.replace(
+        'references = ["ref_inversion.nc", "ref_process.nc"]', f'references = ["{tmp_path / "late.nc"}"]'
+    )
     for f in ("sites.csv", "predictors.zarr", "zones.nc", "fire.zarr", "truth.nc"):
         text = text.replace(f'"{f}"', f'"{twin_dir / f}"')
     (tmp_path / "c.toml").write_text(text)

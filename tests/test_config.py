@@ -89,7 +89,9 @@ def test_absolute_input_path_kept(project, tmp_path):
 
 
 def test_full_config(project):
-    text = MINIMAL_INPUTS + """\
+    text = (
+        MINIMAL_INPUTS
+        + """\
 fire = "data/fire.nc"
 truth = "data/truth.nc"
 
@@ -108,6 +110,7 @@ importance_repeats = 10
 n_bootstrap = 5
 bootstrap_mtry = "retune"
 """
+    )
     path = write(project, text)
     cfg = load_config(path)
     assert cfg.inputs.fire == project / "data" / "fire.nc"
@@ -115,7 +118,14 @@ bootstrap_mtry = "retune"
     assert cfg.run.seed == 7
     assert cfg.run.year_range(path) == (2001, 2020)
     f = cfg.forest
-    assert (f.n_estimators, f.mtry, f.nodesize, f.mtry_grid, f.central, f.cv) == (100, 3, 2, [2, 9, 15], "qrf_median", False)
+    assert (f.n_estimators, f.mtry, f.nodesize, f.mtry_grid, f.central, f.cv) == (
+        100,
+        3,
+        2,
+        [2, 9, 15],
+        "qrf_median",
+        False,
+    )
     assert (f.importance_repeats, f.n_bootstrap, f.bootstrap_mtry, f.pdp_points) == (10, 5, "retune", 51)
     d = cfg.to_dict()
     assert d["inputs"]["zones"] == str(project / "zones.nc")
@@ -160,12 +170,15 @@ def test_unknown_run_key(project):
     expect_config_error(path, "run.seeds")
 
 
-@pytest.mark.parametrize("key,value,shown", [
-    ("n_estimators", '"500"', "'500'"),
-    ("n_estimators", "500.0", "500.0"),
-    ("nodesize", "true", "True"),  # a bool is not an integer here
-    ("mtry", '"5"', "'5'"),
-])
+@pytest.mark.parametrize(
+    "key,value,shown",
+    [
+        ("n_estimators", '"500"', "'500'"),
+        ("n_estimators", "500.0", "500.0"),
+        ("nodesize", "true", "True"),  # a bool is not an integer here
+        ("mtry", '"5"', "'5'"),
+    ],
+)
 def test_wrong_type_in_forest(project, key, value, shown):
     path = write(project, MINIMAL_INPUTS + f"[forest]\n{key} = {value}\n")
     expect_config_error(path, f"forest.{key}", "integer", shown)
@@ -210,12 +223,15 @@ def test_optional_input_path_does_not_exist(project):
     expect_config_error(path, "inputs.fire", "missing_fire.nc")
 
 
-@pytest.mark.parametrize("years,part", [
-    ("2020-2001", "after last year"),
-    ("abc", "invalid years"),
-    ("2001", "invalid years"),
-    ("2001-2010-2020", "invalid years"),
-])
+@pytest.mark.parametrize(
+    "years,part",
+    [
+        ("2020-2001", "after last year"),
+        ("abc", "invalid years"),
+        ("2001", "invalid years"),
+        ("2001-2010-2020", "invalid years"),
+    ],
+)
 def test_bad_years(project, years, part):
     path = write(project, MINIMAL_INPUTS + f'[run]\nyears = "{years}"\n')
     expect_config_error(path, "run.years", part)
@@ -232,14 +248,17 @@ def test_forest_values_out_of_range(project, key):
     expect_config_error(path, f"forest.{key}", "out of range", ">= 1")
 
 
-@pytest.mark.parametrize("line,key,shown", [
-    ('central = "median"', "forest.central", "one of"),
-    ('bootstrap_mtry = "sometimes"', "forest.bootstrap_mtry", "one of"),
-    ("mtry_grid = [2, 9.5]", "forest.mtry_grid", "list of integers"),
-    ("mtry_grid = []", "forest.mtry_grid", "list of integers"),
-    ('cv = "yes"', "forest.cv", "true or false"),
-    ("importance_repeats = -1", "forest.importance_repeats", "out of range"),
-])
+@pytest.mark.parametrize(
+    "line,key,shown",
+    [
+        ('central = "median"', "forest.central", "one of"),
+        ('bootstrap_mtry = "sometimes"', "forest.bootstrap_mtry", "one of"),
+        ("mtry_grid = [2, 9.5]", "forest.mtry_grid", "list of integers"),
+        ("mtry_grid = []", "forest.mtry_grid", "list of integers"),
+        ('cv = "yes"', "forest.cv", "true or false"),
+        ("importance_repeats = -1", "forest.importance_repeats", "out of range"),
+    ],
+)
 def test_forest_choices_and_types(project, line, key, shown):
     path = write(project, MINIMAL_INPUTS + f"[forest]\n{line}\n")
     expect_config_error(path, key, shown)
@@ -248,7 +267,11 @@ def test_forest_choices_and_types(project, line, key, shown):
 def test_coarse_set_and_budget_settings(project):
     (project / "data" / "pred8.zarr").mkdir()
     (project / "zones8.nc").write_text("x")
-    cfg = load_config(write(project, MINIMAL_INPUTS + """
+    cfg = load_config(
+        write(
+            project,
+            MINIMAL_INPUTS
+            + """
 [run]
 years = "2001-2020"
 tile = 64
@@ -264,7 +287,9 @@ decade_length = 5
 predictors = "data/pred8.zarr"
 zones = "zones8.nc"
 years = "1990-2016"
-"""))
+""",
+        )
+    )
     assert cfg.budgets.source_threshold == 5.0 and cfg.budgets.decade_length == 5 and cfg.run.tile == 64
     c = cfg.coarse_config()
     assert c.inputs.predictors == project / "data" / "pred8.zarr"
@@ -274,18 +299,21 @@ years = "1990-2016"
     assert load_config(write(project, MINIMAL_INPUTS)).coarse_config() is None
 
 
-@pytest.mark.parametrize("extra, column", [
-    ('[coarse]\nzones = "zones.nc"\n', "coarse"),                                   # predictors missing
-    ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nfoo = 1\n', "coarse.foo"),
-    ('[coarse]\npredictors = "nope.zarr"\nzones = "zones.nc"\n', "coarse.predictors"),
-    ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nyears = "2016-1990"\n', "run.years"),
-    ('[budgets]\nsource_threshold = "zero"\n', "budgets.source_threshold"),
-    ('[budgets]\ndecade_length = 0\n', "budgets.decade_length"),
-    ('[run]\ntile = 2\n', "run.tile"),
-    ('[fire]\nalpha = "x"\n', "fire.alpha"),
-    ('[fire]\nmonths = ["may"]\n', "fire.months"),
-    ('[fire]\nstart = 2002\n', "fire.start"),
-])
+@pytest.mark.parametrize(
+    "extra, column",
+    [
+        ('[coarse]\nzones = "zones.nc"\n', "coarse"),  # predictors missing
+        ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nfoo = 1\n', "coarse.foo"),
+        ('[coarse]\npredictors = "nope.zarr"\nzones = "zones.nc"\n', "coarse.predictors"),
+        ('[coarse]\npredictors = "data/predictors.zarr"\nzones = "zones.nc"\nyears = "2016-1990"\n', "run.years"),
+        ('[budgets]\nsource_threshold = "zero"\n', "budgets.source_threshold"),
+        ("[budgets]\ndecade_length = 0\n", "budgets.decade_length"),
+        ("[run]\ntile = 2\n", "run.tile"),
+        ('[fire]\nalpha = "x"\n', "fire.alpha"),
+        ('[fire]\nmonths = ["may"]\n', "fire.months"),
+        ("[fire]\nstart = 2002\n", "fire.start"),
+    ],
+)
 def test_bad_coarse_and_budget_settings(project, extra, column):
     e = expect_config_error(write(project, MINIMAL_INPUTS + extra))
     assert column in str(e)

@@ -36,9 +36,15 @@ def small_zones() -> xr.Dataset:
     land = np.array([[1.0, 0.5, 0.0, 0.25], [0.75, 1.0, 1.0, 0.0], [0.0, 0.2, 1.0, 0.6]])
     biome = np.array([[1, 1, 2, 2]] * 3, float)
     region = np.array([[1] * 4, [2] * 4, [3] * 4], float)
-    ds = xr.Dataset({"land_fraction": (("y", "x"), land), "biome": (("y", "x"), biome),
-                     "region": (("y", "x"), region), "permafrost": (("y", "x"), np.ones((3, 4)))},
-                    coords={"y": [2500.0, 1500.0, 500.0], "x": [500.0, 1500.0, 2500.0, 3500.0]})
+    ds = xr.Dataset(
+        {
+            "land_fraction": (("y", "x"), land),
+            "biome": (("y", "x"), biome),
+            "region": (("y", "x"), region),
+            "permafrost": (("y", "x"), np.ones((3, 4))),
+        },
+        coords={"y": [2500.0, 1500.0, 500.0], "x": [500.0, 1500.0, 2500.0, 3500.0]},
+    )
     ds.biome.attrs.update(flag_values=[1, 2], flag_meanings="boreal tundra")
     ds.region.attrs.update(flag_values=[1, 2, 3, 4], flag_meanings="alaska canada europe siberia")
     return ds
@@ -47,14 +53,16 @@ def small_zones() -> xr.Dataset:
 def small_layers():
     times = pd.date_range("2019-01-01", periods=3, freq="MS")
     a = np.ones((3, 3, 4))
-    a[1, 1, 1] = np.nan        # Feb: a land cell of boreal canada (1.0 km2)
-    a[1, 0, 2] = np.nan        # Feb: a water cell (land 0): not a loss
-    a[2, 2, 3] = np.inf        # Mar: tundra europe (0.6 km2); inf is not finite either
+    a[1, 1, 1] = np.nan  # Feb: a land cell of boreal canada (1.0 km2)
+    a[1, 0, 2] = np.nan  # Feb: a water cell (land 0): not a loss
+    a[2, 2, 3] = np.inf  # Mar: tundra europe (0.6 km2); inf is not finite either
     b = np.ones((3, 4))
-    b[0, 3] = np.nan           # static: tundra alaska (0.25 km2), every month
+    b[0, 3] = np.nan  # static: tundra alaska (0.25 km2), every month
     coords = {"y": [2500.0, 1500.0, 500.0], "x": [500.0, 1500.0, 2500.0, 3500.0]}
-    return {"a": xr.DataArray(a, dims=("time", "y", "x"), coords={"time": times, **coords}),
-            "b": xr.DataArray(b, dims=("y", "x"), coords=coords)}
+    return {
+        "a": xr.DataArray(a, dims=("time", "y", "x"), coords={"time": times, **coords}),
+        "b": xr.DataArray(b, dims=("y", "x"), coords=coords),
+    }
 
 
 def test_monthly_coverage_hand_computed():
@@ -97,16 +105,21 @@ def test_check_coverage_thresholds(caplog):
     with pytest.raises(InputError) as e:
         C.check_coverage(a, 0.001, 0.05, "stack.zarr")
     msg = str(e.value)
-    assert msg.startswith("stack.zarr: [b] b not finite on land: 100.00% of zone tundra/alaska's land in 2019 "
-                          "has no predictors (0 of 0.25 km2 with predictors in 2019-01)")
+    assert msg.startswith(
+        "stack.zarr: [b] b not finite on land: 100.00% of zone tundra/alaska's land in 2019 "
+        "has no predictors (0 of 0.25 km2 with predictors in 2019-01)"
+    )
     # 16 zone-years above 0.05 (every zone with lost land), the first named
     n = int((a.share_lost > 0.05).sum())
     assert f"zone tundra/alaska, year 2019 (and {n - 1} more zone-year(s) above 0.05)" in msg
     assert "budgets.coverage_stop (now 0.05; 1 never stops)" in msg
     # tundra alone: March loses 0.6 (a) + 0.25 (b) of 2.85 km2 = 29.82 %: stops at 0.25, not at 0.3
     t = a[a.zone == "tundra"]
-    with pytest.raises(InputError, match=r"^stack.zarr: \[a;b\] a;b not finite on land: 29.82% of zone tundra's "
-                                         r"land in 2019 has no predictors \(2 of 2.85 km2 with predictors in 2019-03\)"):
+    with pytest.raises(
+        InputError,
+        match=r"^stack.zarr: \[a;b\] a;b not finite on land: 29.82% of zone tundra's "
+        r"land in 2019 has no predictors \(2 of 2.85 km2 with predictors in 2019-03\)",
+    ):
         C.check_coverage(t, 0.001, 0.25, "stack.zarr")
     C.check_coverage(t, 0.001, 0.3, "stack.zarr")
     with caplog.at_level(logging.WARNING, logger="abzflux.coverage"):
@@ -134,10 +147,13 @@ def test_fire_period_rule():
 
 
 def test_years_note():
-    p = pd.DataFrame({"flux": ["nee", "fire", "nee_fire"], "first_year": [2001, 2002, 2002],
-                      "last_year": [2020, 2020, 2020]})
-    assert C.years_note(p, 2001, 2020) == ("Means over other years than 2001–2020: fire 2002–2020, "
-                                           "nee_fire 2002–2020 (fire and NEE + fire: the fire period, docs/fire.md).")
+    p = pd.DataFrame(
+        {"flux": ["nee", "fire", "nee_fire"], "first_year": [2001, 2002, 2002], "last_year": [2020, 2020, 2020]}
+    )
+    assert C.years_note(p, 2001, 2020) == (
+        "Means over other years than 2001–2020: fire 2002–2020, "
+        "nee_fire 2002–2020 (fire and NEE + fire: the fire period, docs/fire.md)."
+    )
     assert C.years_note(p[p.flux == "nee"], 2001, 2020) == ""
 
 
@@ -162,10 +178,10 @@ def alaska_half(twin: Path) -> np.ndarray:
 def write_config(root: Path, twin: Path, predictors=None, fire=None, extra: str = "") -> Path:
     p = root / "config.toml"
     p.write_text(f"""[inputs]
-sites = "{twin / 'sites.csv'}"
-predictors = "{predictors or twin / 'predictors.zarr'}"
-zones = "{twin / 'zones.nc'}"
-fire = "{fire or twin / 'fire.zarr'}"
+sites = "{twin / "sites.csv"}"
+predictors = "{predictors or twin / "predictors.zarr"}"
+zones = "{twin / "zones.nc"}"
+fire = "{fire or twin / "fire.zarr"}"
 
 [run]
 seed = 448
@@ -244,8 +260,9 @@ def test_validate_stops_on_nan_vegetation_type_on_land(twin, tmp_path):
     ds["veg_type"] = (ds.veg_type.dims, v, ds.veg_type.attrs)
     ds.to_zarr(tmp_path / "predictors.zarr", consolidated=False)
     with pytest.raises(InputError) as e:
-        validate_study(load_config(write_config(tmp_path, twin, predictors=tmp_path / "predictors.zarr")),
-)
+        validate_study(
+            load_config(write_config(tmp_path, twin, predictors=tmp_path / "predictors.zarr")),
+        )
     # the NaN cells leave the vegetation x region zones: those are measured without them
     share = expected_shares(twin, alaska_half(twin), tmp_path / "predictors.zarr")
     msg = str(e.value)
@@ -327,7 +344,7 @@ def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
     c = cov.set_index(["zone", "year"])
     for zi, zone in enumerate(w.zone.values):
         for yi, year in enumerate((2019, 2020)):
-            want = pred[12 * yi:12 * yi + 12, zi].min()
+            want = pred[12 * yi : 12 * yi + 12, zi].min()
             assert c.loc[(zone, year), "land_km2"] == pytest.approx(land[zi], rel=1e-9)
             assert c.loc[(zone, year), "predicted_km2"] == pytest.approx(want, rel=1e-9, abs=1e-6)
     # the monthly table: each month's predicted area; the annual row is the worst month's
@@ -336,9 +353,11 @@ def test_coverage_csv_is_what_the_budgets_summed(short_run, twin):
     for zi, zone in enumerate(w.zone.values[:12]):
         for k in range(24):
             assert mo.loc[(zone, 2019 + k // 12, k % 12 + 1), "predicted_km2"] == pytest.approx(
-                pred[k, zi], rel=1e-9, abs=1e-6)
+                pred[k, zi], rel=1e-9, abs=1e-6
+            )
     assert mon.groupby(["zone", "year"], sort=False).predicted_km2.min().to_numpy() == pytest.approx(
-        cov.predicted_km2.to_numpy(), rel=1e-12)
+        cov.predicted_km2.to_numpy(), rel=1e-12
+    )
     # the NaN'd NDVI: western Alaska is not predicted in summer 2020 (and is in 2019)
     cells = alaska_half(twin)
     lost = (wv[list(w.zone.values).index("alaska")] * cells.ravel()).sum() / 1e6
@@ -388,24 +407,40 @@ def test_full_coverage_is_stated_in_the_summary_and_the_report(twin, tmp_path):
 
     run = tmp_path / "run"
     (run / "budgets").mkdir(parents=True)
-    cov = pd.DataFrame({"zone": ["domain", "domain", "alaska", "alaska"], "year": [2019, 2020, 2019, 2020],
-                        "land_km2": [100.0, 100.0, 10.0, 10.0], "predicted_km2": [100.0, 100.0, 10.0, 10.0],
-                        "share_lost": [0.0, 0.0, 0.0, 0.0], "worst_month": ["2019-01", "2020-01", "2019-01", "2020-01"],
-                        "variables": ["", "", "", ""]})
+    cov = pd.DataFrame(
+        {
+            "zone": ["domain", "domain", "alaska", "alaska"],
+            "year": [2019, 2020, 2019, 2020],
+            "land_km2": [100.0, 100.0, 10.0, 10.0],
+            "predicted_km2": [100.0, 100.0, 10.0, 10.0],
+            "share_lost": [0.0, 0.0, 0.0, 0.0],
+            "worst_month": ["2019-01", "2020-01", "2019-01", "2020-01"],
+            "variables": ["", "", "", ""],
+        }
+    )
     cov.to_csv(run / "budgets" / "coverage.csv", index=False)
     ctx = Context(cfg=load_config(write_config(tmp_path, twin)), out=run)
-    period = pd.DataFrame({"zone": ["domain"] * 2, "flux": ["nee", "fire"], "first_year": [2019] * 2,
-                           "last_year": [2020] * 2})
+    period = pd.DataFrame(
+        {"zone": ["domain"] * 2, "flux": ["nee", "fire"], "first_year": [2019] * 2, "last_year": [2020] * 2}
+    )
     lines, out = coverage_summary(ctx, period)
-    assert lines == ["## Coverage", "", ("Full coverage: the upscaling predicted every zone's land in every month "
-                                         "of 2019–2020 (budgets/coverage.csv).")]
+    assert lines == [
+        "## Coverage",
+        "",
+        (
+            "Full coverage: the upscaling predicted every zone's land in every month "
+            "of 2019–2020 (budgets/coverage.csv)."
+        ),
+    ]
     assert out["full_coverage"] is True and out["max_share_lost"] == 0.0 and out["above_warn"] == []
     # a loss below budgets.coverage_warn is still full coverage, with the largest loss stated
     cov.loc[3, ["predicted_km2", "share_lost", "variables"]] = [9.995, 0.0005, "ndvi"]
     cov.to_csv(run / "budgets" / "coverage.csv", index=False)
     lines, out = coverage_summary(ctx, period)
-    assert lines[2] == ("Full coverage: the upscaling predicted every zone's land in every month of 2019–2020 "
-                        "(largest loss 0.050%, below budgets.coverage_warn = 0.001) (budgets/coverage.csv).")
+    assert lines[2] == (
+        "Full coverage: the upscaling predicted every zone's land in every month of 2019–2020 "
+        "(largest loss 0.050%, below budgets.coverage_warn = 0.001) (budgets/coverage.csv)."
+    )
     (run / "budgets_annual.csv").write_text("zone,flux,year,tg_c\ndomain,nee,2019,1\ndomain,nee,2020,1\n")
     items = coverage_items(RunData(run))
     assert items[0].caption.startswith("Full coverage") and "largest loss 0.050%" in items[0].caption

@@ -23,7 +23,7 @@ def site_table(n_sites=6, n_per=15, seed=0, month=True):
         X["month"] = rng.integers(1, 13, n)
     sites = np.repeat([f"S{k}" for k in range(n_sites)], n_per)
     offset = dict(zip(np.unique(sites), rng.normal(scale=0.1, size=n_sites)))
-    y = 4 * X.a + 3 * X.b ** 2 + np.sin(3 * X.c) + pd.Series(sites).map(offset).to_numpy()
+    y = 4 * X.a + 3 * X.b**2 + np.sin(3 * X.c) + pd.Series(sites).map(offset).to_numpy()
     return X, y.to_numpy(), sites
 
 
@@ -45,12 +45,14 @@ def test_mtry_grid_is_caret_var_seq():
 #   B: obs 5,     pred 7      -> RMSE 2, MAE 2, R2 NA (one row)
 #   C: obs 0 1 2, pred 1 1 1  -> RMSE sqrt(2/3), MAE 2/3, R2 NA (constant prediction)
 #   D: obs 0 4,   pred 1 2    -> RMSE sqrt(5/2), MAE 3/2, R2 1
-TABLE = pd.DataFrame({
-    "site_id": ["A", "C", "D", "A", "B", "C", "A", "D", "C"],
-    "obs": [1.0, 0.0, 0.0, 2.0, 5.0, 1.0, 3.0, 4.0, 2.0],
-    "pred": [1.0, 1.0, 1.0, 3.0, 7.0, 1.0, 2.0, 2.0, 1.0],
-    "group": ["g1", "g1", "g2", "g1", "g2", "g1", "g1", "g2", "g1"],
-})
+TABLE = pd.DataFrame(
+    {
+        "site_id": ["A", "C", "D", "A", "B", "C", "A", "D", "C"],
+        "obs": [1.0, 0.0, 0.0, 2.0, 5.0, 1.0, 3.0, 4.0, 2.0],
+        "pred": [1.0, 1.0, 1.0, 3.0, 7.0, 1.0, 2.0, 2.0, 1.0],
+        "group": ["g1", "g1", "g2", "g1", "g2", "g1", "g1", "g2", "g1"],
+    }
+)
 
 
 def test_caret_metrics_by_hand():
@@ -80,7 +82,7 @@ def test_pooled_metrics_by_hand():
     assert m["MAE"] == pytest.approx(1.0, rel=1e-12)
     assert m["bias"] == pytest.approx(1 / 9, rel=1e-12)
     assert m["R2_sse"] == pytest.approx(11 / 24, rel=1e-12)
-    assert m["R2"] == pytest.approx(21 ** 2 / (24 * 278 / 9), rel=1e-12)
+    assert m["R2"] == pytest.approx(21**2 / (24 * 278 / 9), rel=1e-12)
     assert m["n"] == 9
     neg = pooled_metrics([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
     # perfectly correlated but biased by -1: R2 (Pearson) 1, R2_sse = 1 - 3/2
@@ -155,8 +157,16 @@ def test_fold_predictions_equal_a_forest_grown_without_the_site():
     M = X.to_numpy(float)
     for k, s in enumerate(sorted(set(sites))):
         tr, te = sites != s, sites == s
-        f = grow_forest(M[tr], y[tr], is_cat=np.zeros(3, bool), n_levels=np.zeros(3), n_trees=10, mtry=2,
-                        nodesize=3, seed=fold_seed(7, k, 2))
+        f = grow_forest(
+            M[tr],
+            y[tr],
+            is_cat=np.zeros(3, bool),
+            n_levels=np.zeros(3),
+            n_trees=10,
+            mtry=2,
+            nodesize=3,
+            seed=fold_seed(7, k, 2),
+        )
         got = res.predictions[res.predictions.site_id == s].sort_values("row").pred.to_numpy()
         np.testing.assert_array_equal(got, f.predict(M[te]))
 
@@ -235,8 +245,10 @@ def test_loso_on_dask_cluster_matches_sequential():
     kw = dict(grid=[2, 4], n_trees=20, seed=5)
     seq = loso_cv(X, y, sites, **kw)
     ticks = []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         par = loso_cv(X, y, sites, client=client, progress=lambda i, n: ticks.append(i), **kw)
     pd.testing.assert_frame_equal(seq.predictions, par.predictions)
     pd.testing.assert_frame_equal(seq.metrics, par.metrics)

@@ -20,9 +20,14 @@ def _fine_fire(seed=0, ny=6, nx=8):
     em = rng.gamma(0.3, 20, (len(TIMES), ny, nx)) * (rng.random((len(TIMES), ny, nx)) < 0.05)
     bf = np.clip(em / 200, 0, 1)
     area = rng.uniform(0.8e6, 1.2e6, (ny, nx))
-    ds = xr.Dataset({"fire_emissions": (("time", "y", "x"), em), "burned_fraction": (("time", "y", "x"), bf),
-                     "cell_area": (("y", "x"), area)},
-                    coords={"time": TIMES, "y": np.arange(ny)[::-1] * 1000.0, "x": np.arange(nx) * 1000.0})
+    ds = xr.Dataset(
+        {
+            "fire_emissions": (("time", "y", "x"), em),
+            "burned_fraction": (("time", "y", "x"), bf),
+            "cell_area": (("y", "x"), area),
+        },
+        coords={"time": TIMES, "y": np.arange(ny)[::-1] * 1000.0, "x": np.arange(nx) * 1000.0},
+    )
     return ds
 
 
@@ -81,7 +86,9 @@ def test_mixed_model_recovers_a_known_slope():
 
     g = _residuals()
     g = g[g.month == 6]
-    ref = smf.mixedlm("residual ~ years_since_fire", g, groups=g["site_id"], re_formula="~years_since_fire").fit(reml=True)
+    ref = smf.mixedlm("residual ~ years_since_fire", g, groups=g["site_id"], re_formula="~years_since_fire").fit(
+        reml=True
+    )
     assert m.loc[6, "slope"] == pytest.approx(ref.fe_params["years_since_fire"], rel=1e-10)
 
 
@@ -90,8 +97,9 @@ def test_correction_changes_only_burned_cells_in_significant_months():
     nee = xr.DataArray(np.full((12, 2, 2), -10.0, np.float32), dims=("time", "y", "x"), coords={"time": times})
     last = xr.DataArray([[2010.0, np.nan], [2018.0, np.nan]], dims=("y", "x"))
     frac = xr.DataArray([[0.5, 0.0], [1.0, 0.0]], dims=("y", "x"))
-    models = pd.DataFrame({"month": range(1, 13), "intercept": 10.0, "slope": -1.0,
-                           "significant": [m in (5, 6, 7) for m in range(1, 13)]})
+    models = pd.DataFrame(
+        {"month": range(1, 13), "intercept": 10.0, "slope": -1.0, "significant": [m in (5, 6, 7) for m in range(1, 13)]}
+    )
     out = fire.correct_nee(nee, models, last, frac, 2020)
     # cell (0,0): ysf 10 -> bias 0 ; cell (1,0): ysf 2 -> bias 8, full fraction
     assert float(out.sel(time="2020-06-01")[1, 0]) == pytest.approx(-10.0 + 8.0)
@@ -113,8 +121,15 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
 
     run, _ = study_run
     d = run / "fire"
-    for f in ("emissions_by_zone.csv", "fire_vs_uptake.csv", "burned_cells.nc", "residual_diagnostics.csv",
-              "bias_models.csv", "bias_correction.csv", "fire.json"):
+    for f in (
+        "emissions_by_zone.csv",
+        "fire_vs_uptake.csv",
+        "burned_cells.nc",
+        "residual_diagnostics.csv",
+        "bias_models.csv",
+        "bias_correction.csv",
+        "fire.json",
+    ):
         assert (d / f).exists(), f
     w = pd.read_csv(d / "fire_vs_uptake.csv")
     assert (w.nee_fire == w.nee + w.fire).all()  # exactly, as stored
@@ -135,7 +150,10 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     assert rep["corrected_months"] == [5, 6, 7]
     bc = pd.read_csv(work / "fire" / "bias_correction.csv").set_index("zone")
     ann = pd.read_csv(work / "budgets_annual.csv")
-    assert bc.loc["domain", "nee_before"] == ann[(ann.flux == "nee") & (ann.zone == "domain") & (ann.year == 2020)].tg_c.item()
+    assert (
+        bc.loc["domain", "nee_before"]
+        == ann[(ann.flux == "nee") & (ann.zone == "domain") & (ann.year == 2020)].tg_c.item()
+    )
     # the change by hand: 3 months x sum over burned cells of (a + b * years since burn) * fraction * area
     mods = pd.read_csv(work / "fire" / "bias_models.csv").set_index("month")
     cells = xr.open_dataset(work / "fire" / "burned_cells.nc", engine="h5netcdf")
@@ -145,7 +163,9 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     area = (z.land_fraction.fillna(0) * z.cell_area).values * has
     ysf = 2020 - cells.last_burn_year.values
     frac = cells.last_burn_fraction.values
-    want = sum(np.nansum((mods.loc[m, "intercept"] + mods.loc[m, "slope"] * ysf) * frac * area) for m in (5, 6, 7)) / 1e12
+    want = (
+        sum(np.nansum((mods.loc[m, "intercept"] + mods.loc[m, "slope"] * ysf) * frac * area) for m in (5, 6, 7)) / 1e12
+    )
     assert bc.loc["domain", "change"] == pytest.approx(want, rel=1e-5)
     assert abs(want) > 1  # the correction is not trivially zero on the twin
     assert rep["domain_nee_after"] == pytest.approx(rep["domain_nee_before"] + want, rel=1e-5)
@@ -162,8 +182,10 @@ def test_finer_fire_grid_is_aggregated_onto_the_analysis_grid(twin_dir, fast_con
     xs = np.sort(np.r_[f.x.values - dx / 4, f.x.values + dx / 4])
     ys = np.sort(np.r_[f.y.values - abs(dy) / 4, f.y.values + abs(dy) / 4])
     ys = ys[::-1] if dy < 0 else ys
-    rep = {v: (("time", "y", "x"), np.repeat(np.repeat(f[v].values, 2, axis=1), 2, axis=2))
-           for v in ("fire_emissions", "burned_fraction")}
+    rep = {
+        v: (("time", "y", "x"), np.repeat(np.repeat(f[v].values, 2, axis=1), 2, axis=2))
+        for v in ("fire_emissions", "burned_fraction")
+    }
     fine = xr.Dataset(rep, coords={"time": f.time.values, "y": ys, "x": xs})
     for v in rep:
         fine[v].attrs = dict(f[v].attrs)

@@ -144,14 +144,14 @@ def test_levels_are_sorted_and_codes_follow_them(grow_spy):
     M = grow_spy[0]["M"]
     np.testing.assert_array_equal(M[:, PREDICTOR_NAMES.index("veg_type")], X.veg_type.map({21: 0, 33: 1, 90: 2}))
     np.testing.assert_array_equal(M[:, PREDICTOR_NAMES.index("month")], X.month - 1)
+
     # identical to the engine on a matrix we encode by hand
     def encode(df):
         return df.assign(veg_type=df.veg_type.map({21: 0, 33: 1, 90: 2}), month=df.month - 1).to_numpy(float)
 
     is_cat = np.isin(PREDICTOR_NAMES, CATEGORICAL)
     n_levels = [{"month": 12, "veg_type": 3}.get(c, 0) for c in PREDICTOR_NAMES]
-    ref = grow_forest(encode(X), y.to_numpy(), is_cat=is_cat, n_levels=n_levels, n_trees=10, mtry=5, nodesize=5,
-                      seed=5)
+    ref = grow_forest(encode(X), y.to_numpy(), is_cat=is_cat, n_levels=n_levels, n_trees=10, mtry=5, nodesize=5, seed=5)
     Xt = make_X(60, seed=6, veg=[21, 33, 90])
     np.testing.assert_array_equal(m.predict(Xt), ref.predict(encode(Xt)))
 
@@ -426,8 +426,14 @@ def test_qrf_median_and_quantiles_on_noisy_step():
 
 def relevant_data(n=200, seed=29):
     rng = np.random.default_rng(seed)
-    X = pd.DataFrame({"x1": rng.uniform(0, 10, n), "n1": rng.uniform(0, 10, n), "n2": rng.uniform(0, 10, n),
-                      "month": rng.integers(1, 13, n)})
+    X = pd.DataFrame(
+        {
+            "x1": rng.uniform(0, 10, n),
+            "n1": rng.uniform(0, 10, n),
+            "n2": rng.uniform(0, 10, n),
+            "month": rng.integers(1, 13, n),
+        }
+    )
     return X, 2.0 * X.x1.to_numpy()
 
 

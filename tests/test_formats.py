@@ -79,11 +79,16 @@ def make_zones() -> xr.Dataset:
     ds = xr.Dataset(
         {
             "land_fraction": (("y", "x"), lf),
-            "biome": (("y", "x"), np.tile([1, 2, 1, 2, 1], (len(Y), 1)).astype("int8"),
-                      {"flag_values": np.array([1, 2], "int8"), "flag_meanings": "boreal tundra"}),
-            "region": (("y", "x"), np.ones((len(Y), len(X)), "int8"),
-                       {"flag_values": np.array([1, 2, 3, 4], "int8"),
-                        "flag_meanings": "alaska canada europe siberia"}),
+            "biome": (
+                ("y", "x"),
+                np.tile([1, 2, 1, 2, 1], (len(Y), 1)).astype("int8"),
+                {"flag_values": np.array([1, 2], "int8"), "flag_meanings": "boreal tundra"},
+            ),
+            "region": (
+                ("y", "x"),
+                np.ones((len(Y), len(X)), "int8"),
+                {"flag_values": np.array([1, 2, 3, 4], "int8"), "flag_meanings": "alaska canada europe siberia"},
+            ),
             "permafrost": (("y", "x"), np.full((len(Y), len(X)), 0.7)),
         },
         coords={"y": Y, "x": X},
@@ -131,11 +136,19 @@ def make_sites() -> pd.DataFrame:
             gpp = rng.uniform(40, 150)
             reco = rng.uniform(30, 100)
             rows.append(
-                {"Site_ID": sid, "lat": lat, "lon": lon, "year": 2015, "month": m,
-                 "GPP": gpp, "Reco": reco, "nee": reco - gpp,
-                 "method": "ec" if sid != "S3" else "Chamber",
-                 "disturbance": "Fire" if sid == "S2" else "",
-                 "ndvi": 0.5}
+                {
+                    "Site_ID": sid,
+                    "lat": lat,
+                    "lon": lon,
+                    "year": 2015,
+                    "month": m,
+                    "GPP": gpp,
+                    "Reco": reco,
+                    "nee": reco - gpp,
+                    "method": "ec" if sid != "S3" else "Chamber",
+                    "disturbance": "Fire" if sid == "S2" else "",
+                    "ndvi": 0.5,
+                }
             )
     return pd.DataFrame(rows)
 
@@ -191,10 +204,12 @@ def test_site_table_parquet_matches_csv(tmp_path, sites_csv):
     make_sites().iloc[::-1].to_parquet(pq, index=False)
     a = formats.read_site_table(sites_csv)
     b = formats.read_site_table(pq)
-    pd.testing.assert_frame_equal(a[["site_id", "row", "year", "month"]].astype(object),
-                                  b[["site_id", "row", "year", "month"]].astype(object))
-    np.testing.assert_allclose(a[["lat", "lon", "gpp", "reco", "nee"]].to_numpy(),
-                               b[["lat", "lon", "gpp", "reco", "nee"]].to_numpy())
+    pd.testing.assert_frame_equal(
+        a[["site_id", "row", "year", "month"]].astype(object), b[["site_id", "row", "year", "month"]].astype(object)
+    )
+    np.testing.assert_allclose(
+        a[["lat", "lon", "gpp", "reco", "nee"]].to_numpy(), b[["lat", "lon", "gpp", "reco", "nee"]].to_numpy()
+    )
 
 
 def test_site_table_missing_flux_filled(tmp_path):
@@ -270,29 +285,29 @@ def test_write_crs_attributes():
 
 def test_missing_columns(tmp_path):
     path = csv_with(tmp_path, lambda d: d.drop(columns=["lat", "month", "GPP", "Reco", "nee"]))
-    expect_error(lambda: formats.read_site_table(path), str(path), "lat", "month",
-                 "gpp/reco/nee")
+    expect_error(lambda: formats.read_site_table(path), str(path), "lat", "month", "gpp/reco/nee")
 
 
 def test_fluxes_in_umol(tmp_path):
     def edit(d):
         d["GPP"] = d["GPP"] / 31.5
+
     path = csv_with(tmp_path, edit)
-    expect_error(lambda: formats.read_site_table(path), str(path), "[gpp]", "µmol m-2 s-1",
-                 "g C m-2 month-1")
+    expect_error(lambda: formats.read_site_table(path), str(path), "[gpp]", "µmol m-2 s-1", "g C m-2 month-1")
 
 
 def test_month_out_of_range(tmp_path):
     def edit(d):
         d.loc[4, "month"] = 13
+
     path = csv_with(tmp_path, edit)
-    expect_error(lambda: formats.read_site_table(path), str(path), "[month]", "row 5",
-                 "site S2", "13", "1..12")
+    expect_error(lambda: formats.read_site_table(path), str(path), "[month]", "row 5", "site S2", "13", "1..12")
 
 
 def test_duplicate_site_months(tmp_path):
     def edit(d):
         d.loc[8, "month"] = 7  # S3: data rows 8 and 9 now both 2015-07
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "site S3 2015-07 (rows 8, 9)")
 
@@ -301,14 +316,15 @@ def test_duplicate_site_months(tmp_path):
 def test_negative_gpp_reco(tmp_path, col, name):
     def edit(d):
         d.loc[2, col] = -3.5
+
     path = csv_with(tmp_path, edit)
-    expect_error(lambda: formats.read_site_table(path), str(path), f"[{name}]", "negative",
-                 "row 3 (site S1)", "-3.5")
+    expect_error(lambda: formats.read_site_table(path), str(path), f"[{name}]", "negative", "row 3 (site S1)", "-3.5")
 
 
 def test_implausibly_large_flux(tmp_path):
     def edit(d):
         d.loc[0, "nee"] = -4000.0
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "[nee]", "row 1", "-4000")
 
@@ -316,6 +332,7 @@ def test_implausibly_large_flux(tmp_path):
 def test_infinite_flux(tmp_path):
     def edit(d):
         d.loc[1, "Reco"] = np.inf
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "[reco]", "row 2", "inf")
 
@@ -323,12 +340,14 @@ def test_infinite_flux(tmp_path):
 def test_lat_out_of_range_and_non_numeric(tmp_path):
     def edit(d):
         d.loc[3, "lat"] = 95.0
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "[lat]", "row 4", "95")
 
     def edit2(d):
         d["lon"] = d["lon"].astype(object)
         d.loc[5, "lon"] = "east"
+
     path = csv_with(tmp_path, edit2, "b.csv")
     expect_error(lambda: formats.read_site_table(path), "[lon]", "row 6", "'east'")
 
@@ -336,6 +355,7 @@ def test_lat_out_of_range_and_non_numeric(tmp_path):
 def test_site_with_two_locations(tmp_path):
     def edit(d):
         d.loc[1, "lat"] = 89.5
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "site S1", "row 2")
 
@@ -343,6 +363,7 @@ def test_site_with_two_locations(tmp_path):
 def test_unknown_method(tmp_path):
     def edit(d):
         d.loc[0, "method"] = "flask"
+
     path = csv_with(tmp_path, edit)
     expect_error(lambda: formats.read_site_table(path), str(path), "[method]", "row 1", "flask")
 
@@ -369,26 +390,26 @@ def test_nonexistent_paths(tmp_path):
 def test_sites_outside_grid(tmp_path, stack_nc):
     def edit(d):
         d.loc[d.Site_ID == "S4", ["lat", "lon"]] = (70.0, 20.0)
+
     sites = formats.read_site_table(csv_with(tmp_path, edit))
     ds = formats.open_dataset(stack_nc)
-    expect_error(lambda: formats.check_sites_in_grid(sites, ds, stack_nc), str(stack_nc),
-                 "site S4 (lat 70, lon 20)", "outside")
+    expect_error(
+        lambda: formats.check_sites_in_grid(sites, ds, stack_nc), str(stack_nc), "site S4 (lat 70, lon 20)", "outside"
+    )
 
 
 def test_shifted_grid(tmp_path, stack_nc):
     z = make_zones().assign_coords(x=X + 1000.0)
     path = write(z, tmp_path / "zones.nc")
     like = formats.open_dataset(stack_nc)
-    expect_error(lambda: formats.read_zones(path, like=like), str(path), str(stack_nc), "[x]",
-                 "x[0]")
+    expect_error(lambda: formats.read_zones(path, like=like), str(path), str(stack_nc), "[x]", "x[0]")
 
 
 def test_different_crs(tmp_path, stack_nc):
     f = formats.write_crs(make_fire().drop_vars("spatial_ref"), "EPSG:3413")
     path = write(f, tmp_path / "fire.nc")
     like = formats.open_dataset(stack_nc)
-    expect_error(lambda: formats.read_fire(path, like=like), str(path), str(stack_nc), "CRS",
-                 "EPSG:3413")
+    expect_error(lambda: formats.read_fire(path, like=like), str(path), str(stack_nc), "CRS", "EPSG:3413")
 
 
 def test_missing_crs(tmp_path):
@@ -410,8 +431,7 @@ def test_all_nan_time_step(tmp_path):
     ds = make_stack()
     ds["vpd"][1] = np.nan
     path = write(ds, tmp_path / "stack.nc")
-    expect_error(lambda: formats.read_predictors(path), str(path), "[vpd]",
-                 "time step 1 (2015-07-01)")
+    expect_error(lambda: formats.read_predictors(path), str(path), "[vpd]", "time step 1 (2015-07-01)")
 
 
 def test_categorical_without_flag_meanings(tmp_path):
@@ -425,8 +445,7 @@ def test_unknown_category_code(tmp_path):
     ds = make_stack()
     ds["veg_type"][2, 3] = 99
     path = write(ds, tmp_path / "stack.nc")
-    expect_error(lambda: formats.read_predictors(path), str(path), "[veg_type]", "99",
-                 "index y=2, x=3")
+    expect_error(lambda: formats.read_predictors(path), str(path), "[veg_type]", "99", "index y=2, x=3")
 
 
 def test_month_stored(tmp_path):
@@ -454,8 +473,7 @@ def test_non_monthly_time(tmp_path):
     expect_error(lambda: formats.read_fire(path), str(path), "[time]", "time step 1 (2015-06-02)")
     dup = make_fire().assign_coords(time=TIME[[0, 1, 1]])
     path = write(dup, tmp_path / "fire_dup.nc")
-    expect_error(lambda: formats.read_fire(path), str(path), "[time]", "duplicate",
-                 "time step 2 (2015-07-01)")
+    expect_error(lambda: formats.read_fire(path), str(path), "[time]", "duplicate", "time step 2 (2015-07-01)")
 
 
 def test_non_regular_x(tmp_path):
@@ -468,8 +486,7 @@ def test_zone_out_of_range(tmp_path):
     ds = make_zones()
     ds["permafrost"][1, 2] = 1.5
     path = write(ds, tmp_path / "zones.nc")
-    expect_error(lambda: formats.read_zones(path), str(path), "[permafrost]", "1 value(s)",
-                 "1.5", "index y=1, x=2")
+    expect_error(lambda: formats.read_zones(path), str(path), "[permafrost]", "1 value(s)", "1.5", "index y=1, x=2")
 
 
 def test_biome_without_tundra(tmp_path):
@@ -483,8 +500,7 @@ def test_negative_fire_emissions(tmp_path):
     ds = make_fire()
     ds["fire_emissions"][2, 0, 1] = -1.0
     path = write(ds, tmp_path / "fire.zarr")
-    expect_error(lambda: formats.read_fire(path), str(path), "[fire_emissions]",
-                 "time=2015-08-01")
+    expect_error(lambda: formats.read_fire(path), str(path), "[fire_emissions]", "time=2015-08-01")
 
 
 def test_truncated_netcdf(tmp_path):

@@ -22,17 +22,20 @@ from abzflux.formats import (
 LAEA_KM = "+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=km +no_defs"
 
 
-@pytest.mark.parametrize("crs,equal", [
-    ("EPSG:6931", True),     # EASE-Grid 2.0 North (LAEA)
-    ("EPSG:6933", True),     # EASE-Grid 2.0 global (cylindrical equal area)
-    ("EPSG:3035", True),     # ETRS89 LAEA Europe
-    ("ESRI:54009", True),    # Mollweide
-    ("ESRI:102001", True),   # Canada Albers equal area
-    (LAEA_KM, True),
-    ("EPSG:3413", False),    # polar stereographic
-    ("EPSG:3857", False),    # web Mercator
-    ("EPSG:32633", False),   # UTM
-])
+@pytest.mark.parametrize(
+    "crs,equal",
+    [
+        ("EPSG:6931", True),  # EASE-Grid 2.0 North (LAEA)
+        ("EPSG:6933", True),  # EASE-Grid 2.0 global (cylindrical equal area)
+        ("EPSG:3035", True),  # ETRS89 LAEA Europe
+        ("ESRI:54009", True),  # Mollweide
+        ("ESRI:102001", True),  # Canada Albers equal area
+        (LAEA_KM, True),
+        ("EPSG:3413", False),  # polar stereographic
+        ("EPSG:3857", False),  # web Mercator
+        ("EPSG:32633", False),  # UTM
+    ],
+)
 def test_equal_area_projections(crs, equal):
     assert is_equal_area(pyproj.CRS.from_user_input(crs)) is equal
 
@@ -45,12 +48,18 @@ def test_axis_units():
 def _zones(step, crs, cell_area=None):
     ny, nx = 3, 4
     ds = xr.Dataset(
-        {"land_fraction": (("y", "x"), np.full((ny, nx), 0.5)),
-         "biome": (("y", "x"), np.ones((ny, nx), np.int8), {"flag_values": "1 2", "flag_meanings": "boreal tundra"}),
-         "region": (("y", "x"), np.full((ny, nx), 2, np.int8),
-                    {"flag_values": [1, 2, 3, 4], "flag_meanings": "alaska canada europe siberia"}),
-         "permafrost": (("y", "x"), np.zeros((ny, nx)))},
-        coords={"y": 1000 * step - np.arange(ny) * step, "x": np.arange(nx) * step})
+        {
+            "land_fraction": (("y", "x"), np.full((ny, nx), 0.5)),
+            "biome": (("y", "x"), np.ones((ny, nx), np.int8), {"flag_values": "1 2", "flag_meanings": "boreal tundra"}),
+            "region": (
+                ("y", "x"),
+                np.full((ny, nx), 2, np.int8),
+                {"flag_values": [1, 2, 3, 4], "flag_meanings": "alaska canada europe siberia"},
+            ),
+            "permafrost": (("y", "x"), np.zeros((ny, nx))),
+        },
+        coords={"y": 1000 * step - np.arange(ny) * step, "x": np.arange(nx) * step},
+    )
     if cell_area is not None:
         ds["cell_area"] = (("y", "x"), np.full((ny, nx), float(cell_area)))
     return write_crs(ds, crs)
@@ -69,22 +78,38 @@ def test_km_grid_without_cell_area_has_areas_in_m2():
 
 
 def test_stereographic_grid_needs_cell_area():
-    with pytest.raises(InputError, match=r"\[cell_area\] no `cell_area` variable, and the grid CRS .*3413.*not an "
-                                         "equal-area projection"):
+    with pytest.raises(
+        InputError,
+        match=r"\[cell_area\] no `cell_area` variable, and the grid CRS .*3413.*not an "
+        "equal-area projection",
+    ):
         read_zones(_zones(25e3, "EPSG:3413"))
     z = read_zones(_zones(25e3, "EPSG:3413", cell_area=6.0e8))  # a given area: accepted
     assert float(z["cell_area"][0, 0]) == 6.0e8
 
 
-@pytest.mark.parametrize("area,ok", [(6.25e8 * 3.99, True), (6.25e8 / 3.99, True), (6.25e8 * 4.01, False),
-                                     (6.25e8 / 4.01, False), (625.0, False), (6.25e8 * 1e6, False), (0.0, False)])
+@pytest.mark.parametrize(
+    "area,ok",
+    [
+        (6.25e8 * 3.99, True),
+        (6.25e8 / 3.99, True),
+        (6.25e8 * 4.01, False),
+        (6.25e8 / 4.01, False),
+        (625.0, False),
+        (6.25e8 * 1e6, False),
+        (0.0, False),
+    ],
+)
 def test_cell_area_consistent_with_the_spacing(area, ok):
     ds = _zones(25e3, "EPSG:6931", cell_area=area)
     if ok:
         assert float(read_zones(ds)["cell_area"][0, 0]) == area
     else:
-        with pytest.raises(InputError, match=r"\[cell_area\] 12 value\(s\) out of range .*within a factor 4 of the "
-                                             r"grid spacing's \|dx \* dy\| = 6\.25e\+08 m2"):
+        with pytest.raises(
+            InputError,
+            match=r"\[cell_area\] 12 value\(s\) out of range .*within a factor 4 of the "
+            r"grid spacing's \|dx \* dy\| = 6\.25e\+08 m2",
+        ):
             read_zones(ds)
 
 
@@ -97,8 +122,13 @@ def test_land_area_beyond_the_earth_is_refused():
 
 
 def test_canonical_order_is_lazy_and_puts_time_first():
-    ds = xr.Dataset({"a": (("x", "band", "y", "time"), np.zeros((2, 3, 4, 5))),
-                     "b": (("x", "y"), np.zeros((2, 4))), "c": (("time",), np.zeros(5))})
+    ds = xr.Dataset(
+        {
+            "a": (("x", "band", "y", "time"), np.zeros((2, 3, 4, 5))),
+            "b": (("x", "y"), np.zeros((2, 4))),
+            "c": (("time",), np.zeros(5)),
+        }
+    )
     out = canonical_order(ds)
     assert out["a"].dims == ("time", "band", "y", "x")
     assert out["b"].dims == ("y", "x") and out["c"].dims == ("time",)

@@ -10,17 +10,32 @@ from abzflux import insitu
 
 
 def site(sid, biome, lat, year, nee, months=range(1, 13), gpp=None):
-    return [{"site_id": sid, "biome": biome, "lat": lat, "lon": 20.0, "year": year, "month": m,
-             "nee": nee, "gpp": gpp if gpp is not None else np.nan, "reco": np.nan} for m in months]
+    return [
+        {
+            "site_id": sid,
+            "biome": biome,
+            "lat": lat,
+            "lon": 20.0,
+            "year": year,
+            "month": m,
+            "nee": nee,
+            "gpp": gpp if gpp is not None else np.nan,
+            "reco": np.nan,
+        }
+        for m in months
+    ]
 
 
 @pytest.fixture
 def table():
-    rows = (site("A", "boreal", 60.0, 2010, -5.0, gpp=10.0) + site("A", "boreal", 60.0, 2011, -3.0, gpp=10.0)
-            + site("A", "boreal", 60.0, 2012, -4.0, months=range(1, 12))  # 11 months: not a full year
-            + site("B", "boreal", 65.0, 2015, 2.0)
-            + site("C", "tundra", 70.0, 2015, 1.0)
-            + site("D", "tundra", 72.0, 2016, -1.0))
+    rows = (
+        site("A", "boreal", 60.0, 2010, -5.0, gpp=10.0)
+        + site("A", "boreal", 60.0, 2011, -3.0, gpp=10.0)
+        + site("A", "boreal", 60.0, 2012, -4.0, months=range(1, 12))  # 11 months: not a full year
+        + site("B", "boreal", 65.0, 2015, 2.0)
+        + site("C", "tundra", 70.0, 2015, 1.0)
+        + site("D", "tundra", 72.0, 2016, -1.0)
+    )
     return pd.DataFrame(rows)
 
 
@@ -28,7 +43,7 @@ def test_biome_annual_mean_sd_over_sites(table):
     b = insitu.biome_annual(table).set_index(["biome", "flux"])
     # site A: (−60 + −36)/2 = −48 (2012 has 11 months), B: 24, C: 12, D: −12
     assert b.loc[("boreal", "nee"), "mean"] == pytest.approx(-12.0)
-    assert b.loc[("boreal", "nee"), "sd"] == pytest.approx(np.sqrt(36 ** 2 * 2))
+    assert b.loc[("boreal", "nee"), "sd"] == pytest.approx(np.sqrt(36**2 * 2))
     assert b.loc[("boreal", "nee"), "sites"] == 2 and b.loc[("boreal", "nee"), "site_years"] == 3
     assert b.loc[("tundra", "nee"), "mean"] == pytest.approx(0.0)
     assert b.loc[("tundra", "nee"), "sd"] == pytest.approx(np.sqrt(288.0))

@@ -68,8 +68,18 @@ def test_run_json_records_provenance(study_run, fast_config):
     assert all(len(h) == 64 for h in list(r["input_hashes"].values()) + list(refs.values()))
     assert r["packages"]["numpy"] and r["packages"]["scikit-learn"]
     assert len(r["code_hash"]) == 64  # stages rerun when abzflux's own code changes
-    assert list(r["stages"]) == ["sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "trends", "fire",
-                                 "compare", "summary"]
+    assert list(r["stages"]) == [
+        "sites",
+        "forest",
+        "interpret",
+        "bootstrap",
+        "upscale",
+        "budgets",
+        "trends",
+        "fire",
+        "compare",
+        "summary",
+    ]
     # Each stage marker records the digests of its outputs (what a rerun compares) and timings.
     # Byte-identical reruns, skips and refusals of another config: tests/test_resume.py (tiny twin).
     m = json.loads((out / "stages" / "forest.json").read_text())
@@ -82,11 +92,14 @@ def test_bad_site_table_fails_before_writing_outputs(twin_dir, fast_config, tmp_
     bad.to_csv(tmp_path / "sites.csv", index=False)
     cfg = fast_config.read_text().replace('sites = "sites.csv"', f'sites = "{tmp_path / "sites.csv"}"')
     p = tmp_path / "config.toml"
-    p.write_text(cfg.replace('"predictors.zarr"', f'"{twin_dir / "predictors.zarr"}"')
-                 .replace('"zones.nc"', f'"{twin_dir / "zones.nc"}"').replace('"fire.zarr"', f'"{twin_dir / "fire.zarr"}"')
-                 .replace('"truth.nc"', f'"{twin_dir / "truth.nc"}"')
-                 .replace('"ref_inversion.nc"', f'"{twin_dir / "ref_inversion.nc"}"')
-                 .replace('"ref_process.nc"', f'"{twin_dir / "ref_process.nc"}"'))
+    p.write_text(
+        cfg.replace('"predictors.zarr"', f'"{twin_dir / "predictors.zarr"}"')
+        .replace('"zones.nc"', f'"{twin_dir / "zones.nc"}"')
+        .replace('"fire.zarr"', f'"{twin_dir / "fire.zarr"}"')
+        .replace('"truth.nc"', f'"{twin_dir / "truth.nc"}"')
+        .replace('"ref_inversion.nc"', f'"{twin_dir / "ref_inversion.nc"}"')
+        .replace('"ref_process.nc"', f'"{twin_dir / "ref_process.nc"}"')
+    )
     with pytest.raises(InputError, match=r"sites\.csv.*month.*row 6"):
         run_study(load_config(p), tmp_path / "run")
     produced = {q.name for q in (tmp_path / "run").rglob("*") if q.is_file()}
@@ -99,7 +112,9 @@ def test_cv_skill_tables_and_models(study_run):
     skill = pd.read_csv(out / "cv" / "skill.csv").set_index("flux")
     for flux, r2 in CV_R2_MIN.items():
         assert skill.loc[flux, "caret_Rsquared"] > r2, (flux, skill.loc[flux].to_dict())
-        assert info[flux]["mtry"] == 5 and info[flux]["cv"]["caret_RMSE"] == pytest.approx(skill.loc[flux, "caret_RMSE"])
+        assert info[flux]["mtry"] == 5 and info[flux]["cv"]["caret_RMSE"] == pytest.approx(
+            skill.loc[flux, "caret_RMSE"]
+        )
     assert info["nee"]["rows"] > info["gpp"]["rows"]  # NEE has the most rows
     pred = pd.read_parquet(out / "cv" / "predictions.parquet")
     assert len(pred[pred.flux == "nee"]) == info["nee"]["rows"]
@@ -122,8 +137,14 @@ def test_cv_skill_tables_and_models(study_run):
 def test_trend_outputs(study_run):
     out, _ = study_run
     maps = xr.open_zarr(out / "trends" / "trend_maps.zarr", consolidated=False)
-    for v in ("nee_annual_slope", "nee_annual_p", "gpp_jja_tau", "reco_m07_slope", "ndvi_jja_slope",
-              "nee_trend_attribution"):
+    for v in (
+        "nee_annual_slope",
+        "nee_annual_p",
+        "gpp_jja_tau",
+        "reco_m07_slope",
+        "ndvi_jja_slope",
+        "nee_trend_attribution",
+    ):
         assert v in maps
     p = maps.nee_annual_p.values
     assert np.nanmin(p) >= 0 and np.nanmax(p) <= 1
@@ -161,8 +182,9 @@ def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
     assert set(a.data_vars) == set(b.data_vars)
     for v in a.data_vars:
         np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "trends" / "area_shares.csv"),
-                                  pd.read_csv(run / "trends" / "area_shares.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "trends" / "area_shares.csv"), pd.read_csv(run / "trends" / "area_shares.csv")
+    )
     # band height: the tile, unless one flux's float64 series would exceed the budget
     assert trend_band_rows(10_000, 10_000, 240, 128) == 13
     assert trend_band_rows(50, 80, 240, 128) == 50

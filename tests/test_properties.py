@@ -35,8 +35,9 @@ from abzflux.formats import read_site_table, read_zones, write_crs
 
 # ABZFLUX_PROPERTY_EXAMPLES=500 for a thorough local run; CI uses the small fixed set.
 N = int(os.environ.get("ABZFLUX_PROPERTY_EXAMPLES", "25"))
-FAST = settings(max_examples=N, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=N, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TMP = Path(tempfile.mkdtemp(prefix="abzflux-props-"))
 
 
@@ -53,15 +54,31 @@ def site_tables(draw):
     fluxes in g C m-2 month-1 (summer maxima well above the µmol heuristic's 15)."""
     n_sites = draw(st.integers(1, 6))
     locs = [(draw(st.floats(50, 80)), draw(st.floats(-179, 179))) for _ in range(n_sites)]
-    keys = draw(st.lists(st.tuples(st.integers(0, n_sites - 1), st.integers(2000, 2003), st.integers(1, 12)),
-                         min_size=1, max_size=40, unique=True))
+    keys = draw(
+        st.lists(
+            st.tuples(st.integers(0, n_sites - 1), st.integers(2000, 2003), st.integers(1, 12)),
+            min_size=1,
+            max_size=40,
+            unique=True,
+        )
+    )
     rows = []
     for s, y, m in keys:
         gpp = draw(st.floats(20, 500))
         reco = draw(st.floats(20, 500))
-        rows.append({"site_id": f"S{s:02d}", "lat": locs[s][0], "lon": locs[s][1], "year": y, "month": m,
-                     "gpp": gpp, "reco": reco, "nee": reco - gpp,
-                     "method": draw(st.sampled_from(["EC", "chamber", "eddy covariance", ""]))})
+        rows.append(
+            {
+                "site_id": f"S{s:02d}",
+                "lat": locs[s][0],
+                "lon": locs[s][1],
+                "year": y,
+                "month": m,
+                "gpp": gpp,
+                "reco": reco,
+                "nee": reco - gpp,
+                "method": draw(st.sampled_from(["EC", "chamber", "eddy covariance", ""])),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -88,16 +105,37 @@ def test_valid_tables_parse_whatever_the_row_order(df, rnd):
 
 
 JUNK = st.one_of(
-    st.just(""), st.just("nan"), st.just("inf"), st.just("-inf"), st.just("1e400"), st.just("13"), st.just("-5"),
-    st.just("2150"), st.just("0.5"), st.just("abc"), st.just("NULL"), st.just("1,5"),
-    st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(max_size=8),
+    st.just(""),
+    st.just("nan"),
+    st.just("inf"),
+    st.just("-inf"),
+    st.just("1e400"),
+    st.just("13"),
+    st.just("-5"),
+    st.just("2150"),
+    st.just("0.5"),
+    st.just("abc"),
+    st.just("NULL"),
+    st.just("1,5"),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=8),
 )
 
 
 @FAST
-@given(site_tables(), st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(
-    ["site_id", "lat", "lon", "year", "month", "gpp", "reco", "nee", "method"]), JUNK), min_size=1, max_size=4),
-    st.booleans())
+@given(
+    site_tables(),
+    st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.sampled_from(["site_id", "lat", "lon", "year", "month", "gpp", "reco", "nee", "method"]),
+            JUNK,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.booleans(),
+)
 def test_mutated_tables_raise_only_input_errors(df, edits, drop_column):
     df = df.astype(object)
     for i, col, v in edits:
@@ -114,8 +152,9 @@ def test_mutated_tables_raise_only_input_errors(df, edits, drop_column):
     assert out.lat.between(-90, 90).all() and out.lon.between(-180, 180).all()
     assert not out.duplicated(["site_id", "year", "month"]).any()
     assert (out.gpp.dropna() >= 0).all() and (out.reco.dropna() >= 0).all()
-    assert np.isfinite(out[["gpp", "reco", "nee"]].to_numpy(dtype=float)[~out[["gpp", "reco", "nee"]].isna()
-                                                                         .to_numpy()]).all()
+    assert np.isfinite(
+        out[["gpp", "reco", "nee"]].to_numpy(dtype=float)[~out[["gpp", "reco", "nee"]].isna().to_numpy()]
+    ).all()
 
 
 @FAST
@@ -134,21 +173,34 @@ def _zones(lf: np.ndarray, seed: int = 0) -> xr.Dataset:
     ny, nx = lf.shape
     rng = np.random.default_rng(seed)
     ds = xr.Dataset(
-        {"land_fraction": (("y", "x"), lf),
-         "biome": (("y", "x"), rng.integers(1, 3, lf.shape).astype("int8"),
-                   {"flag_values": np.array([1, 2], "int8"), "flag_meanings": "boreal tundra"}),
-         "region": (("y", "x"), rng.integers(1, 5, lf.shape).astype("int8"),
-                    {"flag_values": np.array([1, 2, 3, 4], "int8"),
-                     "flag_meanings": "alaska canada europe siberia"}),
-         "permafrost": (("y", "x"), rng.random(lf.shape)),
-         "cell_area": (("y", "x"), np.full(lf.shape, 1e10))},
-        coords={"y": np.arange(ny)[::-1] * 1e5, "x": np.arange(nx) * 1e5})
+        {
+            "land_fraction": (("y", "x"), lf),
+            "biome": (
+                ("y", "x"),
+                rng.integers(1, 3, lf.shape).astype("int8"),
+                {"flag_values": np.array([1, 2], "int8"), "flag_meanings": "boreal tundra"},
+            ),
+            "region": (
+                ("y", "x"),
+                rng.integers(1, 5, lf.shape).astype("int8"),
+                {"flag_values": np.array([1, 2, 3, 4], "int8"), "flag_meanings": "alaska canada europe siberia"},
+            ),
+            "permafrost": (("y", "x"), rng.random(lf.shape)),
+            "cell_area": (("y", "x"), np.full(lf.shape, 1e10)),
+        },
+        coords={"y": np.arange(ny)[::-1] * 1e5, "x": np.arange(nx) * 1e5},
+    )
     return write_crs(ds, "EPSG:6931")
 
 
 @FAST
-@given(arrays(np.float64, st.tuples(st.integers(2, 5), st.integers(2, 5)),
-              elements=st.one_of(st.floats(0, 1), st.floats(-2, 3), st.just(np.nan), st.just(np.inf))))
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(2, 5), st.integers(2, 5)),
+        elements=st.one_of(st.floats(0, 1), st.floats(-2, 3), st.just(np.nan), st.just(np.inf)),
+    )
+)
 def test_zones_reader_rejects_exactly_the_out_of_range_land_fractions(lf):
     bad = ~np.isnan(lf) & ~((lf >= 0) & (lf <= 1))
     try:
@@ -207,9 +259,12 @@ def test_budgets_permutation_scaling_and_additivity(world, c):
     # biomes and regions partition the domain; biome x region partitions each biome
     tg = _tg(base)
     dom = tg.loc["domain"]
-    for parts in (["boreal", "tundra"], ["alaska", "canada", "europe", "siberia"],
-                  ["north_america", "eurasia"],
-                  [f"{b}/{r}" for b in ("boreal", "tundra") for r in ("alaska", "canada", "europe", "siberia")]):
+    for parts in (
+        ["boreal", "tundra"],
+        ["alaska", "canada", "europe", "siberia"],
+        ["north_america", "eurasia"],
+        [f"{b}/{r}" for b in ("boreal", "tundra") for r in ("alaska", "canada", "europe", "siberia")],
+    ):
         total = sum(tg.loc[p] for p in parts)
         np.testing.assert_allclose(total, dom, rtol=1e-9, atol=1e-9)
     assert base.coverage.between(0, 1 + 1e-12).all()
@@ -243,9 +298,14 @@ def test_sen_and_kendall_invariances(y, c, a):
 
 
 @FAST
-@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(5, 14)),
-              elements=st.integers(-1000, 1000).map(lambda v: v / 8)),
-       st.sampled_from(["zhang", "yuepilon"]))
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 6), st.integers(5, 14)),
+        elements=st.integers(-1000, 1000).map(lambda v: v / 8),
+    ),
+    st.sampled_from(["zhang", "yuepilon"]),
+)
 def test_vectorised_trends_equal_the_one_series_trend(Y, method):
     Y[0, 3] = np.nan  # a gap
     got = T.zyp_rows(Y, method=method)
@@ -273,8 +333,11 @@ def test_budget_trend_scales_with_the_data(v, a):
 
 
 # ------------------------------------------------------------------------------ metrics
-pairs = st.integers(2, 40).flatmap(lambda n: st.tuples(
-    arrays(np.float64, n, elements=st.floats(-500, 500)), arrays(np.float64, n, elements=st.floats(-500, 500))))
+pairs = st.integers(2, 40).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, n, elements=st.floats(-500, 500)), arrays(np.float64, n, elements=st.floats(-500, 500))
+    )
+)
 
 
 @FAST

@@ -39,30 +39,67 @@ def _synthetic_compare(run):
     comp.mkdir()
     mess = np.where(land, np.linspace(-100, 40, ny * nx).reshape(ny, nx), np.nan)
     ex = xr.Dataset(
-        {"mess": (("period", "y", "x"), np.stack([mess, mess + 10])),
-         "mess_mod": (("period", "y", "x"), np.stack([np.where(land, 1, -1)] * 2).astype("int16")),
-         "di": (("y", "x"), np.where(land, np.abs(mess) / 100, np.nan)),
-         "aoa": (("y", "x"), np.where(land, (mess > -50).astype("int8"), 0).astype("int8")),
-         "cluster": (("y", "x"), np.where(land, (np.arange(nx)[None, :] * 3 // nx).repeat(ny, 0), -1).astype("int16"))},
-        coords={"period": PERIODS, "y": up.y.values, "x": up.x.values})
+        {
+            "mess": (("period", "y", "x"), np.stack([mess, mess + 10])),
+            "mess_mod": (("period", "y", "x"), np.stack([np.where(land, 1, -1)] * 2).astype("int16")),
+            "di": (("y", "x"), np.where(land, np.abs(mess) / 100, np.nan)),
+            "aoa": (("y", "x"), np.where(land, (mess > -50).astype("int8"), 0).astype("int8")),
+            "cluster": (
+                ("y", "x"),
+                np.where(land, (np.arange(nx)[None, :] * 3 // nx).repeat(ny, 0), -1).astype("int16"),
+            ),
+        },
+        coords={"period": PERIODS, "y": up.y.values, "x": up.x.values},
+    )
     ex["mess_mod"].attrs.update(flag_values=np.arange(3), flag_meanings="lst ndvi srad")
     ex["aoa"].attrs["threshold"] = 0.42
     write_crs(ex, 6931).to_zarr(comp / "extrapolation.zarr", mode="w", consolidated=False)
-    pd.DataFrame({"period": PERIODS * 2, "zone": ["domain"] * 2 + ["tundra"] * 2,
-                  "share_extrapolated": [0.25, 0.125, 0.5, 0.3]}).to_csv(comp / "mess_area.csv", index=False)
-    pd.DataFrame({"flux": ["nee"], "inside_mean_sd": [10.0], "outside_mean_sd": [30.0], "ratio": [3.0]}) \
-        .to_csv(comp / "aoa_sd.csv", index=False)
-    pd.DataFrame({"cluster": [0, 1, 2], "area_share": [0.5, 0.3, 0.2], "n_cells": [5, 3, 2], "n_sites": [4, 1, 0],
-                  "n_site_months": [40, 9, 0], "lst": [0.1, -0.5, 1.2]}).to_csv(comp / "clusters.csv", index=False)
-    pd.DataFrame({"product": ["inversions"], "first_year": [2001], "last_year": [2020], "fire_subtracted": [True],
-                  "map_r": [0.61], "map_p": [1e-5], "trend_r": [0.23], "trend_p": [0.01],
-                  "source_share_abzflux": [0.3], "source_share_product": [0.1], "n_cells": [123]}) \
-        .to_csv(comp / "metrics.csv", index=False)
-    pd.DataFrame({"product": ["inversions"], "zone": ["domain"], "first_year": [2001], "last_year": [2020],
-                  "abzflux_tg_c": [-400.0], "product_tg_c": [-800.0], "ratio": [2.0]}).to_csv(comp / "budgets.csv", index=False)
-    pm = xr.Dataset({"mean_annual": (("product", "y", "x"), mess[None] * 2),
-                     "trend": (("product", "y", "x"), mess[None] / 50)},
-                    coords={"product": ["inversions"], "y": up.y.values, "x": up.x.values})
+    pd.DataFrame(
+        {"period": PERIODS * 2, "zone": ["domain"] * 2 + ["tundra"] * 2, "share_extrapolated": [0.25, 0.125, 0.5, 0.3]}
+    ).to_csv(comp / "mess_area.csv", index=False)
+    pd.DataFrame({"flux": ["nee"], "inside_mean_sd": [10.0], "outside_mean_sd": [30.0], "ratio": [3.0]}).to_csv(
+        comp / "aoa_sd.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "cluster": [0, 1, 2],
+            "area_share": [0.5, 0.3, 0.2],
+            "n_cells": [5, 3, 2],
+            "n_sites": [4, 1, 0],
+            "n_site_months": [40, 9, 0],
+            "lst": [0.1, -0.5, 1.2],
+        }
+    ).to_csv(comp / "clusters.csv", index=False)
+    pd.DataFrame(
+        {
+            "product": ["inversions"],
+            "first_year": [2001],
+            "last_year": [2020],
+            "fire_subtracted": [True],
+            "map_r": [0.61],
+            "map_p": [1e-5],
+            "trend_r": [0.23],
+            "trend_p": [0.01],
+            "source_share_abzflux": [0.3],
+            "source_share_product": [0.1],
+            "n_cells": [123],
+        }
+    ).to_csv(comp / "metrics.csv", index=False)
+    pd.DataFrame(
+        {
+            "product": ["inversions"],
+            "zone": ["domain"],
+            "first_year": [2001],
+            "last_year": [2020],
+            "abzflux_tg_c": [-400.0],
+            "product_tg_c": [-800.0],
+            "ratio": [2.0],
+        }
+    ).to_csv(comp / "budgets.csv", index=False)
+    pm = xr.Dataset(
+        {"mean_annual": (("product", "y", "x"), mess[None] * 2), "trend": (("product", "y", "x"), mess[None] / 50)},
+        coords={"product": ["inversions"], "y": up.y.values, "x": up.x.values},
+    )
     write_crs(pm, 6931).to_zarr(comp / "product_maps.zarr", mode="w", consolidated=False)
 
 
@@ -75,8 +112,10 @@ def _coarse(run):
 
 def _sections(page: str) -> dict[str, str]:
     """id -> HTML of each figure/table block."""
-    return {m.group(2): m.group(0) for m in re.finditer(r"<(figure|div class='table') id='([^']+)'>.*?</(figure|div)>",
-                                                        page, flags=re.DOTALL)}
+    return {
+        m.group(2): m.group(0)
+        for m in re.finditer(r"<(figure|div class='table') id='([^']+)'>.*?</(figure|div)>", page, flags=re.DOTALL)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +132,31 @@ def full_report(study_run, tmp_path_factory):
 def test_report_has_every_figure_and_table_and_images_decode(full_report):
     run, page = full_report
     blocks = _sections(page)
-    figures = ["fig1", "fig2", "fig3", "fig4", "skill", "importance", "pdp_gpp", "pdp_reco", "pdp_nee",
-               "fire_emissions", "uncertainty", "mess", "extrapolation"]
-    tables = ["table1", "truth_table", "comparison_table", "comparison_budgets", "skill_table", "aoa_sd_table",
-              "clusters_table", "mess_area_table"]
+    figures = [
+        "fig1",
+        "fig2",
+        "fig3",
+        "fig4",
+        "skill",
+        "importance",
+        "pdp_gpp",
+        "pdp_reco",
+        "pdp_nee",
+        "fire_emissions",
+        "uncertainty",
+        "mess",
+        "extrapolation",
+    ]
+    tables = [
+        "table1",
+        "truth_table",
+        "comparison_table",
+        "comparison_budgets",
+        "skill_table",
+        "aoa_sd_table",
+        "clusters_table",
+        "mess_area_table",
+    ]
     for fid in figures + tables:
         assert fid in blocks, fid
     for h in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Model skill", "Fire", "Uncertainty", "Extrapolation", "Tables"):
@@ -134,8 +194,15 @@ def test_report_draws_the_real_compare_stage_outputs(study_run, tmp_path):
     assert r.exit_code == 0, r.output
     page = (run / "report.html").read_text()
     blocks = _sections(page)
-    for fid in ("mess", "extrapolation", "comparison_table", "comparison_budgets", "aoa_sd_table", "clusters_table",
-                "mess_area_table"):
+    for fid in (
+        "mess",
+        "extrapolation",
+        "comparison_table",
+        "comparison_budgets",
+        "aoa_sd_table",
+        "clusters_table",
+        "mess_area_table",
+    ):
         assert fid in blocks, fid
     assert "Figures that failed" not in page
     thr = xr.open_zarr(run / "compare" / "extrapolation.zarr", consolidated=False).aoa.attrs["threshold"]
@@ -200,8 +267,9 @@ def test_mess_classes_are_disjoint():
     assert np.isnan(got[-1])
 
 
-def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_run(study_run, fast_config,
-                                                                                       tmp_path, monkeypatch):
+def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_run(
+    study_run, fast_config, tmp_path, monkeypatch
+):
     import abzflux.runner as P
 
     # a path longer than the console is wide: it must still print whole (no hard line break in it)

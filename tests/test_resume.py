@@ -121,8 +121,9 @@ def test_killed_at_several_points_and_restarted_matches_uninterrupted(tiny, refe
     (out / "notes.txt").write_text("the user's own file")
     other = _write_config(tiny.parent / "twin", tmp_path / "other.toml", TINY_FOREST.replace("= 20", "= 21"))
     before = output_digest(out)
-    r = CliRunner().invoke(app, ["run", str(other), "--out", str(out), "--quiet", "--no-report"],
-                           env={"COLUMNS": "250"})
+    r = CliRunner().invoke(
+        app, ["run", str(other), "--out", str(out), "--quiet", "--no-report"], env={"COLUMNS": "250"}
+    )
     assert r.exit_code == 2 and "forest.n_estimators: 20 -> 21" in r.output and "--restart" in r.output, r.output
     assert output_digest(out) == before
 
@@ -183,12 +184,15 @@ def test_other_config_or_input_is_refused_naming_the_difference(tiny, reference,
     sites.loc[3, "nee"] += 1.0
     sites.to_csv(tmp_path / "sites.csv", index=False)
     with pytest.raises(RunDirConflict, match=r"input sites: .*twin/sites\.csv \(sha256 .*\) -> .*/sites\.csv"):
-        run_study(load_config(_write_config(tiny.parent / "twin", tmp_path / "c.toml", sites=tmp_path / "sites.csv")),
-                  out)
+        run_study(
+            load_config(_write_config(tiny.parent / "twin", tmp_path / "c.toml", sites=tmp_path / "sites.csv")), out
+        )
     # an input dropped from the config: its stage's outputs would be left over
     text = tiny.read_text()
-    (tmp_path / "nofire.toml").write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("fire ="))
-                                          + "\n[compare]\nsubtract_fire = false\n")  # the products include fire
+    (tmp_path / "nofire.toml").write_text(
+        "\n".join(ln for ln in text.splitlines() if not ln.startswith("fire ="))
+        + "\n[compare]\nsubtract_fire = false\n"
+    )  # the products include fire
     with pytest.raises(RunDirConflict, match=r"input fire: .*fire\.zarr -> not given \(stages budgets, trends, fire"):
         run_study(load_config(tmp_path / "nofire.toml"), out)
     assert output_digest(out) == before  # nothing was touched
@@ -219,12 +223,24 @@ def test_restart_deletes_only_what_abzflux_wrote(reference, tmp_path):
     (out / "mine" / "a.csv").write_text("1")
     (out / "upscaled.nc").write_text("an export")
     removed = clean_run_dir(out)
-    assert {p.name for p in removed} >= {"stages", "run.json", "upscaled.zarr", "models", "budgets", "summary.md",
-                                         "budgets_members_monthly.parquet"}
+    assert {p.name for p in removed} >= {
+        "stages",
+        "run.json",
+        "upscaled.zarr",
+        "models",
+        "budgets",
+        "summary.md",
+        "budgets_members_monthly.parquet",
+    }
     # Only what abzflux recorded writing (issue 19): a hand-made upscaled.nc and a coarse/sites.parquet
     # that no coarse marker names are kept; the coarse set's (marker) files are deleted.
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
-        "coarse", "coarse/sites.parquet", "mine", "mine/a.csv", "upscaled.nc"]
+        "coarse",
+        "coarse/sites.parquet",
+        "mine",
+        "mine/a.csv",
+        "upscaled.nc",
+    ]
     assert clean_run_dir(tmp_path / "mine_only") == []  # not a run directory: untouched
 
 

@@ -55,8 +55,16 @@ def tree(f: PackedForest, t: int) -> dict:
     b = int(f.roots[t + 1]) if t + 1 < f.n_trees else f.n_nodes
     nd = f.nodes[a:b]
     rel = lambda c: np.where(c >= 0, c - a, -1)  # noqa: E731
-    return {"left": rel(nd["left"]), "right": rel(nd["right"]), "feat": nd["feat"], "thr": nd["thr"],
-            "catmask": f.catmask[a:b], "value": f.value[a:b], "wcount": f.wcount[a:b], "root": a}
+    return {
+        "left": rel(nd["left"]),
+        "right": rel(nd["right"]),
+        "feat": nd["feat"],
+        "thr": nd["thr"],
+        "catmask": f.catmask[a:b],
+        "value": f.value[a:b],
+        "wcount": f.wcount[a:b],
+        "root": a,
+    }
 
 
 def ref_tree(X, y, is_cat, counts, mtry, nodesize, state):
@@ -141,8 +149,14 @@ def ref_tree(X, y, is_cat, counts, mtry, nodesize, state):
 def mixed_data(n=40, seed=0):
     """Two continuous features (one with ties), one factor with 5 levels, one noise feature."""
     rng = np.random.default_rng(seed)
-    X = np.column_stack([rng.uniform(0, 1, n), rng.integers(0, 6, n).astype(float),
-                         rng.integers(0, 5, n).astype(float), rng.normal(size=n)])
+    X = np.column_stack(
+        [
+            rng.uniform(0, 1, n),
+            rng.integers(0, 6, n).astype(float),
+            rng.integers(0, 5, n).astype(float),
+            rng.normal(size=n),
+        ]
+    )
     lv_effect = np.array([3.0, -1.0, 4.0, 0.0, 2.0])
     y = 5 * X[:, 0] + 0.5 * X[:, 1] + lv_effect[X[:, 2].astype(int)] + 0.3 * rng.normal(size=n)
     return X, y, np.array([False, False, True, False]), np.array([0, 0, 5, 0])
@@ -201,8 +215,7 @@ def test_step_function_root_split_at_midpoint():
         assert tr["wcount"][tr["left"][0]] == c[x <= 3].sum()
         assert tr["wcount"][0] == len(y)
     assert n_exact >= 5  # rows with x = 3 and x = 4 are in nearly every bootstrap
-    np.testing.assert_array_equal(f.predict(np.array([[0.0], [3.0], [3.2], [4.0], [9.0]])),
-                                  [0, 0, 0, 10, 10])
+    np.testing.assert_array_equal(f.predict(np.array([[0.0], [3.0], [3.2], [4.0], [9.0]])), [0, 0, 0, 10, 10])
 
 
 def test_leaf_values_are_bootstrap_weighted_means():
@@ -237,8 +250,7 @@ def test_nodesize_rule_on_weighted_counts(nodesize):
     rng = np.random.default_rng(nodesize)
     X = rng.uniform(size=(120, 3))
     y = X @ [3.0, -2.0, 1.0] + rng.normal(scale=0.1, size=120)  # no ties: every node is splittable
-    f = grow_forest(X, y, is_cat=np.zeros(3, bool), n_levels=np.zeros(3), n_trees=10, mtry=3,
-                    nodesize=nodesize, seed=1)
+    f = grow_forest(X, y, is_cat=np.zeros(3, bool), n_levels=np.zeros(3), n_trees=10, mtry=3, nodesize=nodesize, seed=1)
     internal = f.nodes["left"] >= 0
     assert (f.wcount[internal] > nodesize).all()
     leaf = ~internal
@@ -254,8 +266,10 @@ def test_nodesize_rule_on_weighted_counts(nodesize):
 
 def test_larger_nodesize_gives_smaller_trees():
     X, y, is_cat, n_levels = mixed_data(n=80, seed=2)
-    sizes = [grow_forest(X, y, is_cat=is_cat, n_levels=n_levels, n_trees=5, mtry=2, nodesize=ns, seed=3).n_nodes
-             for ns in (1, 5, 20)]
+    sizes = [
+        grow_forest(X, y, is_cat=is_cat, n_levels=n_levels, n_trees=5, mtry=2, nodesize=ns, seed=3).n_nodes
+        for ns in (1, 5, 20)
+    ]
     assert sizes[0] > sizes[1] > sizes[2]
 
 
@@ -272,7 +286,7 @@ def test_factor_split_groups_levels_by_node_mean():
         assert int(tr["catmask"][0]) == 0b0101  # lower-mean levels {0, 2} go left
         assert len(tr["left"]) == 3  # depth 1: both children pure
         assert tr["value"][tr["left"][0]] == 0.0 and tr["value"][tr["right"][0]] == 10.0
-    np.testing.assert_array_equal(f.predict(np.array([[0, .5], [1, .5], [2, .5], [3, .5]])), [0, 10, 0, 10])
+    np.testing.assert_array_equal(f.predict(np.array([[0, 0.5], [1, 0.5], [2, 0.5], [3, 0.5]])), [0, 10, 0, 10])
     np.testing.assert_array_equal(f.predict(X), y)
 
 
@@ -300,8 +314,18 @@ def test_rows_subset_equals_forest_on_those_rows():
     rows = np.arange(0, 50, 2)[3:]
     y_poison = y.copy()
     y_poison[np.setdiff1d(np.arange(50), rows)] = 1e6  # rows outside the fold must never count
-    a = grow_forest(X, y_poison, is_cat=is_cat, n_levels=n_levels, n_trees=5, mtry=2, nodesize=2, seed=6,
-                    rows=rows, order=presort(X))
+    a = grow_forest(
+        X,
+        y_poison,
+        is_cat=is_cat,
+        n_levels=n_levels,
+        n_trees=5,
+        mtry=2,
+        nodesize=2,
+        seed=6,
+        rows=rows,
+        order=presort(X),
+    )
     b = grow_forest(X[rows], y[rows], is_cat=is_cat, n_levels=n_levels, n_trees=5, mtry=2, nodesize=2, seed=6)
     np.testing.assert_array_equal(a.nodes, b.nodes)
     np.testing.assert_array_equal(a.value, b.value)
@@ -402,13 +426,20 @@ def test_skill_comparable_to_scikit_learn():
     rng = np.random.default_rng(42)
     n, p = 1500, 6
     X = rng.uniform(-1, 1, size=(n, p))
-    y = (np.sin(np.pi * X[:, 0]) * 2 + X[:, 1] ** 2 * 3 + X[:, 2] + 0.5 * X[:, 3] * X[:, 4]
-         + rng.normal(scale=0.3, size=n))
+    y = (
+        np.sin(np.pi * X[:, 0]) * 2
+        + X[:, 1] ** 2 * 3
+        + X[:, 2]
+        + 0.5 * X[:, 3] * X[:, 4]
+        + rng.normal(scale=0.3, size=n)
+    )
     tr, te = np.arange(1000), np.arange(1000, n)
-    f = grow_forest(X[tr], y[tr], is_cat=np.zeros(p, bool), n_levels=np.zeros(p), n_trees=100, mtry=2,
-                    nodesize=5, seed=1)
-    ref = RandomForestRegressor(n_estimators=100, max_features=2, min_samples_split=6, random_state=1,
-                                n_jobs=1).fit(X[tr], y[tr])
+    f = grow_forest(
+        X[tr], y[tr], is_cat=np.zeros(p, bool), n_levels=np.zeros(p), n_trees=100, mtry=2, nodesize=5, seed=1
+    )
+    ref = RandomForestRegressor(n_estimators=100, max_features=2, min_samples_split=6, random_state=1, n_jobs=1).fit(
+        X[tr], y[tr]
+    )
     r2_ours = r2_score(y[te], f.predict(X[te]))
     r2_ref = r2_score(y[te], ref.predict(X[te]))
     assert r2_ours > 0.8
@@ -478,8 +509,7 @@ def test_level_forest_kernels_agree_with_per_row_traversal_for_factors_nan_and_f
     X = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 7, n), rng.integers(0, 12, n)])
     y = X[:, 0] * 2 + np.where(X[:, 4] == 3, 4.0, 0.0) + np.sin(X[:, 5]) + rng.normal(size=n)
     is_cat = np.array([False] * 4 + [True, True])
-    f = grow_forest(X, y, is_cat=is_cat, n_levels=np.array([0, 0, 0, 0, 7, 12]), n_trees=25, mtry=3, nodesize=3,
-                    seed=2)
+    f = grow_forest(X, y, is_cat=is_cat, n_levels=np.array([0, 0, 0, 0, 7, 12]), n_trees=25, mtry=3, nodesize=3, seed=2)
     lf = LevelForest.from_packed(f)
     assert lf.has_cat
     Xt = np.column_stack([rng.normal(size=(3000, 4)), rng.integers(0, 7, 3000), rng.integers(0, 12, 3000)])
@@ -515,8 +545,15 @@ def test_level_forest_compaction_levels_never_change_a_prediction():
         assert ((chosen[:, 0] < chosen[:, 1]) & (chosen[:, 1] < lf.depth)).mean() > 0.5
         assert (chosen[:, 0] <= chosen[:, 1]).all() and (chosen[:, 1] <= lf.depth).all()
         d = lf.depth[:, None]
-        for stages in (chosen, np.hstack([d, d]), np.zeros_like(chosen), np.hstack([0 * d, d]),
-                       np.hstack([0 * d + 1, 0 * d + 2]), np.hstack([d // 2, d // 2]), np.hstack([d // 3, d - 1])):
+        for stages in (
+            chosen,
+            np.hstack([d, d]),
+            np.zeros_like(chosen),
+            np.hstack([0 * d, d]),
+            np.hstack([0 * d + 1, 0 * d + 2]),
+            np.hstack([d // 2, d // 2]),
+            np.hstack([d // 3, d - 1]),
+        ):
             lf.stages = np.ascontiguousarray(np.minimum(stages, d), np.int32)
             assert np.array_equal(lf.predict(Xt), ref), stages[:3]
             assert np.array_equal(lf.predict(Xt.astype(np.float32)), ref32), stages[:3]

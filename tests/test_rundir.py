@@ -139,16 +139,19 @@ def test_an_input_at_an_output_location_is_refused_and_one_elsewhere_is_untouche
     for extra in ((), ("--restart",)):
         code, msg = _cli("run", cfg, "--out", out, "--quiet", "--no-report", *extra)
         assert code == 2, msg
-        assert (f"{out / 'fire' / 'gfed.zarr'}: [inputs.fire] input fire lies at an output location of the run "
-                f"({out / 'fire'})") in msg, msg
+        assert (
+            f"{out / 'fire' / 'gfed.zarr'}: [inputs.fire] input fire lies at an output location of the run "
+            f"({out / 'fire'})"
+        ) in msg, msg
         assert _snapshot(out) == before
     # a site table elsewhere inside the run directory: accepted (the same contents: every stage is
     # skipped) and left untouched
     out2 = _copy(finished, tmp_path / "b")
     (out2 / "inputs").mkdir()
     shutil.copy(twin / "sites.csv", out2 / "inputs" / "sites.csv")
-    rec = run_study(load_config(_config(twin, tmp_path / "sites_inside.toml", sites=out2 / "inputs" / "sites.csv")),
-                    out2)
+    rec = run_study(
+        load_config(_config(twin, tmp_path / "sites_inside.toml", sites=out2 / "inputs" / "sites.csv")), out2
+    )
     assert all(s["skipped"] for s in rec["stages"].values())
     assert file_hash(out2 / "inputs" / "sites.csv") == file_hash(twin / "sites.csv")
 
@@ -203,12 +206,17 @@ def test_a_second_run_is_refused_naming_the_holder_and_touches_nothing(tiny, fin
     lock = rundir.RunLock(out).acquire()  # held by this process, through another open file
     try:
         holder = json.loads((out / rundir.LOCK).read_text())
-        for args in (("run", tiny, "--out", out, "--quiet", "--no-report"), ("report", out, "--quiet"),
-                     ("export", out, "--vars", "nee")):
+        for args in (
+            ("run", tiny, "--out", out, "--quiet", "--no-report"),
+            ("report", out, "--quiet"),
+            ("export", out, "--vars", "nee"),
+        ):
             code, msg = _cli(*args)
             assert code == 2, msg
-            assert (f"{out}: is in use by another abzflux process (pid {os.getpid()} on host "
-                    f"{socket.gethostname()}, since {holder['since']}") in msg, msg
+            assert (
+                f"{out}: is in use by another abzflux process (pid {os.getpid()} on host "
+                f"{socket.gethostname()}, since {holder['since']}"
+            ) in msg, msg
         assert {k: v for k, v in _snapshot(out).items() if k != rundir.LOCK} == before
     finally:
         lock.release()
@@ -219,8 +227,10 @@ def test_a_second_run_is_refused_naming_the_holder_and_touches_nothing(tiny, fin
 
 def test_a_lock_left_by_a_killed_process_is_recovered(tiny, finished, tmp_path, caplog):
     out = _copy(finished, tmp_path)
-    code = f"from abzflux.rundir import RunLock; RunLock({str(out)!r}).acquire(); print('held', flush=True); " \
-           "import time; time.sleep(600)"
+    code = (
+        f"from abzflux.rundir import RunLock; RunLock({str(out)!r}).acquire(); print('held', flush=True); "
+        "import time; time.sleep(600)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
@@ -287,7 +297,10 @@ def test_a_read_only_location_is_one_clear_error(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", no_write)
     code, msg = _cli("run", tiny, "--out", out, "--quiet", "--no-report")
     assert code == 2, msg
-    assert f"{out / rundir.LOCK}: cannot be written: Permission denied (EACCES) at the start, before anything was written" in msg
+    assert (
+        f"{out / rundir.LOCK}: cannot be written: Permission denied (EACCES) at the start, before anything was written"
+        in msg
+    )
     assert [p.name for p in out.iterdir()] == []
 
 
@@ -374,5 +387,7 @@ def test_a_report_that_runs_out_of_space_leaves_no_tmp(finished, tmp_path, monke
 
     monkeypatch.setattr(R, "render_html", full)
     code, msg = _cli("report", out, "--quiet")
-    assert code == 2 and "report.html.tmp: cannot be written: No space left on device (ENOSPC) at the report" in msg, msg
+    assert code == 2 and "report.html.tmp: cannot be written: No space left on device (ENOSPC) at the report" in msg, (
+        msg
+    )
     assert not (out / "report.tmp").exists() and not (out / "report.html").exists()

@@ -92,8 +92,11 @@ def upscaled(run: Path) -> xr.Dataset:
 
 
 def members(run: Path) -> pd.DataFrame:
-    return pd.read_parquet(run / "budgets_members_monthly.parquet").sort_values(
-        ["flux", "member", "time", "zone"]).reset_index(drop=True)
+    return (
+        pd.read_parquet(run / "budgets_members_monthly.parquet")
+        .sort_values(["flux", "member", "time", "zone"])
+        .reset_index(drop=True)
+    )
 
 
 def test_transposed_dimensions_run_through_upscale(twin, tmp_path, canonical_run):
@@ -150,7 +153,7 @@ def test_laea_in_km_gives_the_areas_and_budgets_of_metres(twin, tmp_path):
         _no_area(w, km)
         zones = read_zones(w.inputs["zones"])
         assert zones["cell_area"].attrs["source"] == "grid spacing"
-        np.testing.assert_allclose(zones["cell_area"].values, 300e3 ** 2)
+        np.testing.assert_allclose(zones["cell_area"].values, 300e3**2)
         assert spacing_area_m2(zones) == pytest.approx(9e10)
         assert validate(w).exit_code == 0
         runs[km] = members(first_stages(w))
@@ -208,8 +211,10 @@ def test_site_without_land_is_dropped_with_a_warning(twin, tmp_path, caplog):
     assert r.exit_code == 0, r.output
     n = int(df.site_id.isin(gone).sum())
     assert "WARNING" in r.output
-    assert (f"{len(gone)} site(s) fall in grid cells without land (land_fraction 0): {', '.join(gone)}; "
-            f"their {n} site-month(s) are dropped") in error_text(r)
+    assert (
+        f"{len(gone)} site(s) fall in grid cells without land (land_fraction 0): {', '.join(gone)}; "
+        f"their {n} site-month(s) are dropped"
+    ) in error_text(r)
     cfg = load_config(w.config)
     out = w.root / "run"
     out.mkdir()
@@ -273,13 +278,19 @@ def _mut_inject(w, rng):
 
 
 CONFIG_BOUNDS = [
-    ("forest", "mtry", [1, 17, 18, 0]), ("run", "seed", [0, 2**32 - 1, 2**32, -1]),
-    ("forest", "n_estimators", [1, 0]), ("forest", "nodesize", [1, 400, 0]),
-    ("forest", "n_bootstrap", [0, 1, -1]), ("run", "tile", [8, 7, 1000]),
+    ("forest", "mtry", [1, 17, 18, 0]),
+    ("run", "seed", [0, 2**32 - 1, 2**32, -1]),
+    ("forest", "n_estimators", [1, 0]),
+    ("forest", "nodesize", [1, 400, 0]),
+    ("forest", "n_bootstrap", [0, 1, -1]),
+    ("run", "tile", [8, 7, 1000]),
     ("forest", "mtry_grid", ["[1, 17]", "[0, 3]", "[3, 18]"]),
-    ("budgets", "decade_length", [1, 0]), ("budgets", "source_threshold", ["inf", "-5.0"]),
-    ("fire", "alpha", ["0.0", "0.5", "1.0"]), ("fire", "first_year", [2019, 2021, 1899]),
-    ("compare", "n_clusters", [1, 0]), ("uncertainty", "block_km", ["0.0", "nan", "500.0"]),
+    ("budgets", "decade_length", [1, 0]),
+    ("budgets", "source_threshold", ["inf", "-5.0"]),
+    ("fire", "alpha", ["0.0", "0.5", "1.0"]),
+    ("fire", "first_year", [2019, 2021, 1899]),
+    ("compare", "n_clusters", [1, 0]),
+    ("uncertainty", "block_km", ["0.0", "nan", "500.0"]),
     ("uncertainty", "method", ['"sites"', '"blocks"', '"row"']),
 ]
 
@@ -345,8 +356,18 @@ def _mut_format(w, rng):
     return "NetCDF-3"
 
 
-MUTATIONS = [_mut_transpose, _mut_veg_code, _mut_zone_code, _mut_inject, _mut_config, _mut_config,
-             _mut_flag_string, _mut_units, _mut_sites, _mut_format]
+MUTATIONS = [
+    _mut_transpose,
+    _mut_veg_code,
+    _mut_zone_code,
+    _mut_inject,
+    _mut_config,
+    _mut_config,
+    _mut_flag_string,
+    _mut_units,
+    _mut_sites,
+    _mut_format,
+]
 N_EXAMPLES = 12  # about a minute on an idle 2-core machine
 
 
@@ -366,7 +387,9 @@ def test_validate_passing_implies_the_first_stages_run(twin, tmp_path):
             try:
                 first_stages(w)
             except Exception as exc:  # noqa: BLE001 - any failure here is the one this test exists to catch
-                raise AssertionError(f"validate passed but the run failed: {what}: {type(exc).__name__}: {exc}") from exc
+                raise AssertionError(
+                    f"validate passed but the run failed: {what}: {type(exc).__name__}: {exc}"
+                ) from exc
             seen["ok"].append(what)
         else:
             assert r.exit_code == 2, (what, r.exit_code, r.output, r.exception)

@@ -26,8 +26,10 @@ def test_streams_reproduce_the_studys_numbers():
 
 
 def test_streams_are_distinct_and_members_differ():
-    draws = {name: tuple(seeds.rng(448, name, 0).integers(0, 2**31, 4))
-             for name in ("importance", "qrf_draw", "bootstrap_rows", "bootstrap_forest")}
+    draws = {
+        name: tuple(seeds.rng(448, name, 0).integers(0, 2**31, 4))
+        for name in ("importance", "qrf_draw", "bootstrap_rows", "bootstrap_forest")
+    }
     assert len(set(draws.values())) == len(draws)
     assert seeds.integer(448, "bootstrap_forest", 0) != seeds.integer(448, "bootstrap_forest", 1)
 

@@ -39,8 +39,7 @@ from abzflux.trends import (
 
 REF = Path(__file__).parent / "data" / "zyp_refs_public.csv"
 METHODS = ("zhang", "yuepilon")
-DOUBLE_FIELDS = ("lbound", "trend", "trendp", "ubound", "autocor", "valid_frac", "linear",
-                 "intercept")
+DOUBLE_FIELDS = ("lbound", "trend", "trendp", "ubound", "autocor", "valid_frac", "linear", "intercept")
 P_ATOL = 2.0**-22  # R's float32 p-values (see module docstring)
 TAU_RTOL = 3e-7
 
@@ -269,11 +268,11 @@ def test_kendall_with_ties_in_x_and_y():
     assert k.tau == pytest.approx(st.kendalltau(x, y).statistic, rel=1e-12)
     n = 10
     tx, ty = np.array([2, 3, 2]), np.array([2, 2, 2])  # tie groups of x and of y
-    v = ((n * (n - 1) * (2 * n + 5) - (tx * (tx - 1) * (2 * tx + 5)).sum()
-          - (ty * (ty - 1) * (2 * ty + 5)).sum()) / 18
-         + (tx * (tx - 1) * (tx - 2)).sum() * (ty * (ty - 1) * (ty - 2)).sum()
-         / (9 * n * (n - 1) * (n - 2))
-         + (tx * (tx - 1)).sum() * (ty * (ty - 1)).sum() / (2 * n * (n - 1)))
+    v = (
+        (n * (n - 1) * (2 * n + 5) - (tx * (tx - 1) * (2 * tx + 5)).sum() - (ty * (ty - 1) * (2 * ty + 5)).sum()) / 18
+        + (tx * (tx - 1) * (tx - 2)).sum() * (ty * (ty - 1) * (ty - 2)).sum() / (9 * n * (n - 1) * (n - 2))
+        + (tx * (tx - 1)).sum() * (ty * (ty - 1)).sum() / (2 * n * (n - 1))
+    )
     assert k.varS == pytest.approx(v, rel=1e-14)
 
 
@@ -354,8 +353,7 @@ def test_zhang_cycle_through_the_first_run(preserve):
     """The slope stays 0, so every run has the state of run 1 (a cycle of period 1): the
     result is run 500's, fitted to the divided prewhitened series, not run 1's undivided one
     (a regression: the fast-forward once returned run 1's CI)."""
-    y = np.array([0.0, -0.22483759, -1.6059036, -0.13620025, 0.0, 0.0, -2.18977843,
-                  -2.85692202, 0.0, 0.0, 0.0])
+    y = np.array([0.0, -0.22483759, -1.6059036, -0.13620025, 0.0, 0.0, -2.18977843, -2.85692202, 0.0, 0.0, 0.0])
     s = zyp_trend(y, preserve_range_for_sig_test=preserve)
     assert s["nruns"] == 500 and s["trend"] == 0.0
     for numba in {False, T.USE_NUMBA}:
@@ -437,8 +435,9 @@ def _cube(seed=42, shape=(20, 30, 40)):
 
 @pytest.fixture(scope="module")
 def cube():
-    return xr.DataArray(_cube(), dims=("year", "y", "x"),
-                        coords={"year": np.arange(2001, 2021)}, attrs={"units": "g C m-2"})
+    return xr.DataArray(
+        _cube(), dims=("year", "y", "x"), coords={"year": np.arange(2001, 2021)}, attrs={"units": "g C m-2"}
+    )
 
 
 def _grid_rows(ds):

@@ -60,6 +60,7 @@ def test_domain_zones_partition_the_land():
     # Known places fall in the right zones: Fairbanks boreal/Alaska, Yakutsk boreal/Siberia,
     # Utqiagvik tundra/Alaska.
     from abzflux.formats import cell_index
+
     for lat, lon, biome, region in ((64.84, -147.72, 1, 1), (62.03, 129.73, 1, 4), (71.29, -156.79, 2, 1)):
         iy, ix = cell_index(d, np.array([lat]), np.array([lon]))
         assert d.biome.values[iy[0], ix[0]] == biome
@@ -132,6 +133,7 @@ def test_site_network_is_biased_and_realistic(twin_dir):
     s = read_site_table(twin_dir / "sites.csv")
     z = read_zones(twin_dir / "zones.nc")
     from abzflux.formats import cell_index
+
     per_site = s.groupby("site_id").first()
     iy, ix = cell_index(z, per_site.lat.values, per_site.lon.values)
     region = z.region.values[iy, ix]
@@ -169,8 +171,9 @@ def test_twin_is_deterministic_and_seeded(tmp_path, monkeypatch):
         zb = xr.open_zarr(tmp_path / "b" / store, consolidated=False)
         xr.testing.assert_identical(za, zb)
         assert za.time.encoding["chunks"] == zb.time.encoding["chunks"] == (12,)
-    xr.testing.assert_identical(xr.open_dataset(tmp_path / "a" / "ref_inversion.nc"),
-                                xr.open_dataset(tmp_path / "b" / "ref_inversion.nc"))
+    xr.testing.assert_identical(
+        xr.open_dataset(tmp_path / "a" / "ref_inversion.nc"), xr.open_dataset(tmp_path / "b" / "ref_inversion.nc")
+    )
 
 
 def test_make_twin_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path):
@@ -184,8 +187,18 @@ def test_make_twin_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path):
 
 
 def test_true_flux_function_responds_as_documented():
-    base = dict(srad=200.0, vpd=0.5, co2=400.0, snow_cover=0.0, soil_temp=283.15, soil_moisture=0.3,
-                ndvi=0.7, lst=15.0, lue=1.0, r10=50.0)
+    base = dict(
+        srad=200.0,
+        vpd=0.5,
+        co2=400.0,
+        snow_cover=0.0,
+        soil_temp=283.15,
+        soil_moisture=0.3,
+        ndvi=0.7,
+        lst=15.0,
+        lue=1.0,
+        r10=50.0,
+    )
     f0 = true_fluxes(base, 0.0, 7)
     assert f0["nee"] == pytest.approx(f0["reco"] - f0["gpp"])
     assert true_fluxes({**base, "ndvi": 0.8}, 0.0, 7)["gpp"] > f0["gpp"]
@@ -264,8 +277,11 @@ def test_sigterm_leaves_no_partial_twin(tmp_path):
     import time
 
     out = tmp_path / "tw"
-    proc = subprocess.Popen([sys.executable, "-m", "abzflux.cli", "twin", "--out", str(out), "--resolution-km", "100",
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abzflux.cli", "twin", "--out", str(out), "--resolution-km", "100", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while not list(tmp_path.glob(".tw.partial-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

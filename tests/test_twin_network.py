@@ -57,10 +57,20 @@ def lonlat(zones, cell, dx=0.0, dy=0.0):
 
 
 def rows(site, lat, lon, yms, method="EC", disturbance="", ysf=np.nan, fluxes=("gpp", "reco", "nee")):
-    return [dict(site_id=site, lat=lat, lon=lon, year=y, month=m, method=method, disturbance=disturbance,
-                 years_since_fire=ysf if np.isscalar(ysf) else ysf[i],
-                 **{f: v if f in fluxes else np.nan for f, v in (("gpp", 100.0), ("reco", 80.0), ("nee", -20.0))})
-            for i, (y, m) in enumerate(yms)]
+    return [
+        dict(
+            site_id=site,
+            lat=lat,
+            lon=lon,
+            year=y,
+            month=m,
+            method=method,
+            disturbance=disturbance,
+            years_since_fire=ysf if np.isscalar(ysf) else ysf[i],
+            **{f: v if f in fluxes else np.nan for f, v in (("gpp", 100.0), ("reco", 80.0), ("nee", -20.0))},
+        )
+        for i, (y, m) in enumerate(yms)
+    ]
 
 
 # --------------------------------------------------------------------------- the rules, pure
@@ -76,10 +86,12 @@ def test_year_shift_rule_by_hand():
 
 def test_sites_land_on_their_cells_and_exclusions_are_reported(zones):
     a, b, water = cells(zones)
-    t = pd.DataFrame(rows("A", *lonlat(zones, a, 0.3, -0.2), [(2019, 7)])
-                     + rows("B", *lonlat(zones, b, -0.45, 0.45), [(2019, 7), (2019, 8)])
-                     + rows("W", *lonlat(zones, water), [(2019, 7)] * 1)
-                     + rows("S", 20.0, 0.0, [(2019, 6), (2019, 7), (2019, 8)]))
+    t = pd.DataFrame(
+        rows("A", *lonlat(zones, a, 0.3, -0.2), [(2019, 7)])
+        + rows("B", *lonlat(zones, b, -0.45, 0.45), [(2019, 7), (2019, 8)])
+        + rows("W", *lonlat(zones, water), [(2019, 7)] * 1)
+        + rows("S", 20.0, 0.0, [(2019, 6), (2019, 7), (2019, 8)])
+    )
     p = place_network(check_network(t), zones, 2019, 2020, file="net.csv")
     got = p.sites.set_index("site_id")
     assert (got.loc["A", "iy"], got.loc["A", "ix"]) == a
@@ -89,7 +101,9 @@ def test_sites_land_on_their_cells_and_exclusions_are_reported(zones):
     assert (r["sites_in_table"], r["sites_placed"], r["sites_excluded"]) == (4, 2, 2)
     assert (r["sites_outside_grid"], r["sites_without_domain_land"], r["site_months_of_excluded_sites"]) == (1, 1, 4)
     assert {(e["site_id"], e["reason"], e["site_months"]) for e in r["excluded"]} == {
-        ("S", OUTSIDE_GRID, 3), ("W", NO_DOMAIN_LAND, 1)}
+        ("S", OUTSIDE_GRID, 3),
+        ("W", NO_DOMAIN_LAND, 1),
+    }
     assert r["site_months_placed"] == 3 and r["source"] == "net.csv"
 
 
@@ -102,15 +116,15 @@ def test_months_methods_and_disturbances_follow_the_rule(zones):
         + rows("LATE", lat, lon, [(2021, 12), (2023, 2)], method=np.nan, disturbance="drainage")
         + rows("LONG", lat, lon, [(2008, 6), (2012, 6), (2024, 6)], disturbance="fire", ysf=[1.0, 5.0, 17.0])
         + rows("EMPTY", lat, lon, [(2015, 3)], fluxes=())
-        + rows("FIREX", lat, lon, [(2016, 6)], disturbance="fire"))
+        + rows("FIREX", lat, lon, [(2016, 6)], disturbance="fire")
+    )
     p = place_network(check_network(t), zones, 2011, 2020)
     rec = p.records.merge(p.sites[["site", "site_id", "shift_years"]], on="site")
     by = {s: g.reset_index(drop=True) for s, g in rec.groupby("site_id")}
     assert list(by["IN"][["year", "month"]].itertuples(index=False, name=None)) == [(2012, 1), (2015, 7)]
     assert list(by["IN"].method) == ["chamber"] * 2 and list(by["IN"].disturbance) == ["harvest"] * 2
     # EARLY: 2001-2003 moved 10 years later; months and the gap kept; NEE only
-    assert list(by["EARLY"][["year", "month"]].itertuples(index=False, name=None)) == [(2011, 5), (2011, 9),
-                                                                                     (2013, 6)]
+    assert list(by["EARLY"][["year", "month"]].itertuples(index=False, name=None)) == [(2011, 5), (2011, 9), (2013, 6)]
     assert by["EARLY"].has_nee.all() and not by["EARLY"].has_gpp.any() and not by["EARLY"].has_reco.any()
     assert list(by["LATE"][["year", "month"]].itertuples(index=False, name=None)) == [(2018, 12), (2020, 2)]
     assert by["LATE"].method.isna().all() and list(by["LATE"].disturbance) == ["drainage"] * 2
@@ -159,7 +173,8 @@ def network_table(zones):
         + rows("H", la, lo, summer, disturbance="harvest")
         + rows("T", la, lo, summer, disturbance="thermokarst")
         + rows("OLD", la, lo, [(2009, 6), (2010, 6)], fluxes=("nee",))
-        + rows("W", *lonlat(zones, water), summer))
+        + rows("W", *lonlat(zones, water), summer)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +201,10 @@ def test_network_twin_shares_the_synthetic_world(exact, synthetic):
     out, _ = exact
     for f in ("truth.nc", "zones.nc", "ref_inversion.nc"):
         xr.testing.assert_identical(xr.open_dataset(out / f), xr.open_dataset(synthetic / f))
-    xr.testing.assert_identical(xr.open_zarr(out / "predictors.zarr", consolidated=False),
-                                xr.open_zarr(synthetic / "predictors.zarr", consolidated=False))
+    xr.testing.assert_identical(
+        xr.open_zarr(out / "predictors.zarr", consolidated=False),
+        xr.open_zarr(synthetic / "predictors.zarr", consolidated=False),
+    )
     assert (out / "truth_budgets.csv").read_bytes() == (synthetic / "truth_budgets.csv").read_bytes()
 
 
@@ -257,8 +274,22 @@ def test_network_twin_is_deterministic(tmp_path, zones):
 def test_cli_twin_on_a_contract_network(tmp_path, zones):
     path = tmp_path / "net.csv"
     network_table(zones).to_csv(path, index=False)
-    args = ["twin", "--resolution-km", "200", "--years", "2019-2020", "--seed", "7", "--sites", "30",
-            "--site-months", "400", "--quiet", "--network", str(path)]
+    args = [
+        "twin",
+        "--resolution-km",
+        "200",
+        "--years",
+        "2019-2020",
+        "--seed",
+        "7",
+        "--sites",
+        "30",
+        "--site-months",
+        "400",
+        "--quiet",
+        "--network",
+        str(path),
+    ]
     r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "t")])
     assert r.exit_code == 0, r.output
     assert "8 of 9 sites placed" in r.output and "1 in cells without domain land" in r.output
@@ -270,8 +301,9 @@ def test_cli_twin_on_a_contract_network(tmp_path, zones):
     network_table(zones).drop(columns="month").to_csv(bad, index=False)
     r = CliRunner().invoke(app, ["twin", "--out", str(tmp_path / "u"), "--network", str(bad)])
     assert r.exit_code == 2 and "[month] missing required column" in r.output and not (tmp_path / "u").exists()
-    r = CliRunner().invoke(app, ["twin", "--out", str(tmp_path / "v"), "--network", str(path),
-                                 "--network-format", "xls"])
+    r = CliRunner().invoke(
+        app, ["twin", "--out", str(tmp_path / "v"), "--network", str(path), "--network-format", "xls"]
+    )
     assert r.exit_code == 2 and "unknown network format 'xls'" in r.output and not (tmp_path / "v").exists()
 
 
@@ -299,8 +331,9 @@ def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zone
     pd.testing.assert_frame_equal(a[b.columns], b)
     assert not (tmp_path / "lite" / "shared" / "uncertainty").exists()
     rows_lite = twin_rows(lite, truth, "sites", {"twin": "t", "network": "net", "seed": 448})
-    assert set(rows_lite.method) == {"sites"} and len(rows_lite) == len(b[b.zone.isin(rows_lite.zone.unique())
-                                                                          & b.flux.isin(["gpp", "reco", "nee"])])
+    assert set(rows_lite.method) == {"sites"} and len(rows_lite) == len(
+        b[b.zone.isin(rows_lite.zone.unique()) & b.flux.isin(["gpp", "reco", "nee"])]
+    )
 
 
 def test_abcflux_network_format_reads_the_importers_table(tmp_path, zones):
@@ -316,8 +349,9 @@ def test_abcflux_network_format_reads_the_importers_table(tmp_path, zones):
     table, _ = write_abcflux(read_abcflux(raw), tmp_path / "sites.parquet")
     via = read_network(table, "contract")
     cols = ["site_id", "lat", "lon", "year", "month", "gpp", "reco", "nee", "method", "disturbance"]
-    pd.testing.assert_frame_equal(direct[cols].reset_index(drop=True), via[cols].reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        direct[cols].reset_index(drop=True), via[cols].reset_index(drop=True), check_dtype=False
+    )
     assert direct.site_id.nunique() > 5 and direct.method.isin(["EC", "chamber"]).all()
     p = place_network(direct, zones, 2001, 2020, file=str(raw))
     assert p.report["sites_placed"] > 0 and len(p.records) > 0

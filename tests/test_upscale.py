@@ -49,8 +49,9 @@ def tile32(study_run, twin_dir, tmp_path_factory):
     models, members, sel = _inputs(study_run, twin_dir)
     sel = sel[:MONTHS]
     out = tmp_path_factory.mktemp("tile32")
-    info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, out, sel,
-                      tile=32, fingerprint="t32")
+    info = up.upscale(
+        twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, out, sel, tile=32, fingerprint="t32"
+    )
     return out, info
 
 
@@ -76,10 +77,21 @@ def test_two_worker_localcluster_gives_identical_outputs(study_run, twin_dir, ti
 
     models, members, sel = _inputs(study_run, twin_dir)
     sel = sel[:MONTHS]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
-            Client(cl) as client:
-        info = up.upscale(twin_dir / "predictors.zarr", twin_dir / "zones.nc", models, members, tmp_path, sel,
-                          tile=32, client=client, fingerprint="t32")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl,
+        Client(cl) as client,
+    ):
+        info = up.upscale(
+            twin_dir / "predictors.zarr",
+            twin_dir / "zones.nc",
+            models,
+            members,
+            tmp_path,
+            sel,
+            tile=32,
+            client=client,
+            fingerprint="t32",
+        )
     assert info["resumed"] == 0
     _same_store(tile32[0] / "upscaled.zarr", tmp_path / "upscaled.zarr")
     a = pd.read_parquet(tile32[0] / "budgets_members_monthly.parquet")
@@ -114,8 +126,9 @@ def test_resume_counts_only_missing_chunks(study_run, twin_dir, tmp_path, caplog
     _same_store(ref, tmp_path / "upscaled.zarr")
     # a different fingerprint (other models or inputs) never resumes stale chunks
     with pytest.raises(Stop):
-        up.upscale(*args, tile=32, fingerprint="a",
-                   progress=lambda d, t: (_ for _ in ()).throw(Stop) if d == 3 else None)
+        up.upscale(
+            *args, tile=32, fingerprint="a", progress=lambda d, t: (_ for _ in ()).throw(Stop) if d == 3 else None
+        )
     info = up.upscale(*args, tile=32, fingerprint="b")
     assert info["resumed"] == 0
 
@@ -137,7 +150,11 @@ def test_plan_chunks_skips_tiles_without_land():
     times = pd.date_range("2001-01-01", periods=24, freq="MS")
     chunks = up.plan_chunks(land, times, 4)
     assert [(c.year, c.iy0, c.ix0, c.iy1, c.ix1) for c in chunks] == [
-        (2001, 0, 0, 4, 4), (2002, 0, 0, 4, 4), (2001, 8, 8, 10, 10), (2002, 8, 8, 10, 10)]
+        (2001, 0, 0, 4, 4),
+        (2002, 0, 0, 4, 4),
+        (2001, 8, 8, 10, 10),
+        (2002, 8, 8, 10, 10),
+    ]
     assert [c.t0 for c in chunks] == [0, 12, 0, 12]
 
 
@@ -152,15 +169,17 @@ def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
 
     run = run_view(study_run[0], tmp_path / "run")
     ds = xr.open_zarr(run / "upscaled.zarr", consolidated=False)
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "netcdf", "--vars", "nee,nee_sd",
-                                 "--out", str(tmp_path / "f.nc")])
+    r = CliRunner().invoke(
+        app, ["export", str(run), "--format", "netcdf", "--vars", "nee,nee_sd", "--out", str(tmp_path / "f.nc")]
+    )
     assert r.exit_code == 0, r.output
     nc = xr.open_dataset(tmp_path / "f.nc", engine="h5netcdf")
     assert sorted(nc.data_vars) == ["nee", "nee_sd"]
     assert np.array_equal(nc.nee.values, ds.nee.values, equal_nan=True)
     assert nc.nee.attrs["units"] == "g C m-2 month-1" and nc.nee.attrs["grid_mapping"] == "spatial_ref"
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "geotiff", "--vars", "gpp",
-                                 "--out", str(tmp_path / "tif")])
+    r = CliRunner().invoke(
+        app, ["export", str(run), "--format", "geotiff", "--vars", "gpp", "--out", str(tmp_path / "tif")]
+    )
     assert r.exit_code == 0, r.output
     files = sorted((tmp_path / "tif").glob("gpp_*.tif"))
     assert len(files) == 20
@@ -211,11 +230,14 @@ def test_two_model_sets_from_one_config(tmp_path):
     from abzflux.twin import TwinSpec, make_twin
 
     d = tmp_path / "twin"
-    make_twin(d, TwinSpec(resolution_km=300, first_year=2003, last_year=2005, n_sites=60, n_site_months=800),
-              coarse=TwinSpec(resolution_km=600, first_year=1995, last_year=1997, seed=449, n_sites=60, n_site_months=800))
+    make_twin(
+        d,
+        TwinSpec(resolution_km=300, first_year=2003, last_year=2005, n_sites=60, n_site_months=800),
+        coarse=TwinSpec(resolution_km=600, first_year=1995, last_year=1997, seed=449, n_sites=60, n_site_months=800),
+    )
     text = (d / "config.toml").read_text()
     fast = "[forest]\nn_estimators = 10\nmtry = 5\ncv = false\nimportance_repeats = 1\npdp_points = 3\npdp_rows = 50\nn_bootstrap = 2\n"
-    text = text[:text.index("[forest]")] + fast + text[text.index("[coarse]"):]
+    text = text[: text.index("[forest]")] + fast + text[text.index("[coarse]") :]
     (d / "config.toml").write_text(text)
     cfg = load_config(d / "config.toml")
     rec = run_study(cfg, tmp_path / "run")

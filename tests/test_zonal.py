@@ -25,8 +25,12 @@ def test_zones_partition_the_domain_and_biome_region_cells_by_hand():
     dom = a["domain"]
     L = LAND.astype(np.float32).astype(np.float64)  # land fraction is stored as float32
     assert dom == pytest.approx((L * CELL_AREA).sum(), rel=1e-12)
-    for names in (("boreal", "tundra"), ("alaska", "canada", "europe", "siberia"), ("north_america", "eurasia"),
-                  tuple(f"{b}/{r}" for b in ("boreal", "tundra") for r in ("alaska", "canada", "europe", "siberia"))):
+    for names in (
+        ("boreal", "tundra"),
+        ("alaska", "canada", "europe", "siberia"),
+        ("north_america", "eurasia"),
+        tuple(f"{b}/{r}" for b in ("boreal", "tundra") for r in ("alaska", "canada", "europe", "siberia")),
+    ):
         assert sum(a[n] for n in names) == pytest.approx(dom, rel=1e-12), names
     veg_zones = [n for n in a.index if budgets.zone_kind(n) == "veg_region"]
     assert len(veg_zones) == len(VEG_CLASSES) * 4
@@ -37,8 +41,15 @@ def test_zones_partition_the_domain_and_biome_region_cells_by_hand():
     assert a["north_america"] == pytest.approx(1.0 * 1.0e6 + 0.5 * 1.1e6 + 0.25 * 1.3e6 + 0.6 * 0.5e6, rel=1e-7)
     assert a["needleleaf_evergreen/alaska"] == pytest.approx(1.0 * 1.0e6 + 0.5 * 1.1e6, rel=1e-7)
     assert a["graminoid_tundra/siberia"] == pytest.approx(1.0 * 1.25e6, rel=1e-7)
-    assert {budgets.zone_kind(n) for n in a.index} == {"domain", "biome", "region", "biome_region", "continent",
-                                                         "permafrost", "veg_region"}
+    assert {budgets.zone_kind(n) for n in a.index} == {
+        "domain",
+        "biome",
+        "region",
+        "biome_region",
+        "continent",
+        "permafrost",
+        "veg_region",
+    }
 
 
 def _monthly(values: dict, years=(2001, 2002, 2003)):
@@ -91,27 +102,84 @@ def _site_table():
     # site A (boreal, permafrost): 2 full years, NEE 1/month then 2/month -> 12, 24 -> mean 18
     for y, v in ((2001, 1.0), (2002, 2.0)):
         for m in range(1, 13):
-            rows.append(dict(site_id="A", year=y, month=m, nee=v, gpp=np.nan, biome="boreal", permafrost=1.0,
-                             region="alaska", lat=65.0))
+            rows.append(
+                dict(
+                    site_id="A",
+                    year=y,
+                    month=m,
+                    nee=v,
+                    gpp=np.nan,
+                    biome="boreal",
+                    permafrost=1.0,
+                    region="alaska",
+                    lat=65.0,
+                )
+            )
     # site B (tundra, no permafrost): one full year, NEE -3/month in JJA, +1 otherwise -> -9 + 9 = 0
     for m in range(1, 13):
-        rows.append(dict(site_id="B", year=2005, month=m, nee=-3.0 if m in (6, 7, 8) else 1.0, gpp=np.nan,
-                         biome="tundra", permafrost=0.0, region="siberia", lat=70.0))
+        rows.append(
+            dict(
+                site_id="B",
+                year=2005,
+                month=m,
+                nee=-3.0 if m in (6, 7, 8) else 1.0,
+                gpp=np.nan,
+                biome="tundra",
+                permafrost=0.0,
+                region="siberia",
+                lat=70.0,
+            )
+        )
     # site C: an incomplete year only (never used)
     for m in range(1, 11):
-        rows.append(dict(site_id="C", year=2005, month=m, nee=50.0, gpp=np.nan, biome="boreal", permafrost=0.0,
-                         region="europe", lat=60.0))
+        rows.append(
+            dict(
+                site_id="C",
+                year=2005,
+                month=m,
+                nee=50.0,
+                gpp=np.nan,
+                biome="boreal",
+                permafrost=0.0,
+                region="europe",
+                lat=60.0,
+            )
+        )
     # site D (boreal, non-permafrost): 1 full year of +3 -> 36
     for m in range(1, 13):
-        rows.append(dict(site_id="D", year=2010, month=m, nee=3.0, gpp=np.nan, biome="boreal", permafrost=0.2,
-                         region="canada", lat=55.0))
+        rows.append(
+            dict(
+                site_id="D",
+                year=2010,
+                month=m,
+                nee=3.0,
+                gpp=np.nan,
+                biome="boreal",
+                permafrost=0.2,
+                region="canada",
+                lat=55.0,
+            )
+        )
     return pd.DataFrame(rows).assign(reco=np.nan)
 
 
 def test_table1_in_situ_by_hand():
     sites = _site_table()
-    period = pd.DataFrame([{"zone": "domain", "flux": "nee", "season": "annual", "tg_c": -5.0, "tg_c_sd": 1.0,
-                            "density": -2.0, "density_sd_years": 0.5, "first_year": 2001, "last_year": 2020}])
+    period = pd.DataFrame(
+        [
+            {
+                "zone": "domain",
+                "flux": "nee",
+                "season": "annual",
+                "tg_c": -5.0,
+                "tg_c_sd": 1.0,
+                "density": -2.0,
+                "density_sd_years": 0.5,
+                "first_year": 2001,
+                "last_year": 2020,
+            }
+        ]
+    )
     t = budgets.table1(sites, period).set_index(["group", "flux", "season"])
     r = t.loc[("all", "nee", "annual")]
     assert r.insitu_sites == 3
@@ -137,8 +205,11 @@ def test_source_areas_and_pixel_latitude_on_a_tiny_grid():
     # mean annual NEE per cell = 12 * value; sources where value > 0
     val = np.array([[1.0, -1.0, np.nan, 2.0], [-0.5, 0.5, -2.0, np.nan], [1.0, np.nan, -1.0, 0.1]])
     val = np.where(LAND > 0, val, np.nan)
-    da = xr.DataArray(np.broadcast_to(val, (24, 3, 4)).astype(np.float32), dims=("time", "y", "x"),
-                      coords={"time": times, "y": z.y, "x": z.x})
+    da = xr.DataArray(
+        np.broadcast_to(val, (24, 3, 4)).astype(np.float32),
+        dims=("time", "y", "x"),
+        coords={"time": times, "y": z.y, "x": z.x},
+    )
     shares, lat = budgets.map_statistics(xr.Dataset({"nee": da}), z, crs="EPSG:6931", threshold=0.0, band=2)
     s = shares.set_index("zone")
     w = LAND.astype(np.float32).astype(np.float64) * CELL_AREA
@@ -148,7 +219,9 @@ def test_source_areas_and_pixel_latitude_on_a_tiny_grid():
     b = BIOME == 2
     assert s.loc["tundra", "source_share"] == pytest.approx(w[src & b].sum() / w[ok & b].sum())
     shares5, _ = budgets.map_statistics(xr.Dataset({"nee": da}), z, threshold=12 * 1.5)
-    assert shares5.set_index("zone").loc["domain", "source_share"] == pytest.approx(w[ok & (val > 1.5)].sum() / w[ok].sum())
+    assert shares5.set_index("zone").loc["domain", "source_share"] == pytest.approx(
+        w[ok & (val > 1.5)].sum() / w[ok].sum()
+    )
     from pyproj import Transformer
 
     xx, yy = np.meshgrid(z.x.values, z.y.values)
@@ -160,8 +233,13 @@ def test_source_areas_and_pixel_latitude_on_a_tiny_grid():
 
 def test_decadal_monthly_and_seasonal_amplitude_by_hand():
     years = tuple(range(2001, 2021))
-    mon = _monthly({("boreal", "nee"): lambda y, m: -10.0 * (m == 7) * (1 + (y > 2010)),
-                    ("domain", "nee"): lambda y, m: (10.0 + (y - 2001)) * (m == 7)}, years=years)
+    mon = _monthly(
+        {
+            ("boreal", "nee"): lambda y, m: -10.0 * (m == 7) * (1 + (y > 2010)),
+            ("domain", "nee"): lambda y, m: (10.0 + (y - 2001)) * (m == 7),
+        },
+        years=years,
+    )
     mem = pd.concat([mon.assign(member=k, tg_c=mon.tg_c * (1 + 0.1 * k)) for k in range(3)])
     areas = pd.Series({"boreal": 1e12, "domain": 2e12})
     d = budgets.decadal_monthly(mon, mem, areas, [(2001, 2010), (2011, 2020)], zones=("boreal",), fluxes=("nee",))
@@ -181,9 +259,20 @@ def test_decadal_monthly_and_seasonal_amplitude_by_hand():
 def test_run_writes_every_zonal_table_and_zones_match_truth(study_run, twin_dir):
     out, _ = study_run
     b = out / "budgets"
-    for f in ("monthly.csv", "seasonal.csv", "period.csv", "table1.csv", "table1.md", "source_areas.csv",
-              "source_sites.csv", "decadal_monthly.csv", "seasonal_amplitude.csv", "seasonal_amplitude_change.csv",
-              "latitude_correlation.csv", "annual.csv"):
+    for f in (
+        "monthly.csv",
+        "seasonal.csv",
+        "period.csv",
+        "table1.csv",
+        "table1.md",
+        "source_areas.csv",
+        "source_sites.csv",
+        "decadal_monthly.csv",
+        "seasonal_amplitude.csv",
+        "seasonal_amplitude_change.csv",
+        "latitude_correlation.csv",
+        "annual.csv",
+    ):
         assert (b / f).exists(), f
     seas = pd.read_csv(b / "seasonal.csv")
     a = seas[seas.season == "annual"].set_index(["zone", "flux", "year"]).tg_c
@@ -205,11 +294,27 @@ def test_run_writes_every_zonal_table_and_zones_match_truth(study_run, twin_dir)
     zones = xr.open_dataset(twin_dir / "zones.nc", engine="h5netcdf")
     tb = budgets.annual_budgets(truth[["gpp", "reco"]], zones).groupby(["zone", "flux"]).tg_c.mean()
     est = a.groupby(level=["zone", "flux"]).mean()
-    for zone in ("domain", "boreal", "tundra", "canada", "europe", "siberia", "north_america", "eurasia", "permafrost",
-                 "boreal/siberia", "boreal/canada"):
+    for zone in (
+        "domain",
+        "boreal",
+        "tundra",
+        "canada",
+        "europe",
+        "siberia",
+        "north_america",
+        "eurasia",
+        "permafrost",
+        "boreal/siberia",
+        "boreal/canada",
+    ):
         for flux in ("gpp", "reco"):
             tol = 0.5 if zone == "tundra" else 0.25
-            assert abs(est[(zone, flux)] / tb[(zone, flux)] - 1) < tol, (zone, flux, est[(zone, flux)], tb[(zone, flux)])
+            assert abs(est[(zone, flux)] / tb[(zone, flux)] - 1) < tol, (
+                zone,
+                flux,
+                est[(zone, flux)],
+                tb[(zone, flux)],
+            )
     t1 = pd.read_csv(b / "table1.csv").set_index(["group", "flux", "season"])
     assert t1.loc[("all", "nee", "annual")].insitu_sites > 20
     assert np.isfinite(t1.loc[("all", "nee_fire", "annual")].budget)

@@ -45,8 +45,9 @@ def _randint(state, k):
 
 
 @njit(cache=True)
-def _build_tree(XT, y, yraw, is_cat, n_levels, order, counts, mtry, nodesize, state,
-                left, right, feat, thr, catmask, value, wcount):
+def _build_tree(
+    XT, y, yraw, is_cat, n_levels, order, counts, mtry, nodesize, state, left, right, feat, thr, catmask, value, wcount
+):
     """Grow one tree on the rows with counts > 0; returns the number of nodes written.
 
     ``XT`` is the feature-major (p, n) copy of X: a split scan reads one contiguous row. Split
@@ -227,8 +228,27 @@ def _build_tree(XT, y, yraw, is_cat, n_levels, order, counts, mtry, nodesize, st
 
 
 @njit(cache=True, parallel=True)
-def _grow_batch(XT, y, yraw, is_cat, n_levels, order, pool, seeds, mtry, nodesize, cap,
-                left, right, feat, thr, catmask, value, wcount, sizes):
+def _grow_batch(
+    XT,
+    y,
+    yraw,
+    is_cat,
+    n_levels,
+    order,
+    pool,
+    seeds,
+    mtry,
+    nodesize,
+    cap,
+    left,
+    right,
+    feat,
+    thr,
+    catmask,
+    value,
+    wcount,
+    sizes,
+):
     """Grow len(seeds) trees in parallel; tree t uses slab [t*cap, (t+1)*cap)."""
     n = XT.shape[1]
     for t in prange(seeds.shape[0]):
@@ -239,17 +259,32 @@ def _grow_batch(XT, y, yraw, is_cat, n_levels, order, pool, seeds, mtry, nodesiz
         for _ in range(npool):  # bootstrap: npool draws with replacement from the pool
             counts[pool[_randint(state, npool)]] += 1.0
         o = t * cap
-        sizes[t] = _build_tree(XT, y, yraw, is_cat, n_levels, order, counts, mtry, nodesize, state,
-                               left[o:o + cap], right[o:o + cap], feat[o:o + cap], thr[o:o + cap],
-                               catmask[o:o + cap], value[o:o + cap], wcount[o:o + cap])
+        sizes[t] = _build_tree(
+            XT,
+            y,
+            yraw,
+            is_cat,
+            n_levels,
+            order,
+            counts,
+            mtry,
+            nodesize,
+            state,
+            left[o : o + cap],
+            right[o : o + cap],
+            feat[o : o + cap],
+            thr[o : o + cap],
+            catmask[o : o + cap],
+            value[o : o + cap],
+            wcount[o : o + cap],
+        )
 
 
 _BLOCK = 4096  # rows per block: each tree's nodes stay in cache while the block streams through it
 
 # One node per 24-byte record, so a traversal step touches one cache line. A categorical split
 # stores feature -(f + 1) and its left-going level set in ``catmask``.
-NODE = np.dtype([("thr", np.float64), ("left", np.int32), ("right", np.int32), ("feat", np.int32),
-                 ("pad", np.int32)])
+NODE = np.dtype([("thr", np.float64), ("left", np.int32), ("right", np.int32), ("feat", np.int32), ("pad", np.int32)])
 
 
 @njit(cache=True, inline="always")
@@ -354,18 +389,22 @@ class PackedForest:
             tr = t.tree_
             n = tr.node_count
             leaf = tr.children_left < 0
-            nd = nodes[o:o + n]
+            nd = nodes[o : o + n]
             nd["thr"] = tr.threshold
             nd["feat"] = np.where(leaf, 0, tr.feature)
             nd["left"] = np.where(leaf, -1, tr.children_left + o)
             nd["right"] = np.where(leaf, -1, tr.children_right + o)
-            value[o:o + n] = tr.value[:, 0, 0]
-        return cls(offs[:-1].astype(np.int32), nodes, np.zeros(offs[-1], np.uint64), value,
-                   np.zeros(0, np.float32))
+            value[o : o + n] = tr.value[:, 0, 0]
+        return cls(offs[:-1].astype(np.int32), nodes, np.zeros(offs[-1], np.uint64), value, np.zeros(0, np.float32))
 
     def to_arrays(self) -> dict:
-        return {"roots": self.roots, "nodes": self.nodes, "catmask": self.catmask,
-                "value": self.value, "wcount": self.wcount}
+        return {
+            "roots": self.roots,
+            "nodes": self.nodes,
+            "catmask": self.catmask,
+            "value": self.value,
+            "wcount": self.wcount,
+        }
 
     @classmethod
     def from_arrays(cls, d) -> PackedForest:
@@ -377,8 +416,9 @@ def presort(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.argsort(X, axis=0, kind="stable").T.astype(np.int32))
 
 
-def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed=DEFAULT_SEED,
-                rows=None, order=None, batch=64) -> PackedForest:
+def grow_forest(
+    X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed=DEFAULT_SEED, rows=None, order=None, batch=64
+) -> PackedForest:
     """Grow a forest on ``X[rows]`` (all rows by default).
 
     Parameters
@@ -412,7 +452,7 @@ def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed
     roots = []
     offset = 0
     for b0 in range(0, n_trees, batch):
-        sd = seeds[b0:b0 + batch]
+        sd = seeds[b0 : b0 + batch]
         nb = len(sd)
         left = np.empty(nb * cap, np.int64)
         right = np.empty(nb * cap, np.int64)
@@ -422,8 +462,27 @@ def grow_forest(X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed
         value = np.empty(nb * cap, np.float64)
         wcount = np.empty(nb * cap, np.float64)
         sizes = np.empty(nb, np.int64)
-        _grow_batch(XT, yc, y, is_cat, n_levels, order, pool, sd, int(mtry), float(nodesize), cap,
-                    left, right, feat, thr, catmask, value, wcount, sizes)
+        _grow_batch(
+            XT,
+            yc,
+            y,
+            is_cat,
+            n_levels,
+            order,
+            pool,
+            sd,
+            int(mtry),
+            float(nodesize),
+            cap,
+            left,
+            right,
+            feat,
+            thr,
+            catmask,
+            value,
+            wcount,
+            sizes,
+        )
         for t in range(nb):
             sl = slice(t * cap, t * cap + sizes[t])
             nd = np.zeros(sizes[t], NODE)
@@ -703,17 +762,23 @@ class LevelForest:
     @classmethod
     def _build(cls, left, right, feat, thr, catmask, value, roots):
         """Breadth-first renumbering of trees given by absolute left/right arrays (leaf: -1)."""
-        arrays = _bfs_layout(np.ascontiguousarray(left, np.int32), np.ascontiguousarray(right, np.int32),
-                             np.ascontiguousarray(feat, np.int32), np.ascontiguousarray(thr, np.float64),
-                             np.ascontiguousarray(catmask, np.uint64), np.ascontiguousarray(value, np.float64),
-                             np.ascontiguousarray(roots, np.int32))
+        arrays = _bfs_layout(
+            np.ascontiguousarray(left, np.int32),
+            np.ascontiguousarray(right, np.int32),
+            np.ascontiguousarray(feat, np.int32),
+            np.ascontiguousarray(thr, np.float64),
+            np.ascontiguousarray(catmask, np.uint64),
+            np.ascontiguousarray(value, np.float64),
+            np.ascontiguousarray(roots, np.int32),
+        )
         return cls(*arrays)
 
     @classmethod
     def from_packed(cls, pf: PackedForest, value: np.ndarray | None = None) -> LevelForest:
         nd = pf.nodes
-        return cls._build(nd["left"], nd["right"], nd["feat"], nd["thr"], pf.catmask,
-                          pf.value if value is None else value, pf.roots)
+        return cls._build(
+            nd["left"], nd["right"], nd["feat"], nd["thr"], pf.catmask, pf.value if value is None else value, pf.roots
+        )
 
     @classmethod
     def from_sklearn(cls, model) -> LevelForest:
@@ -738,7 +803,19 @@ class LevelForest:
         thr = self.thr32 if X.dtype == np.float32 else self.thr
         step = max(1, (2**31 - 1) // X.shape[1])  # 32-bit offsets: split huge batches
         for a in range(0, X.shape[0], step):
-            part = X[a:a + step]
-            _predict_level(part.reshape(-1), part.shape[1], self.feat, thr, self.child, self.catmask, self.value,
-                           self.roots, self.depth, self.stages, self.has_cat, out[a:a + step])
+            part = X[a : a + step]
+            _predict_level(
+                part.reshape(-1),
+                part.shape[1],
+                self.feat,
+                thr,
+                self.child,
+                self.catmask,
+                self.value,
+                self.roots,
+                self.depth,
+                self.stages,
+                self.has_cat,
+                out[a : a + step],
+            )
         return out

@@ -44,8 +44,9 @@ def zone_weights(zones: xr.Dataset, veg: xr.DataArray | np.ndarray | None = None
 
     # In memory first: the layers below are dozens of element-wise steps, each a dask graph on a
     # lazily opened file otherwise (seconds per call). A band of zones is smaller than its weights.
-    zones = _with_area(zones)[[v for v in ("land_fraction", "cell_area", "biome", "region", "permafrost")
-                               if v in zones or v == "cell_area"]].load()
+    zones = _with_area(zones)[
+        [v for v in ("land_fraction", "cell_area", "biome", "region", "permafrost") if v in zones or v == "cell_area"]
+    ].load()
     lf = zones["land_fraction"].fillna(0).astype(np.float64)
     area = _with_area(zones)["cell_area"].astype(np.float64)
     base = (lf * area).fillna(0)
@@ -142,15 +143,26 @@ def monthly_budgets(fluxes: xr.Dataset, zones: xr.Dataset, band: int = 256, veg=
                 block = np.asarray(da.isel(time=slice(t0, t0 + step), y=ys).values, dtype=np.float64)
                 block = block.reshape(block.shape[0], -1)
                 valid = np.isfinite(block)
-                tg[t0:t0 + step] += np.where(valid, block, 0.0) @ wv.T
-                cov[t0:t0 + step] += valid.astype(np.float64) @ wv.T
+                tg[t0 : t0 + step] += np.where(valid, block, 0.0) @ wv.T
+                cov[t0 : t0 + step] += valid.astype(np.float64) @ wv.T
         if total is None:
             total = np.asarray(zone_areas_m2(zones, band, veg).loc[zone_names].values)
         tg /= TG
         cov /= np.where(total > 0, total, 1.0)
         for zi, zone in enumerate(zone_names):
-            out.append(pd.DataFrame({"zone": zone, "time": times, "year": times.year, "month": times.month,
-                                     "flux": name, "tg_c": tg[:, zi], "coverage": cov[:, zi]}))
+            out.append(
+                pd.DataFrame(
+                    {
+                        "zone": zone,
+                        "time": times,
+                        "year": times.year,
+                        "month": times.month,
+                        "flux": name,
+                        "tg_c": tg[:, zi],
+                        "coverage": cov[:, zi],
+                    }
+                )
+            )
     return pd.concat(out, ignore_index=True)
 
 
@@ -189,8 +201,9 @@ def annual_budgets(fluxes: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | Non
         fb = annual_from_monthly(monthly_budgets(fire[["fire_emissions"]], zones, veg=veg))
         fb["flux"] = "fire"
         nee = ann[ann.flux == "nee"].merge(fb, on=["zone", "year"], suffixes=("", "_f"))
-        nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.tg_c_f,
-                        coverage=np.minimum(nee.coverage, nee.coverage_f))[["zone", "flux", "year", "tg_c", "coverage"]]
+        nf = nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.tg_c_f, coverage=np.minimum(nee.coverage, nee.coverage_f))[
+            ["zone", "flux", "year", "tg_c", "coverage"]
+        ]
         ann = pd.concat([ann, fb[fb.year.isin(nee.year)], nf], ignore_index=True)
     area = zone_areas_m2(zones, veg=veg)
     ann["density_g_m2"] = ann.tg_c * TG / ann.zone.map(area)
@@ -224,8 +237,12 @@ def seasonal_from_monthly(monthly: pd.DataFrame, by: tuple[str, ...] = ()) -> pd
     keys = ["zone", "flux", *by]
     m = monthly[keys + ["year", "month", "tg_c"]]
     parts = []
-    for season, months, shift in (("annual", range(1, 13), False), ("jja", JJA, False),
-                                  ("nonsummer", NONSUMMER, False), ("nonsummer_crossyear", NONSUMMER, True)):
+    for season, months, shift in (
+        ("annual", range(1, 13), False),
+        ("jja", JJA, False),
+        ("nonsummer", NONSUMMER, False),
+        ("nonsummer_crossyear", NONSUMMER, True),
+    ):
         sub = m[m.month.isin(list(months))]
         if shift:
             sub = sub.assign(year=np.where(sub.month >= 9, sub.year + 1, sub.year))
@@ -256,9 +273,14 @@ def period_stats(est: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Seri
     ``est`` and ``members`` come from :func:`seasonal_from_monthly` (members with ``member``)."""
     keys = ["zone", "flux", "season"]
     est = est.assign(density=est.tg_c * TG / est.zone.map(areas))
-    g = est.groupby(keys, sort=False).agg(first_year=("year", "min"), last_year=("year", "max"),
-                                         n_years=("year", "nunique"), tg_c=("tg_c", "mean"),
-                                         density=("density", "mean"), density_sd_years=("density", "std"))
+    g = est.groupby(keys, sort=False).agg(
+        first_year=("year", "min"),
+        last_year=("year", "max"),
+        n_years=("year", "nunique"),
+        tg_c=("tg_c", "mean"),
+        density=("density", "mean"),
+        density_sd_years=("density", "std"),
+    )
     g = g.reset_index()
     if members is not None and len(members):
         sd = members.groupby(keys + ["member"]).tg_c.mean().groupby(keys).std(ddof=1).rename("tg_c_sd").reset_index()
@@ -281,9 +303,17 @@ def insitu_annual(sites: pd.DataFrame, flux: str) -> pd.DataFrame:
     return out
 
 
-def table1(sites: pd.DataFrame, period: pd.DataFrame,
-           groups=(("all", None), ("boreal", ("biome", "boreal")), ("tundra", ("biome", "tundra")),
-                   ("permafrost", ("permafrost", True)), ("non-permafrost", ("permafrost", False)))) -> pd.DataFrame:
+def table1(
+    sites: pd.DataFrame,
+    period: pd.DataFrame,
+    groups=(
+        ("all", None),
+        ("boreal", ("biome", "boreal")),
+        ("tundra", ("biome", "tundra")),
+        ("permafrost", ("permafrost", True)),
+        ("non-permafrost", ("permafrost", False)),
+    ),
+) -> pd.DataFrame:
     """The paper's Table 1: in situ next to upscaled, per group, flux and season.
 
     In situ: site-years with 12 months summed, averaged per site, then mean ± SD across sites
@@ -311,24 +341,35 @@ def table1(sites: pd.DataFrame, period: pd.DataFrame,
                 key = (zone_of.get(gname), flux, season)
                 if key in p.index:
                     q = p.loc[key]
-                    r.update(density=q.density, density_sd_years=q.density_sd_years, budget=q.tg_c,
-                             budget_sd=q.get("tg_c_sd", np.nan), first_year=q.first_year, last_year=q.last_year)
+                    r.update(
+                        density=q.density,
+                        density_sd_years=q.density_sd_years,
+                        budget=q.tg_c,
+                        budget_sd=q.get("tg_c_sd", np.nan),
+                        first_year=q.first_year,
+                        last_year=q.last_year,
+                    )
                 rows.append(r)
     return pd.DataFrame(rows)
 
 
 def table1_markdown(t: pd.DataFrame) -> str:
     """Table 1 as markdown: value ± SD, in situ and upscaled side by side."""
+
     def pm(a, b, fmt="{:.0f}"):
         return "" if pd.isna(a) else (fmt.format(a) + ("" if pd.isna(b) else " ± " + fmt.format(b)))
 
-    lines = ["| group | flux | season | in situ (g C m-2 yr-1) | sites | upscaled (g C m-2 yr-1) | budget (Tg C yr-1) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| group | flux | season | in situ (g C m-2 yr-1) | sites | upscaled (g C m-2 yr-1) | budget (Tg C yr-1) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in t.itertuples():
-        lines.append(f"| {r.group} | {r.flux} | {r.season} | {pm(getattr(r, 'insitu_mean', np.nan), getattr(r, 'insitu_sd', np.nan))} "
-                     f"| {'' if pd.isna(getattr(r, 'insitu_sites', np.nan)) else int(r.insitu_sites)} "
-                     f"| {pm(getattr(r, 'density', np.nan), getattr(r, 'density_sd_years', np.nan))} "
-                     f"| {pm(getattr(r, 'budget', np.nan), getattr(r, 'budget_sd', np.nan))} |")
+        lines.append(
+            f"| {r.group} | {r.flux} | {r.season} | {pm(getattr(r, 'insitu_mean', np.nan), getattr(r, 'insitu_sd', np.nan))} "
+            f"| {'' if pd.isna(getattr(r, 'insitu_sites', np.nan)) else int(r.insitu_sites)} "
+            f"| {pm(getattr(r, 'density', np.nan), getattr(r, 'density_sd_years', np.nan))} "
+            f"| {pm(getattr(r, 'budget', np.nan), getattr(r, 'budget_sd', np.nan))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -338,8 +379,9 @@ def mean_annual_map(da: xr.DataArray) -> np.ndarray:
     return np.asarray(ann.mean("year").values, dtype=np.float64)
 
 
-def map_statistics(fluxes: xr.Dataset, zones: xr.Dataset, veg=None, crs=None, threshold: float = 0.0,
-                   band: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+def map_statistics(
+    fluxes: xr.Dataset, zones: xr.Dataset, veg=None, crs=None, threshold: float = 0.0, band: int = 256
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """From the monthly maps, band by band (bounded memory): the share of each zone's effective
     area whose mean annual flux is > ``threshold`` (source areas, per flux variable), and the
     Pearson correlation of the pixels' mean annual flux with latitude (unweighted, cells with a
@@ -374,15 +416,25 @@ def map_statistics(fluxes: xr.Dataset, zones: xr.Dataset, veg=None, crs=None, th
                 s_ += [len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
     rows = []
     for v, a in acc.items():
-        rows.append(pd.DataFrame({"flux": v, "zone": names, "threshold_g_m2_yr": threshold,
-                                  "source_area_km2": a[0] / 1e6, "area_with_value_km2": a[1] / 1e6,
-                                  "source_share": a[0] / np.where(a[1] > 0, a[1], np.nan)}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "flux": v,
+                    "zone": names,
+                    "threshold_g_m2_yr": threshold,
+                    "source_area_km2": a[0] / 1e6,
+                    "area_with_value_km2": a[1] / 1e6,
+                    "source_share": a[0] / np.where(a[1] > 0, a[1], np.nan),
+                }
+            )
+        )
     lat_rows = []
     for v, (n, sx, sy, sxx, syy, sxy) in lat_acc.items():
         r = (n * sxy - sx * sy) / np.sqrt((n * sxx - sx * sx) * (n * syy - sy * sy))
         t = r * np.sqrt((n - 2) / max(1 - r * r, 1e-300))
-        lat_rows.append({"data": "pixels", "flux": v, "n": int(n), "pearson_r": float(r),
-                         "p": float(2 * stats.t.sf(abs(t), n - 2))})
+        lat_rows.append(
+            {"data": "pixels", "flux": v, "n": int(n), "pearson_r": float(r), "p": float(2 * stats.t.sf(abs(t), n - 2))}
+        )
     return pd.concat(rows, ignore_index=True), pd.DataFrame(lat_rows)
 
 
@@ -402,12 +454,18 @@ def insitu_sources(sites: pd.DataFrame, threshold: float = 0.0) -> pd.DataFrame:
     return g
 
 
-def decadal_monthly(monthly: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series,
-                    decades: list[tuple[int, int]], zones=("boreal", "tundra"),
-                    fluxes=("nee", "gpp", "reco")) -> pd.DataFrame:
+def decadal_monthly(
+    monthly: pd.DataFrame,
+    members: pd.DataFrame | None,
+    areas: pd.Series,
+    decades: list[tuple[int, int]],
+    zones=("boreal", "tundra"),
+    fluxes=("nee", "gpp", "reco"),
+) -> pd.DataFrame:
     """The paper's Fig. 3: mean monthly flux density (g C m-2 month-1) per zone and calendar
     month for each decade, the difference between the last and the first decade, and the SD
     across bootstrap members of each (each member's decadal mean first)."""
+
     def dens(df):
         df = df[df.zone.isin(zones) & df.flux.isin(fluxes)]
         return df.assign(d=df.tg_c * TG / df.zone.map(areas))
@@ -424,12 +482,17 @@ def decadal_monthly(monthly: pd.DataFrame, members: pd.DataFrame | None, areas: 
 
     est = per_decade(dens(monthly))
     cols = list(est.columns)
-    res = est.reset_index().melt(id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period",
-                                 value_name="g_c_m2_month")
+    res = est.reset_index().melt(
+        id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period", value_name="g_c_m2_month"
+    )
     if members is not None and len(members):
         mt = per_decade(dens(members), by=("member",))
-        sd = mt.groupby(["zone", "flux", "month"]).std(ddof=1).reset_index().melt(
-            id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period", value_name="sd_bootstrap")
+        sd = (
+            mt.groupby(["zone", "flux", "month"])
+            .std(ddof=1)
+            .reset_index()
+            .melt(id_vars=["zone", "flux", "month"], value_vars=cols, var_name="period", value_name="sd_bootstrap")
+        )
         res = res.merge(sd, on=["zone", "flux", "month", "period"], how="left")
     return res.sort_values(["flux", "zone", "period", "month"]).reset_index(drop=True)
 
@@ -449,9 +512,17 @@ def seasonal_amplitude(monthly: pd.DataFrame, zone: str = "domain", flux: str = 
     slope = r["slope"]
     start = float(np.median(amp.amplitude_tg_c_month.to_numpy() - slope * (years - years[0])))
     change = slope * (years[-1] - years[0])
-    info = {"zone": zone, "flux": flux, "first_year": int(years[0]), "last_year": int(years[-1]),
-            "slope_tg_c_month_per_yr": slope, "p": r["p"], "start_value": start,
-            "change_tg_c_month": change, "change_percent": 100 * change / start if start else np.nan}
+    info = {
+        "zone": zone,
+        "flux": flux,
+        "first_year": int(years[0]),
+        "last_year": int(years[-1]),
+        "slope_tg_c_month_per_yr": slope,
+        "p": r["p"],
+        "start_value": start,
+        "change_tg_c_month": change,
+        "change_percent": 100 * change / start if start else np.nan,
+    }
     return amp, info
 
 
@@ -465,16 +536,18 @@ def site_latitude_correlation(sites: pd.DataFrame) -> pd.DataFrame:
     if len(ins) < 3:
         return pd.DataFrame([{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": np.nan, "p": np.nan}])
     r = pearsonr(lat.to_numpy(float), ins.to_numpy(float))
-    return pd.DataFrame([{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": float(r.statistic),
-                          "p": float(r.pvalue)}])
+    return pd.DataFrame(
+        [{"data": "sites", "flux": "nee", "n": len(ins), "pearson_r": float(r.statistic), "p": float(r.pvalue)}]
+    )
 
 
 # ---------------------------------------------------------------------------- the budgets step's tables
 KEYS = ["zone", "time", "year", "month"]
 
 
-def with_fire(monthly: pd.DataFrame, fire_monthly: pd.DataFrame,
-              members: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def with_fire(
+    monthly: pd.DataFrame, fire_monthly: pd.DataFrame, members: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Add fire (``fire_monthly``: zone-month fire emission budgets, Tg C) and NEE + fire to the
     monthly budgets, over their months; the bootstrap members get NEE + fire with the same
     emissions (fire carries no bootstrap uncertainty)."""
@@ -482,12 +555,14 @@ def with_fire(monthly: pd.DataFrame, fire_monthly: pd.DataFrame,
     fm = fm[fm.time.isin(monthly.time.unique())]
     fire = fm[KEYS + ["tg_c"]]
     nee = monthly[monthly.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=KEYS)
-    monthly = pd.concat([monthly, fm, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
-                        ignore_index=True)
+    monthly = pd.concat(
+        [monthly, fm, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")], ignore_index=True
+    )
     if members is not None:
         nee = members[members.flux == "nee"].merge(fire.rename(columns={"tg_c": "fire"}), on=KEYS)
-        members = pd.concat([members, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")],
-                            ignore_index=True)
+        members = pd.concat(
+            [members, nee.assign(flux="nee_fire", tg_c=nee.tg_c + nee.fire).drop(columns="fire")], ignore_index=True
+        )
     return monthly, members
 
 
@@ -496,8 +571,7 @@ def density(df: pd.DataFrame, areas: pd.Series) -> pd.Series:
     return df.tg_c * TG / df.zone.map(areas)
 
 
-def budget_tables(monthly: pd.DataFrame, members: pd.DataFrame | None,
-                  areas: pd.Series) -> dict[str, Any]:
+def budget_tables(monthly: pd.DataFrame, members: pd.DataFrame | None, areas: pd.Series) -> dict[str, Any]:
     """The monthly, seasonal (every year) and period tables of ``budgets/``, with densities and
     the SD across the bootstrap members (when given); also the seasonal budgets (``seas``) and
     the members' (``seas_members``) that the other tables are built from."""
@@ -516,13 +590,17 @@ def budget_tables(monthly: pd.DataFrame, members: pd.DataFrame | None,
     st.insert(1, "kind", st.zone.map(kinds))
     period = period_stats(seas, seas_m, areas)
     period.insert(1, "kind", period.zone.map(kinds))
-    return {"monthly": mo.drop(columns="time"), "seasonal": st, "period": period, "seas": seas,
-            "seas_members": seas_m}
+    return {"monthly": mo.drop(columns="time"), "seasonal": st, "period": period, "seas": seas, "seas_members": seas_m}
 
 
-def annual_table(monthly: pd.DataFrame, areas: pd.Series, seasonal: pd.DataFrame, period: pd.DataFrame,
-                 has_members: bool, extrapolation: pd.DataFrame | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def annual_table(
+    monthly: pd.DataFrame,
+    areas: pd.Series,
+    seasonal: pd.DataFrame,
+    period: pd.DataFrame,
+    has_members: bool,
+    extrapolation: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """``budgets_annual.csv`` (annual budgets with coverage, density and, with bootstrap members,
     their SD) and the period-mean SD table ``budgets_period_sd.csv`` (None without members).
     ``extrapolation``: zone-month extrapolation SD terms (:func:`add_extrapolation_sd`)."""
@@ -533,7 +611,8 @@ def annual_table(monthly: pd.DataFrame, areas: pd.Series, seasonal: pd.DataFrame
         a_sd = seasonal[seasonal.season == "annual"][["zone", "flux", "year", "tg_c_sd"]]
         ann = ann.merge(a_sd, on=["zone", "flux", "year"], how="left")
         p_sd = period[period.season == "annual"][["zone", "flux", "tg_c_sd"]].rename(
-            columns={"tg_c_sd": "period_mean_tg_c_sd"})
+            columns={"tg_c_sd": "period_mean_tg_c_sd"}
+        )
         if extrapolation is not None:
             ann, p_sd = add_extrapolation_sd(ann, p_sd, extrapolation)
     return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True), p_sd
@@ -541,12 +620,13 @@ def annual_table(monthly: pd.DataFrame, areas: pd.Series, seasonal: pd.DataFrame
 
 def table1_text(t1: pd.DataFrame, y0: int, y1: int, note: str | None) -> str:
     """``budgets/table1.md``."""
-    return (f"# Table 1: average Arctic–boreal CO2 fluxes, {y0}–{y1}\n\n"
-            "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. "
-            "Upscaled: area-weighted density, mean ± SD across years; budget ± SD across the "
-            "bootstrap forests. nonsummer = January–May + September–December of the same year "
-            "(annual = jja + nonsummer).\n\n" + (note + "\n\n" if note else "")
-            + table1_markdown(t1))
+    return (
+        f"# Table 1: average Arctic–boreal CO2 fluxes, {y0}–{y1}\n\n"
+        "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. "
+        "Upscaled: area-weighted density, mean ± SD across years; budget ± SD across the "
+        "bootstrap forests. nonsummer = January–May + September–December of the same year "
+        "(annual = jja + nonsummer).\n\n" + (note + "\n\n" if note else "") + table1_markdown(t1)
+    )
 
 
 def decades(y0: int, y1: int, length: int) -> list[tuple[int, int]]:
@@ -574,9 +654,10 @@ def add_extrapolation_sd(ann: pd.DataFrame, p_sd: pd.DataFrame, ext: pd.DataFram
     a = ext.groupby(["zone", "flux", "year"]).tg_c_sd_extrap.sum().reset_index()
     a = pd.concat([a, a[a.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
     ann = ann.merge(a, on=["zone", "flux", "year"], how="left")
-    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd ** 2 + ann.tg_c_sd_extrap.fillna(0.0) ** 2)
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd**2 + ann.tg_c_sd_extrap.fillna(0.0) ** 2)
     p = a.groupby(["zone", "flux"]).tg_c_sd_extrap.mean().rename("period_mean_tg_c_sd_extrap").reset_index()
     p_sd = p_sd.merge(p, on=["zone", "flux"], how="left")
-    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(p_sd.period_mean_tg_c_sd ** 2
-                                                + p_sd.period_mean_tg_c_sd_extrap.fillna(0.0) ** 2)
+    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(
+        p_sd.period_mean_tg_c_sd**2 + p_sd.period_mean_tg_c_sd_extrap.fillna(0.0) ** 2
+    )
     return ann, p_sd

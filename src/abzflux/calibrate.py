@@ -33,11 +33,34 @@ from .vocab import FLUXES
 log = logging.getLogger(__name__)
 
 #: Zones the calibration scores (the summary's zones).
-ZONES = ("domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
-         "permafrost")
+ZONES = (
+    "domain",
+    "boreal",
+    "tundra",
+    "alaska",
+    "canada",
+    "europe",
+    "siberia",
+    "north_america",
+    "eurasia",
+    "permafrost",
+)
 BOOT_METHODS = ("rows", "sites", "blocks")
-COLUMNS = ["twin", "network", "seed", "method", "zone", "year", "flux", "truth", "estimate", "sd", "inside1",
-           "inside2", "ratio"]
+COLUMNS = [
+    "twin",
+    "network",
+    "seed",
+    "method",
+    "zone",
+    "year",
+    "flux",
+    "truth",
+    "estimate",
+    "sd",
+    "inside1",
+    "inside2",
+    "ratio",
+]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -62,9 +85,11 @@ def error_ratio(estimate, truth, sd) -> np.ndarray:
 
 def score(df: pd.DataFrame) -> pd.DataFrame:
     """Adds inside1, inside2 and ratio to a table with estimate, truth and sd."""
-    return df.assign(inside1=inside(df.estimate, df.truth, df.sd, 1.0),
-                     inside2=inside(df.estimate, df.truth, df.sd, 2.0),
-                     ratio=error_ratio(df.estimate, df.truth, df.sd))
+    return df.assign(
+        inside1=inside(df.estimate, df.truth, df.sd, 1.0),
+        inside2=inside(df.estimate, df.truth, df.sd, 2.0),
+        ratio=error_ratio(df.estimate, df.truth, df.sd),
+    )
 
 
 def coverage_summary(cal: pd.DataFrame, by=("method", "network", "flux")) -> pd.DataFrame:
@@ -72,21 +97,31 @@ def coverage_summary(cal: pd.DataFrame, by=("method", "network", "flux")) -> pd.
     |error| / SD, and the share a calibrated normal would cover (68.3 % and 95.4 %) beside."""
     cal = cal.assign(abs_error=(cal.estimate - cal.truth).abs())
     g = cal.groupby(list(by), sort=True)
-    out = g.agg(n=("ratio", "size"), coverage1=("inside1", "mean"), coverage2=("inside2", "mean"),
-                median_ratio=("ratio", "median"),
-                p90_ratio=("ratio", lambda r: float(np.quantile(r, 0.9)) if len(r) else np.nan),
-                median_abs_error=("abs_error", "median"), median_sd=("sd", "median")).reset_index()
+    out = g.agg(
+        n=("ratio", "size"),
+        coverage1=("inside1", "mean"),
+        coverage2=("inside2", "mean"),
+        median_ratio=("ratio", "median"),
+        p90_ratio=("ratio", lambda r: float(np.quantile(r, 0.9)) if len(r) else np.nan),
+        median_abs_error=("abs_error", "median"),
+        median_sd=("sd", "median"),
+    ).reset_index()
     out["coverage1"] = out.coverage1.astype(float)
     out["coverage2"] = out.coverage2.astype(float)
     return out
 
 
 def summary_markdown(s: pd.DataFrame) -> str:
-    lines = ["| method | network | flux | zone-years | inside ±1 SD | inside ±2 SD | median |error|/SD "
-             "| 90th pct |error|/SD |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | network | flux | zone-years | inside ±1 SD | inside ±2 SD | median |error|/SD "
+        "| 90th pct |error|/SD |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in s.itertuples():
-        lines.append(f"| {r.method} | {r.network} | {r.flux} | {r.n} | {100 * r.coverage1:.0f}% | "
-                     f"{100 * r.coverage2:.0f}% | {r.median_ratio:.2f} | {r.p90_ratio:.2f} |")
+        lines.append(
+            f"| {r.method} | {r.network} | {r.flux} | {r.n} | {100 * r.coverage1:.0f}% | "
+            f"{100 * r.coverage2:.0f}% | {r.median_ratio:.2f} | {r.p90_ratio:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +148,9 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
     """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
     ann = pd.read_csv(RunLayout(run_dir).budgets_annual)
     ann = ann[ann.zone.isin(ZONES) & ann.flux.isin(FLUXES)]
-    m = ann.merge(truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}),
-                  on=["zone", "flux", "year"])
+    m = ann.merge(
+        truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}), on=["zone", "flux", "year"]
+    )
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
     if "tg_c_sd_total" in m:
         parts.append(m.assign(method=method + "+extrap", sd=m.tg_c_sd_total))
@@ -123,21 +159,30 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
     return d[COLUMNS]
 
 
-def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bootstrap: int, block_km: float,
-             extrapolation: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+def run_twin(
+    twin_dir: Path,
+    run_root: Path,
+    methods,
+    *,
+    n_estimators: int,
+    n_bootstrap: int,
+    block_km: float,
+    extrapolation: bool = True,
+) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
     bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
     ``extrapolation=False``: no leave-one-site-out CV and no extrapolation term (no ``+extrap``
     rows); the forests, bootstraps and budgets are the same."""
     cfg = load_config(twin_dir / "config.toml")
-    cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0,
-                         cv=extrapolation)
+    cfg.forest = replace(
+        cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=extrapolation
+    )
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg=cfg, out=base)
     spec = {st.name: st for st in STEPS}
-    shared = [spec[n] for n in ("sites", "forest", "extrapolation")[:3 if extrapolation else 2]]
+    shared = [spec[n] for n in ("sites", "forest", "extrapolation")[: 3 if extrapolation else 2]]
     for st in shared:  # a resumed calibration keeps finished steps
         if not (base / st.writes[0]).exists():
             t0 = time.perf_counter()
@@ -149,7 +194,7 @@ def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bo
         d = run_root / m
         if not RunLayout(d).budgets_annual.exists():
             d.mkdir(parents=True, exist_ok=True)
-            for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[:4 if extrapolation else 3]:
+            for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[: 4 if extrapolation else 3]:
                 _copy(base / item, d / item)
             mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d)
             t0 = time.perf_counter()
@@ -160,11 +205,21 @@ def run_twin(twin_dir: Path, run_root: Path, methods, *, n_estimators: int, n_bo
     return truth, out
 
 
-def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resolution_km: float = 200.0,
-                    years: tuple[int, int] = (2011, 2020), n_estimators: int = 100, n_bootstrap: int = 10,
-                    block_km: float = 1000.0, n_sites: int = 200, n_site_months: int = 4900,
-                    network_tables: dict | None = None, extrapolation: bool = True,
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_calibration(
+    out: Path,
+    twins: list[dict],
+    methods=BOOT_METHODS,
+    *,
+    resolution_km: float = 200.0,
+    years: tuple[int, int] = (2011, 2020),
+    n_estimators: int = 100,
+    n_bootstrap: int = 10,
+    block_km: float = 1000.0,
+    n_sites: int = 200,
+    n_site_months: int = 4900,
+    network_tables: dict | None = None,
+    extrapolation: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
     calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
     the same directory reuses the twins and method runs already finished.
@@ -184,12 +239,29 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
             shutil.rmtree(tdir, ignore_errors=True)
             t0 = time.perf_counter()
             table = (network_tables or {}).get(t["network"])
-            make_twin(tdir, TwinSpec(resolution_km=resolution_km, first_year=years[0], last_year=years[1],
-                                     seed=t["seed"], n_sites=n_sites, n_site_months=n_site_months,
-                                     network="realistic" if table is not None else t["network"]), network=table)
+            make_twin(
+                tdir,
+                TwinSpec(
+                    resolution_km=resolution_km,
+                    first_year=years[0],
+                    last_year=years[1],
+                    seed=t["seed"],
+                    n_sites=n_sites,
+                    n_site_months=n_site_months,
+                    network="realistic" if table is not None else t["network"],
+                ),
+                network=table,
+            )
             log.info(f"twin {name}: {time.perf_counter() - t0:.0f} s")
-        truth, dirs = run_twin(tdir, out / "runs" / name, methods, n_estimators=n_estimators,
-                               n_bootstrap=n_bootstrap, block_km=block_km, extrapolation=extrapolation)
+        truth, dirs = run_twin(
+            tdir,
+            out / "runs" / name,
+            methods,
+            n_estimators=n_estimators,
+            n_bootstrap=n_bootstrap,
+            block_km=block_km,
+            extrapolation=extrapolation,
+        )
         for m, d in zip(methods, dirs):
             rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
         cal = pd.concat(rows, ignore_index=True)
@@ -201,8 +273,8 @@ def run_calibration(out: Path, twins: list[dict], methods=BOOT_METHODS, *, resol
         f"{resolution_km:g}-km twins, {years[0]}–{years[1]}, {n_estimators} trees, {n_bootstrap} bootstrap forests, "
         f"blocks of {block_km:g} km. One row per method × network × flux; a zone-year is one zone's annual "
         f"budget in one year ({len(ZONES)} zones). A calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % "
-        "at ±2 SD.\n\n"
-        + summary_markdown(summ))
+        "at ±2 SD.\n\n" + summary_markdown(summ)
+    )
     plot_coverage(summ, out / "calibration.png")
     return cal, summ
 
@@ -221,8 +293,12 @@ def plot_coverage(summ: pd.DataFrame, path: Path) -> None:
     for ax, f in zip(axes[0], fluxes):
         for j, n in enumerate(nets):
             s = summ[(summ.flux == f) & (summ.network == n)].set_index("method").reindex(methods)
-            ax.bar(np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.38, 100 * s.coverage2.to_numpy(),
-                   width=0.38, label=f"{n} network")
+            ax.bar(
+                np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.38,
+                100 * s.coverage2.to_numpy(),
+                width=0.38,
+                label=f"{n} network",
+            )
         ax.axhline(95.4, color="k", lw=0.8, ls="--")
         ax.axhline(90, color="grey", lw=0.8, ls=":")
         ax.set_xticks(np.arange(len(methods)), methods, rotation=35, ha="right", fontsize=8)

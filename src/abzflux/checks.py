@@ -38,11 +38,19 @@ def check_inputs(ctx: Context) -> None:
         fyears = set(pd.DatetimeIndex(fire.time.values).year)
         fs = cfg.fire
         if not fyears:
-            raise InputError(cfg.inputs.fire, f"no fire months from fire.first_year = {fs.first_year} on",
-                             column="time", expected="fire.first_year within the fire record")
+            raise InputError(
+                cfg.inputs.fire,
+                f"no fire months from fire.first_year = {fs.first_year} on",
+                column="time",
+                expected="fire.first_year within the fire record",
+            )
         if fs.target_year is not None and not y0 <= fs.target_year <= y1:
-            raise InputError(cfg.source, f"target year {fs.target_year} is outside the run's years {y0}-{y1}",
-                             column="fire.target_year", expected=f"a year in {y0}-{y1}")
+            raise InputError(
+                cfg.source,
+                f"target year {fs.target_year} is outside the run's years {y0}-{y1}",
+                column="fire.target_year",
+                expected=f"a year in {y0}-{y1}",
+            )
         check_fire_on_land(fire, zones, cfg.inputs.fire)
     ctx.references()
     ctx.truth()
@@ -70,10 +78,17 @@ def check_coverage(ctx: Context) -> None:
         f0, f1 = coverage_mod.check_fire_years(fire.time.values, cfg.fire.first_year, y0, y1, cfg.inputs.fire)
         ft = pd.DatetimeIndex(fire.time.values)
         fe = fire["fire_emissions"].isel(time=np.nonzero((ft.year >= f0) & (ft.year <= f1))[0])
-        fcov = coverage_mod.annual_coverage(coverage_mod.monthly_coverage({"fire_emissions": fe}, zones, veg=veg,
-                                                                          weights=weights))
-        coverage_mod.check_coverage(fcov, bs.coverage_warn, bs.coverage_stop, cfg.inputs.fire, what="fire emissions",
-                                    remedy="0 where nothing burned")
+        fcov = coverage_mod.annual_coverage(
+            coverage_mod.monthly_coverage({"fire_emissions": fe}, zones, veg=veg, weights=weights)
+        )
+        coverage_mod.check_coverage(
+            fcov,
+            bs.coverage_warn,
+            bs.coverage_stop,
+            cfg.inputs.fire,
+            what="fire emissions",
+            remedy="0 where nothing burned",
+        )
 
 
 def check_fire_on_land(fire: xr.Dataset, zones: xr.Dataset, file) -> None:
@@ -86,10 +101,14 @@ def check_fire_on_land(fire: xr.Dataset, zones: xr.Dataset, file) -> None:
         if n:
             t, iy, ix = (int(i) for i in np.argwhere(np.asarray(bad.values))[0])
             when = pd.Timestamp(fire.time.values[t]).strftime("%Y-%m")
-            raise InputError(file, f"{n} value(s) are NaN on land cells (land_fraction > 0 in the zones)", column=name,
-                             where=f"cell (time={when}, y={float(fire.y.values[iy]):.6g}, x={float(fire.x.values[ix]):.6g}; "
-                                   f"index time={t}, y={iy}, x={ix})",
-                             expected="a value on every land cell in every month of the fire file (0 where nothing burned)")
+            raise InputError(
+                file,
+                f"{n} value(s) are NaN on land cells (land_fraction > 0 in the zones)",
+                column=name,
+                where=f"cell (time={when}, y={float(fire.y.values[iy]):.6g}, x={float(fire.x.values[ix]):.6g}; "
+                f"index time={t}, y={iy}, x={ix})",
+                expected="a value on every land cell in every month of the fire file (0 where nothing burned)",
+            )
 
 
 def sites_without_land(table: pd.DataFrame, pred: xr.Dataset, zones: xr.Dataset, file) -> list[str]:
@@ -107,8 +126,10 @@ def sites_without_land(table: pd.DataFrame, pred: xr.Dataset, zones: xr.Dataset,
 def off_land_message(off: list, table: pd.DataFrame) -> str:
     rows = int(table.site_id.isin(off).sum())
     shown = ", ".join(off[:5]) + (f" and {len(off) - 5} more" if len(off) > 5 else "")
-    return (f"{len(off)} site(s) fall in grid cells without land (land_fraction 0): {shown}; "
-            f"their {rows} site-month(s) are dropped from the training table")
+    return (
+        f"{len(off)} site(s) fall in grid cells without land (land_fraction 0): {shown}; "
+        f"their {rows} site-month(s) are dropped from the training table"
+    )
 
 
 def check_flux_sites(table: pd.DataFrame, times: pd.DatetimeIndex, file) -> None:
@@ -118,6 +139,10 @@ def check_flux_sites(table: pd.DataFrame, times: pd.DatetimeIndex, file) -> None
     for flux in FLUXES:
         n = table.loc[have & table[flux].notna(), "site_id"].nunique()
         if n < 3:
-            raise InputError(file, f"only {n} site(s) have {flux} values in months of the predictor stack "
-                             f"({times[0]:%Y-%m} to {times[-1]:%Y-%m})", column=flux,
-                             expected="at least 3 sites per flux (gpp, reco and nee are all modelled)")
+            raise InputError(
+                file,
+                f"only {n} site(s) have {flux} values in months of the predictor stack "
+                f"({times[0]:%Y-%m} to {times[-1]:%Y-%m})",
+                column=flux,
+                expected="at least 3 sites per flux (gpp, reco and nee are all modelled)",
+            )

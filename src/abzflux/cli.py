@@ -20,8 +20,11 @@ from .errors import InputError, RunDirConflict
 from .layout import RunLayout
 from .vocab import DEFAULT_SEED
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="abzflux: Arctic-boreal CO2 flux upscaling (site fluxes -> maps, budgets, trends).",
+)
 console = Console()
 log = logging.getLogger(__name__)
 LOGGER = logging.getLogger("abzflux")  # every library module logs under it
@@ -76,8 +79,9 @@ def _progress_factory(quiet: bool):
     def factory(label: str):
         if quiet:
             return lambda done, total: None
-        prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True)
+        prog = Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+        )
         state = {}
 
         def update(done, total):
@@ -89,7 +93,9 @@ def _progress_factory(quiet: bool):
                 prog.start()
                 state["task"] = prog.add_task(label, total=total)
             prog.update(state["task"], completed=done)
+
         return update
+
     return factory
 
 
@@ -102,20 +108,28 @@ def _fail(e: Exception) -> None:
 @app.command()
 def twin(
     out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
-    resolution_km: float = typer.Option(50, "--resolution-km",
-                                        help="Grid spacing (km); e.g. 8 for the paper's coarse grid."),
+    resolution_km: float = typer.Option(
+        50, "--resolution-km", help="Grid spacing (km); e.g. 8 for the paper's coarse grid."
+    ),
     years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed: the same seed gives identical files."),
     n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
     n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
-    network: str = typer.Option("realistic", "--network",
-                                help="Site network: realistic (biased), uniform, or a FILE whose sites, months, "
-                                     "methods and disturbances the twin's sites take (docs/twin.md)."),
-    network_format: str = typer.Option("contract", "--network-format",
-                                       help="Format of --network FILE: contract (a site table) or abcflux (a raw "
-                                            "ABCflux CSV, read as `abzflux sites import abcflux` does)."),
-    coarse_km: float = typer.Option(None, "--coarse-km",
-                                  help="Also write a coarse model set's twin at this spacing (in out/coarse)."),
+    network: str = typer.Option(
+        "realistic",
+        "--network",
+        help="Site network: realistic (biased), uniform, or a FILE whose sites, months, "
+        "methods and disturbances the twin's sites take (docs/twin.md).",
+    ),
+    network_format: str = typer.Option(
+        "contract",
+        "--network-format",
+        help="Format of --network FILE: contract (a site table) or abcflux (a raw "
+        "ABCflux CSV, read as `abzflux sites import abcflux` does).",
+    ),
+    coarse_km: float = typer.Option(
+        None, "--coarse-km", help="Also write a coarse model set's twin at this spacing (in out/coarse)."
+    ),
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
@@ -132,13 +146,27 @@ def twin(
         except InputError as e:
             _fail(e)
         network_path, network = network, "realistic"
-    spec = TwinSpec(resolution_km=resolution_km, first_year=y0, last_year=y1, seed=seed,
-                    n_sites=n_sites, n_site_months=n_site_months, network=network)
+    spec = TwinSpec(
+        resolution_km=resolution_km,
+        first_year=y0,
+        last_year=y1,
+        seed=seed,
+        n_sites=n_sites,
+        n_site_months=n_site_months,
+        network=network,
+    )
     coarse = None
     if coarse_km:
         c0, c1 = _years(coarse_years)
-        coarse = TwinSpec(resolution_km=coarse_km, first_year=c0, last_year=c1, seed=seed + 1,
-                          n_sites=n_sites, n_site_months=n_site_months, network=network)
+        coarse = TwinSpec(
+            resolution_km=coarse_km,
+            first_year=c0,
+            last_year=c1,
+            seed=seed + 1,
+            n_sites=n_sites,
+            n_site_months=n_site_months,
+            network=network,
+        )
     t0 = time.perf_counter()
     prog = _progress_factory(quiet)("generating twin years")
     try:
@@ -147,16 +175,23 @@ def twin(
         _fail(e)
     finally:
         prog(None, None)
-    console.print(f"twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s: "
-                  f"{summary['sites']} sites, {summary['site_months']} site-months, "
-                  f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²", soft_wrap=True)
+    console.print(
+        f"twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s: "
+        f"{summary['sites']} sites, {summary['site_months']} site-months, "
+        f"domain {summary['domain_area_km2'] / 1e6:.2f} million km²",
+        soft_wrap=True,
+    )
     if "network" in summary:
         r = summary["network"]
-        console.print(f"network {escape(str(network_path))}: {r['sites_placed']} of {r['sites_in_table']} sites placed "
-                      f"({r['sites_outside_grid']} outside the grid, {r['sites_without_domain_land']} in cells without "
-                      f"domain land, {r['sites_without_months']} without months in the years; {r['sites_shifted']} "
-                      f"shifted in time, {r['site_months_truncated']} site-months outside the years): twin.json, key "
-                      "network", soft_wrap=True, highlight=False)
+        console.print(
+            f"network {escape(str(network_path))}: {r['sites_placed']} of {r['sites_in_table']} sites placed "
+            f"({r['sites_outside_grid']} outside the grid, {r['sites_without_domain_land']} in cells without "
+            f"domain land, {r['sites_without_months']} without months in the years; {r['sites_shifted']} "
+            f"shifted in time, {r['site_months_truncated']} site-months outside the years): twin.json, key "
+            "network",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -164,12 +199,18 @@ def run(
     config: Path = typer.Argument(..., help="Run configuration (TOML)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: 'run' beside the config)."),
     force: bool = typer.Option(False, "--force", help="Recompute every stage."),
-    restart: bool = typer.Option(False, "--restart",
-                                 help="Delete the run directory's previous outputs (only what abzflux wrote) and "
-                                      "start over; needed when they came from another config or other inputs."),
-    scheduler: str = typer.Option(None, "--scheduler",
-                                  help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a "
-                                       "LocalCluster; overrides run.scheduler. Default: this process."),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        help="Delete the run directory's previous outputs (only what abzflux wrote) and "
+        "start over; needed when they came from another config or other inputs.",
+    ),
+    scheduler: str = typer.Option(
+        None,
+        "--scheduler",
+        help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a "
+        "LocalCluster; overrides run.scheduler. Default: this process.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="Only errors and the final summary."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
 ):
@@ -190,8 +231,7 @@ def run(
             if report:
                 _write_report(out, quiet)
 
-        run_study(cfg, out, force=force, restart=restart, progress_factory=_progress_factory(quiet),
-                  finish=finish)
+        run_study(cfg, out, force=force, restart=restart, progress_factory=_progress_factory(quiet), finish=finish)
     except InputError as e:
         _fail(e)
 
@@ -207,16 +247,19 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
         with owning(run_dir, REPORT_PATHS, "report"):
             rep = write_report(run_dir, progress=prog)
     except Exception as e:  # noqa: BLE001 - a failed report must not fail a finished run
-        console.print(f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
-                      f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)",
-                      soft_wrap=True)
+        console.print(
+            f"[bold red]report failed:[/] {escape(f'{type(e).__name__}: {e}')} "
+            f"(the run's outputs are complete; retry with `abzflux report {escape(str(run_dir))}`)",
+            soft_wrap=True,
+        )
         return False
     finally:
         prog(None, None)
     for name, msg in rep.errors:
         console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
-    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)",
-                  soft_wrap=True)
+    console.print(
+        f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)", soft_wrap=True
+    )
     return not rep.errors
 
 
@@ -228,8 +271,10 @@ def _print_summary(run_dir: Path) -> None:
     lay = RunLayout(run_dir)
     s = json.loads(lay.summary_json.read_text())
     if "truth" in s:
-        t = Table(title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
-                        f"± method: {s.get('uncertainty', 'rows')}")
+        t = Table(
+            title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
+            f"± method: {s.get('uncertainty', 'rows')}"
+        )
         for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
             t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         import pandas as pd
@@ -238,8 +283,17 @@ def _print_summary(run_dir: Path) -> None:
 
         for r in order(pd.DataFrame(s["truth"])).itertuples():
             sd = getattr(r, "sd", float("nan"))
-            t.add_row(r.flux, r.zone, f"{r.estimate:.1f}", f"{sd:.1f}", f"{r.truth:.1f}", f"{r.error:+.1f}",
-                      f"{100 * r.rel_error:+.1f}", f"{r.trend:+.1f}", f"{r.trend_truth:+.1f}")
+            t.add_row(
+                r.flux,
+                r.zone,
+                f"{r.estimate:.1f}",
+                f"{sd:.1f}",
+                f"{r.truth:.1f}",
+                f"{r.error:+.1f}",
+                f"{100 * r.rel_error:+.1f}",
+                f"{r.trend:+.1f}",
+                f"{r.trend_truth:+.1f}",
+            )
         console.print(t)
         console.print(f"mean annual NEE map vs truth: Pearson r = {s['nee_map_pearson_r']:.3f}")
     else:
@@ -255,9 +309,15 @@ def _print_summary(run_dir: Path) -> None:
         for c in ("product", "years", "fire subtracted", "map r", "trend r", "source area abzflux", "product"):
             t.add_column(c)
         for r in cmp["products"]:
-            t.add_row(r["product"], f"{r['first_year']}-{r['last_year']}", "yes" if r["fire_subtracted"] else "no",
-                      f"{r['map_r']:.2f}", f"{r['trend_r']:.2f}", f"{100 * r['source_share_abzflux']:.0f}%",
-                      f"{100 * r['source_share_product']:.0f}%")
+            t.add_row(
+                r["product"],
+                f"{r['first_year']}-{r['last_year']}",
+                "yes" if r["fire_subtracted"] else "no",
+                f"{r['map_r']:.2f}",
+                f"{r['trend_r']:.2f}",
+                f"{100 * r['source_share_abzflux']:.0f}%",
+                f"{100 * r['source_share_product']:.0f}%",
+            )
         console.print(t)
     if cmp.get("nee_sd_inside_outside_aoa"):
         a, b = cmp["nee_sd_inside_outside_aoa"]
@@ -293,13 +353,17 @@ def demo(
     twin_dir = out / "twin"
     new_twin = False
     existing = twin_dir / "twin.json"
-    if existing.exists() and json.loads(existing.read_text())["spec"] == spec.__dict__ and \
-            json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None):
+    if (
+        existing.exists()
+        and json.loads(existing.read_text())["spec"] == spec.__dict__
+        and json.loads(existing.read_text()).get("coarse", {}).get("spec") == (coarse.__dict__ if coarse else None)
+    ):
         log.info(f"reusing twin in {twin_dir}")
     else:
         if twin_dir.exists():
-            console.print(f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first",
-                          soft_wrap=True)
+            console.print(
+                f"[bold red]error:[/] {twin_dir} holds a different or incomplete twin; remove it first", soft_wrap=True
+            )
             raise typer.Exit(code=2)
         t0 = time.perf_counter()
         prog = _progress_factory(quiet)("generating twin years")
@@ -315,16 +379,15 @@ def demo(
         def finish() -> None:
             _print_summary(out / "run")
             _write_report(out / "run", quiet)
+
         try:
-            run_study(cfg, out / "run", restart=restart, progress_factory=_progress_factory(quiet),
-                      finish=finish)
+            run_study(cfg, out / "run", restart=restart, progress_factory=_progress_factory(quiet), finish=finish)
         except RunDirConflict:
             if not new_twin:
                 raise
             # The twin was just (re)generated: the demo's previous run came from other inputs.
             log.info(f"{out / 'run'} holds a run of an earlier twin: starting over")
-            run_study(cfg, out / "run", restart=True, progress_factory=_progress_factory(quiet),
-                      finish=finish)
+            run_study(cfg, out / "run", restart=True, progress_factory=_progress_factory(quiet), finish=finish)
     except InputError as e:
         _fail(e)
 
@@ -333,30 +396,42 @@ def demo(
 def calibrate(
     out: Path = typer.Option(..., "--out", help="Directory for the twins, runs and calibration tables."),
     twins: int = typer.Option(5, "--twins", help="Number of twins (>= 5)."),
-    networks: str = typer.Option("realistic,uniform", "--networks",
-                                 help="Site networks, comma-separated, assigned to the twins in turn; "
-                                      "see --realistic for the split."),
-    realistic: int | None = typer.Option(None, "--realistic",
-                                  help="How many of the twins use the realistic network (default: all but 2 "
-                                       "when both networks are given)."),
+    networks: str = typer.Option(
+        "realistic,uniform",
+        "--networks",
+        help="Site networks, comma-separated, assigned to the twins in turn; see --realistic for the split.",
+    ),
+    realistic: int | None = typer.Option(
+        None,
+        "--realistic",
+        help="How many of the twins use the realistic network (default: all but 2 when both networks are given).",
+    ),
     seed: int = typer.Option(101, "--seed", help="Seed of the first twin; twin i uses seed + i."),
     resolution_km: float = typer.Option(200, "--resolution-km", help="Twin grid spacing (km)."),
     years: str = typer.Option("2011-2020", "--years", help="FIRST-LAST calendar years."),
-    methods: str = typer.Option("rows,sites,blocks", "--methods",
-                                help="Bootstrap methods (rows, sites, blocks); each is also scored with the "
-                                     "extrapolation term (+extrap)."),
+    methods: str = typer.Option(
+        "rows,sites,blocks",
+        "--methods",
+        help="Bootstrap methods (rows, sites, blocks); each is also scored with the extrapolation term (+extrap).",
+    ),
     trees: int = typer.Option(100, "--trees", help="Trees per forest (final, CV and bootstrap)."),
     n_bootstrap: int = typer.Option(10, "--bootstrap", help="Bootstrap forests per flux and method."),
     block_km: float = typer.Option(1000, "--block-km", help="Spatial block size of the blocks method (km)."),
-    network_file: Path = typer.Option(None, "--network-file",
-                                      help="Every twin takes this site network (sites, months, methods, "
-                                           "disturbances; docs/twin.md), labelled by the file's name; "
-                                           "--networks and --realistic are then ignored."),
-    network_format: str = typer.Option("contract", "--network-format",
-                                       help="Format of --network-file: contract or abcflux."),
-    extrapolation: bool = typer.Option(True, "--extrap/--no-extrap",
-                                       help="Score the +extrap variants (needs leave-one-site-out CV, one forest "
-                                            "per site: slow on large networks)."),
+    network_file: Path = typer.Option(
+        None,
+        "--network-file",
+        help="Every twin takes this site network (sites, months, methods, "
+        "disturbances; docs/twin.md), labelled by the file's name; "
+        "--networks and --realistic are then ignored.",
+    ),
+    network_format: str = typer.Option(
+        "contract", "--network-format", help="Format of --network-file: contract or abcflux."
+    ),
+    extrapolation: bool = typer.Option(
+        True,
+        "--extrap/--no-extrap",
+        help="Score the +extrap variants (needs leave-one-site-out CV, one forest per site: slow on large networks).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
@@ -391,20 +466,38 @@ def calibrate(
     _quiet(quiet)
     t0 = time.perf_counter()
     try:
-        _, summ = run_calibration(out, spec, ms, resolution_km=resolution_km, years=(y0, y1), n_estimators=trees,
-                                  n_bootstrap=n_bootstrap, block_km=block_km, network_tables=tables,
-                                  extrapolation=extrapolation)
+        _, summ = run_calibration(
+            out,
+            spec,
+            ms,
+            resolution_km=resolution_km,
+            years=(y0, y1),
+            n_estimators=trees,
+            n_bootstrap=n_bootstrap,
+            block_km=block_km,
+            network_tables=tables,
+            extrapolation=extrapolation,
+        )
     except (InputError, ValueError) as e:
         _fail(e)
     t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
     for c in ("method", "network", "flux", "zone-years", "±1 SD", "±2 SD", "median |err|/SD"):
         t.add_column(c)
     for r in summ.itertuples():
-        t.add_row(r.method, r.network, r.flux, str(r.n), f"{100 * r.coverage1:.0f}%", f"{100 * r.coverage2:.0f}%",
-                  f"{r.median_ratio:.2f}")
+        t.add_row(
+            r.method,
+            r.network,
+            r.flux,
+            str(r.n),
+            f"{100 * r.coverage1:.0f}%",
+            f"{100 * r.coverage2:.0f}%",
+            f"{r.median_ratio:.2f}",
+        )
     console.print(t)
-    console.print(f"tables and figure in [bold]{out}[/]: calibration.csv, calibration_summary.csv/.md, calibration.png",
-                  soft_wrap=True)
+    console.print(
+        f"tables and figure in [bold]{out}[/]: calibration.csv, calibration_summary.csv/.md, calibration.png",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -414,7 +507,6 @@ def report(
 ):
     """Write RUN_DIR/report.html (self-contained) and every figure as PNG and PDF in RUN_DIR/report/."""
     from .report import write_report
-
     from .rundir import fs_error, is_fs_error, locked, owning
 
     _quiet(quiet)
@@ -435,8 +527,9 @@ def report(
         prog(None, None)
     for name, msg in rep.errors:
         console.print(f"[bold yellow]warning:[/] figure {name} failed: {escape(msg)}", soft_wrap=True)
-    console.print(f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)",
-                  soft_wrap=True)
+    console.print(
+        f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)", soft_wrap=True
+    )
     if rep.errors:
         raise typer.Exit(code=1)
 
@@ -444,7 +537,9 @@ def report(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory (holds upscaled.zarr)."),
-    fmt: str = typer.Option("netcdf", "--format", help="netcdf (one CF file) or geotiff (one file per variable and year)."),
+    fmt: str = typer.Option(
+        "netcdf", "--format", help="netcdf (one CF file) or geotiff (one file per variable and year)."
+    ),
     variables: str = typer.Option(None, "--vars", help="Comma-separated variables (default: all), e.g. nee,nee_sd."),
     model_set: str = typer.Option("fine", "--set", help="fine (RUN_DIR) or coarse (RUN_DIR/coarse)."),
     out: Path = typer.Option(None, "--out", help="Output file (netcdf) or directory (geotiff). Default: in RUN_DIR."),
@@ -471,8 +566,12 @@ def export(
         if fmt == "geotiff" and target.exists() and not target.is_dir():
             raise FileSystemError(str(target), "is a file", expected="--out naming a directory for the GeoTIFF files")
         if not target.parent.is_dir():
-            raise FileSystemError(str(target.parent), "no such directory", where=f"the parent of --out {target}",
-                                  expected="an existing directory")
+            raise FileSystemError(
+                str(target.parent),
+                "no such directory",
+                where=f"the parent of --out {target}",
+                expected="an existing directory",
+            )
         # Not while a run writes the store (the lock); the default paths only over abzflux's own export.
         own = owning(base.root, [target.name, target.name + ".tmp"], "export") if out is None else nullcontext()
         with locked(run_dir, "export", read_only_ok=out is not None), own:
@@ -506,8 +605,10 @@ def validate(config: Path = typer.Argument(..., help="Run configuration (TOML)."
     for ctx in ctxs:
         sites, pred = ctx.sites(), ctx.predictors()
         label = "" if ctx is ctxs[0] else "coarse: "
-        console.print(f"[green]ok[/]: {label}{len(sites)} site-months at {sites.site_id.nunique()} sites; "
-                      f"predictors {dict(pred.sizes)}")
+        console.print(
+            f"[green]ok[/]: {label}{len(sites)} site-months at {sites.site_id.nunique()} sites; "
+            f"predictors {dict(pred.sizes)}"
+        )
 
 
 @app.command()
@@ -555,15 +656,24 @@ def sites_import_abcflux(
     if group_by not in ("site_id", "site_name"):
         raise typer.BadParameter("--group-by must be site_id or site_name")
     try:
-        res = read_abcflux(file, group_by=group_by, period=_years(years) if years else None,
-                           tiers=set(tier) if tier else None, domain=None if all_biomes else "abz",
-                           zones=zones, terrestrial_only=not aquatic)
+        res = read_abcflux(
+            file,
+            group_by=group_by,
+            period=_years(years) if years else None,
+            tiers=set(tier) if tier else None,
+            domain=None if all_biomes else "abz",
+            zones=zones,
+            terrestrial_only=not aquatic,
+        )
         table, rep = write_abcflux(res, out, force=force)
     except InputError as e:
         _fail(e)
     r = res.report
-    console.print(f"{r.rows_written} site-months at {r.sites_written} sites (of {r.rows_read} records) "
-                  f"written to [bold]{escape(str(table))}[/]; import report: {escape(str(rep))}", soft_wrap=True)
+    console.print(
+        f"{r.rows_written} site-months at {r.sites_written} sites (of {r.rows_read} records) "
+        f"written to [bold]{escape(str(table))}[/]; import report: {escape(str(rep))}",
+        soft_wrap=True,
+    )
 
 
 @sites_app.command("summary")

@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 CONTINUOUS: tuple[str, ...] = tuple(p for p in PREDICTOR_NAMES if p not in CATEGORICAL)
 
 #: MESS map classes, half-open intervals [lo, hi) (workflow.md §9 with its overlaps removed).
-MESS_CLASSES = ((-np.inf, -80.0, -3), (-80.0, -20.0, -2), (-20.0, 0.0, -1), (0.0, 5.0, 1), (5.0, 40.0, 2),
-                (40.0, np.inf, 3))
+MESS_CLASSES = (
+    (-np.inf, -80.0, -3),
+    (-80.0, -20.0, -2),
+    (-20.0, 0.0, -1),
+    (0.0, 5.0, 1),
+    (5.0, 40.0, 2),
+    (40.0, np.inf, 3),
+)
 
 #: Bytes of one predictor band (time x rows x columns, float32) read at a time.
 BAND_BYTES = 128 * 2**20
@@ -105,8 +111,9 @@ class LatLonGrid:
         return np.repeat(latlon_cell_areas(edges, self.dlon), self.lon.size)
 
 
-def latlon_weights(grid: LatLonGrid, x: np.ndarray, y: np.ndarray, crs, n_sub: int = 10,
-                   block_cells: int = 200_000) -> tuple[sparse.csr_matrix, np.ndarray]:
+def latlon_weights(
+    grid: LatLonGrid, x: np.ndarray, y: np.ndarray, crs, n_sub: int = 10, block_cells: int = 200_000
+) -> tuple[sparse.csr_matrix, np.ndarray]:
     """Conservative regridding weights from a lat/lon grid onto a projected equal-area grid.
 
     Each analysis cell is sampled with ``n_sub`` x ``n_sub`` points at the centres of equal
@@ -131,7 +138,7 @@ def latlon_weights(grid: LatLonGrid, x: np.ndarray, y: np.ndarray, crs, n_sub: i
     rows_per = max(1, block_cells // nx)
     ii, jj, cc = [], [], []
     for r0 in range(0, ny, rows_per):
-        yy = y[r0:r0 + rows_per]
+        yy = y[r0 : r0 + rows_per]
         cy, cx = np.meshgrid(yy, x, indexing="ij")
         px = (cx.ravel()[:, None] + sx[None, :]).ravel()
         py = (cy.ravel()[:, None] + sy[None, :]).ravel()
@@ -220,8 +227,9 @@ def _complete_years(times) -> set:
     return {int(y) for y in n[n == 12].index}
 
 
-def read_references(paths, pred: xr.Dataset, run_years: tuple[int, int], fire: xr.Dataset | None,
-                    subtract_fire: bool, config_file=None) -> list[Reference]:
+def read_references(
+    paths, pred: xr.Dataset, run_years: tuple[int, int], fire: xr.Dataset | None, subtract_fire: bool, config_file=None
+) -> list[Reference]:
     """Read and check every reference product before any stage runs: the contract (formats.md
     §5), the analysis grid for projected products, unique product names, fire emissions
     available when they must be subtracted, and at least one complete year shared with the run."""
@@ -237,26 +245,39 @@ def read_references(paths, pred: xr.Dataset, run_years: tuple[int, int], fire: x
             ds = ds.sortby(["lat", "lon"])
             for c in ("lat", "lon"):
                 if ds.sizes[c] < 2:
-                    raise InputError(p, f"coordinate `{c}` has fewer than 2 values", column=c,
-                                     expected="a regular lat/lon grid")
+                    raise InputError(
+                        p, f"coordinate `{c}` has fewer than 2 values", column=c, expected="a regular lat/lon grid"
+                    )
         name = str(ds.attrs["product"]).strip()
         if name in names:
-            raise InputError(p, f"product name {name!r} is also the name of {names[name]}", column="product",
-                             expected="a distinct global attribute `product` per reference file")
+            raise InputError(
+                p,
+                f"product name {name!r} is also the name of {names[name]}",
+                column="product",
+                expected="a distinct global attribute `product` per reference file",
+            )
         names[name] = p
         inc = _flag(ds.attrs.get("fire_included", 0))
         sub = inc and subtract_fire
         years = run & _complete_years(ds.time.values)
         if sub:
             if fire is None:
-                raise InputError(p, f"product {name!r} includes fire emissions (fire_included = 1) but the run has "
-                                 "no fire file to subtract", column="fire_included",
-                                 expected="inputs.fire, or compare.subtract_fire = false")
+                raise InputError(
+                    p,
+                    f"product {name!r} includes fire emissions (fire_included = 1) but the run has "
+                    "no fire file to subtract",
+                    column="fire_included",
+                    expected="inputs.fire, or compare.subtract_fire = false",
+                )
             years &= fire_years
         if not years:
-            raise InputError(p, f"no complete calendar year of {name!r} overlaps the run's years "
-                             f"{run_years[0]}-{run_years[1]}" + (" and the fire record" if sub else ""),
-                             column="time", expected="12 monthly steps in at least one run year")
+            raise InputError(
+                p,
+                f"no complete calendar year of {name!r} overlaps the run's years "
+                f"{run_years[0]}-{run_years[1]}" + (" and the fire record" if sub else ""),
+                column="time",
+                expected="12 monthly steps in at least one run year",
+            )
         out.append(Reference(Path(p), name, ds, latlon, inc, sub, sorted(years)))
     return out
 
@@ -317,9 +338,15 @@ class ProductStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = tg[1] / tg[0]
             share = self.src[1:] / self.src[0] if self.src[0] > 0 else np.full(2, np.nan)
-        metrics = {"map_r": map_r, "map_p": map_p, "trend_r": trend_r, "trend_p": trend_p,
-                   "source_share_abzflux": float(share[0]), "source_share_product": float(share[1]),
-                   "n_cells": self.n}
+        metrics = {
+            "map_r": map_r,
+            "map_p": map_p,
+            "trend_r": trend_r,
+            "trend_p": trend_p,
+            "source_share_abzflux": float(share[0]),
+            "source_share_product": float(share[1]),
+            "n_cells": self.n,
+        }
         budgets = pd.DataFrame({"zone": self.zones, "abzflux_tg_c": tg[0], "product_tg_c": tg[1], "ratio": ratio})
         return metrics, budgets
 
@@ -338,16 +365,26 @@ def _trend(ann: np.ndarray, years: list) -> np.ndarray:
     return np.asarray(trends_mod.trend_grid(da, "year", conf_intervals=False, x=list(years))["slope"].values)
 
 
-def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Dataset, fire: xr.Dataset | None,
-                     crs, out: Path, threshold: float, n_sub: int) -> None:
+def compare_products(
+    refs: list[Reference],
+    upscaled: xr.Dataset,
+    zones: xr.Dataset,
+    fire: xr.Dataset | None,
+    crs,
+    out: Path,
+    threshold: float,
+    n_sub: int,
+) -> None:
     """metrics.csv, budgets.csv and product_maps.zarr for every reference product."""
     ny, nx = zones.sizes["y"], zones.sizes["x"]
     x, y = zones.x.values, zones.y.values
     zones = budgets_mod.with_cell_area(zones)
     zone_names = [z for z in budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values]
     mrows, brows = [], []
-    maps = {"mean_annual": np.full((len(refs), ny, nx), np.nan, np.float32),
-            "trend": np.full((len(refs), ny, nx), np.nan, np.float32)}
+    maps = {
+        "mean_annual": np.full((len(refs), ny, nx), np.nan, np.float32),
+        "trend": np.full((len(refs), ny, nx), np.nan, np.float32),
+    }
     for k, ref in enumerate(refs):
         years = ref.years
         times = pd.DatetimeIndex([f"{yr}-{m:02d}-01" for yr in years for m in range(1, 13)])
@@ -358,9 +395,11 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             src = np.asarray(prod.values, np.float64).reshape(len(times), -1).T  # (n_src, T)
             fixed = factor != 1
             dev = float(np.median(np.abs(factor[fixed] - 1))) if fixed.any() else 0.0
-            log.info(f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
+            log.info(
+                f"{ref.product}: regridded from a {grid.dlat:g} x {grid.dlon:g} degree grid "
                 f"({n_sub} x {n_sub} sub-points per cell; sampled overlap areas rescaled to the exact cell "
-                f"areas by {100 * dev:.1f}% in the median)")
+                f"areas by {100 * dev:.1f}% in the median)"
+            )
         ours_da = upscaled["nee"].sel(time=times)
         fire_da = fire["fire_emissions"].sel(time=times) if ref.subtract_fire else None
         acc = ProductStats(zone_names, len(years), threshold)
@@ -369,7 +408,7 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             ys = slice(i0, min(i0 + band, ny))
             nb = ys.stop - ys.start
             if ref.latlon:
-                rows = W[ys.start * nx: ys.stop * nx]
+                rows = W[ys.start * nx : ys.stop * nx]
                 p = regrid(rows, src)[0].T.reshape(len(times), nb, nx)
             else:
                 p = np.asarray(prod.isel(y=ys).values, np.float64)
@@ -384,23 +423,43 @@ def compare_products(refs: list[Reference], upscaled: xr.Dataset, zones: xr.Data
             maps["mean_annual"][k, ys] = np.where(ok, ap.mean(0), np.nan)
             maps["trend"][k, ys] = np.where(ok & np.isfinite(tp), tp, np.nan)
         m, b = acc.result()
-        mrows.append({"product": ref.product, "first_year": years[0], "last_year": years[-1],
-                      "fire_subtracted": ref.subtract_fire, **m})
+        mrows.append(
+            {
+                "product": ref.product,
+                "first_year": years[0],
+                "last_year": years[-1],
+                "fire_subtracted": ref.subtract_fire,
+                **m,
+            }
+        )
         brows.append(b.assign(product=ref.product, first_year=years[0], last_year=years[-1]))
-        log.info(f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
-            f"domain budget ratio {b.ratio.iloc[0]:.2f}")
+        log.info(
+            f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
+            f"domain budget ratio {b.ratio.iloc[0]:.2f}"
+        )
     pd.DataFrame(mrows).to_csv(out / "metrics.csv", index=False)
     cols = ["product", "zone", "first_year", "last_year", "abzflux_tg_c", "product_tg_c", "ratio"]
     pd.concat(brows, ignore_index=True)[cols].to_csv(out / "budgets.csv", index=False)
-    ds = xr.Dataset({k: (("product", "y", "x"), v) for k, v in maps.items()},
-                    coords={"product": np.array([r.product for r in refs], dtype=object), "y": y, "x": x,
-                            "first_year": ("product", [r.years[0] for r in refs]),
-                            "last_year": ("product", [r.years[-1] for r in refs]),
-                            "fire_subtracted": ("product", [int(r.subtract_fire) for r in refs])})
-    ds["mean_annual"].attrs.update(units="g C m-2 yr-1", long_name="product mean annual NEE over the overlap years "
-                                   "(fire subtracted where flagged), cells where abzflux and the product have every year")
-    ds["trend"].attrs.update(units="g C m-2 yr-2", long_name="product per-pixel Theil-Sen trend of annual NEE "
-                             "(Mann-Kendall with Zhang prewhitening)")
+    ds = xr.Dataset(
+        {k: (("product", "y", "x"), v) for k, v in maps.items()},
+        coords={
+            "product": np.array([r.product for r in refs], dtype=object),
+            "y": y,
+            "x": x,
+            "first_year": ("product", [r.years[0] for r in refs]),
+            "last_year": ("product", [r.years[-1] for r in refs]),
+            "fire_subtracted": ("product", [int(r.subtract_fire) for r in refs]),
+        },
+    )
+    ds["mean_annual"].attrs.update(
+        units="g C m-2 yr-1",
+        long_name="product mean annual NEE over the overlap years "
+        "(fire subtracted where flagged), cells where abzflux and the product have every year",
+    )
+    ds["trend"].attrs.update(
+        units="g C m-2 yr-2",
+        long_name="product per-pixel Theil-Sen trend of annual NEE (Mann-Kendall with Zhang prewhitening)",
+    )
     ds = write_crs(ds, crs)
     ds.attrs.update(Conventions="CF-1.8", title="abzflux: reference products on the analysis grid")
     ds.to_zarr(out / "product_maps.zarr", mode="w", consolidated=False)
@@ -429,8 +488,11 @@ def mess(X: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = r[0], r[-1]
         x = X[:, j]
         f = 100.0 * np.searchsorted(r, x, side="right") / r.size
-        s = np.where(f == 0, 100 * (x - lo) / (hi - lo),
-                     np.where(f <= 50, 2 * f, np.where(f < 100, 2 * (100 - f), 100 * (hi - x) / (hi - lo))))
+        s = np.where(
+            f == 0,
+            100 * (x - lo) / (hi - lo),
+            np.where(f <= 50, 2 * f, np.where(f < 100, 2 * (100 - f), 100 * (hi - x) / (hi - lo))),
+        )
         sim[:, j] = np.where(np.isfinite(x), s, np.nan)
     has = np.isfinite(sim).any(1)
     out = np.full(n, np.nan)
@@ -498,7 +560,8 @@ class AOA:
         tot = 0.0
         for i in range(0, n, 2000):  # mean pairwise distance, in blocks (bounded memory)
             from scipy.spatial.distance import cdist
-            tot += cdist(Z[i:i + 2000], Z).sum()
+
+            tot += cdist(Z[i : i + 2000], Z).sum()
         self.mean_dist = tot / (n * (n - 1))
         groups = np.asarray(groups)
         _, codes, counts = np.unique(groups, return_inverse=True, return_counts=True)
@@ -557,8 +620,9 @@ def fit_clusters(sample: np.ndarray, n_clusters: int, seed: int):
     return predict, centres, used
 
 
-def cluster_table(labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray, site_ids: np.ndarray,
-                  centres: np.ndarray, names) -> pd.DataFrame:
+def cluster_table(
+    labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray, site_ids: np.ndarray, centres: np.ndarray, names
+) -> pd.DataFrame:
     """Per cluster: area share, cells, distinct sites and site-months (rows) in its cells, and
     the centre of every standardised predictor."""
     k = len(centres)
@@ -567,9 +631,15 @@ def cluster_table(labels: np.ndarray, area: np.ndarray, site_labels: np.ndarray,
     n = np.bincount(labels[land], minlength=k)
     s = pd.DataFrame({"cluster": site_labels, "site": site_ids})
     s = s[s.cluster >= 0]
-    rows = pd.DataFrame({"cluster": np.arange(k), "area_share": a / a.sum(), "n_cells": n,
-                         "n_sites": s.groupby("cluster").site.nunique().reindex(range(k), fill_value=0).to_numpy(),
-                         "n_site_months": s.groupby("cluster").size().reindex(range(k), fill_value=0).to_numpy()})
+    rows = pd.DataFrame(
+        {
+            "cluster": np.arange(k),
+            "area_share": a / a.sum(),
+            "n_cells": n,
+            "n_sites": s.groupby("cluster").site.nunique().reindex(range(k), fill_value=0).to_numpy(),
+            "n_site_months": s.groupby("cluster").size().reindex(range(k), fill_value=0).to_numpy(),
+        }
+    )
     for j, name in enumerate(names):
         rows[name] = centres[:, j]
     return rows
@@ -608,10 +678,22 @@ def _summaries(arr: np.ndarray, times: pd.DatetimeIndex, periods) -> tuple[np.nd
         return per, clim, np.nanmean(arr, 0)
 
 
-def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Dataset, table: pd.DataFrame,
-                              importance: pd.DataFrame | None, years: tuple[int, int], crs, store: Path, *,
-                              period_length: int, cluster_sample: int, max_training: int, n_clusters: int,
-                              seed: int) -> dict[str, pd.DataFrame]:
+def extrapolation_diagnostics(
+    pred: xr.Dataset,
+    zones: xr.Dataset,
+    up: xr.Dataset,
+    table: pd.DataFrame,
+    importance: pd.DataFrame | None,
+    years: tuple[int, int],
+    crs,
+    store: Path,
+    *,
+    period_length: int,
+    cluster_sample: int,
+    max_training: int,
+    n_clusters: int,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
     """Where the model extrapolates (docs/compare.md): MESS per period against the NEE training
     rows, the AOA (importance-weighted when ``importance`` is given, else equal weights) and
     k-means environmental clusters, written band by band of grid rows into the Zarr store
@@ -651,8 +733,10 @@ def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Datase
             cached = (per, clim, mean)  # one band holds the grid: pass 1 reuses it
     pos = pd.Series(np.arange(len(cells)), index=cells)
     row_cell = pos[rows.iy.to_numpy() * nx + rows.ix.to_numpy()].to_numpy()
-    refs_by_period = [ref_per[p][row_cell[(rows.year >= a).to_numpy() & (rows.year <= b).to_numpy()]]
-                      for p, (a, b) in enumerate(periods)]
+    refs_by_period = [
+        ref_per[p][row_cell[(rows.year >= a).to_numpy() & (rows.year <= b).to_numpy()]]
+        for p, (a, b) in enumerate(periods)
+    ]
     for name, r in zip(pnames, refs_by_period):
         if len(r) == 0:
             log.info(f"MESS {name}: no NEE training rows in this period; its MESS is missing")
@@ -670,8 +754,9 @@ def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Datase
     n_found = len(centres)
 
     # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside
-    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found).to_zarr(store, compute=False, mode="w",
-                                                                             consolidated=False)
+    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found).to_zarr(
+        store, compute=False, mode="w", consolidated=False
+    )
     import zarr  # the band writes go straight to the arrays
 
     g: Any = zarr.open_group(str(store), mode="r+")
@@ -712,7 +797,8 @@ def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Datase
         g["mess"][:, ys] = ms.reshape(len(periods), *sh)
         g["mess_mod"][:, ys] = mod.reshape(len(periods), *sh)
         g["mess_class"][:, ys] = np.stack([np.where(np.isfinite(m_), mess_class(m_), 0) for m_ in ms]).reshape(
-            len(periods), *sh)
+            len(periods), *sh
+        )
         g["di"][ys] = di.reshape(sh).astype(np.float32)
         g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
         g["aoa"][ys] = inside.reshape(sh)
@@ -720,25 +806,43 @@ def extrapolation_diagnostics(pred: xr.Dataset, zones: xr.Dataset, up: xr.Datase
 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = mess_acc[1] / mess_acc[0]
-    mess_area = pd.DataFrame([{"period": pn, "zone": z, "share_extrapolated": share[p, k]}
-                              for p, pn in enumerate(pnames) for k, z in enumerate(zone_names)])
+    mess_area = pd.DataFrame(
+        [
+            {"period": pn, "zone": z, "share_extrapolated": share[p, k]}
+            for p, pn in enumerate(pnames)
+            for k, z in enumerate(zone_names)
+        ]
+    )
     sd_rows = []
     for v, (si, wi, so, wo) in sd_acc.items():
         a = si / wi if wi > 0 else np.nan
         b = so / wo if wo > 0 else np.nan
-        sd_rows.append({"flux": v[:-3], "inside_mean_sd": a, "outside_mean_sd": b,
-                        "ratio": b / a if a and np.isfinite(a) and a > 0 else np.nan})
+        sd_rows.append(
+            {
+                "flux": v[:-3],
+                "inside_mean_sd": a,
+                "outside_mean_sd": b,
+                "ratio": b / a if a and np.isfinite(a) and a > 0 else np.nan,
+            }
+        )
     aoa_sd = pd.DataFrame(sd_rows, columns=["flux", "inside_mean_sd", "outside_mean_sd", "ratio"])
     lab_grid = np.asarray(g["cluster"][:])
     all_rows = table[table[["gpp", "reco", "nee"]].notna().any(axis=1)]
     site_lab = lab_grid[all_rows.iy.to_numpy(), all_rows.ix.to_numpy()]
-    ct = cluster_table(np.where(lab_grid.ravel() >= 0, lab_grid.ravel(), -1),
-                       np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values).ravel(),
-                       site_lab, all_rows.site_id.to_numpy(), centres, CONTINUOUS)
+    ct = cluster_table(
+        np.where(lab_grid.ravel() >= 0, lab_grid.ravel(), -1),
+        np.asarray((zones["land_fraction"].fillna(0) * zones["cell_area"]).values).ravel(),
+        site_lab,
+        all_rows.site_id.to_numpy(),
+        centres,
+        CONTINUOUS,
+    )
     clusters = ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u])
     inside_share = aoa_share(g, zones)
-    log.info(f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
-             f"{100 * inside_share:.0f}% of the land area inside; {n_found} clusters")
+    log.info(
+        f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
+        f"{100 * inside_share:.0f}% of the land area inside; {n_found} clusters"
+    )
     return {"mess_area": mess_area, "aoa_sd": aoa_sd, "clusters": clusters}
 
 
@@ -759,29 +863,70 @@ def extrapolation_template(pred: xr.Dataset, crs, pnames: list, threshold: float
     def full(shape, dtype, fill):
         return dsa.full(shape, fill, dtype=dtype, chunks=tuple([1] * (len(shape) - 2) + [min(band, ny), nx]))
 
-    ds = xr.Dataset(coords={"period": np.array(pnames, dtype=object), "month": np.arange(1, 13), "y": pred.y.values, "x": pred.x.values})
-    ds["mess"] = (("period", "y", "x"), full((P, ny, nx), np.float32, np.nan),
-                  {"units": "%", "long_name": "MESS (Elith et al. 2010) of the period-mean continuous predictors "
-                   "against the NEE training rows of the period; < 0 = extrapolation"})
-    ds["mess_mod"] = (("period", "y", "x"), full((P, ny, nx), np.int16, -1),
-                      {"long_name": "most dissimilar variable (-1: no value)",
-                       "flag_values": np.arange(len(CONTINUOUS), dtype=np.int16),
-                       "flag_meanings": " ".join(CONTINUOUS)})
-    ds["mess_class"] = (("period", "y", "x"), full((P, ny, nx), np.int8, 0),
-                        {"long_name": "MESS class", "flag_values": np.array([-3, -2, -1, 0, 1, 2, 3], np.int8),
-                         "flag_meanings": "below_-80 -80_to_-20 -20_to_0 no_value 0_to_5 5_to_40 40_and_above"})
-    ds["di"] = (("y", "x"), full((ny, nx), np.float32, np.nan),
-                {"units": "1", "long_name": "AOA dissimilarity index (Meyer & Pebesma 2021): largest over the 12 "
-                 "calendar-month climatologies"})
-    ds["di_month"] = (("month", "y", "x"), full((12, ny, nx), np.float32, np.nan),
-                      {"units": "1", "long_name": "AOA dissimilarity index of each calendar month's climatology"})
-    ds["aoa"] = (("y", "x"), full((ny, nx), np.int8, -1),
-                 {"long_name": "area of applicability: 1 inside (di <= threshold), 0 outside, -1 no predictors",
-                  "threshold": float(threshold), "flag_values": np.array([-1, 0, 1], np.int8),
-                  "flag_meanings": "no_data outside inside"})
-    ds["cluster"] = (("y", "x"), full((ny, nx), np.int16, -1),
-                     {"long_name": "k-means environmental cluster (-1: water / no predictors)",
-                      "n_clusters": int(n_clusters)})
+    ds = xr.Dataset(
+        coords={
+            "period": np.array(pnames, dtype=object),
+            "month": np.arange(1, 13),
+            "y": pred.y.values,
+            "x": pred.x.values,
+        }
+    )
+    ds["mess"] = (
+        ("period", "y", "x"),
+        full((P, ny, nx), np.float32, np.nan),
+        {
+            "units": "%",
+            "long_name": "MESS (Elith et al. 2010) of the period-mean continuous predictors "
+            "against the NEE training rows of the period; < 0 = extrapolation",
+        },
+    )
+    ds["mess_mod"] = (
+        ("period", "y", "x"),
+        full((P, ny, nx), np.int16, -1),
+        {
+            "long_name": "most dissimilar variable (-1: no value)",
+            "flag_values": np.arange(len(CONTINUOUS), dtype=np.int16),
+            "flag_meanings": " ".join(CONTINUOUS),
+        },
+    )
+    ds["mess_class"] = (
+        ("period", "y", "x"),
+        full((P, ny, nx), np.int8, 0),
+        {
+            "long_name": "MESS class",
+            "flag_values": np.array([-3, -2, -1, 0, 1, 2, 3], np.int8),
+            "flag_meanings": "below_-80 -80_to_-20 -20_to_0 no_value 0_to_5 5_to_40 40_and_above",
+        },
+    )
+    ds["di"] = (
+        ("y", "x"),
+        full((ny, nx), np.float32, np.nan),
+        {
+            "units": "1",
+            "long_name": "AOA dissimilarity index (Meyer & Pebesma 2021): largest over the 12 "
+            "calendar-month climatologies",
+        },
+    )
+    ds["di_month"] = (
+        ("month", "y", "x"),
+        full((12, ny, nx), np.float32, np.nan),
+        {"units": "1", "long_name": "AOA dissimilarity index of each calendar month's climatology"},
+    )
+    ds["aoa"] = (
+        ("y", "x"),
+        full((ny, nx), np.int8, -1),
+        {
+            "long_name": "area of applicability: 1 inside (di <= threshold), 0 outside, -1 no predictors",
+            "threshold": float(threshold),
+            "flag_values": np.array([-1, 0, 1], np.int8),
+            "flag_meanings": "no_data outside inside",
+        },
+    )
+    ds["cluster"] = (
+        ("y", "x"),
+        full((ny, nx), np.int16, -1),
+        {"long_name": "k-means environmental cluster (-1: water / no predictors)", "n_clusters": int(n_clusters)},
+    )
     for v in ("mess_mod", "mess_class", "aoa", "cluster"):
         ds[v].encoding["_FillValue"] = None
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")

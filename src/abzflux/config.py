@@ -38,8 +38,9 @@ class RunSettings:
         try:
             a, b = (int(v) for v in str(self.years).split("-"))
         except ValueError:
-            raise ConfigError(file, f"invalid years {self.years!r}", column="run.years",
-                              expected='"FIRST-LAST", e.g. "2001-2020"') from None
+            raise ConfigError(
+                file, f"invalid years {self.years!r}", column="run.years", expected='"FIRST-LAST", e.g. "2001-2020"'
+            ) from None
         if a > b:
             raise ConfigError(file, f"first year {a} after last year {b}", column="run.years")
         return a, b
@@ -111,8 +112,11 @@ class CoarseSet:
     years: str | None = None  # default: every complete year of its predictor stack
 
 
-CHOICES = {"forest.central": ("mean", "qrf_median"), "forest.bootstrap_mtry": ("reuse", "retune"),
-           "uncertainty.method": ("rows", "sites", "blocks")}
+CHOICES = {
+    "forest.central": ("mean", "qrf_median"),
+    "forest.bootstrap_mtry": ("reuse", "retune"),
+    "uncertainty.method": ("rows", "sites", "blocks"),
+}
 
 
 @dataclass
@@ -127,15 +131,29 @@ class Config:
     coarse: CoarseSet | None = None
     source: Path | None = None
 
-    def coarse_config(self) -> "Config | None":
+    def coarse_config(self) -> Config | None:
         """The coarse model set as a Config of its own (None without a [coarse] section)."""
         if self.coarse is None:
             return None
         c = self.coarse
-        return Config(inputs=Inputs(sites=c.sites or self.inputs.sites, predictors=c.predictors, zones=c.zones,
-                                    fire=c.fire, truth=c.truth, references=c.references),
-                      run=replace(self.run, years=c.years), forest=self.forest, budgets=self.budgets, fire=self.fire,
-                      compare=self.compare, uncertainty=self.uncertainty, coarse=None, source=self.source)
+        return Config(
+            inputs=Inputs(
+                sites=c.sites or self.inputs.sites,
+                predictors=c.predictors,
+                zones=c.zones,
+                fire=c.fire,
+                truth=c.truth,
+                references=c.references,
+            ),
+            run=replace(self.run, years=c.years),
+            forest=self.forest,
+            budgets=self.budgets,
+            fire=self.fire,
+            compare=self.compare,
+            uncertainty=self.uncertainty,
+            coarse=None,
+            source=self.source,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -159,8 +177,7 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
     known = {f.name: f for f in fields(cls)}
     for k in raw:
         if k not in known:
-            raise ConfigError(file, f"unknown key {k!r}", column=f"{name}.{k}",
-                              expected=f"one of {sorted(known)}")
+            raise ConfigError(file, f"unknown key {k!r}", column=f"{name}.{k}", expected=f"one of {sorted(known)}")
     kw = {}
     for k, v in raw.items():
         t = str(known[k].type)
@@ -194,7 +211,9 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
                 raise ConfigError(file, f"expected a string, got {v!r}", column=f"{name}.{k}")
             allowed = CHOICES.get(f"{name}.{k}")
             if allowed and v not in allowed:
-                raise ConfigError(file, f"invalid value {v!r}", column=f"{name}.{k}", expected=f"one of {list(allowed)}")
+                raise ConfigError(
+                    file, f"invalid value {v!r}", column=f"{name}.{k}", expected=f"one of {list(allowed)}"
+                )
             kw[k] = v
         else:
             kw[k] = v
@@ -245,40 +264,55 @@ def load_config(path) -> Config:
     cfg.run.year_range(path)
     if cfg.coarse is not None:
         replace(cfg.run, years=cfg.coarse.years).year_range(path)
-    for key, value, lo in (("forest.n_estimators", cfg.forest.n_estimators, 1),
-                           ("run.tile", cfg.run.tile, 8),
-                           ("budgets.decade_length", cfg.budgets.decade_length, 1),
-                           ("forest.nodesize", cfg.forest.nodesize, 1),
-                           ("forest.mtry", cfg.forest.mtry, 1),
-                           ("forest.importance_repeats", cfg.forest.importance_repeats, 0),
-                           ("forest.pdp_points", cfg.forest.pdp_points, 2),
-                           ("forest.pdp_rows", cfg.forest.pdp_rows, 0),
-                           ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0),
-                           ("compare.regrid_subsamples", cfg.compare.regrid_subsamples, 1),
-                           ("compare.mess_period_length", cfg.compare.mess_period_length, 1),
-                           ("compare.n_clusters", cfg.compare.n_clusters, 1),
-                           ("compare.cluster_sample", cfg.compare.cluster_sample, 100),
-                           ("compare.aoa_max_training", cfg.compare.aoa_max_training, 100)):
+    for key, value, lo in (
+        ("forest.n_estimators", cfg.forest.n_estimators, 1),
+        ("run.tile", cfg.run.tile, 8),
+        ("budgets.decade_length", cfg.budgets.decade_length, 1),
+        ("forest.nodesize", cfg.forest.nodesize, 1),
+        ("forest.mtry", cfg.forest.mtry, 1),
+        ("forest.importance_repeats", cfg.forest.importance_repeats, 0),
+        ("forest.pdp_points", cfg.forest.pdp_points, 2),
+        ("forest.pdp_rows", cfg.forest.pdp_rows, 0),
+        ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0),
+        ("compare.regrid_subsamples", cfg.compare.regrid_subsamples, 1),
+        ("compare.mess_period_length", cfg.compare.mess_period_length, 1),
+        ("compare.n_clusters", cfg.compare.n_clusters, 1),
+        ("compare.cluster_sample", cfg.compare.cluster_sample, 100),
+        ("compare.aoa_max_training", cfg.compare.aoa_max_training, 100),
+    ):
         if value is not None and value < lo:
             raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
     fs = cfg.fire
     bad = [m for m in (fs.months or []) if not 1 <= m <= 12]
     if bad or len(set(fs.months or [])) != len(fs.months or []):
-        raise ConfigError(path, f"invalid month list {fs.months}", column="fire.months",
-                          expected="distinct calendar months 1-12")
+        raise ConfigError(
+            path, f"invalid month list {fs.months}", column="fire.months", expected="distinct calendar months 1-12"
+        )
     if not 0.0 < fs.alpha < 1.0:
         raise ConfigError(path, f"{fs.alpha} is out of range", column="fire.alpha", expected="a number in (0, 1)")
     if fs.first_year is not None and fs.target_year is not None and fs.first_year > fs.target_year:
-        raise ConfigError(path, f"first_year {fs.first_year} after target_year {fs.target_year}",
-                          column="fire.first_year", expected="fire.first_year <= fire.target_year")
+        raise ConfigError(
+            path,
+            f"first_year {fs.first_year} after target_year {fs.target_year}",
+            column="fire.first_year",
+            expected="fire.first_year <= fire.target_year",
+        )
     for key in ("coverage_warn", "coverage_stop"):
         v = getattr(cfg.budgets, key)
         if not 0.0 <= v <= 1.0:
-            raise ConfigError(path, f"{v} is out of range", column=f"budgets.{key}",
-                              expected="a share of land in [0, 1] (1: never stop)")
+            raise ConfigError(
+                path,
+                f"{v} is out of range",
+                column=f"budgets.{key}",
+                expected="a share of land in [0, 1] (1: never stop)",
+            )
     if not (cfg.uncertainty.block_km > 0 and cfg.uncertainty.block_km < float("inf")):
-        raise ConfigError(path, f"{cfg.uncertainty.block_km} is out of range", column="uncertainty.block_km",
-                          expected="a block size in km > 0")
+        raise ConfigError(
+            path,
+            f"{cfg.uncertainty.block_km} is out of range",
+            column="uncertainty.block_km",
+            expected="a block size in km > 0",
+        )
     check_ranges(cfg, path)
     return cfg
 
@@ -303,40 +337,73 @@ def check_ranges(cfg: Config, path) -> None:
     p_boot = p_all - len(BOOTSTRAP_DROP)
     r, fo, fi = cfg.run, cfg.forest, cfg.fire
     if not 0 <= r.seed <= MAX_SEED:
-        raise ConfigError(path, f"seed {r.seed} is out of range", column="run.seed",
-                          expected=f"an integer in 0..{MAX_SEED}")
+        raise ConfigError(
+            path, f"seed {r.seed} is out of range", column="run.seed", expected=f"an integer in 0..{MAX_SEED}"
+        )
     if r.scheduler is not None and not r.scheduler.strip():
-        raise ConfigError(path, "empty scheduler address", column="run.scheduler",
-                          expected='"local" or a dask.distributed scheduler address such as "tcp://host:8786"')
+        raise ConfigError(
+            path,
+            "empty scheduler address",
+            column="run.scheduler",
+            expected='"local" or a dask.distributed scheduler address such as "tcp://host:8786"',
+        )
     for sec, years in (("run", r.years), ("coarse", cfg.coarse.years if cfg.coarse is not None else None)):
         if years is not None:
             a, b = replace(r, years=years).year_range(path)
             if not (YEAR_RANGE[0] <= a and b <= YEAR_RANGE[1]):
-                raise ConfigError(path, f"years {years!r} outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}",
-                                  column=f"{sec}.years", expected=f'"FIRST-LAST" within {YEAR_RANGE[0]}-{YEAR_RANGE[1]}')
+                raise ConfigError(
+                    path,
+                    f"years {years!r} outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}",
+                    column=f"{sec}.years",
+                    expected=f'"FIRST-LAST" within {YEAR_RANGE[0]}-{YEAR_RANGE[1]}',
+                )
     if fo.mtry is not None and fo.mtry > p_all:
-        raise ConfigError(path, f"mtry {fo.mtry} is more than the {p_all} predictors", column="forest.mtry",
-                          expected=f"an integer in 1..{p_all} (predictors tried at each split)")
+        raise ConfigError(
+            path,
+            f"mtry {fo.mtry} is more than the {p_all} predictors",
+            column="forest.mtry",
+            expected=f"an integer in 1..{p_all} (predictors tried at each split)",
+        )
     if fo.mtry_grid is not None:
         top = p_boot if fo.bootstrap_mtry == "retune" else p_all
         bad = [m for m in fo.mtry_grid if not 1 <= m <= top]
         if bad or len(set(fo.mtry_grid)) != len(fo.mtry_grid):
-            why = (f" (bootstrap_mtry = \"retune\" tunes the bootstrap forests' {p_boot} predictors over it)"
-                   if fo.bootstrap_mtry == "retune" else "")
-            raise ConfigError(path, f"invalid mtry grid {fo.mtry_grid}{why}", column="forest.mtry_grid",
-                              expected=f"distinct integers in 1..{top}")
+            why = (
+                f' (bootstrap_mtry = "retune" tunes the bootstrap forests\' {p_boot} predictors over it)'
+                if fo.bootstrap_mtry == "retune"
+                else ""
+            )
+            raise ConfigError(
+                path,
+                f"invalid mtry grid {fo.mtry_grid}{why}",
+                column="forest.mtry_grid",
+                expected=f"distinct integers in 1..{top}",
+            )
     for key, value in (("budgets.source_threshold", cfg.budgets.source_threshold),):
         if not math.isfinite(value):
-            raise ConfigError(path, f"{value} is not a finite number", column=key,
-                              expected="a finite threshold in g C m-2 yr-1")
+            raise ConfigError(
+                path, f"{value} is not a finite number", column=key, expected="a finite threshold in g C m-2 yr-1"
+            )
     for key, value in (("fire.first_year", fi.first_year), ("fire.target_year", fi.target_year)):
         if value is not None and not YEAR_RANGE[0] <= value <= YEAR_RANGE[1]:
-            raise ConfigError(path, f"year {value} is out of range", column=key,
-                              expected=f"a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}")
+            raise ConfigError(
+                path,
+                f"year {value} is out of range",
+                column=key,
+                expected=f"a year in {YEAR_RANGE[0]}..{YEAR_RANGE[1]}",
+            )
     cs = cfg.compare
     if cs.regrid_subsamples > MAX_REGRID_SUBSAMPLES:
-        raise ConfigError(path, f"{cs.regrid_subsamples} is out of range", column="compare.regrid_subsamples",
-                          expected=f"an integer in 1..{MAX_REGRID_SUBSAMPLES} (n x n sub-points per analysis cell)")
+        raise ConfigError(
+            path,
+            f"{cs.regrid_subsamples} is out of range",
+            column="compare.regrid_subsamples",
+            expected=f"an integer in 1..{MAX_REGRID_SUBSAMPLES} (n x n sub-points per analysis cell)",
+        )
     if cs.n_clusters > cs.cluster_sample:
-        raise ConfigError(path, f"n_clusters {cs.n_clusters} is more than cluster_sample {cs.cluster_sample}",
-                          column="compare.n_clusters", expected="n_clusters <= cluster_sample (cells fitting the k-means)")
+        raise ConfigError(
+            path,
+            f"n_clusters {cs.n_clusters} is more than cluster_sample {cs.cluster_sample}",
+            column="compare.n_clusters",
+            expected="n_clusters <= cluster_sample (cells fitting the k-means)",
+        )

@@ -63,9 +63,13 @@ class Context:
             t = pd.DatetimeIndex(ds.time.values)
             missing = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS").difference(t)
             if len(missing):
-                raise InputError(self.cfg.inputs.truth, f"{len(missing)} month(s) of the run's years missing",
-                                 column="time", where=", ".join(m.strftime("%Y-%m") for m in missing[:5]),
-                                 expected=f"every month of {y0}-{y1}")
+                raise InputError(
+                    self.cfg.inputs.truth,
+                    f"{len(missing)} month(s) of the run's years missing",
+                    column="time",
+                    where=", ".join(m.strftime("%Y-%m") for m in missing[:5]),
+                    expected=f"every month of {y0}-{y1}",
+                )
             self.cache["truth"] = ds
         return self.cache["truth"]
 
@@ -108,8 +112,9 @@ class Context:
         if not self.cfg.inputs.references:
             return []
         if "references" not in self.cache:
-            self.cache["references"] = read_references(self.cfg.inputs.references, self.predictors(), self.years(),
-                                                       self.fire(), self.cfg.compare.subtract_fire)
+            self.cache["references"] = read_references(
+                self.cfg.inputs.references, self.predictors(), self.years(), self.fire(), self.cfg.compare.subtract_fire
+            )
         return self.cache["references"]
 
     def client(self):
@@ -141,22 +146,35 @@ class Context:
         full = t.to_series().groupby(t.year).size()
         full = full[full == 12].index
         if len(full) == 0:
-            raise InputError(self.cfg.inputs.predictors, "no complete calendar year of monthly predictors",
-                             column="time", expected="12 monthly steps per year")
+            raise InputError(
+                self.cfg.inputs.predictors,
+                "no complete calendar year of monthly predictors",
+                column="time",
+                expected="12 monthly steps per year",
+            )
         y0, y1 = (int(full.min()), int(full.max())) if yr is None else yr
         want = pd.date_range(f"{y0}-01-01", f"{y1}-12-01", freq="MS")
         missing = want.difference(t)
         if len(missing):
             months = ", ".join(m.strftime("%Y-%m") for m in missing[:12]) + (" ..." if len(missing) > 12 else "")
-            raise InputError(self.cfg.inputs.predictors, f"{len(missing)} month(s) of {y0}-{y1} missing from the "
-                             f"predictor stack: {months}", column="time",
-                             expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)")
+            raise InputError(
+                self.cfg.inputs.predictors,
+                f"{len(missing)} month(s) of {y0}-{y1} missing from the predictor stack: {months}",
+                column="time",
+                expected=f"every month of {y0}-{y1} (set run.years to a period the stack covers)",
+            )
         left = t[(t.year < y0) | (t.year > y1)]
         if yr is None and len(left) and not self.cache.get("years_warned"):
             # the run covers less than the stack: say so once (a trailing partial year is common)
             self.cache["years_warned"] = True
-            log.warning("%s: the run covers %d-%d, the complete years of the predictor stack; %d month(s) of "
-                        "incomplete years are left out (%s to %s; set run.years to choose the period)",
-                        self.cfg.inputs.predictors, y0, y1, len(left), left.min().strftime("%Y-%m"),
-                        left.max().strftime("%Y-%m"))
+            log.warning(
+                "%s: the run covers %d-%d, the complete years of the predictor stack; %d month(s) of "
+                "incomplete years are left out (%s to %s; set run.years to choose the period)",
+                self.cfg.inputs.predictors,
+                y0,
+                y1,
+                len(left),
+                left.min().strftime("%Y-%m"),
+                left.max().strftime("%Y-%m"),
+            )
         return y0, y1

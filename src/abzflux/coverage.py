@@ -67,14 +67,23 @@ def iter_weight_bands(zones: xr.Dataset, veg=None, band: int = 256):
     ny = zones.sizes["y"]
     for i0 in range(0, ny, band):  # bands in a fixed order: sums are reproducible
         ys = slice(i0, min(i0 + band, ny))
-        vb = None if veg is None else np.asarray(veg.isel(y=ys).values if isinstance(veg, xr.DataArray)
-                                                 else np.asarray(veg)[ys])
+        vb = (
+            None
+            if veg is None
+            else np.asarray(veg.isel(y=ys).values if isinstance(veg, xr.DataArray) else np.asarray(veg)[ys])
+        )
         w = budgets_mod.zone_weights(zones.isel(y=ys), vb)
         yield ys, [str(z) for z in w.zone.values], w.values.reshape(w.sizes["zone"], -1)
 
 
-def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=None, times=None,
-                     band: int = 256, weights: list | None = None) -> pd.DataFrame:
+def monthly_coverage(
+    layers: Mapping[str, xr.DataArray],
+    zones: xr.Dataset,
+    veg=None,
+    times=None,
+    band: int = 256,
+    weights: list | None = None,
+) -> pd.DataFrame:
     """Land area (km2) the zones define and the area (km2) where every layer is finite, per zone
     and month.
 
@@ -139,10 +148,18 @@ def monthly_coverage(layers: Mapping[str, xr.DataArray], zones: xr.Dataset, veg=
     for k in np.nonzero(by.any(axis=0).T.ravel())[0]:  # only zone-months with a missing layer
         vals = by[:, ti[k], zi[k]]
         variables[k] = ";".join(names[n] for n in sorted(np.nonzero(vals > 0)[0], key=lambda n: -vals[n]))
-    return pd.DataFrame({"zone": np.asarray(zone_names, dtype=object)[zi], "time": times[ti],
-                         "year": times.year[ti], "month": times.month[ti], "land_km2": a / M2_PER_KM2,
-                         "predicted_km2": (a - lz) / M2_PER_KM2,
-                         "share_lost": np.divide(lz, a, out=np.zeros_like(lz), where=a > 0), "variables": variables})
+    return pd.DataFrame(
+        {
+            "zone": np.asarray(zone_names, dtype=object)[zi],
+            "time": times[ti],
+            "year": times.year[ti],
+            "month": times.month[ti],
+            "land_km2": a / M2_PER_KM2,
+            "predicted_km2": (a - lz) / M2_PER_KM2,
+            "share_lost": np.divide(lz, a, out=np.zeros_like(lz), where=a > 0),
+            "variables": variables,
+        }
+    )
 
 
 def annual_coverage(monthly: pd.DataFrame) -> pd.DataFrame:
@@ -151,10 +168,17 @@ def annual_coverage(monthly: pd.DataFrame) -> pd.DataFrame:
     equals) and the variables missing in any month of the year (the worst month's first)."""
     m = monthly.reset_index(drop=True)
     worst = m.loc[m.groupby(["zone", "year"], sort=False).share_lost.idxmax().to_numpy()].reset_index(drop=True)
-    out = pd.DataFrame({"zone": worst.zone, "year": worst.year.astype(int), "land_km2": worst.land_km2,
-                        "predicted_km2": worst.predicted_km2, "share_lost": worst.share_lost,
-                        "worst_month": pd.DatetimeIndex(worst.time).strftime("%Y-%m"),
-                        "variables": worst.variables.astype(str)})
+    out = pd.DataFrame(
+        {
+            "zone": worst.zone,
+            "year": worst.year.astype(int),
+            "land_km2": worst.land_km2,
+            "predicted_km2": worst.predicted_km2,
+            "share_lost": worst.share_lost,
+            "worst_month": pd.DatetimeIndex(worst.time).strftime("%Y-%m"),
+            "variables": worst.variables.astype(str),
+        }
+    )
     missing = m[m.variables.astype(str) != ""]
     if len(missing):
         union = {}
@@ -178,16 +202,24 @@ def above(annual: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def describe(r, what: str) -> str:
     """One zone-year of :func:`annual_coverage` in words."""
-    return (f"{r.share_lost:.2%} of zone {r.zone}'s land in {r.year} has no {what} "
-            f"({_km2(r.predicted_km2)} of {_km2(r.land_km2)} km2 with {what} in {r.worst_month})")
+    return (
+        f"{r.share_lost:.2%} of zone {r.zone}'s land in {r.year} has no {what} "
+        f"({_km2(r.predicted_km2)} of {_km2(r.land_km2)} km2 with {what} in {r.worst_month})"
+    )
 
 
 def _km2(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def check_coverage(annual: pd.DataFrame, warn: float, stop: float, file, what: str = "predictors",
-                   remedy: str = "fill the gaps, or set land_fraction to 0 where no prediction is wanted") -> None:
+def check_coverage(
+    annual: pd.DataFrame,
+    warn: float,
+    stop: float,
+    file,
+    what: str = "predictors",
+    remedy: str = "fill the gaps, or set land_fraction to 0 where no prediction is wanted",
+) -> None:
     """Warn (``logging``, one line) when a zone-year loses more than ``warn`` of its land, and
     raise :class:`InputError` naming the variable(s), the zone, the year and the share when one
     loses more than ``stop`` (the worst zone-year; ``stop`` = 1 never stops)."""
@@ -195,17 +227,28 @@ def check_coverage(annual: pd.DataFrame, warn: float, stop: float, file, what: s
     if len(bad):
         r = bad.iloc[0]
         more = f" (and {len(bad) - 1} more zone-year(s) above {stop:g})" if len(bad) > 1 else ""
-        raise InputError(file, f"{r.variables or 'a layer'} not finite on land: {describe(r, what)}; the budgets "
-                         "would silently cover a smaller domain", column=r.variables or None,
-                         where=f"zone {r.zone}, year {r.year}{more}",
-                         expected=f"finite {what} on every land cell (land_fraction > 0): {remedy}, or raise "
-                                  f"budgets.coverage_stop (now {stop:g}; 1 never stops)")
+        raise InputError(
+            file,
+            f"{r.variables or 'a layer'} not finite on land: {describe(r, what)}; the budgets "
+            "would silently cover a smaller domain",
+            column=r.variables or None,
+            where=f"zone {r.zone}, year {r.year}{more}",
+            expected=f"finite {what} on every land cell (land_fraction > 0): {remedy}, or raise "
+            f"budgets.coverage_stop (now {stop:g}; 1 never stops)",
+        )
     w = above(annual, warn)
     if len(w):
         r = w.iloc[0]
-        LOG.warning("%s: coverage: %d zone-year(s) lose more than %g of their land to missing %s (budgets."
-                    "coverage_warn); worst: %s, variable(s) %s", file, len(w), warn, what, describe(r, what),
-                    r.variables or "-")
+        LOG.warning(
+            "%s: coverage: %d zone-year(s) lose more than %g of their land to missing %s (budgets."
+            "coverage_warn); worst: %s, variable(s) %s",
+            file,
+            len(w),
+            warn,
+            what,
+            describe(r, what),
+            r.variables or "-",
+        )
 
 
 def fire_period(fire_times, first_year: int | None, y0: int, y1: int) -> tuple[int, int, pd.DatetimeIndex]:
@@ -224,19 +267,36 @@ def check_fire_years(fire_times, first_year: int | None, y0: int, y1: int, file)
     t = pd.DatetimeIndex(fire_times)
     f0, f1, missing = fire_period(t, first_year, y0, y1)
     if f0 > y1:
-        raise InputError(file, f"the fire period starts in {f0}, after the run's last year {y1}", column="time",
-                         expected=f"fire months within the run's years {y0}-{y1} (fire.first_year <= {y1})")
+        raise InputError(
+            file,
+            f"the fire period starts in {f0}, after the run's last year {y1}",
+            column="time",
+            expected=f"fire months within the run's years {y0}-{y1} (fire.first_year <= {y1})",
+        )
     if len(missing):
         months = ", ".join(m.strftime("%Y-%m") for m in missing[:6]) + (" ..." if len(missing) > 6 else "")
-        raise InputError(file, f"{len(missing)} month(s) of the fire period {f0}-{f1} missing from the fire file; "
-                         "their fire emissions and NEE + fire would silently drop out of the period means",
-                         column="time", where=months,
-                         expected=f"every month from fire.first_year (default: the fire file's first year) to the "
-                                  f"run's last year {y1}: set fire.first_year past a gap at the start, or run.years "
-                                  "to end where the fire record ends")
+        raise InputError(
+            file,
+            f"{len(missing)} month(s) of the fire period {f0}-{f1} missing from the fire file; "
+            "their fire emissions and NEE + fire would silently drop out of the period means",
+            column="time",
+            where=months,
+            expected=f"every month from fire.first_year (default: the fire file's first year) to the "
+            f"run's last year {y1}: set fire.first_year past a gap at the start, or run.years "
+            "to end where the fire record ends",
+        )
     if f0 > y0:
-        LOG.warning("%s: fire covers %d-%d of the run's %d-%d: fire and NEE + fire means are over %d-%d "
-                    "(budgets/period.csv first_year, last_year; summary.md)", file, f0, f1, y0, y1, f0, f1)
+        LOG.warning(
+            "%s: fire covers %d-%d of the run's %d-%d: fire and NEE + fire means are over %d-%d "
+            "(budgets/period.csv first_year, last_year; summary.md)",
+            file,
+            f0,
+            f1,
+            y0,
+            y1,
+            f0,
+            f1,
+        )
     return f0, f1
 
 
@@ -249,5 +309,8 @@ def years_note(period: pd.DataFrame, y0: int, y1: int) -> str:
     if not len(p):
         return ""
     parts = [f"{r.flux} {int(r.first_year)}–{int(r.last_year)}" for r in p.itertuples()]
-    return (f"Means over other years than {y0}–{y1}: " + ", ".join(parts)
-            + " (fire and NEE + fire: the fire period, docs/fire.md).")
+    return (
+        f"Means over other years than {y0}–{y1}: "
+        + ", ".join(parts)
+        + " (fire and NEE + fire: the fire period, docs/fire.md)."
+    )

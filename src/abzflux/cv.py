@@ -51,8 +51,15 @@ def caret_metrics(obs, pred, sites) -> dict:
     """Mean (and SD) over sites of per-site RMSE, R² (squared Pearson) and MAE, NaN ignored."""
     df = pd.DataFrame({"o": np.asarray(obs, float), "p": np.asarray(pred, float), "s": np.asarray(sites)})
     per = df.groupby("s", sort=True).apply(
-        lambda g: pd.Series({"RMSE": np.sqrt(np.mean((g.p - g.o) ** 2)), "Rsquared": _r2(g.o.values, g.p.values),
-                             "MAE": np.mean(np.abs(g.p - g.o))}), include_groups=False)
+        lambda g: pd.Series(
+            {
+                "RMSE": np.sqrt(np.mean((g.p - g.o) ** 2)),
+                "Rsquared": _r2(g.o.values, g.p.values),
+                "MAE": np.mean(np.abs(g.p - g.o)),
+            }
+        ),
+        include_groups=False,
+    )
     out = {}
     for k in ("RMSE", "Rsquared", "MAE"):
         out[k] = float(per[k].mean(skipna=True))
@@ -67,9 +74,14 @@ def pooled_metrics(obs, pred) -> dict:
     o, p = np.asarray(obs, float), np.asarray(pred, float)
     sse = float(np.sum((p - o) ** 2))
     sst = float(np.sum((o - o.mean()) ** 2))
-    return {"R2": _r2(o, p), "R2_sse": 1 - sse / sst if sst > 0 else np.nan,
-            "RMSE": float(np.sqrt(sse / len(o))), "MAE": float(np.mean(np.abs(p - o))),
-            "bias": float(np.mean(p - o)), "n": int(len(o))}
+    return {
+        "R2": _r2(o, p),
+        "R2_sse": 1 - sse / sst if sst > 0 else np.nan,
+        "RMSE": float(np.sqrt(sse / len(o))),
+        "MAE": float(np.mean(np.abs(p - o))),
+        "bias": float(np.mean(p - o)),
+        "n": int(len(o)),
+    }
 
 
 def skill_table(pred: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
@@ -79,8 +91,13 @@ def skill_table(pred: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     for key, g in groups:
         c = caret_metrics(g.obs, g.pred, g.site_id)
         p = pooled_metrics(g.obs, g.pred)
-        rows.append({**({} if by is None else {by: key}), **{f"caret_{k}": v for k, v in c.items()},
-                     **{f"pooled_{k}": v for k, v in p.items()}})
+        rows.append(
+            {
+                **({} if by is None else {by: key}),
+                **{f"caret_{k}": v for k, v in c.items()},
+                **{f"pooled_{k}": v for k, v in p.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,14 +129,36 @@ def _encode(X: pd.DataFrame, categorical) -> tuple[np.ndarray, np.ndarray, np.nd
 def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees, nodesize, seed, fold):
     out = []
     for m in grid:
-        f = grow_forest(M, y, is_cat=is_cat, n_levels=n_levels, n_trees=n_trees, mtry=m,
-                        nodesize=nodesize, seed=fold_seed(seed, fold, m), rows=train, order=order)
+        f = grow_forest(
+            M,
+            y,
+            is_cat=is_cat,
+            n_levels=n_levels,
+            n_trees=n_trees,
+            mtry=m,
+            nodesize=nodesize,
+            seed=fold_seed(seed, fold, m),
+            rows=train,
+            order=order,
+        )
         out.append(f.predict(M[test]))
     return out
 
 
-def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, seed=DEFAULT_SEED,
-            categorical=CATEGORICAL, client=None, progress=None, holdout=None) -> LosoResult:
+def loso_cv(
+    X: pd.DataFrame,
+    y,
+    sites,
+    grid=None,
+    *,
+    n_trees=500,
+    nodesize=5,
+    seed=DEFAULT_SEED,
+    categorical=CATEGORICAL,
+    client=None,
+    progress=None,
+    holdout=None,
+) -> LosoResult:
     """Leave-one-site-out CV of random forests over an mtry grid.
 
     Each fold trains on every row of the other sites and predicts the held-out site's rows; no
@@ -141,13 +180,15 @@ def loso_cv(X: pd.DataFrame, y, sites, grid=None, *, n_trees=500, nodesize=5, se
         raise ValueError(f"mtry grid values {bad} outside 1..{p}")
     M, is_cat, n_levels = _encode(X, categorical)
     order = presort(M)
-    folds = [(k, np.nonzero(sites != s)[0], np.nonzero(sites == s)[0]) for k, s in enumerate(usites)
-             if holdout is None or s in set(map(str, holdout))]
+    folds = [
+        (k, np.nonzero(sites != s)[0], np.nonzero(sites == s)[0])
+        for k, s in enumerate(usites)
+        if holdout is None or s in set(map(str, holdout))
+    ]
     args = (grid, n_trees, nodesize, seed)
     if client is not None:
         fut_data = client.scatter([M, y, is_cat, n_levels, order], broadcast=True)
-        futs = [client.submit(_fold_predictions, *fut_data, tr, te, *args, k, pure=False)
-                for k, tr, te in folds]
+        futs = [client.submit(_fold_predictions, *fut_data, tr, te, *args, k, pure=False) for k, tr, te in folds]
         results = []
         for i, fu in enumerate(futs):
             results.append(fu.result())
@@ -209,9 +250,23 @@ class FluxFit:
 BREAKDOWN_COLUMNS = ["site_id", "year", "month", "biome", "region", "veg_type", "method", "disturbance"]
 
 
-def fit_flux(rows: pd.DataFrame, flux: str, x_cols: list[str], *, mtry: int | None, grid: list | None,
-             n_estimators: int, nodesize: int, central, cv: bool, seed: int, forest_seed: int,
-             dropped: list, progress=None, client=None) -> FluxFit:
+def fit_flux(
+    rows: pd.DataFrame,
+    flux: str,
+    x_cols: list[str],
+    *,
+    mtry: int | None,
+    grid: list | None,
+    n_estimators: int,
+    nodesize: int,
+    central,
+    cv: bool,
+    seed: int,
+    forest_seed: int,
+    dropped: list,
+    progress=None,
+    client=None,
+) -> FluxFit:
     """Leave-one-site-out CV over the mtry grid (``mtry`` fixed: that one; ``cv`` false: none),
     the chosen mtry, and the final forest refit on all ``rows``. ``grid``: the mtry values to
     tune over (default :func:`mtry_grid`)."""
@@ -221,14 +276,24 @@ def fit_flux(rows: pd.DataFrame, flux: str, x_cols: list[str], *, mtry: int | No
     t0 = time.perf_counter()
     if cv:
         try:
-            res = loso_cv(rows[x_cols], rows[flux].to_numpy(), rows.site_id.to_numpy(), grid,
-                          n_trees=n_estimators, nodesize=nodesize, seed=seed, progress=progress, client=client)
+            res = loso_cv(
+                rows[x_cols],
+                rows[flux].to_numpy(),
+                rows.site_id.to_numpy(),
+                grid,
+                n_trees=n_estimators,
+                nodesize=nodesize,
+                seed=seed,
+                progress=progress,
+                client=client,
+            )
         finally:
             if progress is not None:
                 progress(None, None)
         best = res.best_mtry if best is None else best
-        pred = res.predictions.merge(rows[BREAKDOWN_COLUMNS].reset_index().rename(columns={"index": "row"}),
-                                     on=["row", "site_id"])
+        pred = res.predictions.merge(
+            rows[BREAKDOWN_COLUMNS].reset_index().rename(columns={"index": "row"}), on=["row", "site_id"]
+        )
         pred.insert(0, "flux", flux)
         m = res.metrics.copy()
         m.insert(0, "flux", flux)
@@ -236,21 +301,29 @@ def fit_flux(rows: pd.DataFrame, flux: str, x_cols: list[str], *, mtry: int | No
     elif best is None:
         best = max(len(x_cols) // 3, 1)
     cv_s = time.perf_counter() - t0
-    model = FluxForest(n_estimators=n_estimators, mtry=best, nodesize=nodesize, central=central,
-                       random_state=forest_seed)
+    model = FluxForest(
+        n_estimators=n_estimators, mtry=best, nodesize=nodesize, central=central, random_state=forest_seed
+    )
     t0 = time.perf_counter()
     model.fit(rows[x_cols], rows[flux].to_numpy())
     fit_s = time.perf_counter() - t0
     fitted = model.predict(rows[x_cols])
     obs = rows[flux].to_numpy()
     info = {
-        "rows": int(len(rows)), "sites": int(rows.site_id.nunique()), "mtry": int(best),
-        "mtry_grid": [int(g) for g in grid], "tuned": mtry is None and cv,
-        "n_estimators": n_estimators, "nodesize": nodesize, "central": central,
+        "rows": int(len(rows)),
+        "sites": int(rows.site_id.nunique()),
+        "mtry": int(best),
+        "mtry_grid": [int(g) for g in grid],
+        "tuned": mtry is None and cv,
+        "n_estimators": n_estimators,
+        "nodesize": nodesize,
+        "central": central,
         "sites_dropped_by_listwise_deletion": dropped,
         "in_sample_r2": float(np.corrcoef(fitted, obs)[0, 1] ** 2),
         "in_sample_rmse": float(np.sqrt(np.mean((fitted - obs) ** 2))),
-        "cv": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
-               for k, v in (overall or {}).items()},
+        "cv": {
+            k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+            for k, v in (overall or {}).items()
+        },
     }
     return FluxFit(model, info, pred, m, overall, {"cv": round(cv_s, 2), "fit": round(fit_s, 2)})

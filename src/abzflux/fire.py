@@ -80,24 +80,36 @@ def fit_bias_models(resid: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                fit = smf.mixedlm("residual ~ years_since_fire", g, groups=g["site_id"],
-                                  re_formula="~years_since_fire").fit(reml=True)
+                fit = smf.mixedlm(
+                    "residual ~ years_since_fire", g, groups=g["site_id"], re_formula="~years_since_fire"
+                ).fit(reml=True)
             except (np.linalg.LinAlgError, ValueError) as e:
                 rows.append(r | {"converged": False, "significant": False, "note": f"fit failed: {e}"})
                 continue
         fe, p, se = fit.fe_params, fit.pvalues, fit.bse_fe
-        r.update(intercept=float(fe["Intercept"]), slope=float(fe["years_since_fire"]),
-                 intercept_se=float(se["Intercept"]), slope_se=float(se["years_since_fire"]),
-                 intercept_p=float(p["Intercept"]), slope_p=float(p["years_since_fire"]),
-                 converged=bool(fit.converged),
-                 note="; ".join(sorted({str(w.message).split("\n")[0][:80] for w in caught})) or "")
+        r.update(
+            intercept=float(fe["Intercept"]),
+            slope=float(fe["years_since_fire"]),
+            intercept_se=float(se["Intercept"]),
+            slope_se=float(se["years_since_fire"]),
+            intercept_p=float(p["Intercept"]),
+            slope_p=float(p["years_since_fire"]),
+            converged=bool(fit.converged),
+            note="; ".join(sorted({str(w.message).split("\n")[0][:80] for w in caught})) or "",
+        )
         r["significant"] = bool(r["intercept_p"] < alpha and r["slope_p"] < alpha)
         rows.append(r)
     return pd.DataFrame(rows)
 
 
-def correct_nee(nee: xr.DataArray, models: pd.DataFrame, last_burn: xr.DataArray, burned_frac: xr.DataArray,
-                target_year: int, months=None) -> xr.DataArray:
+def correct_nee(
+    nee: xr.DataArray,
+    models: pd.DataFrame,
+    last_burn: xr.DataArray,
+    burned_frac: xr.DataArray,
+    target_year: int,
+    months=None,
+) -> xr.DataArray:
     """The bias-corrected NEE of ``target_year`` (g C m-2 month-1): for the chosen months
     (default: the models' significant months) and cells with a last burn, add
     (intercept + slope × (target_year − last burn year)) × burned fraction. Other months, other
@@ -125,7 +137,12 @@ def fine_factor(ds: xr.Dataset, like: xr.Dataset) -> int:
     except (IndexError, KeyError):
         return 1
     k = int(round(D / d))
-    if k <= 1 or abs(k * d - D) > 1e-6 * D or ds.sizes["x"] != k * like.sizes["x"] or ds.sizes["y"] != k * like.sizes["y"]:
+    if (
+        k <= 1
+        or abs(k * d - D) > 1e-6 * D
+        or ds.sizes["x"] != k * like.sizes["x"]
+        or ds.sizes["y"] != k * like.sizes["y"]
+    ):
         return 1
     x0 = float(ds.x.values[:k].mean())
     y0 = float(ds.y.values[:k].mean())
@@ -143,7 +160,11 @@ def emissions_by_zone(annual: pd.DataFrame, first_year: int) -> pd.DataFrame:
 def fire_vs_uptake(annual: pd.DataFrame, first_year: int) -> pd.DataFrame | None:
     """Per zone and year of the fire period: NEE, fire, NEE + fire and whether fire emissions
     exceeded the net uptake (None without both fluxes)."""
-    w = annual[annual.year >= first_year].pivot_table(index=["zone", "year"], columns="flux", values="tg_c").reset_index()
+    w = (
+        annual[annual.year >= first_year]
+        .pivot_table(index=["zone", "year"], columns="flux", values="tg_c")
+        .reset_index()
+    )
     if not {"nee", "fire"} <= set(w.columns):
         return None
     w["fire_exceeds_uptake"] = w.fire > -w.nee
@@ -156,10 +177,16 @@ def burned_maps(fire: xr.Dataset, first_year: int, target: int) -> tuple[xr.Data
     ft = pd.DatetimeIndex(fire.time.values)
     last, frac = last_burn_year(fire["burned_fraction"], first_year, min(target, int(ft.year.max())))
     total = fire["burned_fraction"].sel(time=slice(f"{first_year}-01-01", f"{target}-12-31")).fillna(0).sum("time")
-    maps = xr.Dataset({"last_burn_year": last.astype(np.float32), "last_burn_fraction": frac.astype(np.float32),
-                       "burned_fraction_total": total.astype(np.float32)})
-    maps["burned_fraction_total"].attrs.update(units="1",
-                                               long_name=f"sum of monthly burned fractions {first_year}-{target}")
+    maps = xr.Dataset(
+        {
+            "last_burn_year": last.astype(np.float32),
+            "last_burn_fraction": frac.astype(np.float32),
+            "burned_fraction_total": total.astype(np.float32),
+        }
+    )
+    maps["burned_fraction_total"].attrs.update(
+        units="1", long_name=f"sum of monthly burned fractions {first_year}-{target}"
+    )
     return maps.assign_coords(y=fire.y, x=fire.x), last, frac
 
 
@@ -176,17 +203,28 @@ def site_residuals(cv_pred: pd.DataFrame, sites: pd.DataFrame, mtry: int) -> pd.
 def residual_diagnostics(r: pd.DataFrame) -> pd.DataFrame:
     """Residual mean, SD and count at burned vs unburned site-months, and by years since fire."""
     diag = r.assign(ysf_bin=np.where(r.burned, np.floor(r.years_since_fire.fillna(-1)).clip(upper=30), np.nan))
-    return pd.concat([diag.groupby("burned").residual.agg(["mean", "std", "size"]).reset_index().assign(by="burned"),
-                      diag[diag.burned].groupby("ysf_bin").residual.agg(["mean", "std", "size"]).reset_index()
-                      .assign(by="years_since_fire")], ignore_index=True)
+    return pd.concat(
+        [
+            diag.groupby("burned").residual.agg(["mean", "std", "size"]).reset_index().assign(by="burned"),
+            diag[diag.burned]
+            .groupby("ysf_bin")
+            .residual.agg(["mean", "std", "size"])
+            .reset_index()
+            .assign(by="years_since_fire"),
+        ],
+        ignore_index=True,
+    )
 
 
 def correctable_months(models: pd.DataFrame, months) -> list[int]:
     """The months to correct: ``months`` (``fire.months``) or the significant ones, among those
     with a fitted slope."""
     months = months if months is not None else significant_months(models)
-    return [m for m in months if m in set(models.month)
-            and np.isfinite(models.set_index("month").loc[m].get("slope", np.nan))]
+    return [
+        m
+        for m in months
+        if m in set(models.month) and np.isfinite(models.set_index("month").loc[m].get("slope", np.nan))
+    ]
 
 
 def significant_months(models: pd.DataFrame) -> list[int]:

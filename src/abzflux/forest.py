@@ -58,8 +58,15 @@ class FluxForest:
         Seed: bootstrap rows, split candidates and QRF draws. Results do not depend on threads.
     """
 
-    def __init__(self, n_estimators=500, mtry=None, nodesize=5, categorical=CATEGORICAL,
-                 central="mean", random_state=DEFAULT_SEED):
+    def __init__(
+        self,
+        n_estimators=500,
+        mtry=None,
+        nodesize=5,
+        categorical=CATEGORICAL,
+        central="mean",
+        random_state=DEFAULT_SEED,
+    ):
         self.n_estimators = n_estimators
         self.mtry = mtry
         self.nodesize = nodesize
@@ -87,8 +94,9 @@ class FluxForest:
                 bad = codes.isna().to_numpy() & pd.notna(v)
                 if bad.any():
                     unknown = sorted(set(pd.Series(v)[bad].tolist()))[:10]
-                    raise UnknownLevelError(f"predictor {c!r}: level(s) {unknown} not seen in training "
-                                            f"(training levels {list(lv)})")
+                    raise UnknownLevelError(
+                        f"predictor {c!r}: level(s) {unknown} not seen in training (training levels {list(lv)})"
+                    )
                 M[:, j] = codes.to_numpy(dtype=np.float64)
             else:
                 M[:, j] = np.asarray(X[c], dtype=np.float64)
@@ -120,8 +128,16 @@ class FluxForest:
         is_cat = np.array([c in self.levels_ for c in self.feature_names_])
         n_levels = np.array([len(self.levels_[c]) if c in self.levels_ else 0 for c in self.feature_names_])
         self._level = None
-        self.forest_ = grow_forest(M, y[idx], is_cat=is_cat, n_levels=n_levels, n_trees=self.n_estimators,
-                                   mtry=self.mtry_, nodesize=self.nodesize, seed=self.random_state)
+        self.forest_ = grow_forest(
+            M,
+            y[idx],
+            is_cat=is_cat,
+            n_levels=n_levels,
+            n_trees=self.n_estimators,
+            mtry=self.mtry_,
+            nodesize=self.nodesize,
+            seed=self.random_state,
+        )
         self.leaf_draw_ = self._qrf_draws(M, y[idx]) if self.central == "qrf_median" else None
         return self
 
@@ -165,15 +181,19 @@ class FluxForest:
         return list(self.levels_.get(column, []))
 
     def get_params(self, deep=False) -> dict:
-        return {k: getattr(self, k) for k in ("n_estimators", "mtry", "nodesize", "categorical",
-                                               "central", "random_state")}
+        return {
+            k: getattr(self, k) for k in ("n_estimators", "mtry", "nodesize", "categorical", "central", "random_state")
+        }
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         """Write the fitted forest to one compressed ``.npz`` (written atomically)."""
-        meta = {"params": {k: _py(v) for k, v in self.get_params().items()} | {"categorical": list(self.categorical)},
-                "feature_names": list(self.feature_names_), "mtry": int(self.mtry_),
-                "levels": {c: [_py(v) for v in lv] for c, lv in self.levels_.items()}}
+        meta = {
+            "params": {k: _py(v) for k, v in self.get_params().items()} | {"categorical": list(self.categorical)},
+            "feature_names": list(self.feature_names_),
+            "mtry": int(self.mtry_),
+            "levels": {c: [_py(v) for v in lv] for c, lv in self.levels_.items()},
+        }
         arrays = self.forest_.to_arrays()
         arrays.pop("wcount")
         if self.leaf_draw_ is not None:
@@ -201,8 +221,9 @@ class FluxForest:
 
 
 # --------------------------------------------------------------------------- interpretation
-def permutation_importance(model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100,
-                           seed: int = DEFAULT_SEED) -> pd.DataFrame:
+def permutation_importance(
+    model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100, seed: int = DEFAULT_SEED
+) -> pd.DataFrame:
     """RMSE-based permutation importance on the training rows (vip ``vi_permute``, metric rmse).
 
     Importance of predictor j = RMSE with column j permuted − RMSE of the intact data,
@@ -220,14 +241,21 @@ def permutation_importance(model: FluxForest, X: pd.DataFrame, y, n_repeats: int
             M[:, j] = col[rng.permutation(len(col))]
             scores[r] = np.sqrt(np.mean((model._predict_matrix(M) - y) ** 2)) - base
         M[:, j] = col
-        rows.append({"predictor": name, "importance": float(scores.mean()),
-                     "importance_sd": float(scores.std(ddof=1)) if n_repeats > 1 else np.nan,
-                     "n_repeats": n_repeats, "baseline_rmse": base})
+        rows.append(
+            {
+                "predictor": name,
+                "importance": float(scores.mean()),
+                "importance_sd": float(scores.std(ddof=1)) if n_repeats > 1 else np.nan,
+                "n_repeats": n_repeats,
+                "baseline_rmse": base,
+            }
+        )
     return pd.DataFrame(rows).sort_values("importance", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
-def partial_dependence(model: FluxForest, X: pd.DataFrame, column: str, n_points: int = 51,
-                       rows: np.ndarray | None = None) -> pd.DataFrame:
+def partial_dependence(
+    model: FluxForest, X: pd.DataFrame, column: str, n_points: int = 51, rows: np.ndarray | None = None
+) -> pd.DataFrame:
     """Partial dependence (pdp ``partial``): mean prediction over the training rows with
     ``column`` set to each grid value; ``min(unique, n_points)`` evenly spaced values between
     the column's minimum and maximum for continuous predictors, every level for factors."""
@@ -246,5 +274,11 @@ def partial_dependence(model: FluxForest, X: pd.DataFrame, column: str, n_points
         M[:, j] = c
         yhat[i] = model._predict_matrix(M).mean()
     M[:, j] = col
-    return pd.DataFrame({"predictor": column, "value": np.asarray(values, dtype=np.float64), "yhat": yhat,
-                         "categorical": column in model.levels_})
+    return pd.DataFrame(
+        {
+            "predictor": column,
+            "value": np.asarray(values, dtype=np.float64),
+            "yhat": yhat,
+            "categorical": column in model.levels_,
+        }
+    )

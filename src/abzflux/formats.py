@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -178,8 +178,11 @@ def open_dataset(path) -> xr.Dataset:
             ) from exc
         if p.is_dir():  # an array whose metadata was lost would otherwise just be "missing"
             meta = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
-            broken = sorted(c.name for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")
-                            and not any((c / m).exists() for m in meta))
+            broken = sorted(
+                c.name
+                for c in p.iterdir()
+                if c.is_dir() and not c.name.startswith(".") and not any((c / m).exists() for m in meta)
+            )
             if broken:
                 raise InputError(
                     file,
@@ -199,9 +202,7 @@ def open_dataset(path) -> xr.Dataset:
         if ds is None:
             raise InputError(
                 file,
-                "cannot be read as NetCDF: the file is truncated, corrupt or not NetCDF ("
-                + " | ".join(problems)
-                + ")",
+                "cannot be read as NetCDF: the file is truncated, corrupt or not NetCDF (" + " | ".join(problems) + ")",
                 expected="a complete NetCDF-4/HDF5 or NetCDF-3 file, or a Zarr store",
             )
     assert ds is not None  # the loop either opened the file or raised
@@ -343,8 +344,7 @@ def grid_crs(ds: xr.Dataset, file) -> pyproj.CRS:
         ) from exc
     raise InputError(
         file,
-        f"no CRS: grid-mapping variable `{name}` has no `crs_wkt`, `spatial_ref` or CF "
-        "grid-mapping attributes",
+        f"no CRS: grid-mapping variable `{name}` has no `crs_wkt`, `spatial_ref` or CF grid-mapping attributes",
         column=name,
         expected=_CRS_EXPECTED,
     )
@@ -379,9 +379,7 @@ def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
     if crs.is_projected:
         for dim, std in (("x", "projection_x_coordinate"), ("y", "projection_y_coordinate")):
             if dim in out.coords and not out[dim].attrs:
-                out = out.assign_coords(
-                    {dim: out[dim].assign_attrs(standard_name=std, units="m", axis=dim.upper())}
-                )
+                out = out.assign_coords({dim: out[dim].assign_attrs(standard_name=std, units="m", axis=dim.upper())})
     return out
 
 
@@ -391,8 +389,15 @@ def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
 
 #: Projection methods (pyproj's coordinate-operation method names, lower case) whose projected
 #: areas are true areas on the ellipsoid: |dx * dy| is then every cell's area.
-EQUAL_AREA_METHODS = ("equal area", "mollweide", "sinusoidal", "equal earth", "goode homolosine",
-                      "eckert iv", "eckert vi")
+EQUAL_AREA_METHODS = (
+    "equal area",
+    "mollweide",
+    "sinusoidal",
+    "equal earth",
+    "goode homolosine",
+    "eckert iv",
+    "eckert vi",
+)
 #: A given ``cell_area`` must lie within this factor of |dx * dy| (in m2): a non-equal-area
 #: projection's scale error stays well inside it over a continent; a unit error (km2 vs m2, a
 #: km grid with m2 areas, hectares) is far outside it.
@@ -429,8 +434,11 @@ def spacing_area_m2(ds: xr.Dataset, crs: pyproj.CRS | None = None, file=None) ->
 def _crs_label(crs: pyproj.CRS) -> str:
     op = crs.coordinate_operation
     auth = crs.to_authority()
-    return (f"{crs.name}" + (f" ({':'.join(auth)})" if auth else "")
-            + (f", method {op.method_name}" if op is not None else ""))
+    return (
+        f"{crs.name}"
+        + (f" ({':'.join(auth)})" if auth else "")
+        + (f", method {op.method_name}" if op is not None else "")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,8 +537,7 @@ def _time_parts(values) -> dict[str, np.ndarray] | None:
             "month": np.asarray(idx.month),
             "day": np.asarray(idx.day),
             "sub": np.asarray(
-                (idx.hour != 0) | (idx.minute != 0) | (idx.second != 0) | (idx.microsecond != 0)
-                | (idx.nanosecond != 0)
+                (idx.hour != 0) | (idx.minute != 0) | (idx.second != 0) | (idx.microsecond != 0) | (idx.nanosecond != 0)
             ),
         }
     if values.dtype == object and values.size and all(hasattr(t, "year") for t in values.ravel()):
@@ -538,9 +545,7 @@ def _time_parts(values) -> dict[str, np.ndarray] | None:
             "year": np.array([t.year for t in values]),
             "month": np.array([t.month for t in values]),
             "day": np.array([t.day for t in values]),
-            "sub": np.array(
-                [bool(t.hour or t.minute or t.second or getattr(t, "microsecond", 0)) for t in values]
-            ),
+            "sub": np.array([bool(t.hour or t.minute or t.second or getattr(t, "microsecond", 0)) for t in values]),
         }
     return None
 
@@ -550,8 +555,13 @@ def _check_nan_steps(ds, allnan, name: str, file, expected: str) -> None:
     one boolean per time step)."""
     if allnan.any():
         steps = [_time_label(ds, int(i)) for i in np.flatnonzero(allnan)]
-        raise InputError(file, f"all values are NaN in {len(steps)} time step(s)", column=name,
-                         where=_listing(steps), expected=expected)
+        raise InputError(
+            file,
+            f"all values are NaN in {len(steps)} time step(s)",
+            column=name,
+            where=_listing(steps),
+            expected=expected,
+        )
 
 
 def _time_label(ds: xr.Dataset, i: int) -> str:
@@ -594,7 +604,10 @@ def _check_time(ds: xr.Dataset, file: str) -> xr.Dataset:
     if "nat" in parts:
         i = int(np.flatnonzero(parts["nat"])[0])
         raise InputError(
-            file, "`time` has a missing (NaT) value", column="time", where=f"time step {i}",
+            file,
+            "`time` has a missing (NaT) value",
+            column="time",
+            where=f"time step {i}",
             expected="monthly first-of-month timestamps",
         )
     not_first = (parts["day"] != 1) | parts["sub"]
@@ -620,9 +633,11 @@ def _check_time(ds: xr.Dataset, file: str) -> xr.Dataset:
             expected="strictly increasing monthly time steps without duplicates",
         )
     if not np.issubdtype(t.dtype, np.datetime64):
-        new = pd.to_datetime(
-            pd.DataFrame({"year": parts["year"], "month": parts["month"], "day": 1})
-        ).to_numpy().astype("datetime64[ns]")
+        new = (
+            pd.to_datetime(pd.DataFrame({"year": parts["year"], "month": parts["month"], "day": 1}))
+            .to_numpy()
+            .astype("datetime64[ns]")
+        )
         ds = ds.assign_coords(time=xr.Variable("time", new, t.attrs))
     return ds
 
@@ -778,16 +793,40 @@ def _finish(ds: xr.Dataset, names: list[str], file: str) -> xr.Dataset:
 
 #: Spellings of one unit symbol, mapped to a canonical symbol (or to several: "gC" is g and C).
 _UNIT_ALIASES = {
-    "gc": ("g", "c"), "kgc": ("kg", "c"), "mgc": ("mg", "c"), "tc": ("t", "c"),
-    "mon": ("month",), "months": ("month",), "mo": ("month",),
-    "d": ("day",), "days": ("day",), "yr": ("year",), "a": ("year",), "years": ("year",),
-    "s": ("s",), "sec": ("s",),
-    "°c": ("degc",), "degc": ("degc",), "deg_c": ("degc",), "celsius": ("degc",), "degrees_celsius": ("degc",),
-    "degree_celsius": ("degc",), "c°": ("degc",),
-    "k": ("k",), "kelvin": ("k",), "degk": ("k",),
-    "percent": ("%",), "pct": ("%",),
+    "gc": ("g", "c"),
+    "kgc": ("kg", "c"),
+    "mgc": ("mg", "c"),
+    "tc": ("t", "c"),
+    "mon": ("month",),
+    "months": ("month",),
+    "mo": ("month",),
+    "d": ("day",),
+    "days": ("day",),
+    "yr": ("year",),
+    "a": ("year",),
+    "years": ("year",),
+    "s": ("s",),
+    "sec": ("s",),
+    "°c": ("degc",),
+    "degc": ("degc",),
+    "deg_c": ("degc",),
+    "celsius": ("degc",),
+    "degrees_celsius": ("degc",),
+    "degree_celsius": ("degc",),
+    "c°": ("degc",),
+    "k": ("k",),
+    "kelvin": ("k",),
+    "degk": ("k",),
+    "percent": ("%",),
+    "pct": ("%",),
     "ppmv": ("ppm",),
-    "1": (), "-": (), "dimensionless": (), "unitless": (), "none": (), "fraction": (), "": (),
+    "1": (),
+    "-": (),
+    "dimensionless": (),
+    "unitless": (),
+    "none": (),
+    "fraction": (),
+    "": (),
 }
 _UNIT_TOKEN = re.compile(r"^([a-z%°_µ]+?)(?:\^|\*\*)?(-?\d+)?$")
 
@@ -828,7 +867,7 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
             f"units attribute is {u!r}",
             column=name,
             expected=f"units {' or '.join(repr(a) for a in accepted)} (convert the values and the attribute, "
-                     "or remove a wrong attribute)",
+            "or remove a wrong attribute)",
         )
 
 
@@ -855,16 +894,12 @@ def categories(da: xr.DataArray, file=None) -> dict[int, str]:
     )
     if fv is None or fm is None:
         lacking = " and ".join(a for a, v in (("flag_values", fv), ("flag_meanings", fm)) if v is None)
-        raise InputError(
-            file, f"categorical variable lacks {lacking}", column=name, expected=expected
-        )
+        raise InputError(file, f"categorical variable lacks {lacking}", column=name, expected=expected)
     if isinstance(fv, str):
         try:
             values = [float(t) for t in re.split(r"[,\s]+", fv.strip()) if t]
         except ValueError:
-            raise InputError(
-                file, f"flag_values {fv!r} are not numbers", column=name, expected=expected
-            ) from None
+            raise InputError(file, f"flag_values {fv!r} are not numbers", column=name, expected=expected) from None
     else:
         values = [float(v) for v in np.atleast_1d(np.asarray(fv)).ravel()]
     if isinstance(fm, str):
@@ -879,9 +914,7 @@ def categories(da: xr.DataArray, file=None) -> dict[int, str]:
             expected=expected,
         )
     if any(not math.isfinite(v) or v != round(v) for v in values):
-        raise InputError(
-            file, f"flag_values {values} are not integers", column=name, expected=expected
-        )
+        raise InputError(file, f"flag_values {values} are not integers", column=name, expected=expected)
     codes = [int(round(v)) for v in values]
     if len(set(codes)) != len(codes):
         raise InputError(file, f"flag_values {codes} has duplicates", column=name, expected=expected)
@@ -902,8 +935,7 @@ def read_predictors(path, required=None) -> xr.Dataset:
     """
     ds, file = _open(path)
     names = list(_pred.STACK_VARIABLES if required is None else required)
-    names = [n for n in dict.fromkeys(names) if not (
-        n in _pred.BY_NAME and _pred.BY_NAME[n].kind == "derived")]
+    names = [n for n in dict.fromkeys(names) if not (n in _pred.BY_NAME and _pred.BY_NAME[n].kind == "derived")]
     if "month" in ds.variables:
         raise InputError(
             file,
@@ -947,9 +979,17 @@ def read_predictors(path, required=None) -> xr.Dataset:
             lo, hi = _pred.PHYSICAL_RANGE[name]
             tol = 1e-4 * (hi - lo)  # float32 rounding at the bounds
             units = _pred.BY_NAME[name].units
-            checks.append(_Range(name, lo - tol, hi + tol, text=(
-                f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
-                "units or an unapplied scale factor)")))
+            checks.append(
+                _Range(
+                    name,
+                    lo - tol,
+                    hi + tol,
+                    text=(
+                        f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
+                        "units or an unapplied scale factor)"
+                    ),
+                )
+            )
         elif name not in code_checks:  # no physical range: still no inf (it trains, then breaks maps)
             checks.append(_Range(name, text="finite values, or NaN where a cell has no data"))
     res = _check_ranges(ds, checks, file, lazy)
@@ -963,7 +1003,9 @@ def read_predictors(path, required=None) -> xr.Dataset:
                 expected="data values (NaN only where a cell has no data)",
             )
         if allnan.ndim == 1:
-            _check_nan_steps(ds, allnan, name, file, "data at every time step (gap-fill the predictor or drop the month)")
+            _check_nan_steps(
+                ds, allnan, name, file, "data at every time step (gap-fill the predictor or drop the month)"
+            )
     for name, codes in code_checks.items():
         _check_codes(ds, name, codes, res, file)
     if int(res.get("vocab:veg_type", 0)):
@@ -1027,7 +1069,7 @@ def read_zones(path, like=None) -> xr.Dataset:
             "projection, so |dx * dy| is not the cells' area",
             column="cell_area",
             expected="a `cell_area` variable (m2 per cell), or a grid in an equal-area CRS (Lambert "
-                     "azimuthal equal area, Albers, EASE-Grid 2.0, Mollweide, ...)",
+            "azimuthal equal area, Albers, EASE-Grid 2.0, Mollweide, ...)",
         )
     checks = [
         _Range("land_fraction", 0.0, 1.0, text="values in 0-1 (share of the cell that is land)"),
@@ -1043,10 +1085,18 @@ def read_zones(path, like=None) -> xr.Dataset:
     }
     if "cell_area" in ds.data_vars:
         lo, hi = spacing / CELL_AREA_FACTOR, spacing * CELL_AREA_FACTOR
-        checks.append(_Range("cell_area", lo, hi, text=(
-            f"cell areas in m2 within a factor {CELL_AREA_FACTOR:g} of the grid spacing's |dx * dy| = "
-            f"{_fmt(spacing)} m2 (x/y in {unit}s; are the areas in km2 or ha, or the coordinates in "
-            "other units than the CRS's?)")))
+        checks.append(
+            _Range(
+                "cell_area",
+                lo,
+                hi,
+                text=(
+                    f"cell areas in m2 within a factor {CELL_AREA_FACTOR:g} of the grid spacing's |dx * dy| = "
+                    f"{_fmt(spacing)} m2 (x/y in {unit}s; are the areas in km2 or ha, or the coordinates in "
+                    "other units than the CRS's?)"
+                ),
+            )
+        )
         lazy["nocode:cell_area"] = (land & ds["cell_area"].isnull()).sum()
         area = ds["cell_area"]
     else:
@@ -1055,7 +1105,9 @@ def read_zones(path, like=None) -> xr.Dataset:
     res = _check_ranges(ds, checks, file, lazy)
     if bool(res["nan:land_fraction"]):
         raise InputError(
-            file, "variable is entirely NaN", column="land_fraction",
+            file,
+            "variable is entirely NaN",
+            column="land_fraction",
             expected="land fractions in 0-1 (0 outside the domain)",
         )
     _check_codes(ds, "biome", biome, res, file)
@@ -1071,7 +1123,7 @@ def read_zones(path, like=None) -> xr.Dataset:
                 column=name,
                 where=_cell_description(ds, ds[name], first),
                 expected=f"a {name} {'value' if name == 'cell_area' else 'code'} in every cell with land_fraction > 0 "
-                         "(or land_fraction 0 where the cell is outside the domain)",
+                "(or land_fraction 0 where the cell is outside the domain)",
             )
     total = float(res["land_area"])
     if not total <= EARTH_AREA_M2:
@@ -1083,8 +1135,7 @@ def read_zones(path, like=None) -> xr.Dataset:
         )
 
     if "cell_area" not in ds.data_vars:
-        area.attrs = {"units": "m2", "long_name": "cell area", "source": "grid spacing",
-                      "grid_mapping": GRID_MAPPING}
+        area.attrs = {"units": "m2", "long_name": "cell area", "source": "grid spacing", "grid_mapping": GRID_MAPPING}
         ds = ds.assign(cell_area=area)
         names.append("cell_area")
     return _finish(ds, names, file)
@@ -1111,8 +1162,9 @@ def read_fire(path, like=None) -> xr.Dataset:
         {f"nan:{n}": ds[n].isnull().all(dim=("y", "x")) for n in FIRE_VARIABLES},
     )
     for name in FIRE_VARIABLES:  # a lost month (or Zarr chunk) would count as "no fire"
-        _check_nan_steps(ds, np.asarray(res[f"nan:{name}"]), name, file,
-                         "data at every time step (0 where nothing burned)")
+        _check_nan_steps(
+            ds, np.asarray(res[f"nan:{name}"]), name, file, "data at every time step (0 where nothing burned)"
+        )
     return _finish(ds, list(FIRE_VARIABLES), file)
 
 
@@ -1146,8 +1198,7 @@ def read_reference(path, like=None) -> xr.Dataset:
             expected="a global attribute `product` naming the product (e.g. 'CarbonTracker')",
         )
     _missing_variables(ds, ("nee",), file, "reference")
-    rename = {k: v for k, v in (("latitude", "lat"), ("longitude", "lon"))
-              if k in ds.dims and v not in ds.variables}
+    rename = {k: v for k, v in (("latitude", "lat"), ("longitude", "lon")) if k in ds.dims and v not in ds.variables}
     if rename:
         ds = ds.rename(rename)
     dims = set(ds["nee"].dims)
@@ -1178,8 +1229,7 @@ def read_reference(path, like=None) -> xr.Dataset:
         {"nan": ds["nee"].isnull().all()},
     )
     if bool(res["nan"]):
-        raise InputError(file, "variable is entirely NaN", column="nee",
-                         expected="NEE values in g C m-2 month-1")
+        raise InputError(file, "variable is entirely NaN", column="nee", expected="NEE values in g C m-2 month-1")
     return _finish(ds, ["nee"], file)
 
 
@@ -1220,15 +1270,13 @@ def check_same_grid(ds: xr.Dataset, like: xr.Dataset, file, like_file) -> None:
     for dim in ("y", "x"):
         for obj, f in ((ds, file), (like, like_file)):
             if dim not in obj.coords:
-                raise InputError(f, f"coordinate `{dim}` is missing", column=dim,
-                                 expected=f"a `{dim}` coordinate")
+                raise InputError(f, f"coordinate `{dim}` is missing", column=dim, expected=f"a `{dim}` coordinate")
         a = np.asarray(ds[dim].values, dtype="float64")
         b = np.asarray(like[dim].values, dtype="float64")
         if a.shape != b.shape:
             raise InputError(
                 file,
-                f"grid does not match {like_file}: `{dim}` has {a.size} cells here and "
-                f"{b.size} in {like_file}",
+                f"grid does not match {like_file}: `{dim}` has {a.size} cells here and {b.size} in {like_file}",
                 column=dim,
                 expected=f"the same `{dim}` coordinates as {like_file}",
             )
@@ -1246,6 +1294,7 @@ def check_same_grid(ds: xr.Dataset, like: xr.Dataset, file, like_file) -> None:
             )
     ca, cb = grid_crs(ds, file), grid_crs(like, like_file)
     if not _crs_equal(ca, cb):
+
         def _name(c):
             auth = c.to_authority()
             return f"{c.name}" + (f" ({':'.join(auth)})" if auth else "")
@@ -1285,7 +1334,8 @@ def _grid_xy(ds: xr.Dataset, lat, lon, file: str):
             lon = np.where(lon < 0, lon + 360.0, lon)
         return lon, lat, "lat", "lon"
     raise InputError(
-        file, f"no grid dimensions (dimensions are {tuple(ds.dims)})",
+        file,
+        f"no grid dimensions (dimensions are {tuple(ds.dims)})",
         expected="`y`/`x` (projected) or `lat`/`lon` dimensions",
     )
 
@@ -1299,8 +1349,12 @@ def cell_index(ds: xr.Dataset, lat, lon, file=None) -> tuple[np.ndarray, np.ndar
     X, Y, ydim, xdim = _grid_xy(ds, lat, lon, file)
     for dim in (ydim, xdim):
         if ds[dim].size < 2:
-            raise InputError(file, f"coordinate `{dim}` has fewer than 2 cells", column=dim,
-                             expected="at least 2 cells along each grid dimension")
+            raise InputError(
+                file,
+                f"coordinate `{dim}` has fewer than 2 cells",
+                column=dim,
+                expected="at least 2 cells along each grid dimension",
+            )
     ix = _axis_index(ds[xdim].values, X)
     iy = _axis_index(ds[ydim].values, Y)
     out = (ix < 0) | (iy < 0)
@@ -1329,9 +1383,7 @@ def check_sites_in_grid(sites: pd.DataFrame, ds: xr.Dataset, file, variable: str
     out = np.flatnonzero(iy < 0)
 
     def _sites(idx):
-        return [
-            f"site {loc.site_id[i]} (lat {_fmt(loc.lat[i])}, lon {_fmt(loc.lon[i])})" for i in idx
-        ]
+        return [f"site {loc.site_id[i]} (lat {_fmt(loc.lat[i])}, lon {_fmt(loc.lon[i])})" for i in idx]
 
     if out.size:
         _, _, ydim, xdim = _grid_xy(ds, [], [], file)
@@ -1376,8 +1428,7 @@ def _read_table(path) -> pd.DataFrame:
     file = str(path)
     p = Path(path)
     if not p.exists():
-        raise InputError(file, "file not found",
-                         expected="an existing CSV (.csv) or Parquet (.parquet) file")
+        raise InputError(file, "file not found", expected="an existing CSV (.csv) or Parquet (.parquet) file")
     parquet = p.is_dir() or p.suffix.lower() in (".parquet", ".pq", ".parq")
     try:
         if parquet:
@@ -1387,9 +1438,9 @@ def _read_table(path) -> pd.DataFrame:
         return pd.read_csv(p, dtype=dtype, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise InputError(
-            file, "the file is empty",
-            expected="a header line (site_id, lat, lon, year, month, gpp/reco/nee) and one row "
-                     "per site and month",
+            file,
+            "the file is empty",
+            expected="a header line (site_id, lat, lon, year, month, gpp/reco/nee) and one row per site and month",
         ) from None
     except Exception as exc:
         raise InputError(
@@ -1426,8 +1477,7 @@ class _Table:
         return _listing(items, idx.size)
 
     def fail(self, column, problem, mask, expected, values=None):
-        raise InputError(self.file, problem, column=column,
-                         where=self.where(mask, values), expected=expected)
+        raise InputError(self.file, problem, column=column, where=self.where(mask, values), expected=expected)
 
     def numeric(self, col: str) -> pd.Series:
         s = self.df[col]
@@ -1468,9 +1518,13 @@ def check_site_ids(site_id: pd.Series, file, rows=None) -> None:
                 r = "" if rows is None else f" (row {int(pd.Series(rows)[ids.to_numpy() == n].iloc[0])})"
                 parts.append(f"{n!r}{r}")
             items.append(" and ".join(parts))
-        raise InputError(file, f"{len(clash)} site id(s) differ only by case", column="site_id",
-                         where=_listing(items),
-                         expected="one spelling per site (site ids are compared without regard to case)")
+        raise InputError(
+            file,
+            f"{len(clash)} site id(s) differ only by case",
+            column="site_id",
+            where=_listing(items),
+            expected="one spelling per site (site ids are compared without regard to case)",
+        )
 
 
 def read_site_table(path) -> pd.DataFrame:
@@ -1487,12 +1541,20 @@ def read_site_table(path) -> pd.DataFrame:
     cols = [str(c).strip().lower() for c in df.columns]
     dups = sorted({c for c in cols if cols.count(c) > 1})
     if dups:
-        raise InputError(file, "duplicate column name(s) (names are case-insensitive)",
-                         column=", ".join(dups), expected="each column once")
+        raise InputError(
+            file,
+            "duplicate column name(s) (names are case-insensitive)",
+            column=", ".join(dups),
+            expected="each column once",
+        )
     df.columns = cols
     if "row" in cols:
-        raise InputError(file, "column `row` is reserved", column="row",
-                         expected="no `row` column (the reader adds the file's row numbers)")
+        raise InputError(
+            file,
+            "column `row` is reserved",
+            column="row",
+            expected="no `row` column (the reader adds the file's row numbers)",
+        )
     missing = [c for c in SITE_REQUIRED if c not in cols]
     if not any(f in cols for f in FLUXES):
         missing.append("gpp/reco/nee (at least one)")
@@ -1527,8 +1589,7 @@ def read_site_table(path) -> pd.DataFrame:
             t.fail(col, "missing value(s)", miss, f"degrees WGS84 in {lo:g}..{hi:g}")
         bad = (v < lo) | (v > hi)
         if bad.any():
-            t.fail(col, f"{int(bad.sum())} value(s) out of range", bad,
-                   f"degrees WGS84 in {lo:g}..{hi:g}{extra}", v)
+            t.fail(col, f"{int(bad.sum())} value(s) out of range", bad, f"degrees WGS84 in {lo:g}..{hi:g}{extra}", v)
         df[col] = v
 
     # calendar
@@ -1571,8 +1632,7 @@ def read_site_table(path) -> pd.DataFrame:
             if mx < UMOL_SUSPECT_MAX:
                 raise InputError(
                     file,
-                    f"values look like µmol m-2 s-1: the largest |{col}| over {label} is "
-                    f"{_fmt(mx)}",
+                    f"values look like µmol m-2 s-1: the largest |{col}| over {label} is {_fmt(mx)}",
                     column=col,
                     expected=(
                         f"g C m-2 month-1 (1 µmol m-2 s-1 ≈ {UMOL_TO_GC_MONTH} g C m-2 month-1); "
@@ -1582,8 +1642,13 @@ def read_site_table(path) -> pd.DataFrame:
         if col in ("gpp", "reco"):
             neg = v < NEG_TOL
             if neg.any():
-                t.fail(col, f"{int(neg.sum())} negative value(s)", neg,
-                       f"{col} >= 0 (g C m-2 month-1; NEE carries the sign), or NaN", v)
+                t.fail(
+                    col,
+                    f"{int(neg.sum())} negative value(s)",
+                    neg,
+                    f"{col} >= 0 (g C m-2 month-1; NEE carries the sign), or NaN",
+                    v,
+                )
         df[col] = v
 
     # one row per site-month
@@ -1594,8 +1659,13 @@ def read_site_table(path) -> pd.DataFrame:
         groups = df[dup].groupby(key, sort=False)["row"]
         for (s, y, m), rows in groups:
             items.append(f"site {s} {y:04d}-{m:02d} (rows {', '.join(str(r) for r in rows)})")
-        raise InputError(file, f"{len(items)} duplicate site-month(s)", column="site_id, year, month",
-                         where=_listing(items), expected="one row per site and month")
+        raise InputError(
+            file,
+            f"{len(items)} duplicate site-month(s)",
+            column="site_id, year, month",
+            where=_listing(items),
+            expected="one row per site and month",
+        )
 
     # one location per site
     g = df.groupby("site_id", sort=True)
@@ -1605,11 +1675,17 @@ def read_site_table(path) -> pd.DataFrame:
         items = []
         for s in several:
             sub = df[df["site_id"] == s].drop_duplicates(["lat", "lon"])
-            locs = ", ".join(f"({_fmt(a)}, {_fmt(b)}) at row {r}"
-                             for a, b, r in zip(sub["lat"], sub["lon"], sub["row"]))
+            locs = ", ".join(
+                f"({_fmt(a)}, {_fmt(b)}) at row {r}" for a, b, r in zip(sub["lat"], sub["lon"], sub["row"])
+            )
             items.append(f"site {s}: {locs}")
-        raise InputError(file, f"{len(several)} site(s) have several locations", column="lat, lon",
-                         where=_listing(items), expected="a single lat/lon per site_id")
+        raise InputError(
+            file,
+            f"{len(several)} site(s) have several locations",
+            column="lat, lon",
+            where=_listing(items),
+            expected="a single lat/lon per site_id",
+        )
 
     check_site_ids(df["site_id"], file, df["row"])
 
@@ -1618,8 +1694,13 @@ def read_site_table(path) -> pd.DataFrame:
         v = t.numeric("veg_type")
         bad = v.notna() & ~v.isin(VEG_VOCABULARY)
         if bad.any():
-            t.fail("veg_type", f"{int(bad.sum())} vegetation code(s) outside the paper's classes", bad,
-                   f"codes of the ESA CCI + CAVM classes {list(VEG_VOCABULARY)}, or empty", v)
+            t.fail(
+                "veg_type",
+                f"{int(bad.sum())} vegetation code(s) outside the paper's classes",
+                bad,
+                f"codes of the ESA CCI + CAVM classes {list(VEG_VOCABULARY)}, or empty",
+                v,
+            )
         df["veg_type"] = v
 
     # optional columns
@@ -1638,8 +1719,9 @@ def read_site_table(path) -> pd.DataFrame:
         v = t.numeric("years_since_fire")
         bad = np.isinf(v) | (v < 0)
         if bad.any():
-            t.fail("years_since_fire", "negative or infinite value(s)", bad,
-                   "years >= 0, or empty for unburned sites", v)
+            t.fail(
+                "years_since_fire", "negative or infinite value(s)", bad, "years >= 0, or empty for unburned sites", v
+            )
         df["years_since_fire"] = v
 
     df = df.sort_values(key, kind="stable").reset_index(drop=True)

@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 #: the paper's trend sites have "more than seven years of year-round data"
 TREND_MIN_YEARS = 8
 #: the paper's values (Virkkala et al. 2025, text and Table 1), for side-by-side reporting
-PAPER = {"boreal nee": (-42.0, 82.0), "tundra nee": (-4.0, 44.0), "source_share": 0.29,
-         "latitude_r": 0.26, "latitude_p": 0.053, "trend_sites": 9}
+PAPER = {
+    "boreal nee": (-42.0, 82.0),
+    "tundra nee": (-4.0, 44.0),
+    "source_share": 0.29,
+    "latitude_r": 0.26,
+    "latitude_p": 0.053,
+    "trend_sites": 9,
+}
 
 
 def _biome_of(table: pd.DataFrame) -> pd.Series:
@@ -37,8 +43,7 @@ def site_annual(table: pd.DataFrame, flux: str = "nee") -> pd.DataFrame:
     number of such years, biome and latitude. Sites without a complete year are absent."""
     ins = insitu_annual(table, flux)
     per = ins.groupby("site_id").agg(annual=("annual", "mean"), years=("annual", "size"))
-    attrs = table.assign(biome=_biome_of(table)).groupby("site_id").agg(biome=("biome", "first"),
-                                                                        lat=("lat", "first"))
+    attrs = table.assign(biome=_biome_of(table)).groupby("site_id").agg(biome=("biome", "first"), lat=("lat", "first"))
     return per.join(attrs).reset_index()
 
 
@@ -50,9 +55,16 @@ def biome_annual(table: pd.DataFrame) -> pd.DataFrame:
         s = site_annual(table, flux)
         groups = [("all", s)] + [(b, g) for b, g in s.groupby("biome", sort=True)]
         for b, g in groups:
-            rows.append({"biome": b, "flux": flux, "sites": len(g), "site_years": int(g["years"].sum()),
-                         "mean": float(g["annual"].mean()) if len(g) else np.nan,
-                         "sd": float(g["annual"].std(ddof=1)) if len(g) > 1 else np.nan})
+            rows.append(
+                {
+                    "biome": b,
+                    "flux": flux,
+                    "sites": len(g),
+                    "site_years": int(g["years"].sum()),
+                    "mean": float(g["annual"].mean()) if len(g) else np.nan,
+                    "sd": float(g["annual"].std(ddof=1)) if len(g) > 1 else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -61,10 +73,13 @@ def source_share(table: pd.DataFrame, threshold: float = 0.0) -> dict:
     of sites, and the range of their NEE (the paper: 29 %, NEE 0 to 142)."""
     s = site_annual(table, "nee")
     src = s[s["annual"] > threshold]
-    return {"sites": len(s), "source_sites": len(src),
-            "share": len(src) / len(s) if len(s) else np.nan,
-            "source_min": float(src["annual"].min()) if len(src) else np.nan,
-            "source_max": float(src["annual"].max()) if len(src) else np.nan}
+    return {
+        "sites": len(s),
+        "source_sites": len(src),
+        "share": len(src) / len(s) if len(s) else np.nan,
+        "source_min": float(src["annual"].min()) if len(src) else np.nan,
+        "source_max": float(src["annual"].max()) if len(src) else np.nan,
+    }
 
 
 def monthly_cycle(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,17 +105,24 @@ def trends(table: pd.DataFrame, min_years: int = TREND_MIN_YEARS) -> pd.DataFram
     for flux in ("nee", "gpp", "reco"):
         t = site_trends(table, min_years=min_years, flux=flux)
         out.append(t.assign(flux=flux))
-    return pd.concat(out, ignore_index=True)[["flux", "site_id", "n_years", "first_year", "last_year",
-                                              "slope", "p", "tau"]]
+    return pd.concat(out, ignore_index=True)[
+        ["flux", "site_id", "n_years", "first_year", "last_year", "slope", "p", "tau"]
+    ]
 
 
 def summary(table: pd.DataFrame) -> dict:
     """All in-situ statistics of ``table``: biome_annual, source_share, latitude (Pearson r, p of
     site NEE with latitude), monthly_cycle, trends, and the table's size."""
     lat = site_latitude_correlation(table).iloc[0].to_dict()
-    return {"rows": len(table), "sites": int(table["site_id"].nunique()),
-            "biome_annual": biome_annual(table), "source_share": source_share(table),
-            "latitude": lat, "monthly_cycle": monthly_cycle(table), "trends": trends(table)}
+    return {
+        "rows": len(table),
+        "sites": int(table["site_id"].nunique()),
+        "biome_annual": biome_annual(table),
+        "source_share": source_share(table),
+        "latitude": lat,
+        "monthly_cycle": monthly_cycle(table),
+        "trends": trends(table),
+    }
 
 
 def _f(v, fmt="{:.0f}"):
@@ -109,35 +131,63 @@ def _f(v, fmt="{:.0f}"):
 
 def summary_markdown(s: dict, paper: bool = True) -> str:
     """The statistics of :func:`summary` as markdown, with the paper's values beside them."""
-    out = [f"Site-months: {s['rows']}, sites: {s['sites']}.", "",
-           "### Annual flux per biome (sites' mean over complete 12-month years; g C m-2 yr-1)", "",
-           "| biome | flux | sites | site-years | mean ± SD | paper (Table 1, in situ) |", "|---|---|---:|---:|---|---|"]
+    out = [
+        f"Site-months: {s['rows']}, sites: {s['sites']}.",
+        "",
+        "### Annual flux per biome (sites' mean over complete 12-month years; g C m-2 yr-1)",
+        "",
+        "| biome | flux | sites | site-years | mean ± SD | paper (Table 1, in situ) |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for r in s["biome_annual"].itertuples():
         p = PAPER.get(f"{r.biome} {r.flux}") if paper else None
-        out.append(f"| {r.biome} | {r.flux} | {r.sites} | {r.site_years} | {_f(r.mean)} ± {_f(r.sd)} | "
-                   f"{f'{p[0]:.0f} ± {p[1]:.0f}' if p else ''} |")
+        out.append(
+            f"| {r.biome} | {r.flux} | {r.sites} | {r.site_years} | {_f(r.mean)} ± {_f(r.sd)} | "
+            f"{f'{p[0]:.0f} ± {p[1]:.0f}' if p else ''} |"
+        )
     sh, la = s["source_share"], s["latitude"]
-    out += ["", "### Sources and latitude", "",
-            "| statistic | value | paper |", "|---|---|---|",
-            (f"| sites with annual NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
-             f"NEE {_f(sh['source_min'])} to {_f(sh['source_max'])} | 29 %, NEE 0 to 142 |"),
-            (f"| Pearson r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
-             f"(p = {_f(la['p'], '{:.3g}')}, n = {la['n']}) | 0.26 (P = 0.053) |")]
+    out += [
+        "",
+        "### Sources and latitude",
+        "",
+        "| statistic | value | paper |",
+        "|---|---|---|",
+        (
+            f"| sites with annual NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
+            f"NEE {_f(sh['source_min'])} to {_f(sh['source_max'])} | 29 %, NEE 0 to 142 |"
+        ),
+        (
+            f"| Pearson r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
+            f"(p = {_f(la['p'], '{:.3g}')}, n = {la['n']}) | 0.26 (P = 0.053) |"
+        ),
+    ]
     tr = s["trends"]
     nee = tr[tr.flux == "nee"]
-    out += ["", f"### Site trends (≥ {TREND_MIN_YEARS} complete years; Theil–Sen, zyp Zhang Mann–Kendall)", "",
-            f"NEE: {len(nee)} sites, {int((nee.p < 0.05).sum())} with p < 0.05 (paper: 9 sites, 1 significant).",
-            "", "| flux | site | years | first–last | slope (g C m-2 yr-2) | p |", "|---|---|---:|---|---:|---:|"]
+    out += [
+        "",
+        f"### Site trends (≥ {TREND_MIN_YEARS} complete years; Theil–Sen, zyp Zhang Mann–Kendall)",
+        "",
+        f"NEE: {len(nee)} sites, {int((nee.p < 0.05).sum())} with p < 0.05 (paper: 9 sites, 1 significant).",
+        "",
+        "| flux | site | years | first–last | slope (g C m-2 yr-2) | p |",
+        "|---|---|---:|---|---:|---:|",
+    ]
     for r in tr.itertuples():
-        out.append(f"| {r.flux} | {r.site_id} | {r.n_years} | {r.first_year}–{r.last_year} | "
-                   f"{_f(r.slope, '{:.2f}')} | {_f(r.p, '{:.3f}')} |")
+        out.append(
+            f"| {r.flux} | {r.site_id} | {r.n_years} | {r.first_year}–{r.last_year} | "
+            f"{_f(r.slope, '{:.2f}')} | {_f(r.p, '{:.3f}')} |"
+        )
     mc = s["monthly_cycle"]
     out += ["", "### Monthly mean cycle (mean across sites of each site's monthly mean; g C m-2 month-1)", ""]
     for flux in ("nee", "gpp", "reco"):
         sub = mc[mc.flux == flux]
         biomes = sorted(sub.biome.unique())
-        out += [f"{flux}:", "", "| month | " + " | ".join(f"{b} (sites)" for b in biomes) + " |",
-                "|---:|" + "---|" * len(biomes)]
+        out += [
+            f"{flux}:",
+            "",
+            "| month | " + " | ".join(f"{b} (sites)" for b in biomes) + " |",
+            "|---:|" + "---|" * len(biomes),
+        ]
         piv = sub.set_index(["month", "biome"])
         for m in range(1, 13):
             cells = []
@@ -152,5 +202,4 @@ def summary_markdown(s: dict, paper: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["biome_annual", "monthly_cycle", "site_annual", "source_share", "summary",
-           "summary_markdown", "trends"]
+__all__ = ["biome_annual", "monthly_cycle", "site_annual", "source_share", "summary", "summary_markdown", "trends"]

@@ -38,8 +38,11 @@ def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome"
         lo, hi = float(min(d.obs.min(), d.pred.min())), float(max(d.obs.max(), d.pred.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         mm = metrics.get(f, {})
-        ax.set_title(f"{FLUX_LABEL[f]}: R² {mm.get('caret_Rsquared', np.nan):.2f}, "
-                     f"RMSE {mm.get('caret_RMSE', np.nan):.1f} (site mean)", fontsize=9)
+        ax.set_title(
+            f"{FLUX_LABEL[f]}: R² {mm.get('caret_Rsquared', np.nan):.2f}, "
+            f"RMSE {mm.get('caret_RMSE', np.nan):.1f} (site mean)",
+            fontsize=9,
+        )
         ax.set_xlabel("observed (g C m-2 month-1)")
         ax.set_ylabel("LOSO predicted (g C m-2 month-1)")
         ax.legend(fontsize=7, markerscale=2)
@@ -77,7 +80,7 @@ def partial_dependence_panels(pdp: pd.DataFrame, flux: str, path) -> Path:
             ax.plot(g.value, g.yhat, "-")
         ax.set_title(p, fontsize=8)
         ax.tick_params(labelsize=6)
-    for ax in axes.ravel()[len(preds):]:
+    for ax in axes.ravel()[len(preds) :]:
         ax.axis("off")
     fig.suptitle(f"Partial dependence of {FLUX_LABEL[flux]} (g C m-2 month-1)", fontsize=10)
     fig.tight_layout()

@@ -140,8 +140,9 @@ def extract_at_sites(table: pd.DataFrame, pred: xr.Dataset, iy: np.ndarray, ix: 
     return int((~in_period).sum())
 
 
-def finish_training_table(table: pd.DataFrame, zones: xr.Dataset, iy: np.ndarray, ix: np.ndarray,
-                          zone_names: dict[str, dict]) -> pd.DataFrame:
+def finish_training_table(
+    table: pd.DataFrame, zones: xr.Dataset, iy: np.ndarray, ix: np.ndarray, zone_names: dict[str, dict]
+) -> pd.DataFrame:
     """Recode vegetation, add the optional contract columns, the zone names (``zone_names``:
     variable -> code -> name, for skill breakdowns) and the permafrost flag of each row's cell."""
     if "veg_type" in table:

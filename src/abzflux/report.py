@@ -61,6 +61,7 @@ DPI = 100
 @dataclass
 class Item:
     """One figure or table of the report."""
+
     id: str
     section: str
     title: str
@@ -87,8 +88,11 @@ class RunData:
         self.run = Path(run)
         self.layout = RunLayout(self.run)
         if not self.layout.budgets_annual.exists():
-            raise InputError(str(self.run), "not a finished run: budgets_annual.csv is missing",
-                             expected="a run directory written by `abzflux run`")
+            raise InputError(
+                str(self.run),
+                "not a finished run: budgets_annual.csv is missing",
+                expected="a run directory written by `abzflux run`",
+            )
         rec = self.layout.run_json
         self.record = json.loads(rec.read_text()) if rec.exists() else {}
         self._cache: dict = {}
@@ -193,14 +197,27 @@ def _extent(land: np.ndarray, x: np.ndarray, y: np.ndarray, pad: int = 1):
     iy, ix = np.nonzero(land > 0)
     if len(iy) == 0:
         return None
-    xs = np.sort(x[max(ix.min() - pad, 0): ix.max() + pad + 1])
-    ys = np.sort(y[max(iy.min() - pad, 0): iy.max() + pad + 1])
+    xs = np.sort(x[max(ix.min() - pad, 0) : ix.max() + pad + 1])
+    ys = np.sort(y[max(iy.min() - pad, 0) : iy.max() + pad + 1])
     dx = abs(x[1] - x[0]) if len(x) > 1 else 1.0
     return xs[0] - dx, xs[-1] + dx, ys[0] - dx, ys[-1] + dx
 
 
-def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=None, title="", label="",
-         colorbar=True, x=None, y=None):
+def _map(
+    ax,
+    rd: RunData,
+    data,
+    *,
+    cmap="viridis",
+    norm=None,
+    vmin=None,
+    vmax=None,
+    title="",
+    label="",
+    colorbar=True,
+    x=None,
+    y=None,
+):
     """One polar map in the grid's equal-area x/y (km), with the land outline from land_fraction."""
     gx, gy = rd.grid()
     x = gx if x is None else x
@@ -208,9 +225,17 @@ def _map(ax, rd: RunData, data, *, cmap="viridis", norm=None, vmin=None, vmax=No
     land = rd.land()
     im = None
     if data is not None:
-        im = ax.pcolormesh(x / 1e3, y / 1e3, np.ma.masked_invalid(data), shading="nearest", cmap=cmap, norm=norm,
-                           vmin=None if norm is not None else vmin, vmax=None if norm is not None else vmax,
-                           rasterized=True)
+        im = ax.pcolormesh(
+            x / 1e3,
+            y / 1e3,
+            np.ma.masked_invalid(data),
+            shading="nearest",
+            cmap=cmap,
+            norm=norm,
+            vmin=None if norm is not None else vmin,
+            vmax=None if norm is not None else vmax,
+            rasterized=True,
+        )
     cx, cy, cl = rd.coastline()
     if np.nanmax(cl) > 0.5 > np.nanmin(cl):
         ax.contour(cx / 1e3, cy / 1e3, cl, levels=[0.5], colors="0.25", linewidths=0.5)
@@ -237,8 +262,17 @@ def _cbar(mappable, ax, label: str):
 def _classes(ax, rd: RunData, codes, labels, colors, title, x=None, y=None, fontsize=7):
     """A categorical map: integer codes 0..n-1 (NaN = none), one labelled colour per class."""
     n = len(labels)
-    im = _map(ax, rd, codes, cmap=ListedColormap(list(colors)[:n]), norm=BoundaryNorm(np.arange(n + 1) - 0.5, n),
-              title=title, colorbar=False, x=x, y=y)
+    im = _map(
+        ax,
+        rd,
+        codes,
+        cmap=ListedColormap(list(colors)[:n]),
+        norm=BoundaryNorm(np.arange(n + 1) - 0.5, n),
+        title=title,
+        colorbar=False,
+        x=x,
+        y=y,
+    )
     cb = plt.colorbar(im, ax=ax, shrink=0.75, pad=0.02, ticks=range(n))
     cb.ax.set_yticklabels(labels, fontsize=fontsize)
     return im
@@ -277,8 +311,9 @@ def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
     shown = []
     if _series(ax, ann, zone, "nee", "tab:blue", "NEE"):
         shown.append("NEE")
-    if rd.has("coarse/budgets_annual.csv") and _series(ax, rd.csv("coarse/budgets_annual.csv"), zone, "nee",
-                                                       "0.45", "NEE, coarse model set"):
+    if rd.has("coarse/budgets_annual.csv") and _series(
+        ax, rd.csv("coarse/budgets_annual.csv"), zone, "nee", "0.45", "NEE, coarse model set"
+    ):
         shown.append("coarse NEE")
     if _series(ax, ann, zone, "nee_fire", "tab:red", "NEE + fire"):
         shown.append("NEE + fire")
@@ -310,42 +345,93 @@ def fig1_maps(rd: RunData) -> list[Item]:
     norm_m = TwoSlopeNorm(0, -vm, vm)
     norm_t = TwoSlopeNorm(0, -vt, vt)
     site_xy = _site_xy(rd, sites)
-    top, bottom = ascii_lowercase[:ncol], ascii_lowercase[ncol:2 * ncol]  # panel letters row by row
+    top, bottom = ascii_lowercase[:ncol], ascii_lowercase[ncol : 2 * ncol]  # panel letters row by row
     _map(axes[0, 0], rd, None, title=f"{top[0]}  sites: mean annual NEE")
     if len(ins):
         xy = site_xy.loc[ins.site_id]
-        sc = axes[0, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=ins.nee, cmap="RdBu_r", norm=norm_m, s=14,
-                                edgecolors="k", linewidths=0.3)
+        sc = axes[0, 0].scatter(
+            xy.x / 1e3, xy.y / 1e3, c=ins.nee, cmap="RdBu_r", norm=norm_m, s=14, edgecolors="k", linewidths=0.3
+        )
         _cbar(sc, axes[0, 0], "g C m-2 yr-1")
-    _map(axes[0, 1], rd, ma, cmap="RdBu_r", norm=norm_m, title=f"{top[1]}  upscaled: mean annual NEE", label="g C m-2 yr-1")
+    _map(
+        axes[0, 1],
+        rd,
+        ma,
+        cmap="RdBu_r",
+        norm=norm_m,
+        title=f"{top[1]}  upscaled: mean annual NEE",
+        label="g C m-2 yr-1",
+    )
     _map(axes[1, 0], rd, None, title=f"{bottom[0]}  sites (> 7 years): NEE trend")
     if len(st):
         xy = site_xy.loc[st.site_id]
         sig = (st.p < 0.05).to_numpy()
-        sc = axes[1, 0].scatter(xy.x / 1e3, xy.y / 1e3, c=st.slope, cmap="RdBu_r", norm=norm_t, s=np.where(sig, 30, 14),
-                                edgecolors=np.where(sig, "k", "0.6"), linewidths=np.where(sig, 1.0, 0.3))
+        sc = axes[1, 0].scatter(
+            xy.x / 1e3,
+            xy.y / 1e3,
+            c=st.slope,
+            cmap="RdBu_r",
+            norm=norm_t,
+            s=np.where(sig, 30, 14),
+            edgecolors=np.where(sig, "k", "0.6"),
+            linewidths=np.where(sig, 1.0, 0.3),
+        )
         _cbar(sc, axes[1, 0], "g C m-2 yr-2")
     else:
-        axes[1, 0].text(0.5, 0.5, "no site with > 7 full years", transform=axes[1, 0].transAxes, ha="center", fontsize=8)
-    _map(axes[1, 1], rd, slope, cmap="RdBu_r", norm=norm_t, title=f"{bottom[1]}  upscaled: NEE trend", label="g C m-2 yr-2")
+        axes[1, 0].text(
+            0.5, 0.5, "no site with > 7 full years", transform=axes[1, 0].transAxes, ha="center", fontsize=8
+        )
+    _map(
+        axes[1, 1],
+        rd,
+        slope,
+        cmap="RdBu_r",
+        norm=norm_t,
+        title=f"{bottom[1]}  upscaled: NEE trend",
+        label="g C m-2 yr-2",
+    )
     sy, sx = np.nonzero(np.nan_to_num(p, nan=1.0) < 0.05)
     axes[1, 1].scatter(x[sx] / 1e3, y[sy] / 1e3, s=0.6, c="k", marker=".", lw=0)
     for j, n in enumerate(names):
         d = prod.sel(product=n)
         px, py = d.x.values.astype(float), d.y.values.astype(float)
-        _map(axes[0, 2 + j], rd, d["mean_annual"].values, cmap="RdBu_r", norm=norm_m, x=px, y=py,
-             title=f"{top[2 + j]}  {n}: mean annual NEE", label="g C m-2 yr-1")
-        _map(axes[1, 2 + j], rd, d["trend"].values, cmap="RdBu_r", norm=norm_t, x=px, y=py,
-             title=f"{bottom[2 + j]}  {n}: NEE trend", label="g C m-2 yr-2")
+        _map(
+            axes[0, 2 + j],
+            rd,
+            d["mean_annual"].values,
+            cmap="RdBu_r",
+            norm=norm_m,
+            x=px,
+            y=py,
+            title=f"{top[2 + j]}  {n}: mean annual NEE",
+            label="g C m-2 yr-1",
+        )
+        _map(
+            axes[1, 2 + j],
+            rd,
+            d["trend"].values,
+            cmap="RdBu_r",
+            norm=norm_t,
+            x=px,
+            y=py,
+            title=f"{bottom[2 + j]}  {n}: NEE trend",
+            label="g C m-2 yr-2",
+        )
     fig.tight_layout()
-    cap = (f"Mean annual NEE (top, g C m-2 yr-1) and its Theil–Sen trend (bottom, g C m-2 yr-2), {rd.period()}. "
-           f"Sites: mean of site-years with 12 months ({len(ins)} sites); site trends for sites with more than "
-           f"7 full years ({len(st)} sites; black outline: Mann–Kendall p < 0.05). Upscaled: the NEE forest's "
-           "monthly maps summed per year; dots mark cells with p < 0.05 (Zhang prewhitening). "
-           + (f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), on the analysis "
-              "grid, same colour scales. " if names else "No reference products in this run. ")
-           + "Negative = uptake. Equal-area polar projection of the run's grid; outline: the shipped land mask "
-             "(0.5 contour).")
+    cap = (
+        f"Mean annual NEE (top, g C m-2 yr-1) and its Theil–Sen trend (bottom, g C m-2 yr-2), {rd.period()}. "
+        f"Sites: mean of site-years with 12 months ({len(ins)} sites); site trends for sites with more than "
+        f"7 full years ({len(st)} sites; black outline: Mann–Kendall p < 0.05). Upscaled: the NEE forest's "
+        "monthly maps summed per year; dots mark cells with p < 0.05 (Zhang prewhitening). "
+        + (
+            f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), on the analysis "
+            "grid, same colour scales. "
+            if names
+            else "No reference products in this run. "
+        )
+        + "Negative = uptake. Equal-area polar projection of the run's grid; outline: the shipped land mask "
+        "(0.5 contour)."
+    )
     return [Item("fig1", "Fig. 1", "Fig. 1: mean annual NEE and its trend", cap, fig=fig)]
 
 
@@ -354,8 +440,9 @@ def _product_years(rd: RunData, names: list[str]) -> str:
     if not rd.has("compare/metrics.csv"):
         return ", ".join(names)
     m = rd.csv("compare/metrics.csv").set_index("product")
-    return ", ".join(f"{n} {int(m.loc[n, 'first_year'])}–{int(m.loc[n, 'last_year'])}" if n in m.index else n
-                     for n in names)
+    return ", ".join(
+        f"{n} {int(m.loc[n, 'first_year'])}–{int(m.loc[n, 'last_year'])}" if n in m.index else n for n in names
+    )
 
 
 def _site_mean_annual(sites: pd.DataFrame) -> pd.DataFrame:
@@ -383,30 +470,53 @@ def fig2_budgets(rd: RunData) -> list[Item]:
     tm = rd.trend_maps()
     cls = tm["nee_trend_attribution"].values.astype(float)
     cls[cls <= 0] = np.nan  # 0 = no NEE trend / water
-    _classes(axes[1, 0], rd, cls - 1, OVERLAY_NAMES, ["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"],
-             "c  what drives the NEE trend")
+    _classes(
+        axes[1, 0],
+        rd,
+        cls - 1,
+        OVERLAY_NAMES,
+        ["#2166ac", "#67a9cf", "#ef8a62", "#b2182b"],
+        "c  what drives the NEE trend",
+    )
     if fire:
         with xr.open_dataset(rd.layout.burned_cells) as b:
             last = b["last_burn_year"].values.astype(float)
             bx, by = b.x.values.astype(float), b.y.values.astype(float)
         fp = json.loads(rd.layout.fire_json.read_text())["fire_period"]
-        im = _map(axes[1, 1], rd, np.where(last > 0, last, np.nan), cmap="plasma", x=bx, y=by,
-                  title="d  burned cells (year of the last fire)", colorbar=False)
+        im = _map(
+            axes[1, 1],
+            rd,
+            np.where(last > 0, last, np.nan),
+            cmap="plasma",
+            x=bx,
+            y=by,
+            title="d  burned cells (year of the last fire)",
+            colorbar=False,
+        )
         if im is not None:
             plt.colorbar(im, ax=axes[1, 1], shrink=0.75, format="%d").set_label("year", fontsize=7)
     else:
         axes[1, 1].axis("off")
     fig.tight_layout()
-    coarse = (f"coarse NEE (grey: the coarse model set, {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv), "
-              if "coarse NEE" in s_a else "")
-    fire_txt = ("NEE + fire (red: NEE plus fire emissions), " if "NEE + fire" in s_a else "")
-    cap = (f"Annual CO2 budgets (Tg C yr-1), {rd.period()}, of a the whole domain and b the permafrost region: "
-           f"NEE (blue), {coarse}{fire_txt}bands = ± SD across the bootstrap forests (fire carries no "
-           "uncertainty). c: the GPP/Reco attribution of each cell's annual NEE trend (significant and non-"
-           "significant alike): a strengthening sink from rising GPP or falling Reco, a strengthening source from "
-           "rising Reco or falling GPP. "
-           + (f"d: cells burned during the fire period {fp[0]}–{fp[1]}, coloured by the year of the last fire "
-              "(RUN/fire/burned_cells.nc)." if fire else "No fire input in this run: no burned-cell map."))
+    coarse = (
+        f"coarse NEE (grey: the coarse model set, {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv), "
+        if "coarse NEE" in s_a
+        else ""
+    )
+    fire_txt = "NEE + fire (red: NEE plus fire emissions), " if "NEE + fire" in s_a else ""
+    cap = (
+        f"Annual CO2 budgets (Tg C yr-1), {rd.period()}, of a the whole domain and b the permafrost region: "
+        f"NEE (blue), {coarse}{fire_txt}bands = ± SD across the bootstrap forests (fire carries no "
+        "uncertainty). c: the GPP/Reco attribution of each cell's annual NEE trend (significant and non-"
+        "significant alike): a strengthening sink from rising GPP or falling Reco, a strengthening source from "
+        "rising Reco or falling GPP. "
+        + (
+            f"d: cells burned during the fire period {fp[0]}–{fp[1]}, coloured by the year of the last fire "
+            "(RUN/fire/burned_cells.nc)."
+            if fire
+            else "No fire input in this run: no burned-cell map."
+        )
+    )
     return [Item("fig2", "Fig. 2", "Fig. 2: annual budgets, trend attribution and burned cells", cap, fig=fig)]
 
 
@@ -426,9 +536,17 @@ def fig3_monthly(rd: RunData) -> list[Item]:
             ax = axes[i, j]
             for k, per in enumerate(periods):
                 g = d[(d.flux == f) & (d.zone == b) & (d.period == per)].sort_values("month")
-                ax.errorbar(g.month + (k - 0.5) * 0.15, g.g_c_m2_month,
-                            yerr=g.sd_bootstrap if "sd_bootstrap" in g else None, marker="o", ms=3, lw=1.2,
-                            capsize=2, color=("tab:blue", "tab:orange")[k % 2], label=per)
+                ax.errorbar(
+                    g.month + (k - 0.5) * 0.15,
+                    g.g_c_m2_month,
+                    yerr=g.sd_bootstrap if "sd_bootstrap" in g else None,
+                    marker="o",
+                    ms=3,
+                    lw=1.2,
+                    capsize=2,
+                    color=("tab:blue", "tab:orange")[k % 2],
+                    label=per,
+                )
             ax.axhline(0, color="k", lw=0.5)
             ax.set_title(f"{LABEL[f]}, {b}", fontsize=9)
             ax.set_ylabel(FLUX_UNITS, fontsize=8)
@@ -438,9 +556,11 @@ def fig3_monthly(rd: RunData) -> list[Item]:
         ax.set_xlabel("month", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    cap = (f"Mean monthly NEE, GPP and Reco (area-weighted density, g C m-2 month-1) of the boreal and tundra "
-           f"biomes in {' and '.join(periods)}; error bars = SD across the bootstrap forests of each decade's mean "
-           "(RUN/budgets/decadal_monthly.csv).")
+    cap = (
+        f"Mean monthly NEE, GPP and Reco (area-weighted density, g C m-2 month-1) of the boreal and tundra "
+        f"biomes in {' and '.join(periods)}; error bars = SD across the bootstrap forests of each decade's mean "
+        "(RUN/budgets/decadal_monthly.csv)."
+    )
     return [Item("fig3", "Fig. 3", "Fig. 3: monthly fluxes by biome, first vs last decade", cap, fig=fig)]
 
 
@@ -452,10 +572,13 @@ def fig4_regions(rd: RunData) -> list[Item]:
             shown = _budget_panel(axes[i, j], rd, f"{b}/{r}", f"{b}, {r}") or shown
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    cap = (f"Annual budgets (Tg C yr-1), {rd.period()}, of the boreal (top) and tundra (bottom) parts of Alaska, "
-           f"Canada, Europe and Siberia: {', '.join(shown)}; bands = ± SD across the bootstrap forests "
-           "(RUN/budgets_annual.csv" + (f"; coarse model set {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv"
-                                        if "coarse NEE" in shown else "") + ").")
+    cap = (
+        f"Annual budgets (Tg C yr-1), {rd.period()}, of the boreal (top) and tundra (bottom) parts of Alaska, "
+        f"Canada, Europe and Siberia: {', '.join(shown)}; bands = ± SD across the bootstrap forests "
+        "(RUN/budgets_annual.csv"
+        + (f"; coarse model set {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv" if "coarse NEE" in shown else "")
+        + ")."
+    )
     return [Item("fig4", "Fig. 4", "Fig. 4: regional budgets", cap, fig=fig)]
 
 
@@ -467,16 +590,25 @@ def fig_skill(rd: RunData) -> list[Item]:
     chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
     fig = plots.obs_vs_pred(chosen, {f: v.get("cv", {}) for f, v in info.items()}, None)
     mtry = ", ".join(f"{f} {v['mtry']}" for f, v in info.items())
-    cap = ("Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site, "
-           "against the observation (g C m-2 month-1), coloured by biome; title: caret-style site-mean R² and RMSE "
-           f"at the chosen mtry ({mtry}); site-months "
-           f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet).")
+    cap = (
+        "Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site, "
+        "against the observation (g C m-2 month-1), coloured by biome; title: caret-style site-mean R² and RMSE "
+        f"at the chosen mtry ({mtry}); site-months "
+        f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)."
+    )
     items = [Item("skill", "Model skill", "Model skill: observed vs predicted", cap, fig=fig)]
     if rd.has("cv/skill.csv"):
         s = rd.csv("cv/skill.csv")
-        items.append(Item("skill_table", "Model skill", "Cross-validated skill (pooled and site-mean)",
-                          "Skill of the leave-one-site-out predictions (RUN/cv/skill.csv); RMSE, MAE and bias in "
-                          "g C m-2 month-1.", table_html=_table(s)))
+        items.append(
+            Item(
+                "skill_table",
+                "Model skill",
+                "Cross-validated skill (pooled and site-mean)",
+                "Skill of the leave-one-site-out predictions (RUN/cv/skill.csv); RMSE, MAE and bias in "
+                "g C m-2 month-1.",
+                table_html=_table(s),
+            )
+        )
     return items
 
 
@@ -485,19 +617,33 @@ def fig_interpret(rd: RunData) -> list[Item]:
     if rd.has("interpret/importance.csv"):
         imp = rd.csv("interpret/importance.csv")
         fig = plots.importance_bars(imp, None)
-        items.append(Item("importance", "Importance and partial dependence", "Permutation importance",
-                          "Increase of the final forest's RMSE (g C m-2 month-1) on the training rows when one "
-                          "predictor is permuted; bars = mean, whiskers = SD over the permutation repeats "
-                          "(RUN/interpret/importance.csv).", fig=fig))
+        items.append(
+            Item(
+                "importance",
+                "Importance and partial dependence",
+                "Permutation importance",
+                "Increase of the final forest's RMSE (g C m-2 month-1) on the training rows when one "
+                "predictor is permuted; bars = mean, whiskers = SD over the permutation repeats "
+                "(RUN/interpret/importance.csv).",
+                fig=fig,
+            )
+        )
     if rd.has("interpret/partial_dependence.csv"):
         pdp = rd.csv("interpret/partial_dependence.csv")
         for f in FLUXES:
             if f in set(pdp.flux):
                 fig = plots.partial_dependence_panels(pdp, f, None)
-                items.append(Item(f"pdp_{f}", "Importance and partial dependence", f"Partial dependence of {LABEL[f]}",
-                                  f"Partial dependence of the final {LABEL[f]} forest's prediction "
-                                  "(g C m-2 month-1) on each predictor, averaged over the training rows "
-                                  "(RUN/interpret/partial_dependence.csv); factors as points.", fig=fig))
+                items.append(
+                    Item(
+                        f"pdp_{f}",
+                        "Importance and partial dependence",
+                        f"Partial dependence of {LABEL[f]}",
+                        f"Partial dependence of the final {LABEL[f]} forest's prediction "
+                        "(g C m-2 month-1) on each predictor, averaged over the training rows "
+                        "(RUN/interpret/partial_dependence.csv); factors as points.",
+                        fig=fig,
+                    )
+                )
     return items
 
 
@@ -519,14 +665,23 @@ def fig_fire(rd: RunData) -> list[Item]:
     ax.legend(fontsize=8, ncol=5)
     fig.tight_layout()
     y0, y1 = int(em.index.min()), int(em.index.max())
-    cap = (f"Fire CO2 emissions by region (stacked, Tg C yr-1), {y0}–{y1}, from the fire input aggregated over each "
-           "region (RUN/fire/emissions_by_zone.csv), and the domain's net uptake (−NEE, Tg C yr-1): years where the "
-           "stack rises above the line are years in which fire offset the uptake.")
+    cap = (
+        f"Fire CO2 emissions by region (stacked, Tg C yr-1), {y0}–{y1}, from the fire input aggregated over each "
+        "region (RUN/fire/emissions_by_zone.csv), and the domain's net uptake (−NEE, Tg C yr-1): years where the "
+        "stack rises above the line are years in which fire offset the uptake."
+    )
     items = [Item("fire_emissions", "Fire", "Fire emissions by region", cap, fig=fig)]
     if rd.has("fire/bias_correction.csv"):
-        items.append(Item("fire_bias_table", "Fire", "Fire bias correction of the target year",
-                          "NEE budget (Tg C yr-1) of the target year before and after the years-since-fire bias "
-                          "correction (RUN/fire/bias_correction.csv).", table_html=_table(rd.csv("fire/bias_correction.csv"))))
+        items.append(
+            Item(
+                "fire_bias_table",
+                "Fire",
+                "Fire bias correction of the target year",
+                "NEE budget (Tg C yr-1) of the target year before and after the years-since-fire bias "
+                "correction (RUN/fire/bias_correction.csv).",
+                table_html=_table(rd.csv("fire/bias_correction.csv")),
+            )
+        )
     return items
 
 
@@ -541,15 +696,33 @@ def fig_uncertainty(rd: RunData) -> list[Item]:
         mag = np.asarray(abs(up[f]).mean("time").values, float)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = 100 * sd / mag
-        _map(axes[0, j], rd, sd, cmap="magma_r", vmin=0, vmax=float(np.nanpercentile(sd, 99)),
-             title=f"{LABEL[f]}: bootstrap SD", label=FLUX_UNITS)
-        _map(axes[1, j], rd, rel, cmap="cividis", vmin=0, vmax=min(200.0, float(np.nanpercentile(rel, 98))),
-             title=f"{LABEL[f]}: relative SD", label="% of mean |flux|")
+        _map(
+            axes[0, j],
+            rd,
+            sd,
+            cmap="magma_r",
+            vmin=0,
+            vmax=float(np.nanpercentile(sd, 99)),
+            title=f"{LABEL[f]}: bootstrap SD",
+            label=FLUX_UNITS,
+        )
+        _map(
+            axes[1, j],
+            rd,
+            rel,
+            cmap="cividis",
+            vmin=0,
+            vmax=min(200.0, float(np.nanpercentile(rel, 98))),
+            title=f"{LABEL[f]}: relative SD",
+            label="% of mean |flux|",
+        )
     fig.tight_layout()
-    cap = (f"Per-cell uncertainty, {rd.period()}: top, the SD across the bootstrap forests of the monthly flux, "
-           "averaged over all months (g C m-2 month-1); bottom, that SD relative to the mean absolute monthly flux "
-           "(%, colour scale capped at 200 %; NEE's is large where NEE is near zero). From RUN/upscaled.zarr "
-           "(*_sd); the bootstrap forests leave out month and vegetation type.")
+    cap = (
+        f"Per-cell uncertainty, {rd.period()}: top, the SD across the bootstrap forests of the monthly flux, "
+        "averaged over all months (g C m-2 month-1); bottom, that SD relative to the mean absolute monthly flux "
+        "(%, colour scale capped at 200 %; NEE's is large where NEE is near zero). From RUN/upscaled.zarr "
+        "(*_sd); the bootstrap forests leave out month and vegetation type."
+    )
     return [Item("uncertainty", "Uncertainty", "SD and relative-SD maps", cap, fig=fig)]
 
 
@@ -571,32 +744,57 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     u = rd.record.get("config", {}).get("uncertainty") or {}
     base = u.get("method", "rows")  # runs from before the setting existed used the row bootstrap
     label = base + ("+extrap" if u.get("extrapolation") else "")
-    text = (f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
-            + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")
-            + ("; the budgets' ± also adds the extrapolation term, which grows with the dissimilarity index of "
-               "each cell to the training data (zone sums fully correlated; budgets_annual.csv tg_c_sd_total)"
-               if u.get("extrapolation") else "") + f". Method label: {label} (docs/uncertainty.md).")
+    text = (
+        f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
+        + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")
+        + (
+            "; the budgets' ± also adds the extrapolation term, which grows with the dissimilarity index of "
+            "each cell to the training data (zone sums fully correlated; budgets_annual.csv tg_c_sd_total)"
+            if u.get("extrapolation")
+            else ""
+        )
+        + f". Method label: {label} (docs/uncertainty.md)."
+    )
     if rd.has("uncertainty/extrapolation.json"):
         m = json.loads(rd.layout.extrapolation_json.read_text())
-        text += " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): " + "; ".join(
-            f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}"
-            for f, v in m.items()) + "."
+        text += (
+            " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): "
+            + "; ".join(
+                f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}" for f, v in m.items()
+            )
+            + "."
+        )
     cal, prov = shipped_calibration()
     rows = None if cal is None else cal[cal.method == label]
     if rows is None or not len(rows):
         text += " No calibration of this method on twins ships with this abzflux version."
         t = pd.DataFrame([{"method": label}])
     else:
-        text += (" On twins, this method's ± covered the true annual zone budgets in the shares of zone-years "
-                 "below (a calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD). " + prov)
-        t = pd.DataFrame({"method": rows.method, "network": rows.network,
-                          "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
-                          "zone-years": rows.n, "inside ±1 SD": (100 * rows.coverage1).map("{:.0f}%".format),
-                          "inside ±2 SD": (100 * rows.coverage2).map("{:.0f}%".format),
-                          "median |error|/SD": rows.median_ratio.round(2),
-                          "90th pct |error|/SD": rows.p90_ratio.round(2)})
-    return [Item("uncertainty_method", "Uncertainty", "Uncertainty method and its calibration on twins", text,
-                 table_html=_table(t))]
+        text += (
+            " On twins, this method's ± covered the true annual zone budgets in the shares of zone-years "
+            "below (a calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD). " + prov
+        )
+        t = pd.DataFrame(
+            {
+                "method": rows.method,
+                "network": rows.network,
+                "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
+                "zone-years": rows.n,
+                "inside ±1 SD": (100 * rows.coverage1).map("{:.0f}%".format),
+                "inside ±2 SD": (100 * rows.coverage2).map("{:.0f}%".format),
+                "median |error|/SD": rows.median_ratio.round(2),
+                "90th pct |error|/SD": rows.p90_ratio.round(2),
+            }
+        )
+    return [
+        Item(
+            "uncertainty_method",
+            "Uncertainty",
+            "Uncertainty method and its calibration on twins",
+            text,
+            table_html=_table(t),
+        )
+    ]
 
 
 def fig_extrapolation(rd: RunData) -> list[Item]:
@@ -616,7 +814,7 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
             m = ex["mess"].sel(period=per).values.astype(float)
             codes = mess_classes(m)
             _classes(ax, rd, codes, MESS_LABELS, colors, f"MESS (%) {per}", x=ex_x, y=ex_y)
-        for ax in axes.ravel()[len(periods):]:
+        for ax in axes.ravel()[len(periods) :]:
             ax.axis("off")
         fig.tight_layout()
         share = ""
@@ -624,12 +822,17 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
             ma = rd.csv("compare/mess_area.csv")
             dom = ma[ma.zone == "domain"]
             if len(dom):
-                share = " Domain area share with MESS < 0: " + ", ".join(
-                    f"{r.period} {100 * r.share_extrapolated:.0f} %" for r in dom.itertuples()) + "."
-        cap = ("Multivariate environmental similarity surface (MESS, %) of each period's mean continuous predictors "
-               "against the training rows of that period; negative = the predictors lie outside the training range "
-               "(extrapolation), in classes ≤ −80, −80 to −20, −20 to < 0, 0 to 5, > 5 (RUN/compare/extrapolation.zarr)."
-               + share)
+                share = (
+                    " Domain area share with MESS < 0: "
+                    + ", ".join(f"{r.period} {100 * r.share_extrapolated:.0f} %" for r in dom.itertuples())
+                    + "."
+                )
+        cap = (
+            "Multivariate environmental similarity surface (MESS, %) of each period's mean continuous predictors "
+            "against the training rows of that period; negative = the predictors lie outside the training range "
+            "(extrapolation), in classes ≤ −80, −80 to −20, −20 to < 0, 0 to 5, > 5 (RUN/compare/extrapolation.zarr)."
+            + share
+        )
         items.append(Item("mess", "Extrapolation", "Extrapolation: MESS by period", cap, fig=fig))
     panels = [v for v in ("mess_mod", "di", "cluster") if v in ex]
     if panels:
@@ -643,12 +846,31 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
                 mod[mod < 0] = np.nan
                 n = max(len(names), int(np.nanmax(mod)) + 1 if np.isfinite(mod).any() else 1)
                 labels = names + [str(i) for i in range(len(names), n)]
-                _classes(ax, rd, np.where(ex["mess"].sel(period=per).values < 0, mod, np.nan), labels, _tab(n),
-                         f"most dissimilar predictor, {per}", x=ex_x, y=ex_y, fontsize=6)
+                _classes(
+                    ax,
+                    rd,
+                    np.where(ex["mess"].sel(period=per).values < 0, mod, np.nan),
+                    labels,
+                    _tab(n),
+                    f"most dissimilar predictor, {per}",
+                    x=ex_x,
+                    y=ex_y,
+                    fontsize=6,
+                )
             elif v == "di":
                 di = ex["di"].values.astype(float)
-                _map(ax, rd, di, cmap="YlOrRd", vmin=0, vmax=float(np.nanpercentile(di, 99)), x=ex_x, y=ex_y,
-                     title="dissimilarity index (AOA outline)", label="DI")
+                _map(
+                    ax,
+                    rd,
+                    di,
+                    cmap="YlOrRd",
+                    vmin=0,
+                    vmax=float(np.nanpercentile(di, 99)),
+                    x=ex_x,
+                    y=ex_y,
+                    title="dissimilarity index (AOA outline)",
+                    label="DI",
+                )
                 if "aoa" in ex:
                     a = np.nan_to_num(ex["aoa"].values.astype(float))
                     if a.max() > 0.5 > a.min():
@@ -657,26 +879,46 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
                 cl = ex["cluster"].values.astype(float)
                 cl[cl < 0] = np.nan
                 n = int(np.nanmax(cl)) + 1 if np.isfinite(cl).any() else 1
-                _classes(ax, rd, cl, [f"cluster {i}" for i in range(n)], _tab(n), "environmental clusters",
-                         x=ex_x, y=ex_y)
+                _classes(
+                    ax, rd, cl, [f"cluster {i}" for i in range(n)], _tab(n), "environmental clusters", x=ex_x, y=ex_y
+                )
         fig.tight_layout()
         thr = ex["aoa"].attrs.get("threshold") if "aoa" in ex else None
-        cap = ("Where the model extrapolates: the predictor farthest outside its training range where MESS < 0 "
-               "(last period); the area-of-applicability dissimilarity index (DI) with the AOA boundary in blue"
-               + (f" (threshold {float(thr):.3g})" if thr is not None else "")
-               + "; k-means clusters of the standardised predictors (RUN/compare/extrapolation.zarr).")
-        items.append(Item("extrapolation", "Extrapolation", "Extrapolation: dissimilar predictor, AOA, clusters",
-                          cap, fig=fig))
+        cap = (
+            "Where the model extrapolates: the predictor farthest outside its training range where MESS < 0 "
+            "(last period); the area-of-applicability dissimilarity index (DI) with the AOA boundary in blue"
+            + (f" (threshold {float(thr):.3g})" if thr is not None else "")
+            + "; k-means clusters of the standardised predictors (RUN/compare/extrapolation.zarr)."
+        )
+        items.append(
+            Item("extrapolation", "Extrapolation", "Extrapolation: dissimilar predictor, AOA, clusters", cap, fig=fig)
+        )
     for name, title, cap in (
-            ("aoa_sd.csv", "Bootstrap SD inside vs outside the AOA",
-             "Mean annual bootstrap SD (g C m-2 yr-1) inside and outside the area of applicability and their ratio."),
-            ("clusters.csv", "Environmental clusters",
-             ("Area share, cells, sites and site-months of each environmental cluster, with the cluster centres "
-              "of the standardised predictors.")),
-            ("mess_area.csv", "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period.")):
+        (
+            "aoa_sd.csv",
+            "Bootstrap SD inside vs outside the AOA",
+            "Mean annual bootstrap SD (g C m-2 yr-1) inside and outside the area of applicability and their ratio.",
+        ),
+        (
+            "clusters.csv",
+            "Environmental clusters",
+            (
+                "Area share, cells, sites and site-months of each environmental cluster, with the cluster centres "
+                "of the standardised predictors."
+            ),
+        ),
+        ("mess_area.csv", "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period."),
+    ):
         if rd.has(f"compare/{name}"):
-            items.append(Item(name.replace(".csv", "_table"), "Extrapolation", title,
-                              cap + f" (RUN/compare/{name})", table_html=_table(rd.csv(f"compare/{name}"))))
+            items.append(
+                Item(
+                    name.replace(".csv", "_table"),
+                    "Extrapolation",
+                    title,
+                    cap + f" (RUN/compare/{name})",
+                    table_html=_table(rd.csv(f"compare/{name}")),
+                )
+            )
     return items
 
 
@@ -687,39 +929,75 @@ def tables(rd: RunData) -> list[Item]:
 
         def pm(a, b):
             return "" if pd.isna(a) else (f"{a:.0f}" + ("" if pd.isna(b) else f" ± {b:.0f}"))
+
         g = lambda r, c: r.get(c, np.nan)  # noqa: E731
-        rows = [{"group": r["group"], "flux": LABEL.get(r["flux"], r["flux"]), "season": r["season"],
-                 "in situ (g C m-2 yr-1)": pm(g(r, "insitu_mean"), g(r, "insitu_sd")),
-                 "sites": "" if pd.isna(g(r, "insitu_sites")) else int(r["insitu_sites"]),
-                 "upscaled (g C m-2 yr-1)": pm(g(r, "density"), g(r, "density_sd_years")),
-                 "budget (Tg C yr-1)": pm(g(r, "budget"), g(r, "budget_sd"))} for _, r in t.iterrows()]
-        items.append(Item("table1", "Tables", f"Table 1: average Arctic–boreal CO2 fluxes, {rd.period()}",
-                          "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. Upscaled: "
-                          "area-weighted density, mean ± SD across years; budget ± SD across the bootstrap forests. "
-                          "nonsummer = January–May + September–December of the same year (RUN/budgets/table1.csv).",
-                          table_html=_table(pd.DataFrame(rows))))
+        rows = [
+            {
+                "group": r["group"],
+                "flux": LABEL.get(r["flux"], r["flux"]),
+                "season": r["season"],
+                "in situ (g C m-2 yr-1)": pm(g(r, "insitu_mean"), g(r, "insitu_sd")),
+                "sites": "" if pd.isna(g(r, "insitu_sites")) else int(r["insitu_sites"]),
+                "upscaled (g C m-2 yr-1)": pm(g(r, "density"), g(r, "density_sd_years")),
+                "budget (Tg C yr-1)": pm(g(r, "budget"), g(r, "budget_sd")),
+            }
+            for _, r in t.iterrows()
+        ]
+        items.append(
+            Item(
+                "table1",
+                "Tables",
+                f"Table 1: average Arctic–boreal CO2 fluxes, {rd.period()}",
+                "In situ: site-years with 12 months, averaged per site, mean ± SD across sites. Upscaled: "
+                "area-weighted density, mean ± SD across years; budget ± SD across the bootstrap forests. "
+                "nonsummer = January–May + September–December of the same year (RUN/budgets/table1.csv).",
+                table_html=_table(pd.DataFrame(rows)),
+            )
+        )
     if rd.has("summary.json"):
         s = json.loads(rd.layout.summary_json.read_text())
         if "truth" in s:
             t = pd.DataFrame(s["truth"])
             t = order(t)
-            cols = [c for c in ("flux", "zone", "estimate", "sd", "truth", "error", "rel_error", "trend", "trend_truth")
-                    if c in t]
-            items.append(Item("truth_table", "Tables", f"Budgets vs the twin's truth, {rd.period()}",
-                              "Period-mean budgets (Tg C yr-1) ± bootstrap SD next to the truth, and Theil–Sen budget "
-                              f"trends (Tg C yr-2); mean annual NEE map vs truth: Pearson r = "
-                              f"{s.get('nee_map_pearson_r', float('nan')):.3f} (RUN/summary.json).",
-                              table_html=_table(t[cols])))
+            cols = [
+                c
+                for c in ("flux", "zone", "estimate", "sd", "truth", "error", "rel_error", "trend", "trend_truth")
+                if c in t
+            ]
+            items.append(
+                Item(
+                    "truth_table",
+                    "Tables",
+                    f"Budgets vs the twin's truth, {rd.period()}",
+                    "Period-mean budgets (Tg C yr-1) ± bootstrap SD next to the truth, and Theil–Sen budget "
+                    f"trends (Tg C yr-2); mean annual NEE map vs truth: Pearson r = "
+                    f"{s.get('nee_map_pearson_r', float('nan')):.3f} (RUN/summary.json).",
+                    table_html=_table(t[cols]),
+                )
+            )
     if rd.has("compare/metrics.csv"):
-        items.append(Item("comparison_table", "Tables", "Comparison with reference products",
-                          "Per reference product: Pearson r (and p) of the mean annual NEE maps and of the per-cell "
-                          "trend maps against abzflux over the common years, source-area shares and cells compared "
-                          "(RUN/compare/metrics.csv).", table_html=_table(rd.csv("compare/metrics.csv"))))
+        items.append(
+            Item(
+                "comparison_table",
+                "Tables",
+                "Comparison with reference products",
+                "Per reference product: Pearson r (and p) of the mean annual NEE maps and of the per-cell "
+                "trend maps against abzflux over the common years, source-area shares and cells compared "
+                "(RUN/compare/metrics.csv).",
+                table_html=_table(rd.csv("compare/metrics.csv")),
+            )
+        )
     if rd.has("compare/budgets.csv"):
-        items.append(Item("comparison_budgets", "Tables", "Budgets of the reference products",
-                          "Mean annual NEE budget (Tg C yr-1) of abzflux and of each product over the product's "
-                          "years, and their ratio, per zone (RUN/compare/budgets.csv).",
-                          table_html=_table(rd.csv("compare/budgets.csv"))))
+        items.append(
+            Item(
+                "comparison_budgets",
+                "Tables",
+                "Budgets of the reference products",
+                "Mean annual NEE budget (Tg C yr-1) of abzflux and of each product over the product's "
+                "years, and their ratio, per zone (RUN/compare/budgets.csv).",
+                table_html=_table(rd.csv("compare/budgets.csv")),
+            )
+        )
     return items
 
 
@@ -733,17 +1011,39 @@ def coverage_items(rd: RunData) -> list[Item]:
     bad = cov[cov.share_lost > warn].sort_values("share_lost", ascending=False, kind="stable")
     if not len(bad):
         top = float(cov.share_lost.max()) if len(cov) else 0.0
-        return [Item("coverage", "Tables", "Coverage of the budgets",
-                     f"Full coverage: the upscaling predicted every zone's land in every month of {rd.period()}"
-                     + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
-                     + " (RUN/budgets/coverage.csv).", table_html="")]
-    t = pd.DataFrame({"zone": bad.zone, "year": bad.year, "land (km²)": bad.land_km2.round(0),
-                      "predicted (km²)": bad.predicted_km2.round(0), "lost": (100 * bad.share_lost).map("{:.2f}%".format),
-                      "worst month": bad.worst_month, "missing": bad.variables})
-    return [Item("coverage", "Tables", "Coverage of the budgets",
-                 f"{len(bad)} zone-year(s) lose more than {warn:g} of their land (budgets.coverage_warn): where a "
-                 "predictor is missing the upscaled flux is NaN, and these budgets sum only the predicted area "
-                 "(worst month of the year; RUN/budgets/coverage.csv).", table_html=_table(t.head(50)))]
+        return [
+            Item(
+                "coverage",
+                "Tables",
+                "Coverage of the budgets",
+                f"Full coverage: the upscaling predicted every zone's land in every month of {rd.period()}"
+                + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
+                + " (RUN/budgets/coverage.csv).",
+                table_html="",
+            )
+        ]
+    t = pd.DataFrame(
+        {
+            "zone": bad.zone,
+            "year": bad.year,
+            "land (km²)": bad.land_km2.round(0),
+            "predicted (km²)": bad.predicted_km2.round(0),
+            "lost": (100 * bad.share_lost).map("{:.2f}%".format),
+            "worst month": bad.worst_month,
+            "missing": bad.variables,
+        }
+    )
+    return [
+        Item(
+            "coverage",
+            "Tables",
+            "Coverage of the budgets",
+            f"{len(bad)} zone-year(s) lose more than {warn:g} of their land (budgets.coverage_warn): where a "
+            "predictor is missing the upscaled flux is NaN, and these budgets sum only the predicted area "
+            "(worst month of the year; RUN/budgets/coverage.csv).",
+            table_html=_table(t.head(50)),
+        )
+    ]
 
 
 def insitu_tables(rd: RunData) -> list[Item]:
@@ -758,34 +1058,69 @@ def insitu_tables(rd: RunData) -> list[Item]:
 
     s = summary(sites)
     b = s["biome_annual"].copy()
-    b["paper (in situ)"] = [f"{PAPER[k][0]:.0f} ± {PAPER[k][1]:.0f}" if k in PAPER else ""
-                            for k in (b.biome + " " + b.flux)]
+    b["paper (in situ)"] = [
+        f"{PAPER[k][0]:.0f} ± {PAPER[k][1]:.0f}" if k in PAPER else "" for k in (b.biome + " " + b.flux)
+    ]
     sh, la, tr = s["source_share"], s["latitude"], s["trends"]
     nee = tr[tr.flux == "nee"]
-    other = pd.DataFrame([
-        {"statistic": "sites with annual NEE > 0", "value": f"{sh['source_sites']} of {sh['sites']} "
-         f"({100 * sh['share']:.0f} %)", "paper": "29 %"},
-        {"statistic": "Pearson r, site NEE vs latitude", "value": f"{la['pearson_r']:.2f} (p = {la['p']:.3g}, "
-         f"n = {la['n']})", "paper": "0.26 (P = 0.053)"},
-        {"statistic": "sites with ≥ 8 complete NEE years", "value": f"{len(nee)}, {int((nee.p < 0.05).sum())} "
-         "with p < 0.05", "paper": "9, 1 significant"}])
-    cap = ("The run's site table is ABCflux (abzflux sites import abcflux). Annual flux: each site's mean over "
-           "its site-years with 12 months, then mean ± SD across sites (g C m-2 yr-1); docs/real_data.md "
-           "explains the differences from the paper's values.")
-    return [Item("insitu_biomes", "In situ (ABCflux)", "In-situ annual fluxes by biome", cap,
-                 table_html=_table(b)),
-            Item("insitu_other", "In situ (ABCflux)", "Source sites, latitude and site trends", cap,
-                 table_html=_table(other))]
+    other = pd.DataFrame(
+        [
+            {
+                "statistic": "sites with annual NEE > 0",
+                "value": f"{sh['source_sites']} of {sh['sites']} ({100 * sh['share']:.0f} %)",
+                "paper": "29 %",
+            },
+            {
+                "statistic": "Pearson r, site NEE vs latitude",
+                "value": f"{la['pearson_r']:.2f} (p = {la['p']:.3g}, n = {la['n']})",
+                "paper": "0.26 (P = 0.053)",
+            },
+            {
+                "statistic": "sites with ≥ 8 complete NEE years",
+                "value": f"{len(nee)}, {int((nee.p < 0.05).sum())} with p < 0.05",
+                "paper": "9, 1 significant",
+            },
+        ]
+    )
+    cap = (
+        "The run's site table is ABCflux (abzflux sites import abcflux). Annual flux: each site's mean over "
+        "its site-years with 12 months, then mean ± SD across sites (g C m-2 yr-1); docs/real_data.md "
+        "explains the differences from the paper's values."
+    )
+    return [
+        Item("insitu_biomes", "In situ (ABCflux)", "In-situ annual fluxes by biome", cap, table_html=_table(b)),
+        Item(
+            "insitu_other", "In situ (ABCflux)", "Source sites, latitude and site trends", cap, table_html=_table(other)
+        ),
+    ]
 
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, border=0, classes="tbl", na_rep="",
-                      float_format=lambda v: f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}")
+    return df.to_html(
+        index=False,
+        escape=True,
+        border=0,
+        classes="tbl",
+        na_rep="",
+        float_format=lambda v: f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}",
+    )
 
 
 FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
-    fig1_maps, fig2_budgets, fig3_monthly, fig4_regions, fig_skill, fig_interpret, fig_fire, fig_uncertainty,
-    uncertainty_method, fig_extrapolation, tables, coverage_items, insitu_tables)
+    fig1_maps,
+    fig2_budgets,
+    fig3_monthly,
+    fig4_regions,
+    fig_skill,
+    fig_interpret,
+    fig_fire,
+    fig_uncertainty,
+    uncertainty_method,
+    fig_extrapolation,
+    tables,
+    coverage_items,
+    insitu_tables,
+)
 
 
 # --------------------------------------------------------------------------- the page
@@ -848,17 +1183,28 @@ def render_html(rd: RunData, rep: Report) -> str:
     rec = rd.record
     cfg = rec.get("config", {})
     esc = html.escape
-    head = ["<h1>abzflux study report</h1>",
-            (f"<p class='meta'>Run <code>{esc(str(rd.run.resolve()))}</code>; period {esc(rd.period())}; "
-             f"abzflux {esc(str(rec.get('abzflux', '?')))}, seed {esc(str(rec.get('seed', '?')))}; run finished "
-             f"{esc(str(rec.get('finished', '?')))}; report written "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"),
-            "<p class='meta'>Units: fluxes in g C m-2 (per month or year as stated), budgets in Tg C yr-1, "
-            "trends per year. NEE &lt; 0 = uptake by the land. "
-            + ("This run has a coarse model set (RUN/coarse). " if rd.has("coarse/budgets_annual.csv") else "")
-            + ("Inputs: " + ", ".join(f"{esc(k)} = <code>{esc(Path(str(v)).name)}</code>"
-                                      for k, v in cfg.get("inputs", {}).items() if v) + "." if cfg else "")
-            + "</p>"]
+    head = [
+        "<h1>abzflux study report</h1>",
+        (
+            f"<p class='meta'>Run <code>{esc(str(rd.run.resolve()))}</code>; period {esc(rd.period())}; "
+            f"abzflux {esc(str(rec.get('abzflux', '?')))}, seed {esc(str(rec.get('seed', '?')))}; run finished "
+            f"{esc(str(rec.get('finished', '?')))}; report written "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
+        ),
+        "<p class='meta'>Units: fluxes in g C m-2 (per month or year as stated), budgets in Tg C yr-1, "
+        "trends per year. NEE &lt; 0 = uptake by the land. "
+        + ("This run has a coarse model set (RUN/coarse). " if rd.has("coarse/budgets_annual.csv") else "")
+        + (
+            "Inputs: "
+            + ", ".join(
+                f"{esc(k)} = <code>{esc(Path(str(v)).name)}</code>" for k, v in cfg.get("inputs", {}).items() if v
+            )
+            + "."
+            if cfg
+            else ""
+        )
+        + "</p>",
+    ]
     toc, body, section = [], [], None
     for it in rep.items:
         if it.section != section:
@@ -867,18 +1213,32 @@ def render_html(rd: RunData, rep: Report) -> str:
         toc.append(f"<li><a href='#{it.id}'>{esc(it.title)}</a></li>")
         if it.png is not None:
             b64 = base64.b64encode(it.png).decode("ascii")
-            body.append(f"<figure id='{it.id}'><h3>{esc(it.title)}</h3>"
-                        f"<img alt='{esc(it.title)}' src='data:image/png;base64,{b64}'>"
-                        f"<figcaption>{esc(it.caption)} Files: report/{it.id}.png, report/{it.id}.pdf.</figcaption></figure>")
+            body.append(
+                f"<figure id='{it.id}'><h3>{esc(it.title)}</h3>"
+                f"<img alt='{esc(it.title)}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{esc(it.caption)} Files: report/{it.id}.png, report/{it.id}.pdf.</figcaption></figure>"
+            )
         else:
-            body.append(f"<div class='table' id='{it.id}'><h3>{esc(it.title)}</h3><p class='meta'>{esc(it.caption)}</p>"
-                        f"<div class='scroll'>{it.table_html}</div></div>")
+            body.append(
+                f"<div class='table' id='{it.id}'><h3>{esc(it.title)}</h3><p class='meta'>{esc(it.caption)}</p>"
+                f"<div class='scroll'>{it.table_html}</div></div>"
+            )
     if rep.errors:
-        body.append("<h2 id='sec-errors'>Figures that failed</h2><ul class='err'>"
-                    + "".join(f"<li>{esc(n)}: {esc(m)}</li>" for n, m in rep.errors) + "</ul>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>abzflux study report</title>"
-            f"<style>{CSS}</style></head><body>" + "".join(head)
-            + "<nav><h2>Contents</h2><ul>" + "".join(toc) + "</ul></nav>" + "".join(body) + "</body></html>\n")
+        body.append(
+            "<h2 id='sec-errors'>Figures that failed</h2><ul class='err'>"
+            + "".join(f"<li>{esc(n)}: {esc(m)}</li>" for n, m in rep.errors)
+            + "</ul>"
+        )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>abzflux study report</title>"
+        f"<style>{CSS}</style></head><body>"
+        + "".join(head)
+        + "<nav><h2>Contents</h2><ul>"
+        + "".join(toc)
+        + "</ul></nav>"
+        + "".join(body)
+        + "</body></html>\n"
+    )
 
 
 def _slug(s: str) -> str:

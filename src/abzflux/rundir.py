@@ -46,8 +46,19 @@ LOCK = "abzflux.lock"  # in the run directory only: it covers the coarse set
 WORK = "*"  # manifest value: work in progress, every file inside is abzflux's
 MARKERS = "markers"  # manifest value of stages/: stage markers only
 # errno values that mean "this location cannot be written", not a bug: reported as one line.
-FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
-             errno.EEXIST, errno.EFBIG, errno.EMFILE, errno.ENAMETOOLONG}
+FS_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EFBIG,
+    errno.EMFILE,
+    errno.ENAMETOOLONG,
+}
 
 
 class NotOwned(InputError):
@@ -72,9 +83,13 @@ def fs_error(e: OSError, fallback, where: str | None = None) -> FileSystemError:
     """The one-line error for a file-system failure ``e`` (``fallback``: the path when ``e`` names none)."""
     code = errno.errorcode.get(e.errno, "") if e.errno else ""
     what = (e.strerror or str(e)) + (f" ({code})" if code else "")
-    return FileSystemError(e.filename or fallback, f"cannot be written: {what}", where=where,
-                           expected="a writable location with free space (nothing partial is left: the same "
-                                    "command can be rerun once fixed, and a run keeps its finished stages)")
+    return FileSystemError(
+        e.filename or fallback,
+        f"cannot be written: {what}",
+        where=where,
+        expected="a writable location with free space (nothing partial is left: the same "
+        "command can be rerun once fixed, and a run keeps its finished stages)",
+    )
 
 
 def write_json(path: Path, obj) -> None:
@@ -114,8 +129,11 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as e:
                 if e.errno == errno.ELOOP:
-                    raise NotOwned(self.path, "a symbolic link that abzflux did not write",
-                                   expected="no file named abzflux.lock in the run directory (move it away)") from None
+                    raise NotOwned(
+                        self.path,
+                        "a symbolic link that abzflux did not write",
+                        expected="no file named abzflux.lock in the run directory (move it away)",
+                    ) from None
                 if is_fs_error(e):
                     raise fs_error(e, self.path, where="the start, before anything was written") from None
                 raise
@@ -124,16 +142,23 @@ class RunLock:
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise RunDirInUse(self.dir, f"is in use by another abzflux process ({holder})",
-                                  expected="one abzflux process per run directory at a time: wait for it to "
-                                           "finish, or use another --out") from None
+                raise RunDirInUse(
+                    self.dir,
+                    f"is in use by another abzflux process ({holder})",
+                    expected="one abzflux process per run directory at a time: wait for it to "
+                    "finish, or use another --out",
+                ) from None
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                     os.close(fd)
                     raise
                 # a file system without locks (e.g. Lustre mounted without -o flock): go on, unprotected
-                log.warning("%s: the file system does not support locks (%s): two processes writing into this "
-                            "run directory at once are not kept apart", self.path, e.strerror)
+                log.warning(
+                    "%s: the file system does not support locks (%s): two processes writing into this "
+                    "run directory at once are not kept apart",
+                    self.path,
+                    e.strerror,
+                )
             try:  # the file we locked must still be the one at the path (a releaser removes it)
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -144,13 +169,20 @@ class RunLock:
             stale = _read_holder(fd, raw=True)
             if stale and not _is_lock_record(stale):  # a file of someone else's at our name: not ours to overwrite
                 os.close(fd)
-                raise NotOwned(self.path, "a file that abzflux did not write (not an abzflux lock record)",
-                               expected="no file named abzflux.lock in the run directory (move it away)")
+                raise NotOwned(
+                    self.path,
+                    "a file that abzflux did not write (not an abzflux lock record)",
+                    expected="no file named abzflux.lock in the run directory (move it away)",
+                )
             if stale:
                 log.warning("%s: took over a stale lock (its process is gone): %s", self.path, stale)
-            info = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "purpose": self.purpose,
-                    "command": " ".join(sys.argv)}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "purpose": self.purpose,
+                "command": " ".join(sys.argv),
+            }
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -197,8 +229,10 @@ def _read_holder(fd: int, raw: bool = False) -> str:
         return text or ("holder unknown" if not raw else "")
     try:
         h = json.loads(text)
-        return (f"pid {h.get('pid')} on host {h.get('host')}, since {h.get('since')}: "
-                f"{h.get('purpose', 'run')}, command `{h.get('command')}`")
+        return (
+            f"pid {h.get('pid')} on host {h.get('host')}, since {h.get('since')}: "
+            f"{h.get('purpose', 'run')}, command `{h.get('command')}`"
+        )
     except (ValueError, AttributeError):
         return text[:200]
 
@@ -231,11 +265,14 @@ def make_dir(path: Path) -> None:
     cannot be written, is a one-line error)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileSystemError(path, "is a file, not a directory", expected="a run directory (existing or new) for --out")
+        raise FileSystemError(
+            path, "is a file, not a directory", expected="a run directory (existing or new) for --out"
+        )
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise FileSystemError(parent, "is a file, not a directory",
-                                  where=f"a parent of {path}", expected="--out inside a directory")
+            raise FileSystemError(
+                parent, "is a file, not a directory", where=f"a parent of {path}", expected="--out inside a directory"
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -278,13 +315,23 @@ class Ownership:
             try:
                 self.paths = dict(json.loads(self.file.read_text())["paths"])
             except (ValueError, KeyError, TypeError):
-                raise NotOwned(self.file, "is not an abzflux ownership manifest (unreadable JSON)",
-                               expected="the file abzflux wrote, or no such file") from None
+                raise NotOwned(
+                    self.file,
+                    "is not an abzflux ownership manifest (unreadable JSON)",
+                    expected="the file abzflux wrote, or no such file",
+                ) from None
 
     def save(self) -> None:
         if self.paths:
-            write_json(self.file, {"format": 1, "about": "paths abzflux wrote into this directory (it deletes or "
-                                   "replaces only these); docs/reliability.md", "paths": self.paths})
+            write_json(
+                self.file,
+                {
+                    "format": 1,
+                    "about": "paths abzflux wrote into this directory (it deletes or "
+                    "replaces only these); docs/reliability.md",
+                    "paths": self.paths,
+                },
+            )
         else:
             self.file.unlink(missing_ok=True)
 
@@ -324,8 +371,10 @@ class Ownership:
                     elif tree_hash(p, files) == digest:
                         self.paths[o] = files
                     else:
-                        problems.append(f"{p}: its files do not reproduce the digest recorded in {m} (changed "
-                                        "since abzflux wrote it)")
+                        problems.append(
+                            f"{p}: its files do not reproduce the digest recorded in {m} (changed "
+                            "since abzflux wrote it)"
+                        )
         for n in work_names:
             if n in self.paths or not (self.dir / n).exists():
                 continue
@@ -364,8 +413,11 @@ class Ownership:
                 out += [f"{p / f}: a file that abzflux did not write" for f in tree_files(p) if f not in ok]
             else:
                 listed = set(entry)
-                out += [f"{p / f}: a file that abzflux did not write, inside its output {n}/"
-                        for f in tree_files(p) if f not in listed]
+                out += [
+                    f"{p / f}: a file that abzflux did not write, inside its output {n}/"
+                    for f in tree_files(p)
+                    if f not in listed
+                ]
         return out
 
     # -- recording
@@ -460,12 +512,17 @@ def in_the_way(set_dirs: dict, names: Iterable[str]) -> None:
     for own in set_dirs.values():
         problems += own.problems(names)
     if problems:
-        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])}{' ...' if len(problems) > 4 else ''})" \
-            if len(problems) > 1 else ""
-        raise NotOwned(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1] + ", where abzflux would "
-                       "write or delete" + more,
-                       expected="only abzflux's own outputs at its output paths: move it out of the run directory, "
-                                "or use another --out")
+        more = (
+            f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])}{' ...' if len(problems) > 4 else ''})"
+            if len(problems) > 1
+            else ""
+        )
+        raise NotOwned(
+            problems[0].split(": ", 1)[0],
+            problems[0].split(": ", 1)[1] + ", where abzflux would write or delete" + more,
+            expected="only abzflux's own outputs at its output paths: move it out of the run directory, "
+            "or use another --out",
+        )
 
 
 @contextmanager
@@ -475,11 +532,15 @@ def owning(set_dir, names, purpose: str = "output"):
     failure: what was written is abzflux's)."""
     own = Ownership(set_dir)
     names = list(names)
-    problems = [p for p in own.adopt_legacy(names)  # only those about the paths written here
-                if any(p.startswith(f"{Path(set_dir) / n}:") for n in names)]
+    problems = [
+        p
+        for p in own.adopt_legacy(names)  # only those about the paths written here
+        if any(p.startswith(f"{Path(set_dir) / n}:") for n in names)
+    ]
     if problems:
-        raise NotOwned(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1],
-                       expected=f"abzflux's own {purpose} there")
+        raise NotOwned(
+            problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1], expected=f"abzflux's own {purpose} there"
+        )
     in_the_way({set_dir: own}, names)
     own.pending(names)
     try:
@@ -502,13 +563,20 @@ def check_inputs_outside_outputs(inputs: dict, set_dir: Path, names: Iterable[st
     deleted), or a run directory inside an input (a Zarr store, a directory of products)."""
     names = list(names)
     for k, v in inputs.items():
-        for p in (v if isinstance(v, list) else [v]):
+        for p in v if isinstance(v, list) else [v]:
             if inside(set_dir, p):
-                raise NotOwned(p, f"input {k} contains the run directory {set_dir}", column=f"inputs.{k}",
-                               expected="--out outside every input")
+                raise NotOwned(
+                    p,
+                    f"input {k} contains the run directory {set_dir}",
+                    column=f"inputs.{k}",
+                    expected="--out outside every input",
+                )
             for n in names:
                 if inside(p, set_dir / n):
-                    raise NotOwned(p, f"input {k} lies at an output location of the run ({set_dir / n}), which "
-                                   "the run would replace or delete", column=f"inputs.{k}",
-                                   expected="inputs outside the run directory's output paths (move it, or use "
-                                            "another --out)")
+                    raise NotOwned(
+                        p,
+                        f"input {k} lies at an output location of the run ({set_dir / n}), which "
+                        "the run would replace or delete",
+                        column=f"inputs.{k}",
+                        expected="inputs outside the run directory's output paths (move it, or use another --out)",
+                    )

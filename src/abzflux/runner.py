@@ -37,9 +37,28 @@ from .steps import STEPS, StepSpec, lineage
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("abzflux", "numpy", "pandas", "xarray", "scikit-learn", "scipy", "numba", "zarr", "numcodecs", "dask",
-            "distributed", "h5netcdf", "h5py", "pyarrow", "pyproj", "statsmodels", "matplotlib", "rioxarray",
-            "typer", "rich")
+PACKAGES = (
+    "abzflux",
+    "numpy",
+    "pandas",
+    "xarray",
+    "scikit-learn",
+    "scipy",
+    "numba",
+    "zarr",
+    "numcodecs",
+    "dask",
+    "distributed",
+    "h5netcdf",
+    "h5py",
+    "pyarrow",
+    "pyproj",
+    "statsmodels",
+    "matplotlib",
+    "rioxarray",
+    "typer",
+    "rich",
+)
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Config keys that change how a run executes but never an output: they do not make a run
 # directory "another config's" (every other key is a stage's config key; tests/test_resume.py).
@@ -86,11 +105,17 @@ def environment(cfg: Config) -> dict:
     """Where and how the run executes (recorded in run.json; outputs do not depend on it)."""
     import numba  # slow to import: only when a run starts
 
-    return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "machine": platform.machine(), "hostname": platform.node(),
-            "cpu_count": os.cpu_count(), "numba_threads": int(numba.config.NUMBA_NUM_THREADS),  # type: ignore[attr-defined]
-            "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
-            "scheduler": cfg.run.scheduler or "this process"}
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "numba_threads": int(numba.config.NUMBA_NUM_THREADS),  # type: ignore[attr-defined]
+        "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
+        "scheduler": cfg.run.scheduler or "this process",
+    }
 
 
 # --------------------------------------------------------------------------- steps
@@ -226,22 +251,31 @@ def _conflicts(ctx: Context, stages: list[StepSpec]) -> list[str]:
                 elif k == "references":
                     what = f"input references: {p_old} -> {p_new} (contents differ)"
                 else:
-                    what = (f"input {k}: {p_old} (sha256 {old[:12]}...) -> {p_new} (sha256 {new[:12]}...)"
-                            + (": the file's contents changed" if p_old == p_new else ""))
+                    what = f"input {k}: {p_old} (sha256 {old[:12]}...) -> {p_new} (sha256 {new[:12]}...)" + (
+                        ": the file's contents changed" if p_old == p_new else ""
+                    )
                 diffs.setdefault(what, []).append(st.name)
     return [f"{what} (stages {', '.join(names)})" for what, names in diffs.items()]
 
 
 def _refuse(out: Path, lines: list[str]) -> None:
     raise RunDirConflict(
-        out, "holds outputs computed from another config or other inputs; running into it would mix them "
+        out,
+        "holds outputs computed from another config or other inputs; running into it would mix them "
         "with this run's:\n  " + "\n  ".join(lines) + "\n",
         expected="the config and inputs that wrote them (to resume or update that run), another --out, or "
-                 "--restart (`abzflux run CONFIG --restart`) to delete this run directory's outputs and start over")
+        "--restart (`abzflux run CONFIG --restart`) to delete this run directory's outputs and start over",
+    )
 
 
-def run_study(cfg: Config, out: Path, force: bool = False,
-              progress_factory=None, restart: bool = False, finish: Callable[[], None] | None = None) -> dict:
+def run_study(
+    cfg: Config,
+    out: Path,
+    force: bool = False,
+    progress_factory=None,
+    restart: bool = False,
+    finish: Callable[[], None] | None = None,
+) -> dict:
     """Run every stage into ``out``; skip stages that are complete and unchanged. With a
     ``[coarse]`` section, the coarse model set then runs the same stages into ``out/coarse``.
 
@@ -265,8 +299,9 @@ def run_study(cfg: Config, out: Path, force: bool = False,
                 ctx.hashes[k] = {str(q): file_hash(q) for q in p} if k == "references" else file_hash(p)
         for ctx in ctxs:  # no input of either model set at an output location of either
             for other in ctxs:
-                rundir.check_inputs_outside_outputs(ctx.input_paths(), other.out,
-                                                    names + [rundir.MANIFEST, rundir.LOCK])
+                rundir.check_inputs_outside_outputs(
+                    ctx.input_paths(), other.out, names + [rundir.MANIFEST, rundir.LOCK]
+                )
         with rundir.locked(out):
             # Ownership: nothing abzflux did not write may be where this run writes or deletes.
             set_dirs = [ctx.out for ctx in ctxs]
@@ -278,16 +313,21 @@ def run_study(cfg: Config, out: Path, force: bool = False,
                 owners[d] = rundir.Ownership(d, stage_names)
                 legacy += owners[d].adopt_legacy(names)
             if legacy:
-                raise rundir.NotOwned(legacy[0].split(": ", 1)[0], legacy[0].split(": ", 1)[1],
-                                      expected="abzflux's own outputs (move the directory out of the run directory, "
-                                               "or use another --out)")
+                raise rundir.NotOwned(
+                    legacy[0].split(": ", 1)[0],
+                    legacy[0].split(": ", 1)[1],
+                    expected="abzflux's own outputs (move the directory out of the run directory, "
+                    "or use another --out)",
+                )
             rundir.in_the_way(owners, run_paths(exports=False))  # --restart leaves unrecorded exports alone
             if not restart:
                 lines = []
                 for ctx in ctxs:
                     lines += [(f"coarse/ {s}" if ctx.out != out else s) for s in _conflicts(ctx, build_stages())]
                 if len(ctxs) == 1 and any(coarse.stages.glob("*.json")):
-                    lines.append("[coarse]: coarse/ holds a coarse model set's outputs; this config has no [coarse] section")
+                    lines.append(
+                        "[coarse]: coarse/ holds a coarse model set's outputs; this config has no [coarse] section"
+                    )
                 if lines:
                     _refuse(out, lines)
             else:
@@ -348,10 +388,18 @@ def _run_set(ctx: Context, force: bool) -> dict:
     own.pending([L.STAGES, L.RUN_JSON, L.RUN_JSON + ".tmp"] + [n for n in names if not (out / n).exists()])
     lay.stages.mkdir(exist_ok=True)
     record: dict = {
-        "abzflux": __version__, "status": "running", "config": cfg.to_dict(), "config_file": str(cfg.source),
-        "seed": cfg.run.seed, "input_hashes": ctx.hashes, "packages": package_versions(),
-        "environment": environment(cfg), "code_hash": code_hash(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": None, "stages": {},
+        "abzflux": __version__,
+        "status": "running",
+        "config": cfg.to_dict(),
+        "config_file": str(cfg.source),
+        "seed": cfg.run.seed,
+        "input_hashes": ctx.hashes,
+        "packages": package_versions(),
+        "environment": environment(cfg),
+        "code_hash": code_hash(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": None,
+        "stages": {},
     }
     # Written before the first stage: a killed run's directory says which config it was running.
     _atomic.write_text(lay.run_json, json.dumps(record, indent=2, default=str))
@@ -375,8 +423,9 @@ def _run_set(ctx: Context, force: bool) -> dict:
     record["status"] = "complete"
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     # One digest of every stage output: two runs with equal digests produced identical outputs.
-    record["output_digest"] = hashlib.sha256(json.dumps(
-        {k: v.get("digest") for k, v in record["stages"].items()}, sort_keys=True).encode()).hexdigest()
+    record["output_digest"] = hashlib.sha256(
+        json.dumps({k: v.get("digest") for k, v in record["stages"].items()}, sort_keys=True).encode()
+    ).hexdigest()
     _atomic.write_text(lay.run_json, json.dumps(record, indent=2, default=str))
     own.record(names)
     return record
@@ -392,10 +441,14 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
             continue
         if st.enabled is not None and not st.enabled(cfg):
             continue
-        fp_src = {"stage": st.name, "version": __version__, "code": code_hash(),
-                  "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
-                  "inputs": {k: ctx.hashes.get(k) for k in st.inputs},
-                  "upstream": {d: fingerprints.get(d) for d in st.depends}}  # None: a stage that did not run
+        fp_src = {
+            "stage": st.name,
+            "version": __version__,
+            "code": code_hash(),
+            "config": {k: _cfg_value(cfg, k) for k in st.config_keys},
+            "inputs": {k: ctx.hashes.get(k) for k in st.inputs},
+            "upstream": {d: fingerprints.get(d) for d in st.depends},
+        }  # None: a stage that did not run
         fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True, default=str).encode()).hexdigest()
         fingerprints[st.name] = fp
         marker = ctx.layout.marker(st.name)
@@ -403,8 +456,11 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
         # The upstream outputs this stage read, by digest: if an upstream stage was recomputed and
         # its outputs differ (they should not: outputs are deterministic), this stage reruns too.
         up_digest = {d: record["stages"][d].get("digest") for d in st.depends if d in record["stages"]}
-        done = old.get("fingerprint") == fp and all((out / o).exists() for o in st.outputs) \
+        done = (
+            old.get("fingerprint") == fp
+            and all((out / o).exists() for o in st.outputs)
             and old.get("upstream_digest", up_digest) == up_digest
+        )
         if done and not force:
             log.info(f"[{st.name}] up to date, skipped")
             record["stages"][st.name] = {"skipped": True, "fingerprint": fp, "digest": old.get("digest")}
@@ -423,11 +479,27 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
         dt = time.perf_counter() - t0
         digest = {o: digest_path(out / o) for o in st.outputs + st.extras if (out / o).exists()}
         keys, inputs = lineage[st.name]
-        _atomic.write_text(marker, json.dumps({
-            "fingerprint": fp, "stage": st.name, "version": __version__, "code": code_hash(),
-            "config": {k: _cfg_value(cfg, k) for k in keys},
-            "inputs": {k: ctx.hashes.get(k) for k in inputs}, "input_paths": {k: paths.get(k) for k in inputs},
-            "upstream": fp_src["upstream"], "upstream_digest": up_digest, "outputs": list(st.outputs), "digest": digest,
-            "seconds": round(dt, 2), **ctx.cache.pop("marker_extra")}, indent=2, default=str))
+        _atomic.write_text(
+            marker,
+            json.dumps(
+                {
+                    "fingerprint": fp,
+                    "stage": st.name,
+                    "version": __version__,
+                    "code": code_hash(),
+                    "config": {k: _cfg_value(cfg, k) for k in keys},
+                    "inputs": {k: ctx.hashes.get(k) for k in inputs},
+                    "input_paths": {k: paths.get(k) for k in inputs},
+                    "upstream": fp_src["upstream"],
+                    "upstream_digest": up_digest,
+                    "outputs": list(st.outputs),
+                    "digest": digest,
+                    "seconds": round(dt, 2),
+                    **ctx.cache.pop("marker_extra"),
+                },
+                indent=2,
+                default=str,
+            ),
+        )
         ctx.cache["ownership"].record(st_names)
         record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp, "digest": digest}

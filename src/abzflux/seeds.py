@@ -28,8 +28,16 @@ import numpy as np
 
 # name -> (the SeedSequence's entropy offsets, or None for a plain integer seed)
 _OFFSET = {"importance": 11, "qrf_draw": 7, "bootstrap_rows": 1000, "bootstrap_forest": 2000}
-STREAMS = ("forest", "cv_fold", "importance", "qrf_draw", "bootstrap_rows", "bootstrap_forest",
-           "bootstrap_cv", "kmeans")
+STREAMS = (
+    "forest",
+    "cv_fold",
+    "importance",
+    "qrf_draw",
+    "bootstrap_rows",
+    "bootstrap_forest",
+    "bootstrap_cv",
+    "kmeans",
+)
 
 
 def _check(seed: int, name: str) -> None:

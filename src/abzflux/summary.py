@@ -15,8 +15,16 @@ from .config import Config
 
 def period_means(ann: pd.DataFrame, period_sd: pd.DataFrame | None) -> pd.DataFrame:
     """Period-mean budget and density per zone and flux (with the period-mean SD when given)."""
-    period = ann.groupby(["zone", "flux"]).agg(tg_c=("tg_c", "mean"), density=("density_g_m2", "mean"),
-                                             first_year=("year", "min"), last_year=("year", "max")).reset_index()
+    period = (
+        ann.groupby(["zone", "flux"])
+        .agg(
+            tg_c=("tg_c", "mean"),
+            density=("density_g_m2", "mean"),
+            first_year=("year", "min"),
+            last_year=("year", "max"),
+        )
+        .reset_index()
+    )
     if period_sd is not None:
         period = period.merge(period_sd, on=["zone", "flux"], how="left")
     return period
@@ -34,8 +42,10 @@ def truth_table(ann: pd.DataFrame, truth_annual: pd.DataFrame, budget_trends: pd
     g = m.groupby(["zone", "flux"]).agg(estimate=("tg_c", "mean"), truth=("tg_c_truth", "mean")).reset_index()
     bt = budget_trends.replace({"flux": {"nee_derived": "nee (reco-gpp)"}})
     est_tr = bt.set_index(["zone", "flux"]).slope
-    truth_tr = {(z, f): trends_mod.trend_series(d.tg_c.to_numpy(), d.year.to_numpy())["slope"]
-                for (z, f), d in tann.sort_values("year").groupby(["zone", "flux"])}
+    truth_tr = {
+        (z, f): trends_mod.trend_series(d.tg_c.to_numpy(), d.year.to_numpy())["slope"]
+        for (z, f), d in tann.sort_values("year").groupby(["zone", "flux"])
+    }
     g["trend"] = [est_tr.get((z, f), np.nan) for z, f in zip(g.zone, g.flux)]
     g["trend_truth"] = [truth_tr.get((z, f), np.nan) for z, f in zip(g.zone, g.flux)]
     g["error"] = g.estimate - g.truth
@@ -64,8 +74,9 @@ def mean_annual(da: xr.DataArray) -> np.ndarray:
     return ann.mean("year").values.ravel()
 
 
-def coverage_lines(cov: pd.DataFrame, warn: float, y0: int, y1: int, period: pd.DataFrame,
-                   max_rows: int = 20) -> tuple[list, dict]:
+def coverage_lines(
+    cov: pd.DataFrame, warn: float, y0: int, y1: int, period: pd.DataFrame, max_rows: int = 20
+) -> tuple[list, dict]:
     """The summary's coverage section: the zone-years of ``budgets/coverage.csv`` (``cov``) that
     lose more than ``budgets.coverage_warn`` of their land (or "full coverage"), and the fluxes
     whose period means cover other years than the run's (fire and NEE + fire: the fire period)."""
@@ -73,30 +84,54 @@ def coverage_lines(cov: pd.DataFrame, warn: float, y0: int, y1: int, period: pd.
     top = float(cov.share_lost.max()) if len(cov) else 0.0
     lines = ["## Coverage", ""]
     if not len(bad):
-        lines.append(f"Full coverage: the upscaling predicted every zone's land in every month of {y0}–{y1}"
-                     + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
-                     + " (budgets/coverage.csv).")
+        lines.append(
+            f"Full coverage: the upscaling predicted every zone's land in every month of {y0}–{y1}"
+            + (f" (largest loss {top:.3%}, below budgets.coverage_warn = {warn:g})" if top > 0 else "")
+            + " (budgets/coverage.csv)."
+        )
     else:
-        lines += [(f"**{len(bad)} zone-year(s) lose more than {warn:g} of their land** (budgets.coverage_warn): "
-                   "there the budgets sum only the predicted area (cells where a predictor is missing have no "
-                   "flux; budgets/coverage.csv)."), "",
-                  "| zone | year | land (km²) | predicted (km²) | lost | worst month | missing |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            (
+                f"**{len(bad)} zone-year(s) lose more than {warn:g} of their land** (budgets.coverage_warn): "
+                "there the budgets sum only the predicted area (cells where a predictor is missing have no "
+                "flux; budgets/coverage.csv)."
+            ),
+            "",
+            "| zone | year | land (km²) | predicted (km²) | lost | worst month | missing |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in bad.head(max_rows).itertuples():
-            lines.append(f"| {r.zone} | {r.year} | {r.land_km2:,.0f} | {r.predicted_km2:,.0f} | {r.share_lost:.2%} | "
-                         f"{r.worst_month} | {r.variables or '-'} |")
+            lines.append(
+                f"| {r.zone} | {r.year} | {r.land_km2:,.0f} | {r.predicted_km2:,.0f} | {r.share_lost:.2%} | "
+                f"{r.worst_month} | {r.variables or '-'} |"
+            )
         if len(bad) > max_rows:
             lines.append(f"\n... and {len(bad) - max_rows} more.")
     note = coverage_mod.years_note(period, y0, y1)
     if note:
         lines += ["", note]
-    out = {"warn_threshold": warn, "full_coverage": not len(bad), "max_share_lost": top,
-           "above_warn": bad.to_dict(orient="records"), "years_note": note}
+    out = {
+        "warn_threshold": warn,
+        "full_coverage": not len(bad),
+        "max_share_lost": top,
+        "above_warn": bad.to_dict(orient="records"),
+        "years_note": note,
+    }
     return lines, out
 
 
-ZONE_ORDER = ["domain", "boreal", "tundra", "alaska", "canada", "europe", "siberia", "north_america", "eurasia",
-              "permafrost"]
+ZONE_ORDER = [
+    "domain",
+    "boreal",
+    "tundra",
+    "alaska",
+    "canada",
+    "europe",
+    "siberia",
+    "north_america",
+    "eurasia",
+    "permafrost",
+]
 FLUX_ORDER = ["gpp", "reco", "nee", "nee (reco-gpp)", "nee_derived", "fire", "nee_fire"]
 
 
@@ -106,8 +141,11 @@ def order(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df.zone.isin(ZONE_ORDER)]
     z = {n: i for i, n in enumerate(ZONE_ORDER)}
     f = {n: i for i, n in enumerate(FLUX_ORDER)}
-    return df.assign(_z=df.zone.map(z).fillna(99), _f=df.flux.map(f).fillna(99)) \
-        .sort_values(["_f", "_z"]).drop(columns=["_z", "_f"])
+    return (
+        df.assign(_z=df.zone.map(z).fillna(99), _f=df.flux.map(f).fillna(99))
+        .sort_values(["_f", "_z"])
+        .drop(columns=["_z", "_f"])
+    )
 
 
 def uncertainty_label(cfg: Config) -> str:
@@ -116,37 +154,54 @@ def uncertainty_label(cfg: Config) -> str:
     return cfg.uncertainty.method + ("+extrap" if cfg.uncertainty.extrapolation else "")
 
 
-METHOD_TEXT = {"rows": "the SD across bootstrap forests trained on resampled site-months (the paper's method)",
-               "sites": "the SD across bootstrap forests trained on resampled whole sites (cluster bootstrap)",
-               "blocks": "the SD across bootstrap forests trained on resampled spatial blocks of sites"}
+METHOD_TEXT = {
+    "rows": "the SD across bootstrap forests trained on resampled site-months (the paper's method)",
+    "sites": "the SD across bootstrap forests trained on resampled whole sites (cluster bootstrap)",
+    "blocks": "the SD across bootstrap forests trained on resampled spatial blocks of sites",
+}
 
 
-def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, info: dict,
-                      method: str = "rows") -> str:
+def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, info: dict, method: str = "rows") -> str:
     lines = ["# abzflux run summary", ""]
     y0, y1 = int(period.first_year.min()), int(period.last_year.max())
-    lines += ["## Models", "", "| flux | rows | sites | mtry | in-sample R² | in-sample RMSE |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Models",
+        "",
+        "| flux | rows | sites | mtry | in-sample R² | in-sample RMSE |",
+        "|---|---|---|---|---|---|",
+    ]
     for f, v in info.items():
-        lines.append(f"| {f} | {v['rows']} | {v['sites']} | {v['mtry']} | {v['in_sample_r2']:.3f} | {v['in_sample_rmse']:.1f} |")
+        lines.append(
+            f"| {f} | {v['rows']} | {v['sites']} | {v['mtry']} | {v['in_sample_r2']:.3f} | {v['in_sample_rmse']:.1f} |"
+        )
     lines += ["", f"## Budgets, mean {y0}–{y1} (Tg C yr-1)", ""]
     if truth is not None:
         has_sd = "sd" in truth.columns
-        lines += ["| flux | zone | estimate | ± SD | truth | error | error % | error / SD "
-                  "| trend (Tg C yr-2) | true trend |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| flux | zone | estimate | ± SD | truth | error | error % | error / SD | trend (Tg C yr-2) | true trend |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in order(truth).itertuples():
             sd = getattr(r, "sd", np.nan) if has_sd else np.nan
-            lines.append(f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {sd:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
-                         f"{100 * r.rel_error:+.1f} | {r.error / sd if sd > 0 else np.nan:+.1f} | "
-                         f"{r.trend:+.2f} | {r.trend_truth:+.2f} |")
+            lines.append(
+                f"| {r.flux} | {r.zone} | {r.estimate:.1f} | {sd:.1f} | {r.truth:.1f} | {r.error:+.1f} | "
+                f"{100 * r.rel_error:+.1f} | {r.error / sd if sd > 0 else np.nan:+.1f} | "
+                f"{r.trend:+.2f} | {r.trend_truth:+.2f} |"
+            )
         base, _, ext = method.partition("+")
-        lines += ["", f"± ({method}) is {METHOD_TEXT.get(base, base)} of each forest's period-mean budget"
-                  + (", combined with the extrapolation term that grows with the dissimilarity index"
-                     if ext else "") + "; error / SD shows how far the truth lies outside it "
-                  "(docs/uncertainty.md).", "",
-                  f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}", "",
-                  "NEE is a small residual of two large fluxes; where the site network is sparse (Siberia, "
-                  "the high Arctic) the model extrapolates, and the NEE budget error can be large. "
-                  "It is reported here, not tuned away."]
+        lines += [
+            "",
+            f"± ({method}) is {METHOD_TEXT.get(base, base)} of each forest's period-mean budget"
+            + (", combined with the extrapolation term that grows with the dissimilarity index" if ext else "")
+            + "; error / SD shows how far the truth lies outside it "
+            "(docs/uncertainty.md).",
+            "",
+            f"Pearson r of the mean annual NEE map against the truth: {map_r:.3f}",
+            "",
+            "NEE is a small residual of two large fluxes; where the site network is sparse (Siberia, "
+            "the high Arctic) the model extrapolates, and the NEE budget error can be large. "
+            "It is reported here, not tuned away.",
+        ]
     else:
         lines += ["| flux | zone | budget | density (g C m-2 yr-1) |", "|---|---|---|---|"]
         for r in order(period).itertuples():

@@ -108,14 +108,31 @@ __all__ = [
 
 #: Fields of zyp.trend.vector (0.11-1 also returns lbound_intercept/ubound_intercept; not here).
 ZYP_FIELDS = (
-    "lbound", "trend", "trendp", "ubound", "tau", "sig",
-    "nruns", "autocor", "valid_frac", "linear", "intercept",
+    "lbound",
+    "trend",
+    "trendp",
+    "ubound",
+    "tau",
+    "sig",
+    "nruns",
+    "autocor",
+    "valid_frac",
+    "linear",
+    "intercept",
 )
 #: trend_grid's variables, in order, and the zyp field each one holds.
 GRID_VARIABLES = {
-    "slope": "trend", "trendp": "trendp", "p": "sig", "tau": "tau", "autocor": "autocor",
-    "intercept": "intercept", "lbound": "lbound", "ubound": "ubound", "nruns": "nruns",
-    "valid_frac": "valid_frac", "linear": "linear",
+    "slope": "trend",
+    "trendp": "trendp",
+    "p": "sig",
+    "tau": "tau",
+    "autocor": "autocor",
+    "intercept": "intercept",
+    "lbound": "lbound",
+    "ubound": "ubound",
+    "nruns": "nruns",
+    "valid_frac": "valid_frac",
+    "linear": "linear",
 }
 _METHODS = ("zhang", "yuepilon")
 _P_METHODS = ("kendall", "exact")
@@ -218,8 +235,9 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ii), np.concatenate(jj)
 
 
-def _pair_slopes(y: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
-                 tmp: np.ndarray | None = None) -> np.ndarray:
+def _pair_slopes(
+    y: np.ndarray, x: np.ndarray, out: np.ndarray | None = None, tmp: np.ndarray | None = None
+) -> np.ndarray:
     """All pairwise slopes (y_j - y_i) / (x_j - x_i) of each row, shape (rows, n(n-1)/2),
     in zyp.sen's order (lag 1, lag 2, ...); written into ``out`` (and ``tmp``) if given.
 
@@ -305,12 +323,13 @@ def _sen_slopes(y: np.ndarray, x: np.ndarray, block: int = 8192) -> np.ndarray:
     """zyp.sen slope of each row; the (rows, n(n-1)/2) work arrays are made block by block."""
     out = np.empty(y.shape[0])
     if USE_NUMBA and y.shape[0]:
-        _nb_kernels()["sen_rows"](np.ascontiguousarray(y, dtype=np.float64),
-                                  np.ascontiguousarray(x, dtype=np.float64), out)
+        _nb_kernels()["sen_rows"](
+            np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(x, dtype=np.float64), out
+        )
         return out
     for s in range(0, y.shape[0], block):
-        srt, cnt = _sorted_slopes(y[s:s + block], x)
-        out[s:s + block] = _sen_from_sorted(srt, cnt)
+        srt, cnt = _sorted_slopes(y[s : s + block], x)
+        out[s : s + block] = _sen_from_sorted(srt, cnt)
     return out
 
 
@@ -358,16 +377,39 @@ def _alnorm_lower_f32(z: np.ndarray) -> np.ndarray:
         # be 1 ulp off, which moved 24 of 240 reference p-values by 1-2 ulp)
         ex = np.exp(-y.astype(np.float64)).astype(_F32)
         tail_big = (
-            _F32(0.398942280385) * ex
-            / (az - _F32(3.8052e-8) + _F32(1.00000615302) / (az + _F32(3.98064794e-4)
-               + _F32(1.98615381364) / (az - _F32(0.151679116635) + _F32(5.29330324926)
-               / (az + _F32(4.8385912808) - _F32(15.1508972451) / (az + _F32(0.742380924027)
-               + _F32(30.789933034) / (az + _F32(3.99019417011)))))))
+            _F32(0.398942280385)
+            * ex
+            / (
+                az
+                - _F32(3.8052e-8)
+                + _F32(1.00000615302)
+                / (
+                    az
+                    + _F32(3.98064794e-4)
+                    + _F32(1.98615381364)
+                    / (
+                        az
+                        - _F32(0.151679116635)
+                        + _F32(5.29330324926)
+                        / (
+                            az
+                            + _F32(4.8385912808)
+                            - _F32(15.1508972451)
+                            / (az + _F32(0.742380924027) + _F32(30.789933034) / (az + _F32(3.99019417011)))
+                        )
+                    )
+                )
+            )
         )
         tail_small = _F32(0.5) - az * (
-            _F32(0.398942280444) - _F32(0.399903438504) * y / (y + _F32(5.75885480458)
-            - _F32(29.8213557808) / (y + _F32(2.62433121679) + _F32(48.6959930692)
-            / (y + _F32(5.92885724438))))
+            _F32(0.398942280444)
+            - _F32(0.399903438504)
+            * y
+            / (
+                y
+                + _F32(5.75885480458)
+                - _F32(29.8213557808) / (y + _F32(2.62433121679) + _F32(48.6959930692) / (y + _F32(5.92885724438)))
+            )
         )
     tail = np.where(az > _F32(1.28), tail_big, tail_small).astype(_F32)
     inside = (az <= _F32(7.0)) | (up & (az <= _F32(18.66)))
@@ -507,8 +549,7 @@ def _ci_ranks(nprime: np.ndarray, varS: np.ndarray):
         hi = np.rint((nprime + ca) / 2.0)
     ok_hi = np.isfinite(hi) & (hi >= 1) & (hi <= nprime)
     ok_lo = np.isfinite(lo) & (lo >= 1) & (lo <= nprime)
-    return lo, ok_lo, ok_hi, np.where(ok_lo, lo, 1).astype(np.intp) - 1, \
-        np.where(ok_hi, hi, 1).astype(np.intp) - 1
+    return lo, ok_lo, ok_hi, np.where(ok_lo, lo, 1).astype(np.intp) - 1, np.where(ok_hi, hi, 1).astype(np.intp) - 1
 
 
 def _ci_bounds(lo, ok_lo, ok_hi, v_lo, v_hi):
@@ -603,8 +644,9 @@ def kendall_test(
     sumt, suma1, suma2 = _tie_sums(xv)
     sumu, sumb1, sumb2 = _tie_sums(yv)
     tau, varS = _tau_vars(np.float64(S), m, sumt, suma1, suma2, sumu, sumb1, sumb2, r_float32)
-    p = _kendall_p(np.array([S]), np.array([varS]), np.array([m]),
-                   np.array([sumt == 0 and sumu == 0]), p_method, r_float32)[0]
+    p = _kendall_p(
+        np.array([S]), np.array([varS]), np.array([m]), np.array([sumt == 0 and sumu == 0]), p_method, r_float32
+    )[0]
     return KendallResult(float(tau), float(p), S, float(varS), int(m))
 
 
@@ -716,9 +758,19 @@ def _zhang_scalar(data, t, conf, preserve, p_method, r32) -> dict:
             trend0 = trend
             c0 = c
     kd, lb, ub = _kendall_and_ci(ynm, ytnm, conf, p_method, r32)
-    return dict(lbound=lb, trend=trend, trendp=trend * n, ubound=ub, tau=kd.tau, sig=kd.p,
-                nruns=float(k), autocor=c0, valid_frac=ynm.size / y.size,
-                linear=_ols_1d(data, t), intercept=_intercept_1d(ynm, ytnm, trend))
+    return dict(
+        lbound=lb,
+        trend=trend,
+        trendp=trend * n,
+        ubound=ub,
+        tau=kd.tau,
+        sig=kd.p,
+        nruns=float(k),
+        autocor=c0,
+        valid_frac=ynm.size / y.size,
+        linear=_ols_1d(data, t),
+        intercept=_intercept_1d(ynm, ytnm, trend),
+    )
 
 
 def _yuepilon_scalar(data, t, conf, preserve, p_method, r32) -> dict:
@@ -745,9 +797,19 @@ def _yuepilon_scalar(data, t, conf, preserve, p_method, r32) -> dict:
         return ret
     trend = _sen_1d(ytnm, tp)
     kd, lb, ub = _kendall_and_ci(ytnm, tp, conf, p_method, r32)
-    return dict(lbound=lb, trend=trend, trendp=trend * n, ubound=ub, tau=kd.tau, sig=kd.p,
-                nruns=1.0, autocor=ac, valid_frac=ynm.size / n, linear=_ols_1d(data, t),
-                intercept=_intercept_1d(ytnm, tp, trend))
+    return dict(
+        lbound=lb,
+        trend=trend,
+        trendp=trend * n,
+        ubound=ub,
+        tau=kd.tau,
+        sig=kd.p,
+        nruns=1.0,
+        autocor=ac,
+        valid_frac=ynm.size / n,
+        linear=_ols_1d(data, t),
+        intercept=_intercept_1d(ytnm, tp, trend),
+    )
 
 
 def _check_opts(method, p_method):
@@ -791,8 +853,8 @@ def _finish_rows(out, rows, yfit, x, conf, p_method, r32, block):
     """Kendall on the fitted series (NaN = absent) and the slope CI, into out[rows]."""
     F = {k: i for i, k in enumerate(ZYP_FIELDS)}
     for s in range(0, rows.size, block):
-        yb = yfit[s:s + block]
-        rb = rows[s:s + block]
+        yb = yfit[s : s + block]
+        rb = rows[s : s + block]
         tau, p, _, varS, _ = _kendall_rows(yb, p_method, r32)
         out[rb, F["tau"]] = tau
         out[rb, F["sig"]] = p
@@ -914,8 +976,25 @@ def _zhang_iterate_numba(Y, Yw, x, trend, c0, k, active):
             break
         with np.errstate(invalid="ignore", over="ignore"):
             mean = _r_means(Y[act] - trend[act, None] * x)
-        run(act, Y, x, mean, trend, c0, cw, first, k, active, hist_t, hist_c,
-            ACF_THRESHOLD, ACF_ATOL, SLOPE_RTOL, MAX_RUNS, _RING)
+        run(
+            act,
+            Y,
+            x,
+            mean,
+            trend,
+            c0,
+            cw,
+            first,
+            k,
+            active,
+            hist_t,
+            hist_c,
+            ACF_THRESHOLD,
+            ACF_ATOL,
+            SLOPE_RTOL,
+            MAX_RUNS,
+            _RING,
+        )
     redo = np.flatnonzero(~first)
     if redo.size:
         Yw[redo, :-1] = _prewhiten(Y[redo], cw[redo], True)
@@ -1043,8 +1122,7 @@ if _numba is not None:
     @_njit
     def _nb_workspace(n):
         K = max(n * (n - 1) // 2, 1)
-        return (np.empty(K), np.empty(K), np.empty(K, dtype=np.int64),
-                np.empty(_NB_BINS, dtype=np.int64))
+        return (np.empty(K), np.empty(K), np.empty(K, dtype=np.int64), np.empty(_NB_BINS, dtype=np.int64))
 
     @_njit
     def _nb_sen_rows(Y, x, out):
@@ -1054,8 +1132,9 @@ if _numba is not None:
             out[r] = _nb_sen_one(Y[r], x, n, ws)
 
     @_njit
-    def _nb_zhang_run(act, Y, x, mean, trend, c0, cw, first, k, active, hist_t, hist_c,
-                  thr, atol, rtol, max_runs, ring):
+    def _nb_zhang_run(
+        act, Y, x, mean, trend, c0, cw, first, k, active, hist_t, hist_c, thr, atol, rtol, max_runs, ring
+    ):
         n = Y.shape[1]
         m1 = n - 1
         z = np.empty(n)
@@ -1335,9 +1414,10 @@ def zyp_rows(
     live = np.flatnonzero((~np.isnan(Y2)).sum(axis=1) > 3)  # the others are NA anyway
     kern = _zhang_rows if method == "zhang" else _yuepilon_rows
     for s in range(0, live.size, _POOL_ROWS):  # bounds memory for very large inputs
-        rows = live[s:s + _POOL_ROWS]
-        out[rows] = kern(Y2[rows], xv, conf_intervals, preserve_range_for_sig_test,
-                         p_method, r_float32, max(int(block_size), 1))
+        rows = live[s : s + _POOL_ROWS]
+        out[rows] = kern(
+            Y2[rows], xv, conf_intervals, preserve_range_for_sig_test, p_method, r_float32, max(int(block_size), 1)
+        )
     return out.reshape(*lead, len(ZYP_FIELDS))
 
 
@@ -1386,9 +1466,16 @@ def trend_grid(
     idx = [ZYP_FIELDS.index(GRID_VARIABLES[v]) for v in names]
 
     def _kernel(arr):
-        res = zyp_rows(arr, xv, method, conf_intervals,
-                       preserve_range_for_sig_test=preserve_range_for_sig_test,
-                       p_method=p_method, r_float32=r_float32, block_size=block_size)
+        res = zyp_rows(
+            arr,
+            xv,
+            method,
+            conf_intervals,
+            preserve_range_for_sig_test=preserve_range_for_sig_test,
+            p_method=p_method,
+            r_float32=r_float32,
+            block_size=block_size,
+        )
         return tuple(res[..., i] for i in idx)
 
     outs = xr.apply_ufunc(
@@ -1460,8 +1547,9 @@ def trend_series(
         raise ValueError(f"{v.size} values but {yr.size} years")
     order = np.argsort(yr, kind="stable")
     v, yr = v[order], yr[order]
-    r = zyp_trend(v, yr - yr[0] + 1.0, method, True,
-                  preserve_range_for_sig_test=preserve_range_for_sig_test, p_method=p_method)
+    r = zyp_trend(
+        v, yr - yr[0] + 1.0, method, True, preserve_range_for_sig_test=preserve_range_for_sig_test, p_method=p_method
+    )
     row = {
         "method": method,
         "first_year": int(yr[0]),
@@ -1501,7 +1589,7 @@ def period_series(monthly: xr.DataArray, how: str = "sum") -> dict[str, xr.DataA
     t = monthly["time"].dt
     agg = (lambda g: g.sum("time", min_count=1)) if how == "sum" else (lambda g: g.mean("time"))
     n = monthly.groupby("time.year").count("time")
-    complete = (monthly["time"].groupby("time.year").count() == 12)
+    complete = monthly["time"].groupby("time.year").count() == 12
     years = complete["year"].values[complete.values]
     out = {}
     ann = monthly.groupby("time.year").map(agg).sel(year=years)
@@ -1513,8 +1601,12 @@ def period_series(monthly: xr.DataArray, how: str = "sum") -> dict[str, xr.DataA
         out["nonsummer"] = (ann - jja).where(ok)
     for m in range(1, 13):
         sel = monthly.sel(time=t.month == m)
-        out[f"m{m:02d}"] = sel.assign_coords(year=("time", sel["time"].dt.year.values)).swap_dims(
-            time="year").drop_vars("time").sel(year=years)
+        out[f"m{m:02d}"] = (
+            sel.assign_coords(year=("time", sel["time"].dt.year.values))
+            .swap_dims(time="year")
+            .drop_vars("time")
+            .sel(year=years)
+        )
     return out
 
 
@@ -1540,8 +1632,11 @@ def overlay_classes(nee_slope, gpp_slope, reco_slope) -> xr.DataArray:
     code = xr.where(up_src & (reco_slope >= -gpp_slope), 3, code)
     code = xr.where(up_src & (reco_slope < -gpp_slope), 4, code)
     code = code.astype(np.int8)
-    code.attrs.update(flag_values=np.arange(1, 5, dtype=np.int8), flag_meanings=" ".join(OVERLAY),
-                      long_name="attribution of the annual NEE trend (0 = none)")
+    code.attrs.update(
+        flag_values=np.arange(1, 5, dtype=np.int8),
+        flag_meanings=" ".join(OVERLAY),
+        long_name="attribution of the annual NEE trend (0 = none)",
+    )
     return code
 
 
@@ -1559,16 +1654,29 @@ def site_trends(table: pd.DataFrame, min_years: int = 8, flux: str = "nee", meth
         years = np.arange(g.year.min(), g.year.max() + 1)
         series = pd.Series(g[flux].to_numpy(), index=g.year.to_numpy()).reindex(years)
         r = trend_series(series.to_numpy(), years, method=method, units="g C m-2 yr-1")
-        rows.append({"site_id": site, "n_years": int(len(g)), "first_year": int(years[0]),
-                     "last_year": int(years[-1]), **{k: r[k] for k in ("slope", "p", "tau")}})
+        rows.append(
+            {
+                "site_id": site,
+                "n_years": int(len(g)),
+                "first_year": int(years[0]),
+                "last_year": int(years[-1]),
+                **{k: r[k] for k in ("slope", "p", "tau")},
+            }
+        )
     return pd.DataFrame(rows, columns=["site_id", "n_years", "first_year", "last_year", "slope", "p", "tau"])
 
 
 # ---------------------------------------------------------------------------- the trends step's maps and tables
 # Driver variables of the stack with a trend map: variable -> (period, aggregation).
-DRIVERS = {"ndvi": ("jja", "mean"), "lst": ("annual", "mean"), "snow_cover": ("annual", "mean"),
-           "soil_moisture": ("jja", "mean"), "soil_temp": ("annual", "mean"), "srad": ("annual", "mean"),
-           "vpd": ("jja", "mean")}
+DRIVERS = {
+    "ndvi": ("jja", "mean"),
+    "lst": ("annual", "mean"),
+    "snow_cover": ("annual", "mean"),
+    "soil_moisture": ("jja", "mean"),
+    "soil_temp": ("annual", "mean"),
+    "srad": ("annual", "mean"),
+    "vpd": ("jja", "mean"),
+}
 TREND_BAND_BYTES = 256 * 2**20  # float64 monthly series held per band and flux
 
 
@@ -1588,8 +1696,9 @@ def trend_band(up: xr.Dataset, drv: xr.Dataset, rows: slice, fluxes: Sequence[st
             for stat in ("slope", "p", "tau"):
                 maps[f"{var}_{period}_{stat}"] = t[stat]
     ds = xr.Dataset(maps)
-    ds["nee_trend_attribution"] = overlay_classes(ds.nee_annual_slope, ds.gpp_annual_slope,
-                                                  ds.reco_annual_slope).astype("int8")
+    ds["nee_trend_attribution"] = overlay_classes(
+        ds.nee_annual_slope, ds.gpp_annual_slope, ds.reco_annual_slope
+    ).astype("int8")
     return ds
 
 
@@ -1606,15 +1715,23 @@ def maps_template(first_band: xr.Dataset, y, x, nrow: int) -> xr.Dataset:
     import dask.array as dsa
 
     ny, nx = len(y), len(x)
-    tmpl = xr.Dataset({k: (("y", "x"), dsa.full((ny, nx), -1 if v.dtype.kind == "i" else np.nan,
-                                                dtype=v.dtype, chunks=(nrow, nx)), v.attrs)
-                       for k, v in first_band.data_vars.items()}, coords={"y": y, "x": x})
+    tmpl = xr.Dataset(
+        {
+            k: (
+                ("y", "x"),
+                dsa.full((ny, nx), -1 if v.dtype.kind == "i" else np.nan, dtype=v.dtype, chunks=(nrow, nx)),
+                v.attrs,
+            )
+            for k, v in first_band.data_vars.items()
+        },
+        coords={"y": y, "x": x},
+    )
     for k in tmpl.data_vars:
         if str(k).endswith("_slope"):
             tmpl[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
     tmpl["nee_trend_attribution"].attrs.update(
-        flag_values=list(range(len(OVERLAY) + 1)),
-        flag_meanings="none " + " ".join(OVERLAY))
+        flag_values=list(range(len(OVERLAY) + 1)), flag_meanings="none " + " ".join(OVERLAY)
+    )
     return tmpl
 
 
@@ -1629,15 +1746,18 @@ def trend_area_shares(ds: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
         "nee_increasing_uptake": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid),
         "nee_increasing_emissions": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope > 0), w, valid),
         "permafrost_nee_increasing_uptake": area_share(
-            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & perm),
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & perm
+        ),
     }
     if "ndvi_jja_slope" in ds:
         green = (ds.ndvi_jja_p < sig) & (ds.ndvi_jja_slope > 0)
         shares["greening"] = area_share(green, w, valid)
         shares["greening_with_annual_uptake_trend"] = area_share(
-            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & green)
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & green
+        )
         shares["greening_with_jja_uptake_trend"] = area_share(
-            (ds.nee_jja_p < sig) & (ds.nee_jja_slope < 0), w, valid & green)
+            (ds.nee_jja_p < sig) & (ds.nee_jja_slope < 0), w, valid & green
+        )
     for code, name in enumerate(OVERLAY, start=1):
         shares[f"attribution_{name}"] = area_share(ds.nee_trend_attribution == code, w, valid)
     return pd.DataFrame([{"quantity": k, "area_share": v} for k, v in shares.items()])
@@ -1649,7 +1769,11 @@ def budget_trends(annual: pd.DataFrame) -> pd.DataFrame:
     for (zone, flux), g in annual.groupby(["zone", "flux"], sort=True):
         g = g.sort_values("year")
         r = trend_series(g.tg_c.to_numpy(), g.year.to_numpy())
-        rows.append({"zone": zone, "flux": flux, **{k: r[k] for k in ("first_year", "last_year", "n_years", "slope",
-                                                                       "p", "tau", "lbound", "ubound")}})
+        rows.append(
+            {
+                "zone": zone,
+                "flux": flux,
+                **{k: r[k] for k in ("first_year", "last_year", "n_years", "slope", "p", "tau", "lbound", "ubound")},
+            }
+        )
     return pd.DataFrame(rows)
-

@@ -71,25 +71,61 @@ VEG_PARAMS = {
 }
 # MODIS IGBP class -> paper vegetation class, per biome (1 boreal, 2 tundra).
 IGBP_TO_VEG = {
-    1: {1: 70, 2: 50, 3: 80, 4: 60, 5: 90, 6: 120, 7: 120, 8: 30, 9: 120, 10: 30, 11: 160,
-        12: 30, 13: 30, 14: 30, 16: 120},
-    2: {1: 33, 2: 33, 3: 33, 4: 33, 5: 33, 6: 33, 7: 33, 8: 33, 9: 33, 10: 21, 11: 41,
-        12: 21, 13: 21, 14: 21, 16: 31},
+    1: {
+        1: 70,
+        2: 50,
+        3: 80,
+        4: 60,
+        5: 90,
+        6: 120,
+        7: 120,
+        8: 30,
+        9: 120,
+        10: 30,
+        11: 160,
+        12: 30,
+        13: 30,
+        14: 30,
+        16: 120,
+    },
+    2: {1: 33, 2: 33, 3: 33, 4: 33, 5: 33, 6: 33, 7: 33, 8: 33, 9: 33, 10: 21, 11: 41, 12: 21, 13: 21, 14: 21, 16: 31},
 }
 
 # Flux sites cluster around real research hubs (approximate real coordinates); weights give
 # the real network's bias: dense in Alaska, Fennoscandia and Canada, sparse in Siberia.
 HUBS = [  # (lat, lon, weight)
-    (64.8, -147.7, 3.0), (68.6, -149.6, 2.5), (71.3, -156.6, 2.0), (63.9, -145.7, 1.0),
-    (65.0, -164.0, 0.8), (61.3, -163.3, 0.6),  # Alaska
-    (53.9, -105.1, 2.0), (55.9, -98.5, 1.5), (49.7, -74.3, 1.0), (61.3, -121.3, 1.5),
-    (64.9, -111.6, 1.0), (58.7, -93.8, 1.0), (60.7, -135.0, 0.5), (69.1, -105.1, 0.4),
+    (64.8, -147.7, 3.0),
+    (68.6, -149.6, 2.5),
+    (71.3, -156.6, 2.0),
+    (63.9, -145.7, 1.0),
+    (65.0, -164.0, 0.8),
+    (61.3, -163.3, 0.6),  # Alaska
+    (53.9, -105.1, 2.0),
+    (55.9, -98.5, 1.5),
+    (49.7, -74.3, 1.0),
+    (61.3, -121.3, 1.5),
+    (64.9, -111.6, 1.0),
+    (58.7, -93.8, 1.0),
+    (60.7, -135.0, 0.5),
+    (69.1, -105.1, 0.4),
     (50.5, -85.0, 0.5),  # Canada
-    (61.8, 24.3, 3.0), (67.4, 26.6, 2.0), (68.3, 18.8, 2.0), (64.2, 19.6, 2.0), (60.1, 17.5, 1.0),
-    (78.2, 15.9, 0.8), (74.5, -20.6, 1.0), (64.1, -51.4, 0.8), (69.3, -53.5, 0.5),
-    (56.5, 32.9, 0.8), (64.5, -21.2, 0.3),  # Europe incl. Greenland
-    (62.3, 129.6, 1.2), (68.6, 161.3, 1.2), (71.6, 128.9, 0.7), (60.8, 89.4, 0.4),
-    (70.8, 147.5, 0.8), (67.1, 62.9, 0.4),  # Siberia
+    (61.8, 24.3, 3.0),
+    (67.4, 26.6, 2.0),
+    (68.3, 18.8, 2.0),
+    (64.2, 19.6, 2.0),
+    (60.1, 17.5, 1.0),
+    (78.2, 15.9, 0.8),
+    (74.5, -20.6, 1.0),
+    (64.1, -51.4, 0.8),
+    (69.3, -53.5, 0.5),
+    (56.5, 32.9, 0.8),
+    (64.5, -21.2, 0.3),  # Europe incl. Greenland
+    (62.3, 129.6, 1.2),
+    (68.6, 161.3, 1.2),
+    (71.6, 128.9, 0.7),
+    (60.8, 89.4, 0.4),
+    (70.8, 147.5, 0.8),
+    (67.1, 62.9, 0.4),  # Siberia
 ]
 
 
@@ -161,8 +197,13 @@ def _es_kpa(t):
 def co2_barrow(year, month):
     """Barrow-like monthly CO2 (ppm): trend, seasonal cycle (max in May, min in August)."""
     t = np.asarray(year) - 2001 + (np.asarray(month) - 0.5) / 12
-    return 371.0 + 2.05 * t + 0.004 * t**2 + 8.0 * np.cos(2 * np.pi * (np.asarray(month) - 5) / 12) \
+    return (
+        371.0
+        + 2.05 * t
+        + 0.004 * t**2
+        + 8.0 * np.cos(2 * np.pi * (np.asarray(month) - 5) / 12)
         + 2.0 * np.cos(4 * np.pi * (np.asarray(month) - 7) / 12)
+    )
 
 
 def fire_legacy(age_years):
@@ -259,8 +300,9 @@ class _World:
         self.permafrost = (self.pf_prob >= 0.15).astype(np.float32)
         self.cti = np.clip(7.5 + 1.5 * _smooth(rng, sh, 150, r) + 3.0 * wet, 3.0, 18.0)
         self.soil_ph = np.clip(5.3 + 0.5 * (self.biome == 2) - 0.7 * wet + 0.4 * _smooth(rng, sh, 400, r), 3.5, 8.0)
-        self.soc = np.clip(np.exp(np.log(14.0) + 0.35 * self.pf_prob + 0.7 * wet + 0.3 * _smooth(rng, sh, 250, r)),
-                           2.0, 120.0)  # kg C m-2, 0-2 m
+        self.soc = np.clip(
+            np.exp(np.log(14.0) + 0.35 * self.pf_prob + 0.7 * wet + 0.3 * _smooth(rng, sh, 250, r)), 2.0, 120.0
+        )  # kg C m-2, 0-2 m
         self.ndvi_max = np.clip(par["ndvi_max"] + 0.04 * _smooth(rng, sh, 200, r), 0.15, 0.92)
         self.transm = np.clip(0.50 + 0.04 * _smooth(rng, sh, 800, r), 0.35, 0.65)
         self.sm_base = np.clip(0.27 + 0.15 * wet + 0.04 * _smooth(rng, sh, 300, r), 0.08, 0.58)
@@ -288,8 +330,9 @@ class _World:
             iy, ix = np.nonzero(hit)
             bf = rng.uniform(0.03, 0.5, size=iy.size)
             mon = rng.choice([6, 7, 8], p=[0.3, 0.45, 0.25], size=iy.size)
-            ev.append(pd.DataFrame({"iy": iy, "ix": ix, "year": y, "month": mon, "bf": bf,
-                                    "emission": bf * fuel[iy, ix]}))
+            ev.append(
+                pd.DataFrame({"iy": iy, "ix": ix, "year": y, "month": mon, "bf": bf, "emission": bf * fuel[iy, ix]})
+            )
         self.fires = pd.concat(ev, ignore_index=True)
 
     # scars and legacies at a given month, from all fires up to then
@@ -357,11 +400,24 @@ def predictors_for_month(w: _World, wx: _Weather, year: int, month: int, toa: np
     nonveg = w.cover[2] * (1 + 0.5 * tree_scar) * (1 - 0.005 * (year - 2000))
     nontree = np.clip(100.0 - tree - nonveg, 0.0, 100.0)
     p = {
-        "srad": srad, "vpd": vpd, "co2": np.full(w.shape, co2_barrow(year, month)),
-        "snow_cover": snow, "soil_temp": soil_t + 273.15, "soil_moisture": sm, "ndvi": ndvi,
-        "lst": lst, "nontree_pct": nontree, "nonveg_pct": nonveg, "tree_pct": tree,
-        "veg_type": w.veg, "cti": w.cti, "soil_ph": w.soil_ph, "soc_stock": w.soc,
-        "permafrost_prob": w.pf_prob, "lue": w.par["lue"], "r10": w.r10,
+        "srad": srad,
+        "vpd": vpd,
+        "co2": np.full(w.shape, co2_barrow(year, month)),
+        "snow_cover": snow,
+        "soil_temp": soil_t + 273.15,
+        "soil_moisture": sm,
+        "ndvi": ndvi,
+        "lst": lst,
+        "nontree_pct": nontree,
+        "nonveg_pct": nonveg,
+        "tree_pct": tree,
+        "veg_type": w.veg,
+        "cti": w.cti,
+        "soil_ph": w.soil_ph,
+        "soc_stock": w.soc,
+        "permafrost_prob": w.pf_prob,
+        "lue": w.par["lue"],
+        "r10": w.r10,
     }
     return p, legacy * LEGACY_SEASON[mi], ndvi_scar
 
@@ -412,8 +468,9 @@ def _place_sites(w: _World, rng) -> pd.DataFrame:
         px = x[cx] + rng.uniform(-0.45, 0.45) * res
         py = y[cy] + rng.uniform(-0.45, 0.45) * res
         lon, lat = to_ll.transform(px, py)
-        rows.append(dict(site=i, iy=cy, ix=cx, lat=round(lat, 5), lon=round(lon, 5),
-                         fire_year=fire_year, fire_month=fire_month))
+        rows.append(
+            dict(site=i, iy=cy, ix=cx, lat=round(lat, 5), lon=round(lon, 5), fire_year=fire_year, fire_month=fire_month)
+        )
     return pd.DataFrame(rows)
 
 
@@ -438,8 +495,14 @@ def _site_calendar(rng, n, first, last, fire_year=np.nan):
 #: at most a year): bounded memory on big grids, few appends on small ones.
 WRITE_BLOCK_BYTES = 256 * 2**20
 
-def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coarse: TwinSpec | None = None,
-              network: pd.DataFrame | None = None) -> dict:
+
+def make_twin(
+    out: str | Path,
+    spec: TwinSpec = TwinSpec(),
+    progress=None,
+    coarse: TwinSpec | None = None,
+    network: pd.DataFrame | None = None,
+) -> dict:
     """Generate a twin into directory ``out`` (created; must not exist or be empty).
 
     Files: ``sites.csv``, ``predictors.zarr``, ``zones.nc``, ``fire.zarr``, ``truth.nc``,
@@ -487,8 +550,10 @@ def make_twin(out: str | Path, spec: TwinSpec = TwinSpec(), progress=None, coars
 
 
 def _coords(w: _World, times=None):
-    c = {"y": ("y", w.dom.y.values, {"units": "m", "standard_name": "projection_y_coordinate", "axis": "Y"}),
-         "x": ("x", w.dom.x.values, {"units": "m", "standard_name": "projection_x_coordinate", "axis": "X"})}
+    c = {
+        "y": ("y", w.dom.y.values, {"units": "m", "standard_name": "projection_y_coordinate", "axis": "Y"}),
+        "x": ("x", w.dom.x.values, {"units": "m", "standard_name": "projection_x_coordinate", "axis": "X"}),
+    }
     if times is not None:
         c["time"] = ("time", times, {"standard_name": "time"})
     return c
@@ -505,31 +570,50 @@ def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
     if first:
         pr = BY_NAME["veg_type"]
         codes = np.array(sorted(VEG_CLASSES), np.int16)
-        pred["veg_type"] = (("y", "x"), np.where(w.mask, w.veg, -1).astype(np.int16),
-                            {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes),
-                             "long_name": pr.long_name})
+        pred["veg_type"] = (
+            ("y", "x"),
+            np.where(w.mask, w.veg, -1).astype(np.int16),
+            {"flag_values": codes, "flag_meanings": " ".join(VEG_CLASSES[c] for c in codes), "long_name": pr.long_name},
+        )
         pred["veg_type"].encoding["_FillValue"] = np.int16(-1)
-        for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc),
-                       ("permafrost_prob", w.pf_prob)):
+        for v, arr in (("cti", w.cti), ("soil_ph", w.soil_ph), ("soc_stock", w.soc), ("permafrost_prob", w.pf_prob)):
             pr = BY_NAME[v]
-            pred[v] = (("y", "x"), np.where(w.mask, arr, np.nan).astype(np.float32),
-                       {"units": pr.units, "long_name": pr.long_name})
+            pred[v] = (
+                ("y", "x"),
+                np.where(w.mask, arr, np.nan).astype(np.float32),
+                {"units": pr.units, "long_name": pr.long_name},
+            )
         pred["lst"].attrs["long_name"] = "land surface temperature (twin)"
     pred = write_crs(pred, crs)
-    truth = write_crs(xr.Dataset({v: (("time", "y", "x"), a, {"units": FLUX_UNITS})
-                                  for v, a in tru.items()}, coords=_coords(w, times)), crs)
-    fire = write_crs(xr.Dataset(
-        {"fire_emissions": (("time", "y", "x"), fe, {"units": FLUX_UNITS}),
-         "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"})},
-        coords=_coords(w, times)), crs)
-    chunk = {"time": 12, "y": w.shape[0], "x": w.shape[1]}  # a year per chunk: the unit the stores are written and read in
+    truth = write_crs(
+        xr.Dataset(
+            {v: (("time", "y", "x"), a, {"units": FLUX_UNITS}) for v, a in tru.items()}, coords=_coords(w, times)
+        ),
+        crs,
+    )
+    fire = write_crs(
+        xr.Dataset(
+            {
+                "fire_emissions": (("time", "y", "x"), fe, {"units": FLUX_UNITS}),
+                "burned_fraction": (("time", "y", "x"), bfr, {"units": "1"}),
+            },
+            coords=_coords(w, times),
+        ),
+        crs,
+    )
+    chunk = {
+        "time": 12,
+        "y": w.shape[0],
+        "x": w.shape[1],
+    }  # a year per chunk: the unit the stores are written and read in
     for ds, name in ((pred, "predictors.zarr"), (truth, "truth.zarr"), (fire, "fire.zarr")):
         ds = ds.chunk(chunk)
         if first:
             ds.to_zarr(tmp / name, mode="w", consolidated=False, encoding={"time": {"chunks": (12,)}})
         else:
-            ds.drop_vars([v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"],
-                         errors="ignore").to_zarr(tmp / name, append_dim="time", consolidated=False)
+            ds.drop_vars(
+                [v for v in ds.data_vars if "time" not in ds[v].dims] + ["spatial_ref"], errors="ignore"
+            ).to_zarr(tmp / name, append_dim="time", consolidated=False)
 
 
 def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarray):
@@ -583,17 +667,21 @@ def _network_site_table(rng, rec: pd.DataFrame, placement: NetworkPlacement) -> 
     gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
     reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
     nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
-    table = pd.DataFrame({
-        "site_id": placement.sites.site_id.to_numpy(object)[site],
-        "lat": rec.lat.values, "lon": rec.lon.values,
-        "year": rec.year.values, "month": rec.month.values,
-        "gpp": np.where(rec.has_gpp.values, gpp, np.nan).round(3),
-        "reco": np.where(rec.has_reco.values, reco, np.nan).round(3),
-        "nee": np.where(rec.has_nee.values, nee, np.nan).round(3),
-        "method": rec.method.values,
-        "disturbance": np.where(k == "none", "", k),
-        "years_since_fire": rec.years_since_fire.values,
-    }).sort_values(["site_id", "year", "month"], kind="mergesort")
+    table = pd.DataFrame(
+        {
+            "site_id": placement.sites.site_id.to_numpy(object)[site],
+            "lat": rec.lat.values,
+            "lon": rec.lon.values,
+            "year": rec.year.values,
+            "month": rec.month.values,
+            "gpp": np.where(rec.has_gpp.values, gpp, np.nan).round(3),
+            "reco": np.where(rec.has_reco.values, reco, np.nan).round(3),
+            "nee": np.where(rec.has_nee.values, nee, np.nan).round(3),
+            "method": rec.method.values,
+            "disturbance": np.where(k == "none", "", k),
+            "years_since_fire": rec.years_since_fire.values,
+        }
+    ).sort_values(["site_id", "year", "month"], kind="mergesort")
     first = pd.Series(k).groupby(site).first()
     fire = pd.Series(k == "fire").groupby(site).any()
     kind = np.where(fire.to_numpy(), "fire", first.to_numpy(object))
@@ -616,20 +704,30 @@ def _synthetic_site_table(rng, rec: pd.DataFrame, sites: pd.DataFrame) -> tuple[
     reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
     nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
     drop_parts = nee_only[rec.site.values] | (rng.random(n) < 0.05)
-    table = pd.DataFrame({
-        "site_id": [f"TW{s + 1:03d}" for s in rec.site.values],
-        "lat": rec.lat.values, "lon": rec.lon.values,
-        "year": rec.year.values, "month": rec.month.values,
-        "gpp": np.where(drop_parts, np.nan, gpp).round(3),
-        "reco": np.where(drop_parts, np.nan, reco).round(3),
-        "nee": nee.round(3),
-        "method": rec.method.values,
-        "disturbance": np.where(k == "none", "", k),
-        "years_since_fire": np.where(
-            k == "fire",
-            (rec.year.values + (rec.month.values - 0.5) / 12 - rec.fire_year.values
-             - (rec.fire_month.values - 0.5) / 12).round(3), np.nan),
-    }).sort_values(["site_id", "year", "month"], kind="mergesort")
+    table = pd.DataFrame(
+        {
+            "site_id": [f"TW{s + 1:03d}" for s in rec.site.values],
+            "lat": rec.lat.values,
+            "lon": rec.lon.values,
+            "year": rec.year.values,
+            "month": rec.month.values,
+            "gpp": np.where(drop_parts, np.nan, gpp).round(3),
+            "reco": np.where(drop_parts, np.nan, reco).round(3),
+            "nee": nee.round(3),
+            "method": rec.method.values,
+            "disturbance": np.where(k == "none", "", k),
+            "years_since_fire": np.where(
+                k == "fire",
+                (
+                    rec.year.values
+                    + (rec.month.values - 0.5) / 12
+                    - rec.fire_year.values
+                    - (rec.fire_month.values - 0.5) / 12
+                ).round(3),
+                np.nan,
+            ),
+        }
+    ).sort_values(["site_id", "year", "month"], kind="mergesort")
     return table, kind
 
 
@@ -642,18 +740,36 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | Non
 
     # ---- zones
     zones = xr.Dataset(coords=_coords(w))
-    zones["land_fraction"] = (("y", "x"), w.dom.land_fraction.values.astype(np.float32),
-                              {"units": "1", "long_name": "domain land fraction (lakes, ice excluded)"})
-    zones["biome"] = (("y", "x"), w.biome.astype(np.int8),
-                      {"flag_values": np.array([1, 2], np.int8), "flag_meanings": " ".join(BIOMES),
-                       "long_name": "biome (0 = outside)"})
-    zones["region"] = (("y", "x"), w.region.astype(np.int8),
-                       {"flag_values": np.arange(1, 5, dtype=np.int8), "flag_meanings": " ".join(REGIONS),
-                        "long_name": "region (0 = outside)"})
+    zones["land_fraction"] = (
+        ("y", "x"),
+        w.dom.land_fraction.values.astype(np.float32),
+        {"units": "1", "long_name": "domain land fraction (lakes, ice excluded)"},
+    )
+    zones["biome"] = (
+        ("y", "x"),
+        w.biome.astype(np.int8),
+        {
+            "flag_values": np.array([1, 2], np.int8),
+            "flag_meanings": " ".join(BIOMES),
+            "long_name": "biome (0 = outside)",
+        },
+    )
+    zones["region"] = (
+        ("y", "x"),
+        w.region.astype(np.int8),
+        {
+            "flag_values": np.arange(1, 5, dtype=np.int8),
+            "flag_meanings": " ".join(REGIONS),
+            "long_name": "region (0 = outside)",
+        },
+    )
     for v in ("biome", "region"):  # 0 = outside the domain, decoded as missing
         zones[v].encoding["_FillValue"] = np.int8(0)
-    zones["permafrost"] = (("y", "x"), np.where(w.mask, w.permafrost, 0).astype(np.float32),
-                           {"units": "1", "long_name": "permafrost region mask"})
+    zones["permafrost"] = (
+        ("y", "x"),
+        np.where(w.mask, w.permafrost, 0).astype(np.float32),
+        {"units": "1", "long_name": "permafrost region mask"},
+    )
     zones["cell_area"] = (("y", "x"), w.dom.cell_area.values.astype(np.float64), {"units": "m2"})
     zones = write_crs(zones, crs)
     zones.attrs.update(title="abzflux twin zones", Conventions="CF-1.8")
@@ -671,8 +787,9 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | Non
     if network is not None:
         # The synthetic sites above are drawn and discarded, so that the world (weather,
         # predictors, truth, fire) is the synthetic twin's of the same spec: only the sites differ.
-        placement = place_network(network, zones, spec.first_year, spec.last_year,
-                                  file=str(network.attrs.get("source", "<network table>")))
+        placement = place_network(
+            network, zones, spec.first_year, spec.last_year, file=str(network.attrs.get("source", "<network table>"))
+        )
         rec = _network_records(placement)
     rec["gpp_t"] = rec["reco_t"] = np.nan
 
@@ -712,7 +829,7 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | Non
             fe[:, nan_out] = np.nan
             bfr = np.clip(bfr, 0, 1, out=bfr)
             bfr[:, nan_out] = np.nan
-            _write_block(tmp, w, crs, times[m0 - 1:m0 - 1 + n], dyn, tru, fe, bfr, first=(yi == 0 and m0 == 1))
+            _write_block(tmp, w, crs, times[m0 - 1 : m0 - 1 + n], dyn, tru, fe, bfr, first=(yi == 0 and m0 == 1))
             del dyn, tru, fe, bfr
         if progress:
             progress(yi + 1, len(years))
@@ -800,14 +917,21 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
         with np.errstate(invalid="ignore", divide="ignore"):
             nee[t] = np.where(wsum > 0, num / wsum, np.nan)
     nee = nee + np.where(np.isfinite(nee), rng.normal(0, 1.0, nee.shape), np.nan).astype(np.float32)
-    ds = xr.Dataset({"nee": (("time", "lat", "lon"), nee.reshape(times.size, lat_c.size, lon_c.size),
-                             {"units": FLUX_UNITS})},
-                    coords={"time": times, "lat": ("lat", lat_c, {"units": "degrees_north"}),
-                            "lon": ("lon", lon_c, {"units": "degrees_east"})},
-                    attrs={"product": "twin inversion-like", "fire_included": 1,
-                           "uptake_factor": INVERSION_UPTAKE_FACTOR,
-                           "comment": f"twin truth NEE x {INVERSION_UPTAKE_FACTOR} + fire emissions on a {res:g}-degree "
-                                      "grid (land-area-weighted means), + N(0, 1) noise"})
+    ds = xr.Dataset(
+        {"nee": (("time", "lat", "lon"), nee.reshape(times.size, lat_c.size, lon_c.size), {"units": FLUX_UNITS})},
+        coords={
+            "time": times,
+            "lat": ("lat", lat_c, {"units": "degrees_north"}),
+            "lon": ("lon", lon_c, {"units": "degrees_east"}),
+        },
+        attrs={
+            "product": "twin inversion-like",
+            "fire_included": 1,
+            "uptake_factor": INVERSION_UPTAKE_FACTOR,
+            "comment": f"twin truth NEE x {INVERSION_UPTAKE_FACTOR} + fire emissions on a {res:g}-degree "
+            "grid (land-area-weighted means), + N(0, 1) noise",
+        },
+    )
     ds.to_netcdf(tmp / "ref_inversion.nc", engine="h5netcdf")
     out.append({"file": "ref_inversion.nc", "product": ds.attrs["product"], "years": [int(years[0]), int(years[-1])]})
     # --- process-model-like, analysis grid, shorter period
@@ -821,10 +945,15 @@ def _write_references(tmp: Path, spec: TwinSpec, w: _World, zones: xr.Dataset) -
         # month at a time: the noise is drawn month after month, the same stream as one draw of
         # the whole (time, y, x) block, and memory stays at a few grids for any period.
         holder = dask_array.full((sel.size, *w.shape), np.nan, dtype=np.float32, chunks=(1, *w.shape))
-        ds = write_crs(xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": FLUX_UNITS})},
-                                  coords=_coords(w, times[tsel])), crs)
-        ds.attrs.update(product="twin process-model-like", fire_included=0,
-                        comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise")
+        ds = write_crs(
+            xr.Dataset({"nee": (("time", "y", "x"), holder, {"units": FLUX_UNITS})}, coords=_coords(w, times[tsel])),
+            crs,
+        )
+        ds.attrs.update(
+            product="twin process-model-like",
+            fire_included=0,
+            comment="twin truth NEE x (1 + 0.3 smooth static field) + N(0, 3) noise",
+        )
         ds.to_netcdf(tmp / "ref_process.nc", engine="h5netcdf", encoding={"nee": {"chunksizes": None}})
         with h5netcdf.File(tmp / "ref_process.nc", "a") as fh:
             var = fh.variables["nee"]
@@ -861,8 +990,11 @@ def default_config_toml(spec: TwinSpec, references: list | None = None) -> str:
     Forest settings are sized for a quick study on a laptop; the paper's settings (abzflux's
     defaults) are in the comments.
     """
-    refs = ("references = [" + ", ".join(f'"{r}"' for r in references) + "]  # compared in RUN/compare\n"
-            if references else "")
+    refs = (
+        "references = [" + ", ".join(f'"{r}"' for r in references) + "]  # compared in RUN/compare\n"
+        if references
+        else ""
+    )
     return f"""# abzflux run configuration for a twin generated with seed {spec.seed}
 [inputs]
 sites = "sites.csv"

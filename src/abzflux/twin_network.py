@@ -79,9 +79,11 @@ def read_network(path, fmt: str = "contract") -> pd.DataFrame:
                 read_abcflux,  # the importer, loaded only when asked for
             )
         except ImportError as e:
-            raise InputError(str(path), f"cannot read ABCflux files here ({e})",
-                             expected="a site table from `abzflux sites import abcflux` with --network-format "
-                                      "contract") from None
+            raise InputError(
+                str(path),
+                f"cannot read ABCflux files here ({e})",
+                expected="a site table from `abzflux sites import abcflux` with --network-format contract",
+            ) from None
         table = read_abcflux(path).table
     else:
         table = read_site_table(path)
@@ -103,8 +105,12 @@ def check_network(table: pd.DataFrame, file: str = "<network table>") -> pd.Data
     if not any(f in df.columns for f in FLUXES):
         missing.append("gpp/reco/nee (at least one)")
     if missing:
-        raise InputError(file, f"missing required column(s): {', '.join(missing)}", column=", ".join(missing),
-                         expected="a site table in the contract (docs/formats.md §1)")
+        raise InputError(
+            file,
+            f"missing required column(s): {', '.join(missing)}",
+            column=", ".join(missing),
+            expected="a site table in the contract (docs/formats.md §1)",
+        )
     if len(df) == 0:
         raise InputError(file, "the network table has no rows", expected="one row per site and month")
     df["site_id"] = df["site_id"].astype(str).str.strip()
@@ -114,8 +120,13 @@ def check_network(table: pd.DataFrame, file: str = "<network table>") -> pd.Data
             bad = v.isna() & df[c].notna() | (v.isna() & (c in SITE_REQUIRED))
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise InputError(file, f"{int(bad.sum())} non-numeric or missing value(s)", column=c,
-                                 where=f"row {i + 1} (site {df.site_id.iloc[i]})", expected="numbers")
+                raise InputError(
+                    file,
+                    f"{int(bad.sum())} non-numeric or missing value(s)",
+                    column=c,
+                    where=f"row {i + 1} (site {df.site_id.iloc[i]})",
+                    expected="numbers",
+                )
             df[c] = v.astype(np.float64)
     for c in FLUXES:
         if c not in df.columns:
@@ -129,14 +140,24 @@ def check_network(table: pd.DataFrame, file: str = "<network table>") -> pd.Data
     dup = df.duplicated(["site_id", "year", "month"], keep=False)
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise InputError(file, f"{int(dup.sum())} rows share a site-month", column="site_id, year, month",
-                         where=f"row {i + 1} (site {df.site_id.iloc[i]})", expected="one row per site and month")
+        raise InputError(
+            file,
+            f"{int(dup.sum())} rows share a site-month",
+            column="site_id, year, month",
+            where=f"row {i + 1} (site {df.site_id.iloc[i]})",
+            expected="one row per site and month",
+        )
     g = df.groupby("site_id")
     spread = np.maximum(g.lat.max() - g.lat.min(), g.lon.max() - g.lon.min())
     if (spread > 1e-6).any():
         s = spread[spread > 1e-6].index[0]
-        raise InputError(file, f"{int((spread > 1e-6).sum())} site(s) have several locations", column="lat, lon",
-                         where=f"site {s}", expected="a single lat/lon per site_id")
+        raise InputError(
+            file,
+            f"{int((spread > 1e-6).sum())} site(s) have several locations",
+            column="lat, lon",
+            where=f"site {s}",
+            expected="a single lat/lon per site_id",
+        )
     if "method" in df.columns:
         m = df["method"].astype(object).where(df["method"].notna(), "").map(lambda v: str(v).strip().lower())
         df["method"] = m.map({"ec": "EC", "eddy covariance": "EC", "chamber": "chamber"}).astype(object)
@@ -169,8 +190,9 @@ def year_shift(y0: int, y1: int, first: int, last: int) -> int:
     return first - y0 if y0 > first else (last - y1 if y1 < last else 0)
 
 
-def place_network(table: pd.DataFrame, zones, first_year: int, last_year: int, *,
-                  file: str = "<network table>") -> NetworkPlacement:
+def place_network(
+    table: pd.DataFrame, zones, first_year: int, last_year: int, *, file: str = "<network table>"
+) -> NetworkPlacement:
     """Map a checked network table (:func:`check_network`) onto a twin's grid and years.
 
     ``zones``: the twin's zones Dataset (``land_fraction`` on its y/x grid with its CRS). Rows of
@@ -183,14 +205,20 @@ def place_network(table: pd.DataFrame, zones, first_year: int, last_year: int, *
     reason = np.where(outside, OUTSIDE_GRID, np.where(no_land, NO_DOMAIN_LAND, ""))
     keep = reason == ""
     n_rows_site = table.groupby("site_id", sort=False).size()
-    excluded = [{"site_id": s, "lat": float(a), "lon": float(b), "site_months": int(n_rows_site[s]), "reason": r}
-                for s, a, b, r in zip(loc.site_id, loc.lat, loc.lon, reason) if r]
+    excluded = [
+        {"site_id": s, "lat": float(a), "lon": float(b), "site_months": int(n_rows_site[s]), "reason": r}
+        for s, a, b, r in zip(loc.site_id, loc.lat, loc.lon, reason)
+        if r
+    ]
     sites = loc[keep].assign(iy=iy[keep], ix=ix[keep]).reset_index(drop=True)
     sites.insert(0, "site", np.arange(len(sites)))
     rec = table.merge(sites[["site_id", "site"]], on="site_id", how="inner")
     span = rec.groupby("site").year.agg(["min", "max"])
-    shift = pd.Series([year_shift(int(a), int(b), first_year, last_year) for a, b in zip(span["min"], span["max"])],
-                      index=span.index, dtype=np.int64)
+    shift = pd.Series(
+        [year_shift(int(a), int(b), first_year, last_year) for a, b in zip(span["min"], span["max"])],
+        index=span.index,
+        dtype=np.int64,
+    )
     sites["shift_years"] = shift.reindex(sites.site).fillna(0).astype(np.int64).to_numpy()
     rec["year"] = rec.year + shift.reindex(rec.site).to_numpy()
     inside = rec.year.between(first_year, last_year)
@@ -204,11 +232,18 @@ def place_network(table: pd.DataFrame, zones, first_year: int, last_year: int, *
     ysf = rec.years_since_fire.to_numpy(np.float64)
     t_obs = rec.year.to_numpy() + (rec.month.to_numpy() - 0.5) / 12
     rec["fire_time"] = np.where(fire & np.isfinite(ysf), t_obs - ysf, np.nan)
-    records = pd.DataFrame({
-        "site": rec.site.to_numpy(), "year": rec.year.to_numpy(np.int64), "month": rec.month.to_numpy(np.int64),
-        "method": rec.method.to_numpy(object), "disturbance": rec.disturbance.to_numpy(object),
-        "years_since_fire": ysf, "fire_time": rec.fire_time.to_numpy(),
-        **{f"has_{f}": rec[f].notna().to_numpy() for f in FLUXES}})
+    records = pd.DataFrame(
+        {
+            "site": rec.site.to_numpy(),
+            "year": rec.year.to_numpy(np.int64),
+            "month": rec.month.to_numpy(np.int64),
+            "method": rec.method.to_numpy(object),
+            "disturbance": rec.disturbance.to_numpy(object),
+            "years_since_fire": ysf,
+            "fire_time": rec.fire_time.to_numpy(),
+            **{f"has_{f}": rec[f].notna().to_numpy() for f in FLUXES},
+        }
+    )
     used = np.unique(records.site)
     dropped_all = sorted(set(sites.site) - set(used))  # every month outside the period or without flux
     if dropped_all:
@@ -218,24 +253,43 @@ def place_network(table: pd.DataFrame, zones, first_year: int, last_year: int, *
         records["site"] = records.site.map(renum).to_numpy()
     report = {
         "source": file,
-        "first_year": int(first_year), "last_year": int(last_year),
-        "sites_in_table": len(loc), "site_months_in_table": len(table),
+        "first_year": int(first_year),
+        "last_year": int(last_year),
+        "sites_in_table": len(loc),
+        "site_months_in_table": len(table),
         "sites_excluded": len(excluded),
-        "sites_outside_grid": int(outside.sum()), "sites_without_domain_land": int(no_land.sum()),
+        "sites_outside_grid": int(outside.sum()),
+        "sites_without_domain_land": int(no_land.sum()),
         "site_months_of_excluded_sites": int(sum(e["site_months"] for e in excluded)),
         "sites_shifted": int((sites.shift_years != 0).sum()),
         "site_months_truncated": n_truncated,
         "site_months_without_flux": n_no_flux,
-        "sites_placed": len(sites), "site_months_placed": len(records),
+        "sites_placed": len(sites),
+        "site_months_placed": len(records),
         "sites_without_months": len(dropped_all),
         "fire_rows_without_years_since_fire": int((fire & ~np.isfinite(ysf)).sum()),
         "excluded": excluded,
     }
     if excluded:
-        log.warning("%s: %d of %d network sites excluded (%d %s, %d %s), %d site-months", file, len(excluded),
-                    len(loc), report["sites_outside_grid"], OUTSIDE_GRID, report["sites_without_domain_land"],
-                    NO_DOMAIN_LAND, report["site_months_of_excluded_sites"])
-    log.info("%s: %d sites, %d site-months placed on the twin's grid for %d-%d (%d sites shifted, %d site-months "
-             "truncated)", file, report["sites_placed"], report["site_months_placed"], first_year, last_year,
-             report["sites_shifted"], n_truncated)
+        log.warning(
+            "%s: %d of %d network sites excluded (%d %s, %d %s), %d site-months",
+            file,
+            len(excluded),
+            len(loc),
+            report["sites_outside_grid"],
+            OUTSIDE_GRID,
+            report["sites_without_domain_land"],
+            NO_DOMAIN_LAND,
+            report["site_months_of_excluded_sites"],
+        )
+    log.info(
+        "%s: %d sites, %d site-months placed on the twin's grid for %d-%d (%d sites shifted, %d site-months truncated)",
+        file,
+        report["sites_placed"],
+        report["site_months_placed"],
+        first_year,
+        last_year,
+        report["sites_shifted"],
+        n_truncated,
+    )
     return NetworkPlacement(sites=sites, records=records, report=report)

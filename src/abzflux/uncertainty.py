@@ -36,8 +36,9 @@ def site_blocks(x_m: np.ndarray, y_m: np.ndarray, block_km: float) -> np.ndarray
     return np.array([f"{a}_{b}" for a, b in zip(bx, by)], dtype=object)
 
 
-def resample_rows(site_ids: np.ndarray, method: str, rng: np.random.Generator,
-                  block_of_site: dict | None = None) -> np.ndarray:
+def resample_rows(
+    site_ids: np.ndarray, method: str, rng: np.random.Generator, block_of_site: dict | None = None
+) -> np.ndarray:
     """Row indices of one bootstrap member.
 
     ``rows``: n row indices drawn with replacement from the n rows. ``sites``: as many sites as
@@ -61,7 +62,7 @@ def resample_rows(site_ids: np.ndarray, method: str, rng: np.random.Generator,
     starts = np.searchsorted(codes[order], np.arange(len(names)))
     ends = np.append(starts[1:], n)
     draw = rng.integers(0, len(names), len(names))
-    return np.concatenate([order[starts[u]:ends[u]] for u in draw])
+    return np.concatenate([order[starts[u] : ends[u]] for u in draw])
 
 
 # --------------------------------------------------------------------------- extrapolation term
@@ -77,11 +78,20 @@ def fit_extrapolation(site_di: np.ndarray, site_abs_error: np.ndarray) -> dict:
     ok = np.isfinite(d) & np.isfinite(e)
     d, e = d[ok], e[ok]
     if len(d) < 3 or np.ptp(d) == 0:
-        return {"a": float(np.mean(e)) if len(e) else float("nan"), "b": 0.0,
-                "di_ref": float(np.median(d)) if len(d) else 0.0, "n_sites": int(len(d))}
+        return {
+            "a": float(np.mean(e)) if len(e) else float("nan"),
+            "b": 0.0,
+            "di_ref": float(np.median(d)) if len(d) else 0.0,
+            "n_sites": int(len(d)),
+        }
     b, a = np.polyfit(d, e, 1)
-    return {"a": float(a), "b": float(max(b, 0.0)), "di_ref": float(np.median(d)), "n_sites": int(len(d)),
-            "r": float(np.corrcoef(d, e)[0, 1])}
+    return {
+        "a": float(a),
+        "b": float(max(b, 0.0)),
+        "di_ref": float(np.median(d)),
+        "n_sites": int(len(d)),
+        "r": float(np.corrcoef(d, e)[0, 1]),
+    }
 
 
 def extrapolation_sd(di: np.ndarray, model: dict) -> np.ndarray:
@@ -97,14 +107,19 @@ def site_errors(rows: pd.DataFrame, pred: pd.DataFrame, train_di: np.ndarray, fl
     ``pred`` holds the CV predictions (``row`` indexes ``rows``; obs, pred)."""
     r = pd.DataFrame({"row": np.arange(len(rows)), "site_id": rows.site_id.to_numpy(), "di": train_di})
     r = r.merge(pred[["row", "obs", "pred"]], on="row", how="inner")
-    g = r.assign(res=r.obs - r.pred).groupby("site_id").agg(di=("di", "mean"), residual=("res", "mean"),
-                                                            n=("row", "size")).reset_index()
+    g = (
+        r.assign(res=r.obs - r.pred)
+        .groupby("site_id")
+        .agg(di=("di", "mean"), residual=("res", "mean"), n=("row", "size"))
+        .reset_index()
+    )
     g["abs_error"] = g.residual.abs()
     return g.assign(flux=flux)
 
 
-def flux_extrapolation(rows: pd.DataFrame, cv_pred: pd.DataFrame, mtry: int, importance: pd.DataFrame | None,
-                       flux: str, max_training: int) -> tuple[dict, AOA, pd.DataFrame]:
+def flux_extrapolation(
+    rows: pd.DataFrame, cv_pred: pd.DataFrame, mtry: int, importance: pd.DataFrame | None, flux: str, max_training: int
+) -> tuple[dict, AOA, pd.DataFrame]:
     """One flux's extrapolation term: the AOA of its training rows (``importance``-weighted when
     given; at most ``max_training`` rows), the site-mean LOSO residuals (chosen ``mtry``)
     against the dissimilarity index, and the fitted DI model. Returns (model, aoa, site errors)."""
@@ -131,8 +146,9 @@ def sd_block(pred: xr.Dataset, land: np.ndarray, tk: np.ndarray, ys: slice, aoas
     cols = []
     for v in CONTINUOUS:
         da = pred[v].isel(y=ys)
-        a = np.asarray(da.isel(time=tk).values if "time" in da.dims else
-                       np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64)
+        a = np.asarray(
+            da.isel(time=tk).values if "time" in da.dims else np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64
+        )
         cols.append(a.reshape(-1))
     X = np.stack(cols, 1)
     X[~np.tile(land[ys].ravel(), len(tk))] = np.nan
@@ -150,10 +166,17 @@ def sd_template(pred: xr.Dataset, tsel: np.ndarray, band: int, crs) -> xr.Datase
     times = pd.DatetimeIndex(pred.time.values)
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     ch = (12, band, nx)
-    tmpl = xr.Dataset({f"{f}_extrap_sd": (("time", "y", "x"), dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32,
-                                                                       chunks=ch),
-                                          {"units": FLUX_UNITS, "long_name": f"{f} extrapolation SD term"})
-                       for f in FLUXES}, coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values})
+    tmpl = xr.Dataset(
+        {
+            f"{f}_extrap_sd": (
+                ("time", "y", "x"),
+                dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32, chunks=ch),
+                {"units": FLUX_UNITS, "long_name": f"{f} extrapolation SD term"},
+            )
+            for f in FLUXES
+        },
+        coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values},
+    )
     return write_crs(tmpl, crs)
 
 

@@ -47,9 +47,12 @@ from .vocab import FLUX_UNITS, FLUXES
 log = logging.getLogger(__name__)
 
 OUT_VARS = (*FLUXES, "nee_derived")
-LONG_NAMES = {"gpp": "gross primary productivity", "reco": "ecosystem respiration",
-              "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
-              "nee_derived": "net ecosystem exchange derived as reco - gpp"}
+LONG_NAMES = {
+    "gpp": "gross primary productivity",
+    "reco": "ecosystem respiration",
+    "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
+    "nee_derived": "net ecosystem exchange derived as reco - gpp",
+}
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,9 @@ def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
 
 
 @lru_cache(maxsize=2)
-def _tile_zone_weights(zones_path: str, key: str, iy0: int, iy1: int, ix0: int, ix1: int, veg: bytes,
-                       order: tuple) -> np.ndarray:
+def _tile_zone_weights(
+    zones_path: str, key: str, iy0: int, iy1: int, ix0: int, ix1: int, veg: bytes, order: tuple
+) -> np.ndarray:
     """(zone, cell) weights (m2 of land) of one tile; cached because a tile's years come in a
     row (``plan_chunks``) and the zones and the static vegetation map do not change."""
     z = _open(zones_path, key).isel(y=slice(iy0, iy1), x=slice(ix0, ix1)).load()
@@ -147,7 +151,7 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     bootstrap forests and each bootstrap forest's zone sums (Tg C per month)."""
     pred, zones = _open(job.predictors, job.key), _open(job.zones, job.key)
     ys, xs = slice(c.iy0, c.iy1), slice(c.ix0, c.ix1)
-    tidx = np.asarray(job.time_index[c.t0:c.t0 + c.nt])
+    tidx = np.asarray(job.time_index[c.t0 : c.t0 + c.nt])
     z = zones.isel(y=ys, x=xs).load()
     land = z["land_fraction"].fillna(0).values > 0
     cols, months = _tile_predictors(pred, tidx, ys, xs)
@@ -177,8 +181,16 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     res["nee_derived"] = res["reco"] - res["gpp"]
     out = {"res": res}
     if job.members:
-        wmat = _tile_zone_weights(job.zones, job.key, c.iy0, c.iy1, c.ix0, c.ix1,
-                                  np.asarray(cols["veg_type"]).tobytes(), tuple(job.zones_order))
+        wmat = _tile_zone_weights(
+            job.zones,
+            job.key,
+            c.iy0,
+            c.iy1,
+            c.ix0,
+            c.ix1,
+            np.asarray(cols["veg_type"]).tobytes(),
+            tuple(job.zones_order),
+        )
         Xb = X[[col for col in PREDICTOR_NAMES if col not in BOOTSTRAP_DROP]]
         ens = {}
         mats = {}  # members share their numeric columns: build each column order's matrix once
@@ -210,7 +222,7 @@ def run_chunk(job: UpscaleJob, c: Chunk) -> str:
     out = predict_chunk(job, c)
     g = _store(job.store, job.key)  # float32 with NaN fill: the arrays are written as they are
     for v, a in out["res"].items():
-        g[v][c.t0:c.t0 + c.nt, c.iy0:c.iy1, c.ix0:c.ix1] = a
+        g[v][c.t0 : c.t0 + c.nt, c.iy0 : c.iy1, c.ix0 : c.ix1] = a
     rec = Path(job.parts) / f"{c.key}.npz"
     tmp = rec.with_name(rec.name + ".tmp.npz")
     np.savez(tmp, member_tg=out.get("member_tg", np.zeros((0,))))
@@ -234,7 +246,7 @@ def plan_chunks(land: np.ndarray, times: pd.DatetimeIndex, tile: int) -> list[Ch
     years = times.year.to_numpy()
     for iy in range(0, ny, tile):
         for ix in range(0, nx, tile):
-            if not land[iy:iy + tile, ix:ix + tile].any():
+            if not land[iy : iy + tile, ix : ix + tile].any():
                 continue
             for year in sorted(set(years.tolist())):
                 t = np.nonzero(years == year)[0]
@@ -250,8 +262,10 @@ def veg_remap(veg: np.ndarray, known: list, flux: str) -> dict:
     for code in sorted(set(veg.tolist()) - known):
         fb = next((float(c) for c in VEG_FALLBACK.get(int(code), ()) if c in known), None)
         out[float(code)] = fb
-        log.info(f"{flux}: vegetation class {int(code)} not in training; "
-            + ("cells left NaN" if fb is None else f"predicted as class {int(fb)}"))
+        log.info(
+            f"{flux}: vegetation class {int(code)} not in training; "
+            + ("cells left NaN" if fb is None else f"predicted as class {int(fb)}")
+        )
     return out
 
 
@@ -262,9 +276,13 @@ def check_models_match(models: dict, members: dict, pred: xr.Dataset, file) -> N
             m = _load(p)
             missing = [c for c in m.feature_names_ if c != "month" and c not in pred]
             if missing:
-                raise InputError(file, f"the {flux} model {Path(p).name} was trained on predictor(s) {missing} "
-                                 "that the predictor stack does not have", column=", ".join(missing),
-                                 expected=f"a stack with every model predictor: {m.feature_names_}")
+                raise InputError(
+                    file,
+                    f"the {flux} model {Path(p).name} was trained on predictor(s) {missing} "
+                    "that the predictor stack does not have",
+                    column=", ".join(missing),
+                    expected=f"a stack with every model predictor: {m.feature_names_}",
+                )
 
 
 def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: int, file) -> xr.Dataset:
@@ -273,13 +291,18 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     shape = (len(times), ny, nx)
     chunks = (12, min(tile, ny), min(tile, nx))
-    ds = xr.Dataset({v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks))
-                     for v in variables},
-                    coords={"time": times, "y": pred.y.values, "x": pred.x.values})
+    ds = xr.Dataset(
+        {v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks)) for v in variables},
+        coords={"time": times, "y": pred.y.values, "x": pred.x.values},
+    )
     for v in variables:
         base = v[:-3] if v.endswith("_sd") else v
-        ds[v].attrs.update(units=FLUX_UNITS, long_name=(f"SD across the bootstrap forests of {LONG_NAMES[base]}"
-                                                        if v.endswith("_sd") else LONG_NAMES[base]))
+        ds[v].attrs.update(
+            units=FLUX_UNITS,
+            long_name=(
+                f"SD across the bootstrap forests of {LONG_NAMES[base]}" if v.endswith("_sd") else LONG_NAMES[base]
+            ),
+        )
         ds[v].encoding.update(chunks=chunks)
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
@@ -288,8 +311,19 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
     return ds
 
 
-def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel: np.ndarray, *,
-            tile: int = 128, client=None, progress=None, fingerprint: str = "") -> dict:
+def upscale(
+    predictors,
+    zones,
+    models: dict,
+    members: dict,
+    out: Path,
+    times_sel: np.ndarray,
+    *,
+    tile: int = 128,
+    client=None,
+    progress=None,
+    fingerprint: str = "",
+) -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
 
@@ -322,10 +356,18 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
     veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
     corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
     zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
-    job = UpscaleJob(predictors=str(predictors), zones=str(zones), models={f: str(p) for f, p in models.items()},
-                     members={f: [str(p) for p in ps] for f, ps in members.items()}, store=str(store),
-                     parts=str(parts), time_index=[int(i) for i in times_sel], veg_map=veg_map, zones_order=zorder,
-                     key=f"{fingerprint}:{json.loads(state.read_text())['created']}")
+    job = UpscaleJob(
+        predictors=str(predictors),
+        zones=str(zones),
+        models={f: str(p) for f, p in models.items()},
+        members={f: [str(p) for p in ps] for f, ps in members.items()},
+        store=str(store),
+        parts=str(parts),
+        time_index=[int(i) for i in times_sel],
+        veg_map=veg_map,
+        zones_order=zorder,
+        key=f"{fingerprint}:{json.loads(state.read_text())['created']}",
+    )
     chunks = plan_chunks(land, times, tile)
     done = {p.stem for p in parts.glob("*.npz") if not p.name.endswith(".tmp.npz")}
     todo = [c for c in chunks if c.key not in done]
@@ -357,12 +399,19 @@ def upscale(predictors, zones, models: dict, members: dict, out: Path, times_sel
         total = np.zeros((len(OUT_VARS), n_mem, len(times), len(zorder)))
         for c in chunks:
             with np.load(parts / f"{c.key}.npz") as z:
-                total[:, :, c.t0:c.t0 + c.nt, :] += z["member_tg"]
-        v_i, m_i, t_i, z_i = np.meshgrid(np.arange(len(OUT_VARS)), np.arange(n_mem), np.arange(len(times)),
-                                         np.arange(len(zorder)), indexing="ij")
-        mb = pd.DataFrame({"member": m_i.ravel(), "flux": np.asarray(OUT_VARS)[v_i.ravel()],
-                           "time": times[t_i.ravel()], "zone": np.asarray(zorder)[z_i.ravel()],
-                           "tg_c": total.ravel()})
+                total[:, :, c.t0 : c.t0 + c.nt, :] += z["member_tg"]
+        v_i, m_i, t_i, z_i = np.meshgrid(
+            np.arange(len(OUT_VARS)), np.arange(n_mem), np.arange(len(times)), np.arange(len(zorder)), indexing="ij"
+        )
+        mb = pd.DataFrame(
+            {
+                "member": m_i.ravel(),
+                "flux": np.asarray(OUT_VARS)[v_i.ravel()],
+                "time": times[t_i.ravel()],
+                "zone": np.asarray(zorder)[z_i.ravel()],
+                "tg_c": total.ravel(),
+            }
+        )
         mb["year"], mb["month"] = mb.time.dt.year, mb.time.dt.month
         tmp = lay.tmp(mb_path.name)
         mb.to_parquet(tmp, index=False)
@@ -381,8 +430,11 @@ def _export_vars(ds: xr.Dataset, variables) -> list:
     names = [v for v in ds.data_vars if "time" in ds[v].dims] if not variables else list(variables)
     bad = [v for v in names if v not in ds.data_vars]
     if bad:
-        raise InputError(ds.encoding.get("source", "upscaled.zarr"), f"no variable(s) {bad} in the store",
-                         expected=f"some of {sorted(ds.data_vars)}")
+        raise InputError(
+            ds.encoding.get("source", "upscaled.zarr"),
+            f"no variable(s) {bad} in the store",
+            expected=f"some of {sorted(ds.data_vars)}",
+        )
     return names
 
 
@@ -422,8 +474,11 @@ def export_geotiff(store, out_dir, variables=None) -> list[Path]:
             da = da.drop_vars([c for c in da.coords if c not in ("time", "y", "x")])
             da = da.rename({"time": "band"}).assign_coords(band=np.arange(1, da.sizes["time"] + 1))
             months = tuple(str(t)[:7] for t in ds.time.values[years == year])
-            da.attrs = {"units": ds[v].attrs.get("units", ""), "long_name": months,
-                        "description": ds[v].attrs.get("long_name", "")}
+            da.attrs = {
+                "units": ds[v].attrs.get("units", ""),
+                "long_name": months,
+                "description": ds[v].attrs.get("long_name", ""),
+            }
             da.encoding = {}
             da = da.rio.write_crs(crs.to_wkt()).rio.write_nodata(np.nan)
             path = out_dir / f"{v}_{year}.tif"

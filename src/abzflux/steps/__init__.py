@@ -14,8 +14,17 @@ from .spec import StepSpec
 
 #: Every step, upstream ones first.
 STEPS: tuple[StepSpec, ...] = (
-    sites.SPEC, forest.SPEC, interpret.SPEC, bootstrap.SPEC, extrapolation.SPEC, upscale.SPEC, budgets.SPEC,
-    trends.SPEC, fire.SPEC, compare.SPEC, summary.SPEC,
+    sites.SPEC,
+    forest.SPEC,
+    interpret.SPEC,
+    bootstrap.SPEC,
+    extrapolation.SPEC,
+    upscale.SPEC,
+    budgets.SPEC,
+    trends.SPEC,
+    fire.SPEC,
+    compare.SPEC,
+    summary.SPEC,
 )
 
 __all__ = ["STEPS", "StepSpec", "lineage", "stage_table"]
@@ -42,17 +51,28 @@ def _code(items) -> str:
 def stage_table() -> str:
     """The stage graph as a markdown table, generated from the specs (docs/architecture.md
     holds this text between its ``stage table`` markers; tests/test_architecture.py checks it)."""
-    lines = ["| stage | module | config keys | inputs | upstream stages | upstream outputs read | outputs written "
-             "| runs |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| stage | module | config keys | inputs | upstream stages | upstream outputs read | outputs written | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for st in STEPS:
-        runs = (f"with `inputs.{st.optional}`" if st.optional else f"when `{st.enabled_by}`" if st.enabled_by
-                else "always")
+        runs = (
+            f"with `inputs.{st.optional}`" if st.optional else f"when `{st.enabled_by}`" if st.enabled_by else "always"
+        )
         writes = _code(st.writes) + (" (+ " + _code(st.extras) + " in some runs)" if st.extras else "")
-        lines.append(f"| {st.name} | `steps/{st.name}.py` | {_code(st.config_keys)} | "
-                     f"{_code(f'inputs.{i}' for i in st.inputs)} | {', '.join(st.depends) or '–'} | "
-                     f"{_code(st.reads)} | {writes} | {runs} |")
-    lines += ["", "Every config key and input a stage's outputs depend on (its own and its upstream stages'; "
-              "a change reruns the stage):", "", "| stage | config keys | inputs |", "|---|---|---|"]
+        lines.append(
+            f"| {st.name} | `steps/{st.name}.py` | {_code(st.config_keys)} | "
+            f"{_code(f'inputs.{i}' for i in st.inputs)} | {', '.join(st.depends) or '–'} | "
+            f"{_code(st.reads)} | {writes} | {runs} |"
+        )
+    lines += [
+        "",
+        "Every config key and input a stage's outputs depend on (its own and its upstream stages'; "
+        "a change reruns the stage):",
+        "",
+        "| stage | config keys | inputs |",
+        "|---|---|---|",
+    ]
     for name, (keys, inputs) in lineage().items():
         lines.append(f"| {name} | {_code(keys)} | {_code(f'inputs.{i}' for i in inputs)} |")
     return "\n".join(lines) + "\n"

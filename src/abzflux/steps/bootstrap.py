@@ -48,26 +48,50 @@ def run(ctx: Context) -> None:
             idx = resample_rows(rows.site_id.to_numpy(), unc.method, rng, blocks)
             sample = rows.iloc[idx].reset_index(drop=True)
             if fs.bootstrap_mtry == "retune":
-                res = cv_mod.loso_cv(sample[cols], sample[flux].to_numpy(), sample.site_id.to_numpy(),
-                                     fs.mtry_grid or cv_mod.mtry_grid(len(cols)), n_trees=fs.n_estimators,
-                                     nodesize=fs.nodesize, seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b), categorical=())
+                res = cv_mod.loso_cv(
+                    sample[cols],
+                    sample[flux].to_numpy(),
+                    sample.site_id.to_numpy(),
+                    fs.mtry_grid or cv_mod.mtry_grid(len(cols)),
+                    n_trees=fs.n_estimators,
+                    nodesize=fs.nodesize,
+                    seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b),
+                    categorical=(),
+                )
                 m = res.best_mtry
             else:
                 m = min(info[flux]["mtry"], len(cols))
-            model = FluxForest(n_estimators=fs.n_estimators, mtry=m, nodesize=fs.nodesize, categorical=(),
-                               central=fs.central, random_state=seeds.integer(ctx.cfg.run.seed, "bootstrap_forest", b))
+            model = FluxForest(
+                n_estimators=fs.n_estimators,
+                mtry=m,
+                nodesize=fs.nodesize,
+                categorical=(),
+                central=fs.central,
+                random_state=seeds.integer(ctx.cfg.run.seed, "bootstrap_forest", b),
+            )
             model.fit(sample[cols], sample[flux].to_numpy())
             model.save(out / f"{flux}_{b:02d}.npz")
-            record[flux].append({"member": b, "mtry": m, "rows": len(sample),
-                                 "distinct_rows": int(len(np.unique(idx))),
-                                 "distinct_sites": int(sample.site_id.nunique())})
+            record[flux].append(
+                {
+                    "member": b,
+                    "mtry": m,
+                    "rows": len(sample),
+                    "distinct_rows": int(len(np.unique(idx))),
+                    "distinct_sites": int(sample.site_id.nunique()),
+                }
+            )
         log.info(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors, {unc.method} resampled)")
     (out / "bootstrap.json").write_text(json.dumps(record, indent=2))
     _atomic.replace(out, lay.bootstrap)
 
 
 SPEC = StepSpec(
-    "bootstrap", run, writes=(L.BOOTSTRAP,), depends=("forest",), reads=(L.SITES, "models/forest.json"),
-    config_keys=FOREST_KEYS + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed", "uncertainty.method",
-                               "uncertainty.block_km"),
-    summary="the uncertainty ensemble: bootstrap forests per flux on resampled rows, sites or blocks")
+    "bootstrap",
+    run,
+    writes=(L.BOOTSTRAP,),
+    depends=("forest",),
+    reads=(L.SITES, "models/forest.json"),
+    config_keys=FOREST_KEYS
+    + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed", "uncertainty.method", "uncertainty.block_km"),
+    summary="the uncertainty ensemble: bootstrap forests per flux on resampled rows, sites or blocks",
+)

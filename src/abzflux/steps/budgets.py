@@ -57,23 +57,30 @@ def run(ctx: Context) -> None:
     cov = coverage_mod.annual_coverage(cov_m)
     cov.to_csv(out / "coverage.csv", index=False)
     n_low, n_any = int((cov.share_lost > bs.coverage_warn).sum()), int((cov.share_lost > 0).sum())
-    log.info(f"coverage: {n_low} zone-year(s) lose more than {bs.coverage_warn:g} of their land (budgets/coverage.csv)"
-             if n_low else f"coverage: {n_any} zone-year(s) lose up to {cov.share_lost.max():.3g} of their land"
-             if n_any else "coverage: every zone's land predicted in every month")
+    log.info(
+        f"coverage: {n_low} zone-year(s) lose more than {bs.coverage_warn:g} of their land (budgets/coverage.csv)"
+        if n_low
+        else f"coverage: {n_any} zone-year(s) lose up to {cov.share_lost.max():.3g} of their land"
+        if n_any
+        else "coverage: every zone's land predicted in every month"
+    )
     # source areas and latitude
     crs = grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors)
-    shares, lat_pix = budgets_mod.map_statistics(up[["nee", "nee_derived"]], zones, veg=veg, crs=crs,
-                                                 threshold=bs.source_threshold)
+    shares, lat_pix = budgets_mod.map_statistics(
+        up[["nee", "nee_derived"]], zones, veg=veg, crs=crs, threshold=bs.source_threshold
+    )
     shares.insert(2, "kind", shares.zone.map({z: budgets_mod.zone_kind(z) for z in areas.index}))
     shares.to_csv(out / "source_areas.csv", index=False)
     budgets_mod.insitu_sources(sites, bs.source_threshold).to_csv(out / "source_sites.csv", index=False)
     pd.concat([budgets_mod.site_latitude_correlation(sites), lat_pix], ignore_index=True).to_csv(
-        out / "latitude_correlation.csv", index=False)
+        out / "latitude_correlation.csv", index=False
+    )
     # decades (Fig. 3)
     decades = budgets_mod.decades(y0, y1, bs.decade_length)
     if len(decades) >= 2:
-        budgets_mod.decadal_monthly(mon, members, areas, [decades[0], decades[-1]],
-                                    fluxes=("nee", "gpp", "reco", "nee_derived")).to_csv(out / "decadal_monthly.csv", index=False)
+        budgets_mod.decadal_monthly(
+            mon, members, areas, [decades[0], decades[-1]], fluxes=("nee", "gpp", "reco", "nee_derived")
+        ).to_csv(out / "decadal_monthly.csv", index=False)
     # seasonal amplitude
     amps, changes = budgets_mod.amplitude_tables(mon)
     amps.to_csv(out / "seasonal_amplitude.csv", index=False)
@@ -99,9 +106,21 @@ def run(ctx: Context) -> None:
 
 
 SPEC = StepSpec(
-    "budgets", run, writes=(L.BUDGETS_ANNUAL, L.BUDGETS), depends=("upscale", "sites", "extrapolation"),
+    "budgets",
+    run,
+    writes=(L.BUDGETS_ANNUAL, L.BUDGETS),
+    depends=("upscale", "sites", "extrapolation"),
     reads=(L.UPSCALED, L.MEMBERS_MONTHLY, L.SITES, "uncertainty/extrapolation_sd.zarr"),
-    config_keys=("budgets.source_threshold", "budgets.decade_length", "budgets.coverage_warn", "budgets.coverage_stop",
-                 "fire.first_year", "run.years", "uncertainty.extrapolation"),
-    inputs=("predictors", "zones", "fire"), extras=(L.BUDGETS_PERIOD_SD,),
-    summary="zone budgets and densities (monthly, seasonal, period), Table 1, source areas, coverage")
+    config_keys=(
+        "budgets.source_threshold",
+        "budgets.decade_length",
+        "budgets.coverage_warn",
+        "budgets.coverage_stop",
+        "fire.first_year",
+        "run.years",
+        "uncertainty.extrapolation",
+    ),
+    inputs=("predictors", "zones", "fire"),
+    extras=(L.BUDGETS_PERIOD_SD,),
+    summary="zone budgets and densities (monthly, seasonal, period), Table 1, source areas, coverage",
+)

@@ -32,24 +32,56 @@ def run(ctx: Context) -> None:
         log.info("AOA: no permutation importance (forest.importance_repeats = 0): equal weights")
     up = xr.open_zarr(lay.upscaled, consolidated=False)
     tables = cmp.extrapolation_diagnostics(
-        pred, zones, up, pd.read_parquet(lay.sites), importance, ctx.years(), crs, out / "extrapolation.zarr",
-        period_length=cs.mess_period_length, cluster_sample=cs.cluster_sample, max_training=cs.aoa_max_training,
-        n_clusters=cs.n_clusters, seed=seeds.integer(cfg.run.seed, "kmeans"))
+        pred,
+        zones,
+        up,
+        pd.read_parquet(lay.sites),
+        importance,
+        ctx.years(),
+        crs,
+        out / "extrapolation.zarr",
+        period_length=cs.mess_period_length,
+        cluster_sample=cs.cluster_sample,
+        max_training=cs.aoa_max_training,
+        n_clusters=cs.n_clusters,
+        seed=seeds.integer(cfg.run.seed, "kmeans"),
+    )
     up.close()
     for name, t in tables.items():
         t.to_csv(out / f"{name}.csv", index=False)
     refs = ctx.references()
     if refs:
-        cmp.compare_products(refs, xr.open_zarr(lay.upscaled, consolidated=False), zones, ctx.fire(),
-                             crs, out, cfg.budgets.source_threshold, cs.regrid_subsamples)
+        cmp.compare_products(
+            refs,
+            xr.open_zarr(lay.upscaled, consolidated=False),
+            zones,
+            ctx.fire(),
+            crs,
+            out,
+            cfg.budgets.source_threshold,
+            cs.regrid_subsamples,
+        )
     _atomic.replace(out, lay.compare)
 
 
 SPEC = StepSpec(
-    "compare", run, writes=(L.COMPARE,), depends=("trends", "upscale", "interpret", "sites"),
+    "compare",
+    run,
+    writes=(L.COMPARE,),
+    depends=("trends", "upscale", "interpret", "sites"),
     reads=(L.SITES, "interpret/importance.csv", L.UPSCALED),
-    config_keys=("compare.subtract_fire", "compare.regrid_subsamples", "compare.mess_period_length",
-                 "compare.n_clusters", "compare.cluster_sample", "compare.aoa_max_training",
-                 "budgets.source_threshold", "fire.first_year", "run.years", "run.seed"),
+    config_keys=(
+        "compare.subtract_fire",
+        "compare.regrid_subsamples",
+        "compare.mess_period_length",
+        "compare.n_clusters",
+        "compare.cluster_sample",
+        "compare.aoa_max_training",
+        "budgets.source_threshold",
+        "fire.first_year",
+        "run.years",
+        "run.seed",
+    ),
     inputs=("predictors", "zones", "fire", "references"),
-    summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given")
+    summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given",
+)

@@ -29,8 +29,12 @@ def run(ctx: Context) -> None:
     cfg, lay = ctx.cfg, ctx.layout
     out = fresh_dir(lay.tmp(L.UNCERTAINTY))
     if not lay.cv_predictions.exists():
-        raise ConfigError(cfg.source, "the extrapolation term needs the leave-one-site-out CV",
-                          column="uncertainty.extrapolation", expected="forest.cv = true")
+        raise ConfigError(
+            cfg.source,
+            "the extrapolation term needs the leave-one-site-out CV",
+            column="uncertainty.extrapolation",
+            expected="forest.cv = true",
+        )
     cvp = pd.read_parquet(lay.cv_predictions)
     info = json.loads(lay.forest_json.read_text())
     table = pd.read_parquet(lay.sites)
@@ -41,8 +45,10 @@ def run(ctx: Context) -> None:
         m, aoa, e = flux_extrapolation(rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training)
         models[flux], aoas[flux] = m, aoa
         errs.append(e)
-        log.info(f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
-                 f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}")
+        log.info(
+            f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
+            f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}"
+        )
     pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
     (out / "extrapolation.json").write_text(json.dumps(models, indent=2))
     write_sd_maps(ctx, aoas, models, out / "extrapolation_sd.zarr")
@@ -60,18 +66,26 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     band = max(1, min(ctx.cfg.run.tile, ny))
     sd_template(pred, tsel, band, grid_crs(pred, ctx.cfg.inputs.predictors)).to_zarr(
-        store, compute=False, mode="w", consolidated=False)
+        store, compute=False, mode="w", consolidated=False
+    )
     for k0 in range(0, len(tsel), 12):
-        tk = tsel[k0:k0 + 12]
+        tk = tsel[k0 : k0 + 12]
         for i0 in range(0, ny, band):
             ys = slice(i0, min(i0 + band, ny))
             xr.Dataset(sd_block(pred, land, tk, ys, aoas, models)).to_zarr(
-                store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False)
+                store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False
+            )
 
 
 SPEC = StepSpec(
-    "extrapolation", run, writes=(L.UNCERTAINTY,), depends=("forest", "interpret"),
+    "extrapolation",
+    run,
+    writes=(L.UNCERTAINTY,),
+    depends=("forest", "interpret"),
     reads=(L.SITES, "models/forest.json", "cv/predictions.parquet", "interpret/importance.csv"),
-    config_keys=("compare.aoa_max_training", "run.years", "run.tile"), inputs=("predictors", "zones"),
-    enabled=lambda cfg: cfg.uncertainty.extrapolation, enabled_by="uncertainty.extrapolation",
-    summary="the extrapolation SD term: DI model of the LOSO residuals and monthly SD maps")
+    config_keys=("compare.aoa_max_training", "run.years", "run.tile"),
+    inputs=("predictors", "zones"),
+    enabled=lambda cfg: cfg.uncertainty.extrapolation,
+    enabled_by="uncertainty.extrapolation",
+    summary="the extrapolation SD term: DI model of the LOSO residuals and monthly SD maps",
+)

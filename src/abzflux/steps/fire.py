@@ -47,8 +47,9 @@ def run(ctx: Context) -> None:
     info = json.loads(lay.forest_json.read_text())
     report: dict = {"fire_period": [f0, target], "target_year": target}
     if lay.cv_predictions.exists():
-        r = fire_mod.site_residuals(pd.read_parquet(lay.cv_predictions), pd.read_parquet(lay.sites),
-                                    info["nee"]["mtry"])
+        r = fire_mod.site_residuals(
+            pd.read_parquet(lay.cv_predictions), pd.read_parquet(lay.sites), info["nee"]["mtry"]
+        )
         fire_mod.residual_diagnostics(r).to_csv(out / "residual_diagnostics.csv", index=False)
         models = fire_mod.fit_bias_models(r[r.burned], alpha=fs.alpha)
         models.to_csv(out / "bias_models.csv", index=False)
@@ -60,8 +61,12 @@ def run(ctx: Context) -> None:
             nee = up["nee"].sel(time=str(target)).load()
             corr = fire_mod.correct_nee(nee, models, last, frac, target, months=months)
             # Only the correction's budget is computed here; "before" is the budgets step's.
-            change = budgets_mod.monthly_budgets(xr.Dataset({"nee": corr - nee}), ctx.zones()) \
-                .groupby("zone").tg_c.sum().rename("change")
+            change = (
+                budgets_mod.monthly_budgets(xr.Dataset({"nee": corr - nee}), ctx.zones())
+                .groupby("zone")
+                .tg_c.sum()
+                .rename("change")
+            )
             t = fire_mod.correction_table(change, ann, target)
             t.to_csv(out / "bias_correction.csv", index=False)
             dom = t.set_index("zone").loc["domain"]
@@ -71,8 +76,13 @@ def run(ctx: Context) -> None:
 
 
 SPEC = StepSpec(
-    "fire", run, writes=(L.FIRE,), depends=("budgets", "forest", "sites"),
+    "fire",
+    run,
+    writes=(L.FIRE,),
+    depends=("budgets", "forest", "sites"),
     reads=(L.BUDGETS_ANNUAL, "models/forest.json", "cv/predictions.parquet", L.SITES, L.UPSCALED),
     config_keys=("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"),
-    inputs=("fire", "predictors", "zones"), optional="fire",
-    summary="fire emissions, fire vs uptake, burned cells, residual diagnostics, years-since-fire bias correction")
+    inputs=("fire", "predictors", "zones"),
+    optional="fire",
+    summary="fire emissions, fire vs uptake, burned cells, residual diagnostics, years-since-fire bias correction",
+)

@@ -37,16 +37,32 @@ def run(ctx: Context, progress_factory=None) -> None:
         all_sites = set(table.loc[table[flux].notna(), "site_id"])
         dropped = sorted(all_sites - set(rows.site_id))
         if rows.site_id.nunique() < 3:
-            raise InputError(ctx.cfg.inputs.sites, f"only {rows.site_id.nunique()} site(s) with complete rows for {flux}",
-                             column=flux, expected="at least 3 sites with the flux and all 17 predictors for leave-one-site-out CV")
+            raise InputError(
+                ctx.cfg.inputs.sites,
+                f"only {rows.site_id.nunique()} site(s) with complete rows for {flux}",
+                column=flux,
+                expected="at least 3 sites with the flux and all 17 predictors for leave-one-site-out CV",
+            )
         for c in X_cols:
             if rows[c].nunique() < 2:
                 log.warning(f"{flux}: predictor {c} is constant over the training rows; it cannot split")
         prog = progress_factory(f"{flux}: leave-one-site-out folds") if progress_factory and fs.cv else None
-        fit = cv_mod.fit_flux(rows, flux, X_cols, mtry=fs.mtry, grid=fs.mtry_grid, n_estimators=fs.n_estimators,
-                              nodesize=fs.nodesize, central=fs.central, cv=fs.cv, seed=ctx.cfg.run.seed,
-                              forest_seed=seeds.integer(ctx.cfg.run.seed, "forest"), dropped=dropped,
-                              progress=prog, client=ctx.client() if fs.cv else None)
+        fit = cv_mod.fit_flux(
+            rows,
+            flux,
+            X_cols,
+            mtry=fs.mtry,
+            grid=fs.mtry_grid,
+            n_estimators=fs.n_estimators,
+            nodesize=fs.nodesize,
+            central=fs.central,
+            cv=fs.cv,
+            seed=ctx.cfg.run.seed,
+            forest_seed=seeds.integer(ctx.cfg.run.seed, "forest"),
+            dropped=dropped,
+            progress=prog,
+            client=ctx.client() if fs.cv else None,
+        )
         seconds[flux] = fit.seconds
         fit.model.save(models_dir / f"{flux}.npz")
         info[flux] = fit.info
@@ -54,15 +70,23 @@ def run(ctx: Context, progress_factory=None) -> None:
             all_pred.append(fit.predictions)
             all_metrics.append(fit.metrics)
             overall[flux] = fit.overall
-        log.info(f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {info[flux]['mtry']}"
-                 + (f" (LOSO RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
-                    f"{fit.seconds['cv']:.0f} s)" if flux in overall else ""))
+        log.info(
+            f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {info[flux]['mtry']}"
+            + (
+                f" (LOSO RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
+                f"{fit.seconds['cv']:.0f} s)"
+                if flux in overall
+                else ""
+            )
+        )
     (models_dir / "forest.json").write_text(json.dumps(info, indent=2))
     if all_pred:
         pred = pd.concat(all_pred, ignore_index=True)
         pred.to_parquet(cv_dir / "predictions.parquet", index=False)
         pd.concat(all_metrics, ignore_index=True).to_csv(cv_dir / "metrics_by_mtry.csv", index=False)
-        chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
+        chosen = pred.merge(
+            pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"]
+        )
         chosen = chosen.assign(abs_error=(chosen.pred - chosen.obs).abs())
         for stem, t in cv_mod.skill_tables(chosen).items():
             t.to_csv(cv_dir / f"{stem}.csv", index=False)
@@ -72,6 +96,11 @@ def run(ctx: Context, progress_factory=None) -> None:
 
 
 SPEC = StepSpec(
-    "forest", run, writes=(L.MODELS, L.CV), depends=("sites",), reads=(L.SITES,),
+    "forest",
+    run,
+    writes=(L.MODELS, L.CV),
+    depends=("sites",),
+    reads=(L.SITES,),
     config_keys=FOREST_KEYS + ("forest.cv", "run.seed"),
-    summary="per flux: leave-one-site-out CV over the mtry grid, the final forest, skill tables")
+    summary="per flux: leave-one-site-out CV over the mtry grid, the final forest, skill tables",
+)

@@ -55,6 +55,11 @@ def run(ctx: Context) -> None:
 
 
 SPEC = StepSpec(
-    "interpret", run, writes=(L.INTERPRET,), depends=("forest",), reads=(L.SITES, "models/"),
+    "interpret",
+    run,
+    writes=(L.INTERPRET,),
+    depends=("forest",),
+    reads=(L.SITES, "models/"),
     config_keys=("forest.importance_repeats", "forest.pdp_points", "forest.pdp_rows", "run.seed"),
-    summary="permutation importance and partial dependence of every predictor, per flux")
+    summary="permutation importance and partial dependence of every predictor, per flux",
+)

@@ -32,8 +32,10 @@ def run(ctx: Context) -> None:
     else:
         n_out = extract_at_sites(table, pred, iy, ix)
         if n_out:
-            log.info(f"{n_out} site-months fall outside the predictor period; their predictors are NaN "
-                     "and listwise deletion drops them")
+            log.info(
+                f"{n_out} site-months fall outside the predictor period; their predictors are NaN "
+                "and listwise deletion drops them"
+            )
     names = {z: categories(zones[z], cfg.inputs.zones) for z in ("biome", "region")}
     table = finish_training_table(table, zones, iy, ix, names)
     tmp = lay.tmp(L.SITES)
@@ -43,5 +45,10 @@ def run(ctx: Context) -> None:
 
 
 SPEC = StepSpec(
-    "sites", run, writes=(L.SITES,), config_keys=("run.years",), inputs=("sites", "predictors", "zones"),
-    summary="the training table: site-months with the predictors extracted at the sites")
+    "sites",
+    run,
+    writes=(L.SITES,),
+    config_keys=("run.years",),
+    inputs=("sites", "predictors", "zones"),
+    summary="the training table: site-months with the predictors extracted at the sites",
+)

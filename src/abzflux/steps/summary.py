@@ -33,8 +33,9 @@ def run(ctx: Context) -> None:
         summary["nee_map_pearson_r"] = map_r
     info = json.loads(lay.forest_json.read_text())
     summary["uncertainty"] = summary_mod.uncertainty_label(ctx.cfg)
-    md = summary_mod.render_summary_md(period, truth_cmp, summary.get("nee_map_pearson_r"), info,
-                                       summary["uncertainty"])
+    md = summary_mod.render_summary_md(
+        period, truth_cmp, summary.get("nee_map_pearson_r"), info, summary["uncertainty"]
+    )
     cov_lines, cov_summary = coverage_summary(ctx, period)
     if cov_lines:
         md += "\n" + "\n".join(cov_lines) + "\n"
@@ -82,32 +83,54 @@ def compare_lines(d: Path) -> tuple[list, dict]:
     ma = pd.read_csv(d / "mess_area.csv")
     dom = ma[ma.zone == "domain"]
     out["mess_share_extrapolated"] = dict(zip(dom.period, dom.share_extrapolated))
-    lines.append("Share of the domain with MESS < 0 (extrapolation): " + ", ".join(
-        f"{p} {100 * v:.0f}%" for p, v in zip(dom.period, dom.share_extrapolated)) + ".")
+    lines.append(
+        "Share of the domain with MESS < 0 (extrapolation): "
+        + ", ".join(f"{p} {100 * v:.0f}%" for p, v in zip(dom.period, dom.share_extrapolated))
+        + "."
+    )
     if "nee" in sd.index:
         r = sd.loc["nee"]
         out["nee_sd_inside_outside_aoa"] = [float(r.inside_mean_sd), float(r.outside_mean_sd)]
-        lines.append(f"Mean annual NEE bootstrap SD inside / outside the area of applicability: "
-                     f"{r.inside_mean_sd:.1f} / {r.outside_mean_sd:.1f} g C m-2 yr-1 (ratio {r.ratio:.2f}).")
+        lines.append(
+            f"Mean annual NEE bootstrap SD inside / outside the area of applicability: "
+            f"{r.inside_mean_sd:.1f} / {r.outside_mean_sd:.1f} g C m-2 yr-1 (ratio {r.ratio:.2f})."
+        )
     if (d / "metrics.csv").exists():
         m = pd.read_csv(d / "metrics.csv")
         b = pd.read_csv(d / "budgets.csv")
         b = b[b.zone == "domain"].set_index("product")
         out["products"] = m.to_dict(orient="records")
-        lines += ["", "| product | years | fire subtracted | map r | trend r | domain NEE abzflux | product | ratio "
-                  "| source area abzflux | product |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| product | years | fire subtracted | map r | trend r | domain NEE abzflux | product | ratio "
+            "| source area abzflux | product |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in m.itertuples():
             bb = b.loc[r.product]
-            lines.append(f"| {r.product} | {r.first_year}–{r.last_year} | {'yes' if r.fire_subtracted else 'no'} | "
-                         f"{r.map_r:.2f} | {r.trend_r:.2f} | {bb.abzflux_tg_c:.0f} | {bb.product_tg_c:.0f} | "
-                         f"{bb.ratio:.2f} | {100 * r.source_share_abzflux:.0f}% | {100 * r.source_share_product:.0f}% |")
+            lines.append(
+                f"| {r.product} | {r.first_year}–{r.last_year} | {'yes' if r.fire_subtracted else 'no'} | "
+                f"{r.map_r:.2f} | {r.trend_r:.2f} | {bb.abzflux_tg_c:.0f} | {bb.product_tg_c:.0f} | "
+                f"{bb.ratio:.2f} | {100 * r.source_share_abzflux:.0f}% | {100 * r.source_share_product:.0f}% |"
+            )
         lines += ["", "Budgets in Tg C yr-1 over the years and cells both have; details in compare/."]
     return lines, out
 
 
 SPEC = StepSpec(
-    "summary", run, writes=(L.SUMMARY_MD, L.SUMMARY_JSON), depends=("trends", "compare"),
-    reads=(L.BUDGETS_ANNUAL, L.BUDGETS_PERIOD_SD, "models/forest.json", "budgets/coverage.csv",
-           "trends/budget_trends.csv", L.UPSCALED, "compare/"),
+    "summary",
+    run,
+    writes=(L.SUMMARY_MD, L.SUMMARY_JSON),
+    depends=("trends", "compare"),
+    reads=(
+        L.BUDGETS_ANNUAL,
+        L.BUDGETS_PERIOD_SD,
+        "models/forest.json",
+        "budgets/coverage.csv",
+        "trends/budget_trends.csv",
+        L.UPSCALED,
+        "compare/",
+    ),
     inputs=("truth",),
-    summary="summary.md and summary.json: period-mean budgets, models, truth comparison, coverage, extrapolation")
+    summary="summary.md and summary.json: period-mean budgets, models, truth comparison, coverage, extrapolation",
+)

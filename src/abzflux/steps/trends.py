@@ -52,11 +52,15 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         ds = trends_mod.trend_band(up, drv, band, FLUXES)
         if i == 0:  # the store's layout (variables, dtypes) comes from the first band
             tmpl = write_crs(trends_mod.maps_template(ds, up.y, up.x, nrow), crs)
-            tmpl.attrs.update(Conventions="CF-1.8", title="abzflux pixel-wise trends (Theil-Sen slope, "
-                              "Mann-Kendall p with Zhang prewhitening)", period=f"{y0}-{y1}")
+            tmpl.attrs.update(
+                Conventions="CF-1.8",
+                title="abzflux pixel-wise trends (Theil-Sen slope, Mann-Kendall p with Zhang prewhitening)",
+                period=f"{y0}-{y1}",
+            )
             tmpl.to_zarr(store, mode="w", compute=False, consolidated=False)
         ds.drop_vars([c for c in ds.coords if c not in ("y", "x")]).drop_vars(["y", "x"]).to_zarr(
-            store, region={"y": band, "x": slice(0, nx)}, consolidated=False)
+            store, region={"y": band, "x": slice(0, nx)}, consolidated=False
+        )
         if progress is not None:
             progress(i + 1, len(bands))
     ds = xr.open_zarr(store, consolidated=False)
@@ -67,6 +71,12 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
 
 
 SPEC = StepSpec(
-    "trends", run, writes=(L.TRENDS,), depends=("budgets",), reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
-    config_keys=("run.years",), inputs=("predictors", "zones"),
-    summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends")
+    "trends",
+    run,
+    writes=(L.TRENDS,),
+    depends=("budgets",),
+    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
+    config_keys=("run.years",),
+    inputs=("predictors", "zones"),
+    summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
+)

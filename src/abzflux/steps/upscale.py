@@ -32,11 +32,23 @@ def run(ctx: Context, progress=None) -> None:
         models = {f: lay.model(f) for f in FLUXES}
         members = {}
         if lay.bootstrap_json.exists():
-            members = {f: [lay.member(f, m["member"]) for m in v]
-                       for f, v in json.loads(lay.bootstrap_json.read_text()).items() if f in FLUXES and v}
-        info = upscale_mod.upscale(ctx.cfg.inputs.predictors, ctx.cfg.inputs.zones, models, members, ctx.out, sel,
-                                   tile=ctx.cfg.run.tile, client=ctx.client(), progress=progress,
-                                   fingerprint=ctx.cache.get("fingerprint", ""))
+            members = {
+                f: [lay.member(f, m["member"]) for m in v]
+                for f, v in json.loads(lay.bootstrap_json.read_text()).items()
+                if f in FLUXES and v
+            }
+        info = upscale_mod.upscale(
+            ctx.cfg.inputs.predictors,
+            ctx.cfg.inputs.zones,
+            models,
+            members,
+            ctx.out,
+            sel,
+            tile=ctx.cfg.run.tile,
+            client=ctx.client(),
+            progress=progress,
+            fingerprint=ctx.cache.get("fingerprint", ""),
+        )
     finally:
         if own_bar and progress is not None:
             progress(None, None)
@@ -44,6 +56,13 @@ def run(ctx: Context, progress=None) -> None:
 
 
 SPEC = StepSpec(
-    "upscale", run, writes=(L.UPSCALED,), depends=("forest", "bootstrap"), reads=("models/", "bootstrap/"),
-    config_keys=("run.years", "run.tile"), inputs=("predictors", "zones"), extras=(L.MEMBERS_MONTHLY,),
-    summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr")
+    "upscale",
+    run,
+    writes=(L.UPSCALED,),
+    depends=("forest", "bootstrap"),
+    reads=("models/", "bootstrap/"),
+    config_keys=("run.years", "run.tile"),
+    inputs=("predictors", "zones"),
+    extras=(L.MEMBERS_MONTHLY,),
+    summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr",
+)
