@@ -82,7 +82,7 @@ def _progress_factory(quiet: bool):
         prog = Progress(
             TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
         )
-        state = {}
+        state: dict = {}
 
         def update(done, total):
             if done is None:
