@@ -62,15 +62,15 @@ def test_product_equal_to_our_field_gives_r_1_and_ratio_1(tmp_path):
         subtract_fire=False,
         years=list(range(2003, 2009)),
     )
-    cmp.compare_products([ref], up, zones, None, LAEA, tmp_path, threshold=0.0, n_sub=4)
-    m = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
+    metrics, budgets, maps = cmp.compare_products([ref], up, zones, None, LAEA, threshold=0.0, n_sub=4)
+    m = metrics.iloc[0]
     assert m["product"] == "same" and (m.first_year, m.last_year) == (2003, 2008)
     assert m.map_r == pytest.approx(1.0, abs=1e-12) and m.map_p < 1e-6
     assert m.trend_r == pytest.approx(1.0, abs=1e-12)
     assert m.source_share_abzflux == pytest.approx(m.source_share_product)
     assert m.n_cells == 6 * 7  # every cell has every year in both (the land-free cell weighs nothing)
     assert 0 < m.source_share_abzflux < 1
-    b = pd.read_csv(tmp_path / "budgets.csv")
+    b = budgets
     assert set(b.zone) >= {"domain", "boreal", "tundra", "permafrost"}
     dom = b[b.zone == "domain"].iloc[0]
     assert dom.ratio == pytest.approx(1.0, rel=1e-12)
@@ -78,7 +78,6 @@ def test_product_equal_to_our_field_gives_r_1_and_ratio_1(tmp_path):
     lf = zones.land_fraction.values * 1e10
     ann = up.nee.groupby("time.year").sum().values
     assert dom.abzflux_tg_c == pytest.approx((ann * lf).sum((1, 2)).mean() / 1e12, rel=1e-12)
-    maps = xr.open_zarr(tmp_path / "product_maps.zarr", consolidated=False)
     assert list(maps["product"].values) == ["same"]
     np.testing.assert_allclose(maps.mean_annual.isel(product=0).values, ann.mean(0), rtol=1e-6)
 

@@ -82,7 +82,7 @@ def _progress_factory(quiet: bool):
         prog = Progress(
             TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
         )
-        state = {}
+        state: dict = {}
 
         def update(done, total):
             if done is None:
@@ -229,16 +229,24 @@ def run(
         def finish() -> None:
             _print_summary(out)
             if report:
-                _write_report(out, quiet)
+                report_ok.append(_write_report(out, quiet))
 
+        report_ok: list[bool] = []
         run_study(cfg, out, force=force, restart=restart, progress_factory=_progress_factory(quiet), finish=finish)
     except InputError as e:
         _fail(e)
+    if not all(report_ok):
+        raise typer.Exit(REPORT_FAILED)
+
+
+REPORT_FAILED = 3
+"""Exit code of `run` and `demo` when every stage finished but the report could not be written."""
 
 
 def _write_report(run_dir: Path, quiet: bool) -> bool:
-    """The HTML report of a finished run. Never raises: the run's outputs are complete
-    whatever happens here (the report is written to temporary names and renamed)."""
+    """The HTML report of a finished run; False when it could not be written (a figure that
+    failed is a warning). Never raises: the run's outputs are complete whatever happens here
+    (the report is written to temporary names and renamed)."""
     from .report import write_report
     from .rundir import owning
 
@@ -260,7 +268,7 @@ def _write_report(run_dir: Path, quiet: bool) -> bool:
     console.print(
         f"report: [bold]{rep.path}[/] ({len(rep.items)} figures and tables, {rep.seconds:.1f} s)", soft_wrap=True
     )
-    return not rep.errors
+    return True
 
 
 # What `abzflux report` writes into a run directory (recorded as abzflux's, rundir.owning).
@@ -378,7 +386,9 @@ def demo(
 
         def finish() -> None:
             _print_summary(out / "run")
-            _write_report(out / "run", quiet)
+            report_ok.append(_write_report(out / "run", quiet))
+
+        report_ok: list[bool] = []
 
         try:
             run_study(cfg, out / "run", restart=restart, progress_factory=_progress_factory(quiet), finish=finish)
@@ -390,6 +400,8 @@ def demo(
             run_study(cfg, out / "run", restart=True, progress_factory=_progress_factory(quiet), finish=finish)
     except InputError as e:
         _fail(e)
+    if not all(report_ok):
+        raise typer.Exit(REPORT_FAILED)
 
 
 @app.command()

@@ -371,11 +371,12 @@ def compare_products(
     zones: xr.Dataset,
     fire: xr.Dataset | None,
     crs,
-    out: Path,
     threshold: float,
     n_sub: int,
-) -> None:
-    """metrics.csv, budgets.csv and product_maps.zarr for every reference product."""
+) -> tuple[pd.DataFrame, pd.DataFrame, xr.Dataset]:
+    """Every reference product against the run: ``(metrics, budgets, product_maps)``, one row of
+    metrics per product (map and trend r, source shares), zone budgets of both over the product's
+    years (Tg C yr-1), and the products' mean annual and trend maps on the analysis grid."""
     ny, nx = zones.sizes["y"], zones.sizes["x"]
     x, y = zones.x.values, zones.y.values
     zones = budgets_mod.with_cell_area(zones)
@@ -437,9 +438,8 @@ def compare_products(
             f"{ref.product} {years[0]}-{years[-1]}: map r {m['map_r']:.2f}, trend r {m['trend_r']:.2f}, "
             f"domain budget ratio {b.ratio.iloc[0]:.2f}"
         )
-    pd.DataFrame(mrows).to_csv(out / "metrics.csv", index=False)
     cols = ["product", "zone", "first_year", "last_year", "abzflux_tg_c", "product_tg_c", "ratio"]
-    pd.concat(brows, ignore_index=True)[cols].to_csv(out / "budgets.csv", index=False)
+    budgets = pd.concat(brows, ignore_index=True)[cols]
     ds = xr.Dataset(
         {k: (("product", "y", "x"), v) for k, v in maps.items()},
         coords={
@@ -462,7 +462,7 @@ def compare_products(
     )
     ds = write_crs(ds, crs)
     ds.attrs.update(Conventions="CF-1.8", title="abzflux: reference products on the analysis grid")
-    ds.to_zarr(out / "product_maps.zarr", mode="w", consolidated=False)
+    return pd.DataFrame(mrows), budgets, ds
 
 
 # --------------------------------------------------------------------------- MESS

@@ -69,7 +69,9 @@ def _overlap(n_src: int, src_res: float, dst_res: float) -> scipy.sparse.csr_mat
         while j < n_src and b[j] < a[i + 1]:
             ov = min(a[i + 1], b[j + 1]) - max(a[i], b[j])
             if ov > 0:
-                rows.append(i), cols.append(j), vals.append(ov / dst_res)
+                rows.append(i)
+                cols.append(j)
+                vals.append(ov / dst_res)
             j += 1
     return sparse.csr_matrix((vals, (rows, cols)), shape=(n_dst, n_src))
 

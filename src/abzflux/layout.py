@@ -38,6 +38,40 @@ GEOTIFF = "geotiff"
 UPSCALE_PARTIAL = "upscale.partial"
 COARSE = "coarse"
 
+# Files inside the stage outputs that another step or the report reads, relative to the model
+# set's directory. A step writes one into its output's work directory as ``out / inner(NAME)``.
+FOREST_JSON = f"{MODELS}/forest.json"
+CV_PREDICTIONS = f"{CV}/predictions.parquet"
+CV_SKILL = f"{CV}/skill.csv"
+IMPORTANCE = f"{INTERPRET}/importance.csv"
+PARTIAL_DEPENDENCE = f"{INTERPRET}/partial_dependence.csv"
+BOOTSTRAP_JSON = f"{BOOTSTRAP}/bootstrap.json"
+EXTRAPOLATION_JSON = f"{UNCERTAINTY}/extrapolation.json"
+EXTRAPOLATION_SD = f"{UNCERTAINTY}/extrapolation_sd.zarr"
+TABLE1 = f"{BUDGETS}/table1.csv"
+DECADAL_MONTHLY = f"{BUDGETS}/decadal_monthly.csv"
+COVERAGE = f"{BUDGETS}/coverage.csv"
+TREND_MAPS = f"{TRENDS}/trend_maps.zarr"
+BUDGET_TRENDS = f"{TRENDS}/budget_trends.csv"
+SITE_TRENDS = f"{TRENDS}/site_trends.csv"
+BURNED_CELLS = f"{FIRE}/burned_cells.nc"
+FIRE_JSON = f"{FIRE}/fire.json"
+EMISSIONS_BY_ZONE = f"{FIRE}/emissions_by_zone.csv"
+BIAS_CORRECTION = f"{FIRE}/bias_correction.csv"
+EXTRAPOLATION_MAPS = f"{COMPARE}/extrapolation.zarr"
+MESS_AREA = f"{COMPARE}/mess_area.csv"
+AOA_SD = f"{COMPARE}/aoa_sd.csv"
+CLUSTERS = f"{COMPARE}/clusters.csv"
+PRODUCT_MAPS = f"{COMPARE}/product_maps.zarr"
+COMPARE_METRICS = f"{COMPARE}/metrics.csv"
+COMPARE_BUDGETS = f"{COMPARE}/budgets.csv"
+
+
+def inner(rel: str) -> str:
+    """The name of a file inside its stage output (``"cv/skill.csv"`` -> ``"skill.csv"``)."""
+    return rel.split("/", 1)[1]
+
+
 # Files and directories abzflux writes into a run directory besides the stage outputs: the
 # provenance, the report, the default exports and work in progress.
 RUN_FILES = (RUN_JSON, REPORT_HTML, UPSCALED_NC)
@@ -98,7 +132,7 @@ class RunLayout:
 
     @property
     def forest_json(self) -> Path:
-        return self.root / MODELS / "forest.json"
+        return self.root / FOREST_JSON
 
     @property
     def cv(self) -> Path:
@@ -106,7 +140,7 @@ class RunLayout:
 
     @property
     def cv_predictions(self) -> Path:
-        return self.root / CV / "predictions.parquet"
+        return self.root / CV_PREDICTIONS
 
     # ---- interpret
     @property
@@ -115,7 +149,7 @@ class RunLayout:
 
     @property
     def importance(self) -> Path:
-        return self.root / INTERPRET / "importance.csv"
+        return self.root / IMPORTANCE
 
     # ---- bootstrap
     @property
@@ -124,7 +158,7 @@ class RunLayout:
 
     @property
     def bootstrap_json(self) -> Path:
-        return self.root / BOOTSTRAP / "bootstrap.json"
+        return self.root / BOOTSTRAP_JSON
 
     def member(self, flux: str, member: int) -> Path:
         return self.root / BOOTSTRAP / f"{flux}_{member:02d}.npz"
@@ -136,11 +170,11 @@ class RunLayout:
 
     @property
     def extrapolation_json(self) -> Path:
-        return self.root / UNCERTAINTY / "extrapolation.json"
+        return self.root / EXTRAPOLATION_JSON
 
     @property
     def extrapolation_sd(self) -> Path:
-        return self.root / UNCERTAINTY / "extrapolation_sd.zarr"
+        return self.root / EXTRAPOLATION_SD
 
     # ---- upscale
     @property
@@ -170,7 +204,7 @@ class RunLayout:
 
     @property
     def coverage(self) -> Path:
-        return self.root / BUDGETS / "coverage.csv"
+        return self.root / COVERAGE
 
     # ---- trends
     @property
@@ -179,11 +213,11 @@ class RunLayout:
 
     @property
     def trend_maps(self) -> Path:
-        return self.root / TRENDS / "trend_maps.zarr"
+        return self.root / TREND_MAPS
 
     @property
     def budget_trends(self) -> Path:
-        return self.root / TRENDS / "budget_trends.csv"
+        return self.root / BUDGET_TRENDS
 
     # ---- fire
     @property
@@ -192,11 +226,11 @@ class RunLayout:
 
     @property
     def burned_cells(self) -> Path:
-        return self.root / FIRE / "burned_cells.nc"
+        return self.root / BURNED_CELLS
 
     @property
     def fire_json(self) -> Path:
-        return self.root / FIRE / "fire.json"
+        return self.root / FIRE_JSON
 
     # ---- compare
     @property
@@ -205,11 +239,11 @@ class RunLayout:
 
     @property
     def extrapolation_maps(self) -> Path:
-        return self.root / COMPARE / "extrapolation.zarr"
+        return self.root / EXTRAPOLATION_MAPS
 
     @property
     def product_maps(self) -> Path:
-        return self.root / COMPARE / "product_maps.zarr"
+        return self.root / PRODUCT_MAPS
 
     # ---- summary
     @property

@@ -311,8 +311,8 @@ def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
     shown = []
     if _series(ax, ann, zone, "nee", "tab:blue", "NEE"):
         shown.append("NEE")
-    if rd.has("coarse/budgets_annual.csv") and _series(
-        ax, rd.csv("coarse/budgets_annual.csv"), zone, "nee", "0.45", "NEE, coarse model set"
+    if rd.has(f"{L.COARSE}/{L.BUDGETS_ANNUAL}") and _series(
+        ax, rd.csv(f"{L.COARSE}/{L.BUDGETS_ANNUAL}"), zone, "nee", "0.45", "NEE, coarse model set"
     ):
         shown.append("coarse NEE")
     if _series(ax, ann, zone, "nee_fire", "tab:red", "NEE + fire"):
@@ -333,9 +333,9 @@ def fig1_maps(rd: RunData) -> list[Item]:
     slope, p = tm["nee_annual_slope"].values, tm["nee_annual_p"].values
     sites = rd.sites()
     ins = _site_mean_annual(sites)
-    st = rd.csv("trends/site_trends.csv") if rd.has("trends/site_trends.csv") else pd.DataFrame()
+    st = rd.csv(L.SITE_TRENDS) if rd.has(L.SITE_TRENDS) else pd.DataFrame()
     prod = None
-    if rd.has("compare/product_maps.zarr"):
+    if rd.has(L.PRODUCT_MAPS):
         prod = xr.open_zarr(rd.layout.product_maps, consolidated=False)
     names = [str(n) for n in prod["product"].values] if prod is not None else []
     ncol = 2 + len(names)
@@ -437,9 +437,9 @@ def fig1_maps(rd: RunData) -> list[Item]:
 
 def _product_years(rd: RunData, names: list[str]) -> str:
     """'name first–last' per product from compare/metrics.csv (just the names without it)."""
-    if not rd.has("compare/metrics.csv"):
+    if not rd.has(L.COMPARE_METRICS):
         return ", ".join(names)
-    m = rd.csv("compare/metrics.csv").set_index("product")
+    m = rd.csv(L.COMPARE_METRICS).set_index("product")
     return ", ".join(
         f"{n} {int(m.loc[n, 'first_year'])}–{int(m.loc[n, 'last_year'])}" if n in m.index else n for n in names
     )
@@ -521,14 +521,14 @@ def fig2_budgets(rd: RunData) -> list[Item]:
 
 
 def _coarse_period(rd: RunData) -> str:
-    c = rd.csv("coarse/budgets_annual.csv")
+    c = rd.csv(f"{L.COARSE}/{L.BUDGETS_ANNUAL}")
     return f"{int(c.year.min())}–{int(c.year.max())}"
 
 
 def fig3_monthly(rd: RunData) -> list[Item]:
-    if not rd.has("budgets/decadal_monthly.csv"):
+    if not rd.has(L.DECADAL_MONTHLY):
         return []
-    d = rd.csv("budgets/decadal_monthly.csv")
+    d = rd.csv(L.DECADAL_MONTHLY)
     periods = [p for p in dict.fromkeys(d.period) if p != "difference"]
     fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex=True)
     for i, f in enumerate(FLUXES):
@@ -583,7 +583,7 @@ def fig4_regions(rd: RunData) -> list[Item]:
 
 
 def fig_skill(rd: RunData) -> list[Item]:
-    if not rd.has("cv/predictions.parquet"):
+    if not rd.has(L.CV_PREDICTIONS):
         return []
     info = json.loads(rd.layout.forest_json.read_text())
     pred = pd.read_parquet(rd.layout.cv_predictions)
@@ -597,8 +597,8 @@ def fig_skill(rd: RunData) -> list[Item]:
         f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)."
     )
     items = [Item("skill", "Model skill", "Model skill: observed vs predicted", cap, fig=fig)]
-    if rd.has("cv/skill.csv"):
-        s = rd.csv("cv/skill.csv")
+    if rd.has(L.CV_SKILL):
+        s = rd.csv(L.CV_SKILL)
         items.append(
             Item(
                 "skill_table",
@@ -614,8 +614,8 @@ def fig_skill(rd: RunData) -> list[Item]:
 
 def fig_interpret(rd: RunData) -> list[Item]:
     items = []
-    if rd.has("interpret/importance.csv"):
-        imp = rd.csv("interpret/importance.csv")
+    if rd.has(L.IMPORTANCE):
+        imp = rd.csv(L.IMPORTANCE)
         fig = plots.importance_bars(imp, None)
         items.append(
             Item(
@@ -628,8 +628,8 @@ def fig_interpret(rd: RunData) -> list[Item]:
                 fig=fig,
             )
         )
-    if rd.has("interpret/partial_dependence.csv"):
-        pdp = rd.csv("interpret/partial_dependence.csv")
+    if rd.has(L.PARTIAL_DEPENDENCE):
+        pdp = rd.csv(L.PARTIAL_DEPENDENCE)
         for f in FLUXES:
             if f in set(pdp.flux):
                 fig = plots.partial_dependence_panels(pdp, f, None)
@@ -648,9 +648,9 @@ def fig_interpret(rd: RunData) -> list[Item]:
 
 
 def fig_fire(rd: RunData) -> list[Item]:
-    if not rd.has("fire/emissions_by_zone.csv"):
+    if not rd.has(L.EMISSIONS_BY_ZONE):
         return []
-    em = rd.csv("fire/emissions_by_zone.csv").set_index("year")
+    em = rd.csv(L.EMISSIONS_BY_ZONE).set_index("year")
     regs = [r for r in REGIONS if r in em.columns]
     ann = rd.annual()
     nee = ann[(ann.zone == "domain") & (ann.flux == "nee")].set_index("year").tg_c.reindex(em.index)
@@ -671,7 +671,7 @@ def fig_fire(rd: RunData) -> list[Item]:
         "stack rises above the line are years in which fire offset the uptake."
     )
     items = [Item("fire_emissions", "Fire", "Fire emissions by region", cap, fig=fig)]
-    if rd.has("fire/bias_correction.csv"):
+    if rd.has(L.BIAS_CORRECTION):
         items.append(
             Item(
                 "fire_bias_table",
@@ -679,7 +679,7 @@ def fig_fire(rd: RunData) -> list[Item]:
                 "Fire bias correction of the target year",
                 "NEE budget (Tg C yr-1) of the target year before and after the years-since-fire bias "
                 "correction (RUN/fire/bias_correction.csv).",
-                table_html=_table(rd.csv("fire/bias_correction.csv")),
+                table_html=_table(rd.csv(L.BIAS_CORRECTION)),
             )
         )
     return items
@@ -755,7 +755,7 @@ def uncertainty_method(rd: RunData) -> list[Item]:
         )
         + f". Method label: {label} (docs/uncertainty.md)."
     )
-    if rd.has("uncertainty/extrapolation.json"):
+    if rd.has(L.EXTRAPOLATION_JSON):
         m = json.loads(rd.layout.extrapolation_json.read_text())
         text += (
             " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): "
@@ -818,8 +818,8 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
             ax.axis("off")
         fig.tight_layout()
         share = ""
-        if rd.has("compare/mess_area.csv"):
-            ma = rd.csv("compare/mess_area.csv")
+        if rd.has(L.MESS_AREA):
+            ma = rd.csv(L.MESS_AREA)
             dom = ma[ma.zone == "domain"]
             if len(dom):
                 share = (
@@ -893,30 +893,30 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
         items.append(
             Item("extrapolation", "Extrapolation", "Extrapolation: dissimilar predictor, AOA, clusters", cap, fig=fig)
         )
-    for name, title, cap in (
+    for rel, title, cap in (
         (
-            "aoa_sd.csv",
+            L.AOA_SD,
             "Bootstrap SD inside vs outside the AOA",
             "Mean annual bootstrap SD (g C m-2 yr-1) inside and outside the area of applicability and their ratio.",
         ),
         (
-            "clusters.csv",
+            L.CLUSTERS,
             "Environmental clusters",
             (
                 "Area share, cells, sites and site-months of each environmental cluster, with the cluster centres "
                 "of the standardised predictors."
             ),
         ),
-        ("mess_area.csv", "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period."),
+        (L.MESS_AREA, "Area share extrapolated (MESS < 0)", "Share of each zone's area with MESS < 0, per period."),
     ):
-        if rd.has(f"compare/{name}"):
+        if rd.has(rel):
             items.append(
                 Item(
-                    name.replace(".csv", "_table"),
+                    L.inner(rel).replace(".csv", "_table"),
                     "Extrapolation",
                     title,
-                    cap + f" (RUN/compare/{name})",
-                    table_html=_table(rd.csv(f"compare/{name}")),
+                    cap + f" (RUN/{rel})",
+                    table_html=_table(rd.csv(rel)),
                 )
             )
     return items
@@ -924,8 +924,8 @@ def fig_extrapolation(rd: RunData) -> list[Item]:
 
 def tables(rd: RunData) -> list[Item]:
     items = []
-    if rd.has("budgets/table1.csv"):
-        t = rd.csv("budgets/table1.csv")
+    if rd.has(L.TABLE1):
+        t = rd.csv(L.TABLE1)
 
         def pm(a, b):
             return "" if pd.isna(a) else (f"{a:.0f}" + ("" if pd.isna(b) else f" ± {b:.0f}"))
@@ -954,7 +954,7 @@ def tables(rd: RunData) -> list[Item]:
                 table_html=_table(pd.DataFrame(rows)),
             )
         )
-    if rd.has("summary.json"):
+    if rd.has(L.SUMMARY_JSON):
         s = json.loads(rd.layout.summary_json.read_text())
         if "truth" in s:
             t = pd.DataFrame(s["truth"])
@@ -975,7 +975,7 @@ def tables(rd: RunData) -> list[Item]:
                     table_html=_table(t[cols]),
                 )
             )
-    if rd.has("compare/metrics.csv"):
+    if rd.has(L.COMPARE_METRICS):
         items.append(
             Item(
                 "comparison_table",
@@ -984,10 +984,10 @@ def tables(rd: RunData) -> list[Item]:
                 "Per reference product: Pearson r (and p) of the mean annual NEE maps and of the per-cell "
                 "trend maps against abzflux over the common years, source-area shares and cells compared "
                 "(RUN/compare/metrics.csv).",
-                table_html=_table(rd.csv("compare/metrics.csv")),
+                table_html=_table(rd.csv(L.COMPARE_METRICS)),
             )
         )
-    if rd.has("compare/budgets.csv"):
+    if rd.has(L.COMPARE_BUDGETS):
         items.append(
             Item(
                 "comparison_budgets",
@@ -995,7 +995,7 @@ def tables(rd: RunData) -> list[Item]:
                 "Budgets of the reference products",
                 "Mean annual NEE budget (Tg C yr-1) of abzflux and of each product over the product's "
                 "years, and their ratio, per zone (RUN/compare/budgets.csv).",
-                table_html=_table(rd.csv("compare/budgets.csv")),
+                table_html=_table(rd.csv(L.COMPARE_BUDGETS)),
             )
         )
     return items
@@ -1004,7 +1004,7 @@ def tables(rd: RunData) -> list[Item]:
 def coverage_items(rd: RunData) -> list[Item]:
     """The coverage of the budgets (RUN/budgets/coverage.csv): the zone-years whose predicted land
     is short of the zones' land by more than ``budgets.coverage_warn``, or a "full coverage" line."""
-    if not rd.has("budgets/coverage.csv"):
+    if not rd.has(L.COVERAGE):
         return []
     cov = pd.read_csv(rd.layout.coverage, dtype={"zone": str, "variables": str}, keep_default_na=False)
     warn = float(rd.record.get("config", {}).get("budgets", {}).get("coverage_warn", 0.001))
@@ -1049,7 +1049,7 @@ def coverage_items(rd: RunData) -> list[Item]:
 def insitu_tables(rd: RunData) -> list[Item]:
     """In-situ statistics (abzflux.insitu) when the run's site table came from ABCflux (its
     `abcflux_row` provenance column, written by `abzflux sites import abcflux`)."""
-    if not rd.has("sites.parquet"):
+    if not rd.has(L.SITES):
         return []
     sites = rd.sites()
     if "abcflux_row" not in sites.columns:
@@ -1193,7 +1193,7 @@ def render_html(rd: RunData, rep: Report) -> str:
         ),
         "<p class='meta'>Units: fluxes in g C m-2 (per month or year as stated), budgets in Tg C yr-1, "
         "trends per year. NEE &lt; 0 = uptake by the land. "
-        + ("This run has a coarse model set (RUN/coarse). " if rd.has("coarse/budgets_annual.csv") else "")
+        + ("This run has a coarse model set (RUN/coarse). " if rd.has(f"{L.COARSE}/{L.BUDGETS_ANNUAL}") else "")
         + (
             "Inputs: "
             + ", ".join(

@@ -412,7 +412,7 @@ class Ownership:
                 ok = {f"{s}.json" for s in self.stage_names} | {f"{s}.json.tmp" for s in self.stage_names}
                 out += [f"{p / f}: a file that abzflux did not write" for f in tree_files(p) if f not in ok]
             else:
-                listed = set(entry)
+                listed = set(entry)  # type: ignore[call-overload]  # entry: the listed files (JSON list)
                 out += [
                     f"{p / f}: a file that abzflux did not write, inside its output {n}/"
                     for f in tree_files(p)
@@ -476,7 +476,7 @@ class Ownership:
             elif entry == WORK:
                 shutil.rmtree(p)
             elif entry is not None:
-                victims = markers if entry == MARKERS else set(entry)
+                victims = markers if entry == MARKERS else set(entry)  # type: ignore[call-overload]  # a JSON list
                 for f in tree_files(p):
                     if f in victims:
                         (p / f).unlink()

@@ -81,7 +81,7 @@ def run(ctx: Context) -> None:
                 }
             )
         log.info(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors, {unc.method} resampled)")
-    (out / "bootstrap.json").write_text(json.dumps(record, indent=2))
+    (out / L.inner(L.BOOTSTRAP_JSON)).write_text(json.dumps(record, indent=2))
     _atomic.replace(out, lay.bootstrap)
 
 
@@ -90,7 +90,7 @@ SPEC = StepSpec(
     run,
     writes=(L.BOOTSTRAP,),
     depends=("forest",),
-    reads=(L.SITES, "models/forest.json"),
+    reads=(L.SITES, L.FOREST_JSON),
     config_keys=FOREST_KEYS
     + ("forest.n_bootstrap", "forest.bootstrap_mtry", "run.seed", "uncertainty.method", "uncertainty.block_km"),
     summary="the uncertainty ensemble: bootstrap forests per flux on resampled rows, sites or blocks",

@@ -47,7 +47,7 @@ def run(ctx: Context) -> None:
     # Table 1
     sites = pd.read_parquet(lay.sites)
     t1 = budgets_mod.table1(sites, period)
-    t1.to_csv(out / "table1.csv", index=False)
+    t1.to_csv(out / L.inner(L.TABLE1), index=False)
     y0, y1 = ctx.years()
     note = coverage_mod.years_note(period[period.season == "annual"], y0, y1)
     (out / "table1.md").write_text(budgets_mod.table1_text(t1, y0, y1, note))
@@ -55,7 +55,7 @@ def run(ctx: Context) -> None:
     cov_m = coverage_mod.monthly_coverage({f: up[f] for f in FLUXES}, zones, veg=veg)
     cov_m.drop(columns="time").to_csv(out / "coverage_monthly.csv", index=False)
     cov = coverage_mod.annual_coverage(cov_m)
-    cov.to_csv(out / "coverage.csv", index=False)
+    cov.to_csv(out / L.inner(L.COVERAGE), index=False)
     n_low, n_any = int((cov.share_lost > bs.coverage_warn).sum()), int((cov.share_lost > 0).sum())
     log.info(
         f"coverage: {n_low} zone-year(s) lose more than {bs.coverage_warn:g} of their land (budgets/coverage.csv)"
@@ -80,7 +80,7 @@ def run(ctx: Context) -> None:
     if len(decades) >= 2:
         budgets_mod.decadal_monthly(
             mon, members, areas, [decades[0], decades[-1]], fluxes=("nee", "gpp", "reco", "nee_derived")
-        ).to_csv(out / "decadal_monthly.csv", index=False)
+        ).to_csv(out / L.inner(L.DECADAL_MONTHLY), index=False)
     # seasonal amplitude
     amps, changes = budgets_mod.amplitude_tables(mon)
     amps.to_csv(out / "seasonal_amplitude.csv", index=False)
@@ -110,7 +110,7 @@ SPEC = StepSpec(
     run,
     writes=(L.BUDGETS_ANNUAL, L.BUDGETS),
     depends=("upscale", "sites", "extrapolation"),
-    reads=(L.UPSCALED, L.MEMBERS_MONTHLY, L.SITES, "uncertainty/extrapolation_sd.zarr"),
+    reads=(L.UPSCALED, L.MEMBERS_MONTHLY, L.SITES, L.EXTRAPOLATION_SD),
     config_keys=(
         "budgets.source_threshold",
         "budgets.decade_length",

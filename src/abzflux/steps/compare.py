@@ -39,7 +39,7 @@ def run(ctx: Context) -> None:
         importance,
         ctx.years(),
         crs,
-        out / "extrapolation.zarr",
+        out / L.inner(L.EXTRAPOLATION_MAPS),
         period_length=cs.mess_period_length,
         cluster_sample=cs.cluster_sample,
         max_training=cs.aoa_max_training,
@@ -47,20 +47,22 @@ def run(ctx: Context) -> None:
         seed=seeds.integer(cfg.run.seed, "kmeans"),
     )
     up.close()
-    for name, t in tables.items():
-        t.to_csv(out / f"{name}.csv", index=False)
+    for name, t in (("mess_area", L.MESS_AREA), ("aoa_sd", L.AOA_SD), ("clusters", L.CLUSTERS)):
+        tables[name].to_csv(out / L.inner(t), index=False)
     refs = ctx.references()
     if refs:
-        cmp.compare_products(
+        metrics, budgets, maps = cmp.compare_products(
             refs,
             xr.open_zarr(lay.upscaled, consolidated=False),
             zones,
             ctx.fire(),
             crs,
-            out,
             cfg.budgets.source_threshold,
             cs.regrid_subsamples,
         )
+        metrics.to_csv(out / L.inner(L.COMPARE_METRICS), index=False)
+        budgets.to_csv(out / L.inner(L.COMPARE_BUDGETS), index=False)
+        maps.to_zarr(out / L.inner(L.PRODUCT_MAPS), mode="w", consolidated=False)
     _atomic.replace(out, lay.compare)
 
 
@@ -69,7 +71,7 @@ SPEC = StepSpec(
     run,
     writes=(L.COMPARE,),
     depends=("trends", "upscale", "interpret", "sites"),
-    reads=(L.SITES, "interpret/importance.csv", L.UPSCALED),
+    reads=(L.SITES, L.IMPORTANCE, L.UPSCALED),
     config_keys=(
         "compare.subtract_fire",
         "compare.regrid_subsamples",

@@ -50,8 +50,8 @@ def run(ctx: Context) -> None:
             f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}"
         )
     pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
-    (out / "extrapolation.json").write_text(json.dumps(models, indent=2))
-    write_sd_maps(ctx, aoas, models, out / "extrapolation_sd.zarr")
+    (out / L.inner(L.EXTRAPOLATION_JSON)).write_text(json.dumps(models, indent=2))
+    write_sd_maps(ctx, aoas, models, out / L.inner(L.EXTRAPOLATION_SD))
     _atomic.replace(out, lay.uncertainty)
 
 
@@ -82,7 +82,7 @@ SPEC = StepSpec(
     run,
     writes=(L.UNCERTAINTY,),
     depends=("forest", "interpret"),
-    reads=(L.SITES, "models/forest.json", "cv/predictions.parquet", "interpret/importance.csv"),
+    reads=(L.SITES, L.FOREST_JSON, L.CV_PREDICTIONS, L.IMPORTANCE),
     config_keys=("compare.aoa_max_training", "run.years", "run.tile"),
     inputs=("predictors", "zones"),
     enabled=lambda cfg: cfg.uncertainty.extrapolation,

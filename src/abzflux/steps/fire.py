@@ -33,7 +33,7 @@ def run(ctx: Context) -> None:
     f0 = fs.first_year if fs.first_year is not None else int(ft.year.min())
     target = fs.target_year if fs.target_year is not None else y1
     ann = pd.read_csv(lay.budgets_annual)
-    fire_mod.emissions_by_zone(ann, f0).to_csv(out / "emissions_by_zone.csv")
+    fire_mod.emissions_by_zone(ann, f0).to_csv(out / L.inner(L.EMISSIONS_BY_ZONE))
     vs = fire_mod.fire_vs_uptake(ann, f0)
     if vs is not None:
         vs.to_csv(out / "fire_vs_uptake.csv", index=False)
@@ -42,7 +42,7 @@ def run(ctx: Context) -> None:
     maps = write_crs(maps, grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors))
     # Loaded first (three 2-D maps): dask would write the variables in thread order, and HDF5
     # would place them at other offsets in each run (same values, different bytes).
-    maps.load().to_netcdf(out / "burned_cells.nc", engine="h5netcdf")
+    maps.load().to_netcdf(out / L.inner(L.BURNED_CELLS), engine="h5netcdf")
     # residuals of the NEE model at burned vs unburned sites, and the mixed models
     info = json.loads(lay.forest_json.read_text())
     report: dict = {"fire_period": [f0, target], "target_year": target}
@@ -68,10 +68,10 @@ def run(ctx: Context) -> None:
                 .rename("change")
             )
             t = fire_mod.correction_table(change, ann, target)
-            t.to_csv(out / "bias_correction.csv", index=False)
+            t.to_csv(out / L.inner(L.BIAS_CORRECTION), index=False)
             dom = t.set_index("zone").loc["domain"]
             report.update(domain_nee_before=float(dom.nee_before), domain_nee_after=float(dom.nee_after))
-    (out / "fire.json").write_text(json.dumps(report, indent=2))
+    (out / L.inner(L.FIRE_JSON)).write_text(json.dumps(report, indent=2))
     _atomic.replace(out, lay.fire)
 
 
@@ -80,7 +80,7 @@ SPEC = StepSpec(
     run,
     writes=(L.FIRE,),
     depends=("budgets", "forest", "sites"),
-    reads=(L.BUDGETS_ANNUAL, "models/forest.json", "cv/predictions.parquet", L.SITES, L.UPSCALED),
+    reads=(L.BUDGETS_ANNUAL, L.FOREST_JSON, L.CV_PREDICTIONS, L.SITES, L.UPSCALED),
     config_keys=("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"),
     inputs=("fire", "predictors", "zones"),
     optional="fire",

@@ -79,10 +79,10 @@ def run(ctx: Context, progress_factory=None) -> None:
                 else ""
             )
         )
-    (models_dir / "forest.json").write_text(json.dumps(info, indent=2))
+    (models_dir / L.inner(L.FOREST_JSON)).write_text(json.dumps(info, indent=2))
     if all_pred:
         pred = pd.concat(all_pred, ignore_index=True)
-        pred.to_parquet(cv_dir / "predictions.parquet", index=False)
+        pred.to_parquet(cv_dir / L.inner(L.CV_PREDICTIONS), index=False)
         pd.concat(all_metrics, ignore_index=True).to_csv(cv_dir / "metrics_by_mtry.csv", index=False)
         chosen = pred.merge(
             pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"]

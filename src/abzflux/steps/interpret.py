@@ -45,10 +45,10 @@ def run(ctx: Context) -> None:
         log.info(f"{flux}: importance ({fs.importance_repeats} repeats) and partial dependence done")
     if imps:
         imp = pd.concat(imps, ignore_index=True)
-        imp.to_csv(out / "importance.csv", index=False)
+        imp.to_csv(out / L.inner(L.IMPORTANCE), index=False)
         plots.importance_bars(imp, out / "importance.png")
     pdp = pd.concat(pdps, ignore_index=True)
-    pdp.to_csv(out / "partial_dependence.csv", index=False)
+    pdp.to_csv(out / L.inner(L.PARTIAL_DEPENDENCE), index=False)
     for flux in FLUXES:
         plots.partial_dependence_panels(pdp, flux, out / f"partial_dependence_{flux}.png")
     _atomic.replace(out, lay.interpret)

@@ -75,12 +75,12 @@ def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]
 def compare_lines(d: Path) -> tuple[list, dict]:
     """The compare step's headline numbers (its tables in ``d``, ``compare/``): extrapolation and,
     with products, their metrics."""
-    if not (d / "aoa_sd.csv").exists():
+    if not (d / L.inner(L.AOA_SD)).exists():
         return [], {}
     out: dict = {}
     lines = ["## Extrapolation and other products", ""]
-    sd = pd.read_csv(d / "aoa_sd.csv").set_index("flux")
-    ma = pd.read_csv(d / "mess_area.csv")
+    sd = pd.read_csv(d / L.inner(L.AOA_SD)).set_index("flux")
+    ma = pd.read_csv(d / L.inner(L.MESS_AREA))
     dom = ma[ma.zone == "domain"]
     out["mess_share_extrapolated"] = dict(zip(dom.period, dom.share_extrapolated))
     lines.append(
@@ -95,9 +95,9 @@ def compare_lines(d: Path) -> tuple[list, dict]:
             f"Mean annual NEE bootstrap SD inside / outside the area of applicability: "
             f"{r.inside_mean_sd:.1f} / {r.outside_mean_sd:.1f} g C m-2 yr-1 (ratio {r.ratio:.2f})."
         )
-    if (d / "metrics.csv").exists():
-        m = pd.read_csv(d / "metrics.csv")
-        b = pd.read_csv(d / "budgets.csv")
+    if (d / L.inner(L.COMPARE_METRICS)).exists():
+        m = pd.read_csv(d / L.inner(L.COMPARE_METRICS))
+        b = pd.read_csv(d / L.inner(L.COMPARE_BUDGETS))
         b = b[b.zone == "domain"].set_index("product")
         out["products"] = m.to_dict(orient="records")
         lines += [
@@ -125,9 +125,9 @@ SPEC = StepSpec(
     reads=(
         L.BUDGETS_ANNUAL,
         L.BUDGETS_PERIOD_SD,
-        "models/forest.json",
-        "budgets/coverage.csv",
-        "trends/budget_trends.csv",
+        L.FOREST_JSON,
+        L.COVERAGE,
+        L.BUDGET_TRENDS,
         L.UPSCALED,
         "compare/",
     ),

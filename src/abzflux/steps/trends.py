@@ -46,7 +46,7 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     ny, nx = up.sizes["y"], up.sizes["x"]
     nrow = band_rows or trends_mod.trend_band_rows(ny, nx, up.sizes["time"], ctx.cfg.run.tile)
     bands = [slice(a, min(a + nrow, ny)) for a in range(0, ny, nrow)]
-    store = out / "trend_maps.zarr"
+    store = out / L.inner(L.TREND_MAPS)
     crs = grid_crs(pred, ctx.cfg.inputs.predictors)
     for i, band in enumerate(bands):
         ds = trends_mod.trend_band(up, drv, band, FLUXES)
@@ -65,8 +65,8 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
             progress(i + 1, len(bands))
     ds = xr.open_zarr(store, consolidated=False)
     trends_mod.trend_area_shares(ds, zones).to_csv(out / "area_shares.csv", index=False)
-    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual)).to_csv(out / "budget_trends.csv", index=False)
-    trends_mod.site_trends(pd.read_parquet(lay.sites)).to_csv(out / "site_trends.csv", index=False)
+    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual)).to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
+    trends_mod.site_trends(pd.read_parquet(lay.sites)).to_csv(out / L.inner(L.SITE_TRENDS), index=False)
     _atomic.replace(out, lay.trends)
 
 
