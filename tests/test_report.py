@@ -5,8 +5,10 @@ and a failing figure that cannot corrupt the page or the run."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import re
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -19,7 +21,7 @@ from abzflux import report as R
 from abzflux.cli import app
 from abzflux.formats import write_crs
 
-from conftest import run_view
+from conftest import run_view, shared_build
 
 runner = CliRunner()
 PERIODS = ["2001-2010", "2011-2020"]
@@ -119,13 +121,19 @@ def _sections(page: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def full_report(study_run, tmp_path_factory):
-    # the run's own compare/ is replaced by one with known values
-    run = _link_run(study_run[0], tmp_path_factory.mktemp("report") / "run", exclude=("compare",))
-    _synthetic_compare(run)
-    _coarse(run)
-    r = runner.invoke(app, ["report", str(run), "--quiet"])
-    assert r.exit_code == 0, r.output
+def full_report(study_run, shared_root):
+    """(run view, report page): the report of the study run whose compare/ is replaced by one with
+    known values; built once per pytest run and shared by the workers (read-only)."""
+
+    def build(d: Path) -> None:
+        run = _link_run(study_run[0], d / "run", exclude=("compare",))
+        _synthetic_compare(run)
+        _coarse(run)
+        r = runner.invoke(app, ["report", str(run), "--quiet"])
+        assert r.exit_code == 0, r.output
+
+    key = hashlib.sha256(f"{study_run[0]}|".encode() + Path(__file__).read_bytes()).hexdigest()
+    run = shared_build(shared_root, "report", key, build) / "run"
     return run, (run / "report.html").read_text()
 
 
@@ -267,9 +275,7 @@ def test_mess_classes_are_disjoint():
     assert np.isnan(got[-1])
 
 
-def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_run(
-    study_run, fast_config, tmp_path, monkeypatch
-):
+def test_run_ends_with_the_report_and_a_failed_report_exits_3(study_run, fast_config, tmp_path, monkeypatch):
     import abzflux.runner as P
 
     # a path longer than the console is wide: it must still print whole (no hard line break in it)
@@ -294,5 +300,5 @@ def test_run_and_demo_end_with_the_report_and_a_failed_report_does_not_fail_the_
 
     monkeypatch.setattr(R, "write_report", boom)
     r = runner.invoke(app, ["run", str(fast_config), "--out", str(run), "--quiet"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output  # every stage finished; the report did not
     assert "report failed" in r.output and "out of memory" in r.output
