@@ -66,7 +66,8 @@ def shared_run(shared_root, tiny_twin):
     def build(d: Path) -> None:
         run_study(load_config(_config(tiny_twin, d / "config.toml")), d / "run")
 
-    key = hashlib.sha256(f"{tiny_twin}|{TINY_FOREST}".encode()).hexdigest()  # the twin's path holds its key
+    # the twin's path holds its key; this file's bytes key the config and the run
+    key = hashlib.sha256(f"{tiny_twin}|".encode() + Path(__file__).read_bytes()).hexdigest()
     return shared_build(shared_root, "rundir-run", key, build)
 
 

@@ -28,23 +28,13 @@ from .context import Context
 from .formats import open_grid
 from .layout import RunLayout
 from .steps import STEPS
+from .summary import ZONE_ORDER
 from .vocab import FLUXES
 
 log = logging.getLogger(__name__)
 
 #: Zones the calibration scores (the summary's zones).
-ZONES = (
-    "domain",
-    "boreal",
-    "tundra",
-    "alaska",
-    "canada",
-    "europe",
-    "siberia",
-    "north_america",
-    "eurasia",
-    "permafrost",
-)
+ZONES = tuple(ZONE_ORDER)
 BOOT_METHODS = ("rows", "sites", "blocks")
 COLUMNS = [
     "twin",

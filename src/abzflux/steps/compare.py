@@ -47,8 +47,9 @@ def run(ctx: Context) -> None:
         seed=seeds.integer(cfg.run.seed, "kmeans"),
     )
     up.close()
-    for name, t in (("mess_area", L.MESS_AREA), ("aoa_sd", L.AOA_SD), ("clusters", L.CLUSTERS)):
-        tables[name].to_csv(out / L.inner(t), index=False)
+    for rel in (L.MESS_AREA, L.AOA_SD, L.CLUSTERS):  # the tables are named as their files
+        name = L.inner(rel)
+        tables[name.removesuffix(".csv")].to_csv(out / name, index=False)
     refs = ctx.references()
     if refs:
         metrics, budgets, maps = cmp.compare_products(
