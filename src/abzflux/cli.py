@@ -601,6 +601,32 @@ def export(
         _fail(e)
 
 
+# ---------------------------------------------------------------------------- prepare
+@app.command()
+def prepare(
+    recipe: Path = typer.Argument(..., help="Recipe (TOML): target grid, years and the source of every layer."),
+    out: Path = typer.Option(
+        ..., "--out", help="Directory for the contract files (created; resumed if it holds a partial prepare)."
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Delete what an earlier prepare wrote in --out (only that) and start again."
+    ),
+):
+    """Build the contract inputs (predictors, zones, fire, references, config.toml) from raw products."""
+    from .prepare.build import prepare as run_prepare
+
+    t0 = time.time()
+    try:
+        record = run_prepare(recipe, out, restart=restart)
+    except InputError as e:
+        _fail(e)
+    console.print(
+        f"[green]prepared[/] {escape(str(out))}: {len(record['layers'])} layer(s) in {time.time() - t0:.1f} s; "
+        f"run config {escape(str(out / 'config.toml'))}",
+        highlight=False,
+    )
+
+
 @app.command()
 def validate(config: Path = typer.Argument(..., help="Run configuration (TOML).")):
     """Check every input of CONFIG against the format contract, writing nothing."""
