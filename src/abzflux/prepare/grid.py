@@ -66,9 +66,9 @@ def target_grid(spec: GridSpec, recipe: Path | str = "<recipe>") -> xr.Dataset:
                 expected="extent edges a multiple of the resolution apart",
             )
         n.append(int(round(k)))
-    x = xmin + r * (np.arange(n[0]) + 0.5)
-    y = ymax - r * (np.arange(n[1]) + 0.5)
-    return formats.write_crs(xr.Dataset(coords={"y": y, "x": x}), crs)
+    xs = xmin + r * (np.arange(n[0]) + 0.5)
+    ys = ymax - r * (np.arange(n[1]) + 0.5)
+    return formats.write_crs(xr.Dataset(coords={"y": ys, "x": xs}), crs)
 
 
 def grid_crs(target: xr.Dataset) -> pyproj.CRS:

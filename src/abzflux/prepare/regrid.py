@@ -114,8 +114,8 @@ class Regridder:
     # ------------------------------------------------------------------ windows
     def _tile_bounds(self, t: Tile) -> tuple[float, float, float, float]:
         a = self._dst_transform
-        x0, y0 = a * (t.x0, t.y0)
-        x1, y1 = a * (t.x1, t.y1)
+        x0, y0 = a @ (t.x0, t.y0)
+        x1, y1 = a @ (t.x1, t.y1)
         return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
     def window(self, t: Tile) -> tuple[slice, slice] | None:
@@ -147,14 +147,20 @@ class Regridder:
     # ------------------------------------------------------------------ warping
     def read(self, ys: slice, xs: slice, steps: np.ndarray | None) -> np.ndarray:
         sel: dict = {"y": ys, "x": xs}
+        pick = None
         if steps is not None:
-            sel["time"] = steps
+            # a slice (not a list of steps): lazy backends then read only the window's bytes
+            lo, hi = int(steps[0]), int(steps[-1]) + 1
+            sel["time"] = slice(lo, hi)
+            if hi - lo != len(steps):
+                pick = np.asarray(steps) - lo
         try:
             block = self.src.isel(sel)
             data = block.data
             if hasattr(data, "compute"):
                 data = data.compute(scheduler="synchronous")
-            return np.asarray(data, dtype=np.float32)
+            out = np.asarray(data, dtype=np.float32)
+            return out if pick is None else out[pick]
         except InputError:
             raise
         except Exception as exc:
@@ -182,7 +188,7 @@ class Regridder:
             if sy.size < 2 or sx.size < 2:  # a one-cell window: pad with the neighbour's spacing
                 arr, sy, sx = _pad(arr, sy, sx, self.sy, self.sx)
             arr = np.ascontiguousarray(arr)
-            dst_t = self._dst_transform * Affine.translation(t.x0, t.y0)
+            dst_t = self._dst_transform @ Affine.translation(t.x0, t.y0)
             rasterio.warp.reproject(
                 source=arr,
                 destination=out,

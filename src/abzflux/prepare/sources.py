@@ -54,6 +54,10 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".gtiff", ".cog")
 DEFAULT_TIME_PATTERN = r"(?<!\d)(?P<year>(?:19|20)\d{2})(?:[-_.]?(?P<month>0[1-9]|1[0-2]))?(?!\d)"
 #: Regular-spacing tolerance of source coordinates (relative to the step).
 SPACING_RTOL = 1e-4
+#: Dask chunk of a source: cells along y and x, steps along time. The decoding is
+#: applied chunk by chunk, so a tile's window reads and decodes only the chunks it touches.
+SOURCE_CHUNK = 1024
+SOURCE_TIME_CHUNK = 12
 EXPECT_CRS = "a CF grid mapping, a WKT, GeoTIFF CRS tags, lat/lon coordinates, or the recipe's `crs`"
 
 
@@ -101,7 +105,7 @@ def _open_dataset(path: Path, var: str | None) -> xr.Dataset:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return xr.open_dataset(path, engine=engine, chunks={}, mask_and_scale=False, decode_timedelta=False)
+                return xr.open_dataset(path, engine=engine, mask_and_scale=False, decode_timedelta=False)
         except Exception as exc:
             problems.append(f"{engine}: {str(exc)[:120]}")
     raise InputError(
@@ -162,7 +166,9 @@ def _open_tiff(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, dict, pyproj.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            da = rioxarray.open_rasterio(path, chunks={}, mask_and_scale=False, lock=False)
+            da = rioxarray.open_rasterio(
+                path, chunks={"band": 1, "y": SOURCE_CHUNK, "x": SOURCE_CHUNK}, mask_and_scale=False, lock=False
+            )
     except Exception as exc:
         raise InputError(
             path, f"cannot be read as GeoTIFF ({str(exc)[:200]})", column=spec.name, expected="a complete GeoTIFF / COG"
@@ -269,9 +275,7 @@ def _squeeze(da: xr.DataArray, spec: LayerSpec, path: Path, var: str) -> xr.Data
             )
     if da.ndim and not {"y", "x"} <= set(da.dims) and da.dims != ("time",):
         raise InputError(path, f"dimensions {list(da.dims)}", column=var, expected="(time, y, x), (y, x) or (time,)")
-    for c in [c for c in da.coords if c not in da.dims]:
-        da = da.drop_vars(c)
-    return da
+    return da.drop_vars([c for c in da.coords if c not in da.dims])
 
 
 def _regular_axis(da: xr.DataArray, ax: str, path: Path, var: str) -> xr.DataArray:
@@ -293,7 +297,12 @@ def _roll_longitudes(da: xr.DataArray) -> xr.DataArray:
         x = np.where(x > 180.0, x - 360.0, x)
         da = da.assign_coords(x=x)
     if x.size > 1 and not np.all(np.diff(x) > 0):
-        da = da.isel(x=np.argsort(x, kind="stable"))
+        # two slices joined (not a reordering index): a window of the result reads only its bytes
+        k = int(np.argmin(x))
+        if k and np.all(np.diff(x[k:]) > 0) and np.all(np.diff(x[:k]) > 0):
+            da = xr.concat([da.isel(x=slice(k, None)), da.isel(x=slice(0, k))], dim="x")
+        else:
+            da = da.isel(x=np.argsort(x, kind="stable"))
     return da
 
 
@@ -354,11 +363,10 @@ def _time_from_name(path: Path, pattern: str) -> tuple[np.datetime64, str] | Non
 def _finish_time(da: xr.DataArray, spec: LayerSpec, files: str) -> xr.DataArray:
     var = spec.variable or spec.name
     if "time" not in da.dims:
-        freq = spec.frequency or "static"
-        if freq not in ("static", "annual"):
+        if spec.frequency not in (None, "static", "annual"):
             raise InputError(
                 files,
-                f"no time axis for a {freq} layer",
+                f"no time axis for a {spec.frequency} layer",
                 column=var,
                 expected="a time axis or a date in each file name",
             )
@@ -421,6 +429,8 @@ def _one_file(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, pyproj.CRS | N
             crs = pyproj.CRS.from_epsg(4326)
     raw, _ = _rename_axes(raw, path, var)
     raw = _squeeze(raw, spec, path, var)
+    if not raw.chunks or _kind(path) != "tiff":
+        raw = raw.chunk({d: (SOURCE_TIME_CHUNK if d == "time" else SOURCE_CHUNK) for d in raw.dims})
     if spec.crs:
         crs = pyproj.CRS.from_user_input(spec.crs)
     da = decode(raw, attrs, spec)
