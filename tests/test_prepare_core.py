@@ -12,6 +12,7 @@ import pandas as pd
 import pyproj
 import pytest
 import xarray as xr
+from prepare_world import GRID, field, laea_tif, latlon_nc
 from typer.testing import CliRunner
 
 from abzflux import formats
@@ -23,8 +24,6 @@ from abzflux.prepare.grid import target_grid
 from abzflux.prepare.layer import LayerSpec, check_layer
 from abzflux.prepare.recipe import GridSpec, load_recipe
 from abzflux.prepare.sources import open_layer
-
-from prepare_world import GRID, field, laea_tif, latlon_nc
 
 MONTHS_2019 = pd.date_range("2019-01-01", "2019-12-01", freq="MS")
 
