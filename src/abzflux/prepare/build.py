@@ -209,7 +209,7 @@ def plan_layer(group: str, spec: LayerSpec, target: xr.Dataset, months: np.ndarr
     plan.src = src
     freq = src.attrs.get("frequency", "static")
     files = src.attrs.get("source_files", _files(spec))
-    if spec.name == "land_fraction":
+    if spec.name == "land_fraction" and "water_values" in spec.options:  # a land-cover class raster
         water = [float(v) for v in spec.options.get("water_values", [])]
         src = xr.where(src.isin(water), 0.0, 1.0).where(src.notnull()).astype(np.float32).assign_attrs(src.attrs)
         src.attrs["units"] = "1"

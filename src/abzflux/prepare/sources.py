@@ -418,7 +418,7 @@ def _one_file(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, pyproj.CRS | N
         raw, attrs, crs = _open_tiff(path, spec)
         var = spec.name
     else:
-        ds = _open_dataset(path, spec.variable)
+        ds = _open_dataset(path, spec.variable or spec.name)
         var = _pick_variable(ds, spec, path)
         raw = ds[var]
         attrs = dict(raw.attrs)
