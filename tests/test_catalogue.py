@@ -1335,6 +1335,8 @@ the message below is the only output (no traceback), and the run directory is no
 Each case changes one input of a small valid twin (300-km grid, 2019-2020, 30 sites). The
 message format is `<file>: [<column or variable>] <problem> at <where>; expected <what>`
 ([formats.md](formats.md#validation-errors)); paths are shown relative to the case's directory.
+The `prepare-*` rows run `abzflux prepare RECIPE --out RUN` instead, on a recipe over small raw
+sources ([prepare_core.md](prepare_core.md)); `RUN` is not created either.
 
 The cases are the data of `tests/test_catalogue.py`, which runs them in CI and asserts on
 the file, the column or variable, the row, site, time step or cell and the expectation. The

@@ -158,6 +158,28 @@ def test_cf_grid_mapping_and_valid_time(tmp_path):
     assert layer.dims == ("time", "y", "x") and pyproj.CRS.from_wkt(layer.attrs["crs_wkt"]).to_epsg() == 3413
 
 
+def test_zarr_source_and_file_name_dates(tmp_path):
+    p = latlon_nc(tmp_path / "f.nc", res=2.0, units="K", times=MONTHS_2019[:3])
+    with xr.open_dataset(p) as ds:
+        ds.rename({"lat": "latitude", "lon": "longitude"}).to_zarr(tmp_path / "f.zarr")
+    layer = open_layer(LayerSpec("soil_temp", (tmp_path / "f.zarr",)))
+    check_layer(layer)
+    assert layer.sizes["time"] == 3 and layer.attrs["frequency"] == "monthly"
+    for doy in (1, 9, 33):  # MODIS-like names (8-day composites; 17 and 25 missing): A<year><day of year>
+        laea_tif(tmp_path / f"MOD13.A2019{doy:03d}.tif", np.full((20, 40), float(doy)))
+    spec = LayerSpec(
+        "ndvi",
+        tuple(sorted(tmp_path.glob("MOD13*.tif"))),
+        units="1",
+        frequency="8day",
+        options={"time_pattern": r"A(?P<year>\d{4})(?P<doy>\d{3})"},
+    )
+    layer = open_layer(spec)
+    check_layer(layer)
+    assert [str(t)[:10] for t in layer.time.values] == ["2019-01-01", "2019-01-09", "2019-02-02"]
+    assert float(layer.isel(time=1, y=0, x=0)) == 9.0
+
+
 # ------------------------------------------------------------------------------------- time
 def test_8day_composites_weighted_by_their_days_in_each_month():
     starts = pd.date_range("2019-01-01", "2019-12-31", freq="8D")  # 46 composites, the last 27 Dec

@@ -330,7 +330,7 @@ def detect_frequency(times: np.ndarray) -> str | None:
         return "8day"  # composites restart on 1 January: the year's last one is shorter
     if np.all((d >= 28) & (d <= 31 * 11 + 1)) and np.all(t.day <= 16) and np.median(d) <= 31:
         return "monthly"  # gaps of whole months are allowed
-    if np.all((d >= 365) & (d % 365 <= 3)) or np.all((t.month == t.month[0]) & (d >= 365)):
+    if np.all((d >= 365) & (d % 365 <= 3)) or np.all((t.month[1:] == t.month[0]) & (d >= 365)):
         return "annual"
     return None
 
