@@ -450,6 +450,56 @@ def test_foreign_outputs_are_refused(tmp_path):
     assert (tmp_path / "out" / "zones.zarr").is_dir()
 
 
+def test_named_products_and_vector_zones_are_dispatched(tmp_path, monkeypatch):
+    """``product = "x"`` goes to ``prepare.products.READERS["x"]``; a vector zone file to
+    ``prepare.vector.rasterise_zone`` (stand-ins here; their own tests are the products part's)."""
+    import sys
+    import types
+
+    seen: list[str] = []
+
+    def reader(spec):
+        seen.append(spec.name)
+        spec2 = LayerSpec(spec.name, spec.files, units="K")
+        return open_layer(spec2)
+
+    monkeypatch.setitem(sys.modules, "abzflux.prepare.products", types.SimpleNamespace(READERS={"fake": reader}))
+    p = latlon_nc(tmp_path / "st.nc", res=2.0, units="degC", times=MONTHS_2019)
+    plan, out = on_grid(LayerSpec("soil_temp", (p,), product="fake"), grid(100e3))
+    assert seen == ["soil_temp"] and plan.conversion == (1.0, 0.0)  # the reader's units (K) are kept
+    with pytest.raises(InputError, match="unknown product 'nope'"):
+        open_layer(LayerSpec("soil_temp", (p,), product="nope"))
+
+    def rasterise_zone(spec, target):
+        return xr.full_like(target.y * 0 + target.x * 0, 1.0).rename(spec.name)
+
+    monkeypatch.setitem(sys.modules, "abzflux.prepare.vector", types.SimpleNamespace(rasterise_zone=rasterise_zone))
+    recipe = write_world(tmp_path / "w")
+    (tmp_path / "w" / "raw" / "land.gpkg").write_text("stand-in")
+    recipe.write_text(
+        GRID
+        + """[time]
+years = "2019"
+[predictors.cti]
+files = ["raw/cti.tif"]
+units = "1"
+[zones.land_fraction]
+files = ["raw/land.gpkg"]
+[zones.biome]
+files = ["raw/biome.tif"]
+[zones.region]
+files = ["raw/region.tif"]
+options = {classes = {2 = "canada"}}
+[zones.permafrost]
+files = ["raw/pf.tif"]
+units = "%"
+"""
+    )
+    prepare(recipe, tmp_path / "out")
+    z = formats.read_zones(tmp_path / "out" / "zones.zarr")
+    assert float(z.land_fraction[0, 0]) == 0.0 and float(z.land_fraction[5, 5]) == 1.0  # masked by biome 99
+
+
 # ------------------------------------------------------------------ the tiny twin, round trip
 def _as_source(da: xr.DataArray, path: Path) -> Path:
     ds = formats.write_crs(da.drop_vars("spatial_ref", errors="ignore").to_dataset(name=da.name), "EPSG:6931")
@@ -481,6 +531,14 @@ def test_twin_inputs_round_trip_through_prepare_and_validate(tiny_twin, tmp_path
             cls = ", ".join(f'{c} = "{n}"' for c, n in formats.categories(zones[name]).items())
             opts = f"\noptions = {{classes = {{{cls}}}}}"
         lines.append(f'[zones.{name}]\nfiles = ["raw/z_{name}.nc"]\nunits = "1"{opts}')
+    fire = formats.read_fire(tiny_twin / "fire.zarr").load()
+    for name in formats.FIRE_VARIABLES:
+        _as_source(fire[name], raw / f"f_{name}.nc")
+        lines.append(f'[fire.{name}]\nfiles = ["raw/f_{name}.nc"]')
+    lines.append(
+        f'[references.inversion]\nfiles = ["{tiny_twin / "ref_inversion.nc"}"]\nunits = "g C m-2 month-1"\n'
+        'options = {name = "twin inversion", fire_included = true}'
+    )
     recipe = tmp_path / "recipe.toml"
     recipe.write_text("\n\n".join(lines) + "\n")
     out = tmp_path / "out"
@@ -492,5 +550,13 @@ def test_twin_inputs_round_trip_through_prepare_and_validate(tiny_twin, tmp_path
     gz = formats.read_zones(out / "zones.zarr", like=got).load()
     lf = zones.land_fraction.where(zones.biome.notnull() & zones.region.notnull(), 0.0)
     np.testing.assert_allclose(gz.land_fraction.values, lf.values, atol=1e-6)
+    gf = formats.read_fire(out / "fire.zarr", like=got).load()
+    for name in formats.FIRE_VARIABLES:
+        want = fire[name].sel(time=gf.time)
+        np.testing.assert_allclose(gf[name].values, want.values, rtol=1e-5, atol=1e-6, err_msg=name)
+    ref = formats.read_reference(out / "references" / "inversion.nc")
+    src = formats.read_reference(tiny_twin / "ref_inversion.nc")
+    assert ref.attrs["product"] == "twin inversion" and int(ref.attrs["fire_included"]) == 1
+    np.testing.assert_allclose(ref.nee.values, src.nee.sel(time=ref.time).values, rtol=1e-6)
     v = CliRunner().invoke(app, ["validate", str(out / "config.toml")])
     assert v.exit_code == 0, v.output

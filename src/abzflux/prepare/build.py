@@ -596,6 +596,12 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                         rasterise_zone(plan.spec, target).astype(np.float32).chunk({"y": recipe.tile, "x": recipe.tile})
                     )
                     da.name = name
+                    keep = ("flag_values", "flag_meanings", "long_name", "units")
+                    da.attrs = {k: v for k, v in da.attrs.items() if k in keep}
+                    if not plan.categorical:  # in the contract's units (prepare.vector's contract)
+                        da.attrs["units"] = plan.to_units or "1"
+                    if name == "land_fraction":
+                        da = _mask_land(da, store)
                 else:
                     mask = _domain_mask(store) if (group == "zones" and name == "land_fraction") else None
                     da = layer_array(plan, target, recipe.tile, mask)
@@ -653,6 +659,18 @@ def _domain_mask(store: Path) -> Callable[[Tile], np.ndarray] | None:
         return ok
 
     return mask
+
+
+def _mask_land(da: xr.DataArray, store: Path) -> xr.DataArray:
+    """A rasterised land_fraction with 0 where the zones written so far have no biome or region."""
+    names = [n for n in CATEGORICAL_ZONES if (store / n).exists()]
+    if not names:
+        return da
+    ds = xr.open_zarr(store, consolidated=False)
+    ok = ds[names[0]].notnull().data
+    for n in names[1:]:
+        ok = ok & ds[n].notnull().data
+    return da.copy(data=dsa.where(ok, da.data, np.float32(0.0)))
 
 
 def _check_group(group: str, store: Path, names: list[str]) -> None:
