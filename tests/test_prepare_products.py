@@ -230,6 +230,7 @@ def test_gfed4_months_and_static(tmp_path):
     da = READERS["gfed4"](spec("gfed4", [b, a], "emissions/{MM}/C"))
     check_layer(da)
     assert da.sizes["time"] == 24 and da.attrs["units"] == "g C m-2 month-1"
+    assert da.chunks is not None  # lazy: read month by month when computed
     assert str(da["time"].values[0])[:7] == "2004-01" and str(da["time"].values[13])[:7] == "2005-02"
     assert float(da.isel(time=13).mean()) == 102.0  # February 2005
     assert da["y"].values[0] > 0  # latitude descending kept
@@ -253,23 +254,28 @@ def test_gfed500_sinusoidal_tiles_mosaic_and_spread(tmp_path):
 
     sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
     res = 463.3127
-    for tile, x0, val in (("h20v02", 0.0, 365.0), ("h21v02", 4 * res, 730.0)):
+    for tile, x0, y0, val in (("h20v02", 0.0, 7e6, 365.0), ("h21v02", 4 * res, 7e6, 730.0),
+                              ("h20v03", 0.0, 7e6 - 3 * res, 100.0)):  # fmt: skip
         with rasterio.open(
             tmp_path / f"gfed500m_C_2004_{tile}.tif", "w", driver="GTiff", width=4, height=3, count=1,
-            dtype="float32", crs=sinu, transform=from_origin(x0, 7e6, res, res), nodata=-1,
+            dtype="float32", crs=sinu, transform=from_origin(x0, y0, res, res), nodata=-1,
         ) as dst:  # fmt: skip
             dst.write(np.full((1, 3, 4), val, "float32"))
     files = sorted(tmp_path.glob("*.tif"))
     da = READERS["gfed500"](spec("gfed500", files, units="g C m-2 year-1"))
     check_layer(da)
     assert da.sizes["x"] == 8 and da.attrs["frequency"] == "annual"
-    np.testing.assert_allclose(da.isel(time=0).values[:, :4], 365.0)
-    np.testing.assert_allclose(da.isel(time=0).values[:, 4:], 730.0)
+    assert da.chunks is not None  # a lazy mosaic
+    assert da.sizes["y"] == 6
+    np.testing.assert_allclose(da.isel(time=0).values[:3, :4], 365.0)
+    np.testing.assert_allclose(da.isel(time=0).values[:3, 4:], 730.0)
+    np.testing.assert_allclose(da.isel(time=0).values[3:, :4], 100.0)
+    assert np.isnan(da.isel(time=0).values[3:, 4:]).all()  # no tile there
     sp = READERS["gfed500"](spec("gfed500", files, units="g C m-2 year-1", options={"spread_annual": True}))
     check_layer(sp)
     assert sp.sizes["time"] == 12 and sp.attrs["units"] == "g C m-2 month-1"
     np.testing.assert_allclose(sp.isel(time=1).values[0, 0], 365.0 * 29 / 366)  # 2004 is a leap year
-    np.testing.assert_allclose(sp.sum("time").values, da.isel(time=0).values, rtol=1e-6)
+    np.testing.assert_allclose(sp.sum("time", skipna=False).values, da.isel(time=0).values, rtol=1e-6)
 
 
 def test_gfed5_burned_area_netcdf_to_fraction(tmp_path):

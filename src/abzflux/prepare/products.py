@@ -20,6 +20,7 @@ import calendar
 import logging
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ GFED4_UNITS = {
     "BB": FLUX_UNITS,
     "basis_regions": "1",
 }
+
+GFED4_LAYOUT = "the GFED4.1s layout (emissions/MM/C, burned_area/MM/burned_fraction, ancill/grid_cell_area, lat, lon)"
 
 #: Default year (and month) pattern in a product's file names (GFED4.1s_2005.hdf5,
 #: BA200505.nc, gfed500m_C_2005_h12v02.tif).
@@ -508,9 +511,23 @@ def _h5(path: Path, spec: LayerSpec):
 
 def _h5_dataset(h5, key: str, path: Path, spec: LayerSpec) -> np.ndarray:
     if key not in h5:
-        raise InputError(path, f"no dataset {key!r}", column=spec.name,
-                         expected="the GFED4.1s layout (emissions/MM/C, burned_area/MM/burned_fraction, ancill/...)")  # fmt: skip
+        raise InputError(path, f"no dataset {key!r}", column=spec.name, expected=GFED4_LAYOUT)
     return np.asarray(h5[key][()], dtype=np.float64)
+
+
+def _h5_read(path: str, key: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return np.asarray(h5[key][()], dtype=np.float32)
+
+
+def _h5_lazy(path: Path, key: str, shape: tuple[int, int]) -> Any:
+    """A dask array reading one HDF5 dataset when computed (float32)."""
+    import dask
+    import dask.array as dsa
+
+    return dsa.from_delayed(dask.delayed(_h5_read)(str(path), key), shape=shape, dtype=np.float32)
 
 
 def read_gfed4(spec: LayerSpec) -> xr.DataArray:
@@ -532,7 +549,7 @@ def read_gfed4(spec: LayerSpec) -> xr.DataArray:
     monthly = "{MM}" in var
     chosen = files if monthly else files[:1]
     times: list[np.datetime64] = []
-    planes: list[np.ndarray] = []
+    planes: list[Any] = []
     lat = lon = None
     for path in chosen:
         year = _year_month(path, spec.options.get("time_pattern"), spec)[0] if monthly else None
@@ -548,16 +565,19 @@ def read_gfed4(spec: LayerSpec) -> xr.DataArray:
                                  expected="the same 0.25° grid in every year")  # fmt: skip
             for month in range(1, 13) if monthly else (None,):
                 key = var.replace("{MM}", f"{month:02d}") if month else var
-                plane = _h5_dataset(h5, key, path, spec)
-                if plane.shape != (la1.size, lo1.size):
-                    raise InputError(path, f"{key} has shape {plane.shape}", column=spec.name,
+                if key not in h5:
+                    raise InputError(path, f"no dataset {key!r}", column=spec.name, expected=GFED4_LAYOUT)
+                if h5[key].shape != (la1.size, lo1.size):
+                    raise InputError(path, f"{key} has shape {h5[key].shape}", column=spec.name,
                                      expected=f"(lat, lon) = {(la1.size, lo1.size)}")  # fmt: skip
-                planes.append(plane)
+                planes.append(_h5_lazy(path, key, (la1.size, lo1.size)))
                 if month:
                     times.append(np.datetime64(f"{year:04d}-{month:02d}-01", "ns"))
     assert lat is not None and lon is not None
+    import dask.array as dsa
+
     if monthly:
-        da = xr.DataArray(np.stack(planes), dims=("time", "lat", "lon"),
+        da = xr.DataArray(dsa.stack(planes), dims=("time", "lat", "lon"),
                           coords={"time": np.array(times), "lat": lat, "lon": lon})  # fmt: skip
         da = _concat_time([da], chosen, var)
     else:
@@ -580,11 +600,54 @@ def _spherical_cell_area_km2(lat: np.ndarray, dlat: float, dlon: float) -> np.nd
     return r * r * np.radians(abs(dlon)) * np.abs(np.sin(hi) - np.sin(lo))
 
 
-def _gfed500_tiffs(spec: LayerSpec, files: list[Path]) -> xr.DataArray:
-    """500-m GeoTIFF tiles (MODIS sinusoidal, hXXvYY), one or more per year or month: tiles of one
-    time step are mosaicked (rasterio.merge) in the files' own CRS."""
+@dataclass(frozen=True)
+class _Tile:
+    """One GeoTIFF tile placed on the mosaic's pixel lattice."""
+
+    path: str
+    row: int
+    col: int
+    height: int
+    width: int
+    nodata: float | None
+    scale: float
+    offset: float
+
+
+#: Mosaic chunk (pixels along y and x): one MODIS 500-m tile is 2400 x 2400.
+MOSAIC_CHUNK = 2400
+
+
+def _mosaic_block(dummy: np.ndarray, tiles: tuple[_Tile, ...], block_info: dict | None = None) -> np.ndarray:
+    """One chunk of a tile mosaic, read from the tiles that overlap it (NaN elsewhere)."""
     import rasterio
-    from rasterio.merge import merge
+    from rasterio.windows import Window
+
+    assert block_info is not None
+    (r0, r1), (c0, c1) = block_info[None]["array-location"]
+    out = np.full((r1 - r0, c1 - c0), np.nan, dtype=np.float32)
+    for t in tiles:
+        rr0, rr1 = max(r0, t.row), min(r1, t.row + t.height)
+        cc0, cc1 = max(c0, t.col), min(c1, t.col + t.width)
+        if rr0 >= rr1 or cc0 >= cc1:
+            continue
+        with rasterio.open(t.path) as src:
+            raw = src.read(1, window=Window(cc0 - t.col, rr0 - t.row, cc1 - cc0, rr1 - rr0))
+        vals = raw.astype(np.float32) * np.float32(t.scale) + np.float32(t.offset)
+        if t.nodata is not None:
+            vals[raw == t.nodata] = np.nan
+        dst = out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+        np.copyto(dst, vals, where=np.isfinite(vals))
+    return out
+
+
+def _gfed500_tiffs(spec: LayerSpec, files: list[Path]) -> xr.DataArray:
+    """500-m GeoTIFF tiles (MODIS sinusoidal, hXXvYY), one or more per year or month: the tiles of
+    each time step are mosaicked lazily (dask; read chunk by chunk) on one pixel lattice, in the
+    files' own CRS."""
+    import dask.array as dsa
+    import pyproj
+    import rasterio
 
     groups: dict[tuple[int, int | None], list[Path]] = {}
     for path in files:
@@ -594,52 +657,53 @@ def _gfed500_tiffs(spec: LayerSpec, files: list[Path]) -> xr.DataArray:
         raise InputError(_sources(files), "some file names have a month and some not", column=spec.name,
                          expected="all annual (YYYY) or all monthly (YYYYMM) files")  # fmt: skip
     annual = monthly == {True}
-    planes, times, crs, transform, shape, units = [], [], None, None, None, spec.units
-    for (year, month), paths in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    meta: dict[Path, tuple] = {}
+    units = spec.units
+    for path in files:
         try:
-            srcs = [rasterio.open(p) for p in paths]
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(paths[0], f"cannot be opened as a raster ({exc})", column=spec.name,
-                             expected="GeoTIFF tiles of the GFED 500-m product") from exc  # fmt: skip
-        try:
-            for s in srcs:
-                if s.crs is None and spec.crs is None:
-                    raise InputError(s.name, "no CRS", column=spec.name,
+            with rasterio.open(path) as s:
+                crs = s.crs.to_wkt() if s.crs else spec.crs
+                if crs is None:
+                    raise InputError(path, "no CRS", column=spec.name,
                                      expected="a GeoTIFF with a CRS (MODIS sinusoidal), or `crs` in the recipe")  # fmt: skip
-            units = units or srcs[0].tags(1).get("units") or srcs[0].tags().get("units")
-            nodata = srcs[0].nodata
-            arr, tr = merge(srcs, nodata=nodata)
-            crs_now = (srcs[0].crs.to_wkt() if srcs[0].crs else None) or spec.crs
-            scale = srcs[0].scales[0] if srcs[0].scales else 1.0
-            offset = srcs[0].offsets[0] if srcs[0].offsets else 0.0
-        finally:
-            for s in srcs:
-                s.close()
-        plane = arr[0].astype(np.float64)
-        if nodata is not None:
-            plane[arr[0] == nodata] = np.nan
-        plane = plane * scale + offset
-        if transform is None:
-            crs, transform, shape = crs_now, tr, plane.shape
-        elif tr != transform or plane.shape != shape:
-            raise InputError(paths[0], "its tiles cover another extent than the first time step's", column=spec.name,
-                             expected="the same tiles in every year / month")  # fmt: skip
-        planes.append(plane)
-        times.append(np.datetime64(f"{year:04d}-{(month or 1):02d}-01", "ns"))
-    assert transform is not None and shape is not None
-    ny, nx = shape
-    x = transform.c + transform.a * (np.arange(nx) + 0.5)
-    y = transform.f + transform.e * (np.arange(ny) + 0.5)
-    import pyproj
-
-    wkt = pyproj.CRS.from_user_input(crs).to_wkt()
-    da = xr.DataArray(np.stack(planes), dims=("time", "y", "x"), coords={"time": np.array(times), "y": y, "x": x},
-                      attrs={"crs_wkt": wkt})  # fmt: skip
+                units = units or s.tags(1).get("units") or s.tags().get("units")
+                meta[path] = (pyproj.CRS.from_user_input(crs), s.transform, s.height, s.width, s.nodata,
+                              (s.scales or (1.0,))[0], (s.offsets or (0.0,))[0])  # fmt: skip
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(path, f"cannot be opened as a raster ({exc})", column=spec.name,
+                             expected="GeoTIFF tiles of the GFED 500-m product") from exc  # fmt: skip
     if units is None:
         raise InputError(_sources(files), "no units in the GeoTIFF tags", column=spec.name,
                          expected="`units` in the recipe (e.g. 'g C m-2 year-1' or '1')")  # fmt: skip
-    da.attrs["units_hint"] = units
-    da.attrs["annual"] = int(annual)
+    crs0, tr0 = meta[files[0]][0], meta[files[0]][1]
+    res_x, res_y = tr0.a, tr0.e
+    for path, (crs, tr, *_rest) in meta.items():
+        if crs != crs0 or not (np.isclose(tr.a, res_x) and np.isclose(tr.e, res_y)) or tr.b or tr.d:
+            raise InputError(path, "its CRS or pixel size differs from the first tile's", column=spec.name,
+                             expected=f"tiles of one grid ({files[0]})")  # fmt: skip
+    west = min(m[1].c for m in meta.values())
+    north = max(m[1].f for m in meta.values())
+    east = max(m[1].c + m[3] * res_x for m in meta.values())
+    south = min(m[1].f + m[2] * res_y for m in meta.values())
+    nx, ny = int(round((east - west) / res_x)), int(round((south - north) / res_y))
+    tiles_of: dict[Path, _Tile] = {}
+    for path, (_crs, tr, h, w, nodata, scale, offset) in meta.items():
+        col, row = (tr.c - west) / res_x, (tr.f - north) / res_y
+        if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+            raise InputError(path, "the tile is not on the pixel lattice of the others", column=spec.name,
+                             expected="tiles of one grid (MODIS sinusoidal tiles align)")  # fmt: skip
+        tiles_of[path] = _Tile(str(path), int(round(row)), int(round(col)), h, w, nodata, scale, offset)
+    chunks = (min(MOSAIC_CHUNK, ny), min(MOSAIC_CHUNK, nx))
+    planes, times = [], []
+    for (year, month), paths in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        dummy = dsa.zeros((ny, nx), chunks=chunks, dtype=np.uint8)
+        tiles = tuple(tiles_of[p] for p in paths)
+        planes.append(dsa.map_blocks(_mosaic_block, dummy, tiles=tiles, dtype=np.float32))
+        times.append(np.datetime64(f"{year:04d}-{(month or 1):02d}-01", "ns"))
+    x = west + res_x * (np.arange(nx) + 0.5)
+    y = north + res_y * (np.arange(ny) + 0.5)
+    da = xr.DataArray(dsa.stack(planes), dims=("time", "y", "x"), coords={"time": np.array(times), "y": y, "x": x},
+                      attrs={"crs_wkt": crs0.to_wkt(), "units_hint": units, "annual": int(annual)})  # fmt: skip
     return da
 
 
