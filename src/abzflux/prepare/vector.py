@@ -350,7 +350,7 @@ def _keys(values: np.ndarray, lookup: Callable[[Any], int | None], spec: LayerSp
 def _dataarray(values: np.ndarray, grid: Grid, target: xr.Dataset, spec: LayerSpec, features_files: Sequence[str],
                **attrs: Any) -> xr.DataArray:  # fmt: skip
     da = xr.DataArray(
-        grid.to_target(values).astype(np.float32),
+        grid.to_target(values).astype(np.float32, copy=False),
         dims=("y", "x"),
         coords={"y": target["y"].values, "x": target["x"].values},
         name=spec.name,
