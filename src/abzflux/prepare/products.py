@@ -203,7 +203,6 @@ def latlon_layer(da: xr.DataArray, file: Path | str, variable: str) -> xr.DataAr
     da = da.rename({lat: "y", lon: "x"}) if (lat, lon) != ("y", "x") else da
     x = np.asarray(da["x"].values, dtype=np.float64)
     xw = ((x + 180.0) % 360.0) - 180.0
-    xw[np.isclose(xw, -180.0) & (x > 0)] = -180.0  # 180 E stays -180 (the same meridian)
     if not np.array_equal(xw, x) or not bool((np.diff(x) > 0).all()):
         order = np.argsort(xw, kind="stable")
         keep = np.concatenate([[True], np.diff(xw[order]) > 1e-9])  # 0 and 360 both present
@@ -895,6 +894,19 @@ def read_flux(spec: LayerSpec, kind: str) -> xr.DataArray:
                    fire_included=int(bool(fire)), sign_convention=sign, long_name=f"NEE from {kind} {name}")  # fmt: skip
 
 
+#: Reader-specific ``options`` keys each product understands (for the recipe's unknown-key check;
+#: build-level keys such as ``keep_grid`` or ``year_fallback`` are the recipe's own).
+PRODUCT_OPTIONS: dict[str, frozenset[str]] = {
+    "era5_land": frozenset({"accumulated"}),
+    "terraclimate": frozenset(),
+    "noaa_gml": frozenset({"site"}),
+    "gfed4": frozenset({"time_pattern"}),
+    "gfed500": frozenset({"time_pattern", "spread_annual", "to_fraction"}),
+    "inversion": frozenset({"sign", "fire_included", "name"}),
+    "cmip6": frozenset({"sign", "fire_included", "name"}),
+    "fluxcom": frozenset({"sign", "fire_included", "name"}),
+}
+
 #: The named products' readers: ``READERS[spec.product](spec)`` returns a source layer.
 READERS: dict[str, Callable[[LayerSpec], xr.DataArray]] = {
     "era5_land": read_era5_land,
@@ -908,4 +920,4 @@ READERS: dict[str, Callable[[LayerSpec], xr.DataArray]] = {
 }
 
 
-__all__ = ["READERS", "days_in_month", "flux_factor", "latlon_layer", "month_starts", "read_flux"]
+__all__ = ["PRODUCT_OPTIONS", "READERS", "days_in_month", "flux_factor", "latlon_layer", "month_starts", "read_flux"]

@@ -562,6 +562,14 @@ def land_fraction_from_raster(spec: LayerSpec, target: xr.Dataset) -> xr.DataArr
                       long_name=f"land fraction (share of source cells not in {water})")  # fmt: skip
 
 
+#: ``options`` keys each zone understands (for the recipe's unknown-key check).
+ZONE_OPTIONS: dict[str, frozenset[str]] = {
+    "biome": frozenset({"field", "classes", "others", "layer", "densify"}),
+    "region": frozenset({"field", "rule", "ural_lon", "map", "others", "layer", "densify"}),
+    "permafrost": frozenset({"field", "values", "ignore", "mode", "per", "threshold", "others", "layer", "densify"}),
+    "land_fraction": frozenset({"field", "values", "layer", "densify", "water_values", "nodata"}),
+}
+
 ZONES: Mapping[str, Callable[[LayerSpec, xr.Dataset, Grid], xr.DataArray]] = {
     "biome": _biome,
     "region": _region,
@@ -589,6 +597,7 @@ def rasterise_zone(spec: LayerSpec, target: xr.Dataset) -> xr.DataArray:
 
 
 __all__ = [
+    "ZONE_OPTIONS",
     "Grid",
     "coverage_tiles",
     "east_of",
