@@ -486,6 +486,26 @@ def _land_fraction_polygons(spec: LayerSpec, target: xr.Dataset, grid: Grid) -> 
     return _dataarray(out, grid, target, spec, feats.files, long_name="land fraction (polygon coverage)")
 
 
+#: Most source cells (along y and x) read at a time by :func:`land_fraction_from_raster`.
+MAX_SOURCE_WINDOW = 4096
+
+
+def _raster_tile(grid: Grid, src: Any, src_crs: Any, dst_crs: Any) -> int:
+    """Target tile size such that a tile's source window stays within ``MAX_SOURCE_WINDOW``
+    cells a side (a coarse target over a fine raster gets small tiles)."""
+    from rasterio.warp import transform_bounds
+
+    x0, y0 = float(grid.x[0]), float(grid.y[0])
+    try:
+        b = transform_bounds(dst_crs, src_crs, x0 - grid.dx / 2, y0 - grid.dy / 2, x0 + grid.dx / 2, y0 + grid.dy / 2)
+        per_cell = max(abs(b[2] - b[0]) / abs(src.res[0]), abs(b[3] - b[1]) / abs(src.res[1]), 1.0)
+    except Exception:  # a corner cell outside the source CRS's domain: keep the default
+        return TILE
+    if not np.isfinite(per_cell):
+        return TILE
+    return int(np.clip(MAX_SOURCE_WINDOW // per_cell, 16, TILE))
+
+
 def land_fraction_from_raster(spec: LayerSpec, target: xr.Dataset) -> xr.DataArray:
     """Share of each target cell's area that a finer land-cover raster calls land: a source cell
     is land unless its code is in ``options.water_values`` (default ESA CCI 210 water bodies and
@@ -525,7 +545,7 @@ def land_fraction_from_raster(spec: LayerSpec, target: xr.Dataset) -> xr.DataArr
         full = Window(0, 0, src.width, src.height)
         dst_crs = rasterio.crs.CRS.from_wkt(grid.crs.to_wkt())
         overlap = False
-        for rs, cs, (xmin, ymin, xmax, ymax) in grid.tiles():
+        for rs, cs, (xmin, ymin, xmax, ymax) in grid.tiles(_raster_tile(grid, src, src_crs, dst_crs)):
             th, tw = rs.stop - rs.start, cs.stop - cs.start
             try:
                 b = transform_bounds(dst_crs, src_crs, xmin, ymin, xmax, ymax, densify_pts=21)
@@ -558,7 +578,8 @@ def land_fraction_from_raster(spec: LayerSpec, target: xr.Dataset) -> xr.DataArr
         if not overlap:
             raise InputError(path, "the raster does not overlap the target grid", column=spec.name,
                              expected=f"a raster covering {tuple(round(v) for v in grid.bounds)} ({grid.crs.name})")  # fmt: skip
-    return _dataarray(np.clip(out, 0.0, 1.0), grid, target, spec, [str(path)],
+    np.clip(out, 0.0, 1.0, out=out)
+    return _dataarray(out, grid, target, spec, [str(path)],
                       long_name=f"land fraction (share of source cells not in {water})")  # fmt: skip
 
 
