@@ -386,3 +386,18 @@ def test_flux_bad_units_and_missing_file(tmp_path):
         READERS["inversion"](spec("inversion", tmp_path / "missing.nc", "nee"))
     with pytest.raises(InputError, match="variable 'gpp' not found"):
         READERS["inversion"](spec("inversion", f, "gpp"))
+
+
+def test_cmip6_360_day_calendar_months_have_30_days(tmp_path):
+    import cftime
+
+    times = [cftime.Datetime360Day(2001, m, 16) for m in (2, 3)]
+    ds = xr.Dataset(
+        {"nep": (("time", "lat", "lon"), np.full((2, 2, 2), 1e-9), {"units": "kg m-2 s-1"})},
+        coords={"time": times, "lat": [60.0, 61.0], "lon": [0.0, 1.0]},
+    )
+    f = tmp_path / "nep_360.nc"
+    ds.to_netcdf(f, engine="netcdf4")
+    da = READERS["cmip6"](spec("cmip6", f, "nep"))
+    np.testing.assert_allclose(da.values, -1e-9 * 1000 * 86400 * 30)  # Feb and Mar both 30 days; nep negated
+    assert da.attrs["fire_included"] == 0

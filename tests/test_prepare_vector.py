@@ -209,3 +209,20 @@ def test_vector_errors_name_file_and_field(tmp_path):
 def test_east_of_the_urals():
     np.testing.assert_array_equal(east_of(np.array([59.9, 60.0, 179.0, -175.0, -20.0, 20.0]), 60.0),
                                   [False, True, True, True, False, False])  # fmt: skip
+
+
+def test_invalid_polygon_and_layers(tmp_path):
+    t = target(-150e3, 150e3, 150e3, -150e3, 100e3)
+    # a bow-tie over the cell (-50, 50): two triangles of a quarter cell each once repaired
+    bow = shapely.Polygon([(-100e3, 0), (0, 100e3), (0, 0), (-100e3, 100e3), (-100e3, 0)])
+    assert not bow.is_valid
+    f = tmp_path / "two.gpkg"
+    write_layer(f, [bow], {"id": [1]}, crs=LAEA, layer="land")
+    write_layer(f, [shapely.box(0, 0, 100e3, 100e3)], {"id": [2]}, crs=LAEA, layer="other")
+    with pytest.raises(InputError, match=r"2 layers and no options.layer"):
+        rasterise_zone(zone("land_fraction", f), t)
+    lf = rasterise_zone(zone("land_fraction", f, layer="land"), t)
+    assert lf.sel(x=-50e3, y=50e3).item() == pytest.approx(0.5, abs=1e-9)
+    assert float(lf.sum()) == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(InputError, match="no layer 'sea'"):
+        rasterise_zone(zone("land_fraction", f, layer="sea"), t)

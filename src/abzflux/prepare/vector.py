@@ -242,7 +242,7 @@ def read_features(spec: LayerSpec, grid: Grid, field: str | None) -> Features:
         finite = np.isfinite(b).all(axis=1) & ~shapely.is_empty(g)
         if (~finite).any():
             log.warning("%s: %d polygon(s) cannot be projected to the target CRS; left out", path, int((~finite).sum()))
-        g, vals = shapely.make_valid(g[finite]), vals[finite]
+        g, vals = _polygonal(shapely.make_valid(g[finite], method="structure", keep_collapsed=False)), vals[finite]
         hit = shapely.intersects(g, tbox)
         geoms.append(g[hit])
         values.append(vals[hit])
@@ -259,6 +259,20 @@ def read_features(spec: LayerSpec, grid: Grid, field: str | None) -> Features:
 # ------------------------------------------------------------------------------------------
 # coverage fractions
 # ------------------------------------------------------------------------------------------
+
+
+def _polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Only the polygonal parts of each geometry (a collection's lines and points dropped)."""
+    import shapely
+
+    out = np.asarray(geoms, dtype=object).copy()
+    kinds = shapely.get_type_id(out)
+    for i in np.flatnonzero(kinds == shapely.GeometryType.GEOMETRYCOLLECTION):
+        parts = shapely.get_parts(out[i])
+        polys = [q for q in parts if shapely.get_type_id(q) in (3, 6)]  # Polygon, MultiPolygon
+        flat = [r for q in polys for r in shapely.get_parts(q)]
+        out[i] = shapely.multipolygons(flat) if flat else shapely.Polygon()
+    return out
 
 
 def coverage_tiles(
@@ -280,7 +294,7 @@ def coverage_tiles(
         idx = tree.query(shapely.box(xmin, ymin, xmax, ymax), predicate="intersects")
         if idx.size:
             pad = 0.5 * max(grid.dx, grid.dy)
-            parts = shapely.clip_by_rect(geoms[idx], xmin - pad, ymin - pad, xmax + pad, ymax + pad)
+            parts = _polygonal(shapely.clip_by_rect(geoms[idx], xmin - pad, ymin - pad, xmax + pad, ymax + pad))
             feats = [
                 {"type": "Feature", "properties": {"k": int(keys[i])}, "geometry": shapely.geometry.mapping(p)}
                 for i, p in zip(idx, parts, strict=True)
