@@ -451,31 +451,29 @@ def test_foreign_outputs_are_refused(tmp_path):
 
 
 def test_named_products_and_vector_zones_are_dispatched(tmp_path, monkeypatch):
-    """``product = "x"`` goes to ``prepare.products.READERS["x"]``; a vector zone file to
-    ``prepare.vector.rasterise_zone`` (stand-ins here; their own tests are the products part's)."""
-    import sys
-    import types
+    """``product = "x"`` goes to ``prepare.products.READERS["x"]``; a polygon file under
+    ``[zones]`` to ``prepare.vector.rasterise_zone``, then masked by biome / region."""
+    from abzflux.prepare import products
 
     seen: list[str] = []
 
     def reader(spec):
         seen.append(spec.name)
-        spec2 = LayerSpec(spec.name, spec.files, units="K")
-        return open_layer(spec2)
+        return open_layer(LayerSpec(spec.name, spec.files, units="K"))
 
-    monkeypatch.setitem(sys.modules, "abzflux.prepare.products", types.SimpleNamespace(READERS={"fake": reader}))
+    monkeypatch.setitem(products.READERS, "fake", reader)
     p = latlon_nc(tmp_path / "st.nc", res=2.0, units="degC", times=MONTHS_2019)
     plan, out = on_grid(LayerSpec("soil_temp", (p,), product="fake"), grid(100e3))
     assert seen == ["soil_temp"] and plan.conversion == (1.0, 0.0)  # the reader's units (K) are kept
     with pytest.raises(InputError, match="unknown product 'nope'"):
         open_layer(LayerSpec("soil_temp", (p,), product="nope"))
 
-    def rasterise_zone(spec, target):
-        return xr.full_like(target.y * 0 + target.x * 0, 1.0).rename(spec.name)
-
-    monkeypatch.setitem(sys.modules, "abzflux.prepare.vector", types.SimpleNamespace(rasterise_zone=rasterise_zone))
     recipe = write_world(tmp_path / "w")
-    (tmp_path / "w" / "raw" / "land.gpkg").write_text("stand-in")
+    ring = [[-180, 55], [180, 55], [180, 88], [-180, 88], [-180, 55]]
+    feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    (tmp_path / "w" / "raw" / "land.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [feature]})
+    )
     recipe.write_text(
         GRID
         + """[time]
@@ -484,7 +482,7 @@ years = "2019"
 files = ["raw/cti.tif"]
 units = "1"
 [zones.land_fraction]
-files = ["raw/land.gpkg"]
+files = ["raw/land.geojson"]
 [zones.biome]
 files = ["raw/biome.tif"]
 [zones.region]

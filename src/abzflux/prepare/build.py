@@ -62,7 +62,6 @@ CONFIG = "config.toml"
 REFERENCES = "references"
 #: Input files up to this size get a sha256 in prepare.json; larger ones size + mtime.
 HASH_LIMIT = 256 * 2**20
-VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb")
 #: Units of the zone, fire and reference variables (docs/formats.md §3-5).
 CONTRACT_UNITS = {
     ("zones", "land_fraction"): "1",
@@ -194,15 +193,18 @@ def _check_options(group: str, spec: LayerSpec) -> None:
 
 def plan_layer(group: str, spec: LayerSpec, target: xr.Dataset, months: np.ndarray, tile: int) -> Plan:
     """Open ``spec`` and check it against the target grid, the months and the contract units."""
+    from .vector import is_vector
+
+    if group == "zones" and is_vector(spec):  # polygons: prepare.vector rasterises them
+        plan = Plan(group=group, spec=spec, kind="vector", to_units=contract_units(group, spec.name))
+        plan.categorical = spec.name in CATEGORICAL_ZONES
+        plan.summary = {"kind": "vector", "files": [str(f) for f in spec.files], "options": dict(spec.options)}
+        return plan
     _check_options(group, spec)
     categorical = (group == "predictors" and spec.name in P.CATEGORICAL) or (
         group == "zones" and spec.name in CATEGORICAL_ZONES
     )
     plan = Plan(group=group, spec=spec, kind="grid", categorical=categorical, to_units=contract_units(group, spec.name))
-    if group == "zones" and all(Path(f).suffix.lower() in VECTOR_SUFFIXES for f in spec.files):
-        plan.kind = "vector"
-        plan.summary = {"kind": "vector", "files": [str(f) for f in spec.files]}
-        return plan
     if categorical:
         plan.classes = _classes(group, spec)
     src = open_layer(spec)
