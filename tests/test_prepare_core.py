@@ -266,6 +266,9 @@ def test_errors_name_file_variable_and_expectation(tmp_path):
     with pytest.raises(InputError, match="cannot be read as NetCDF") as e:
         open_layer(LayerSpec("srad", (bad,)))
     assert "bad.nc" in str(e.value)
+    with pytest.raises(InputError, match="unknown option 'gapfil'") as e:
+        on_grid(LayerSpec("srad", (d,), options={"gapfil": []}), target)
+    assert "predictors.srad.options.gapfil" in str(e.value)
     short = latlon_nc(tmp_path / "short.nc", res=2.0, units="W m-2", times=MONTHS_2019[:6])
     with pytest.raises(InputError, match="6 month") as e:
         on_grid(LayerSpec("srad", (short,)), target)

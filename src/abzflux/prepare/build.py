@@ -76,20 +76,10 @@ DEFAULT_CLASSES: dict[str, dict[int, str]] = {
     "biome": {6: "boreal", 11: "tundra"},  # RESOLVE Ecoregions2017 BIOME_NUM (workflow.md §5)
 }
 CATEGORICAL_ZONES = ("biome", "region")
-#: Option keys of generic layers (named products define their own).
-GENERIC_OPTIONS = (
-    "time_pattern",
-    "band",
-    "select",
-    "year_fallback",
-    "gapfill",
-    "max_gap",
-    "classes",
-    "water_values",
-    "keep_grid",
-    "name",
-    "fire_included",
-)
+#: Option keys that build reads (any product) and that the generic reader reads; a named
+#: product's own keys are ``prepare.products.PRODUCT_OPTIONS[product]``.
+BUILD_OPTIONS = ("year_fallback", "gapfill", "max_gap", "classes", "water_values", "keep_grid", "name", "fire_included")
+GENERIC_OPTIONS = ("time_pattern", "band", "select")
 
 
 def contract_units(group: str, name: str) -> str | None:
@@ -179,15 +169,21 @@ def _unit_plan(plan: Plan, src_units: str | None) -> None:
 
 
 def _check_options(group: str, spec: LayerSpec) -> None:
-    if spec.product != "generic":
-        return
+    if spec.product == "generic":
+        allowed = set(BUILD_OPTIONS) | set(GENERIC_OPTIONS)
+    else:
+        from .products import PRODUCT_OPTIONS
+
+        if spec.product not in PRODUCT_OPTIONS:
+            return  # open_layer names the unknown product
+        allowed = set(BUILD_OPTIONS) | set(PRODUCT_OPTIONS[spec.product])
     for k in spec.options:
-        if k not in GENERIC_OPTIONS:
+        if k not in allowed:
             raise InputError(
                 spec.recipe or "<recipe>",
                 f"unknown option {k!r}",
                 column=f"{group}.{spec.name}.options.{k}",
-                expected=f"one of {sorted(GENERIC_OPTIONS)}",
+                expected=f"one of {sorted(allowed)}",
             )
 
 
