@@ -196,6 +196,20 @@ def test_8day_composites_weighted_by_their_days_in_each_month():
     assert jan == pytest.approx((0 * 8 + 2 * 8 + 3 * 7) / (8 + 8 + 7))
 
 
+def test_8day_layer_on_the_grid_month_by_month(tmp_path):
+    starts = pd.date_range("2019-01-01", "2019-12-31", freq="8D")
+    p = latlon_nc(tmp_path / "n.nc", res=2.0, f=lambda lo, la: 0 * la + 0.5, units="1", times=starts, step=0.001)
+    plan, out = on_grid(LayerSpec("ndvi", (p,), options={"gapfill": []}), grid(100e3))
+    assert build._month_groups(plan.W) == [(0, 7), (7, 12)]  # at most 32 source steps per read
+    days = pd.date_range("2019-01-01", "2019-12-31", freq="D").values
+    Wd = temporal.weights(days, "daily", MONTHS_2019.values, LayerSpec("srad", ()))
+    assert build._month_groups(Wd) == [(m, m + 1) for m in range(12)]  # daily: a month at a time
+    feb = (3 * 1 + 4 * 8 + 5 * 8 + 6 * 8 + 7 * 3) / 28  # steps 3..7 weighted by their February days
+    np.testing.assert_allclose(out[1], 0.5 + 0.001 * feb, rtol=1e-6)
+    W = temporal.weights(MONTHS_2019.values, "monthly", MONTHS_2019.values, LayerSpec("srad", ()))
+    assert build._month_groups(W) == [(0, 12)]
+
+
 def test_daily_to_monthly_mean():
     days = pd.date_range("2019-01-01", "2019-12-31", freq="D")
     W = temporal.weights(days.values, "daily", MONTHS_2019.values, LayerSpec("srad", ()))

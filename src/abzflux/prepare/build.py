@@ -298,17 +298,20 @@ def _days_in_month(months: np.ndarray) -> np.ndarray:
 
 
 def _finish_values(plan: Plan, out: np.ndarray, t0: int = 0, t1: int = 0) -> np.ndarray:
+    """Codes outside the classes -> NaN (categorical), or the unit conversion (in float32)."""
+    out = np.asarray(out, dtype=np.float32)
     if plan.categorical:
         allowed = list(plan.classes) + ([1] if plan.spec.name == "veg_type" else [])
-        out = np.where(np.isin(out, allowed), out, np.nan)
-        return out.astype(np.float32)
+        return np.where(np.isin(out, allowed), out, np.float32(np.nan))
     scale, offset = plan.conversion
-    if scale != 1.0 or offset != 0.0:
-        out = out * scale + offset
+    if scale != 1.0:
+        out *= np.float32(scale)
+    if offset != 0.0:
+        out += np.float32(offset)
     if plan.per_month:
         assert plan.months is not None
-        out = out * _days_in_month(plan.months[t0:t1])[:, None, None]
-    return out.astype(np.float32)
+        out *= _days_in_month(plan.months[t0:t1]).astype(np.float32)[:, None, None]
+    return out
 
 
 def _block_function(plan: Plan, mask: Callable[[Tile], np.ndarray] | None = None):
@@ -316,7 +319,7 @@ def _block_function(plan: Plan, mask: Callable[[Tile], np.ndarray] | None = None
         (y0, y1), (x0, x1) = block_info[None]["array-location"]
         t = Tile(y0, y1, x0, x1)
         assert plan.regridder is not None
-        out = _finish_values(plan, plan.regridder.tile(t, None).astype(np.float64))
+        out = _finish_values(plan, plan.regridder.tile(t, None))
         if mask is not None:
             out = np.where(mask(t), out, 0.0).astype(np.float32)
         return out
@@ -324,25 +327,48 @@ def _block_function(plan: Plan, mask: Callable[[Tile], np.ndarray] | None = None
     def dynamic(block, block_info=None):
         (t0, t1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
         t = Tile(y0, y1, x0, x1)
+        shape = (t1 - t0, y1 - y0, x1 - x0)
         if plan.kind == "series":
             assert plan.src is not None and plan.W is not None
             vals = temporal.aggregate(np.asarray(plan.src.values, dtype=np.float64), plan.W[t0:t1])
-            out = np.broadcast_to(vals[:, None, None], (t1 - t0, y1 - y0, x1 - x0)).astype(np.float64)
+            out = np.empty(shape, dtype=np.float32)
+            out[:] = vals[:, None, None]
         elif plan.W is None:  # a static source for a monthly variable: repeated
             assert plan.regridder is not None
-            out = np.broadcast_to(plan.regridder.tile(t, None), (t1 - t0, y1 - y0, x1 - x0)).astype(np.float64)
+            out = np.empty(shape, dtype=np.float32)
+            out[:] = plan.regridder.tile(t, None)[None]
         else:
             assert plan.regridder is not None
-            Wb = plan.W[t0:t1]
-            steps = np.flatnonzero(Wb.sum(axis=0) > 0)
-            vals = plan.regridder.tile(t, steps).astype(np.float64)
-            out = temporal.aggregate(vals, Wb[:, steps])
+            out = np.empty(shape, dtype=np.float32)
+            for m0, m1 in _month_groups(plan.W[t0:t1]):  # daily / 8-day: a month at a time
+                Wb = plan.W[t0 + m0 : t0 + m1]
+                steps = np.flatnonzero(Wb.sum(axis=0) > 0)
+                vals = plan.regridder.tile(t, steps)
+                out[m0:m1] = temporal.aggregate(vals, Wb[:, steps])
         if plan.gapfill:
             assert plan.months is not None
-            out = temporal.gapfill(out, plan.months[t0:t1], plan.gapfill, plan.max_gap)
+            for r in range(0, shape[1], GAPFILL_ROWS):  # bounded temporaries: a band of rows at a time
+                band = out[:, r : r + GAPFILL_ROWS]
+                out[:, r : r + GAPFILL_ROWS] = temporal.gapfill(band, plan.months[t0:t1], plan.gapfill, plan.max_gap)
         return _finish_values(plan, out, t0, t1)
 
     return dynamic if plan.dynamic_out else static
+
+
+def _month_groups(W: np.ndarray, max_steps: int = 32) -> list[tuple[int, int]]:
+    """Consecutive target months (rows of ``W``) grouped so that each group needs at most
+    ``max_steps`` source steps (or one month): 12 monthly or annual steps at once, daily and
+    8-day ones month by month, so a block never holds a year of daily grids."""
+    groups: list[tuple[int, int]] = []
+    start, needed = 0, 0
+    for m in range(W.shape[0]):
+        n = int((W[m] > 0).sum())
+        if m > start and needed + n > max_steps:
+            groups.append((start, m))
+            start, needed = m, 0
+        needed += n
+    groups.append((start, W.shape[0]))
+    return groups
 
 
 def layer_array(
@@ -378,6 +404,8 @@ def layer_array(
 
 
 # -------------------------------------------------------------------------------- writing
+#: Rows of a block gap-filled at a time (the float64 temporaries are months x rows x tile).
+GAPFILL_ROWS = 64
 TIME_ENCODING = {"units": "days since 1900-01-01", "calendar": "proleptic_gregorian", "dtype": "int32"}
 
 
