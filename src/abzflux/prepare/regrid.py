@@ -27,6 +27,7 @@ Resampling (``resample`` in the recipe, else :func:`choose_resampling`):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +37,15 @@ import rasterio.warp
 import xarray as xr
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 
 from ..errors import InputError
 from .grid import Tile, transform
+
+# rasterio warns "Dataset has no geotransform" once when reproject first runs in a worker thread,
+# although both transforms are given (never the identity) and the values equal a single-threaded
+# run's (checked); the warning is dropped for rasterio.warp only.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
 
 #: Extra source cells read on every side of a tile's window (bilinear kernel, partial cells).
 MARGIN = 2
