@@ -575,3 +575,64 @@ def test_twin_inputs_round_trip_through_prepare_and_validate(tiny_twin, tmp_path
     np.testing.assert_allclose(ref.nee.values, src.nee.sel(time=ref.time).values, rtol=1e-6)
     v = CliRunner().invoke(app, ["validate", str(out / "config.toml")])
     assert v.exit_code == 0, v.output
+
+
+def test_build_with_named_products(tmp_path):
+    """NOAA GML CO2 (a series broadcast over the grid), GFED4.1s fire (HDF5, lat descending) and
+    an inversion in kg m-2 s-1 (kept on its lat/lon grid) through prepare."""
+    import h5py
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = "\n".join(f"BRW 2019 {m} {400 + m:.2f} 0.5 20 ..." for m in range(1, 13))
+    (raw / "co2_brw.txt").write_text(
+        "# header_lines : 2\n# data_fields: site_code year month value value_std_dev nvalue qcflag\n" + rows + "\n"
+    )
+    ny, nx = 36, 72  # 5° cells
+    lat1 = 90 - 2.5 - 5.0 * np.arange(ny)
+    lon1 = -180 + 2.5 + 5.0 * np.arange(nx)
+    lon2, lat2 = np.meshgrid(lon1, lat1)
+    with h5py.File(raw / "GFED4.1s_2019.hdf5", "w") as h:
+        h["lat"], h["lon"] = lat2, lon2
+        h["ancill/grid_cell_area"] = np.full((ny, nx), 7.0)
+        for m in range(1, 13):
+            h[f"emissions/{m:02d}/C"] = np.full((ny, nx), float(m))
+            h[f"burned_area/{m:02d}/burned_fraction"] = np.full((ny, nx), m / 100.0)
+    t = pd.date_range("2019-01-01", periods=12, freq="MS")
+    xr.Dataset(
+        {"bio_flux_opt": (("time", "latitude", "longitude"), np.full((12, 30, 72), 1e-8), {"units": "kg m-2 s-1"})},
+        coords={"time": t, "latitude": 30.5 + 2.0 * np.arange(30), "longitude": 2.5 + 5.0 * np.arange(72)},
+    ).to_netcdf(raw / "ct_2019.nc", engine="h5netcdf")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        GRID
+        + """[time]
+years = "2019"
+[predictors.co2]
+product = "noaa_gml"
+files = ["raw/co2_brw.txt"]
+[fire.fire_emissions]
+product = "gfed4"
+files = ["raw/GFED4.1s_*.hdf5"]
+variable = "emissions/{MM}/C"
+[fire.burned_fraction]
+product = "gfed4"
+files = ["raw/GFED4.1s_*.hdf5"]
+variable = "burned_area/{MM}/burned_fraction"
+[references.ct]
+product = "inversion"
+files = ["raw/ct_*.nc"]
+variable = "bio_flux_opt"
+options = {sign = "nee", name = "CT-like", keep_grid = true}
+"""
+    )
+    out = tmp_path / "out"
+    prepare(recipe, out)
+    pred = formats.read_predictors(out / "predictors.zarr", required=["co2"])
+    np.testing.assert_allclose(pred.co2.values[:, 3, 7], 401 + np.arange(12), rtol=1e-6)
+    fire = formats.read_fire(out / "fire.zarr", like=pred)
+    np.testing.assert_allclose(fire.fire_emissions.values[:, 4, 4], 1.0 + np.arange(12), rtol=1e-6)
+    np.testing.assert_allclose(fire.burned_fraction.values[6], 0.07, rtol=1e-5)
+    ref = formats.read_reference(out / "references" / "ct.nc")
+    assert ref.attrs["product"] == "CT-like" and int(ref.attrs["fire_included"]) == 1
+    np.testing.assert_allclose(ref.nee.values[1], 1e-8 * 1000 * 86400 * 28, rtol=1e-5)
