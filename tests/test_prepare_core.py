@@ -636,3 +636,36 @@ options = {sign = "nee", name = "CT-like", keep_grid = true}
     ref = formats.read_reference(out / "references" / "ct.nc")
     assert ref.attrs["product"] == "CT-like" and int(ref.attrs["fire_included"]) == 1
     np.testing.assert_allclose(ref.nee.values[1], 1e-8 * 1000 * 86400 * 28, rtol=1e-5)
+
+
+@pytest.mark.slow  # a prepare in a subprocess, killed with SIGKILL, then resumed
+def test_sigkilled_prepare_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_world(tmp_path)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(formats.__file__).parents[1]))
+    code = f"from abzflux.prepare.build import prepare; prepare({str(recipe)!r}, {str(out)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    state = out / ".prepare-work" / "state.json"
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120:
+        if state.exists() and json.loads(state.read_text())["done"]:
+            break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (out / "predictors.zarr").exists() and not (out / "prepare.json").exists()
+        done = json.loads(state.read_text())["done"]
+        assert done  # at least one layer recorded before the kill
+    prepare(recipe, out)
+    assert not (out / ".prepare-work").exists()
+    pred = formats.read_predictors(out / "predictors.zarr", required=["srad", "soil_temp", "ndvi", "cti"])
+    np.testing.assert_allclose(pred["soil_temp"].values[5], 278.15 + 5, atol=0.01)
+    formats.read_zones(out / "zones.zarr", like=pred)
