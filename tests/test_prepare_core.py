@@ -180,6 +180,36 @@ def test_zarr_source_and_file_name_dates(tmp_path):
     assert float(layer.isel(time=1, y=0, x=0)) == 9.0
 
 
+def test_hdf5_dataset_in_groups(tmp_path):
+    import h5py
+
+    lat = 89.0 - 2.0 * np.arange(25)
+    lon = -179.0 + 2.0 * np.arange(180)
+    lon2, lat2 = np.meshgrid(lon, lat)
+    for y in (2019, 2020):
+        with h5py.File(tmp_path / f"ndvi_{y}.h5", "w") as h:
+            h["geo/lat"], h["geo/lon"] = lat2, lon2
+            raw = np.full(lat2.shape, 1000 * (y - 2015), dtype=np.int16)
+            raw[0, 0] = -3000
+            d = h.create_dataset("grids/ndvi", data=raw)
+            d.attrs["scale_factor"], d.attrs["_FillValue"], d.attrs["units"] = 1e-4, np.int16(-3000), b"1"
+    spec = LayerSpec(
+        "ndvi",
+        tuple(sorted(tmp_path.glob("ndvi_*.h5"))),
+        variable="grids/ndvi",
+        options={"y": "geo/lat", "x": "geo/lon"},
+    )
+    layer = open_layer(spec)
+    check_layer(layer)
+    assert layer.attrs["frequency"] == "annual" and layer.attrs["units"] == "1"
+    assert pyproj.CRS.from_wkt(layer.attrs["crs_wkt"]).to_epsg() == 4326
+    v = layer.values
+    assert np.isnan(v[0, 0, 0]) and v[0, 3, 3] == pytest.approx(0.4) and v[1, 3, 3] == pytest.approx(0.5)
+    with pytest.raises(InputError, match="no dataset 'grids/ndv'") as e:
+        open_layer(LayerSpec("ndvi", spec.files, variable="grids/ndv", options=spec.options))
+    assert "grids/ndvi" in str(e.value)
+
+
 # ------------------------------------------------------------------------------------- time
 def test_8day_composites_weighted_by_their_days_in_each_month():
     starts = pd.date_range("2019-01-01", "2019-12-31", freq="8D")  # 46 composites, the last 27 Dec

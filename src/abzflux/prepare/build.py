@@ -79,7 +79,7 @@ CATEGORICAL_ZONES = ("biome", "region")
 #: Option keys that build reads (any product) and that the generic reader reads; a named
 #: product's own keys are ``prepare.products.PRODUCT_OPTIONS[product]``.
 BUILD_OPTIONS = ("year_fallback", "gapfill", "max_gap", "classes", "water_values", "keep_grid", "name", "fire_included")
-GENERIC_OPTIONS = ("time_pattern", "band", "select")
+GENERIC_OPTIONS = ("time_pattern", "band", "select", "y", "x")
 
 
 def contract_units(group: str, name: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Generic raster readers: NetCDF, Zarr and GeoTIFF / COG files -> a *source layer*
+"""Generic raster readers: NetCDF, Zarr, GeoTIFF / COG and HDF5 (datasets in groups) files -> a
+*source layer*
 (:mod:`abzflux.prepare.layer`).
 
 :func:`open_layer` is the entry point for every recipe entry: ``product = "generic"`` (the
@@ -8,7 +9,9 @@ What a generic reader does, in order (docs/prepare_core.md):
 
 1. opens each file lazily (dask; only the windows the regridder asks for are read later);
 2. picks the variable (``variable``, or the file's only gridded variable; a GeoTIFF's band
-   ``options.band``, default the only band);
+   ``options.band``, default the only band; in an HDF5 file (``.h5``/``.hdf5``/``.he5`` with a
+   ``variable`` path such as ``"grids/ndvi"``) a 2-D dataset, its axes from ``options.y`` /
+   ``options.x`` dataset paths or ``lat``/``lon`` (``y``/``x``) datasets beside it or at the root);
 3. renames the axes: ``lat``/``latitude`` -> ``y``, ``lon``/``longitude`` -> ``x``,
    ``valid_time``/``Time``/``t``/``date`` -> ``time``; drops length-1 dimensions
    (``band``, ``number``, ``expver``, ...) and selects ``options.select = {dim = index}``;
@@ -49,6 +52,7 @@ GEOGRAPHIC_NAMES = ("lat", "latitude", "lon", "longitude", "nav_lat", "nav_lon")
 TIME_NAMES = ("time", "valid_time", "Time", "t", "date", "times")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf", ".netcdf")
 TIFF_SUFFIXES = (".tif", ".tiff", ".gtiff", ".cog")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 #: Default date pattern for one file per year (or per month), e.g. ``vcf_1999.tif``,
 #: ``ndvi_2001-07.tif``, ``lst_200107.tif``.
 DEFAULT_TIME_PATTERN = r"(?<!\d)(?P<year>(?:19|20)\d{2})(?:[-_.]?(?P<month>0[1-9]|1[0-2]))?(?!\d)"
@@ -78,12 +82,14 @@ def open_layer(spec: LayerSpec) -> xr.DataArray:
 
 
 # --------------------------------------------------------------------------------- opening
-def _kind(path: Path) -> str:
+def _kind(path: Path, spec: LayerSpec | None = None) -> str:
     s = path.suffix.lower()
     if path.is_dir() or s == ".zarr":
         return "zarr"
     if s in TIFF_SUFFIXES:
         return "tiff"
+    if s in HDF5_SUFFIXES and spec is not None and ("/" in (spec.variable or "") or "x" in spec.options):
+        return "hdf5"  # a dataset path in groups (a NetCDF-4 file with a plain name is read as NetCDF)
     return "netcdf"
 
 
@@ -195,6 +201,85 @@ def _open_tiff(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, dict, pyproj.
         raise InputError(path, f"unknown CRS ({exc})", column=spec.name, expected=EXPECT_CRS) from exc
     da = da.drop_vars([c for c in da.coords if c not in da.dims])
     return da, attrs, crs
+
+
+def _h5_text(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    a = np.asarray(v)
+    if a.dtype.kind in "SO" and a.size == 1:
+        return _h5_text(a.ravel()[0])
+    return v
+
+
+def _h5_block(block: np.ndarray, path: str = "", key: str = "", block_info: dict | None = None) -> np.ndarray:
+    import h5py
+
+    assert block_info is not None
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    with h5py.File(path, "r") as f:
+        return np.asarray(f[key][y0:y1, x0:x1])
+
+
+def _h5_axis(f, var: str, names: tuple[str, ...], option: str | None, axis: int, path: Path) -> tuple[np.ndarray, bool]:
+    """A 1-D axis of the dataset ``var``: ``option`` (a dataset path) or a dataset named like the
+    axis beside it or at the root; a 2-D lat/lon array must be a regular grid (a row / column)."""
+    group = var.rsplit("/", 1)[0] if "/" in var else ""
+    candidates = [option] if option else [f"{group}/{n}".lstrip("/") for n in names] + list(names)
+    for c in candidates:
+        if c in f:
+            a = np.asarray(f[c][()], dtype=np.float64)
+            name = c.rsplit("/", 1)[-1].lower()
+            geographic = name in GEOGRAPHIC_NAMES
+            if a.ndim == 2:
+                line = a[:, 0] if axis == 0 else a[0, :]
+                full = line[:, None] if axis == 0 else line[None, :]
+                if not np.allclose(a, np.broadcast_to(full, a.shape)):
+                    raise InputError(path, f"`{c}` is not a regular (1-D) axis", column=var, expected="a regular grid")
+                a = line
+            return a, geographic
+    raise InputError(
+        path,
+        f"no {'y' if axis == 0 else 'x'} coordinate for `{var}`",
+        column=var,
+        expected=f"a dataset {names} or options.{'y' if axis == 0 else 'x'}",
+    )
+
+
+def _open_hdf5(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, dict, pyproj.CRS | None]:
+    """A 2-D dataset of an HDF5 file with groups (``variable`` = its path), read lazily by chunks;
+    ``y``/``x`` from ``options.y``/``options.x`` or ``lat``/``lon`` (``y``/``x``) datasets."""
+    import dask.array as dsa
+    import h5py
+
+    var = str(spec.variable or spec.name)
+    if not path.exists():
+        raise InputError(path, "file not found", column=var, expected="an existing HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(path, f"cannot be read as HDF5 ({exc})", column=var, expected="a complete HDF5 file") from exc
+    with f:
+        if var not in f or not isinstance(f[var], h5py.Dataset):
+            found: list[str] = []
+            f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) and o.ndim == 2 else None)
+            raise InputError(path, f"no dataset {var!r}", column=var, expected=f"one of {sorted(found)[:20]}")
+        d = f[var]
+        if d.ndim != 2:
+            raise InputError(path, f"dataset of {d.ndim} dimensions", column=var, expected="a 2-D (y, x) dataset")
+        shape, dtype = d.shape, d.dtype
+        attrs = {k: _h5_text(v) for k, v in d.attrs.items()}
+        y, geo_y = _h5_axis(f, var, ("lat", "latitude", "y"), spec.options.get("y"), 0, path)
+        x, geo_x = _h5_axis(f, var, ("lon", "longitude", "x"), spec.options.get("x"), 1, path)
+    if (y.size, x.size) != shape:
+        raise InputError(
+            path, f"axes of {y.size} x {x.size} for a {shape} dataset", column=var, expected="matching axes"
+        )
+    dummy = dsa.zeros(shape, chunks=(SOURCE_CHUNK, SOURCE_CHUNK), dtype=np.int8)
+    data = dsa.map_blocks(_h5_block, dummy, path=str(path), key=var, dtype=dtype, meta=np.array((), dtype=dtype))
+    raw = xr.DataArray(data, dims=("y", "x"), coords={"y": y, "x": x}, name=var)
+    crs = pyproj.CRS.from_epsg(4326) if (geo_y and geo_x) else None
+    return raw, attrs, crs
 
 
 # -------------------------------------------------------------------------------- decoding
@@ -414,9 +499,13 @@ def _finish_time(da: xr.DataArray, spec: LayerSpec, files: str) -> xr.DataArray:
 # ---------------------------------------------------------------------------------- reader
 def _one_file(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, pyproj.CRS | None, dict]:
     """One file's variable: renamed axes, decoded values, CRS (or None), raw attributes."""
-    if _kind(path) == "tiff":
+    kind = _kind(path, spec)
+    if kind == "tiff":
         raw, attrs, crs = _open_tiff(path, spec)
         var = spec.name
+    elif kind == "hdf5":
+        raw, attrs, crs = _open_hdf5(path, spec)
+        var = str(spec.variable or spec.name)
     else:
         ds = _open_dataset(path, spec.variable or spec.name)
         var = _pick_variable(ds, spec, path)
@@ -429,7 +518,7 @@ def _one_file(path: Path, spec: LayerSpec) -> tuple[xr.DataArray, pyproj.CRS | N
             crs = pyproj.CRS.from_epsg(4326)
     raw, _ = _rename_axes(raw, path, var)
     raw = _squeeze(raw, spec, path, var)
-    if not raw.chunks or _kind(path) != "tiff":
+    if not raw.chunks or kind not in ("tiff", "hdf5"):
         raw = raw.chunk({d: (SOURCE_TIME_CHUNK if d == "time" else SOURCE_CHUNK) for d in raw.dims})
     if spec.crs:
         crs = pyproj.CRS.from_user_input(spec.crs)
