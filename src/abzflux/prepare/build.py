@@ -605,6 +605,14 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
             if not specs or f"{group}.zarr" in state.final:
                 continue
             store = work / f"{group}.zarr"
+            if (
+                not store.exists()
+                and (out / f"{group}.zarr").exists()
+                and all(f"{group}/{n}" in state.done for n in specs)
+            ):
+                state.final.append(f"{group}.zarr")  # killed between the rename and the state update
+                state.save(work)
+                continue
             order = list(specs)
             if group == "zones":  # land_fraction last: 0 where biome or region is undefined
                 order = [n for n in order if n != "land_fraction"] + ["land_fraction"]
