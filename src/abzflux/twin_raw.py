@@ -184,7 +184,7 @@ class TwinWorld:
         self.predictors = xr.open_zarr(contract / "predictors.zarr", consolidated=False)
         self.fire = xr.open_zarr(contract / "fire.zarr", consolidated=False)
         self.south = float(np.floor(self.lat[self.mask].min() - 2 * self.res / M_PER_DEG))
-        self.transform = (self.x[0] - self.res / 2, self.y[0] + self.res / 2)  # upper-left corner
+        self.transform = (float(self.x[0] - self.res / 2), float(self.y[0] + self.res / 2))  # upper-left corner
 
     def index_xy(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Flat index of the domain cell holding each grid point (x, y), -1 outside."""
@@ -351,7 +351,7 @@ def write_terraclimate(out: Path, w: TwinWorld, g: RawGrids) -> list[str]:
                     "method": "twin predictor at the cell centre",
                 },
             )
-            enc = {
+            enc: dict[str, dict[str, object]] = {
                 var: {
                     "dtype": "int16",
                     "scale_factor": scale,
@@ -436,7 +436,7 @@ def write_modis(out: Path, w: TwinWorld, g: RawGrids, rng: np.random.Generator) 
     for year in w.years:
         ndvi, lst = w.year("ndvi", year), w.year("lst", year)
         for k, t in enumerate(_month_starts(year)):
-            doy = t.dayofyear
+            doy = t.day_of_year
             cloud = m.clouds(rng)
             v = sample(ndvi[k], m.idx)
             raw = np.clip(np.round(v / NDVI_SCALE), *NDVI_VALID)
@@ -598,8 +598,8 @@ def write_noaa(out: Path, w: TwinWorld) -> str:
         for month in range(1, 13):
             t = pd.Timestamp(year=year, month=month, day=1)
             mid = t + (t + pd.offsets.MonthBegin(1) - t) / 2
-            dec = year + (t.dayofyear - 1) / (366 if t.is_leap_year else 365)
-            mdec = year + (mid.dayofyear - 1 + mid.hour / 24) / (366 if t.is_leap_year else 365)
+            dec = year + (t.day_of_year - 1) / (366 if t.is_leap_year else 365)
+            mdec = year + (mid.day_of_year - 1 + mid.hour / 24) / (366 if t.is_leap_year else 365)
             if (year, month) in missing:
                 val, sd, n, flag = NOAA_MISSING, -99.99, 0, "*.."
             else:
@@ -836,7 +836,8 @@ def write_vectors(out: Path, w: TwinWorld) -> dict[str, str]:
     # --- biomes, one feature per biome and region (an ecoregion-like split)
     code = np.where(w.mask, w.biome * 10 + w.region, 0)
     polys = polygons(code, w)
-    geoms, fields = [], {k: [] for k in ("OBJECTID", "ECO_NAME", "BIOME_NUM", "BIOME_NAME", "REALM", "ECO_ID")}
+    geoms: list = []
+    fields: dict[str, list] = {k: [] for k in ("OBJECTID", "ECO_NAME", "BIOME_NUM", "BIOME_NAME", "REALM", "ECO_ID")}
     for i, (c, geom) in enumerate(polys.items()):
         b, r = divmod(c, 10)
         num, bname = RESOLVE_BIOME[b]
@@ -1065,7 +1066,7 @@ DOY_PATTERN = r"doy(?P<year>\d{4})(?P<doy>\d{3})"
 
 def recipe_toml(w: TwinWorld, files: dict, sites: str) -> str:
     """The ``abzflux prepare`` recipe (docs/prepare.md) for a raw twin's files."""
-    x0, y1 = w.transform
+    x0, y1 = (float(v) for v in w.transform)
     x1, y0 = x0 + w.shape[1] * w.res, y1 - w.shape[0] * w.res
     lc = files["static"]["landcover"]
     era5 = "era5_land/era5_land_monthly_means_*.nc"
