@@ -616,7 +616,6 @@ def write_noaa(out: Path, w: TwinWorld) -> str:
         "# dataset_parameter: co2",
         "# dataset_site_code: BRW",
         "# dataset_calibration_scale: CO2_X2019",
-        "# data_fields: " + NOAA_FIELDS,
     ]
     lines = [f"# header_lines : {len(header) + 2}", *header, NOAA_FIELDS, *rows]
     name = "noaa/co2_brw_surface-insitu_1_ccgg_MonthlyData.txt"
@@ -659,27 +658,30 @@ def write_gfed(out: Path, w: TwinWorld, g: RawGrids) -> list[str]:
         basis[ok & (reg[np.where(ok, idx, 0)] == r)] = b
     (out / "gfed").mkdir()
     files = []
-    gz = {"compression": "gzip", "compression_opts": 4}
+    gz = {"compression": "gzip", "compression_opts": 1}
+    src, fac = idx[ok], factor[ok]  # only the grid cells on the twin's domain carry fire
+    lat2, lon2 = (
+        np.repeat(lat[:, None], lon.size, 1).astype(np.float32),
+        np.repeat(lon[None, :], lat.size, 0).astype(np.float32),
+    )
     for year in w.years:
         name = f"gfed/GFED4.1s_{year}.hdf5"
-        fe = w.fire.fire_emissions.sel(time=str(year)).values.astype(np.float64)
-        bf = w.fire.burned_fraction.sel(time=str(year)).values.astype(np.float64)
+        fe = np.nan_to_num(w.fire.fire_emissions.sel(time=str(year)).values.astype(np.float64)).reshape(12, -1)
+        bf = np.nan_to_num(w.fire.burned_fraction.sel(time=str(year)).values.astype(np.float64)).reshape(12, -1)
         with h5py.File(out / name, "w") as h:
-            h.create_dataset("lat", data=np.repeat(lat[:, None], lon.size, 1).astype(np.float32), **gz)
-            h.create_dataset("lon", data=np.repeat(lon[None, :], lat.size, 0).astype(np.float32), **gz)
-            a = h.create_dataset("ancill/grid_cell_area", data=area.astype(np.float32), **gz)
-            a.attrs["units"] = "m^2"
+            h.create_dataset("lat", data=lat2, **gz)
+            h.create_dataset("lon", data=lon2, **gz)
+            h.create_dataset("ancill/grid_cell_area", data=area.astype(np.float32), **gz)
             h.create_dataset("ancill/basis_regions", data=basis, **gz)
             for k in range(12):
                 mm = f"{k + 1:02d}"
-                c = np.nan_to_num(sample(np.nan_to_num(fe[k]), idx)) * factor
-                bfr = np.clip(np.nan_to_num(sample(np.nan_to_num(bf[k]), idx)) * factor, 0.0, 1.0)
-                d = h.create_dataset(f"emissions/{mm}/C", data=c.astype(np.float32), **gz)
-                d.attrs["units"] = "g C m^-2 month^-1"
-                d = h.create_dataset(f"emissions/{mm}/DM", data=(c / CARBON_PER_DM / 1000.0).astype(np.float32), **gz)
-                d.attrs["units"] = "kg DM m^-2 month^-1"
-                d = h.create_dataset(f"burned_area/{mm}/burned_fraction", data=bfr.astype(np.float32), **gz)
-                d.attrs["units"] = "fraction of grid cell"
+                c = np.zeros(area.shape)
+                c[ok] = fe[k][src] * fac
+                bfr = np.zeros(area.shape)
+                bfr[ok] = np.clip(bf[k][src] * fac, 0.0, 1.0)
+                h.create_dataset(f"emissions/{mm}/C", data=c.astype(np.float32), **gz)
+                h.create_dataset(f"emissions/{mm}/DM", data=(c / CARBON_PER_DM / 1000.0).astype(np.float32), **gz)
+                h.create_dataset(f"burned_area/{mm}/burned_fraction", data=bfr.astype(np.float32), **gz)
             h.attrs["title"] = "GFED4.1s-like monthly fire emissions (abzflux raw twin)"
         files.append(name)
     return files
@@ -1118,7 +1120,7 @@ tile = 512
                 "valid_range": [-0.2, 1.0],
                 "frequency": "monthly",
             },
-            {**doy, "gapfill": True},
+            doy,
         ),
         _layer(
             P,
@@ -1131,7 +1133,7 @@ tile = 512
                 "valid_range": [150.0, 350.0],
                 "frequency": "monthly",
             },
-            {**doy, "gapfill": True},
+            doy,
         ),
         _layer(P, "cti", {"files": [files["static"]["cti"]], "units": "1"}),
     ]
