@@ -370,64 +370,131 @@ def write_terraclimate(out: Path, w: TwinWorld, g: RawGrids) -> list[str]:
 
 
 # --------------------------------------------------------------------------- GeoTIFFs
-def _write_tif(path: Path, data: np.ndarray, crs, transform, nodata, **tags) -> None:
+#: Rows of a raster written at a time: memory stays bounded on the products' native grids.
+BAND_ROWS = 512
+#: Cloud blobs: pixels where smooth unit noise exceeds this (the 95 % quantile of N(0, 1)).
+CLOUD_Z = 1.6448536269514722
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """A north-up raster: shape, corner, pixel size and CRS, and where its pixels' centres are."""
+
+    shape: tuple[int, int]
+    x0: float  # upper-left corner
+    y0: float
+    res: float
+    crs: str
+
+    @property
+    def transform(self):
+        from rasterio.transform import Affine
+
+        return Affine(self.res, 0, self.x0, 0, -self.res, self.y0)
+
+    def centres(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the pixel centres of rows r0..r1 (2-D)."""
+        xs = self.x0 + (np.arange(self.shape[1]) + 0.5) * self.res
+        ys = self.y0 - (np.arange(r0, r1) + 0.5) * self.res
+        return np.meshgrid(xs, ys)
+
+
+def twin_index(w: TwinWorld, grid: RasterGrid, r0: int, r1: int) -> np.ndarray:
+    """Flat twin-cell index of the pixels of rows r0..r1: -1 off the domain, -2 off the map
+    (outside the sinusoidal world's outline, in the Homolosine's interruptions)."""
+    X, Y = grid.centres(r0, r1)
+    crs = CRS.from_user_input(grid.crs)
+    if crs.is_geographic:
+        return w.index_lonlat(X, Y)
+    if crs.to_dict().get("proj") == "sinu":  # MODIS: the sinusoidal inverse on the sphere, exactly
+        lat = np.rad2deg(Y / MODIS_RADIUS)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lon = np.rad2deg(X / (MODIS_RADIUS * np.cos(np.deg2rad(lat))))
+        on_map = np.abs(lon) <= 180.0
+        return np.where(on_map, w.index_lonlat(np.where(on_map, lon, np.nan), lat), -2)
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(X, Y, errcheck=False)
+    # A point off the map does not come back to itself.
+    bx, by = Transformer.from_crs(4326, crs, always_xy=True).transform(lon, lat, errcheck=False)
+    on_map = np.isfinite(lon) & np.isfinite(lat) & (np.hypot(bx - X, by - Y) < grid.res / 100)
+    return np.where(on_map, w.index_lonlat(np.where(on_map, lon, np.nan), np.where(on_map, lat, np.nan)), -2)
+
+
+def _tif_profile(grid: RasterGrid, dtype: str, nodata) -> dict:
     import rasterio
 
-    profile = {
+    return {
         "driver": "GTiff",
-        "height": data.shape[0],
-        "width": data.shape[1],
+        "height": grid.shape[0],
+        "width": grid.shape[1],
         "count": 1,
-        "dtype": data.dtype.name,
-        "crs": rasterio.crs.CRS.from_user_input(crs),
-        "transform": transform,
+        "dtype": dtype,
+        "crs": rasterio.crs.CRS.from_user_input(grid.crs),
+        "transform": grid.transform,
         "nodata": nodata,
         "compress": "deflate",
-        "tiled": data.shape[0] >= 256 and data.shape[1] >= 256,
+        "tiled": grid.shape[0] >= 256 and grid.shape[1] >= 256,
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
+
+
+def write_tif(
+    path: Path,
+    grid: RasterGrid,
+    dtype: str,
+    nodata,
+    band: Callable[[int, int], np.ndarray],
+    **tags,
+) -> None:
+    """A single-band GeoTIFF written in bands of :data:`BAND_ROWS` rows: ``band(r0, r1)`` gives
+    the raw values of rows r0..r1."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(path, "w", **_tif_profile(grid, dtype, nodata)) as dst:
+        for r0 in range(0, grid.shape[0], BAND_ROWS):
+            r1 = min(grid.shape[0], r0 + BAND_ROWS)
+            dst.write(band(r0, r1).astype(dtype), 1, window=Window(0, r0, grid.shape[1], r1 - r0))
         if tags:
             dst.update_tags(**tags)
 
 
-class SinusoidalMosaic:
-    """A MODIS-like sinusoidal mosaic: whole tiles h00-h35, rows v00 down to the domain's south."""
+def _band_index(w: TwinWorld, grid: RasterGrid, out: Path, name: str) -> np.ndarray:
+    """The twin index of every pixel of ``grid`` (int32; -1 off the domain, -2 off the map),
+    built band by band into a memory-mapped file under ``out`` when large."""
+    n = grid.shape[0] * grid.shape[1]
+    if n <= 2**24:
+        idx = np.empty(grid.shape, np.int32)
+    else:
+        idx = np.lib.format.open_memmap(out / f".{name}.index.npy", mode="w+", dtype=np.int32, shape=grid.shape)
+    for r0 in range(0, grid.shape[0], BAND_ROWS):
+        r1 = min(grid.shape[0], r0 + BAND_ROWS)
+        idx[r0:r1] = twin_index(w, grid, r0, r1)
+    return idx
 
-    def __init__(self, w: TwinWorld, px_per_tile: int):
-        from rasterio.transform import Affine
 
-        self.px = MODIS_TILE / px_per_tile
-        y_south = MODIS_RADIUS * np.deg2rad(w.south)
-        v_last = int(np.floor((MODIS_ORIGIN[1] - y_south) / MODIS_TILE))
-        self.tiles_v = v_last + 1
-        self.shape = (self.tiles_v * px_per_tile, 36 * px_per_tile)
-        self.transform = Affine(self.px, 0, MODIS_ORIGIN[0], 0, -self.px, MODIS_ORIGIN[1])
-        ys = MODIS_ORIGIN[1] - (np.arange(self.shape[0]) + 0.5) * self.px
-        xs = MODIS_ORIGIN[0] + (np.arange(self.shape[1]) + 0.5) * self.px
-        lat = np.rad2deg(ys / MODIS_RADIUS)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lon = np.rad2deg(xs[None, :] / (MODIS_RADIUS * np.cos(np.deg2rad(lat))[:, None]))
-        self.valid = np.abs(lon) <= 180.0  # inside the sinusoidal world outline
-        self.idx = w.index_lonlat(np.where(self.valid, lon, np.nan), np.broadcast_to(lat[:, None], self.shape))
+def sinusoidal_grid(w: TwinWorld, px_per_tile: int) -> RasterGrid:
+    """A MODIS-like sinusoidal mosaic: whole tiles h00-h35, rows v00 down to the domain's south,
+    on the MODIS tile grid's corner."""
+    px = MODIS_TILE / px_per_tile
+    y_south = MODIS_RADIUS * np.deg2rad(w.south)
+    tiles_v = int(np.floor((MODIS_ORIGIN[1] - y_south) / MODIS_TILE)) + 1
+    return RasterGrid((tiles_v * px_per_tile, 36 * px_per_tile), MODIS_ORIGIN[0], MODIS_ORIGIN[1], px, MODIS_CRS)
 
-    def clouds(self, rng: np.random.Generator) -> np.ndarray:
-        """A cloud mask: smooth blobs of a few pixels over :data:`CLOUD_FRACTION` of the domain."""
-        f = gaussian_filter(rng.standard_normal(self.shape), sigma=1.0, mode="wrap")
-        dom = self.idx >= 0
-        if not dom.any():
-            return np.zeros(self.shape, bool)
-        return f > np.quantile(f[dom], 1 - CLOUD_FRACTION)
+
+def clouds(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A cloud mask: smooth blobs of a few pixels over :data:`CLOUD_FRACTION` of the pixels
+    (unit-variance smoothed noise above its 95 % quantile)."""
+    f = gaussian_filter(rng.standard_normal(shape), sigma=1.0, mode="wrap")
+    return f > CLOUD_Z * f.std()
 
 
 def write_modis(out: Path, w: TwinWorld, g: RawGrids, rng: np.random.Generator) -> dict[str, list[str]]:
     """MOD13A3-like NDVI and MOD11A2-like monthly LST mosaics (one GeoTIFF per month) and
     MOD44B-like yearly cover percentages, in the MODIS sinusoidal projection."""
-    m = SinusoidalMosaic(w, g.modis_px_per_tile)
+    grid = sinusoidal_grid(w, g.modis_px_per_tile)
+    idx = _band_index(w, grid, out, "modis")
     (out / "modis").mkdir()
     (out / "mod44b").mkdir()
     files: dict[str, list[str]] = {"ndvi": [], "lst": [], "tree_pct": [], "nontree_pct": [], "nonveg_pct": []}
-    dom = m.idx >= 0
     cover_names = {
         "tree_pct": "Percent_Tree_Cover",
         "nontree_pct": "Percent_NonTree_Vegetation",
@@ -437,79 +504,86 @@ def write_modis(out: Path, w: TwinWorld, g: RawGrids, rng: np.random.Generator) 
         ndvi, lst = w.year("ndvi", year), w.year("lst", year)
         for k, t in enumerate(_month_starts(year)):
             doy = t.day_of_year
-            cloud = m.clouds(rng)
-            v = sample(ndvi[k], m.idx)
-            raw = np.clip(np.round(v / NDVI_SCALE), *NDVI_VALID)
-            raw = np.where(dom & ~cloud & np.isfinite(v), raw, NDVI_FILL).astype(np.int16)
+            seed = int(rng.integers(2**63))  # this month's clouds: the same in NDVI and LST
+
+            def cloud(r0, r1, seed=seed):
+                return clouds(np.random.default_rng([seed, r0]), (r1 - r0, grid.shape[1]))
+
+            def ndvi_band(r0, r1, field=ndvi[k], cloud=cloud):
+                i = idx[r0:r1]
+                v = sample(field, i)
+                raw = np.clip(np.round(v / NDVI_SCALE), *NDVI_VALID)
+                return np.where((i >= 0) & ~cloud(r0, r1) & np.isfinite(v), raw, NDVI_FILL)
+
+            def lst_band(r0, r1, field=lst[k], cloud=cloud):
+                i = idx[r0:r1]
+                v = sample(field, i) + 273.15
+                raw = np.clip(np.round(v / LST_SCALE), 1, 65535)
+                return np.where((i >= 0) & ~cloud(r0, r1) & np.isfinite(v), raw, LST_FILL)
+
             name = f"modis/MOD13A3.061__1_km_monthly_NDVI_doy{year}{doy:03d}_aid0001.tif"
-            _write_tif(out / name, raw, MODIS_CRS, m.transform, NDVI_FILL, scale_factor=str(NDVI_SCALE), units="NDVI")
+            write_tif(out / name, grid, "int16", NDVI_FILL, ndvi_band, scale_factor=str(NDVI_SCALE), units="NDVI")
             files["ndvi"].append(name)
-            v = sample(lst[k], m.idx) + 273.15
-            raw = np.clip(np.round(v / LST_SCALE), 1, 65535)
-            raw = np.where(dom & ~cloud & np.isfinite(v), raw, LST_FILL).astype(np.uint16)
             name = f"modis/MOD11A2.061_LST_Day_1km_monthly_doy{year}{doy:03d}_aid0001.tif"
-            _write_tif(out / name, raw, MODIS_CRS, m.transform, LST_FILL, scale_factor=str(LST_SCALE), units="Kelvin")
+            write_tif(out / name, grid, "uint16", LST_FILL, lst_band, scale_factor=str(LST_SCALE), units="Kelvin")
             files["lst"].append(name)
         for var, sds in cover_names.items():
-            v = sample(w.year(var, year).mean(0), m.idx)  # the year's mean: an annual product
-            raw = np.where(np.isfinite(v), np.clip(np.round(v), 0, 100), MOD44B_WATER)
-            raw = np.where(m.valid, raw, MOD44B_FILL).astype(np.uint8)
+            mean = w.year(var, year).mean(0)  # the year's mean: an annual product
+
+            def cover_band(r0, r1, mean=mean):
+                i = idx[r0:r1]
+                v = sample(mean, i)
+                raw = np.where(np.isfinite(v), np.clip(np.round(v), 0, 100), MOD44B_WATER)
+                return np.where(i >= -1, raw, MOD44B_FILL)
+
             name = f"mod44b/MOD44B.061_{sds}_doy{year}065_aid0001.tif"
-            _write_tif(out / name, raw, MODIS_CRS, m.transform, MOD44B_FILL, units="Percent", water=str(MOD44B_WATER))
+            write_tif(out / name, grid, "uint8", MOD44B_FILL, cover_band, units="Percent", water=str(MOD44B_WATER))
             files[var].append(name)
+    (out / ".modis.index.npy").unlink(missing_ok=True)  # the memory-mapped index of a large mosaic
     return files
+
+
+def _static_tif(path: Path, w: TwinWorld, grid: RasterGrid, field: np.ndarray, encode, dtype: str, nodata, **tags):
+    """A static layer: each pixel the twin's value at its cell, ``encode``d; ``nodata`` off the domain."""
+
+    def band(r0, r1):
+        v = sample(field, twin_index(w, grid, r0, r1))
+        return np.where(np.isfinite(v), encode(v), nodata)
+
+    write_tif(path, grid, dtype, nodata, band, **tags)
 
 
 def write_statics(out: Path, w: TwinWorld, g: RawGrids, rng: np.random.Generator) -> dict[str, str]:
     """CTI (EPSG:4326), SoilGrids-like pH and SOC (Homolosine), UiO-like permafrost
     probability (polar stereographic) and the fine land-cover map (the twin's LAEA)."""
-    from rasterio.transform import Affine
-
     files = {}
     # --- CTI, MERIT-like, EPSG:4326
     (out / "merit").mkdir()
     step = g.cti_deg
-    lat = _lat_band(step, w.south, centred=True)
-    lon = _lon_axis(step, -180.0, centred=True)
-    v = sample(w.static("cti"), w.index_lonlat(lon[None, :], lat[:, None]))
+    grid = RasterGrid((round((90.0 - w.south) / step), round(360.0 / step)), -180.0, 90.0, step, "EPSG:4326")
     files["cti"] = "merit/cti_merit_like.tif"
-    _write_tif(
-        out / files["cti"],
-        np.where(np.isfinite(v), v, CTI_FILL).astype(np.float32),
-        "EPSG:4326",
-        Affine(step, 0, -180.0, 0, -step, 90.0),
-        CTI_FILL,
-    )
+    _static_tif(out / files["cti"], w, grid, w.static("cti"), lambda v: v, "float32", CTI_FILL)
     # --- SoilGrids-like, Interrupted Goode Homolosine
     (out / "soilgrids").mkdir()
     fwd = Transformer.from_crs(4326, SOILGRIDS_CRS, always_xy=True)
-    inv = Transformer.from_crs(SOILGRIDS_CRS, 4326, always_xy=True)
     _, y_top = fwd.transform(0.0, 89.999)
     _, y_bot = fwd.transform(0.0, w.south)
     res = g.soilgrids_m
     x_half = math.ceil(20037508.0 / res) * res
     y0, y1 = math.ceil(y_top / res) * res, math.floor(y_bot / res) * res
-    xs = -x_half + (np.arange(round(2 * x_half / res)) + 0.5) * res
-    ys = y0 - (np.arange(round((y0 - y1) / res)) + 0.5) * res
-    X, Y = np.meshgrid(xs, ys)
-    lon_g, lat_g = inv.transform(X, Y)
-    # Points in the interruptions (or off the map) do not come back to themselves.
-    bx, by = fwd.transform(lon_g, lat_g)
-    ok = np.isfinite(lon_g) & np.isfinite(lat_g) & (np.hypot(bx - X, by - Y) < res / 100)
-    idx = np.where(ok, w.index_lonlat(np.where(ok, lon_g, np.nan), np.where(ok, lat_g, np.nan)), -1)
-    transform = Affine(res, 0, -x_half, 0, -res, y0)
-    for key, name, field, scale, units in (
-        ("soil_ph", "soilgrids/phh2o_0-5cm_mean.tif", w.static("soil_ph"), 10.0, "pH*10"),
-        ("soc_stock", "soilgrids/ocs_0-200cm_mean.tif", w.static("soc_stock"), 10.0, "t/ha"),
+    grid = RasterGrid((round((y0 - y1) / res), round(2 * x_half / res)), -x_half, y0, res, SOILGRIDS_CRS)
+    for key, name, units in (
+        ("soil_ph", "soilgrids/phh2o_0-5cm_mean.tif", "pH*10"),
+        ("soc_stock", "soilgrids/ocs_0-200cm_mean.tif", "t/ha"),
     ):
-        v = sample(field, idx) * scale  # pH x 10; kg C m-2 x 10 = t C ha-1
-        raw = np.where(np.isfinite(v), np.round(v), SOILGRIDS_FILL).astype(np.int16)
-        _write_tif(out / name, raw, SOILGRIDS_CRS, transform, SOILGRIDS_FILL, units=units)
+        # pH x 10; kg C m-2 x 10 = t C ha-1
+        _static_tif(
+            out / name, w, grid, w.static(key), lambda v: np.round(v * 10.0), "int16", SOILGRIDS_FILL, units=units
+        )
         files[key] = name
-    # --- permafrost probability, UiO-like, EPSG:3995, percent
+    # --- permafrost probability, UiO-like, EPSG:3995, percent, covering the twin's grid
     (out / "permafrost").mkdir()
     to_ps = Transformer.from_crs(CRS_EPSG, PERMAFROST_EPSG, always_xy=True)
-    from_ps = Transformer.from_crs(PERMAFROST_EPSG, CRS_EPSG, always_xy=True)
     x0, y0g = w.transform
     x1, y1g = x0 + w.shape[1] * w.res, y0g - w.shape[0] * w.res
     edge = np.linspace(0, 1, 65)
@@ -519,18 +593,15 @@ def write_statics(out: Path, w: TwinWorld, g: RawGrids, rng: np.random.Generator
     res = g.permafrost_m
     gx0, gx1 = math.floor(px.min() / res) * res, math.ceil(px.max() / res) * res
     gy1, gy0 = math.floor(py.min() / res) * res, math.ceil(py.max() / res) * res
-    xs = gx0 + (np.arange(round((gx1 - gx0) / res)) + 0.5) * res
-    ys = gy0 - (np.arange(round((gy0 - gy1) / res)) + 0.5) * res
-    X, Y = np.meshgrid(xs, ys)
-    gx, gy = from_ps.transform(X, Y)
-    v = sample(w.static("permafrost_prob"), w.index_xy(gx, gy)) * 100.0
-    raw = np.where(np.isfinite(v), np.clip(np.round(v), 0, 100), PERMAFROST_FILL).astype(np.uint8)
+    grid = RasterGrid((round((gy0 - gy1) / res), round((gx1 - gx0) / res)), gx0, gy0, res, f"EPSG:{PERMAFROST_EPSG}")
     files["permafrost_prob"] = "permafrost/UiO_PEX_PERPROB_like_NH.tif"
-    _write_tif(
+    _static_tif(
         out / files["permafrost_prob"],
-        raw,
-        f"EPSG:{PERMAFROST_EPSG}",
-        Affine(res, 0, gx0, 0, -res, gy0),
+        w,
+        grid,
+        w.static("permafrost_prob"),
+        lambda v: np.clip(np.round(v * 100.0), 0, 100),
+        "uint8",
         PERMAFROST_FILL,
         units="percent",
     )
