@@ -406,7 +406,7 @@ def twin_index(w: TwinWorld, grid: RasterGrid, r0: int, r1: int) -> np.ndarray:
     crs = CRS.from_user_input(grid.crs)
     if crs.is_geographic:
         return w.index_lonlat(X, Y)
-    if crs.to_dict().get("proj") == "sinu":  # MODIS: the sinusoidal inverse on the sphere, exactly
+    if grid.crs == MODIS_CRS:  # the sinusoidal inverse on the sphere, exactly
         lat = np.rad2deg(Y / MODIS_RADIUS)
         with np.errstate(divide="ignore", invalid="ignore"):
             lon = np.rad2deg(X / (MODIS_RADIUS * np.cos(np.deg2rad(lat))))
