@@ -362,6 +362,7 @@ def test_recipe_names_every_layer_and_its_files_exist(raw_twin, world):
             for pattern in entry["files"]:
                 assert glob.glob(str(raw_twin / pattern)), f"{group}.{name}: {pattern}"
     assert r["references"]["cmip6"]["options"]["sign"] == "nbp"
+    assert r["zones"]["permafrost"]["options"]["mode"] == "mask"
     assert r["references"]["inversion"]["options"]["sign"] == "nee"
 
 

@@ -1255,8 +1255,13 @@ tile = 512
             "zones",
             "permafrost",
             {"files": [files["vector"]["permafrost"]]},
-            {"field": "EXTENT", "values": {z: (0.0 if z == "I" else 1.0) for z, _ in PERMAFROST_ZONES}},
-            comment="the twin's permafrost region: continuous, discontinuous and sporadic",
+            {
+                "field": "EXTENT",
+                "values": {z: (0.0 if z == "I" else 1.0) for z, _ in PERMAFROST_ZONES},
+                "mode": "mask",
+                "per": "cell",
+            },
+            comment="the twin's permafrost region (a 0/1 mask): C, D and S over half the cell",
         ),
         _layer(
             "fire",
