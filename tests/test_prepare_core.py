@@ -645,10 +645,12 @@ files = ["raw/co2_brw.txt"]
 product = "gfed4"
 files = ["raw/GFED4.1s_*.hdf5"]
 variable = "emissions/{MM}/C"
+options = {per = "land"}  # no zones here to divide per-cell values by (test_twin_raw checks "cell")
 [fire.burned_fraction]
 product = "gfed4"
 files = ["raw/GFED4.1s_*.hdf5"]
 variable = "burned_area/{MM}/burned_fraction"
+options = {per = "land"}
 [references.ct]
 product = "inversion"
 files = ["raw/ct_*.nc"]
@@ -699,3 +701,65 @@ def test_sigkilled_prepare_resumes(tmp_path):
     pred = formats.read_predictors(out / "predictors.zarr", required=["srad", "soil_temp", "ndvi", "cti"])
     np.testing.assert_allclose(pred["soil_temp"].values[5], 278.15 + 5, atol=0.01)
     formats.read_zones(out / "zones.zarr", like=pred)
+
+
+# ------------------------------------------------------------------------- the antimeridian
+#: A 100-km target on the 180° meridian (EPSG:6931 has lon 180 along +y), 65-75°N.
+SEAM_EXTENT = (-500e3, 1.8e6, 500e3, 2.8e6)
+
+
+def test_latlon_source_across_the_antimeridian_has_no_gaps(tmp_path):
+    """Cells next to ±180° are warped from the source re-centred on 180° (regrid module doc)."""
+    src = latlon_nc(tmp_path / "f.nc", res=0.5, units="1")
+    target = grid(100e3, SEAM_EXTENT)
+    lon, lat = centres_lonlat(target)
+    assert lon.min() < -170 and lon.max() > 170  # the grid straddles the antimeridian
+    for rule, tol in (("average", 0.05), ("bilinear", 0.05), ("nearest", 0.6)):
+        plan, out = on_grid(LayerSpec("cti", (src,), resample=rule), target)
+        assert np.isfinite(out).all(), rule
+        assert np.abs(out - field(lon, lat)).max() < tol, rule
+
+
+def test_sinusoidal_source_across_the_antimeridian_has_no_gaps(tmp_path):
+    """A MODIS-like sinusoidal mosaic: target cells whose corners lie on both sides of the
+    antimeridian are filled from points spread over the cell (regrid.SEAM_SAMPLES)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    R = 6371007.181
+    px = 10e3
+    x = np.arange(-np.pi * R + px / 2, np.pi * R, px)
+    y = np.arange(np.deg2rad(85.0) * R - px / 2, np.deg2rad(50.0) * R, -px)
+    X, Y = np.meshgrid(x, y)
+    lat = np.rad2deg(Y / R)
+    lon = np.rad2deg(X / (R * np.cos(np.deg2rad(lat))))
+    vals = np.where(np.abs(lon) <= 180, field(lon, lat), np.nan).astype(np.float32)
+    path = tmp_path / "sinu.tif"
+    crs = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=x.size, height=y.size, count=1, dtype="float32", crs=crs,
+        transform=from_origin(x[0] - px / 2, y[0] + px / 2, px, px), nodata=np.nan,
+    ) as f:  # fmt: skip
+        f.write(vals, 1)
+    target = grid(100e3, SEAM_EXTENT)
+    lon_c, lat_c = centres_lonlat(target)
+    plan, out = on_grid(LayerSpec("cti", (path,), units="1"), target)
+    assert plan.resampling == "average"
+    assert np.isfinite(out).all()
+    assert np.abs(out - field(lon_c, lat_c)).max() < 0.1
+
+
+def test_a_gap_in_one_month_does_not_blank_the_other_months(tmp_path):
+    """GDAL warps the months of a block together; each month keeps its own no-data (a cloud gap
+    in September must not make October's average NaN: UNIFIED_SRC_NODATA=NO)."""
+    t = pd.date_range("2019-01-01", periods=12, freq="MS")
+    src = latlon_nc(tmp_path / "f.nc", res=0.5, times=t, units="1")
+    with xr.open_dataset(src, engine="h5netcdf") as ds:
+        gappy = ds.load()
+    gappy["v"][8, ::2, ::2] = np.nan  # September: every other source cell is a gap
+    gappy.to_netcdf(tmp_path / "g.nc", engine="h5netcdf")
+    target = grid(100e3)
+    full = on_grid(LayerSpec("srad", (tmp_path / "g.nc",), units="W m-2", options={"gapfill": []}), target)[1]
+    clean = on_grid(LayerSpec("srad", (src,), units="W m-2", options={"gapfill": []}), target)[1]
+    assert np.isfinite(full).all()  # September averages its valid cells
+    np.testing.assert_array_equal(full[[7, 9]], clean[[7, 9]])  # the other months are untouched

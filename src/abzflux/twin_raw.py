@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -1137,6 +1138,20 @@ def _toml_value(v) -> str:
 DOY_PATTERN = r"doy(?P<year>\d{4})(?P<doy>\d{3})"
 
 
+def _config_tables(rel: Path, w: TwinWorld) -> str:
+    """The contract twin's run settings ([run] seed, [forest]) as the recipe's [config] tables, so
+    that the prepared run uses the same forests as the run on the contract twin."""
+    cfg = tomllib.loads((w.dir / "config.toml").read_text())
+    out = ["", "# run settings copied into the prepared config.toml (those of the contract twin's config)"]
+    out += ["[config.run]", f"seed = {cfg.get('run', {}).get('seed', w.spec.seed)!r}"]
+    forest = cfg.get("forest", {})
+    if forest:
+        out += ["", "[config.forest]"] + [
+            f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}" for k, v in forest.items()
+        ]
+    return "\n".join(out) + "\n"
+
+
 def recipe_toml(w: TwinWorld, files: dict, sites: str) -> str:
     """The ``abzflux prepare`` recipe (docs/prepare.md) for a raw twin's files."""
     x0, y1 = (float(v) for v in w.transform)
@@ -1158,10 +1173,11 @@ years = "{w.years[0]}-{w.years[-1]}"
 
 [inputs]
 sites = {_q(sites)}
+truth = {_q(str(Path(sites).parent.as_posix()) + "/truth.nc")}
 
 [output]
 tile = 512
-"""
+{_config_tables(Path(sites).parent, w)}"""
     P = "predictors"
     blocks = [
         _layer(

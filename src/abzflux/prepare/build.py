@@ -78,7 +78,23 @@ DEFAULT_CLASSES: dict[str, dict[int, str]] = {
 CATEGORICAL_ZONES = ("biome", "region")
 #: Option keys that build reads (any product) and that the generic reader reads; a named
 #: product's own keys are ``prepare.products.PRODUCT_OPTIONS[product]``.
-BUILD_OPTIONS = ("year_fallback", "gapfill", "max_gap", "classes", "water_values", "keep_grid", "name", "fire_included")
+BUILD_OPTIONS = (
+    "year_fallback",
+    "gapfill",
+    "max_gap",
+    "classes",
+    "water_values",
+    "keep_grid",
+    "name",
+    "fire_included",
+    "per",
+)
+#: ``[fire.<variable>] options.per``: the area a fire product's values are per. GFED4.1s gives
+#: emissions in g C per m2 of *grid cell* and the burned fraction of the grid cell (water
+#: included); the contract's are per m2 of land (budgets multiply by cell area x land fraction),
+#: so "cell" values are divided by the land fraction (a burned fraction then capped at 1).
+FIRE_PER = ("land", "cell")
+FIRE_PER_DEFAULT = {"gfed4": "cell", "gfed500": "cell"}
 GENERIC_OPTIONS = ("time_pattern", "band", "select", "y", "x")
 
 
@@ -639,6 +655,8 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                 else:
                     mask = _domain_mask(store) if (group == "zones" and name == "land_fraction") else None
                     da = layer_array(plan, target, recipe.tile, mask)
+                    if group == "fire":
+                        da = _per_land(da, plan.spec, out / "zones.zarr")
                 _write_zarr_var(store, da, target, recipe.tile, recipe.workers)
                 if group == "predictors":  # the contract's checks, before the layer counts as done
                     formats.read_predictors(store, required=[name])
@@ -676,6 +694,36 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
             if created and out.exists() and not any(out.iterdir()):
                 out.rmdir()
         raise
+
+
+def _per_land(da: xr.DataArray, spec: LayerSpec, zones: Path) -> xr.DataArray:
+    """Fire values per m2 of grid cell divided by the land fraction (``options.per``, FIRE_PER)."""
+    per = spec.options.get("per", FIRE_PER_DEFAULT.get(spec.product, "land"))
+    if per not in FIRE_PER:
+        raise InputError(
+            spec.recipe or "<recipe>",
+            f"options.per = {per!r}",
+            column=f"fire.{spec.name}",
+            expected=" or ".join(FIRE_PER),
+        )
+    if per == "land":
+        return da
+    if not zones.exists():
+        raise InputError(
+            spec.recipe or "<recipe>",
+            f"options.per = 'cell' (the default of product {spec.product!r}) divides by the land fraction, "
+            "but the recipe has no zones",
+            column=f"fire.{spec.name}",
+            expected="[zones.*] layers, or options.per = 'land' when the values are already per m2 of land",
+        )
+    lf = xr.open_zarr(zones, consolidated=False)["land_fraction"].data.rechunk(da.data.chunks[-2:])
+    land = lf > 0
+    arr = dsa.where(land, da.data / dsa.where(land, lf, 1.0), da.data)
+    if spec.name == "burned_fraction":
+        arr = dsa.minimum(arr, 1.0)
+    return da.copy(data=arr.astype(np.float32)).assign_attrs(
+        comment="per m2 of land: the product's per-grid-cell values / land_fraction"
+    )
 
 
 def _domain_mask(store: Path) -> Callable[[Tile], np.ndarray] | None:
@@ -759,8 +807,21 @@ def _config_text(recipe: Recipe, out: Path) -> str:
     if recipe.references:
         refs = ", ".join(json.dumps(f"{REFERENCES}/{n}.nc") for n in recipe.references)
         lines.append(f"references = [{refs}]")
-    lines += ["", "[run]", f'years = "{recipe.years[0]}-{recipe.years[1]}"']
+    if "truth" in recipe.inputs:
+        lines.append(f"truth = {json.dumps(str(Path(recipe.inputs['truth']).resolve()))}")
+    run = {"years": f"{recipe.years[0]}-{recipe.years[1]}", **recipe.config.get("run", {})}
+    for section, keys in {"run": run, **{k: v for k, v in recipe.config.items() if k != "run"}}.items():
+        lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    """A TOML literal for the recipe's ``[config]`` values (strings, numbers, booleans, lists)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
 def _provenance(recipe: Recipe, state: State, out: Path) -> dict:

@@ -27,6 +27,8 @@ DEFAULT_TILE = 512
 DEFAULT_CRS = "EPSG:6931"
 #: Layer groups of a recipe, in the order ``build`` writes them.
 GROUPS = ("predictors", "zones", "fire", "references")
+#: ``[inputs]`` keys copied (as absolute paths) into the written run config.
+INPUT_KEYS = ("sites", "truth")
 #: Zone variables a recipe may give (docs/formats.md §3).
 ZONE_NAMES = (*ZONE_VARIABLES, "cell_area")
 #: Keys of one layer entry (LayerSpec's fields the recipe sets).
@@ -64,6 +66,8 @@ class Recipe:
     tile: int = DEFAULT_TILE
     workers: int | None = None  # threads for the streamed writes (None: dask's default)
     inputs: Mapping[str, Path] = field(default_factory=dict)  # copied into DIR/config.toml
+    # run-config tables written into DIR/config.toml as they are (checked when the run reads it)
+    config: Mapping[str, Mapping] = field(default_factory=dict)
     predictors: Mapping[str, LayerSpec] = field(default_factory=dict)
     zones: Mapping[str, LayerSpec] = field(default_factory=dict)
     fire: Mapping[str, LayerSpec] = field(default_factory=dict)
@@ -216,7 +220,7 @@ def load_recipe(path) -> Recipe:
         raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid TOML: {e}") from None
-    _check_keys(path, raw, ("grid", "time", "inputs", "output", *GROUPS), "")
+    _check_keys(path, raw, ("grid", "time", "inputs", "output", "config", *GROUPS), "")
     grid = _grid(path, raw.get("grid"))
     time = raw.get("time", {})
     _check_keys(path, time, ("years",), "time")
@@ -232,8 +236,11 @@ def load_recipe(path) -> Recipe:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise _err(path, f"{workers!r} is out of range", "output.workers", "an integer >= 1")
     inputs_raw = raw.get("inputs", {})
-    _check_keys(path, inputs_raw, ("sites",), "inputs")
+    _check_keys(path, inputs_raw, INPUT_KEYS, "inputs")
     inputs = {k: resolve_files(path, v, f"inputs.{k}")[0] for k, v in inputs_raw.items()}
+    config = raw.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise _err(path, "expected tables of run-config keys", "config", "e.g. [config.forest] n_estimators = 100")
     groups: dict[str, dict[str, LayerSpec]] = {}
     allowed = {
         "predictors": P.STACK_VARIABLES,
@@ -258,6 +265,7 @@ def load_recipe(path) -> Recipe:
         tile=tile,
         workers=workers,
         inputs=inputs,
+        config=config,
         predictors=groups["predictors"],
         zones=groups["zones"],
         fire=groups["fire"],

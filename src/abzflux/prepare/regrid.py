@@ -5,7 +5,13 @@ For each output tile the regridder
 1. finds the source window the tile needs: 21 x 21 points spread over the tile (edges and
    interior) are transformed to the source CRS, their bounding box is widened by
    :data:`MARGIN` source cells and clipped to the source; a geographic window that spans more
-   than 180° of longitude (a tile on the antimeridian or around the pole) takes every longitude;
+   than 180° of longitude is a tile on the antimeridian: it is warped from the source re-centred
+   on 180° (longitudes counted from a prime meridian at 180°, the columns reordered), so that no
+   target cell straddles the source's edge; a tile around the pole takes every longitude. In a
+   projected global source (MODIS sinusoidal), a target cell whose corners lie on both sides of
+   the antimeridian has no footprint GDAL can use: it is recomputed from
+   :data:`SEAM_SAMPLES`² points spread over the cell, each taking its nearest source cell (their
+   mean; the most frequent class for ``mode``);
 2. reads only that window (a lazy / dask array is sliced before it is loaded);
 3. warps it with :func:`rasterio.warp.reproject` (GDAL's warper) with NaN as no data.
 
@@ -51,6 +57,8 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rast
 MARGIN = 2
 #: Points per tile side transformed to find its source window.
 WINDOW_POINTS = 21
+#: Points per side of a target cell that straddles the antimeridian (see the module doc).
+SEAM_SAMPLES = 8
 GDAL_RESAMPLING = {
     "average": Resampling.average,
     "bilinear": Resampling.bilinear,
@@ -114,9 +122,23 @@ class Regridder:
         self.sy = np.asarray(self.src["y"].values, dtype=np.float64)
         self.sx = np.asarray(self.src["x"].values, dtype=np.float64)
         self._to_src = pyproj.Transformer.from_crs(self.dst_crs, self.src_crs, always_xy=True)
+        self._to_lon = pyproj.Transformer.from_crs(self.dst_crs, self.dst_crs.geodetic_crs, always_xy=True)
         self._rio_src = rasterio.crs.CRS.from_wkt(self.src_crs.to_wkt())
         self._rio_dst = rasterio.crs.CRS.from_wkt(self.dst_crs.to_wkt())
         self._dst_transform = transform(self.dst_y, self.dst_x)
+        # a geographic source re-centred on 180°: for tiles on the antimeridian (see the module doc)
+        self._alt: tuple[np.ndarray, np.ndarray, rasterio.crs.CRS] | None = None
+        if self.src_crs.is_geographic and self.sx.size > 1:
+            shifted = np.mod(self.sx, 360.0) - 180.0
+            order = np.argsort(shifted, kind="stable")
+            alt_x = shifted[order]
+            d = np.diff(alt_x)
+            if d.size and np.allclose(d, d[0], rtol=1e-6) and d[0] > 0:
+                with warnings.catch_warnings():  # a geographic CRS loses nothing in a PROJ string
+                    warnings.simplefilter("ignore", UserWarning)
+                    proj4 = self.src_crs.to_proj4().replace("+type=crs", "")
+                alt_crs = pyproj.CRS.from_proj4(proj4 + " +pm=180")
+                self._alt = (alt_x, order, rasterio.crs.CRS.from_wkt(alt_crs.to_wkt()))
 
     # ------------------------------------------------------------------ windows
     def _tile_bounds(self, t: Tile) -> tuple[float, float, float, float]:
@@ -125,8 +147,9 @@ class Regridder:
         x1, y1 = a @ (t.x1, t.y1)
         return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
-    def window(self, t: Tile) -> tuple[slice, slice] | None:
-        """Source index slices (y, x) the tile needs, or None when it overlaps no source cell."""
+    def window(self, t: Tile) -> tuple[slice, slice | np.ndarray] | None:
+        """Source indices (y slice, x slice) the tile needs, or None when it overlaps no source
+        cell; on the antimeridian, x is an index array into the source re-centred on 180°."""
         xmin, ymin, xmax, ymax = self._tile_bounds(t)
         u = np.linspace(0.0, 1.0, WINDOW_POINTS)
         gx, gy = np.meshgrid(xmin + u * (xmax - xmin), ymin + u * (ymax - ymin))
@@ -138,12 +161,19 @@ class Regridder:
         dx = abs(self.sx[1] - self.sx[0])
         dy = abs(self.sy[1] - self.sy[0])
         lo_x, hi_x = sx.min(), sx.max()
-        if self.src_crs.is_geographic and (hi_x - lo_x > 180.0):
-            lo_x, hi_x = -180.0, 180.0
-        lo_x, hi_x = lo_x - MARGIN * dx, hi_x + MARGIN * dx
         lo_y, hi_y = sy.min() - MARGIN * dy, sy.max() + MARGIN * dy
-        ix = np.flatnonzero((self.sx >= lo_x) & (self.sx <= hi_x))
         iy = np.flatnonzero((self.sy >= lo_y) & (self.sy <= hi_y))
+        if self.src_crs.is_geographic and (hi_x - lo_x > 180.0):
+            sxa = np.mod(sx, 360.0) - 180.0
+            if self._alt is not None and sxa.max() - sxa.min() <= 180.0:  # the antimeridian
+                alt_x, order = self._alt[0], self._alt[1]
+                ia = np.flatnonzero((alt_x >= sxa.min() - MARGIN * dx) & (alt_x <= sxa.max() + MARGIN * dx))
+                if ia.size == 0 or iy.size == 0:
+                    return None
+                return slice(int(iy[0]), int(iy[-1]) + 1), order[int(ia[0]) : int(ia[-1]) + 1]
+            lo_x, hi_x = -180.0, 180.0  # around the pole
+        lo_x, hi_x = lo_x - MARGIN * dx, hi_x + MARGIN * dx
+        ix = np.flatnonzero((self.sx >= lo_x) & (self.sx <= hi_x))
         if ix.size == 0 or iy.size == 0:
             return None
         return slice(int(iy[0]), int(iy[-1]) + 1), slice(int(ix[0]), int(ix[-1]) + 1)
@@ -152,7 +182,7 @@ class Regridder:
         return any(self.window(t) is not None for t in tiles)
 
     # ------------------------------------------------------------------ warping
-    def read(self, ys: slice, xs: slice, steps: np.ndarray | None) -> np.ndarray:
+    def read(self, ys: slice, xs: slice | np.ndarray, steps: np.ndarray | None) -> np.ndarray:
         sel: dict = {"y": ys, "x": xs}
         pick = None
         if steps is not None:
@@ -188,7 +218,13 @@ class Regridder:
             if arr.ndim == 2:
                 arr = arr[None]
             sy = self.sy[w[0]]
-            sx = self.sx[w[1]]
+            src_crs = self._rio_src
+            if isinstance(w[1], slice):
+                sx = self.sx[w[1]]
+            else:  # the antimeridian: columns in the re-centred source's order
+                assert self._alt is not None
+                sx = np.mod(self.sx[w[1]], 360.0) - 180.0
+                src_crs = self._alt[2]
             if sy.size > 1 and sy[1] > sy[0]:  # north-up for GDAL
                 arr = arr[:, ::-1, :]
                 sy = sy[::-1]
@@ -200,15 +236,64 @@ class Regridder:
                 source=arr,
                 destination=out,
                 src_transform=_source_transform(sy, sx),
-                src_crs=self._rio_src,
+                src_crs=src_crs,
                 src_nodata=np.nan,
                 dst_transform=dst_t,
                 dst_crs=self._rio_dst,
                 dst_nodata=np.nan,
                 resampling=GDAL_RESAMPLING[self.resampling],
                 num_threads=1,
+                # each band's own no-data: a cloud gap in one month must not blank the others
+                UNIFIED_SRC_NODATA="NO",
             )
+            if not self.src_crs.is_geographic:
+                self._fill_seam(t, out, steps)
         return out if steps is not None else out[0]
+
+    def _seam_cells(self, t: Tile) -> np.ndarray:
+        """Cells of the tile (mask) whose corners lie on both sides of the antimeridian."""
+        a = self._dst_transform
+        cols = np.arange(t.x0, t.x1 + 1, dtype=np.float64)
+        rows = np.arange(t.y0, t.y1 + 1, dtype=np.float64)
+        cx, cy = np.meshgrid(a.c + cols * a.a, a.f + rows * a.e)
+        lon, _ = self._to_lon.transform(cx, cy)
+        lon = np.asarray(lon)
+        corners = np.stack([lon[:-1, :-1], lon[:-1, 1:], lon[1:, :-1], lon[1:, 1:]])
+        return (corners.max(axis=0) - corners.min(axis=0)) > 180.0
+
+    def _fill_seam(self, t: Tile, out: np.ndarray, steps: np.ndarray | None) -> None:
+        cells = np.argwhere(self._seam_cells(t))
+        if cells.size == 0:
+            return
+        a = self._dst_transform
+        u = (np.arange(SEAM_SAMPLES) + 0.5) / SEAM_SAMPLES
+        dx0, dy0 = float(self.sx[1] - self.sx[0]), float(self.sy[1] - self.sy[0])
+        for r, c in cells:
+            px = a.c + (t.x0 + c + u) * a.a
+            py = a.f + (t.y0 + r + u) * a.e
+            gx, gy = np.meshgrid(px, py)
+            sx, sy = self._to_src.transform(gx.ravel(), gy.ravel())
+            ix = np.rint((np.asarray(sx) - self.sx[0]) / dx0)
+            iy = np.rint((np.asarray(sy) - self.sy[0]) / dy0)
+            ok = np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < self.sx.size) & (iy >= 0) & (iy < self.sy.size)
+            if not ok.any():
+                continue
+            sel: dict = {
+                "y": xr.DataArray(iy[ok].astype(int), dims="p"),
+                "x": xr.DataArray(ix[ok].astype(int), dims="p"),
+            }
+            if steps is not None:
+                sel["time"] = np.asarray(steps)
+            v = np.asarray(self.src.isel(sel).values, dtype=np.float32).reshape(len(out), -1)
+            for k in range(len(out)):
+                vk = v[k][np.isfinite(v[k])]
+                if vk.size == 0:
+                    out[k, r, c] = np.nan
+                elif self.resampling == "mode":
+                    vals, counts = np.unique(vk, return_counts=True)
+                    out[k, r, c] = vals[np.argmax(counts)]
+                else:
+                    out[k, r, c] = vk.mean()
 
 
 def _pad(arr, sy, sx, full_y, full_x):
