@@ -45,6 +45,7 @@ def run(ctx: Context) -> None:
         max_training=cs.aoa_max_training,
         n_clusters=cs.n_clusters,
         seed=seeds.integer(cfg.run.seed, "kmeans"),
+        predictor_set=ctx.predictor_set,
     )
     up.close()
     for rel in (L.MESS_AREA, L.AOA_SD, L.CLUSTERS):  # the tables are named as their files
@@ -84,6 +85,7 @@ SPEC = StepSpec(
         "fire.first_year",
         "run.years",
         "run.seed",
+        "predictors",
     ),
     inputs=("predictors", "zones", "fire", "references"),
     summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given",

@@ -48,6 +48,7 @@ def run(ctx: Context, progress=None) -> None:
             client=ctx.client(),
             progress=progress,
             fingerprint=ctx.cache.get("fingerprint", ""),
+            predictor_set=ctx.predictor_set,
         )
     finally:
         if own_bar and progress is not None:
@@ -61,7 +62,7 @@ SPEC = StepSpec(
     writes=(L.UPSCALED,),
     depends=("forest", "bootstrap"),
     reads=("models/", "bootstrap/"),
-    config_keys=("run.years", "run.tile"),
+    config_keys=("run.years", "run.tile", "predictors"),
     inputs=("predictors", "zones"),
     extras=(L.MEMBERS_MONTHLY,),
     summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr",
