@@ -612,6 +612,41 @@ def fig_skill(rd: RunData) -> list[Item]:
     return items
 
 
+def sensitivity_table(rd: RunData) -> list[Item]:
+    """The sensitivity runs' skill side by side (``abzflux sensitivity``; RUN/sensitivity/), when run."""
+    if not rd.has(L.SENSITIVITY_TABLE):
+        return []
+    s = pd.read_csv(rd.layout / L.SENSITIVITY_TABLE, keep_default_na=False, na_values=[""])
+    t = pd.DataFrame(
+        {
+            "variant": s.variant,
+            "flux": s.flux,
+            "rows": s.rows.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "sites": s.sites.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "predictors": s.predictors,
+            "mtry": s.mtry.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "R²": s.r2.round(2),
+            "RMSE": s.rmse.round(1),
+            "MAE": s.mae.round(1),
+            "bias": s.bias.round(1),
+        }
+    )
+    notes = "; ".join(
+        f"{v}: {d}" for v, d in s.drop_duplicates("variant")[["variant", "description"]].itertuples(index=False)
+    )
+    return [
+        Item(
+            "sensitivity",
+            "Model skill",
+            "Sensitivity runs (Supplementary Table 5)",
+            "Leave-one-site-out skill of the forests trained on variants of this run's config "
+            "(`abzflux sensitivity`; RUN/sensitivity/sensitivity.csv): caret site-mean R², RMSE and MAE, pooled "
+            f"bias (g C m-2 month-1). {notes}.",
+            table_html=_table(t),
+        )
+    ]
+
+
 def fig_interpret(rd: RunData) -> list[Item]:
     items = []
     if rd.has(L.IMPORTANCE):
@@ -1112,6 +1147,7 @@ FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     fig3_monthly,
     fig4_regions,
     fig_skill,
+    sensitivity_table,
     fig_interpret,
     fig_fire,
     fig_uncertainty,
