@@ -27,11 +27,11 @@ def run(ctx: Context) -> None:
         table = table[~table.site_id.isin(off)].reset_index(drop=True)
     iy, ix = cell_index(pred, table.lat.to_numpy(), table.lon.to_numpy(), cfg.inputs.sites)
     table["iy"], table["ix"] = iy, ix
-    names = tuple(p.name for p in ctx.predictor_set.read)  # veg_type too: the skill's breakdown
-    if all(v in table.columns for v in names):
+    layers = tuple(p.name for p in ctx.predictor_set.read)  # veg_type too: the skill's breakdown
+    if all(v in table.columns for v in layers):
         log.info("site table carries every predictor: used as is")
     else:
-        n_out = extract_at_sites(table, pred, iy, ix, names)
+        n_out = extract_at_sites(table, pred, iy, ix, layers)
         if n_out:
             log.info(
                 f"{n_out} site-months fall outside the predictor period; their predictors are NaN "
