@@ -328,7 +328,7 @@ def test_bad_declarations(tmp_path, extra, column, words):
 def test_the_set_is_part_of_the_stage_fingerprints(tmp_path):
     keys = {name: k for name, (k, _) in lineage().items()}
     for stage in ("sites", "forest", "interpret", "bootstrap", "upscale", "budgets", "compare", "summary"):
-        assert "predictors" in keys[stage] and "sites" in keys[stage], stage
+        assert "predictors.drop" in keys[stage] and "sites.disturbance" in keys[stage], stage
     from abzflux.runner import _cfg_value  # noqa: PLC0415 (the runner's own key lookup)
 
     stack = write(make_stack(), tmp_path / "s.nc")

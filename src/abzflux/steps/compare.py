@@ -15,6 +15,7 @@ from .. import compare as cmp
 from .. import layout as L
 from ..context import Context
 from ..formats import grid_crs
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ SPEC = StepSpec(
         "fire.first_year",
         "run.years",
         "run.seed",
-        "predictors",
-    ),
+    )
+    + PREDICTOR_KEYS,
     inputs=("predictors", "zones", "fire", "references"),
     summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given",
 )

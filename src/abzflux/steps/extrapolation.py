@@ -20,6 +20,7 @@ from ..formats import grid_crs
 from ..predictors import training_rows
 from ..uncertainty import flux_extrapolation, sd_block, sd_template
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ SPEC = StepSpec(
     writes=(L.UNCERTAINTY,),
     depends=("forest", "interpret"),
     reads=(L.SITES, L.FOREST_JSON, L.CV_PREDICTIONS, L.IMPORTANCE),
-    config_keys=("compare.aoa_max_training", "run.years", "run.tile", "predictors"),
+    config_keys=("compare.aoa_max_training", "run.years", "run.tile") + PREDICTOR_KEYS,
     inputs=("predictors", "zones"),
     enabled=lambda cfg: cfg.uncertainty.extrapolation,
     enabled_by="uncertainty.extrapolation",

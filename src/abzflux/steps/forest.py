@@ -15,6 +15,7 @@ from ..context import Context
 from ..errors import InputError
 from ..predictors import training_rows
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,6 @@ SPEC = StepSpec(
     writes=(L.MODELS, L.CV),
     depends=("sites",),
     reads=(L.SITES,),
-    config_keys=FOREST_KEYS + ("forest.cv", "run.seed", "predictors"),
+    config_keys=FOREST_KEYS + ("forest.cv", "run.seed") + PREDICTOR_KEYS,
     summary="per flux: leave-one-site-out CV over the mtry grid, the final forest, skill tables",
 )

@@ -14,6 +14,12 @@ from .spec import StepSpec
 
 log = logging.getLogger(__name__)
 
+#: The declared predictor set's config keys ([predictors]): every stage that reads the stack
+#: through the set lists them (a changed set never reuses old forests or maps).
+PREDICTOR_KEYS = ("predictors.use", "predictors.drop", "predictors.declare")
+#: The training-row filters ([sites]).
+SITE_KEYS = ("sites.disturbance", "sites.method", "sites.all_fluxes")
+
 
 def run(ctx: Context) -> None:
     cfg, lay = ctx.cfg, ctx.layout
@@ -49,7 +55,7 @@ SPEC = StepSpec(
     "sites",
     run,
     writes=(L.SITES,),
-    config_keys=("run.years", "predictors", "sites"),
+    config_keys=("run.years",) + PREDICTOR_KEYS + SITE_KEYS,
     inputs=("sites", "predictors", "zones"),
     summary="the training table: site-months with the predictors extracted at the sites",
 )

@@ -13,6 +13,7 @@ from .. import layout as L
 from .. import upscale as upscale_mod
 from ..context import Context
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ SPEC = StepSpec(
     writes=(L.UPSCALED,),
     depends=("forest", "bootstrap"),
     reads=("models/", "bootstrap/"),
-    config_keys=("run.years", "run.tile", "predictors"),
+    config_keys=("run.years", "run.tile") + PREDICTOR_KEYS,
     inputs=("predictors", "zones"),
     extras=(L.MEMBERS_MONTHLY,),
     summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr",
