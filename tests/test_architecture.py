@@ -16,8 +16,8 @@ DOC = ROOT / "docs" / "architecture.md"
 
 #: Layer of each module, bottom (0) to top; a module imports only from its own layer or below.
 LAYERS = {
-    0: {"vocab", "seeds", "errors", "config", "predictors", "__init__"},
-    1: {"formats", "abcflux", "_atomic", "rundir", "layout", "units"},
+    0: {"vocab", "seeds", "errors", "config", "predictors", "units", "__init__"},
+    1: {"formats", "abcflux", "_atomic", "rundir", "layout"},
     2: {
         "_rf",
         "forest",
@@ -36,7 +36,7 @@ LAYERS = {
         "twin_network",
         "domain",
     },
-    3: {"context", "checks", "steps"},
+    3: {"context", "checks", "steps", "prepare"},
     4: {"runner", "sensitivity"},
     5: {"cli", "calibrate", "report", "pipeline"},
 }
