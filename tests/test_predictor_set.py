@@ -308,6 +308,7 @@ def test_a_new_predictor(tmp_path):
         ('[predictors.srad]\nunit = "W m-2"\n', "predictors.srad.unit", "unknown key"),
         ('[predictors.srad]\nkind = "hourly"\n', "predictors.srad.kind", "invalid kind"),
         ("[predictors.srad]\nrange = [5, 1]\n", "predictors.srad.range", "invalid range"),
+        ('[predictors.srad]\nunits = "watts per bucket"\n', "predictors.srad.units", "cannot be read"),
         (
             '[predictors.precip]\nunits = "mm"\n',
             "predictors.precip",

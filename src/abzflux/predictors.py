@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import units as units_mod
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,11 @@ def _override(base: Predictor | None, name: str, table: dict, file) -> Predictor
         )
     if name == "month" and (table.get("categorical") is False or "source" in table):
         raise _decl_error(file, key, "`month` is the categorical month of `time`; it has no source")
+    categorical_ = table.get("categorical", base.categorical if base else False)
+    if "units" in table and not categorical_ and units_mod.parse(table["units"]) is None:
+        raise _decl_error(
+            file, f"{key}.units", f"units {table['units']!r} cannot be read", "CF / UDUNITS units, e.g. 'W m-2'"
+        )
     rng = base.range if base is not None else None
     if "range" in table:
         r = table["range"]
