@@ -44,6 +44,7 @@ from .domain import CRS_EPSG, base_grid  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .formats import grid_crs  # noqa: E402
 from .layout import RunLayout  # noqa: E402
+from .predictors import from_declaration  # noqa: E402
 from .summary import METHOD_TEXT, order  # noqa: E402
 from .vocab import FLUX_UNITS, FLUXES  # noqa: E402
 
@@ -647,6 +648,18 @@ def sensitivity_table(rd: RunData) -> list[Item]:
     ]
 
 
+def _predictor_set_note(rd: RunData) -> str:
+    """A caption note naming the predictors when the run's [predictors] section changed the paper's set."""
+    d = rd.record.get("config", {}).get("predictors") or {}
+    if not (d.get("use") or d.get("drop") or d.get("declare")):
+        return ""
+    pset = from_declaration(d.get("use"), d.get("drop"), d.get("declare") or {}, rd.layout.run_json)
+    renamed = [f"{p.name} from {p.stack_name}" for p in pset.predictors if p.stack_name != p.name]
+    return f" Predictors (the run's declared set, {len(pset)}): {', '.join(pset.names)}" + (
+        f"; read as {', '.join(renamed)}." if renamed else "."
+    )
+
+
 def fig_interpret(rd: RunData) -> list[Item]:
     items = []
     if rd.has(L.IMPORTANCE):
@@ -659,7 +672,7 @@ def fig_interpret(rd: RunData) -> list[Item]:
                 "Permutation importance",
                 "Increase of the final forest's RMSE (g C m-2 month-1) on the training rows when one "
                 "predictor is permuted; bars = mean, whiskers = SD over the permutation repeats "
-                "(RUN/interpret/importance.csv).",
+                f"(RUN/interpret/importance.csv).{_predictor_set_note(rd)}",
                 fig=fig,
             )
         )
