@@ -1091,12 +1091,12 @@ def _plan_layer(ds: xr.Dataset, p, file: str) -> LayerPlan:
         log.info(f"{file}: {label} is a (y, x) layer: repeated over every month")
     elif layout == "series":
         log.info(f"{file}: {label} is a (time,) series: broadcast over the grid")
-    if layout in ("monthly", "series") and "time" not in ds.coords:
+    if p.time_varying and "time" not in ds.coords:
         raise InputError(
             file,
-            "dimension `time` has no coordinate values",
-            column="time",
-            expected="a 1-D `time` coordinate of monthly dates",
+            f"the stack has no `time` coordinate for the {p.kind} predictor",
+            column=label,
+            expected="a 1-D `time` coordinate of monthly dates (the months the predictor is repeated or broadcast over)",
         )
     return LayerPlan(
         p.name, src, layout, p.time_varying, float(scale), float(offset), year_dim, year_index, p.units if u else None
