@@ -270,6 +270,11 @@ def test_dropped_factors_train_with_p_minus_2_and_their_mtry_grid(tmp_path):
     assert fit.info["mtry_grid"] == [2, 8, 15] == cv_mod.mtry_grid(15)
     full = cv_mod.fit_flux(rows, "nee", list(PAPER.names), categorical=PAPER.categorical, **kw)
     assert full.info["mtry_grid"] == [2, 9, 17] and set(full.model.levels_) == {"month", "veg_type"}
+    # one continuous predictor dropped: p - 1 = 16, grid floor(seq(2, 16, length = 3)) = {2, 9, 16}
+    one = load_config(config_with(tmp_path, stack, '[predictors]\ndrop = ["ndvi"]\n')).predictor_set()
+    fit16 = cv_mod.fit_flux(rows, "nee", list(one.names), categorical=one.categorical, **kw)
+    assert len(fit16.model.feature_names_) == 16 and "ndvi" not in fit16.model.feature_names_
+    assert fit16.info["mtry_grid"] == [2, 9, 16] and set(fit16.model.levels_) == {"month", "veg_type"}
 
 
 def test_use_orders_and_subsets_the_set(tmp_path):
