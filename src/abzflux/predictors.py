@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -107,19 +107,6 @@ class PredictorSet:
 
     def __len__(self) -> int:
         return len(self.predictors)
-
-    def subset(self, names) -> PredictorSet:
-        """The set of the given names (in the set's order); ``also_read`` kept."""
-        want = set(names)
-        return replace(self, predictors=tuple(p for p in self.predictors if p.name in want))
-
-    def describe(self) -> dict:
-        """JSON-able description (run records, the report)."""
-        return {
-            "names": list(self.names),
-            "categorical": list(self.categorical),
-            "sources": {p.name: p.stack_name for p in self.read if p.stack_name != p.name},
-        }
 
 
 PREDICTORS: tuple[Predictor, ...] = (
