@@ -34,6 +34,7 @@ LAYERS = {
         "plots",
         "twin",
         "twin_network",
+        "twin_raw",
         "domain",
     },
     3: {"context", "checks", "steps", "prepare"},

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from prepare_world import GRID as PREP_GRID
+from prepare_world import latlon_nc
 from typer.testing import CliRunner
 
 from abzflux.cli import app
@@ -653,6 +655,65 @@ def m_fire_nan_land(w):
     w.put_grid("fire", ds)
 
 
+# -- abzflux prepare: a recipe over small raw sources (tests/prepare_world.py)
+def _prepare(w, layer: str, **kw) -> None:
+    """Write raw/ and recipe.toml into the case directory and run ``abzflux prepare`` into ``run``."""
+    raw = w.root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    recipe = w.root / "recipe.toml"
+    recipe.write_text(PREP_GRID + '[time]\nyears = "2019"\n\n' + layer)
+    w.args = ["--quiet", "prepare", str(recipe), "--out", str(w.root / "run")]
+
+
+PREP_MONTHS = pd.date_range("2019-01-01", periods=12, freq="MS")
+
+
+def m_prepare_missing_file(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad_*.nc"]\n')
+
+
+def m_prepare_unknown_crs(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\n')
+    xr.Dataset(
+        {"srad": (("time", "y", "x"), np.full((12, 3, 4), 100.0), {"units": "W m-2"})},
+        coords={"time": PREP_MONTHS, "y": [3e5, 2e5, 1e5], "x": [0.0, 1e5, 2e5, 3e5]},
+    ).to_netcdf(w.root / "raw" / "srad.nc")
+
+
+def m_prepare_no_overlap(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\n')
+    latlon_nc(
+        w.root / "raw" / "srad.nc", res=1.0, lat_range=(-60.0, -30.0), units="W m-2", times=PREP_MONTHS, name="srad"
+    )
+
+
+def m_prepare_units(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\n')
+    latlon_nc(w.root / "raw" / "srad.nc", res=2.0, units="kg m-2", times=PREP_MONTHS, name="srad")
+
+
+def m_prepare_time_step(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\nfrequency = "monthly"\n')
+    days = pd.date_range("2019-01-01", "2019-12-31")
+    latlon_nc(w.root / "raw" / "srad.nc", res=2.0, units="W m-2", times=days, name="srad", step=0.0)
+
+
+def m_prepare_missing_months(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\n')
+    latlon_nc(w.root / "raw" / "srad.nc", res=2.0, units="W m-2", times=PREP_MONTHS[:6], name="srad")
+
+
+def m_prepare_corrupt(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\n')
+    p = latlon_nc(w.root / "raw" / "srad.nc", res=2.0, units="W m-2", times=PREP_MONTHS, name="srad")
+    _truncate(p, 0.3)
+
+
+def m_prepare_recipe_key(w):
+    _prepare(w, '[predictors.srad]\nfiles = ["raw/srad.nc"]\nscale = 0.1\n')
+    latlon_nc(w.root / "raw" / "srad.nc", res=2.0, units="W m-2", times=PREP_MONTHS, name="srad")
+
+
 CASES = [
     # config
     Case(
@@ -1144,6 +1205,55 @@ CASES = [
         m_fire_nan_land,
         ("fire.nc", "[burned_fraction]", "NaN on land cells", "time=2019-04", "0 where nothing burned"),
     ),
+    # abzflux prepare (raw products -> contract files; the --out directory is not created)
+    Case(
+        "prepare-missing-file",
+        "prepare: a recipe's file pattern matches no file",
+        m_prepare_missing_file,
+        ("raw/srad_*.nc", "[predictors.srad.files]", "file not found", "source files"),
+    ),
+    Case(
+        "prepare-unknown-crs",
+        "prepare: a NetCDF on x/y without a grid mapping (and no recipe `crs`)",
+        m_prepare_unknown_crs,
+        ("srad.nc", "[srad]", "unknown CRS", "or the recipe's `crs`"),
+    ),
+    Case(
+        "prepare-no-overlap",
+        "prepare: a source in the southern hemisphere",
+        m_prepare_no_overlap,
+        ("srad.nc", "[srad]", "no overlap with the target grid", "data covering part of the target grid"),
+    ),
+    Case(
+        "prepare-units",
+        "prepare: radiation in kg m-2",
+        m_prepare_units,
+        ("srad.nc", "[srad]", "units 'kg m-2' cannot be converted to 'W m-2'"),
+    ),
+    Case(
+        "prepare-time-step",
+        "prepare: a daily file declared monthly",
+        m_prepare_time_step,
+        ("srad.nc", "[srad]", "wrong time step: the data are daily", "monthly steps"),
+    ),
+    Case(
+        "prepare-missing-months",
+        "prepare: a monthly source with half of the recipe's year",
+        m_prepare_missing_months,
+        ("srad.nc", "[srad]", "6 month(s) of the recipe's years missing", "2019-07", "every month"),
+    ),
+    Case(
+        "prepare-corrupt",
+        "prepare: a truncated NetCDF source",
+        m_prepare_corrupt,
+        ("srad.nc", "[srad]", "cannot be read as NetCDF"),
+    ),
+    Case(
+        "prepare-recipe-key",
+        "prepare: an unknown recipe key (`scale` for `scale_factor`)",
+        m_prepare_recipe_key,
+        ("recipe.toml", "[predictors.srad.scale]", "unknown key 'scale'", "scale_factor"),
+    ),
     # reference products and truth
     Case(
         "ref-no-product",
@@ -1263,6 +1373,8 @@ the message below is the only output (no traceback), and the run directory is no
 Each case changes one input of a small valid twin (300-km grid, 2019-2020, 30 sites). The
 message format is `<file>: [<column or variable>] <problem> at <where>; expected <what>`
 ([formats.md](formats.md#validation-errors)); paths are shown relative to the case's directory.
+The `prepare-*` rows run `abzflux prepare RECIPE --out RUN` instead, on a recipe over small raw
+sources ([prepare_core.md](prepare_core.md)); `RUN` is not created either.
 
 The cases are the data of `tests/test_catalogue.py`, which runs them in CI and asserts on
 the file, the column or variable, the row, site, time step or cell and the expectation. The

@@ -194,6 +194,52 @@ def twin(
         )
 
 
+# --- raw twin (issue 22): the twin's world as raw public products plus a prepare recipe ------
+@app.command("twin-raw")
+def twin_raw(
+    out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
+    resolution_km: float = typer.Option(100, "--resolution-km", help="The twin's grid spacing (km)."),
+    years: str = typer.Option("2001-2020", "--years", help="FIRST-LAST calendar years."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed: the same seed gives identical files."),
+    n_sites: int = typer.Option(200, "--sites", help="Number of flux sites."),
+    n_site_months: int = typer.Option(4900, "--site-months", help="Target number of site-months."),
+    contract: Path = typer.Option(
+        None, "--contract", help="Read this existing twin directory instead of generating one into OUT/contract."
+    ),
+    native: bool = typer.Option(
+        False, "--native", help="The products' own grids (0.1-degree ERA5-Land, 1-km MODIS, ...): gigabytes per year."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Write the twin's world as raw public products (ERA5-Land, TerraClimate, MODIS, GFED, ...)
+    in their real layouts, plus OUT/recipe.toml for `abzflux prepare` (docs/prepare_rawtwin.md)."""
+    from .twin import TwinSpec
+    from .twin_raw import NATIVE_GRIDS, make_raw_twin
+
+    y0, y1 = _years(years)
+    spec = TwinSpec(
+        resolution_km=resolution_km,
+        first_year=y0,
+        last_year=y1,
+        seed=seed,
+        n_sites=n_sites,
+        n_site_months=n_site_months,
+    )
+    t0 = time.perf_counter()
+    prog = _progress_factory(quiet)("generating twin years")
+    try:
+        summary = make_raw_twin(out, spec, contract=contract, grids=NATIVE_GRIDS if native else None, progress=prog)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        _fail(e)
+    finally:
+        prog(None, None)
+    console.print(
+        f"raw twin written to [bold]{out}[/] in {time.perf_counter() - t0:.1f} s "
+        f"({summary['bytes'] / 1e6:.1f} MB of raw files); recipe: [bold]{out / 'recipe.toml'}[/]",
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Run configuration (TOML)."),
@@ -599,6 +645,32 @@ def export(
         _fail(fs_error(e, target, where="the export"))
     except InputError as e:
         _fail(e)
+
+
+# ---------------------------------------------------------------------------- prepare
+@app.command()
+def prepare(
+    recipe: Path = typer.Argument(..., help="Recipe (TOML): target grid, years and the source of every layer."),
+    out: Path = typer.Option(
+        ..., "--out", help="Directory for the contract files (created; resumed if it holds a partial prepare)."
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Delete what an earlier prepare wrote in --out (only that) and start again."
+    ),
+):
+    """Build the contract inputs (predictors, zones, fire, references, config.toml) from raw products."""
+    from .prepare.build import prepare as run_prepare
+
+    t0 = time.time()
+    try:
+        record = run_prepare(recipe, out, restart=restart)
+    except InputError as e:
+        _fail(e)
+    console.print(
+        f"[green]prepared[/] {escape(str(out))}: {len(record['layers'])} layer(s) in {time.time() - t0:.1f} s; "
+        f"run config {escape(str(out / 'config.toml'))}",
+        highlight=False,
+    )
 
 
 @app.command()
