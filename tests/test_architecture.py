@@ -38,7 +38,7 @@ LAYERS = {
         "domain",
     },
     3: {"context", "checks", "steps", "prepare"},
-    4: {"runner"},
+    4: {"runner", "sensitivity"},
     5: {"cli", "calibrate", "report", "pipeline"},
 }
 LEVEL = {m: k for k, ms in LAYERS.items() for m in ms}

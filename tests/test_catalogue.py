@@ -307,8 +307,27 @@ def m_pred_missing_var(w):
 
 def m_pred_units_attr(w):
     ds = w.grid("predictors")
-    ds["soil_temp"].attrs["units"] = "degC"
+    ds["soil_temp"].attrs["units"] = "m s-1"
     w.put_grid("predictors", ds)
+
+
+def m_pred_units_converted(w):
+    ds = w.grid("predictors")
+    ds["soil_temp"].attrs["units"] = "degC"  # kelvin values labelled degC: converted (+273.15), then out of range
+    w.put_grid("predictors", ds)
+
+
+def m_pred_annual_missing_year(w):
+    ds = w.grid("predictors")
+    years = ds.time.dt.year.values
+    first = ds["tree_pct"].isel(time=np.nonzero(years == years[0])[0]).mean("time")
+    ds = ds.drop_vars("tree_pct").assign_coords(year=[int(years[0])])
+    ds["tree_pct"] = first.expand_dims(year=ds.year).assign_attrs(units="%")  # one year's layer only
+    w.put_grid("predictors", ds)
+
+
+def m_predictor_set_unknown(w):
+    w.sections["predictors"] = ['drop = ["nvdi"]']
 
 
 def m_pred_units_values(w):
@@ -394,7 +413,8 @@ def m_pred_text_dtype(w):
 
 def m_pred_series(w):
     ds = w.grid("predictors")
-    ds["co2"] = ds["co2"].mean(("y", "x")).assign_attrs(units="ppm")
+    # a (time,) series is broadcast for a time-varying predictor (co2), never for a static one
+    ds["cti"] = ds["srad"].mean(("y", "x")).assign_attrs(units="1")
     w.put_grid("predictors", ds)
 
 
@@ -925,9 +945,27 @@ CASES = [
     ),
     Case(
         "pred-units-attribute",
-        "predictors: soil_temp units 'degC'",
+        "predictors: soil_temp units 'm s-1' (not convertible to K)",
         m_pred_units_attr,
-        ("predictors.nc", "[soil_temp]", "units attribute is 'degC'", "expected units 'K'"),
+        ("predictors.nc", "[soil_temp]", "units attribute is 'm s-1'", "expected units 'K' or units convertible"),
+    ),
+    Case(
+        "pred-units-converted-out-of-range",
+        "predictors: soil_temp values in K, attribute degC (converted, then out of range)",
+        m_pred_units_converted,
+        ("predictors.nc", "[soil_temp]", "out of range", "180..340 K"),
+    ),
+    Case(
+        "pred-annual-missing-year",
+        "predictors: tree_pct as annual layers, the second year missing",
+        m_pred_annual_missing_year,
+        ("predictors.nc", "[tree_pct]", "no layer for year(s) [2020]", "one layer for every year"),
+    ),
+    Case(
+        "config-predictor-unknown",
+        "config: [predictors] drop names an unknown predictor",
+        m_predictor_set_unknown,
+        ("config.toml", "[predictors.drop]", "unknown predictor(s) ['nvdi']"),
     ),
     Case(
         "pred-units-values",
@@ -1019,9 +1057,9 @@ CASES = [
     ),
     Case(
         "pred-time-series",
-        "predictors: co2 as a (time,) series",
+        "predictors: static cti as a (time,) series",
         m_pred_series,
-        ("predictors.nc", "[co2]", "write it as (time, y, x)"),
+        ("predictors.nc", "[cti]", "('time',)", "a static predictor"),
     ),
     Case(
         "pred-month-stored",

@@ -47,7 +47,7 @@ def write(ds: xr.Dataset, path) -> str:
 
 
 def _dims(kind):
-    return ("time", "y", "x") if kind == "dynamic" else ("y", "x")
+    return ("time", "y", "x") if kind in predictors.TIME_VARYING else ("y", "x")
 
 
 def make_stack(seed=0) -> xr.Dataset:
@@ -55,7 +55,7 @@ def make_stack(seed=0) -> xr.Dataset:
     data = {}
     for name in predictors.STACK_VARIABLES:
         p = predictors.BY_NAME[name]
-        shape = (len(TIME), len(Y), len(X)) if p.kind == "dynamic" else (len(Y), len(X))
+        shape = (len(TIME), len(Y), len(X)) if p.time_varying else (len(Y), len(X))
         if p.categorical:
             codes = np.array(sorted(predictors.VEG_CLASSES))
             vals = rng.choice(codes, size=shape).astype("int16")
@@ -460,11 +460,13 @@ def test_missing_predictors_listed(tmp_path):
     expect_error(lambda: formats.read_predictors(path), str(path), "co2", "cti")
 
 
-def test_time_series_not_broadcast(tmp_path):
+def test_static_predictor_as_time_series_refused(tmp_path):
+    # a (time,) series is broadcast for a time-varying predictor (tests/test_predictor_set.py),
+    # never for a static one
     ds = make_stack()
-    ds["co2"] = ("time", np.array([400.0, 401.0, 402.0]))
+    ds["cti"] = ("time", np.array([4.0, 5.0, 6.0]))
     path = write(ds, tmp_path / "stack.nc")
-    expect_error(lambda: formats.read_predictors(path), str(path), "[co2]", "('time',)")
+    expect_error(lambda: formats.read_predictors(path), str(path), "[cti]", "('time',)", "static predictor")
 
 
 def test_non_monthly_time(tmp_path):

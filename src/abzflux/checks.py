@@ -13,7 +13,6 @@ from . import coverage as coverage_mod
 from .context import Context
 from .errors import InputError
 from .formats import FLUXES, cell_index, check_sites_in_grid
-from .predictors import STACK_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def check_coverage(ctx: Context) -> None:
     y0, y1 = ctx.years()
     t = pd.DatetimeIndex(pred.time.values)
     run = pred.isel(time=np.nonzero((t.year >= y0) & (t.year <= y1))[0])
-    layers = {v: run[v] for v in STACK_VARIABLES if v in run}
+    layers = {v: run[v] for v in ctx.predictor_set.stack_variables if v in run}
     fire = ctx.fire()
     # the zones' weights are computed once for both checks when they are small (else band by band)
     small = fire is not None and 64 * zones.sizes["y"] * zones.sizes["x"] * 8 <= coverage_mod.READ_BYTES * 8

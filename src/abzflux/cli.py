@@ -778,5 +778,52 @@ def sites_summary(
         out.write_text(text)
 
 
+# --------------------------------------------------------------------------- sensitivity (issue 22)
+@app.command()
+def sensitivity(
+    config: Path = typer.Argument(..., help="Run configuration (TOML)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Output directory (default: RUN/sensitivity, RUN = 'run' beside the config, where the report finds it).",
+    ),
+    variants: str = typer.Option(
+        None, "--variants", help="Comma-separated variant names (default: the main ones; --list shows all)."
+    ),
+    list_variants: bool = typer.Option(False, "--list", help="List the variants and exit."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only errors and the table."),
+):
+    """The paper's sensitivity runs (Supp. Table 5): leave-one-site-out skill of the forests on
+    variants of CONFIG (without the factors, without disturbed sites, ...), side by side."""
+    from .sensitivity import DEFAULT_VARIANTS, TABLE, VARIANTS, run_sensitivity
+
+    if list_variants:
+        for name, v in VARIANTS.items():
+            console.print(f"{name}{' (default)' if name in DEFAULT_VARIANTS else ''}: {v.description}", highlight=False)
+        return
+    from .config import load_config
+
+    _quiet(quiet)
+    try:
+        cfg = load_config(config)
+        out = out or cfg.source.resolve().parent / "run" / "sensitivity"
+        names = tuple(n.strip() for n in variants.split(",") if n.strip()) if variants else DEFAULT_VARIANTS
+        table = run_sensitivity(cfg, out, names, progress_factory=_progress_factory(quiet))
+    except InputError as e:
+        _fail(e)
+    t = Table(title=f"leave-one-site-out skill by variant ({escape(str(out / TABLE))})")
+    for c in ("variant", "flux", "rows", "sites", "predictors", "mtry", "R²", "RMSE", "MAE", "bias"):
+        t.add_column(c, no_wrap=True)
+    for r in table.itertuples():
+        vals = [r.r2, r.rmse, r.mae, r.bias]
+        t.add_row(
+            r.variant,
+            r.flux,
+            *(str(int(v)) if v == v else "-" for v in (r.rows, r.sites, r.predictors, r.mtry)),
+            *(f"{v:.2f}" if i == 0 else f"{v:.1f}" for i, v in enumerate(vals)),
+        )
+    console.print(t)
+
+
 if __name__ == "__main__":
     app()

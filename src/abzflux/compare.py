@@ -33,12 +33,13 @@ from . import budgets as budgets_mod
 from . import trends as trends_mod
 from .errors import InputError
 from .formats import axis_unit_m, read_reference, write_crs
-from .predictors import CATEGORICAL, PREDICTOR_NAMES, training_rows
+from .predictors import PAPER, PredictorSet, training_rows
 
 log = logging.getLogger(__name__)
 
-#: The continuous predictors (no month, no vegetation-type factor): MESS, AOA and clusters.
-CONTINUOUS: tuple[str, ...] = tuple(p for p in PREDICTOR_NAMES if p not in CATEGORICAL)
+#: The paper's continuous predictors (no month, no vegetation-type factor): MESS, AOA and
+#: clusters use the run's set's (``PredictorSet.continuous``); this is the default's.
+CONTINUOUS: tuple[str, ...] = PAPER.continuous
 
 #: MESS map classes, half-open intervals [lo, hi) (workflow.md §9 with its overlaps removed).
 MESS_CLASSES = (
@@ -650,15 +651,15 @@ def band_rows(ny: int, nx: int, nt: int) -> int:
     return int(max(1, min(ny, BAND_BYTES // max(1, 8 * nt * nx))))
 
 
-def band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods):
+def band_summaries(pred: xr.Dataset, ys: slice, tsel, times, periods, continuous=CONTINUOUS):
     """Per-period means (P, cells, V), calendar-month means (12, cells, V) and the overall mean
     (cells, V) of every continuous predictor over a band of rows (cells y-major)."""
     nb, nx = ys.stop - ys.start, pred.sizes["x"]
-    V = len(CONTINUOUS)
+    V = len(continuous)
     per = np.empty((len(periods), nb * nx, V))
     clim = np.empty((12, nb * nx, V))
     mean = np.empty((nb * nx, V))
-    for j, v in enumerate(CONTINUOUS):
+    for j, v in enumerate(continuous):
         da = pred[v].isel(y=ys)
         if "time" in da.dims:
             a = np.asarray(da.isel(time=tsel).values, np.float64).reshape(len(times), -1)
@@ -693,6 +694,7 @@ def extrapolation_diagnostics(
     max_training: int,
     n_clusters: int,
     seed: int,
+    predictor_set: PredictorSet = PAPER,
 ) -> dict[str, pd.DataFrame]:
     """Where the model extrapolates (docs/compare.md): MESS per period against the NEE training
     rows, the AOA (importance-weighted when ``importance`` is given, else equal weights) and
@@ -707,8 +709,9 @@ def extrapolation_diagnostics(
     times = times_all[tsel]
     periods = mess_periods(y0, y1, period_length)
     pnames = [f"{a}-{b}" for a, b in periods]
-    V = len(CONTINUOUS)
-    rows = training_rows(table, "nee").reset_index(drop=True)
+    continuous = predictor_set.continuous
+    V = len(continuous)
+    rows = training_rows(table, "nee", predictor_set).reset_index(drop=True)
     land = np.asarray((zones["land_fraction"].fillna(0) > 0).values)
 
     # ---- pass 0 (bands of rows): MESS reference sets at the training cells, k-means sample
@@ -721,7 +724,7 @@ def extrapolation_diagnostics(
     cached = None
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
-        per, clim, mean = band_summaries(pred, ys, tsel, times, periods)
+        per, clim, mean = band_summaries(pred, ys, tsel, times, periods, continuous)
         for idx, dest in ((cells, "ref"), (samp, "sample")):
             sel = (idx >= ys.start * nx) & (idx < ys.stop * nx)
             loc = idx[sel] - ys.start * nx
@@ -744,17 +747,17 @@ def extrapolation_diagnostics(
     weights = np.ones(V)
     if importance is not None:
         imp = importance[importance.flux == "nee"].set_index("predictor").importance
-        weights = np.array([imp.get(v, 0.0) for v in CONTINUOUS], np.float64)
+        weights = np.array([imp.get(v, 0.0) for v in continuous], np.float64)
     trows = rows
     if len(rows) > max_training:
         trows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_training).round().astype(int))]
         log.info(f"AOA: {len(trows)} of {len(rows)} training rows (compare.aoa_max_training)")
-    aoa = AOA(trows[list(CONTINUOUS)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
+    aoa = AOA(trows[list(continuous)].to_numpy(np.float64), trows.site_id.to_numpy(), weights)
     predict_cluster, centres, used = fit_clusters(sample, n_clusters, seed)
     n_found = len(centres)
 
     # ---- pass 1: bands of rows -> extrapolation.zarr, area shares, SD inside/outside
-    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found).to_zarr(
+    extrapolation_template(pred, crs, pnames, aoa.threshold, n_found, continuous).to_zarr(
         store, compute=False, mode="w", consolidated=False
     )
     import zarr  # the band writes go straight to the arrays
@@ -767,7 +770,7 @@ def extrapolation_diagnostics(
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
         nb = ys.stop - ys.start
-        per, clim, mean = cached if cached is not None else band_summaries(pred, ys, tsel, times, periods)
+        per, clim, mean = cached if cached is not None else band_summaries(pred, ys, tsel, times, periods, continuous)
         lb = land[ys].ravel()
         per[:, ~lb], clim[:, ~lb], mean[~lb] = np.nan, np.nan, np.nan
         w = budgets_mod.zone_weights(zones.isel(y=ys)).values.reshape(len(zone_names), -1)
@@ -835,9 +838,9 @@ def extrapolation_diagnostics(
         site_lab,
         all_rows.site_id.to_numpy(),
         centres,
-        CONTINUOUS,
+        continuous,
     )
-    clusters = ct.drop(columns=[c for c, u in zip(CONTINUOUS, used) if not u])
+    clusters = ct.drop(columns=[c for c, u in zip(continuous, used) if not u])
     inside_share = aoa_share(g, zones)
     log.info(
         f"extrapolation: {len(periods)} MESS periods; AOA threshold {aoa.threshold:.3f}, "
@@ -853,7 +856,9 @@ def aoa_share(g, zones) -> float:
     return float(w[a == 1].sum() / tot) if tot > 0 else float("nan")
 
 
-def extrapolation_template(pred: xr.Dataset, crs, pnames: list, threshold: float, n_clusters: int) -> xr.Dataset:
+def extrapolation_template(
+    pred: xr.Dataset, crs, pnames: list, threshold: float, n_clusters: int, continuous=CONTINUOUS
+) -> xr.Dataset:
     import dask.array as dsa
 
     ny, nx = pred.sizes["y"], pred.sizes["x"]
@@ -885,8 +890,8 @@ def extrapolation_template(pred: xr.Dataset, crs, pnames: list, threshold: float
         full((P, ny, nx), np.int16, -1),
         {
             "long_name": "most dissimilar variable (-1: no value)",
-            "flag_values": np.arange(len(CONTINUOUS), dtype=np.int16),
-            "flag_meanings": " ".join(CONTINUOUS),
+            "flag_values": np.arange(len(continuous), dtype=np.int16),
+            "flag_meanings": " ".join(continuous),
         },
     )
     ds["mess_class"] = (

@@ -112,6 +112,34 @@ class CoarseSet:
     years: str | None = None  # default: every complete year of its predictor stack
 
 
+@dataclass
+class PredictorSettings:
+    """The declared predictor set (``[predictors]``; docs/formats.md §2b): ``use`` (names in model
+    order; default the paper's 17), ``drop`` (names removed) and ``declare`` (the
+    ``[predictors.<name>]`` tables: overrides of a paper predictor, or a new one). Both model sets
+    (fine and ``[coarse]``) use it."""
+
+    use: list | None = None
+    drop: list | None = None
+    declare: dict = field(default_factory=dict)
+
+
+#: Values of the site table's ``method`` column (formats.read_site_table).
+SITE_METHODS = ("EC", "chamber")
+
+
+@dataclass
+class SiteSettings:
+    """Which site-months train the forests (``[sites]``; the paper's sensitivity runs,
+    Supplementary Table 5): ``disturbance`` keeps the rows whose disturbance is listed ("none"
+    = undisturbed or not given), ``method`` the rows measured by a listed method, ``all_fluxes``
+    the rows with GPP, Reco and NEE all present. Default: every row."""
+
+    disturbance: list | None = None
+    method: list | None = None
+    all_fluxes: bool = False
+
+
 CHOICES = {
     "forest.central": ("mean", "qrf_median"),
     "forest.bootstrap_mtry": ("reuse", "retune"),
@@ -130,6 +158,15 @@ class Config:
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
+    predictors: PredictorSettings = field(default_factory=PredictorSettings)
+    sites: SiteSettings = field(default_factory=SiteSettings)
+
+    def predictor_set(self):
+        """The declared :class:`~abzflux.predictors.PredictorSet` (default: the paper's 17)."""
+        from .predictors import from_declaration
+
+        p = self.predictors
+        return from_declaration(p.use, p.drop, p.declare, self.source or "<config>")
 
     def coarse_config(self) -> Config | None:
         """The coarse model set as a Config of its own (None without a [coarse] section)."""
@@ -153,6 +190,8 @@ class Config:
             uncertainty=self.uncertainty,
             coarse=None,
             source=self.source,
+            predictors=self.predictors,
+            sites=self.sites,
         )
 
     def to_dict(self) -> dict:
@@ -198,6 +237,8 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
             if not isinstance(v, bool):
                 raise ConfigError(file, f"expected true or false, got {v!r}", column=f"{name}.{k}")
             kw[k] = v
+        elif t.startswith("list") and name == "sites":
+            kw[k] = v  # lists of names, checked by _site_section
         elif t.startswith("list") and k == "references":
             if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
                 raise ConfigError(file, f"expected a list of path strings, got {v!r}", column=f"{name}.{k}")
@@ -226,6 +267,52 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
 from dataclasses import MISSING as _MISSING  # noqa: E402
 
 
+def _names(v, key: str, file) -> list:
+    if not isinstance(v, list) or not all(isinstance(i, str) and i for i in v):
+        raise ConfigError(file, f"expected a list of names, got {v!r}", column=key)
+    return list(v)
+
+
+def _predictor_section(raw, file) -> PredictorSettings:
+    """``[predictors]``: ``use`` and ``drop`` (lists of names) and ``[predictors.<name>]`` tables,
+    checked by resolving the set (unknown names and fields are errors)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "section [predictors] must be a table")
+    out = PredictorSettings()
+    for k, v in raw.items():
+        if k in ("use", "drop"):
+            setattr(out, k, _names(v, f"predictors.{k}", file))
+        elif isinstance(v, dict):
+            out.declare[k] = dict(v)
+        else:
+            raise ConfigError(
+                file,
+                f"unknown key {k!r}",
+                column=f"predictors.{k}",
+                expected="`use`, `drop` or a [predictors.NAME] table (source, units, long_name, kind, categorical, range)",
+            )
+    from .predictors import from_declaration
+
+    from_declaration(out.use, out.drop, out.declare, file)  # raises on a bad declaration
+    return out
+
+
+def _site_section(raw, file) -> SiteSettings:
+    out = _section(SiteSettings, raw, "sites", file)
+    if out.disturbance is not None:
+        out.disturbance = [d.strip().lower() for d in _names(out.disturbance, "sites.disturbance", file)]
+    if out.method is not None:
+        got = _names(out.method, "sites.method", file)
+        low = {m.lower(): m for m in SITE_METHODS}
+        bad = [m for m in got if m.lower() not in low]
+        if bad:
+            raise ConfigError(
+                file, f"unknown method(s) {bad}", column="sites.method", expected=f"some of {list(SITE_METHODS)}"
+            )
+        out.method = [low[m.lower()] for m in got]
+    return out
+
+
 def load_config(path) -> Config:
     """Read and validate a run configuration TOML file."""
     path = Path(path)
@@ -235,7 +322,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "uncertainty", "coarse"}
+    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "uncertainty", "coarse", "predictors", "sites"}
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -252,6 +339,8 @@ def load_config(path) -> Config:
         uncertainty=_section(UncertaintySettings, raw.get("uncertainty", {}), "uncertainty", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
+        predictors=_predictor_section(raw.get("predictors", {}), path),
+        sites=_site_section(raw.get("sites", {}), path),
     )
     for sec, obj in (("inputs", cfg.inputs), ("coarse", cfg.coarse)):
         for k in ("sites", "predictors", "zones", "fire", "truth"):
@@ -329,12 +418,11 @@ YEAR_RANGE = (1900, 2100)
 def check_ranges(cfg: Config, path) -> None:
     """Every setting within its range or choices (the checks of :func:`load_config` above cover
     the counts' lower bounds): what a run would otherwise fail on, or silently misuse, after
-    the run directory was created. Settings that depend on the inputs (mtry vs the predictors of
-    the stack) are checked against the paper's fixed predictor set."""
-    from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES
-
-    p_all = len(PREDICTOR_NAMES)
-    p_boot = p_all - len(BOOTSTRAP_DROP)
+    the run directory was created. Settings that depend on the predictors (mtry) are checked
+    against the declared predictor set."""
+    pset = cfg.predictor_set()
+    p_all = len(pset)
+    p_boot = len(pset.bootstrap_names)
     r, fo, fi = cfg.run, cfg.forest, cfg.fire
     if not 0 <= r.seed <= MAX_SEED:
         raise ConfigError(
@@ -363,6 +451,14 @@ def check_ranges(cfg: Config, path) -> None:
             f"mtry {fo.mtry} is more than the {p_all} predictors",
             column="forest.mtry",
             expected=f"an integer in 1..{p_all} (predictors tried at each split)",
+        )
+    if p_boot == 0 and fo.n_bootstrap > 0:
+        raise ConfigError(
+            path,
+            f"every predictor of the set {list(pset.names)} is categorical: the bootstrap forests, which drop the "
+            "factors, would have none",
+            column="forest.n_bootstrap",
+            expected="a continuous predictor in the set, or forest.n_bootstrap = 0",
         )
     if fo.mtry_grid is not None:
         top = p_boot if fo.bootstrap_mtry == "retune" else p_all

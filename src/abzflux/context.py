@@ -17,7 +17,7 @@ from .errors import InputError
 from .fire import aggregate_fire, fine_factor
 from .formats import check_same_grid, read_fire, read_predictors, read_site_table, read_truth, read_zones
 from .layout import RunLayout
-from .predictors import VEG_RECODE
+from .predictors import VEG_RECODE, PredictorSet, select_sites
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,19 @@ class Context:
         return {k: v for k, v in out.items() if v is not None}
 
     # Inputs are read and validated once per process, on first use.
+    @property
+    def predictor_set(self) -> PredictorSet:
+        """The declared predictor set (``[predictors]``; default the paper's 17)."""
+        if "pset" not in self.cache:
+            self.cache["pset"] = self.cfg.predictor_set()
+        return self.cache["pset"]
+
     def sites(self) -> pd.DataFrame:
+        """The site table, with the ``[sites]`` row filters applied (logged)."""
         if "sites" not in self.cache:
-            self.cache["sites"] = read_site_table(self.cfg.inputs.sites)
+            self.cache["sites"] = select_sites(
+                read_site_table(self.cfg.inputs.sites), self.cfg.sites, self.cfg.inputs.sites
+            )
         return self.cache["sites"]
 
     def truth(self) -> xr.Dataset | None:
@@ -75,7 +85,7 @@ class Context:
 
     def predictors(self) -> xr.Dataset:
         if "pred" not in self.cache:
-            self.cache["pred"] = read_predictors(self.cfg.inputs.predictors)
+            self.cache["pred"] = read_predictors(self.cfg.inputs.predictors, predictor_set=self.predictor_set)
         return self.cache["pred"]
 
     def zones(self) -> xr.Dataset:

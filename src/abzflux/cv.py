@@ -266,10 +266,11 @@ def fit_flux(
     dropped: list,
     progress=None,
     client=None,
+    categorical=CATEGORICAL,
 ) -> FluxFit:
     """Leave-one-site-out CV over the mtry grid (``mtry`` fixed: that one; ``cv`` false: none),
     the chosen mtry, and the final forest refit on all ``rows``. ``grid``: the mtry values to
-    tune over (default :func:`mtry_grid`)."""
+    tune over (default :func:`mtry_grid`); ``categorical``: the factors among ``x_cols``."""
     grid = [mtry] if mtry is not None else (grid or mtry_grid(len(x_cols)))
     best = mtry
     pred = m = overall = None
@@ -286,6 +287,7 @@ def fit_flux(
                 seed=seed,
                 progress=progress,
                 client=client,
+                categorical=categorical,
             )
         finally:
             if progress is not None:
@@ -302,7 +304,12 @@ def fit_flux(
         best = max(len(x_cols) // 3, 1)
     cv_s = time.perf_counter() - t0
     model = FluxForest(
-        n_estimators=n_estimators, mtry=best, nodesize=nodesize, central=central, random_state=forest_seed
+        n_estimators=n_estimators,
+        mtry=best,
+        nodesize=nodesize,
+        central=central,
+        random_state=forest_seed,
+        categorical=categorical,
     )
     t0 = time.perf_counter()
     model.fit(rows[x_cols], rows[flux].to_numpy())

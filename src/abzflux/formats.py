@@ -14,10 +14,12 @@ Public API
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,10 +29,14 @@ import pyproj
 import xarray as xr
 
 from . import predictors as _pred
+from . import units as units_mod
 from .errors import InputError
 from .vocab import FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
 
 __all__ = [
+    "LayerPlan",
+    "plan_predictors",
+    "model_view",
     "FLUXES",
     "SITE_REQUIRED",
     "open_dataset",
@@ -79,6 +85,7 @@ VEG_VOCABULARY = tuple(sorted(set(_pred.VEG_CLASSES) | set(_pred.VEG_RECODE)))
 FIRE_VARIABLES = ("fire_emissions", "burned_fraction")
 
 _MAX_LISTED = 5
+log = logging.getLogger(__name__)
 _IN_MEMORY = "<in-memory dataset>"
 
 
@@ -926,16 +933,219 @@ def categories(da: xr.DataArray, file=None) -> dict[int, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_predictors(path, required=None) -> xr.Dataset:
-    """Read and validate the predictor stack (docs/formats.md §2).
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one predictor's model layer is made from its stack variable (docs/formats.md §2):
+    ``layout`` is the stored shape, "monthly" ``(time, y, x)``, "annual" ``(<year dim>, y, x)``
+    (one layer per year, repeated over the months of its year), "grid" ``(y, x)`` (repeated over
+    every month when ``time_varying``, else a static predictor) or "series" ``(time,)``
+    (broadcast over the grid); values are converted to the contract units as
+    ``scale * value + offset``."""
 
-    ``required``: stack variable names (default :data:`abzflux.predictors.STACK_VARIABLES`).
-    Returns the required variables (dynamic ``(time, y, x)``, static ``(y, x)``), lazily, with
-    the ``spatial_ref`` coordinate.
+    name: str
+    source: str
+    layout: str
+    time_varying: bool
+    scale: float = 1.0
+    offset: float = 0.0
+    year_dim: str | None = None
+    year_index: tuple[int, ...] = ()  # annual: the layer's step of each stack time step
+    units: str | None = None  # the contract units (set when the values are converted)
+
+    def convert(self, a):
+        """Values (numpy or xarray) in the contract units."""
+        if self.scale == 1.0 and self.offset == 0.0:
+            return a
+        return a * self.scale + self.offset if self.offset else a * self.scale
+
+    def tile(self, raw: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
+        """One tile's values (float64), ``(nt, ty, tx)`` for a time-varying predictor, ``(ty, tx)``
+        for a static one or a repeated (y, x) layer; ``raw``: the stack as opened (no dask), ``tidx``:
+        stack time indices."""
+        da = raw[self.source]
+        if self.layout == "monthly":
+            ts = slice(int(tidx[0]), int(tidx[-1]) + 1) if np.all(np.diff(tidx) == 1) else tidx
+            a = da.transpose("time", "y", "x")[ts, ys, xs].values
+        elif self.layout == "annual":
+            idx = np.asarray(self.year_index)[tidx]
+            steps, inv = np.unique(idx, return_inverse=True)
+            a = da.transpose(str(self.year_dim), "y", "x")[steps, ys, xs].values[inv]
+        elif self.layout == "series":
+            v = da.values[tidx].astype(np.float64)
+            ny, nx = ys.stop - ys.start, xs.stop - xs.start
+            a = np.broadcast_to(v[:, None, None], (len(v), ny, nx))
+        else:
+            a = da.transpose("y", "x")[ys, xs].values
+        return np.asarray(self.convert(np.asarray(a, dtype=np.float64)), dtype=np.float64)
+
+    def view(self, ds: xr.Dataset) -> xr.DataArray:
+        """The model layer (lazy): ``(time, y, x)`` for a time-varying predictor, ``(y, x)`` else."""
+        raw = ds[self.source]
+        da = self.convert(raw)
+        if da is not raw:
+            da = da.assign_attrs({**raw.attrs, "units": self.units, "units_converted_from": raw.attrs.get("units")})
+        if self.layout == "annual":
+            idx = xr.DataArray(np.asarray(self.year_index, dtype=np.int64), dims="time")
+            da = da.isel({str(self.year_dim): idx}).drop_vars(str(self.year_dim), errors="ignore")
+            da = da.assign_coords(time=ds["time"]).transpose("time", "y", "x")
+        elif self.layout == "series":
+            da = da.expand_dims(y=ds["y"], x=ds["x"]).transpose("time", "y", "x")
+        elif self.layout == "grid" and self.time_varying:
+            da = da.expand_dims(time=ds["time"]).transpose("time", "y", "x")
+        return da
+
+
+def _annual_years(ds: xr.Dataset, dim: str, name: str, file: str) -> list[int]:
+    """The calendar year of each step of an annual layer's dimension ``dim``."""
+    expected = (
+        f"dimension `{dim}` with a coordinate of integer years or of dates, one per calendar year "
+        "(an annual layer, repeated over the months of its year)"
+    )
+    if dim not in ds.coords:
+        raise InputError(file, f"dimension `{dim}` has no coordinate values", column=name, expected=expected)
+    v = ds[dim].values
+    if np.issubdtype(v.dtype, np.integer):
+        years = [int(y) for y in v]
+    else:
+        parts = _time_parts(v)
+        if parts is None or "nat" in parts:
+            raise InputError(
+                file, f"`{dim}` holds neither years nor dates (dtype {v.dtype})", column=name, expected=expected
+            )
+        years = [int(y) for y in parts["year"]]
+    if len(set(years)) != len(years):
+        dup = sorted({y for y in years if years.count(y) > 1})
+        raise InputError(file, f"`{dim}` has more than one step in year(s) {dup[:5]}", column=name, expected=expected)
+    return years
+
+
+def _plan_layer(ds: xr.Dataset, p, file: str) -> LayerPlan:
+    """Check one predictor's stack variable's dimensions and units; its :class:`LayerPlan`."""
+    src = p.stack_name
+    label = src if src == p.name else f"{src} (predictor {p.name})"
+    da = ds[src]
+    dims = da.dims
+    if not _is_numeric_dtype(da.dtype):
+        raise InputError(file, f"variable is not numeric (dtype {da.dtype})", column=label, expected="numeric values")
+    year_dim = None
+    if set(dims) == {"y", "x"}:
+        layout = "grid"
+    elif set(dims) == {"time", "y", "x"}:
+        layout = "monthly"
+    elif dims == ("time",):
+        layout = "series"
+    elif len(dims) == 3 and {"y", "x"} <= set(dims):
+        layout = "annual"
+        year_dim = next(d for d in dims if d not in ("y", "x"))
+    else:
+        layout = "?"
+    allowed = ("grid",) if not p.time_varying else ("monthly", "annual", "grid", "series")
+    if layout not in allowed:
+        want = (
+            "dimensions ('y', 'x') (a static predictor)"
+            if not p.time_varying
+            else "dimensions ('time', 'y', 'x'), one layer per year (e.g. ('year', 'y', 'x')), ('y', 'x') "
+            "(repeated over every month) or ('time',) (the same over the grid)"
+        )
+        raise InputError(file, f"variable has dimensions {dims}", column=label, expected=want)
+    scale, offset = 1.0, 0.0
+    u = da.attrs.get("units")
+    if not p.categorical and u is not None:
+        accepted = (p.units,) + tuple(p.units_also)
+        got = parse_units(u) if isinstance(u, str) else None
+        if got is None or got not in [parse_units(a) for a in accepted]:
+            conv = units_mod.linear_conversion(str(u), p.units) if isinstance(u, str) else None
+            if conv is None:
+                raise InputError(
+                    file,
+                    f"units attribute is {u!r}",
+                    column=label,
+                    expected=f"units {' or '.join(repr(a) for a in accepted)} or units convertible to them (convert "
+                    "the values and the attribute, or remove a wrong attribute)",
+                )
+            scale, offset = conv
+            log.info(f"{file}: {label} converted from {u!r} to {p.units!r} (x {scale:g} + {offset:g})")
+    year_index: tuple[int, ...] = ()
+    if layout == "annual":
+        years = _annual_years(ds, str(year_dim), label, file)
+        t_years = pd.DatetimeIndex(ds["time"].values).year if "time" in ds.coords else None
+        if t_years is None:
+            raise InputError(
+                file,
+                "an annual layer but the stack has no monthly `time`",
+                column=label,
+                expected="a monthly `time` coordinate",
+            )
+        missing = sorted(set(t_years) - set(years))
+        if missing:
+            raise InputError(
+                file,
+                f"no layer for year(s) {missing[:10]} of the stack's months",
+                column=label,
+                expected=f"one layer for every year of the stack's `time` ({t_years.min()}-{t_years.max()})",
+            )
+        pos = {y: i for i, y in enumerate(years)}
+        year_index = tuple(pos[int(y)] for y in t_years)
+        log.info(f"{file}: {label} has one layer per year ({year_dim}): repeated over the months of its year")
+    elif layout == "grid" and p.time_varying:
+        log.info(f"{file}: {label} is a (y, x) layer: repeated over every month")
+    elif layout == "series":
+        log.info(f"{file}: {label} is a (time,) series: broadcast over the grid")
+    if p.time_varying and "time" not in ds.coords:
+        raise InputError(
+            file,
+            f"the stack has no `time` coordinate for the {p.kind} predictor",
+            column=label,
+            expected="a 1-D `time` coordinate of monthly dates (the months the predictor is repeated or broadcast over)",
+        )
+    return LayerPlan(
+        p.name, src, layout, p.time_varying, float(scale), float(offset), year_dim, year_index, p.units if u else None
+    )
+
+
+def plan_predictors(ds: xr.Dataset, pset=None, file=None, required=None) -> dict[str, LayerPlan]:
+    """Per predictor of ``pset`` read from the stack (default: the paper's), its
+    :class:`LayerPlan`: dimensions and units checked, no data read. ``ds``: the opened stack
+    with its grid checked; ``required``: model names to read (default: every layer of the set)."""
+    pset = _pred.PAPER if pset is None else pset
+    file = _source(ds) if file is None else str(file)
+    layers = [p for p in pset.read if required is None or p.name in set(required)]
+    _missing_variables(ds, [p.stack_name for p in layers], file, "predictor")
+    return {p.name: _plan_layer(ds, p, file) for p in layers}
+
+
+def model_view(ds: xr.Dataset, plans: dict[str, LayerPlan], file: str) -> xr.Dataset:
+    """The stack as the model sees it (lazy): one variable per predictor, by its model name, in
+    the contract units, ``(time, y, x)`` when time-varying, else ``(y, x)``."""
+    out = xr.Dataset(coords={k: ds.coords[k] for k in ("time", "y", "x") if k in ds.coords})
+    for name, plan in plans.items():
+        out[name] = plan.view(ds)
+    for c in ds.coords:
+        if c not in out.coords and set(ds[c].dims) <= set(out.dims):
+            out = out.assign_coords({c: ds[c]})
+    out.attrs = dict(ds.attrs)
+    out.encoding["source"] = file
+    return out
+
+
+def read_predictors(path, required=None, predictor_set=None) -> xr.Dataset:
+    """Read and validate the predictor stack (docs/formats.md §2) for a predictor set (default
+    :data:`abzflux.predictors.PAPER`).
+
+    ``required``: model names to read (default: every stack layer of the set). Stack variables
+    are renamed to the model names (a predictor's ``source``), converted to the contract units
+    (:mod:`abzflux.units`) and checked against the physical ranges; annual and (y, x) layers of
+    a time-varying predictor are repeated over the months, a (time,) series is broadcast over
+    the grid. Returns the layers (time-varying ``(time, y, x)``, static ``(y, x)``), lazily,
+    with the ``spatial_ref`` coordinate.
     """
+    pset = _pred.PAPER if predictor_set is None else predictor_set
     ds, file = _open(path)
-    names = list(_pred.STACK_VARIABLES if required is None else required)
-    names = [n for n in dict.fromkeys(names) if not (n in _pred.BY_NAME and _pred.BY_NAME[n].kind == "derived")]
+    if required is not None:
+        required = [n for n in dict.fromkeys(required) if not (n in pset.by_name and not pset.by_name[n].stored)]
+        unknown = [n for n in required if n not in pset.by_name]
+        if unknown:
+            raise ValueError(f"{unknown} are not predictors of the set {list(pset.names)}")
     if "month" in ds.variables:
         raise InputError(
             file,
@@ -943,73 +1153,79 @@ def read_predictors(path, required=None) -> xr.Dataset:
             column="month",
             expected="no `month` variable: month is a model predictor derived from `time`",
         )
-    _missing_variables(ds, names, file, "predictor")
+    layers = [p for p in pset.read if required is None or p.name in set(required)]
+    _missing_variables(ds, [p.stack_name for p in layers], file, "predictor")
     ds, _ = _check_grid(ds, file)
-
+    plans = plan_predictors(ds, pset, file, required)
+    # the checks run on the stored layers, converted (a repeated layer is checked once)
+    conv = ds.assign({plans[p.name].source: plans[p.name].convert(ds[p.stack_name]) for p in layers})
     lazy: dict = {}
     code_checks: dict[str, list[int]] = {}
-    for name in names:
-        p = _pred.BY_NAME.get(name)
-        if p is not None:
-            kind = p.kind
-        else:
-            kind = "dynamic" if "time" in ds[name].dims else "static"
-        dims = ("time", "y", "x") if kind == "dynamic" else ("y", "x")
-        ds = _check_dims(ds, name, dims, file)
-        da = ds[name]
-        if p is not None and not p.categorical:
-            _check_units(ds, name, (p.units,) + _pred.UNITS_ALSO.get(name, ()), file)
-        if (p is not None and p.categorical) or "flag_values" in da.attrs:
+    for p in layers:
+        src = p.stack_name
+        da = conv[src]
+        if p.categorical or "flag_values" in da.attrs:
             cats = categories(da, file=file)
             codes = list(cats)
-            if name == "veg_type":
+            if p.name == "veg_type":
                 codes += list(_pred.VEG_RECODE)
-            code_checks[name] = codes
-            lazy[f"codes:{name}"] = _lazy_codes(ds, name, codes)
-            if name == "veg_type":  # the paper's classes only: another code has no trained class
-                lazy["vocab:veg_type"] = _lazy_codes(ds, name, VEG_VOCABULARY)
-        if kind == "dynamic":
-            lazy[f"nan:{name}"] = da.isnull().all(dim=("y", "x"))
-        else:
-            lazy[f"nan:{name}"] = da.isnull().all()
+            code_checks[src] = codes
+            lazy[f"codes:{src}"] = _lazy_codes(conv, src, codes)
+            if p.name == "veg_type":  # the paper's classes only: another code has no trained class
+                lazy["vocab:veg_type"] = _lazy_codes(conv, src, VEG_VOCABULARY)
+        lazy[f"nan:{src}"] = da.isnull().all(dim=("y", "x")) if da.ndim == 3 else da.isnull().all()
+        if da.dims == ("time",):
+            lazy[f"nan:{src}"] = da.isnull()
 
     checks = []
-    for name in names:
-        if name in _pred.PHYSICAL_RANGE:
-            lo, hi = _pred.PHYSICAL_RANGE[name]
+    for p in layers:
+        src = p.stack_name
+        if p.range is not None and not p.categorical:
+            lo, hi = p.range
             tol = 1e-4 * (hi - lo)  # float32 rounding at the bounds
-            units = _pred.BY_NAME[name].units
             checks.append(
                 _Range(
-                    name,
+                    src,
                     lo - tol,
                     hi + tol,
                     text=(
-                        f"values in {lo:g}..{hi:g}{'' if units == '1' else ' ' + units} (values outside it mean other "
-                        "units or an unapplied scale factor)"
+                        f"values in {lo:g}..{hi:g}{'' if p.units == '1' else ' ' + p.units} (values outside it mean "
+                        "other units or an unapplied scale factor)"
                     ),
                 )
             )
-        elif name not in code_checks:  # no physical range: still no inf (it trains, then breaks maps)
-            checks.append(_Range(name, text="finite values, or NaN where a cell has no data"))
-    res = _check_ranges(ds, checks, file, lazy)
-    for name in names:
-        allnan = np.asarray(res[f"nan:{name}"])
+        elif src not in code_checks:  # no physical range: still no inf (it trains, then breaks maps)
+            checks.append(_Range(src, text="finite values, or NaN where a cell has no data"))
+    res = _check_ranges(conv, checks, file, lazy)
+    for p in layers:
+        src = p.stack_name
+        allnan = np.asarray(res[f"nan:{src}"])
         if allnan.all():
             raise InputError(
                 file,
                 "variable is entirely NaN",
-                column=name,
+                column=src,
                 expected="data values (NaN only where a cell has no data)",
             )
-        if allnan.ndim == 1:
+        if allnan.ndim == 1 and conv[src].dims[0] == "time":
             _check_nan_steps(
-                ds, allnan, name, file, "data at every time step (gap-fill the predictor or drop the month)"
+                conv, allnan, src, file, "data at every time step (gap-fill the predictor or drop the month)"
             )
-    for name, codes in code_checks.items():
-        _check_codes(ds, name, codes, res, file)
+        elif allnan.ndim == 1 and allnan.any():
+            dim = conv[src].dims[0]
+            steps = [f"{dim} {_fmt(conv[dim].values[i])}" for i in np.flatnonzero(allnan)]
+            raise InputError(
+                file,
+                f"all values are NaN in {len(steps)} layer(s)",
+                column=src,
+                where=_listing(steps),
+                expected="data in every year's layer",
+            )
+    for src, codes in code_checks.items():
+        _check_codes(conv, src, codes, res, file)
     if int(res.get("vocab:veg_type", 0)):
-        da = ds["veg_type"]
+        src = pset.by_name["veg_type"].stack_name
+        da = conv[src]
         mask = _load(da.notnull() & ~da.isin(list(VEG_VOCABULARY)), file)
         first = tuple(int(i) for i in np.argwhere(mask)[0])
         value = _load(da[first], file).item()
@@ -1018,11 +1234,11 @@ def read_predictors(path, required=None) -> xr.Dataset:
             file,
             f"{int(res['vocab:veg_type'])} cell(s) hold vegetation codes outside the paper's classes (first: "
             f"{_fmt(value)}{f', {meaning!r}' if meaning else ''})",
-            column="veg_type",
-            where=_cell_description(ds, da, first),
+            column=src,
+            where=_cell_description(conv, da, first),
             expected=f"codes of the ESA CCI + CAVM classes {sorted(VEG_VOCABULARY)} (docs/formats.md §2), or NaN",
         )
-    return _finish(ds, names, file)
+    return model_view(ds, plans, file)
 
 
 def _check_same_grid_if(ds, like, file):

@@ -65,6 +65,9 @@ CLUSTERS = f"{COMPARE}/clusters.csv"
 PRODUCT_MAPS = f"{COMPARE}/product_maps.zarr"
 COMPARE_METRICS = f"{COMPARE}/metrics.csv"
 COMPARE_BUDGETS = f"{COMPARE}/budgets.csv"
+# `abzflux sensitivity` writes here by default (not a stage output; the report shows the table).
+SENSITIVITY = "sensitivity"
+SENSITIVITY_TABLE = f"{SENSITIVITY}/sensitivity.csv"
 
 
 def inner(rel: str) -> str:

@@ -44,6 +44,7 @@ from .domain import CRS_EPSG, base_grid  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .formats import grid_crs  # noqa: E402
 from .layout import RunLayout  # noqa: E402
+from .predictors import from_declaration  # noqa: E402
 from .summary import METHOD_TEXT, order  # noqa: E402
 from .vocab import FLUX_UNITS, FLUXES  # noqa: E402
 
@@ -612,6 +613,53 @@ def fig_skill(rd: RunData) -> list[Item]:
     return items
 
 
+def sensitivity_table(rd: RunData) -> list[Item]:
+    """The sensitivity runs' skill side by side (``abzflux sensitivity``; RUN/sensitivity/), when run."""
+    if not rd.has(L.SENSITIVITY_TABLE):
+        return []
+    s = pd.read_csv(rd.layout / L.SENSITIVITY_TABLE, keep_default_na=False, na_values=[""])
+    t = pd.DataFrame(
+        {
+            "variant": s.variant,
+            "flux": s.flux,
+            "rows": s.rows.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "sites": s.sites.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "predictors": s.predictors,
+            "mtry": s.mtry.map(lambda v: "–" if pd.isna(v) else f"{int(v)}"),
+            "R²": s.r2.round(2),
+            "RMSE": s.rmse.round(1),
+            "MAE": s.mae.round(1),
+            "bias": s.bias.round(1),
+        }
+    )
+    notes = "; ".join(
+        f"{v}: {d}" for v, d in s.drop_duplicates("variant")[["variant", "description"]].itertuples(index=False)
+    )
+    return [
+        Item(
+            "sensitivity",
+            "Model skill",
+            "Sensitivity runs (Supplementary Table 5)",
+            "Leave-one-site-out skill of the forests trained on variants of this run's config "
+            "(`abzflux sensitivity`; RUN/sensitivity/sensitivity.csv): caret site-mean R², RMSE and MAE, pooled "
+            f"bias (g C m-2 month-1). {notes}.",
+            table_html=_table(t),
+        )
+    ]
+
+
+def _predictor_set_note(rd: RunData) -> str:
+    """A caption note naming the predictors when the run's [predictors] section changed the paper's set."""
+    d = rd.record.get("config", {}).get("predictors") or {}
+    if not (d.get("use") or d.get("drop") or d.get("declare")):
+        return ""
+    pset = from_declaration(d.get("use"), d.get("drop"), d.get("declare") or {}, rd.layout.run_json)
+    renamed = [f"{p.name} from {p.stack_name}" for p in pset.predictors if p.stack_name != p.name]
+    return f" Predictors (the run's declared set, {len(pset)}): {', '.join(pset.names)}" + (
+        f"; read as {', '.join(renamed)}." if renamed else "."
+    )
+
+
 def fig_interpret(rd: RunData) -> list[Item]:
     items = []
     if rd.has(L.IMPORTANCE):
@@ -624,7 +672,7 @@ def fig_interpret(rd: RunData) -> list[Item]:
                 "Permutation importance",
                 "Increase of the final forest's RMSE (g C m-2 month-1) on the training rows when one "
                 "predictor is permuted; bars = mean, whiskers = SD over the permutation repeats "
-                "(RUN/interpret/importance.csv).",
+                f"(RUN/interpret/importance.csv).{_predictor_set_note(rd)}",
                 fig=fig,
             )
         )
@@ -1112,6 +1160,7 @@ FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     fig3_monthly,
     fig4_regions,
     fig_skill,
+    sensitivity_table,
     fig_interpret,
     fig_fire,
     fig_uncertainty,

@@ -118,19 +118,25 @@ def site_errors(rows: pd.DataFrame, pred: pd.DataFrame, train_di: np.ndarray, fl
 
 
 def flux_extrapolation(
-    rows: pd.DataFrame, cv_pred: pd.DataFrame, mtry: int, importance: pd.DataFrame | None, flux: str, max_training: int
+    rows: pd.DataFrame,
+    cv_pred: pd.DataFrame,
+    mtry: int,
+    importance: pd.DataFrame | None,
+    flux: str,
+    max_training: int,
+    continuous=CONTINUOUS,
 ) -> tuple[dict, AOA, pd.DataFrame]:
     """One flux's extrapolation term: the AOA of its training rows (``importance``-weighted when
     given; at most ``max_training`` rows), the site-mean LOSO residuals (chosen ``mtry``)
     against the dissimilarity index, and the fitted DI model. Returns (model, aoa, site errors)."""
-    w = np.ones(len(CONTINUOUS))
+    w = np.ones(len(continuous))
     if importance is not None and (importance.flux == flux).any():
         s = importance[importance.flux == flux].set_index("predictor").importance
-        w = np.array([s.get(v, 0.0) for v in CONTINUOUS], np.float64)
+        w = np.array([s.get(v, 0.0) for v in continuous], np.float64)
     sub = rows
     if len(rows) > max_training:
         sub = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, max_training).round().astype(int))]
-    aoa = AOA(sub[list(CONTINUOUS)].to_numpy(np.float64), sub.site_id.to_numpy(), w)
+    aoa = AOA(sub[list(continuous)].to_numpy(np.float64), sub.site_id.to_numpy(), w)
     di_rows = np.full(len(rows), np.nan)
     di_rows[sub.index.to_numpy()] = aoa.train_di
     p = cv_pred[(cv_pred.flux == flux) & (cv_pred.mtry == mtry)]
@@ -140,11 +146,13 @@ def flux_extrapolation(
     return m, aoa, e
 
 
-def sd_block(pred: xr.Dataset, land: np.ndarray, tk: np.ndarray, ys: slice, aoas: dict, models: dict) -> dict:
+def sd_block(
+    pred: xr.Dataset, land: np.ndarray, tk: np.ndarray, ys: slice, aoas: dict, models: dict, continuous=CONTINUOUS
+) -> dict:
     """The extrapolation SD maps of one block of months ``tk`` and grid rows ``ys``, by variable."""
     nb, nx = ys.stop - ys.start, pred.sizes["x"]
     cols = []
-    for v in CONTINUOUS:
+    for v in continuous:
         da = pred[v].isel(y=ys)
         a = np.asarray(
             da.isel(time=tk).values if "time" in da.dims else np.broadcast_to(da.values, (len(tk), nb, nx)), np.float64

@@ -39,9 +39,9 @@ from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
-from .formats import grid_crs, open_grid, write_crs
+from .formats import grid_crs, model_view, open_grid, plan_predictors, write_crs
 from .layout import RunLayout
-from .predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, VEG_FALLBACK, VEG_RECODE
+from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
 from .vocab import FLUX_UNITS, FLUXES
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class UpscaleJob:
     time_index: list  # predictor time index of each output time step
     veg_map: dict = field(default_factory=dict)  # flux -> {code: code used or NaN}
     zones_order: list = field(default_factory=list)
+    plans: dict = field(default_factory=dict)  # name -> formats.LayerPlan: every stack layer read
+    names: tuple = PAPER.names  # the model's predictors, in order
+    bootstrap_names: tuple = PAPER.bootstrap_names  # the bootstrap forests' (factors dropped)
     # Worker caches are keyed by this too: a long-lived worker never reuses a dataset or a store
     # handle opened for another run (other inputs, or a store recreated at the same path).
     key: str = ""
@@ -114,20 +117,11 @@ def _load(path: str) -> FluxForest:
     return _model(path, os.path.getmtime(path))
 
 
-def _tile_predictors(pred: xr.Dataset, tidx: np.ndarray, ys: slice, xs: slice):
-    """Predictor columns of one tile-year as arrays (nt, ty, tx), plus the month of each step."""
+def _tile_predictors(pred: xr.Dataset, plans: dict, tidx: np.ndarray, ys: slice, xs: slice):
+    """Predictor columns of one tile-year as arrays (nt, ty, tx) or (ty, tx), by model name
+    (``plans``: how each is made from the stack as opened), plus the month of each step."""
     months = pd.DatetimeIndex(pred.time.values[tidx]).month.to_numpy()
-    ts = slice(int(tidx[0]), int(tidx[-1]) + 1) if np.all(np.diff(tidx) == 1) else tidx
-    cols = {}
-    for v in PREDICTOR_NAMES:
-        if v == "month":
-            continue
-        da = pred[v]
-        if "time" in da.dims:
-            da = da.transpose("time", "y", "x")[ts, ys, xs]
-        else:
-            da = da.transpose("y", "x")[ys, xs]
-        cols[v] = np.asarray(da.values, dtype=np.float64)
+    cols = {name: plan.tile(pred, tidx, ys, xs) for name, plan in plans.items()}
     return cols, months
 
 
@@ -154,23 +148,28 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     tidx = np.asarray(job.time_index[c.t0 : c.t0 + c.nt])
     z = zones.isel(y=ys, x=xs).load()
     land = z["land_fraction"].fillna(0).values > 0
-    cols, months = _tile_predictors(pred, tidx, ys, xs)
+    cols, months = _tile_predictors(pred, job.plans, tidx, ys, xs)
     nt, (ty, tx) = len(tidx), land.shape
     full = {}
     for v, a in cols.items():
         full[v] = a if a.ndim == 3 else np.broadcast_to(a, (nt, ty, tx))
     full["month"] = np.broadcast_to(months[:, None, None].astype(np.float64), (nt, ty, tx))
     ok = np.broadcast_to(land, (nt, ty, tx)).copy()
-    for v in PREDICTOR_NAMES:
+    for v in job.names:
         if v not in ("month", "veg_type"):
             ok &= np.isfinite(full[v])
-    X = pd.DataFrame({v: full[v][ok] for v in PREDICTOR_NAMES if v != "veg_type"})
+    X = pd.DataFrame({v: full[v][ok] for v in job.names if v != "veg_type"})
     where = np.nonzero(ok)
     veg = pd.Series(full["veg_type"][ok]).replace(VEG_RECODE).to_numpy(dtype=np.float64)
     res = {}
     for flux, path in job.models.items():
         model = _load(path)
         a = np.full((nt, ty, tx), np.nan, np.float32)
+        if "veg_type" not in job.names:  # no vegetation factor: no class to remap
+            if len(X):
+                a[where] = model.predict(X[model.feature_names_])
+            res[flux] = a
+            continue
         vt = veg.copy()
         for code, to in job.veg_map.get(flux, {}).items():
             vt[veg == float(code)] = np.nan if to is None else to
@@ -191,7 +190,7 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
             np.asarray(cols["veg_type"]).tobytes(),
             tuple(job.zones_order),
         )
-        Xb = X[[col for col in PREDICTOR_NAMES if col not in BOOTSTRAP_DROP]]
+        Xb = X[list(job.bootstrap_names)]
         ens = {}
         mats = {}  # members share their numeric columns: build each column order's matrix once
         for flux, paths in job.members.items():
@@ -323,17 +322,24 @@ def upscale(
     client=None,
     progress=None,
     fingerprint: str = "",
+    plans: dict | None = None,
+    predictor_set=PAPER,
 ) -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
 
     ``client``: a dask.distributed Client, or None to compute chunks in this process (each
     prediction already uses every core). Work in progress lives in ``out/upscale.partial``;
-    a rerun with the same ``fingerprint`` resumes it. Returns counts of chunks done/resumed.
+    a rerun with the same ``fingerprint`` resumes it. ``predictor_set``: the models' predictors;
+    ``plans``: how each layer is made from the stack (default: :func:`formats.plan_predictors`).
+    Returns counts of chunks done/resumed.
     """
     out = Path(out)
     lay = RunLayout(out)
-    pred, zds = open_grid(predictors, chunks={}), open_grid(zones, chunks={})
+    raw, zds = open_grid(predictors, chunks={}), open_grid(zones, chunks={})
+    if plans is None:
+        plans = plan_predictors(raw, predictor_set, predictors)
+    pred = model_view(raw, plans, str(predictors))
     times = pd.DatetimeIndex(pred.time.values[times_sel])
     check_models_match(models, members, pred, predictors)
     work = lay.upscale_partial
@@ -353,7 +359,9 @@ def upscale(
         raise InputError(predictors, "veg_type varies with time", column="veg_type", expected="a static layer (y, x)")
     veg_codes = np.unique(np.asarray(veg_da.values)[land])
     veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
-    veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
+    veg_map = {}
+    if "veg_type" in predictor_set.names:
+        veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
     corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
     zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
     job = UpscaleJob(
@@ -366,6 +374,9 @@ def upscale(
         time_index=[int(i) for i in times_sel],
         veg_map=veg_map,
         zones_order=zorder,
+        plans=dict(plans),
+        names=tuple(predictor_set.names),
+        bootstrap_names=tuple(predictor_set.bootstrap_names),
         key=f"{fingerprint}:{json.loads(state.read_text())['created']}",
     )
     chunks = plan_chunks(land, times, tile)

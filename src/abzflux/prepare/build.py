@@ -230,7 +230,7 @@ def plan_layer(group: str, spec: LayerSpec, target: xr.Dataset, months: np.ndarr
         plan.src = src
     _unit_plan(plan, src.attrs.get("units"))
     want_dynamic = group in ("fire", "references") or (
-        group == "predictors" and P.BY_NAME.get(spec.name) is not None and P.BY_NAME[spec.name].kind == "dynamic"
+        group == "predictors" and P.BY_NAME.get(spec.name) is not None and P.BY_NAME[spec.name].time_varying
     )
     if not want_dynamic and "time" in src.dims:
         raise InputError(

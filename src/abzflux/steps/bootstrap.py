@@ -16,7 +16,7 @@ from .. import cv as cv_mod
 from .. import layout as L
 from ..context import Context
 from ..forest import FluxForest
-from ..predictors import BOOTSTRAP_DROP, PREDICTOR_NAMES, training_rows
+from ..predictors import training_rows
 from ..uncertainty import resample_rows, site_blocks
 from ..vocab import FLUXES
 from .forest import FOREST_KEYS
@@ -31,7 +31,8 @@ def run(ctx: Context) -> None:
     fs = ctx.cfg.forest
     info = json.loads(lay.forest_json.read_text())
     out = fresh_dir(lay.tmp(L.BOOTSTRAP))
-    cols = [c for c in PREDICTOR_NAMES if c not in BOOTSTRAP_DROP]
+    pset = ctx.predictor_set
+    cols = list(pset.bootstrap_names)  # the set's factors dropped: a resample can lose a level
     unc = ctx.cfg.uncertainty
     blocks = None
     if unc.method == "blocks":
@@ -41,7 +42,7 @@ def run(ctx: Context) -> None:
         blocks = dict(zip(sites.site_id, lab))
     record: dict = {"method": unc.method, "block_km": unc.block_km if blocks else None}
     for flux in FLUXES:
-        rows = training_rows(table, flux).reset_index(drop=True)
+        rows = training_rows(table, flux, pset).reset_index(drop=True)
         record[flux] = []
         for b in range(fs.n_bootstrap):
             rng = seeds.rng(ctx.cfg.run.seed, "bootstrap_rows", b)

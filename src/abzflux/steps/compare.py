@@ -15,6 +15,7 @@ from .. import compare as cmp
 from .. import layout as L
 from ..context import Context
 from ..formats import grid_crs
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def run(ctx: Context) -> None:
         max_training=cs.aoa_max_training,
         n_clusters=cs.n_clusters,
         seed=seeds.integer(cfg.run.seed, "kmeans"),
+        predictor_set=ctx.predictor_set,
     )
     up.close()
     for rel in (L.MESS_AREA, L.AOA_SD, L.CLUSTERS):  # the tables are named as their files
@@ -84,7 +86,8 @@ SPEC = StepSpec(
         "fire.first_year",
         "run.years",
         "run.seed",
-    ),
+    )
+    + PREDICTOR_KEYS,
     inputs=("predictors", "zones", "fire", "references"),
     summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given",
 )

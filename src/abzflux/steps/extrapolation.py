@@ -20,6 +20,7 @@ from ..formats import grid_crs
 from ..predictors import training_rows
 from ..uncertainty import flux_extrapolation, sd_block, sd_template
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ def run(ctx: Context) -> None:
     imp = pd.read_csv(lay.importance) if lay.importance.exists() else None
     models, aoas, errs = {}, {}, []
     for flux in FLUXES:
-        rows = training_rows(table, flux).reset_index(drop=True)
-        m, aoa, e = flux_extrapolation(rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training)
+        pset = ctx.predictor_set
+        rows = training_rows(table, flux, pset).reset_index(drop=True)
+        m, aoa, e = flux_extrapolation(
+            rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training, pset.continuous
+        )
         models[flux], aoas[flux] = m, aoa
         errs.append(e)
         log.info(
@@ -72,7 +76,7 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
         tk = tsel[k0 : k0 + 12]
         for i0 in range(0, ny, band):
             ys = slice(i0, min(i0 + band, ny))
-            xr.Dataset(sd_block(pred, land, tk, ys, aoas, models)).to_zarr(
+            xr.Dataset(sd_block(pred, land, tk, ys, aoas, models, ctx.predictor_set.continuous)).to_zarr(
                 store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False
             )
 
@@ -83,7 +87,7 @@ SPEC = StepSpec(
     writes=(L.UNCERTAINTY,),
     depends=("forest", "interpret"),
     reads=(L.SITES, L.FOREST_JSON, L.CV_PREDICTIONS, L.IMPORTANCE),
-    config_keys=("compare.aoa_max_training", "run.years", "run.tile"),
+    config_keys=("compare.aoa_max_training", "run.years", "run.tile") + PREDICTOR_KEYS,
     inputs=("predictors", "zones"),
     enabled=lambda cfg: cfg.uncertainty.extrapolation,
     enabled_by="uncertainty.extrapolation",

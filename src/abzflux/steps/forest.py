@@ -13,8 +13,9 @@ from .. import cv as cv_mod
 from .. import layout as L
 from ..context import Context
 from ..errors import InputError
-from ..predictors import PREDICTOR_NAMES, training_rows
+from ..predictors import training_rows
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,10 @@ def run(ctx: Context, progress_factory=None) -> None:
     info, all_pred, all_metrics, overall = {}, [], [], {}
     # Timings go to the stage marker, not to models/forest.json: outputs are bit-identical across runs.
     seconds = ctx.cache.setdefault("marker_extra", {}).setdefault("seconds_by_flux", {})
-    X_cols = list(PREDICTOR_NAMES)
+    pset = ctx.predictor_set
+    X_cols = list(pset.names)
     for flux in FLUXES:
-        rows = training_rows(table, flux).reset_index(drop=True)
+        rows = training_rows(table, flux, pset).reset_index(drop=True)
         all_sites = set(table.loc[table[flux].notna(), "site_id"])
         dropped = sorted(all_sites - set(rows.site_id))
         if rows.site_id.nunique() < 3:
@@ -41,7 +43,7 @@ def run(ctx: Context, progress_factory=None) -> None:
                 ctx.cfg.inputs.sites,
                 f"only {rows.site_id.nunique()} site(s) with complete rows for {flux}",
                 column=flux,
-                expected="at least 3 sites with the flux and all 17 predictors for leave-one-site-out CV",
+                expected=f"at least 3 sites with the flux and all {len(X_cols)} predictors for leave-one-site-out CV",
             )
         for c in X_cols:
             if rows[c].nunique() < 2:
@@ -62,6 +64,7 @@ def run(ctx: Context, progress_factory=None) -> None:
             dropped=dropped,
             progress=prog,
             client=ctx.client() if fs.cv else None,
+            categorical=pset.categorical,
         )
         seconds[flux] = fit.seconds
         fit.model.save(models_dir / f"{flux}.npz")
@@ -101,6 +104,6 @@ SPEC = StepSpec(
     writes=(L.MODELS, L.CV),
     depends=("sites",),
     reads=(L.SITES,),
-    config_keys=FOREST_KEYS + ("forest.cv", "run.seed"),
+    config_keys=FOREST_KEYS + ("forest.cv", "run.seed") + PREDICTOR_KEYS,
     summary="per flux: leave-one-site-out CV over the mtry grid, the final forest, skill tables",
 )

@@ -12,7 +12,7 @@ from .. import layout as L
 from ..context import Context
 from ..forest import FluxForest, partial_dependence, permutation_importance
 from ..layout import RunLayout
-from ..predictors import PREDICTOR_NAMES, training_rows
+from ..predictors import training_rows
 from ..vocab import FLUXES
 from .spec import StepSpec, fresh_dir
 
@@ -31,16 +31,17 @@ def run(ctx: Context) -> None:
     fs = ctx.cfg.forest
     out = fresh_dir(lay.tmp(L.INTERPRET))
     imps, pdps = [], []
+    names = list(ctx.predictor_set.names)
     for flux, model in load_models(ctx.out).items():
-        rows = training_rows(table, flux).reset_index(drop=True)
-        X = rows[list(PREDICTOR_NAMES)]
+        rows = training_rows(table, flux, ctx.predictor_set).reset_index(drop=True)
+        X = rows[names]
         if fs.importance_repeats > 0:
             imp = permutation_importance(model, X, rows[flux].to_numpy(), fs.importance_repeats, ctx.cfg.run.seed)
             imps.append(imp.assign(flux=flux))
         sub = None
         if fs.pdp_rows and fs.pdp_rows < len(rows):
             sub = np.unique(np.linspace(0, len(rows) - 1, fs.pdp_rows).round().astype(int))
-        for c in PREDICTOR_NAMES:
+        for c in names:
             pdps.append(partial_dependence(model, X, c, fs.pdp_points, rows=sub).assign(flux=flux))
         log.info(f"{flux}: importance ({fs.importance_repeats} repeats) and partial dependence done")
     if imps:

@@ -9,10 +9,16 @@ from .. import layout as L
 from ..checks import off_land_message, sites_without_land
 from ..context import Context
 from ..formats import categories, cell_index, check_sites_in_grid
-from ..predictors import PREDICTOR_NAMES, extract_at_sites, finish_training_table
+from ..predictors import extract_at_sites, finish_training_table
 from .spec import StepSpec
 
 log = logging.getLogger(__name__)
+
+#: The declared predictor set's config keys ([predictors]): every stage that reads the stack
+#: through the set lists them (a changed set never reuses old forests or maps).
+PREDICTOR_KEYS = ("predictors.use", "predictors.drop", "predictors.declare")
+#: The training-row filters ([sites]).
+SITE_KEYS = ("sites.disturbance", "sites.method", "sites.all_fluxes")
 
 
 def run(ctx: Context) -> None:
@@ -27,10 +33,11 @@ def run(ctx: Context) -> None:
         table = table[~table.site_id.isin(off)].reset_index(drop=True)
     iy, ix = cell_index(pred, table.lat.to_numpy(), table.lon.to_numpy(), cfg.inputs.sites)
     table["iy"], table["ix"] = iy, ix
-    if all(v in table.columns for v in PREDICTOR_NAMES if v != "month"):
+    layers = tuple(p.name for p in ctx.predictor_set.read)  # veg_type too: the skill's breakdown
+    if all(v in table.columns for v in layers):
         log.info("site table carries every predictor: used as is")
     else:
-        n_out = extract_at_sites(table, pred, iy, ix)
+        n_out = extract_at_sites(table, pred, iy, ix, layers)
         if n_out:
             log.info(
                 f"{n_out} site-months fall outside the predictor period; their predictors are NaN "
@@ -48,7 +55,7 @@ SPEC = StepSpec(
     "sites",
     run,
     writes=(L.SITES,),
-    config_keys=("run.years",),
+    config_keys=("run.years",) + PREDICTOR_KEYS + SITE_KEYS,
     inputs=("sites", "predictors", "zones"),
     summary="the training table: site-months with the predictors extracted at the sites",
 )

@@ -13,6 +13,7 @@ from .. import layout as L
 from .. import upscale as upscale_mod
 from ..context import Context
 from ..vocab import FLUXES
+from .sites import PREDICTOR_KEYS
 from .spec import StepSpec
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def run(ctx: Context, progress=None) -> None:
             client=ctx.client(),
             progress=progress,
             fingerprint=ctx.cache.get("fingerprint", ""),
+            predictor_set=ctx.predictor_set,
         )
     finally:
         if own_bar and progress is not None:
@@ -61,7 +63,7 @@ SPEC = StepSpec(
     writes=(L.UPSCALED,),
     depends=("forest", "bootstrap"),
     reads=("models/", "bootstrap/"),
-    config_keys=("run.years", "run.tile"),
+    config_keys=("run.years", "run.tile") + PREDICTOR_KEYS,
     inputs=("predictors", "zones"),
     extras=(L.MEMBERS_MONTHLY,),
     summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr",
