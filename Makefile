@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo demo-raw test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/abzflux demo --out demo
+
+# the same study from the twin written as raw public products, through `abzflux prepare` (docs/prepare.md)
+demo-raw: $(STAMP)
+	test -e demo-raw/raw/recipe.toml || $(BIN)/abzflux twin-raw --out demo-raw/raw --resolution-km 100 --years 2001-2020
+	$(BIN)/abzflux prepare demo-raw/raw/recipe.toml --out demo-raw/prepared
+	$(BIN)/abzflux run demo-raw/prepared/config.toml --out demo-raw/run
 
 # --dist load --maxschedchunk 2: one test at a time to the next free worker, in the order that
 # tests/conftest.py sets (the shared study is built first; the longest tests do not end the run).
@@ -37,4 +43,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 
 clean:
-	rm -rf $(VENV) demo
+	rm -rf $(VENV) demo demo-raw
