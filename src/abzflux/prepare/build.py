@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -639,6 +640,7 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                 plan = plans[key]
                 log.info("writing %s (%s)", key, plan.resampling or plan.kind)
                 current = (store, name)
+                t_layer = time.perf_counter()
                 if plan.kind == "vector":
                     from .vector import rasterise_zone
 
@@ -661,7 +663,7 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                 if group == "predictors":  # the contract's checks, before the layer counts as done
                     formats.read_predictors(store, required=[name])
                 current = None
-                state.done[key] = plan.summary
+                state.done[key] = {**plan.summary, "seconds": round(time.perf_counter() - t_layer, 2)}
                 state.save(work)
             _check_group(group, store, list(specs))
             _atomic.replace(store, out / f"{group}.zarr")

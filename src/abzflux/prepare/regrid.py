@@ -268,30 +268,32 @@ class Regridder:
         a = self._dst_transform
         u = (np.arange(SEAM_SAMPLES) + 0.5) / SEAM_SAMPLES
         dx0, dy0 = float(self.sx[1] - self.sx[0]), float(self.sy[1] - self.sy[0])
-        for r, c in cells:
-            px = a.c + (t.x0 + c + u) * a.a
-            py = a.f + (t.y0 + r + u) * a.e
-            gx, gy = np.meshgrid(px, py)
-            sx, sy = self._to_src.transform(gx.ravel(), gy.ravel())
-            ix = np.rint((np.asarray(sx) - self.sx[0]) / dx0)
-            iy = np.rint((np.asarray(sy) - self.sy[0]) / dy0)
-            ok = np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < self.sx.size) & (iy >= 0) & (iy < self.sy.size)
-            if not ok.any():
-                continue
+        # every seam cell's sample points, read from the source in one vectorised selection
+        gx = a.c + (t.x0 + cells[:, 1, None, None] + u[None, None, :]) * a.a + 0.0 * u[None, :, None]
+        gy = a.f + (t.y0 + cells[:, 0, None, None] + u[None, :, None]) * a.e + 0.0 * u[None, None, :]
+        sx, sy = self._to_src.transform(gx.ravel(), gy.ravel())
+        ix = np.rint((np.asarray(sx) - self.sx[0]) / dx0)
+        iy = np.rint((np.asarray(sy) - self.sy[0]) / dy0)
+        ok = np.isfinite(ix) & np.isfinite(iy) & (ix >= 0) & (ix < self.sx.size) & (iy >= 0) & (iy < self.sy.size)
+        npts = SEAM_SAMPLES * SEAM_SAMPLES
+        flat = np.full((len(out), cells.shape[0] * npts), np.nan, dtype=np.float32)
+        if ok.any():
             sel: dict = {
                 "y": xr.DataArray(iy[ok].astype(int), dims="p"),
                 "x": xr.DataArray(ix[ok].astype(int), dims="p"),
             }
             if steps is not None:
                 sel["time"] = np.asarray(steps)
-            v = np.asarray(self.src.isel(sel).values, dtype=np.float32).reshape(len(out), -1)
+            flat[:, ok] = np.asarray(self.src.isel(sel).values, dtype=np.float32).reshape(len(out), -1)
+        vals = flat.reshape(len(out), cells.shape[0], npts)
+        for j, (r, c) in enumerate(cells):
             for k in range(len(out)):
-                vk = v[k][np.isfinite(v[k])]
+                vk = vals[k, j][np.isfinite(vals[k, j])]
                 if vk.size == 0:
                     out[k, r, c] = np.nan
                 elif self.resampling == "mode":
-                    vals, counts = np.unique(vk, return_counts=True)
-                    out[k, r, c] = vals[np.argmax(counts)]
+                    codes, counts = np.unique(vk, return_counts=True)
+                    out[k, r, c] = codes[np.argmax(counts)]
                 else:
                     out[k, r, c] = vk.mean()
 
