@@ -763,3 +763,21 @@ def test_a_gap_in_one_month_does_not_blank_the_other_months(tmp_path):
     clean = on_grid(LayerSpec("srad", (src,), units="W m-2", options={"gapfill": []}), target)[1]
     assert np.isfinite(full).all()  # September averages its valid cells
     np.testing.assert_array_equal(full[[7, 9]], clean[[7, 9]])  # the other months are untouched
+
+
+def test_gaps_on_land_are_counted_and_dated(tmp_path):
+    """prepare.json's gaps_on_land: NaN cell-months on land only (sea NaN is fine), first month."""
+    t = pd.date_range("2019-01-01", periods=3, freq="MS")
+    y, x = np.arange(3.0), np.arange(4.0)
+    v = np.ones((3, 3, 4))
+    v[1, 0, 0] = v[2, 0, 0] = np.nan  # a land cell in Feb and Mar
+    v[:, 2, 3] = np.nan  # sea: not counted
+    static = np.ones((3, 4))
+    lf = np.ones((3, 4))
+    lf[2, 3] = 0.0
+    xr.Dataset(
+        {"lst": (("time", "y", "x"), v), "cti": (("y", "x"), static)}, coords={"time": t, "y": y, "x": x}
+    ).to_zarr(tmp_path / "predictors.zarr")
+    xr.Dataset({"land_fraction": (("y", "x"), lf)}, coords={"y": y, "x": x}).to_zarr(tmp_path / "zones.zarr")
+    gaps = build.gaps_on_land(tmp_path)
+    assert gaps == {"lst": {"land_cell_months": 2, "share": round(2 / 33, 6), "first": "2019-02"}}

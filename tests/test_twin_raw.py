@@ -421,3 +421,9 @@ def test_prepare_turns_the_raw_twin_back_into_the_twin(raw_twin, tmp_path):
         tb = float((fb[v] * zb.land_fraction).sum())
         assert tb == pytest.approx(ta, rel=0.02), v
     assert open_dataset(out / "references" / "inversion.nc").attrs["fire_included"] in (1, "1")
+    # prepare.json lists the land cell(-month)s left NaN, counted here independently
+    gaps = json.loads((out / "prepare.json").read_text())["gaps_on_land"]
+    prepared_land = zb.land_fraction.values > 0
+    for v in STACK_VARIABLES:
+        n = int((np.isnan(b[v].values) & prepared_land).sum())
+        assert gaps.get(v, {}).get("land_cell_months", 0) == n, v

@@ -684,6 +684,7 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
             state.final.append(rel)
             state.save(work)
         record = _provenance(recipe, state, out)
+        record["gaps_on_land"] = gaps_on_land(out)
         _atomic.write_text(out / CONFIG, _config_text(recipe, out))
         _atomic.write_text(out / PROVENANCE, json.dumps(record, indent=1, default=str))
         shutil.rmtree(work)
@@ -824,6 +825,37 @@ def _toml_value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def gaps_on_land(out: Path) -> dict:
+    """Per predictor, the land cell-months (land_fraction > 0) the written stack leaves NaN (gaps
+    no source and no gap filling covered; a run would refuse or lose them). Logged as a warning
+    naming the variable, the count and the first month; one chunked pass over the stack."""
+    pred, zones = out / "predictors.zarr", out / "zones.zarr"
+    if not (pred.exists() and zones.exists()):
+        return {}
+    ds = xr.open_zarr(pred, consolidated=False)
+    land = xr.open_zarr(zones, consolidated=False)["land_fraction"] > 0
+    n_land = int(land.sum())
+    found: dict = {}
+    for v in ds.data_vars:
+        if "y" not in ds[v].dims:
+            continue
+        bad = ds[v].isnull() & land
+        per_step = bad.sum(("y", "x")) if "time" in bad.dims else bad.sum()
+        counts = np.atleast_1d(np.asarray(per_step.compute(scheduler="threads")))
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        first = str(ds["time"].values[int(np.flatnonzero(counts)[0])])[:7] if "time" in bad.dims else "static"
+        share = total / (n_land * max(len(counts), 1))
+        found[str(v)] = {"land_cell_months": total, "share": round(share, 6), "first": first}
+        log.warning(
+            "%s: %d land %s (%.2f%%) have no value after gap filling, first in %s; `abzflux validate` "
+            "will report them (more source years, another gap-filling rule, or land_fraction 0 there)",
+            v, total, "cell-month(s)" if "time" in bad.dims else "cell(s)", 100 * share, first,
+        )  # fmt: skip
+    return found
 
 
 def _provenance(recipe: Recipe, state: State, out: Path) -> dict:
