@@ -317,3 +317,16 @@ years = "1990-2016"
 def test_bad_coarse_and_budget_settings(project, extra, column):
     e = expect_config_error(write(project, MINIMAL_INPUTS + extra))
     assert column in str(e)
+
+
+def test_trends_section_zyp_options(project):
+    cfg = load_config(write(project, MINIMAL_INPUTS))
+    assert cfg.trends.prewhitening == "zhang" and cfg.trends.preserve_range_for_sig_test is False  # the paper's text
+    cfg = load_config(
+        write(project, MINIMAL_INPUTS + '[trends]\nprewhitening = "yuepilon"\npreserve_range_for_sig_test = true\n')
+    )
+    assert cfg.trends.prewhitening == "yuepilon" and cfg.trends.preserve_range_for_sig_test is True
+    assert cfg.to_dict()["trends"] == {"prewhitening": "yuepilon", "preserve_range_for_sig_test": True}
+    path = write(project, MINIMAL_INPUTS + '[trends]\nprewhitening = "pettitt"\n')
+    err = expect_config_error(path, "pettitt", "yuepilon")
+    assert err.column == "trends.prewhitening"

@@ -511,3 +511,35 @@ def test_trend_series():
     assert row2["slope"] == row["slope"]
     gap = trend_series(np.delete(values, 5), np.delete(years, 5), method="yuepilon")
     assert gap["n_years"] == 19 and np.isfinite(gap["slope"])
+
+
+def test_budget_and_site_trends_take_the_zyp_options():
+    """budget_trends / site_trends pass [trends] prewhitening and preserve_range_for_sig_test to zyp:
+    on an autocorrelated series each option set gives trend_series' own numbers, and they differ."""
+    rng = np.random.default_rng(5)
+    e = np.zeros(20)
+    for i in range(1, 20):
+        e[i] = 0.7 * e[i - 1] + rng.normal()
+    years = np.arange(2001, 2021)
+    values = 0.3 * np.arange(20) + 3 * e
+    annual = pd.DataFrame({"zone": "domain", "flux": "nee", "year": years, "tg_c": values})
+    got = {}
+    for method in ("zhang", "yuepilon"):
+        for preserve in (False, True):
+            row = T.budget_trends(annual, method, preserve).iloc[0]
+            ref = T.trend_series(values, years, method, preserve_range_for_sig_test=preserve)
+            assert row.slope == ref["slope"] and row.p == ref["p"]
+            got[method, preserve] = (row.slope, row.p)
+    assert got["zhang", False] != got["yuepilon", False]
+    assert got["yuepilon", False][1] != got["yuepilon", True][1]  # preserve changes the yuepilon test
+    table = pd.DataFrame(
+        {
+            "site_id": "S1",
+            "year": np.repeat(years, 12),
+            "month": np.tile(np.arange(1, 13), 20),
+            "nee": np.repeat(values, 12) / 12,
+        }
+    )
+    s = T.site_trends(table, method="yuepilon", preserve_range_for_sig_test=True).iloc[0]
+    ref = T.trend_series(values, years, "yuepilon", preserve_range_for_sig_test=True)
+    assert s.slope == pytest.approx(ref["slope"], rel=1e-12) and s.p == pytest.approx(ref["p"], rel=1e-12)

@@ -90,6 +90,15 @@ class CompareSettings:
 
 
 @dataclass
+class TrendSettings:
+    """zyp's options for every trend (docs/trends.md). The paper's text: Zhang prewhitening; the
+    authors' scripts used zyp.yuepilon with preserve.range.for.sig.test = TRUE."""
+
+    prewhitening: str = "zhang"  # "zhang" (Zhang et al. 2000, the paper) or "yuepilon" (Yue et al. 2002)
+    preserve_range_for_sig_test: bool = False  # zyp's preserve.range.for.sig.test (zyp 0.11-1 default FALSE)
+
+
+@dataclass
 class UncertaintySettings:
     """How the ± of maps and budgets is computed (docs/uncertainty.md)."""
 
@@ -144,6 +153,7 @@ CHOICES = {
     "forest.central": ("mean", "qrf_median"),
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
+    "trends.prewhitening": ("zhang", "yuepilon"),
 }
 
 
@@ -156,6 +166,7 @@ class Config:
     fire: FireSettings = field(default_factory=FireSettings)
     compare: CompareSettings = field(default_factory=CompareSettings)
     uncertainty: UncertaintySettings = field(default_factory=UncertaintySettings)
+    trends: TrendSettings = field(default_factory=TrendSettings)
     coarse: CoarseSet | None = None
     source: Path | None = None
     predictors: PredictorSettings = field(default_factory=PredictorSettings)
@@ -188,6 +199,7 @@ class Config:
             fire=self.fire,
             compare=self.compare,
             uncertainty=self.uncertainty,
+            trends=self.trends,
             coarse=None,
             source=self.source,
             predictors=self.predictors,
@@ -322,7 +334,19 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
-    allowed = {"inputs", "run", "forest", "budgets", "fire", "compare", "uncertainty", "coarse", "predictors", "sites"}
+    allowed = {
+        "inputs",
+        "run",
+        "forest",
+        "budgets",
+        "fire",
+        "compare",
+        "uncertainty",
+        "trends",
+        "coarse",
+        "predictors",
+        "sites",
+    }
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, f"unknown section [{k}]", expected=f"one of {sorted(allowed)}")
@@ -337,6 +361,7 @@ def load_config(path) -> Config:
         fire=_section(FireSettings, raw.get("fire", {}), "fire", path),
         compare=_section(CompareSettings, raw.get("compare", {}), "compare", path),
         uncertainty=_section(UncertaintySettings, raw.get("uncertainty", {}), "uncertainty", path),
+        trends=_section(TrendSettings, raw.get("trends", {}), "trends", path),
         coarse=_section(CoarseSet, raw["coarse"], "coarse", path, base) if "coarse" in raw else None,
         source=path,
         predictors=_predictor_section(raw.get("predictors", {}), path),

@@ -30,10 +30,16 @@ def period_means(ann: pd.DataFrame, period_sd: pd.DataFrame | None) -> pd.DataFr
     return period
 
 
-def truth_table(ann: pd.DataFrame, truth_annual: pd.DataFrame, budget_trends: pd.DataFrame) -> pd.DataFrame:
+def truth_table(
+    ann: pd.DataFrame,
+    truth_annual: pd.DataFrame,
+    budget_trends: pd.DataFrame,
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+) -> pd.DataFrame:
     """Period-mean budgets and budget trends (Tg C yr-2) vs the truth's, per zone and flux. The
     estimate's trends come from the trends step (``budget_trends``); the truth's are computed
-    with the same trend code."""
+    with the same trend code and zyp options."""
     est = ann.copy()
     est.loc[est.flux == "nee_derived", "flux"] = "nee (reco-gpp)"
     t2 = truth_annual[truth_annual.flux == "nee"].assign(flux="nee (reco-gpp)")
@@ -43,7 +49,9 @@ def truth_table(ann: pd.DataFrame, truth_annual: pd.DataFrame, budget_trends: pd
     bt = budget_trends.replace({"flux": {"nee_derived": "nee (reco-gpp)"}})
     est_tr = bt.set_index(["zone", "flux"]).slope
     truth_tr = {
-        (z, f): trends_mod.trend_series(d.tg_c.to_numpy(), d.year.to_numpy())["slope"]
+        (z, f): trends_mod.trend_series(
+            d.tg_c.to_numpy(), d.year.to_numpy(), method, preserve_range_for_sig_test=preserve_range_for_sig_test
+        )["slope"]
         for (z, f), d in tann.sort_values("year").groupby(["zone", "flux"])
     }
     g["trend"] = [est_tr.get((z, f), np.nan) for z, f in zip(g.zone, g.flux)]

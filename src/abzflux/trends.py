@@ -1640,7 +1640,13 @@ def overlay_classes(nee_slope, gpp_slope, reco_slope) -> xr.DataArray:
     return code
 
 
-def site_trends(table: pd.DataFrame, min_years: int = 8, flux: str = "nee", method: str = "zhang") -> pd.DataFrame:
+def site_trends(
+    table: pd.DataFrame,
+    min_years: int = 8,
+    flux: str = "nee",
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+) -> pd.DataFrame:
     """In-situ trends: annual sums of site-years with 12 months, for sites with ≥ ``min_years``
     such years (the paper: more than seven years of year-round data)."""
     d = table[table[flux].notna()]
@@ -1653,7 +1659,13 @@ def site_trends(table: pd.DataFrame, min_years: int = 8, flux: str = "nee", meth
         g = g.sort_values("year")
         years = np.arange(g.year.min(), g.year.max() + 1)
         series = pd.Series(g[flux].to_numpy(), index=g.year.to_numpy()).reindex(years)
-        r = trend_series(series.to_numpy(), years, method=method, units="g C m-2 yr-1")
+        r = trend_series(
+            series.to_numpy(),
+            years,
+            method=method,
+            units="g C m-2 yr-1",
+            preserve_range_for_sig_test=preserve_range_for_sig_test,
+        )
         rows.append(
             {
                 "site_id": site,
@@ -1680,19 +1692,28 @@ DRIVERS = {
 TREND_BAND_BYTES = 256 * 2**20  # float64 monthly series held per band and flux
 
 
-def trend_band(up: xr.Dataset, drv: xr.Dataset, rows: slice, fluxes: Sequence[str]) -> xr.Dataset:
+def trend_band(
+    up: xr.Dataset,
+    drv: xr.Dataset,
+    rows: slice,
+    fluxes: Sequence[str],
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+) -> xr.Dataset:
     """Every per-pixel trend map of one band of grid rows: each flux's periods, the drivers'
-    and the GPP/Reco attribution of NEE trends."""
+    and the GPP/Reco attribution of NEE trends (zyp's ``method`` and
+    ``preserve_range_for_sig_test``, the run's ``[trends]``)."""
     maps = {}
+    kw = {"method": method, "preserve_range_for_sig_test": preserve_range_for_sig_test}
     for flux in fluxes:
         for period, series in period_series(up[flux].isel(y=rows).load()).items():
-            t = trend_grid(series, "year")
+            t = trend_grid(series, "year", **kw)
             for stat in ("slope", "p", "tau"):
                 maps[f"{flux}_{period}_{stat}"] = t[stat]
     for var, (period, how) in DRIVERS.items():
         if var in drv:
             series = period_series(drv[var].isel(y=rows).load(), how=how)[period]
-            t = trend_grid(series, "year")
+            t = trend_grid(series, "year", **kw)
             for stat in ("slope", "p", "tau"):
                 maps[f"{var}_{period}_{stat}"] = t[stat]
     ds = xr.Dataset(maps)
@@ -1763,12 +1784,16 @@ def trend_area_shares(ds: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame([{"quantity": k, "area_share": v} for k, v in shares.items()])
 
 
-def budget_trends(annual: pd.DataFrame) -> pd.DataFrame:
+def budget_trends(
+    annual: pd.DataFrame, method: str = "zhang", preserve_range_for_sig_test: bool = False
+) -> pd.DataFrame:
     """Theil–Sen + Mann–Kendall trends of each zone's and flux's annual budget (Tg C yr-2)."""
     rows = []
     for (zone, flux), g in annual.groupby(["zone", "flux"], sort=True):
         g = g.sort_values("year")
-        r = trend_series(g.tg_c.to_numpy(), g.year.to_numpy())
+        r = trend_series(
+            g.tg_c.to_numpy(), g.year.to_numpy(), method, preserve_range_for_sig_test=preserve_range_for_sig_test
+        )
         rows.append(
             {
                 "zone": zone,

@@ -65,7 +65,10 @@ def compare_truth(ctx: Context, ann: pd.DataFrame) -> tuple[pd.DataFrame, float]
     y0, y1 = ctx.years()
     truth = truth.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
     tann = budgets_mod.annual_budgets(truth[["gpp", "reco", "nee"]], ctx.zones(), fire=ctx.fire(), veg=ctx.veg())
-    g = summary_mod.truth_table(ann, tann, pd.read_csv(lay.budget_trends))
+    tr = ctx.cfg.trends
+    g = summary_mod.truth_table(
+        ann, tann, pd.read_csv(lay.budget_trends), tr.prewhitening, tr.preserve_range_for_sig_test
+    )
     up = xr.open_zarr(lay.upscaled, consolidated=False)
     r = summary_mod.map_correlation(up["nee"], truth["nee"])
     truth.close()
@@ -131,6 +134,7 @@ SPEC = StepSpec(
         L.UPSCALED,
         "compare/",
     ),
+    config_keys=("trends.prewhitening", "trends.preserve_range_for_sig_test"),  # the truth's trends
     inputs=("truth",),
     summary="summary.md and summary.json: period-mean budgets, models, truth comparison, coverage, extrapolation",
 )

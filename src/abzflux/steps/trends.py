@@ -48,14 +48,18 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     bands = [slice(a, min(a + nrow, ny)) for a in range(0, ny, nrow)]
     store = out / L.inner(L.TREND_MAPS)
     crs = grid_crs(pred, ctx.cfg.inputs.predictors)
+    method, preserve = ctx.cfg.trends.prewhitening, ctx.cfg.trends.preserve_range_for_sig_test
     for i, band in enumerate(bands):
-        ds = trends_mod.trend_band(up, drv, band, FLUXES)
+        ds = trends_mod.trend_band(up, drv, band, FLUXES, method, preserve)
         if i == 0:  # the store's layout (variables, dtypes) comes from the first band
             tmpl = write_crs(trends_mod.maps_template(ds, up.y, up.x, nrow), crs)
             tmpl.attrs.update(
                 Conventions="CF-1.8",
-                title="abzflux pixel-wise trends (Theil-Sen slope, Mann-Kendall p with Zhang prewhitening)",
+                title="abzflux pixel-wise trends (Theil-Sen slope, Mann-Kendall p with "
+                + ("Zhang" if method == "zhang" else "Yue-Pilon")
+                + " prewhitening)",
                 period=f"{y0}-{y1}",
+                preserve_range_for_sig_test=int(preserve),
             )
             tmpl.to_zarr(store, mode="w", compute=False, consolidated=False)
         ds.drop_vars([c for c in ds.coords if c not in ("y", "x")]).drop_vars(["y", "x"]).to_zarr(
@@ -65,8 +69,12 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
             progress(i + 1, len(bands))
     ds = xr.open_zarr(store, consolidated=False)
     trends_mod.trend_area_shares(ds, zones).to_csv(out / "area_shares.csv", index=False)
-    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual)).to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
-    trends_mod.site_trends(pd.read_parquet(lay.sites)).to_csv(out / L.inner(L.SITE_TRENDS), index=False)
+    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve).to_csv(
+        out / L.inner(L.BUDGET_TRENDS), index=False
+    )
+    trends_mod.site_trends(pd.read_parquet(lay.sites), method=method, preserve_range_for_sig_test=preserve).to_csv(
+        out / L.inner(L.SITE_TRENDS), index=False
+    )
     _atomic.replace(out, lay.trends)
 
 
@@ -76,7 +84,7 @@ SPEC = StepSpec(
     writes=(L.TRENDS,),
     depends=("budgets",),
     reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
-    config_keys=("run.years",),
+    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test"),
     inputs=("predictors", "zones"),
     summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
 )
