@@ -50,6 +50,7 @@ from ..vocab import FLUX_UNITS
 from . import temporal
 from .grid import Tile, target_grid, tiles
 from .layer import LayerSpec
+from .products import days_in_month
 from .recipe import Recipe, load_recipe
 from .regrid import Regridder, choose_resampling, source_cell_area
 from .sources import open_layer
@@ -309,11 +310,6 @@ def plan_layer(group: str, spec: LayerSpec, target: xr.Dataset, months: np.ndarr
 
 
 # ------------------------------------------------------------------------------ computing
-def _days_in_month(months: np.ndarray) -> np.ndarray:
-    m = np.asarray(months).astype("datetime64[M]")
-    return ((m + 1).astype("datetime64[D]") - m.astype("datetime64[D]")).astype(np.float64)
-
-
 def _finish_values(plan: Plan, out: np.ndarray, t0: int = 0, t1: int = 0) -> np.ndarray:
     """Codes outside the classes -> NaN (categorical), or the unit conversion (in float32)."""
     out = np.asarray(out, dtype=np.float32)
@@ -327,7 +323,7 @@ def _finish_values(plan: Plan, out: np.ndarray, t0: int = 0, t1: int = 0) -> np.
         out += np.float32(offset)
     if plan.per_month:
         assert plan.months is not None
-        out *= _days_in_month(plan.months[t0:t1]).astype(np.float32)[:, None, None]
+        out *= days_in_month(plan.months[t0:t1]).astype(np.float32)[:, None, None]
     return out
 
 
@@ -777,7 +773,7 @@ def _write_reference(plan: Plan, target: xr.Dataset, recipe: Recipe, tmp: Path) 
         scale, offset = plan.conversion
         nee = src * scale + offset if (scale, offset) != (1.0, 0.0) else src
         if plan.per_month:
-            nee = nee * xr.DataArray(_days_in_month(plan.months), dims="time", coords={"time": src["time"]})
+            nee = nee * xr.DataArray(days_in_month(plan.months), dims="time", coords={"time": src["time"]})
         nee = nee.astype(np.float32).rename({"y": "lat", "x": "lon"})
         nee.attrs = {"units": FLUX_UNITS, "long_name": "net ecosystem exchange (positive = source)"}
         ds = nee.to_dataset(name="nee")

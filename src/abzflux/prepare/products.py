@@ -799,20 +799,13 @@ def flux_factor(units: str) -> tuple[str, float]:
     clean = _CARBON_TOKEN.sub("", u)
     clean = re.sub(r"\bmon\b", "month", clean)
     extra = CARBON_G_PER_MOL / CO2_G_PER_MOL if co2_mass else 1.0
-    if _MONTH.search(clean):
-        conv = linear_conversion(clean, "g m-2 month-1")
-        if conv is not None:
-            return "month", conv[0] * extra
-        conv = linear_conversion(clean, "mol m-2 month-1")
-        if conv is not None:
-            return "month", conv[0] * CARBON_G_PER_MOL
-        raise ValueError(units)
-    conv = linear_conversion(clean, "g m-2 s-1")
+    per, suffix = ("month", "month-1") if _MONTH.search(clean) else ("second", "s-1")
+    conv = linear_conversion(clean, f"g m-2 {suffix}")
     if conv is not None:
-        return "second", conv[0] * extra
-    conv = linear_conversion(clean, "mol m-2 s-1")
+        return per, conv[0] * extra
+    conv = linear_conversion(clean, f"mol m-2 {suffix}")
     if conv is not None:
-        return "second", conv[0] * CARBON_G_PER_MOL
+        return per, conv[0] * CARBON_G_PER_MOL
     raise ValueError(units)
 
 

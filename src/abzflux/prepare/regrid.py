@@ -67,10 +67,6 @@ GDAL_RESAMPLING = {
 }
 
 
-def _source_transform(y: np.ndarray, x: np.ndarray) -> Affine:
-    return transform(y, x)
-
-
 def source_cell_area(
     src_y, src_x, src_crs: pyproj.CRS, dst_crs: pyproj.CRS, points: list[tuple[float, float]]
 ) -> float:
@@ -126,6 +122,7 @@ class Regridder:
         self._rio_src = rasterio.crs.CRS.from_wkt(self.src_crs.to_wkt())
         self._rio_dst = rasterio.crs.CRS.from_wkt(self.dst_crs.to_wkt())
         self._dst_transform = transform(self.dst_y, self.dst_x)
+        self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}  # per tile: every time block reuses it
         # a geographic source re-centred on 180°: for tiles on the antimeridian (see the module doc)
         self._alt: tuple[np.ndarray, np.ndarray, rasterio.crs.CRS] | None = None
         if self.src_crs.is_geographic and self.sx.size > 1:
@@ -235,7 +232,7 @@ class Regridder:
             rasterio.warp.reproject(
                 source=arr,
                 destination=out,
-                src_transform=_source_transform(sy, sx),
+                src_transform=transform(sy, sx),
                 src_crs=src_crs,
                 src_nodata=np.nan,
                 dst_transform=dst_t,
@@ -252,6 +249,12 @@ class Regridder:
 
     def _seam_cells(self, t: Tile) -> np.ndarray:
         """Cells of the tile (mask) whose corners lie on both sides of the antimeridian."""
+        key = (t.y0, t.y1, t.x0, t.x1)
+        if key not in self._seams:
+            self._seams[key] = self._find_seam_cells(t)
+        return self._seams[key]
+
+    def _find_seam_cells(self, t: Tile) -> np.ndarray:
         a = self._dst_transform
         cols = np.arange(t.x0, t.x1 + 1, dtype=np.float64)
         rows = np.arange(t.y0, t.y1 + 1, dtype=np.float64)
