@@ -781,3 +781,30 @@ def test_gaps_on_land_are_counted_and_dated(tmp_path):
     xr.Dataset({"land_fraction": (("y", "x"), lf)}, coords={"y": y, "x": x}).to_zarr(tmp_path / "zones.zarr")
     gaps = build.gaps_on_land(tmp_path)
     assert gaps == {"lst": {"land_cell_months": 2, "share": round(2 / 33, 6), "first": "2019-02"}}
+
+
+def test_a_half_written_layer_is_rewritten_on_resume(tmp_path, monkeypatch):
+    """A kill after a layer's variable reached the store but before state.json recorded it (no
+    except clause runs on SIGKILL) must not block the resume: the variable is written again."""
+    recipe = write_world(tmp_path)
+    out = tmp_path / "out"
+    real_write = build._write_zarr_var
+    calls = []
+
+    def write_then_die(store, da, *args):
+        real_write(store, da, *args)
+        calls.append(da.name)
+        if len(calls) == 2:  # the second layer is in the store, not yet in state.json
+            raise SystemExit("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(build, "_write_zarr_var", write_then_die)
+        m.setattr(build, "_drop_zarr_var", lambda store, name: None)  # as under SIGKILL: no clean-up
+        with pytest.raises(SystemExit):
+            prepare(recipe, out)
+    half = calls[1]
+    assert (out / ".prepare-work" / "predictors.zarr" / half).is_dir()
+    assert half not in {k.split("/")[1] for k in json.loads((out / ".prepare-work" / "state.json").read_text())["done"]}
+    prepare(recipe, out)
+    pred = formats.read_predictors(out / "predictors.zarr", required=["srad", "soil_temp", "ndvi", "cti"])
+    np.testing.assert_allclose(pred["soil_temp"].values[5], 278.15 + 5, atol=0.01)

@@ -655,6 +655,9 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                     da = layer_array(plan, target, recipe.tile, mask)
                     if group == "fire":
                         da = _per_land(da, plan.spec, out / "zones.zarr")
+                # a layer not in state.done is incomplete: a SIGKILL (no except clause runs) can leave
+                # its variable half-written in the store, and writing it again would be refused
+                _drop_zarr_var(store, name)
                 _write_zarr_var(store, da, target, recipe.tile, recipe.workers)
                 if group == "predictors":  # the contract's checks, before the layer counts as done
                     formats.read_predictors(store, required=[name])
