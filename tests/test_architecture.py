@@ -27,6 +27,7 @@ LAYERS = {
         "budgets",
         "coverage",
         "fire",
+        "lmm",
         "trends",
         "compare",
         "summary",

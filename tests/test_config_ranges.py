@@ -41,6 +41,8 @@ BOUNDS = [
     ("fire", "target_year", "2100", "2101", "1900..2100"),
     ("fire", "alpha", "0.999", "1.0", "(0, 1)"),
     ("fire", "months", "[1, 12]", "[0, 12]", "1-12"),
+    ("fire", "max_years_since_fire", "0.5", "0", "> 0"),
+    ("fire", "max_years_since_fire", "100", "inf", "> 0"),
     ("compare", "regrid_subsamples", str(MAX_REGRID_SUBSAMPLES), str(MAX_REGRID_SUBSAMPLES + 1), "1..100"),
     ("compare", "mess_period_length", "1", "0", ">= 1"),
     ("compare", "n_clusters", "1", "0", ">= 1"),

@@ -81,15 +81,7 @@ def test_mixed_model_recovers_a_known_slope():
         assert m.loc[mon, "intercept"] == pytest.approx(12.0, abs=3 * m.loc[mon, "intercept_se"])
         assert m.loc[mon, "significant"]
     assert not m.loc[1, "significant"] and m.loc[1, "sites"] == 25
-    # the statsmodels fit itself: same numbers as calling MixedLM directly
-    import statsmodels.formula.api as smf
-
-    g = _residuals()
-    g = g[g.month == 6]
-    ref = smf.mixedlm("residual ~ years_since_fire", g, groups=g["site_id"], re_formula="~years_since_fire").fit(
-        reml=True
-    )
-    assert m.loc[6, "slope"] == pytest.approx(ref.fe_params["years_since_fire"], rel=1e-10)
+    # the fit itself against R: tests/test_lmm.py
 
 
 def test_correction_changes_only_burned_cells_in_significant_months():
@@ -109,6 +101,13 @@ def test_correction_changes_only_burned_cells_in_significant_months():
     out2 = fire.correct_nee(nee, models, last, frac, 2020, months=[8])
     assert float(out2.sel(time="2020-08-01")[0, 0]) == pytest.approx(-10.0 + 0.0 * 0.5)
     assert float(out2.sel(time="2020-08-01")[1, 0]) == pytest.approx(-2.0)
+    # the 0-18-year window: a cell burned 20 years before gets no correction, unless widened
+    last20 = xr.DataArray([[2000.0, np.nan], [2018.0, np.nan]], dims=("y", "x"))
+    out3 = fire.correct_nee(nee, models, last20, frac, 2020)
+    assert float(out3.sel(time="2020-06-01")[0, 0]) == pytest.approx(-10.0)
+    assert float(out3.sel(time="2020-06-01")[1, 0]) == pytest.approx(-2.0)
+    out4 = fire.correct_nee(nee, models, last20, frac, 2020, max_years_since_fire=None)
+    assert float(out4.sel(time="2020-06-01")[0, 0]) == pytest.approx(-10.0 + (10.0 - 20.0) * 0.5)
 
 
 def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config, tmp_path):
@@ -162,6 +161,7 @@ def test_run_writes_fire_tables_maps_and_bias_correction(study_run, fast_config,
     has = np.isfinite(up.nee.sel(time="2020-06-01").values)  # only cells with a prediction
     area = (z.land_fraction.fillna(0) * z.cell_area).values * has
     ysf = 2020 - cells.last_burn_year.values
+    ysf = np.where(ysf <= 18, ysf, np.nan)  # the paper's 0-18-year window
     frac = cells.last_burn_fraction.values
     want = (
         sum(np.nansum((mods.loc[m, "intercept"] + mods.loc[m, "slope"] * ysf) * frac * area) for m in (5, 6, 7)) / 1e12

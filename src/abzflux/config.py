@@ -75,6 +75,8 @@ class FireSettings:
     target_year: int | None = None  # year of the bias-correction test (paper: 2020); default: last run year
     alpha: float = 0.05  # significance of the mixed model's slope and intercept
     months: list | None = None  # months corrected; default: those whose slope and intercept are both significant
+    # years-since-fire window (0..this) of the bias models and the correction (paper: 0-18 years)
+    max_years_since_fire: float = 18.0
 
 
 @dataclass
@@ -404,6 +406,13 @@ def load_config(path) -> Config:
         )
     if not 0.0 < fs.alpha < 1.0:
         raise ConfigError(path, f"{fs.alpha} is out of range", column="fire.alpha", expected="a number in (0, 1)")
+    if not (math.isfinite(fs.max_years_since_fire) and fs.max_years_since_fire > 0):
+        raise ConfigError(
+            path,
+            f"{fs.max_years_since_fire} is out of range",
+            column="fire.max_years_since_fire",
+            expected="a finite number of years > 0",
+        )
     if fs.first_year is not None and fs.target_year is not None and fs.first_year > fs.target_year:
         raise ConfigError(
             path,

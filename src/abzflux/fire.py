@@ -3,21 +3,31 @@ bias correction with linear mixed-effects models (Methods, "Model performance in
 ecosystems").
 
 The bias model, per calendar month: the NEE model's leave-one-site-out residual
-(observed − predicted, g C m-2 month-1) at burned sites against years since fire, with a random
-intercept and a random slope per site (statsmodels ``MixedLM``, REML). Its fixed effects give
-the expected residual b(t) = intercept + slope × t at t years after a fire. The correction adds
-b(t) × burned fraction to the upscaled NEE of a cell that burned since the fire record began,
-with t = target year − year of the cell's last burn, for the months whose slope and intercept
-are both significant.
+(observed − predicted, g C m-2 month-1) at burned sites 0–18 years after the fire against years
+since fire, with a correlated random intercept and slope per site, as the paper's
+``lmer(residual ~ ysf + (ysf | site), REML = TRUE)`` with lmerTest's Satterthwaite t tests
+(:mod:`abzflux.lmm`). Its fixed effects give the expected residual b(t) = intercept + slope × t
+at t years after a fire. The correction adds b(t) × burned fraction to the upscaled NEE of a
+cell that burned since the fire record began and at most 18 years before, with t = target year −
+year of the cell's last burn, for the months whose slope and intercept are both significant.
 """
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from . import lmm
+from .config import FireSettings
+
+log = logging.getLogger(__name__)
+
+#: The paper's window of years since fire for the bias models and the correction (Methods:
+#: "from 0 to 18 years since fire"; the GFED record starts in 2002, the correction year is 2020).
+MAX_YEARS_SINCE_FIRE: float = FireSettings.max_years_since_fire
 
 
 def aggregate_fire(fire: xr.Dataset, factor: int) -> xr.Dataset:
@@ -58,47 +68,57 @@ def last_burn_year(burned_fraction: xr.DataArray, first_year: int, last_year: in
     return last, frac
 
 
-def fit_bias_models(resid: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Per calendar month, MixedLM of ``residual`` on ``years_since_fire`` with a random
-    intercept and slope by ``site_id`` (REML). ``resid``: rows of burned sites with columns
-    site_id, month, years_since_fire, residual (observed − predicted).
+def fit_bias_models(
+    resid: pd.DataFrame, alpha: float = 0.05, max_years_since_fire: float | None = MAX_YEARS_SINCE_FIRE
+) -> pd.DataFrame:
+    """Per calendar month, ``lmer(residual ~ years_since_fire + (years_since_fire | site_id),
+    REML = TRUE)`` on the rows with 0 <= years_since_fire <= ``max_years_since_fire`` (None: no
+    upper limit), with lmerTest's t tests (Satterthwaite df; :mod:`abzflux.lmm`). ``resid``: rows
+    of burned sites with columns site_id, month, years_since_fire, residual (observed − predicted).
 
-    Returns one row per month: intercept, slope, their SEs and p-values, the number of rows and
-    sites, whether the fit converged, and ``significant`` (both p < alpha)."""
-    import statsmodels.formula.api as smf
-
+    Returns one row per month: rows and sites in the window, intercept and slope with their SEs,
+    df, t and p; the random effects' SDs and correlation, σ and the REML criterion; ``singular``
+    (lme4's isSingular, tol 1e-4), ``converged`` (lme4's gradient check), ``note`` (what lme4 /
+    lmerTest would warn, or why a month was not fitted) and ``significant``: both p < ``alpha``
+    in a converged fit (a singular fit may be significant, as in lmerTest's table)."""
     need = {"site_id", "month", "years_since_fire", "residual"}
     missing = need - set(resid.columns)
     if missing:
         raise ValueError(f"residual table lacks column(s) {sorted(missing)}")
+    r = resid.dropna(subset=["years_since_fire", "residual"])
+    inside = r.years_since_fire >= 0
+    if max_years_since_fire is not None:
+        inside &= r.years_since_fire <= max_years_since_fire
     rows = []
-    for month, g in resid.dropna(subset=["years_since_fire", "residual"]).groupby("month"):
-        r = {"month": int(month), "rows": len(g), "sites": g.site_id.nunique()}
-        if g.site_id.nunique() < 3 or len(g) < 6:
-            rows.append(r | {"converged": False, "significant": False, "note": "too few sites or rows"})
+    for month, g in r[inside].groupby("month"):
+        row: dict = {"month": int(month), "rows": len(g), "sites": g.site_id.nunique()}
+        try:
+            fit = lmm.lmer_slope(g, "residual", "years_since_fire", "site_id")
+        except (ValueError, np.linalg.LinAlgError) as e:
+            log.warning("fire bias model, month %d: not fitted (%s)", month, e)
+            rows.append(row | {"singular": False, "converged": False, "significant": False, "note": f"not fitted: {e}"})
             continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                fit = smf.mixedlm(
-                    "residual ~ years_since_fire", g, groups=g["site_id"], re_formula="~years_since_fire"
-                ).fit(reml=True)
-            except (np.linalg.LinAlgError, ValueError) as e:
-                rows.append(r | {"converged": False, "significant": False, "note": f"fit failed: {e}"})
-                continue
-        fe, p, se = fit.fe_params, fit.pvalues, fit.bse_fe
-        r.update(
-            intercept=float(fe["Intercept"]),
-            slope=float(fe["years_since_fire"]),
-            intercept_se=float(se["Intercept"]),
-            slope_se=float(se["years_since_fire"]),
-            intercept_p=float(p["Intercept"]),
-            slope_p=float(p["years_since_fire"]),
-            converged=bool(fit.converged),
-            note="; ".join(sorted({str(w.message).split("\n")[0][:80] for w in caught})) or "",
+        cov = fit.re_cov()
+        sd = np.sqrt(np.diag(cov))
+        for k, name in ((0, "intercept"), (1, "slope")):
+            row.update({name: fit.beta[k], f"{name}_se": fit.se[k], f"{name}_df": fit.df[k]})
+            row.update({f"{name}_t": fit.t[k], f"{name}_p": fit.p[k]})
+        row.update(
+            sd_intercept=sd[0],
+            sd_slope=sd[1],
+            re_corr=cov[0, 1] / (sd[0] * sd[1]) if sd[0] > 0 and sd[1] > 0 else np.nan,
+            sigma=fit.sigma,
+            reml=fit.reml,
+            singular=fit.singular,
+            converged=fit.converged,
+            note="; ".join(fit.messages),
         )
-        r["significant"] = bool(r["intercept_p"] < alpha and r["slope_p"] < alpha)
-        rows.append(r)
+        row["significant"] = bool(fit.converged and row["intercept_p"] < alpha and row["slope_p"] < alpha)
+        if not fit.converged:
+            log.warning("fire bias model, month %d: not converged (%s)", month, row["note"])
+        elif fit.singular:
+            log.info("fire bias model, month %d: singular fit (a random-effect variance at 0)", month)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -109,16 +129,20 @@ def correct_nee(
     burned_frac: xr.DataArray,
     target_year: int,
     months=None,
+    max_years_since_fire: float | None = MAX_YEARS_SINCE_FIRE,
 ) -> xr.DataArray:
     """The bias-corrected NEE of ``target_year`` (g C m-2 month-1): for the chosen months
-    (default: the models' significant months) and cells with a last burn, add
+    (default: the models' significant months) and cells with a last burn at most
+    ``max_years_since_fire`` years before (None: any), add
     (intercept + slope × (target_year − last burn year)) × burned fraction. Other months, other
-    years and unburned cells are returned unchanged."""
+    years, unburned cells and cells burned longer ago than the window are returned unchanged."""
     m = models.set_index("month")
     if months is None:
         months = [int(k) for k, s in m["significant"].items() if s]
     out = nee.sel(time=slice(f"{target_year}-01-01", f"{target_year}-12-31")).copy()
     ysf = (target_year - last_burn).where(last_burn.notnull())
+    if max_years_since_fire is not None:
+        ysf = ysf.where(ysf <= max_years_since_fire)
     t = pd.DatetimeIndex(out.time.values)
     for i, mon in enumerate(t.month):
         if mon not in months:

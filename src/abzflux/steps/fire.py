@@ -45,21 +45,31 @@ def run(ctx: Context) -> None:
     maps.load().to_netcdf(out / L.inner(L.BURNED_CELLS), engine="h5netcdf")
     # residuals of the NEE model at burned vs unburned sites, and the mixed models
     info = json.loads(lay.forest_json.read_text())
-    report: dict = {"fire_period": [f0, target], "target_year": target}
+    report: dict = {
+        "fire_period": [f0, target],
+        "target_year": target,
+        "max_years_since_fire": fs.max_years_since_fire,
+    }
     if lay.cv_predictions.exists():
         r = fire_mod.site_residuals(
             pd.read_parquet(lay.cv_predictions), pd.read_parquet(lay.sites), info["nee"]["mtry"]
         )
         fire_mod.residual_diagnostics(r).to_csv(out / "residual_diagnostics.csv", index=False)
-        models = fire_mod.fit_bias_models(r[r.burned], alpha=fs.alpha)
+        models = fire_mod.fit_bias_models(r[r.burned], alpha=fs.alpha, max_years_since_fire=fs.max_years_since_fire)
         models.to_csv(out / "bias_models.csv", index=False)
         report["significant_months"] = fire_mod.significant_months(models)
+        for flag, key in (("singular", "singular_months"), ("converged", "unconverged_months")):
+            col = models[flag] if flag in models else pd.Series(dtype=bool)
+            sel = col.astype(bool) if flag == "singular" else ~col.astype(bool)
+            report[key] = [int(m) for m in models.loc[sel, "month"]] if len(models) else []
         months = fire_mod.correctable_months(models, fs.months)
         report["corrected_months"] = months
         up = xr.open_zarr(lay.upscaled, consolidated=False)
         if target in set(pd.DatetimeIndex(up.time.values).year):
             nee = up["nee"].sel(time=str(target)).load()
-            corr = fire_mod.correct_nee(nee, models, last, frac, target, months=months)
+            corr = fire_mod.correct_nee(
+                nee, models, last, frac, target, months=months, max_years_since_fire=fs.max_years_since_fire
+            )
             # Only the correction's budget is computed here; "before" is the budgets step's.
             change = (
                 budgets_mod.monthly_budgets(xr.Dataset({"nee": corr - nee}), ctx.zones())
@@ -81,7 +91,14 @@ SPEC = StepSpec(
     writes=(L.FIRE,),
     depends=("budgets", "forest", "sites"),
     reads=(L.BUDGETS_ANNUAL, L.FOREST_JSON, L.CV_PREDICTIONS, L.SITES, L.UPSCALED),
-    config_keys=("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"),
+    config_keys=(
+        "fire.first_year",
+        "fire.target_year",
+        "fire.alpha",
+        "fire.months",
+        "fire.max_years_since_fire",
+        "run.years",
+    ),
     inputs=("fire", "predictors", "zones"),
     optional="fire",
     summary="fire emissions, fire vs uptake, burned cells, residual diagnostics, years-since-fire bias correction",
