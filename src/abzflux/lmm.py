@@ -212,6 +212,28 @@ def hessian(f, x: np.ndarray, d: float = 0.1, r: int = 4) -> np.ndarray:
     return H
 
 
+def _satterthwaite(b: _Blocks, theta: np.ndarray, sigma: float, d: float = 0.1) -> tuple:
+    """vcov(β̂), Satterthwaite df per coefficient and the deviance Hessian's eigenvalues."""
+    varpar = np.append(theta, sigma)
+    evals, evecs = np.linalg.eigh(hessian(b.reml_vp, varpar, d=d))
+    pos = evals > EIGEN_TOL
+    A = 2 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    C = b.covbeta(varpar)
+    p = C.shape[0]
+    Jac = jacobian(b.covbeta, varpar).reshape(p, p, len(varpar))
+    df = np.array([2 * C[j, j] ** 2 / float(Jac[j, j, :] @ A @ Jac[j, j, :]) for j in range(p)])
+    return C, df, evals
+
+
+def satterthwaite_df(
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray, theta: np.ndarray, sigma: float, d: float = 0.1
+) -> np.ndarray:
+    """Satterthwaite df of each fixed effect at (θ, σ), with the deviance Hessian's steps d·|x|
+    (lmerTest's numDeriv: d = 0.1)."""
+    b = _Blocks(np.asarray(y, float), np.asarray(X, float), np.asarray(Z, float), np.asarray(groups))
+    return _satterthwaite(b, np.asarray(theta, float), float(sigma), d=d)[1]
+
+
 def _central_grad(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
     g = np.empty(len(x))
     for i in range(len(x)):
@@ -316,9 +338,7 @@ def lmer(
         if not ok:
             messages.append(f"Model failed to converge with max|grad| = {gmax:.3g} (tol = {GRAD_TOL})")
     # Satterthwaite, as lmerTest
-    varpar = np.append(theta, sigma)
-    H = hessian(b.reml_vp, varpar)
-    evals, evecs = np.linalg.eigh(H)
+    C, df, evals = _satterthwaite(b, theta, sigma)
     neg, zero = evals < -EIGEN_TOL, np.abs(evals) <= EIGEN_TOL
     if neg.any():
         ok = False
@@ -327,15 +347,7 @@ def lmer(
         )
     if zero.any():
         messages.append(f"Model may not have converged with {int(zero.sum())} eigenvalue(s) close to zero")
-    pos = evals > EIGEN_TOL
-    A = 2 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    C = b.covbeta(varpar)
-    Jac = jacobian(b.covbeta, varpar).reshape(p, p, len(varpar))
     se = np.sqrt(np.diag(C))
-    df = np.empty(p)
-    for j in range(p):
-        g = Jac[j, j, :]
-        df[j] = 2 * C[j, j] ** 2 / float(g @ A @ g)
     t = beta / se
     pval = 2 * stats.t.sf(np.abs(t), df)
     return LmerFit(
