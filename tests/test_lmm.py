@@ -3,6 +3,7 @@ and against cases with a known answer. R is not needed to run these tests: its o
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from abzflux import fire, lmm
 DATA = Path(__file__).parent / "data" / "fire_lmm"
 
 
+@functools.cache
 def _ours(table: str) -> dict:
     d = pd.read_csv(DATA / table)
     d = d[(d.years_since_fire >= 0) & (d.years_since_fire <= 18)]
