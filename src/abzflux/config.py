@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .vocab import DEFAULT_SEED
+from .vocab import CENTRALS, DEFAULT_SEED
 
 
 @dataclass
@@ -150,7 +150,7 @@ class SiteSettings:
 
 
 CHOICES = {
-    "forest.central": ("mean", "qrf_median"),
+    "forest.central": CENTRALS,
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
     "trends.prewhitening": ("zhang", "yuepilon"),

@@ -17,3 +17,8 @@ BUDGET_UNITS = "Tg C yr-1"
 
 #: The default ``run.seed`` (and of ``abzflux twin``/``demo``): the same seed gives identical files.
 DEFAULT_SEED = 448
+
+#: The central values a forest can predict (``[forest] central``): the mean of the trees (random
+#: forest, the paper's text) or the median of one random training response per leaf (quantile
+#: regression forest, the original code's caret ``"qrf"``).
+CENTRALS: tuple[str, ...] = ("mean", "qrf_median")
