@@ -18,6 +18,7 @@ from .. import fire as fire_mod
 from .. import layout as L
 from ..context import Context
 from ..formats import grid_crs, write_crs
+from .budgets import PERMAFROST_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ SPEC = StepSpec(
     writes=(L.FIRE,),
     depends=("budgets", "forest", "sites"),
     reads=(L.BUDGETS_ANNUAL, L.FOREST_JSON, L.CV_PREDICTIONS, L.SITES, L.UPSCALED),
-    config_keys=("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years"),
+    config_keys=("fire.first_year", "fire.target_year", "fire.alpha", "fire.months", "run.years") + PERMAFROST_KEYS,
     inputs=("fire", "predictors", "zones"),
     optional="fire",
     summary="fire emissions, fire vs uptake, burned cells, residual diagnostics, years-since-fire bias correction",
