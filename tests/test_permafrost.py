@@ -168,3 +168,20 @@ def test_weighted_rule_trend_shares_weigh_cells_as_the_budget_does():
     w = budgets.zone_weights(z).sel(zone="permafrost").values
     up = (PVAL < 0.05) & (SLOPE < 0)
     assert shares["permafrost_nee_increasing_uptake"] == pytest.approx(w[up].sum() / w.sum(), rel=1e-6)
+
+
+def test_every_stage_reading_the_run_zones_declares_the_rule():
+    """A stage that calls Context.zones() (the ruled zones) or passes the rule on declares both
+    keys, so a changed rule reruns it; sites reads the raw zones and does not (no forest rerun)."""
+    import inspect
+
+    from abzflux.steps import STEPS
+    from abzflux.steps.budgets import PERMAFROST_KEYS
+
+    for st in STEPS:
+        src = inspect.getsource(inspect.getmodule(st.run))
+        uses = "ctx.zones()" in src or "cfg.budgets.permafrost" in src or "bs.permafrost" in src
+        declared = set(PERMAFROST_KEYS) <= set(st.config_keys)
+        assert uses == declared, (st.name, uses, declared)
+    names = {st.name for st in STEPS if set(PERMAFROST_KEYS) <= set(st.config_keys)}
+    assert names == {"upscale", "budgets", "trends", "fire", "compare", "summary"}
