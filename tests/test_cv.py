@@ -11,6 +11,7 @@ import pytest
 import abzflux.cv as cv
 from abzflux._rf import grow_forest
 from abzflux.cv import caret_metrics, fold_seed, loso_cv, mtry_grid, pooled_metrics, skill_table
+from abzflux.forest import FluxForest
 
 
 def site_table(n_sites=6, n_per=15, seed=0, month=True):
@@ -264,3 +265,86 @@ def test_loso_skill_on_known_function():
     assert best.pooled_R2 > 0.8
     assert best.caret_n_sites == 8 and best.caret_n_sites_r2 == 8
     assert abs(best.pooled_bias) < 0.2
+
+
+# --------------------------------------------------------------------------- the quantile forest's median
+def _qrf_by_hand(X, y, sites, seed, m, n_trees=10, nodesize=3):
+    """Each fold's median forest fitted by hand (FluxForest on the fold's training rows)."""
+    out = np.empty(len(y))
+    for k, s in enumerate(sorted(set(sites))):
+        tr, te = np.nonzero(sites != s)[0], np.nonzero(sites == s)[0]
+        f = FluxForest(
+            n_estimators=n_trees,
+            mtry=m,
+            nodesize=nodesize,
+            categorical=(),
+            central="qrf_median",
+            random_state=fold_seed(seed, k, m),
+        ).fit(X, y, rows=tr)
+        out[te] = f.predict(X.iloc[te])
+    return out
+
+
+def test_loso_qrf_median_equals_fold_median_forests_fit_by_hand():
+    X, y, sites = site_table(n_sites=5, n_per=12, seed=13, month=False)
+    med = loso_cv(X, y, sites, grid=[1, 3], n_trees=10, nodesize=3, seed=7, central="qrf_median")
+    mean = loso_cv(X, y, sites, grid=[1, 3], n_trees=10, nodesize=3, seed=7)
+    for m in (1, 3):
+        got = med.predictions[med.predictions.mtry == m].sort_values("row").pred.to_numpy()
+        np.testing.assert_array_equal(got, _qrf_by_hand(X, y, sites, 7, m))
+        # the median of one training response per leaf is not the mean of the trees
+        mean_m = mean.predictions[mean.predictions.mtry == m].sort_values("row").pred.to_numpy()
+        assert np.mean(np.abs(got - mean_m)) > 0.05
+    # the metrics (and so the chosen mtry) are those of the median predictions
+    p = med.predictions
+    per_site = p.assign(se=(p.pred - p.obs) ** 2).groupby(["mtry", "site_id"]).se.mean() ** 0.5
+    rmse = per_site.groupby("mtry").mean()
+    np.testing.assert_allclose(med.metrics.caret_RMSE, rmse.loc[[1, 3]], rtol=1e-12)
+    assert med.best_mtry == [1, 3][int(np.argmin(rmse.loc[[1, 3]].to_numpy()))]
+    assert not np.allclose(med.metrics.caret_RMSE, mean.metrics.caret_RMSE)
+
+
+CHOICE_SEED = 4  # found by trying seeds 0-4: the first where the two choices differ (deterministic)
+
+
+def test_mtry_choice_follows_the_median_predictions():
+    # a seeded table on which the mean forest and the median forest choose different mtry:
+    # b and c are noise, the response a step in a with heavy-tailed noise
+    rng = np.random.default_rng(21)
+    n_sites, n_per = 6, 20
+    X = pd.DataFrame({"a": rng.uniform(0, 1, n_sites * n_per), "b": rng.uniform(0, 1, n_sites * n_per)})
+    X["c"] = rng.uniform(0, 1, len(X))
+    y = np.where(X.a > 0.5, 3.0, 0.0) + rng.standard_t(1.5, len(X))
+    sites = np.repeat([f"S{k}" for k in range(n_sites)], n_per)
+    kw = dict(grid=[1, 3], n_trees=30, nodesize=5, seed=CHOICE_SEED)
+    med = loso_cv(X, y, sites, central="qrf_median", **kw)
+    mean = loso_cv(X, y, sites, **kw)
+    assert med.best_mtry != mean.best_mtry
+    for res in (med, mean):
+        assert res.best_mtry == int(res.metrics.loc[res.metrics.caret_RMSE.idxmin(), "mtry"])
+    # fit_flux records the median's choice and skill
+    rows = X.assign(flux=y, site_id=sites, **{c: 0 for c in cv.BREAKDOWN_COLUMNS if c != "site_id"})
+    fit = cv.fit_flux(
+        rows,
+        "flux",
+        ["a", "b", "c"],
+        mtry=None,
+        grid=[1, 3],
+        n_estimators=30,
+        nodesize=5,
+        central="qrf_median",
+        cv=True,
+        seed=CHOICE_SEED,
+        forest_seed=3,
+        dropped=[],
+        categorical=(),
+    )
+    assert fit.info["mtry"] == med.best_mtry and fit.info["central"] == "qrf_median"
+    assert fit.info["cv"]["caret_RMSE"] == med.metrics.loc[med.metrics.selected, "caret_RMSE"].item()
+    assert fit.model.central == "qrf_median"
+
+
+def test_loso_rejects_unknown_central():
+    X, y, sites = site_table(n_sites=3, n_per=6, seed=9)
+    with pytest.raises(ValueError, match="central must be one of"):
+        loso_cv(X, y, sites, grid=[2], n_trees=2, central="median")

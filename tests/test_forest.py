@@ -499,3 +499,29 @@ def test_partial_dependence():
     pds = partial_dependence(m, X, "x1", rows=rows)
     pdsub = partial_dependence(m, X.iloc[rows], "x1")
     pd.testing.assert_frame_equal(pds, pdsub)
+
+
+def test_importance_and_partial_dependence_use_the_qrf_median():
+    X, y = relevant_data(n=120, seed=31)
+    y = y + np.random.default_rng(5).standard_t(2, len(y))
+    med = FluxForest(n_estimators=15, mtry=2, central="qrf_median", random_state=2).fit(X, y)
+    mean = FluxForest(n_estimators=15, mtry=2, random_state=2).fit(X, y)  # the same trees
+    p_med, p_mean = med.predict(X), mean.predict(X)
+    assert np.mean(np.abs(p_med - p_mean)) > 0.1
+    imp = permutation_importance(med, X, y, n_repeats=3, seed=4).set_index("predictor")
+    base = np.sqrt(np.mean((p_med - y) ** 2))
+    assert imp.baseline_rmse.iloc[0] == pytest.approx(base, rel=1e-12)
+    assert base != pytest.approx(np.sqrt(np.mean((p_mean - y) ** 2)), rel=1e-3)
+    # by hand with the median predictions, the same permutations
+    rng = np.random.default_rng(np.random.SeedSequence([4, 11]))
+    for name in med.feature_names_:
+        s = [
+            np.sqrt(np.mean((med.predict(X.assign(**{name: X[name].to_numpy()[rng.permutation(len(X))]})) - y) ** 2))
+            - base
+            for _ in range(3)
+        ]
+        assert imp.loc[name, "importance"] == pytest.approx(np.mean(s), rel=1e-9, abs=1e-12)
+    pdx = partial_dependence(med, X, "x1", n_points=5)
+    for v, yh in zip(pdx.value, pdx.yhat):
+        assert yh == pytest.approx(med.predict(X.assign(x1=v)).mean(), rel=1e-12)
+    assert not np.allclose(pdx.yhat, partial_dependence(mean, X, "x1", n_points=5).yhat)

@@ -180,7 +180,7 @@ def test_table1_in_situ_by_hand():
             }
         ]
     )
-    t = budgets.table1(sites, period).set_index(["group", "flux", "season"])
+    t = budgets.table1(sites, period, ("mask", 0.5)).set_index(["group", "flux", "season"])  # D (0.2) is out
     r = t.loc[("all", "nee", "annual")]
     assert r.insitu_sites == 3
     assert r.insitu_mean == pytest.approx(np.mean([18, 0, 36]))

@@ -1,10 +1,12 @@
 """Budgets: fluxes (g C m-2 month-1) summed over zones and years to Tg C yr-1.
 
 Tg C = Σ flux [g C m-2] × cell_area [m2] × land_fraction × membership / 1e12, where membership
-is 1 inside a zone and 0 outside. The permafrost zone uses the zones file's ``permafrost``
-value as membership: a 0/1 mask selects the permafrost region; a probability gives the
-permafrost-area-weighted budget. Cells whose flux is missing contribute nothing; the share of
-each zone's area that had a value is reported as ``coverage``.
+is 1 inside a zone and 0 outside. The permafrost zone's membership is :func:`permafrost_weight`
+of the zones file's ``permafrost`` value under the ``[budgets] permafrost`` rule (a mask at a
+threshold, or the value as a weight); the run's zones carry it already
+(:func:`permafrost_zones`), so every budget, Table 1, source and trend area share use one
+definition. Cells whose flux is missing contribute nothing; the share of each zone's area that
+had a value is reported as ``coverage``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,32 @@ import xarray as xr
 from .domain import BIOMES, REGIONS
 from .errors import InputError
 from .formats import categories, spacing_area_m2
+from .vocab import PERMAFROST_RULES
 
 TG = 1e12  # g per Tg
+
+
+def permafrost_weight(p, rule: str, threshold: float):
+    """The permafrost region's membership of cells or sites with permafrost value ``p`` (0-1;
+    NaN = none): ``"mask"`` 1 where ``p > threshold`` else 0; ``"weighted"`` ``p`` itself (the
+    threshold unused). A 0/1 zonation gives the same membership under both rules (threshold < 1).
+    ``p``: an xarray DataArray, a pandas Series or an array; the result is of the same kind, float64."""
+    if rule not in PERMAFROST_RULES:
+        raise ValueError(f"permafrost rule must be one of {list(PERMAFROST_RULES)}, got {rule!r}")
+    if isinstance(p, (xr.DataArray, pd.Series)):
+        v = p.fillna(0).astype(np.float64)
+        return v if rule == "weighted" else (v > threshold).astype(np.float64)
+    a = np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.0)
+    return a if rule == "weighted" else (a > threshold).astype(np.float64)
+
+
+def permafrost_zones(zones: xr.Dataset, rule: str, threshold: float) -> xr.Dataset:
+    """The zones with ``permafrost`` replaced by its membership (:func:`permafrost_weight`), the
+    value every budget multiplies by; the rule is recorded in the variable's attributes."""
+    pf = zones["permafrost"]
+    w = permafrost_weight(pf, rule, threshold)
+    rule_text = rule if rule == "weighted" else f"mask: value > {threshold:g}"
+    return zones.assign(permafrost=w.assign_attrs({**pf.attrs, "permafrost_rule": rule_text}))
 
 
 def _codes(da: xr.DataArray, default: tuple[str, ...]) -> dict[int, str]:
@@ -63,6 +89,7 @@ def zone_weights(zones: xr.Dataset, veg: xr.DataArray | np.ndarray | None = None
     for cont, members in CONTINENTS.items():
         if all(m in lower for m in members):
             layers[cont] = base.where(zones["region"].isin([lower[m] for m in members]), 0.0)
+    # the membership as the zones carry it: the run's zones hold permafrost_weight already (permafrost_zones)
     layers["permafrost"] = base * zones["permafrost"].fillna(0).astype(np.float64)
     if veg is not None:
         v = np.asarray(veg)
@@ -303,9 +330,24 @@ def insitu_annual(sites: pd.DataFrame, flux: str) -> pd.DataFrame:
     return out
 
 
+def _site_stats(v: pd.Series, w: np.ndarray | None) -> dict:
+    """Mean, SD and count of per-site values; ``w``: membership weights (None: every site)."""
+    if w is None or np.isin(w, (0.0, 1.0)).all():  # a selection: plain mean and SD (ddof 1)
+        s = v if w is None else v[w == 1.0]
+        return {"insitu_mean": s.mean(), "insitu_sd": s.std(ddof=1), "insitu_sites": len(s)}
+    ok = (w > 0) & v.notna().to_numpy()
+    x, ww = v.to_numpy()[ok], w[ok]
+    sw = ww.sum()
+    mean = float((ww * x).sum() / sw) if sw > 0 else np.nan
+    den = sw - (ww**2).sum() / sw if sw > 0 else 0.0  # reliability weights: ddof 1 for 0/1 weights
+    sd = float(np.sqrt((ww * (x - mean) ** 2).sum() / den)) if den > 0 else np.nan
+    return {"insitu_mean": mean, "insitu_sd": sd, "insitu_sites": int(ok.sum())}
+
+
 def table1(
     sites: pd.DataFrame,
     period: pd.DataFrame,
+    permafrost: tuple[str, float],
     groups=(
         ("all", None),
         ("boreal", ("biome", "boreal")),
@@ -319,7 +361,14 @@ def table1(
     In situ: site-years with 12 months summed, averaged per site, then mean ± SD across sites
     (g C m-2 yr-1). Upscaled: the zone's density mean ± SD across years (g C m-2 yr-1) and budget
     ± bootstrap SD (Tg C yr-1), for NEE, NEE + fire, GPP, Reco and NEE as Reco − GPP.
-    Group zones: all → domain; non-permafrost → no upscaled value (no such zone)."""
+    Group zones: all → domain; non-permafrost → no upscaled value (no such zone).
+
+    ``permafrost``: the ``[budgets]`` (rule, threshold); a site's membership of the permafrost
+    group is :func:`permafrost_weight` of the raw permafrost value of its cell (``sites``'
+    ``permafrost`` column), of the non-permafrost group 1 − that: under ``"mask"`` a selection,
+    under ``"weighted"`` weights (weighted mean, and SD with reliability weights; ``insitu_sites``
+    counts the sites with a weight > 0). The same cells as the budgets' permafrost zone."""
+    rule, threshold = permafrost
     zone_of = {"all": "domain", "boreal": "boreal", "tundra": "tundra", "permafrost": "permafrost"}
     rows = []
     p = period.set_index(["zone", "flux", "season"])
@@ -329,15 +378,19 @@ def table1(
         if ins is not None:
             attrs = sites.groupby("site_id").agg(biome=("biome", "first"), permafrost=("permafrost", "first"))
             per_site = ins.groupby("site_id")[["annual", "jja", "nonsummer"]].mean().join(attrs)
+            pw = permafrost_weight(per_site["permafrost"], rule, threshold).to_numpy()
         for gname, cond in groups:
             for season in ("annual", "jja", "nonsummer"):
                 r = {"group": gname, "flux": flux, "season": season}
                 if ins is not None:
-                    s = per_site
+                    w = None
                     if cond is not None:
                         col, val = cond
-                        s = s[(s[col] >= 0.5) == val] if col == "permafrost" else s[s[col] == val]
-                    r.update(insitu_mean=s[season].mean(), insitu_sd=s[season].std(ddof=1), insitu_sites=len(s))
+                        if col == "permafrost":
+                            w = pw if val else 1.0 - pw
+                        else:
+                            w = (per_site[col] == val).to_numpy(np.float64)
+                    r.update(_site_stats(per_site[season], w))
                 key = (zone_of.get(gname), flux, season)
                 if key in p.index:
                     q = p.loc[key]

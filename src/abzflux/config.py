@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .vocab import DEFAULT_SEED
+from .vocab import CENTRALS, DEFAULT_SEED, PERMAFROST_RULES
 
 
 @dataclass
@@ -67,6 +67,12 @@ class BudgetSettings:
     decade_length: int = 10  # Fig. 3 periods: consecutive complete blocks of this many years from the first
     coverage_warn: float = 0.001  # warn when a zone-year loses more than this share of its land (NaN predictors)
     coverage_stop: float = 0.05  # stop (validate, run) above this share; 1 never stops (docs/budgets.md)
+    # The permafrost region from the zones' `permafrost` value (docs/budgets.md "Permafrost region"),
+    # the same in every budget, Table 1 (in situ too), source and trend area shares: "mask" (a cell /
+    # site is in the region when its value > permafrost_threshold; default 0: every permafrost class
+    # of the IPA map, the paper's region) or "weighted" (each counts with its value).
+    permafrost: str = "mask"
+    permafrost_threshold: float = 0.0
 
 
 @dataclass
@@ -152,7 +158,8 @@ class SiteSettings:
 
 
 CHOICES = {
-    "forest.central": ("mean", "qrf_median"),
+    "forest.central": CENTRALS,
+    "budgets.permafrost": PERMAFROST_RULES,
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
     "trends.prewhitening": ("zhang", "yuepilon"),
@@ -429,6 +436,13 @@ def load_config(path) -> Config:
                 column=f"budgets.{key}",
                 expected="a share of land in [0, 1] (1: never stop)",
             )
+    if not 0.0 <= cfg.budgets.permafrost_threshold < 1.0:
+        raise ConfigError(
+            path,
+            f"{cfg.budgets.permafrost_threshold} is out of range",
+            column="budgets.permafrost_threshold",
+            expected="a permafrost value in [0, 1) (a cell is in the region when its value exceeds it)",
+        )
     if not (cfg.uncertainty.block_km > 0 and cfg.uncertainty.block_km < float("inf")):
         raise ConfigError(
             path,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from .budgets import permafrost_zones
 from .compare import read_references
 from .config import Config
 from .errors import InputError
@@ -88,9 +89,18 @@ class Context:
             self.cache["pred"] = read_predictors(self.cfg.inputs.predictors, predictor_set=self.predictor_set)
         return self.cache["pred"]
 
+    def raw_zones(self) -> xr.Dataset:
+        """The zones file as read: ``permafrost`` is the file's value (the site table keeps it)."""
+        if "zones_raw" not in self.cache:
+            self.cache["zones_raw"] = read_zones(self.cfg.inputs.zones, like=self.predictors())
+        return self.cache["zones_raw"]
+
     def zones(self) -> xr.Dataset:
+        """The run's zones: ``permafrost`` is the membership under the ``[budgets]`` permafrost
+        rule (:func:`abzflux.budgets.permafrost_zones`), the one every budget and share uses."""
         if "zones" not in self.cache:
-            self.cache["zones"] = read_zones(self.cfg.inputs.zones, like=self.predictors())
+            b = self.cfg.budgets
+            self.cache["zones"] = permafrost_zones(self.raw_zones(), b.permafrost, b.permafrost_threshold)
         return self.cache["zones"]
 
     def veg(self) -> xr.DataArray:

@@ -22,9 +22,9 @@ import pandas as pd
 
 from . import seeds
 from ._rf import grow_forest, presort
-from .forest import FluxForest
+from .forest import FluxForest, qrf_leaf_draws, qrf_median
 from .predictors import CATEGORICAL
-from .vocab import DEFAULT_SEED
+from .vocab import CENTRALS, DEFAULT_SEED
 
 
 def mtry_grid(p: int, tune_length: int = 3) -> list[int]:
@@ -126,9 +126,10 @@ def _encode(X: pd.DataFrame, categorical) -> tuple[np.ndarray, np.ndarray, np.nd
     return M, is_cat, n_levels
 
 
-def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees, nodesize, seed, fold):
+def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees, nodesize, seed, central, fold):
     out = []
     for m in grid:
+        s = fold_seed(seed, fold, m)
         f = grow_forest(
             M,
             y,
@@ -137,11 +138,14 @@ def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees,
             n_trees=n_trees,
             mtry=m,
             nodesize=nodesize,
-            seed=fold_seed(seed, fold, m),
+            seed=s,
             rows=train,
             order=order,
         )
-        out.append(f.predict(M[test]))
+        if central == "qrf_median":  # the fold's own leaf draws, from its training rows only
+            out.append(qrf_median(f, qrf_leaf_draws(f, M[train], y[train], s), M[test]))
+        else:
+            out.append(f.predict(M[test]))
     return out
 
 
@@ -155,6 +159,7 @@ def loso_cv(
     nodesize=5,
     seed=DEFAULT_SEED,
     categorical=CATEGORICAL,
+    central="mean",
     client=None,
     progress=None,
     holdout=None,
@@ -162,7 +167,10 @@ def loso_cv(
     """Leave-one-site-out CV of random forests over an mtry grid.
 
     Each fold trains on every row of the other sites and predicts the held-out site's rows; no
-    row of the held-out site reaches its fold's forest. ``client`` (a dask.distributed Client)
+    row of the held-out site reaches its fold's forest. ``central`` is the forests' central value
+    (:data:`abzflux.vocab.CENTRALS`): the held-out predictions, and so the metrics and the chosen
+    mtry, are those of the mean forest or of the quantile forest's median (its leaf draws from
+    the fold's training rows, seeded as :class:`~abzflux.forest.FluxForest` seeds them). ``client`` (a dask.distributed Client)
     spreads folds over a cluster with identical results. ``holdout`` (site ids) evaluates only
     those folds, each still trained on all other sites (for timing and spot checks).
     """
@@ -173,6 +181,8 @@ def loso_cv(
         raise ValueError(f"leave-one-site-out CV needs at least 3 sites, got {len(usites)}")
     if not np.isfinite(y).all():
         raise ValueError("response contains NaN or inf; apply listwise deletion first")
+    if central not in CENTRALS:
+        raise ValueError(f"central must be one of {list(CENTRALS)}, got {central!r}")
     p = X.shape[1]
     grid = mtry_grid(p) if grid is None else sorted(set(int(g) for g in grid))
     bad = [g for g in grid if not 1 <= g <= p]
@@ -185,7 +195,7 @@ def loso_cv(
         for k, s in enumerate(usites)
         if holdout is None or s in set(map(str, holdout))
     ]
-    args = (grid, n_trees, nodesize, seed)
+    args = (grid, n_trees, nodesize, seed, central)
     if client is not None:
         fut_data = client.scatter([M, y, is_cat, n_levels, order], broadcast=True)
         futs = [client.submit(_fold_predictions, *fut_data, tr, te, *args, k, pure=False) for k, tr, te in folds]
@@ -288,6 +298,7 @@ def fit_flux(
                 progress=progress,
                 client=client,
                 categorical=categorical,
+                central=central,
             )
         finally:
             if progress is not None:

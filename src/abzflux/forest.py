@@ -25,12 +25,33 @@ import pandas as pd
 from . import seeds
 from ._rf import LevelForest, PackedForest, grow_forest
 from .predictors import CATEGORICAL, VEG_RECODE
-from .vocab import DEFAULT_SEED
+from .vocab import CENTRALS, DEFAULT_SEED
 
 
 def _py(v):
     """numpy scalars to Python scalars, for JSON metadata."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def qrf_leaf_draws(forest: PackedForest, M: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """One training response per leaf per tree (quantregForest >= 1.3), drawn at random from all
+    training rows ``M``, ``y`` that fall in the leaf (in-bag or not), with the ``qrf_draw`` stream
+    of ``seed``; an array over the forest's nodes (NaN where no training row lands)."""
+    leaves = forest.apply(M)  # (rows, trees)
+    rng = seeds.rng(seed, "qrf_draw")
+    draw = np.full(forest.n_nodes, np.nan)
+    flat = leaves.T.ravel()
+    yy = np.tile(y, leaves.shape[1])
+    key = rng.random(flat.size)  # random order, then the first row per leaf wins
+    o = np.lexsort((key, flat))
+    first = np.r_[True, flat[o][1:] != flat[o][:-1]]
+    draw[flat[o][first]] = yy[o][first]
+    return draw
+
+
+def qrf_median(forest: PackedForest, draws: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """The quantile forest's central value: the type-7 median over trees of the leaf draws."""
+    return np.quantile(forest.predict_trees(M, draws), 0.5, axis=1)
 
 
 class UnknownLevelError(ValueError):
@@ -122,8 +143,8 @@ class FluxForest:
         self.mtry_ = int(self.mtry) if self.mtry is not None else max(p // 3, 1)
         if not 1 <= self.mtry_ <= p:
             raise ValueError(f"mtry must be in 1..{p}, got {self.mtry_}")
-        if self.central not in ("mean", "qrf_median"):
-            raise ValueError(f"central must be 'mean' or 'qrf_median', got {self.central!r}")
+        if self.central not in CENTRALS:
+            raise ValueError(f"central must be one of {list(CENTRALS)}, got {self.central!r}")
         M = self._matrix(X.iloc[idx] if rows is not None else X)
         is_cat = np.array([c in self.levels_ for c in self.feature_names_])
         n_levels = np.array([len(self.levels_[c]) if c in self.levels_ else 0 for c in self.feature_names_])
@@ -142,17 +163,7 @@ class FluxForest:
         return self
 
     def _qrf_draws(self, M, y) -> np.ndarray:
-        """One training response per leaf per tree, drawn from all training rows in the leaf."""
-        leaves = self.forest_.apply(M)  # (rows, trees)
-        rng = seeds.rng(self.random_state, "qrf_draw")
-        draw = np.full(self.forest_.n_nodes, np.nan)
-        flat = leaves.T.ravel()
-        yy = np.tile(y, leaves.shape[1])
-        key = rng.random(flat.size)  # random order, then the first row per leaf wins
-        o = np.lexsort((key, flat))
-        first = np.r_[True, flat[o][1:] != flat[o][:-1]]
-        draw[flat[o][first]] = yy[o][first]
-        return draw
+        return qrf_leaf_draws(self.forest_, M, y, self.random_state)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Predicted flux for each row of X (mean of trees, or QRF median)."""
@@ -160,7 +171,9 @@ class FluxForest:
 
     def _predict_matrix(self, M: np.ndarray) -> np.ndarray:
         if self.central == "qrf_median":
-            return np.quantile(self.forest_.predict_trees(M, self.leaf_draw_), 0.5, axis=1)
+            if self.leaf_draw_ is None:
+                raise ValueError("a qrf_median forest without leaf draws: fit it first")
+            return qrf_median(self.forest_, self.leaf_draw_, M)
         if len(M) >= 1024:
             # the level-synchronous layout gives the same numbers several times faster on large
             # batches (abzflux._rf.LevelForest; benchmarks/bench_inference.py)

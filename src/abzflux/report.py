@@ -583,6 +583,12 @@ def fig4_regions(rd: RunData) -> list[Item]:
     return [Item("fig4", "Fig. 4", "Fig. 4: regional budgets", cap, fig=fig)]
 
 
+def _central_note(info: dict) -> str:
+    """The forests' central value when it is not the mean of the trees (models/forest.json)."""
+    central = {v.get("central", "mean") for v in info.values()}
+    return "" if central == {"mean"} else f" Predictions: the quantile forest's median ({', '.join(sorted(central))})."
+
+
 def fig_skill(rd: RunData) -> list[Item]:
     if not rd.has(L.CV_PREDICTIONS):
         return []
@@ -595,7 +601,7 @@ def fig_skill(rd: RunData) -> list[Item]:
         "Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site, "
         "against the observation (g C m-2 month-1), coloured by biome; title: caret-style site-mean R² and RMSE "
         f"at the chosen mtry ({mtry}); site-months "
-        f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)."
+        f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)." + _central_note(info)
     )
     items = [Item("skill", "Model skill", "Model skill: observed vs predicted", cap, fig=fig)]
     if rd.has(L.CV_SKILL):

@@ -201,6 +201,7 @@ def run_sensitivity(cfg: Config, out, variants=DEFAULT_VARIANTS, progress_factor
         ctx.cache["pset"] = pset
         ctx.cache["pred"] = base.predictors()[[p.name for p in pset.read]]  # the variants only drop
         ctx.cache["zones"] = base.zones()
+        ctx.cache["zones_raw"] = base.raw_zones()
         ctx.cache["sites"] = select_sites(raw_sites, vcfg.sites, cfg.inputs.sites)
         vdir = out / name
         shutil.rmtree(vdir, ignore_errors=True)  # a previous run's variant (the marker says it is ours)

@@ -182,6 +182,12 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
         lines.append(
             f"| {f} | {v['rows']} | {v['sites']} | {v['mtry']} | {v['in_sample_r2']:.3f} | {v['in_sample_rmse']:.1f} |"
         )
+    if any(v.get("central", "mean") != "mean" for v in info.values()):  # the default's text is unchanged
+        lines += [
+            "",
+            'Central value: the quantile regression forest\'s median (`[forest] central = "qrf_median"`), '
+            "in the cross-validation (skill, mtry), the final forests, importance, partial dependence and the maps.",
+        ]
     lines += ["", f"## Budgets, mean {y0}–{y1} (Tg C yr-1)", ""]
     if truth is not None:
         has_sd = "sd" in truth.columns

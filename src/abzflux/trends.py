@@ -1758,16 +1758,19 @@ def maps_template(first_band: xr.Dataset, y, x, nrow: int) -> xr.Dataset:
 
 def trend_area_shares(ds: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
     """Area shares (area-weighted over land cells with a trend) of significant NEE trends,
-    greening and its overlap with uptake trends, and of each attribution class."""
+    greening and its overlap with uptake trends, and of each attribution class. ``zones``: the
+    run's (``permafrost`` = the membership under the ``[budgets]`` rule; Context.zones)."""
     w = zones["land_fraction"].fillna(0) * zones["cell_area"]
     sig = ALPHA
     valid = ds.nee_annual_slope.notnull() & (w > 0)
-    perm = zones["permafrost"].fillna(0) > 0
+    # the permafrost region's membership as the run's zones carry it: the [budgets] rule applied
+    # (abzflux.budgets.permafrost_zones), so the shares weigh cells as the permafrost budget does
+    pw = zones["permafrost"].fillna(0)
     shares = {
         "nee_increasing_uptake": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid),
         "nee_increasing_emissions": area_share((ds.nee_annual_p < sig) & (ds.nee_annual_slope > 0), w, valid),
         "permafrost_nee_increasing_uptake": area_share(
-            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w, valid & perm
+            (ds.nee_annual_p < sig) & (ds.nee_annual_slope < 0), w * pw, valid & (pw > 0)
         ),
     }
     if "ndvi_jja_slope" in ds:

@@ -88,6 +88,7 @@ class UpscaleJob:
     plans: dict = field(default_factory=dict)  # name -> formats.LayerPlan: every stack layer read
     names: tuple = PAPER.names  # the model's predictors, in order
     bootstrap_names: tuple = PAPER.bootstrap_names  # the bootstrap forests' (factors dropped)
+    permafrost: tuple = ()  # the [budgets] permafrost (rule, threshold) of the member zone budgets
     # Worker caches are keyed by this too: a long-lived worker never reuses a dataset or a store
     # handle opened for another run (other inputs, or a store recreated at the same path).
     key: str = ""
@@ -127,11 +128,21 @@ def _tile_predictors(pred: xr.Dataset, plans: dict, tidx: np.ndarray, ys: slice,
 
 @lru_cache(maxsize=2)
 def _tile_zone_weights(
-    zones_path: str, key: str, iy0: int, iy1: int, ix0: int, ix1: int, veg: bytes, order: tuple
+    zones_path: str,
+    key: str,
+    iy0: int,
+    iy1: int,
+    ix0: int,
+    ix1: int,
+    veg: bytes,
+    order: tuple,
+    permafrost: tuple,
 ) -> np.ndarray:
-    """(zone, cell) weights (m2 of land) of one tile; cached because a tile's years come in a
+    """(zone, cell) weights (m2 of land) of one tile, the permafrost zone's under the
+    ``[budgets]`` rule ``permafrost`` (rule, threshold); cached because a tile's years come in a
     row (``plan_chunks``) and the zones and the static vegetation map do not change."""
     z = _open(zones_path, key).isel(y=slice(iy0, iy1), x=slice(ix0, ix1)).load()
+    z = budgets_mod.permafrost_zones(z, *permafrost)
     ty, tx = iy1 - iy0, ix1 - ix0
     veg2d = pd.Series(np.frombuffer(veg, np.float64)).replace(VEG_RECODE).to_numpy(np.float64)
     wz = budgets_mod.zone_weights(z, veg2d.reshape(ty, tx))
@@ -189,6 +200,7 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
             c.ix1,
             np.asarray(cols["veg_type"]).tobytes(),
             tuple(job.zones_order),
+            tuple(job.permafrost),
         )
         Xb = X[list(job.bootstrap_names)]
         ens = {}
@@ -324,6 +336,7 @@ def upscale(
     fingerprint: str = "",
     plans: dict | None = None,
     predictor_set=PAPER,
+    permafrost: tuple[str, float],
 ) -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
@@ -331,7 +344,8 @@ def upscale(
     ``client``: a dask.distributed Client, or None to compute chunks in this process (each
     prediction already uses every core). Work in progress lives in ``out/upscale.partial``;
     a rerun with the same ``fingerprint`` resumes it. ``predictor_set``: the models' predictors;
-    ``plans``: how each layer is made from the stack (default: :func:`formats.plan_predictors`).
+    ``plans``: how each layer is made from the stack (default: :func:`formats.plan_predictors`);
+    ``permafrost``: the ``[budgets]`` (rule, threshold) of the bootstrap members' zone budgets.
     Returns counts of chunks done/resumed.
     """
     out = Path(out)
@@ -377,6 +391,7 @@ def upscale(
         plans=dict(plans),
         names=tuple(predictor_set.names),
         bootstrap_names=tuple(predictor_set.bootstrap_names),
+        permafrost=tuple(permafrost),
         key=f"{fingerprint}:{json.loads(state.read_text())['created']}",
     )
     chunks = plan_chunks(land, times, tile)

@@ -17,3 +17,13 @@ BUDGET_UNITS = "Tg C yr-1"
 
 #: The default ``run.seed`` (and of ``abzflux twin``/``demo``): the same seed gives identical files.
 DEFAULT_SEED = 448
+
+#: The central values a forest can predict (``[forest] central``): the mean of the trees (random
+#: forest, the paper's text) or the median of one random training response per leaf (quantile
+#: regression forest, the original code's caret ``"qrf"``).
+CENTRALS: tuple[str, ...] = ("mean", "qrf_median")
+
+#: How the zones file's ``permafrost`` value (0-1) makes the permafrost region (``[budgets]
+#: permafrost``; docs/budgets.md "Permafrost region"): a mask (a cell is in the region when its
+#: value exceeds ``permafrost_threshold``) or weights (each cell counts with its value).
+PERMAFROST_RULES: tuple[str, ...] = ("mask", "weighted")

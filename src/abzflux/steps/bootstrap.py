@@ -58,6 +58,7 @@ def run(ctx: Context) -> None:
                     nodesize=fs.nodesize,
                     seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b),
                     categorical=(),
+                    central=fs.central,
                 )
                 m = res.best_mtry
             else:

@@ -25,6 +25,10 @@ from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
 
+#: The permafrost rule (docs/budgets.md "Permafrost region"): every stage whose outputs depend on
+#: the permafrost region (through the run's zones, Context.zones) declares these keys.
+PERMAFROST_KEYS = ("budgets.permafrost", "budgets.permafrost_threshold")
+
 
 def run(ctx: Context) -> None:
     lay, bs = ctx.layout, ctx.cfg.budgets
@@ -46,7 +50,7 @@ def run(ctx: Context) -> None:
     period.to_csv(out / "period.csv", index=False)
     # Table 1
     sites = pd.read_parquet(lay.sites)
-    t1 = budgets_mod.table1(sites, period)
+    t1 = budgets_mod.table1(sites, period, (bs.permafrost, bs.permafrost_threshold))
     t1.to_csv(out / L.inner(L.TABLE1), index=False)
     y0, y1 = ctx.years()
     note = coverage_mod.years_note(period[period.season == "annual"], y0, y1)
@@ -119,7 +123,8 @@ SPEC = StepSpec(
         "fire.first_year",
         "run.years",
         "uncertainty.extrapolation",
-    ),
+    )
+    + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire"),
     extras=(L.BUDGETS_PERIOD_SD,),
     summary="zone budgets and densities (monthly, seasonal, period), Table 1, source areas, coverage",

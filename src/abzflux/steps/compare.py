@@ -15,6 +15,7 @@ from .. import compare as cmp
 from .. import layout as L
 from ..context import Context
 from ..formats import grid_crs
+from .budgets import PERMAFROST_KEYS
 from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
@@ -87,7 +88,8 @@ SPEC = StepSpec(
         "run.years",
         "run.seed",
     )
-    + PREDICTOR_KEYS,
+    + PREDICTOR_KEYS
+    + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire", "references"),
     summary="extrapolation (MESS, AOA, clusters); comparison with reference products when given",
 )

@@ -63,7 +63,7 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
     """Monthly extrapolation SD maps over the run's years, written year by year and band by band
     of ``run.tile`` rows (bounded memory)."""
     pred = ctx.predictors()
-    land = np.asarray((ctx.zones()["land_fraction"].fillna(0) > 0).values)
+    land = np.asarray((ctx.raw_zones()["land_fraction"].fillna(0) > 0).values)  # land only: no permafrost rule
     y0, y1 = ctx.years()
     times = pd.DatetimeIndex(pred.time.values)
     tsel = np.nonzero((times.year >= y0) & (times.year <= y1))[0]

@@ -18,6 +18,7 @@ from .. import fire as fire_mod
 from .. import layout as L
 from ..context import Context
 from ..formats import grid_crs, write_crs
+from .budgets import PERMAFROST_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ SPEC = StepSpec(
         "fire.months",
         "fire.max_years_since_fire",
         "run.years",
-    ),
+    )
+    + PERMAFROST_KEYS,
     inputs=("fire", "predictors", "zones"),
     optional="fire",
     summary="fire emissions, fire vs uptake, burned cells, residual diagnostics, years-since-fire bias correction",

@@ -25,7 +25,7 @@ def run(ctx: Context) -> None:
     cfg, lay = ctx.cfg, ctx.layout
     table = ctx.sites().copy()
     pred = ctx.predictors()
-    zones = ctx.zones()
+    zones = ctx.raw_zones()  # the site table keeps the file's permafrost value (Table 1 applies the rule)
     check_sites_in_grid(table, pred, cfg.inputs.sites)
     off = sites_without_land(table, pred, zones, cfg.inputs.sites)
     if off:  # documented rule: dropped, with a warning and a count

@@ -15,6 +15,7 @@ from .. import layout as L
 from .. import summary as summary_mod
 from ..context import Context
 from ..formats import open_grid
+from .budgets import PERMAFROST_KEYS
 from .spec import StepSpec
 
 
@@ -134,7 +135,8 @@ SPEC = StepSpec(
         L.UPSCALED,
         "compare/",
     ),
-    config_keys=("trends.prewhitening", "trends.preserve_range_for_sig_test"),  # the truth's trends
+    config_keys=("trends.prewhitening", "trends.preserve_range_for_sig_test")  # the truth's trends
+    + PERMAFROST_KEYS,  # the truth's zone budgets
     inputs=("truth",),
     summary="summary.md and summary.json: period-mean budgets, models, truth comparison, coverage, extrapolation",
 )

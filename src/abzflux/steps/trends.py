@@ -19,6 +19,7 @@ from .. import trends as trends_mod
 from ..context import Context
 from ..formats import grid_crs, write_crs
 from ..vocab import FLUXES
+from .budgets import PERMAFROST_KEYS
 from .spec import StepSpec, fresh_dir
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ SPEC = StepSpec(
     writes=(L.TRENDS,),
     depends=("budgets",),
     reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
-    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test"),
+    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test") + PERMAFROST_KEYS,
     inputs=("predictors", "zones"),
     summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
 )

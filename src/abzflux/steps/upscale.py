@@ -13,6 +13,7 @@ from .. import layout as L
 from .. import upscale as upscale_mod
 from ..context import Context
 from ..vocab import FLUXES
+from .budgets import PERMAFROST_KEYS
 from .sites import PREDICTOR_KEYS
 from .spec import StepSpec
 
@@ -50,6 +51,7 @@ def run(ctx: Context, progress=None) -> None:
             progress=progress,
             fingerprint=ctx.cache.get("fingerprint", ""),
             predictor_set=ctx.predictor_set,
+            permafrost=(ctx.cfg.budgets.permafrost, ctx.cfg.budgets.permafrost_threshold),
         )
     finally:
         if own_bar and progress is not None:
@@ -63,7 +65,7 @@ SPEC = StepSpec(
     writes=(L.UPSCALED,),
     depends=("forest", "bootstrap"),
     reads=("models/", "bootstrap/"),
-    config_keys=("run.years", "run.tile") + PREDICTOR_KEYS,
+    config_keys=("run.years", "run.tile") + PREDICTOR_KEYS + PERMAFROST_KEYS,  # member budgets per zone
     inputs=("predictors", "zones"),
     extras=(L.MEMBERS_MONTHLY,),
     summary="monthly GPP, Reco, NEE and bootstrap SD maps, tile-year by tile-year into Zarr",
