@@ -349,18 +349,51 @@ def correlation(
     r, p_naive = ProductStats._r(ProductStats._sums(a, b))
     if not np.isfinite(r):
         return Correlation(r, n, float("nan"), float("nan"), p_naive)
-    sel = slice(None)
-    if n > max_cells:
-        sel = np.unique(np.linspace(0, n - 1, max_cells).round().astype(np.int64))
+    sel = _evenly_spaced(n, max_cells)
     n_eff = dutilleul_n_eff(a[sel], b[sel], px[sel], py[sel], n_classes)
+    return Correlation(r, n, n_eff, modified_p(r, n_eff), p_naive)
+
+
+def modified_p(r: float, n_eff: float) -> float:
+    """Dutilleul's p: P(F(1, n_eff − 2) > (n_eff − 2) r² / (1 − r²)); NaN when n_eff ≤ 2."""
     df = n_eff - 2.0
-    if not np.isfinite(df) or df <= 0:
-        p = float("nan")
-    elif abs(r) >= 1 - 1e-12:
-        p = 0.0
-    else:
-        p = float(stats.f.sf(df * r * r / (1 - r * r), 1.0, df))
-    return Correlation(r, n, n_eff, p, p_naive)
+    if not (np.isfinite(df) and np.isfinite(r)) or df <= 0:
+        return float("nan")
+    if abs(r) >= 1 - 1e-12:
+        return 0.0
+    return float(stats.f.sf(df * r * r / (1 - r * r), 1.0, df))
+
+
+def _evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of at most k evenly spaced items of n (all of them when n <= k)."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+def grid_correlation(
+    sums: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int = DUTILLEUL_CLASSES,
+    max_cells: int = DUTILLEUL_MAX_CELLS,
+) -> Correlation:
+    """:func:`correlation` of two maps on the analysis grid without holding more than them:
+    r and the naive p from the streamed Pearson sums ``sums`` (:class:`ProductStats`, exact
+    over every compared cell), n_eff from the maps ``a``, ``b`` (y, x; NaN where not compared)
+    at an evenly spaced subset of at most ``max_cells`` of the compared cells."""
+    r, p_naive = ProductStats._r(sums)
+    idx = np.flatnonzero(np.isfinite(a) & np.isfinite(b))
+    idx = idx[_evenly_spaced(idx.size, max_cells)]
+    nx = a.shape[1]
+    n_eff = float("nan")
+    if np.isfinite(r):
+        av, bv = np.asarray(a, np.float64).ravel()[idx], np.asarray(b, np.float64).ravel()[idx]
+        px, py = np.asarray(x, np.float64)[idx % nx], np.asarray(y, np.float64)[idx // nx]
+        n_eff = dutilleul_n_eff(av, bv, px, py, n_classes)
+    return Correlation(r, int(sums[0]), n_eff, modified_p(r, n_eff), p_naive)
 
 
 # --------------------------------------------------------------------------- reference products
@@ -566,7 +599,6 @@ def compare_products(
     x, y = zones.x.values, zones.y.values
     zones = budgets_mod.with_cell_area(zones)
     lf_all = np.asarray(zones["land_fraction"].fillna(0).values, np.float64)
-    gx, gy = np.meshgrid(x.astype(np.float64), y.astype(np.float64))
     zone_names = [z for z in budgets_mod.zone_weights(zones.isel(y=slice(0, 2), x=slice(0, 2))).zone.values]
     mrows, brows = [], []
     maps = {
@@ -594,9 +626,9 @@ def compare_products(
         ours_da = upscaled["nee"].sel(time=times)
         fire_da = fire["fire_emissions"].sel(time=times) if ref.subtract_fire else None
         acc = ProductStats(zone_names, len(years), threshold)
-        # the compared maps on the analysis grid (float64): abzflux's and the product's
-        ours_ma, ours_tr = np.full((ny, nx), np.nan), np.full((ny, nx), np.nan)
-        prod_ma, prod_tr = np.full((ny, nx), np.nan), np.full((ny, nx), np.nan)
+        # abzflux's compared maps on the analysis grid (the product's are in `maps`): for n_eff
+        ours_ma = np.full((ny, nx), np.nan, np.float32)
+        ours_tr = np.full((ny, nx), np.nan, np.float32)
         band = max(1, min(ny, BAND_BYTES // max(1, 3 * 8 * len(times) * nx)))  # ours, product, fire
         for i0 in range(0, ny, band):
             ys = slice(i0, min(i0 + band, ny))
@@ -625,8 +657,8 @@ def compare_products(
             ok = ok.reshape(nb, nx)
             maps["mean_annual"][k, ys] = np.where(ok, ap.mean(0), np.nan)
             maps["trend"][k, ys] = np.where(ok & np.isfinite(tp), tp, np.nan)
-            ours_ma[ys], prod_ma[ys] = np.where(ok, ao.mean(0), np.nan), np.where(ok, ap.mean(0), np.nan)
-            ours_tr[ys], prod_tr[ys] = np.where(ok, to, np.nan), np.where(ok, tp, np.nan)
+            ours_ma[ys] = np.where(ok, ao.mean(0), np.nan)
+            ours_tr[ys] = np.where(ok & np.isfinite(tp), to, np.nan)
         m, b = acc.result()
         if native is not None:
             ours_n, fire_n, cover = native.result(lgrid.areas())
@@ -638,10 +670,11 @@ def compare_products(
             la, lo = np.meshgrid(lgrid.lat, lgrid.lon, indexing="ij")
             cx, cy = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lo.ravel(), la.ravel())
             pts = (np.asarray(cx), np.asarray(cy))
-            vals = (ours_n.mean(0), prod_n.mean(0))
-            tvals = (
+            cm = correlation(ours_n.mean(0), prod_n.mean(0), *pts)
+            ct = correlation(
                 _trend(ours_n, years, trend_method, trend_preserve),
                 _trend(prod_n, years, trend_method, trend_preserve),
+                *pts,
             )
             product_grid = f"lat/lon {lgrid.dlat:g}x{lgrid.dlon:g} deg"
             log.info(
@@ -649,12 +682,9 @@ def compare_products(
                 f"land cover >= {min_cover:g} compared on the product's grid"
             )
         else:
-            pts = (gx.ravel(), gy.ravel())
-            vals = (ours_ma.ravel(), prod_ma.ravel())
-            tvals = (ours_tr.ravel(), prod_tr.ravel())
+            cm = grid_correlation(acc.map, ours_ma, maps["mean_annual"][k], x, y)
+            ct = grid_correlation(acc.trend, ours_tr, maps["trend"][k], x, y)
             product_grid = "analysis" if not ref.latlon else f"lat/lon {lgrid.dlat:g}x{lgrid.dlon:g} deg"
-        cm = correlation(*vals, *pts)
-        ct = correlation(*tvals, *pts)
         metrics = {
             "product": ref.product,
             "first_year": years[0],
