@@ -200,7 +200,8 @@ def test_dutilleul_white_noise_and_smooth_fields():
     """Independent white noise: n_eff ≈ n. Independent smooth fields: n_eff << n, and the
     modified test rejects the (true) null about 5% of the time at the 5% level while the naive
     t-test rejects it most of the time (200 seeded pairs on a 20 x 20 grid, Gaussian smoothing
-    with sigma 2 cells; measured 8% and 69%)."""
+    with sigma 2 cells; measured 11.5% and 66.5%, median n_eff 27: Dutilleul's test is somewhat
+    liberal when n_eff is this small)."""
     g = np.arange(20.0)
     gx, gy = (a.ravel() for a in np.meshgrid(g, g))
     rng = np.random.default_rng(42)
@@ -216,7 +217,7 @@ def test_dutilleul_white_noise_and_smooth_fields():
         rej_naive += c.p_naive < 0.05
         n_eff.append(c.n_eff)
     assert np.median(n_eff) < 400 / 8
-    assert 0.01 <= rej / 200 <= 0.12
+    assert 0.02 <= rej / 200 <= 0.15
     assert rej_naive / 200 > 0.5
 
 
