@@ -13,8 +13,10 @@ then ``compare_products`` alone for the lat/lon products at several ``compare.mi
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -49,3 +51,14 @@ for mc in (0.0, 0.25, 0.5, 0.75, 0.95):
             f"min_cover {mc:g} {r.product}: {r.n_cells} cells, map r {r.map_r:.3f} (n_eff {r.map_n_eff:.0f}, "
             f"p {r.map_p:.2g}), trend r {r.trend_r:.3f} (n_eff {r.trend_n_eff:.0f}, p {r.trend_p:.2g})"
         )
+
+fire = ctx.fire()
+for grid in cmp.GRIDS + cmp.GRIDS:
+    t = time.perf_counter()
+    cmp.compare_products(ctx.references(), up, zones, fire, crs, 0.0, cfg.compare.regrid_subsamples, grid=grid)
+    print(f"compare_products, grid = {grid}: {time.perf_counter() - t:.1f} s")
+rng = np.random.default_rng(0)
+for n in (3043, cmp.DUTILLEUL_MAX_CELLS):
+    t = time.perf_counter()
+    cmp.dutilleul_n_eff(rng.normal(size=n), rng.normal(size=n), rng.uniform(size=n), rng.uniform(size=n))
+    print(f"n_eff of {n} cells: {time.perf_counter() - t:.2f} s")
