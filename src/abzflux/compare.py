@@ -3,8 +3,10 @@
 * Reference products (docs/formats.md §5) on the analysis grid, or on a regular lat/lon grid
   regridded conservatively onto it (:func:`latlon_weights`); restricted to the years they share
   with the run; fire emissions subtracted from products that include them. Per product: Pearson
-  r of the mean annual NEE maps and of the per-pixel trend maps, zone budget ratios and the
-  share of annual-source area.
+  r of the mean annual NEE maps and of the per-pixel trend maps on the product's own grid
+  (abzflux aggregated onto it, :class:`NativeGrid`; or on the analysis grid), with Dutilleul's
+  modified t-test p (:func:`correlation`); zone budget ratios and the share of annual-source
+  area on the analysis grid.
 * MESS (Elith et al. 2010) of the period-mean continuous predictors against the NEE training
   rows of each period (:func:`mess`); the area of applicability (Meyer & Pebesma 2021,
   :class:`AOA`); bootstrap SD inside vs outside it; k-means environmental clusters with the
