@@ -95,6 +95,8 @@ class CompareSettings:
     n_clusters: int = 8  # k-means environmental clusters
     cluster_sample: int = 100000  # at most this many land cells fit the k-means (all cells are labelled)
     aoa_max_training: int = 20000  # AOA: training rows used (an evenly spaced subset beyond this)
+    grid: str = "product"  # correlate maps on each product's own grid ("product") or on the analysis grid
+    min_cover: float = 0.5  # product cells: least share of their land where abzflux has every year
 
 
 @dataclass
@@ -163,6 +165,7 @@ CHOICES = {
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
     "trends.prewhitening": ("zhang", "yuepilon"),
+    "compare.grid": ("product", "analysis"),
 }
 
 
@@ -426,6 +429,13 @@ def load_config(path) -> Config:
             f"first_year {fs.first_year} after target_year {fs.target_year}",
             column="fire.first_year",
             expected="fire.first_year <= fire.target_year",
+        )
+    if not 0.0 <= cfg.compare.min_cover <= 1.0:
+        raise ConfigError(
+            path,
+            f"{cfg.compare.min_cover} is out of range",
+            column="compare.min_cover",
+            expected="a share of a product cell's land in [0, 1]",
         )
     for key in ("coverage_warn", "coverage_stop"):
         v = getattr(cfg.budgets, key)

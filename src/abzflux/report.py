@@ -425,8 +425,9 @@ def fig1_maps(rd: RunData) -> list[Item]:
         f"7 full years ({len(st)} sites; black outline: Mann–Kendall p < 0.05). Upscaled: the NEE forest's "
         "monthly maps summed per year; dots mark cells with p < 0.05 (Zhang prewhitening). "
         + (
-            f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), on the analysis "
-            "grid, same colour scales. "
+            f"Reference products: {_product_years(rd, names)} (RUN/compare/product_maps.zarr), drawn on the "
+            "analysis grid (the correlations in the comparison table are on each product's own grid), same "
+            "colour scales. "
             if names
             else "No reference products in this run. "
         )
@@ -434,6 +435,25 @@ def fig1_maps(rd: RunData) -> list[Item]:
         "(0.5 contour)."
     )
     return [Item("fig1", "Fig. 1", "Fig. 1: mean annual NEE and its trend", cap, fig=fig)]
+
+
+def _comparison_caption(m: pd.DataFrame) -> str:
+    """The comparison table's caption: on which grid the maps were correlated, and the p-values."""
+    grid = str(m["grid"].iloc[0]) if "grid" in m and len(m) else "analysis"
+    where = (
+        "on each product's own grid (product_grid: abzflux's annual sums aggregated conservatively onto a "
+        "lat/lon product's cells, land-area weighted, cells with less than compare.min_cover of their land "
+        "covered dropped; a product on the analysis grid is compared there)"
+        if grid == "product"
+        else 'on the analysis grid (compare.grid = "analysis": products regridded onto it, so each coarse '
+        "value counts in many cells and the naive p is too small)"
+    )
+    return (
+        "Per reference product: Pearson r of the mean annual NEE maps and of the per-cell trend maps against "
+        f"abzflux over the common years, {where}; n_cells cells, map_p / trend_p from Dutilleul's modified "
+        "t-test (effective sample size n_eff for spatial autocorrelation), *_p_naive the plain t-test; "
+        "source-area shares on the analysis grid (RUN/compare/metrics.csv)."
+    )
 
 
 def _product_years(rd: RunData, names: list[str]) -> str:
@@ -1035,9 +1055,7 @@ def tables(rd: RunData) -> list[Item]:
                 "comparison_table",
                 "Tables",
                 "Comparison with reference products",
-                "Per reference product: Pearson r (and p) of the mean annual NEE maps and of the per-cell "
-                "trend maps against abzflux over the common years, source-area shares and cells compared "
-                "(RUN/compare/metrics.csv).",
+                _comparison_caption(rd.csv(L.COMPARE_METRICS)),
                 table_html=_table(rd.csv(L.COMPARE_METRICS)),
             )
         )

@@ -63,6 +63,10 @@ def run(ctx: Context) -> None:
             crs,
             cfg.budgets.source_threshold,
             cs.regrid_subsamples,
+            grid=cs.grid,
+            min_cover=cs.min_cover,
+            trend_method=cfg.trends.prewhitening,
+            trend_preserve=cfg.trends.preserve_range_for_sig_test,
         )
         metrics.to_csv(out / L.inner(L.COMPARE_METRICS), index=False)
         budgets.to_csv(out / L.inner(L.COMPARE_BUDGETS), index=False)
@@ -83,6 +87,10 @@ SPEC = StepSpec(
         "compare.n_clusters",
         "compare.cluster_sample",
         "compare.aoa_max_training",
+        "compare.grid",
+        "compare.min_cover",
+        "trends.prewhitening",
+        "trends.preserve_range_for_sig_test",
         "budgets.source_threshold",
         "fire.first_year",
         "run.years",

@@ -106,7 +106,7 @@ def compare_lines(d: Path) -> tuple[list, dict]:
         out["products"] = m.to_dict(orient="records")
         lines += [
             "",
-            "| product | years | fire subtracted | map r | trend r | domain NEE abzflux | product | ratio "
+            "| product | years | fire subtracted | map r (p) | trend r (p) | domain NEE abzflux | product | ratio "
             "| source area abzflux | product |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -114,10 +114,17 @@ def compare_lines(d: Path) -> tuple[list, dict]:
             bb = b.loc[r.product]
             lines.append(
                 f"| {r.product} | {r.first_year}–{r.last_year} | {'yes' if r.fire_subtracted else 'no'} | "
-                f"{r.map_r:.2f} | {r.trend_r:.2f} | {bb.abzflux_tg_c:.0f} | {bb.product_tg_c:.0f} | "
+                f"{r.map_r:.2f} ({r.map_p:.2g}) | {r.trend_r:.2f} ({r.trend_p:.2g}) | {bb.abzflux_tg_c:.0f} | "
+                f"{bb.product_tg_c:.0f} | "
                 f"{bb.ratio:.2f} | {100 * r.source_share_abzflux:.0f}% | {100 * r.source_share_product:.0f}% |"
             )
-        lines += ["", "Budgets in Tg C yr-1 over the years and cells both have; details in compare/."]
+        grid = str(m["grid"].iloc[0])
+        where = "each product's own grid" if grid == "product" else "the analysis grid (compare.grid)"
+        lines += [
+            "",
+            f"Map and trend r on {where}; p from Dutilleul's modified t-test (spatial autocorrelation). "
+            "Budgets in Tg C yr-1 over the years and cells both have (analysis grid); details in compare/.",
+        ]
     return lines, out
 
 
