@@ -1260,6 +1260,16 @@ def _t(d: pd.DataFrame) -> np.ndarray:
     return d.year.to_numpy(float) + (d.month.to_numpy(float) - 0.5) / 12
 
 
+def gapped(d: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """(decimal time, values) of monthly rows sorted in time, with a NaN inserted wherever a
+    month is missing, so that a line is broken at the gap instead of bridging it."""
+    d = d.sort_values(["year", "month"])
+    t, v = _t(d), d[col].to_numpy(float)
+    k = d.year.to_numpy() * 12 + d.month.to_numpy()
+    cut = np.nonzero(np.diff(k) > 1)[0] + 1
+    return np.insert(t, cut, np.nan), np.insert(v, cut, np.nan)
+
+
 SERIES_SITES = 6
 
 
@@ -1289,10 +1299,21 @@ def _site_series_item(rd: RunData, ident: str, title: str, sites: list, what: st
         o = s[(s.site_id == sid) & s[flux].notna()].sort_values(["year", "month"])
         ax.plot(_t(o), o[flux], "o", color="k", ms=2.5, label="observed")
         if fitted is not None:
-            f = fitted[fitted.site_id == sid].sort_values(["year", "month"])
-            ax.plot(_t(f), f.fitted, "-", color="tab:blue", lw=1.0, label="fitted (final forest)")
-        c = cv[cv.site_id == sid].sort_values(["year", "month"])
-        ax.plot(_t(c), c.pred, "-", color="tab:orange", lw=1.0, label="cross-validated (site left out)")
+            ax.plot(
+                *gapped(fitted[fitted.site_id == sid], "fitted"),
+                "-",
+                color="tab:blue",
+                lw=1.0,
+                label="fitted (final forest)",
+            )
+        ax.plot(
+            *gapped(cv[cv.site_id == sid], "pred"),
+            "-",
+            color="tab:orange",
+            lw=1.0,
+            label="cross-validated (site left out)",
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         dist = ", ".join(sorted(set(o.disturbance.astype(str)) - {"none", "nan", ""})) if "disturbance" in o else ""
         ax.set_title(
             f"{sid} ({o.biome.iloc[0] if 'biome' in o and len(o) else ''}; {len(o)} months"
@@ -1320,7 +1341,7 @@ def _site_series_item(rd: RunData, ident: str, title: str, sites: list, what: st
             else "not in this run: RUN/models/fitted.parquet is written by the forest stage of newer abzflux)"
         )
         + " and the leave-one-site-out prediction from a forest trained without the site (orange, chosen mtry, "
-        f"RUN/cv/predictions.parquet); {_cv_years(rd)}."
+        f"RUN/cv/predictions.parquet); lines are broken where months are missing; {_cv_years(rd)}."
     )
     return Item(ident, "Supplementary", title, cap, fig=fig)
 
