@@ -1598,7 +1598,8 @@ def supp16_bias_by_ysf(rd: RunData) -> list[Item]:
         f"against years since fire, per calendar month ({len(b)} site-months at {b.site_id.nunique()} sites; "
         "RUN/cv/predictions.parquet with RUN/sites.parquet). Red: the fire stage's mixed model of that month "
         "(residual ~ years since fire, site random intercept and slope; RUN/fire/bias_models.csv), solid where "
-        "significant, dashed otherwise; the title gives its slope and p."
+        "significant, dashed otherwise, drawn over 0 to the largest years since fire of the burned site-months; "
+        "the title gives its slope (g C m-2 month-1 per year) and p."
         + ("" if models is not None else " This run has no fire stage: no mixed-model lines.")
     )
     return [Item("supp16", "Supplementary", "Supplementary Fig. 16: NEE bias by years since fire", cap, fig=fig)]
