@@ -300,3 +300,15 @@ def test_supp17_compares_the_sets_over_shared_years(study_run, tmp_path):
     np.testing.assert_allclose(_mesh(maps[0]), fine.ravel())
     np.testing.assert_allclose(_mesh(maps[1]), fine[::2, ::2].ravel())
     _close([it])
+
+
+def test_without_fire_fig2d_says_so_and_the_fire_figures_adapt(study_run, tmp_path):
+    run = _view(study_run, tmp_path, exclude=("fire",))
+    rd = R.RunData(run)
+    (fig2,) = R.fig2_budgets(rd)
+    assert "d  no fire input in this run" in _texts(fig2.fig)
+    assert R.supp15_postfire_upscaled(rd) == []
+    (s16,) = R.supp16_bias_by_ysf(rd)  # residuals still drawn, without the mixed-model lines
+    assert "no mixed-model lines" in s16.caption
+    assert not [ln for ax in s16.fig.axes for ln in ax.get_lines() if ln.get_color() == "tab:red"]
+    _close([fig2, s16])
