@@ -154,6 +154,17 @@ def test_report_has_every_figure_and_table_and_images_decode(full_report):
         "uncertainty",
         "mess",
         "extrapolation",
+        # Extended Data and Supplementary (tests/test_report_figs.py checks their values)
+        "ed5",
+        "ed6",
+        "supp3",
+        "supp4",
+        "supp5",
+        "supp13",
+        "supp14",
+        "supp15",
+        "supp16",
+        "supp17",
     ]
     tables = [
         "table1",
@@ -167,7 +178,19 @@ def test_report_has_every_figure_and_table_and_images_decode(full_report):
     ]
     for fid in figures + tables:
         assert fid in blocks, fid
-    for h in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Model skill", "Fire", "Uncertainty", "Extrapolation", "Tables"):
+    for h in (
+        "Fig. 1",
+        "Fig. 2",
+        "Fig. 3",
+        "Fig. 4",
+        "Model skill",
+        "Fire",
+        "Uncertainty",
+        "Extrapolation",
+        "Tables",
+        "Extended Data",
+        "Supplementary",
+    ):
         assert f">{h}</h2>" in page, h
     # self-contained: no external reference at all
     assert not re.search(r"(src|href)=['\"](?!data:|#)", page)

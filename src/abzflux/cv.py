@@ -254,6 +254,7 @@ class FluxFit:
     metrics: pd.DataFrame | None  # CV metrics by mtry
     overall: dict | None  # the CV metrics of the chosen mtry
     seconds: dict  # {"cv": ..., "fit": ...}
+    fitted: pd.DataFrame | None = None  # the final forest's in-sample prediction of every training row
 
 
 #: Columns of the training rows that go with the CV predictions (skill breakdowns).
@@ -344,4 +345,14 @@ def fit_flux(
             for k, v in (overall or {}).items()
         },
     }
-    return FluxFit(model, info, pred, m, overall, {"cv": round(cv_s, 2), "fit": round(fit_s, 2)})
+    fitted_rows = rows[["site_id", "year", "month"]].assign(obs=obs, fitted=fitted)
+    fitted_rows.insert(0, "flux", flux)
+    return FluxFit(
+        model,
+        info,
+        pred,
+        m,
+        overall,
+        {"cv": round(cv_s, 2), "fit": round(fit_s, 2)},
+        fitted_rows.reset_index(drop=True),
+    )

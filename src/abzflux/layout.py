@@ -41,6 +41,7 @@ COARSE = "coarse"
 # Files inside the stage outputs that another step or the report reads, relative to the model
 # set's directory. A step writes one into its output's work directory as ``out / inner(NAME)``.
 FOREST_JSON = f"{MODELS}/forest.json"
+FOREST_FITTED = f"{MODELS}/fitted.parquet"
 CV_PREDICTIONS = f"{CV}/predictions.parquet"
 CV_SKILL = f"{CV}/skill.csv"
 IMPORTANCE = f"{INTERPRET}/importance.csv"

@@ -354,6 +354,8 @@ def fig1_maps(rd: RunData) -> list[Item]:
             xy.x / 1e3, xy.y / 1e3, c=ins.nee, cmap="RdBu_r", norm=norm_m, s=14, edgecolors="k", linewidths=0.3
         )
         _cbar(sc, axes[0, 0], "g C m-2 yr-1")
+    else:
+        _no_data(axes[0, 0], "no site with a complete (12-month) NEE year")
     _map(
         axes[0, 1],
         rd,
@@ -379,9 +381,7 @@ def fig1_maps(rd: RunData) -> list[Item]:
         )
         _cbar(sc, axes[1, 0], "g C m-2 yr-2")
     else:
-        axes[1, 0].text(
-            0.5, 0.5, "no site with > 7 full years", transform=axes[1, 0].transAxes, ha="center", fontsize=8
-        )
+        _no_data(axes[1, 0], "no site with > 7 full years")
     _map(
         axes[1, 1],
         rd,
@@ -518,6 +518,7 @@ def fig2_budgets(rd: RunData) -> list[Item]:
             plt.colorbar(im, ax=axes[1, 1], shrink=0.75, format="%d").set_label("year", fontsize=7)
     else:
         axes[1, 1].axis("off")
+        _no_data(axes[1, 1], "d  no fire input in this run")
     fig.tight_layout()
     coarse = (
         f"coarse NEE (grey: the coarse model set, {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv), "
@@ -1167,6 +1168,535 @@ def insitu_tables(rd: RunData) -> list[Item]:
     ]
 
 
+# --------------------------------------------------------------------------- Extended Data and Supplementary
+def _no_data(ax, msg: str):
+    """Say in the panel why it has nothing to show (instead of leaving it blank)."""
+    return ax.text(0.5, 0.5, msg, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.3", wrap=True)
+
+
+def _prewhitening(rd: RunData) -> str:
+    t = rd.record.get("config", {}).get("trends") or {}
+    return {"zhang": "Zhang", "yuepilon": "Yue–Pilon"}.get(t.get("prewhitening", "zhang"), str(t.get("prewhitening")))
+
+
+def ed5_monthly_trends(rd: RunData) -> list[Item]:
+    """Extended Data Fig. 5: the Theil–Sen trend of NEE per calendar month (trends/trend_maps.zarr)."""
+    tm = rd.trend_maps()
+    months = [m for m in range(1, 13) if f"nee_m{m:02d}_slope" in tm]
+    if not months:
+        return []
+    x, y = rd.grid()
+    slopes = {m: np.asarray(tm[f"nee_m{m:02d}_slope"].values, float) for m in months}
+    vt = _sym(*slopes.values())
+    norm = TwoSlopeNorm(0, -vt, vt)
+    fig, axes = plt.subplots(3, 4, figsize=(15, 10.5))
+    for m, ax in zip(range(1, 13), axes.ravel()):
+        name = pd.Timestamp(2001, m, 1).strftime("%B")
+        if m not in slopes:
+            _map(ax, rd, None, title=name)
+            _no_data(ax, f"no {name} trend map in this run")
+            continue
+        _map(ax, rd, slopes[m], cmap="RdBu_r", norm=norm, title=name, label="g C m-2 month-1 yr-1")
+        p = np.asarray(tm[f"nee_m{m:02d}_p"].values, float)
+        sy, sx = np.nonzero(np.nan_to_num(p, nan=1.0) < 0.05)
+        ax.scatter(x[sx] / 1e3, y[sy] / 1e3, s=0.6, c="k", marker=".", lw=0)
+    fig.tight_layout()
+    cap = (
+        f"Theil–Sen trend of monthly NEE for each calendar month (g C m-2 month-1 yr-1), {rd.period()}, one map "
+        f"per month; dots mark cells with a Mann–Kendall p < 0.05 ({_prewhitening(rd)} prewhitening). Positive = "
+        "increasing net emission (e.g. the shoulder seasons), negative = increasing net uptake; one colour scale "
+        "for all months (RUN/trends/trend_maps.zarr, nee_mMM_slope and nee_mMM_p)."
+    )
+    return [Item("ed5", "Extended Data", "Extended Data Fig. 5: monthly NEE trend maps", cap, fig=fig)]
+
+
+SKILL_BARS = (
+    ("pooled_R2", "R² (pooled)", ""),
+    ("pooled_RMSE", "RMSE", FLUX_UNITS),
+    ("pooled_bias", "bias", FLUX_UNITS),
+)
+
+
+def ed6_skill_by_disturbance(rd: RunData) -> list[Item]:
+    """Extended Data Fig. 6: leave-one-site-out skill by disturbance class (cv/skill_by_disturbance.csv)."""
+    rel = f"{L.CV}/skill_by_disturbance.csv"
+    if not rd.has(rel):
+        return []
+    s = rd.csv(rel, keep_default_na=False, na_values=[""])
+    classes = list(dict.fromkeys(s.disturbance.astype(str)))
+    fluxes = [f for f in FLUXES if f in set(s.flux)]
+    fig, axes = plt.subplots(1, len(SKILL_BARS), figsize=(14, 4.2))
+    w = 0.8 / max(len(fluxes), 1)
+    for ax, (col, name, unit) in zip(axes, SKILL_BARS):
+        for k, f in enumerate(fluxes):
+            d = s[s.flux == f].set_index(s[s.flux == f].disturbance.astype(str)).reindex(classes)
+            ax.bar(
+                np.arange(len(classes)) + (k - (len(fluxes) - 1) / 2) * w,
+                d[col].to_numpy(float),
+                width=w,
+                label=LABEL[f],
+                color=("tab:green", "tab:brown", "tab:blue")[FLUXES.index(f) % 3],
+            )
+        ax.set_xticks(range(len(classes)))
+        n = s[s.flux == fluxes[-1]].set_index("disturbance").pooled_n.reindex(classes) if fluxes else None
+        ax.set_xticklabels(
+            [
+                f"{c}\n({int(v)} {LABEL[fluxes[-1]]} months)" if n is not None and pd.notna(v) else c
+                for c, v in zip(classes, n)
+            ],
+            fontsize=7,
+        )
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(unit or name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    cap = (
+        "Leave-one-site-out skill at the chosen mtry by the sites' disturbance class (site-months pooled): R², "
+        "RMSE and bias (mean predicted − observed; negative = the model predicts too much uptake), g C m-2 "
+        "month-1, per flux; x labels give the NEE site-months per class. Site-months "
+        f"{_cv_years(rd)} (RUN/cv/skill_by_disturbance.csv, also with caret site-mean statistics)."
+    )
+    return [Item("ed6", "Extended Data", "Extended Data Fig. 6: model skill by disturbance", cap, fig=fig)]
+
+
+def _cv_years(rd: RunData) -> str:
+    p = _chosen_cv(rd)
+    return f"{int(p.year.min())}–{int(p.year.max())}" if len(p) else rd.period()
+
+
+def _chosen_cv(rd: RunData) -> pd.DataFrame:
+    """The leave-one-site-out predictions at each flux's chosen mtry (empty without CV)."""
+    if "cvchosen" not in rd._cache:
+        if not rd.has(L.CV_PREDICTIONS):
+            rd._cache["cvchosen"] = pd.DataFrame(columns=["flux", "site_id", "year", "month", "obs", "pred"])
+        else:
+            info = json.loads(rd.layout.forest_json.read_text())
+            pred = pd.read_parquet(rd.layout.cv_predictions)
+            mt = pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()])
+            rd._cache["cvchosen"] = pred.merge(mt, on=["flux", "mtry"])
+    return rd._cache["cvchosen"]
+
+
+def _t(d: pd.DataFrame) -> np.ndarray:
+    """Decimal time of the middle of each row's month."""
+    return d.year.to_numpy(float) + (d.month.to_numpy(float) - 0.5) / 12
+
+
+def gapped(d: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """(decimal time, values) of monthly rows sorted in time, with a NaN inserted wherever a
+    month is missing, so that a line is broken at the gap instead of bridging it."""
+    d = d.sort_values(["year", "month"])
+    t, v = _t(d), d[col].to_numpy(float)
+    k = d.year.to_numpy() * 12 + d.month.to_numpy()
+    cut = np.nonzero(np.diff(k) > 1)[0] + 1
+    return np.insert(t, cut, np.nan), np.insert(v, cut, np.nan)
+
+
+SERIES_SITES = 6
+
+
+def series_sites(rd: RunData, flux: str = "nee", disturbance: str | None = None, n: int = SERIES_SITES) -> list:
+    """The ``n`` sites with the most site-months of ``flux`` (ties by site id), optionally only
+    sites with a ``disturbance`` class in any of their rows."""
+    s = rd.sites()
+    s = s[s[flux].notna()] if flux in s else s.iloc[:0]
+    if disturbance is not None:
+        keep = set(s.loc[s.disturbance.astype(str) == disturbance, "site_id"])
+        s = s[s.site_id.isin(keep)]
+    c = s.groupby("site_id").size().reset_index(name="n").sort_values(["n", "site_id"], ascending=[False, True])
+    return list(c.site_id[:n])
+
+
+def _site_series_item(rd: RunData, ident: str, title: str, sites: list, what: str, flux: str = "nee") -> Item:
+    s = rd.sites()
+    cv = _chosen_cv(rd)
+    cv = cv[cv.flux == flux]
+    fitted = pd.read_parquet(rd.layout / L.FOREST_FITTED) if rd.has(L.FOREST_FITTED) else None
+    if fitted is not None:
+        fitted = fitted[fitted.flux == flux]
+    ncol = 2
+    nrow = max(1, int(np.ceil(len(sites) / ncol)))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(13, 2.9 * nrow), squeeze=False)
+    for ax, sid in zip(axes.ravel(), sites):
+        o = s[(s.site_id == sid) & s[flux].notna()].sort_values(["year", "month"])
+        ax.plot(_t(o), o[flux], "o", color="k", ms=2.5, label="observed")
+        if fitted is not None:
+            ax.plot(
+                *gapped(fitted[fitted.site_id == sid], "fitted"),
+                "-",
+                color="tab:blue",
+                lw=1.0,
+                label="fitted (final forest)",
+            )
+        ax.plot(
+            *gapped(cv[cv.site_id == sid], "pred"),
+            "-",
+            color="tab:orange",
+            lw=1.0,
+            label="cross-validated (site left out)",
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        dist = ", ".join(sorted(set(o.disturbance.astype(str)) - {"none", "nan", ""})) if "disturbance" in o else ""
+        ax.set_title(
+            f"{sid} ({o.biome.iloc[0] if 'biome' in o and len(o) else ''}; {len(o)} months"
+            + (f"; {dist}" if dist else "")
+            + ")",
+            fontsize=8,
+        )
+        ax.axhline(0, color="k", lw=0.4)
+        ax.set_ylabel(FLUX_UNITS, fontsize=7)
+        ax.tick_params(labelsize=7)
+    if not sites:
+        _no_data(axes[0, 0], f"no site with {what}")
+    for ax in axes.ravel()[max(len(sites), 1) :]:
+        ax.axis("off")
+    if sites:
+        axes[0, 0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    cap = (
+        f"Monthly {LABEL[flux]} (g C m-2 month-1) at {what}"
+        + (f" ({', '.join(map(str, sites))})" if sites else " (none in this run)")
+        + ": observed (black), the final forest's in-sample prediction of the training rows (blue, "
+        + (
+            "RUN/models/fitted.parquet)"
+            if fitted is not None
+            else "not in this run: RUN/models/fitted.parquet is written by the forest stage of newer abzflux)"
+        )
+        + " and the leave-one-site-out prediction from a forest trained without the site (orange, chosen mtry, "
+        f"RUN/cv/predictions.parquet); lines are broken where months are missing; {_cv_years(rd)}."
+    )
+    return Item(ident, "Supplementary", title, cap, fig=fig)
+
+
+def supp_site_series(rd: RunData) -> list[Item]:
+    """Supplementary Figs. 3 and 4: site time series, observed vs fitted vs cross-validated."""
+    if not rd.has(L.CV_PREDICTIONS) or "nee" not in rd.sites():
+        return []
+    return [
+        _site_series_item(
+            rd,
+            "supp3",
+            "Supplementary Fig. 3: site time series, longest records",
+            series_sites(rd),
+            f"the {SERIES_SITES} sites with the most NEE site-months",
+        ),
+        _site_series_item(
+            rd,
+            "supp4",
+            "Supplementary Fig. 4: site time series, burned sites",
+            series_sites(rd, disturbance="fire"),
+            f"the {SERIES_SITES} sites with a fire disturbance and the most NEE site-months",
+        ),
+    ]
+
+
+GREENING_NAMES = ("greening, annual uptake ↑", "greening, JJA uptake ↑ only", "greening, no uptake ↑", "no greening")
+
+
+def greening_classes(tm: xr.Dataset, alpha: float = 0.05) -> np.ndarray:
+    """Per cell: 0 = significant JJA NDVI greening with a significant annual NEE uptake trend,
+    1 = greening with only a significant JJA uptake trend, 2 = greening without either,
+    3 = no significant greening; NaN where the NEE trend is undefined."""
+    ns, npv = np.asarray(tm.ndvi_jja_slope.values, float), np.asarray(tm.ndvi_jja_p.values, float)
+    green = (npv < alpha) & (ns > 0)
+    ann = (np.asarray(tm.nee_annual_p.values, float) < alpha) & (np.asarray(tm.nee_annual_slope.values, float) < 0)
+    jja = (np.asarray(tm.nee_jja_p.values, float) < alpha) & (np.asarray(tm.nee_jja_slope.values, float) < 0)
+    c = np.select([green & ann, green & jja, green], [0, 1, 2], 3).astype(float)
+    return np.where(np.isfinite(np.asarray(tm.nee_annual_slope.values, float)), c, np.nan)
+
+
+def supp5_greening(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 5: greening (JJA NDVI trend) vs NEE uptake trends."""
+    tm = rd.trend_maps()
+    need = ("ndvi_jja_slope", "ndvi_jja_p", "nee_jja_slope", "nee_jja_p")
+    if not all(v in tm for v in need):
+        return []
+    from .trends import ALPHA
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    _map(
+        axes[0],
+        rd,
+        np.asarray(tm.ndvi_jja_slope.values, float),
+        cmap="BrBG",
+        norm=TwoSlopeNorm(0, -_sym(tm.ndvi_jja_slope.values), _sym(tm.ndvi_jja_slope.values)),
+        title="a  JJA NDVI trend",
+        label="NDVI yr-1",
+    )
+    _classes(
+        axes[1],
+        rd,
+        greening_classes(tm, ALPHA),
+        GREENING_NAMES,
+        ["#1a9850", "#91cf60", "#fc8d59", "#e0e0e0"],
+        "b  greening vs uptake trends",
+    )
+    fig.tight_layout()
+    share = ""
+    rel = f"{L.TRENDS}/area_shares.csv"
+    if rd.has(rel):
+        a = rd.csv(rel).set_index("quantity").area_share
+        if "greening" in a:
+            share = (
+                f" Area shares: greening {100 * a['greening']:.0f} % of the land with a trend; of the greening land, "
+                f"{100 * a.get('greening_with_annual_uptake_trend', np.nan):.0f} % with an increasing annual net "
+                f"uptake and {100 * a.get('greening_with_jja_uptake_trend', np.nan):.0f} % with an increasing "
+                "June–August net uptake (RUN/trends/area_shares.csv)."
+            )
+    cap = (
+        f"Greening against net-uptake trends, {rd.period()}: a, the Theil–Sen trend of the June–August mean NDVI "
+        f"(NDVI yr-1); b, cells with a significant greening (JJA NDVI trend > 0, Mann–Kendall p < {ALPHA:g}) split "
+        "by whether their annual or only their June–August NEE shows a significant increasing uptake (trend < 0, "
+        f"p < {ALPHA:g}), and cells without significant greening ({_prewhitening(rd)} prewhitening; "
+        "RUN/trends/trend_maps.zarr)." + share
+    )
+    return [Item("supp5", "Supplementary", "Supplementary Fig. 5: greening vs uptake trends", cap, fig=fig)]
+
+
+def _burned_rows(rd: RunData) -> pd.DataFrame:
+    s = rd.sites()
+    if "years_since_fire" not in s or "disturbance" not in s:
+        return s.iloc[:0]
+    return s[(s.disturbance.astype(str) == "fire") & s.years_since_fire.notna()]
+
+
+def supp13_postfire_sites(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 13: July NDVI, GPP and NEE at burned sites against years since fire."""
+    b = _burned_rows(rd)
+    b = b[b.month == 7]
+    vars_ = [v for v in ("ndvi", "gpp", "nee") if v in rd.sites()]
+    fig, axes = plt.subplots(1, len(vars_), figsize=(4.3 * len(vars_), 3.8), squeeze=False)
+    sites = sorted(set(b.site_id))
+    colors = dict(zip(sites, _tab(max(len(sites), 1)) * (len(sites) // 20 + 1)))
+    for ax, v in zip(axes[0], vars_):
+        d = b[b[v].notna()]
+        for sid, g in d.groupby("site_id"):
+            g = g.sort_values("years_since_fire")
+            ax.plot(g.years_since_fire, g[v], "o-", ms=3, lw=0.7, color=colors[sid])
+        if d.empty:
+            _no_data(ax, f"no July {LABEL.get(v, v.upper())} at a burned site")
+        ax.set_xlabel("years since fire", fontsize=8)
+        ax.set_ylabel(
+            "NDVI" if v == "ndvi" else f"{LABEL[v]} ({FLUX_UNITS})",
+            fontsize=8,
+        )
+        ax.set_title(f"July {LABEL.get(v, 'NDVI')}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    cap = (
+        f"Post-fire recovery at the burned sites: July NDVI (the site's predictor value), GPP and NEE "
+        f"(g C m-2 month-1) of each site-year against the site's years since fire; one colour and line per site "
+        f"({len(sites)} sites with a fire disturbance and years since fire, RUN/sites.parquet)."
+    )
+    return [Item("supp13", "Supplementary", "Supplementary Fig. 13: post-fire recovery at burned sites", cap, fig=fig)]
+
+
+def _nee_residuals(rd: RunData) -> pd.DataFrame | None:
+    """The NEE model's LOSO residuals (observed − predicted) with years since fire (as the fire stage)."""
+    if not rd.has(L.CV_PREDICTIONS) or "nee" not in json.loads(rd.layout.forest_json.read_text()):
+        return None
+    from .fire import site_residuals
+
+    info = json.loads(rd.layout.forest_json.read_text())
+    return site_residuals(pd.read_parquet(rd.layout.cv_predictions), rd.sites(), info["nee"]["mtry"])
+
+
+def supp14_residuals(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 14: the distribution of NEE LOSO residuals at burned and other site-months."""
+    r = _nee_residuals(rd)
+    if r is None:
+        return []
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    lo, hi = np.nanpercentile(r.residual, [0.5, 99.5])
+    bins = np.linspace(lo, hi, 41)
+    for burned, name, c in ((False, "other site-months", "0.5"), (True, "burned site-months", "tab:red")):
+        d = r.residual[r.burned == burned].dropna()
+        if len(d):
+            ax.hist(d, bins=bins, density=True, alpha=0.55, color=c, label=f"{name} (n {len(d)}, mean {d.mean():.1f})")
+            ax.axvline(d.mean(), color=c, lw=1.2)
+    if not r.burned.any():
+        ax.text(0.02, 0.95, "no burned site-month", transform=ax.transAxes, fontsize=8, va="top", color="0.3")
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel(f"NEE residual, observed − LOSO predicted ({FLUX_UNITS})", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    cap = (
+        "Distribution of the NEE model's leave-one-site-out residuals (observed − predicted, g C m-2 month-1, "
+        "chosen mtry) at burned site-months (a fire disturbance with years since fire) and at all others; "
+        "positive = the model predicts too much uptake; vertical lines = means (1st–99th.5 percentile range "
+        f"shown), site-months {_cv_years(rd)} (RUN/cv/predictions.parquet with RUN/sites.parquet, as the fire "
+        "stage's RUN/fire/residual_diagnostics.csv)."
+    )
+    return [Item("supp14", "Supplementary", "Supplementary Fig. 14: NEE residuals, burned vs other", cap, fig=fig)]
+
+
+def supp15_postfire_upscaled(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 15: upscaled July GPP and NEE at burned cells around the last fire."""
+    if not rd.has(L.BURNED_CELLS):
+        return []
+    up = rd.upscaled()
+    with xr.open_dataset(rd.layout.burned_cells) as b:
+        last = b["last_burn_year"].values.astype(float)
+    fluxes = [f for f in ("gpp", "nee") if f in up]
+    fig, axes = plt.subplots(1, len(fluxes), figsize=(5.2 * len(fluxes), 3.9), squeeze=False)
+    same = last.shape == up["nee"].shape[1:]
+    ncell = 0
+    for ax, f in zip(axes[0], fluxes):
+        ax.set_title(f"July {LABEL[f]}, anomaly from the cell's mean", fontsize=9)
+        ax.set_xlabel("years since the last fire", fontsize=8)
+        ax.set_ylabel(FLUX_UNITS, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if not same:
+            _no_data(ax, "the burned-cell map is not on the upscaling grid")
+            continue
+        rel, anom = postfire_composite(up[f], last)
+        ncell = int(np.isfinite(last[last > 0]).sum())
+        if not len(rel):
+            _no_data(ax, "no burned cell inside the upscaled period")
+            continue
+        ax.plot(rel, anom, "o-", color="tab:green" if f == "gpp" else "tab:blue", ms=3)
+        ax.axvline(0, color="tab:red", lw=0.8)
+        ax.axhline(0, color="k", lw=0.5)
+    fig.tight_layout()
+    cap = (
+        f"The upscaled July flux (g C m-2 month-1) at the cells burned in the fire period ({ncell} cells, "
+        "RUN/fire/burned_cells.nc, last burn year), composited by years relative to the cell's last fire (0 = fire "
+        "year; earlier fires of the same cell are ignored): each cell's July value minus its own "
+        f"{rd.period()} July mean, averaged over the cells (RUN/upscaled.zarr)."
+    )
+    return [Item("supp15", "Supplementary", "Supplementary Fig. 15: upscaled fluxes after fire", cap, fig=fig)]
+
+
+def postfire_composite(da: xr.DataArray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(years relative to the last fire, mean anomaly): per burned cell (``last`` > 0) its July
+    values minus its July mean, averaged over cells at each year − last burn year."""
+    jul = da.sel(time=da["time.month"] == 7)
+    years = pd.DatetimeIndex(jul.time.values).year.to_numpy()
+    iy, ix = np.nonzero(np.nan_to_num(last) > 0)
+    if not len(iy):
+        return np.array([]), np.array([])
+    v = np.asarray(jul.values, float)[:, iy, ix]  # (year, cell)
+    anom = v - np.nanmean(v, axis=0, keepdims=True)
+    rel = years[:, None] - last[iy, ix][None, :]
+    ok = np.isfinite(anom)
+    t = pd.DataFrame({"rel": rel[ok].astype(int), "a": anom[ok]}).groupby("rel").a.mean()
+    return t.index.to_numpy(), t.to_numpy()
+
+
+def supp16_bias_by_ysf(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 16: NEE LOSO residual at burned sites against years since fire, per month,
+    with the fire stage's mixed-model line."""
+    r = _nee_residuals(rd)
+    if r is None:
+        return []
+    b = r[r.burned]
+    models = rd.csv(f"{L.FIRE}/bias_models.csv").set_index("month") if rd.has(f"{L.FIRE}/bias_models.csv") else None
+    fig, axes = plt.subplots(3, 4, figsize=(14, 8.5), sharex=True, sharey=True)
+    xmax = float(b.years_since_fire.max()) if len(b) else 18.0
+    for m, ax in zip(range(1, 13), axes.ravel()):
+        d = b[b.month == m]
+        ax.plot(d.years_since_fire, d.residual, "o", ms=2.5, color="0.4", alpha=0.7)
+        ax.axhline(0, color="k", lw=0.5)
+        name = pd.Timestamp(2001, m, 1).strftime("%B")
+        title = name
+        if d.empty:
+            _no_data(ax, f"no burned site-month in {name}")
+        if models is not None and m in models.index and np.isfinite(models.loc[m, "slope"]):
+            mm = models.loc[m]
+            xs = np.array([0.0, xmax])
+            sig = bool(mm.get("significant", False))
+            ax.plot(xs, mm.intercept + mm.slope * xs, "-" if sig else "--", color="tab:red", lw=1.2)
+            title += f": {mm.slope:+.2f} per year, p {mm.slope_p:.2g}"
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("years since fire", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"obs − LOSO pred ({FLUX_UNITS})", fontsize=7)
+    fig.tight_layout()
+    cap = (
+        "The NEE model's leave-one-site-out residual (observed − predicted, g C m-2 month-1) at burned site-months "
+        f"against years since fire, per calendar month ({len(b)} site-months at {b.site_id.nunique()} sites; "
+        "RUN/cv/predictions.parquet with RUN/sites.parquet). Red: the fire stage's mixed model of that month "
+        "(residual ~ years since fire, site random intercept and slope; RUN/fire/bias_models.csv), solid where "
+        "significant, dashed otherwise, drawn over 0 to the largest years since fire of the burned site-months; "
+        "the title gives its slope (g C m-2 month-1 per year) and p."
+        + ("" if models is not None else " This run has no fire stage: no mixed-model lines.")
+    )
+    return [Item("supp16", "Supplementary", "Supplementary Fig. 16: NEE bias by years since fire", cap, fig=fig)]
+
+
+def supp17_fine_vs_coarse(rd: RunData) -> list[Item]:
+    """Supplementary Fig. 17: the fine set against the coarse set over their shared years."""
+    rel = f"{L.COARSE}/{L.BUDGETS_ANNUAL}"
+    if not rd.has(rel):
+        return []
+    fine, coarse = rd.annual(), rd.csv(rel)
+    zones = ["domain", "boreal", "tundra", "permafrost", *REGIONS]
+    pair = fine_coarse_pairs(fine, coarse, zones)
+    years = sorted(set(pair.year))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    ax = axes[0]
+    for z, c in zip(zones, _tab(len(zones))):
+        d = pair[pair.zone == z]
+        if len(d):
+            ax.plot(d.fine, d.coarse, "o", ms=3.5, color=c, label=z)
+    if len(pair):
+        lo, hi = float(pair[["fine", "coarse"]].min().min()), float(pair[["fine", "coarse"]].max().max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        _no_data(ax, "no year shared by the two model sets")
+    ax.set_xlabel("fine set NEE (Tg C yr-1)", fontsize=8)
+    ax.set_ylabel("coarse set NEE (Tg C yr-1)", fontsize=8)
+    ax.set_title("a  annual NEE budgets, shared years", fontsize=9)
+    ax.tick_params(labelsize=7)
+    cup = rd.layout.coarse.upscaled
+    span = f"{years[0]}–{years[-1]}" if years else "no shared years"
+    if years and cup.exists():
+        with xr.open_zarr(cup, consolidated=False) as cds:
+            cm = _mean_annual_years(cds["nee"], years)
+            cx, cy = cds.x.values.astype(float), cds.y.values.astype(float)
+        fm = _mean_annual_years(rd.upscaled()["nee"], years)
+        vm = _sym(fm, cm)
+        norm = TwoSlopeNorm(0, -vm, vm)
+        _map(axes[1], rd, fm, cmap="RdBu_r", norm=norm, title=f"b  fine set, {span}", label="g C m-2 yr-1")
+        _map(
+            axes[2], rd, cm, cmap="RdBu_r", norm=norm, x=cx, y=cy, title=f"c  coarse set, {span}", label="g C m-2 yr-1"
+        )
+    else:
+        for ax, t in zip(axes[1:], ("b  fine set", "c  coarse set")):
+            _map(ax, rd, None, title=t)
+            _no_data(ax, "no coarse-set maps (RUN/coarse/upscaled.zarr)" if years else "no shared years")
+    fig.tight_layout()
+    r = float(np.corrcoef(pair.fine, pair.coarse)[0, 1]) if len(pair) > 2 else float("nan")
+    cap = (
+        f"The fine model set against the coarse one (the paper's 1-km vs 8-km models) over their shared years "
+        f"{span}: a, annual NEE budgets (Tg C yr-1) of the domain, biomes, permafrost region and regions, one point "
+        f"per zone-year (Pearson r {r:.2f}; RUN/budgets_annual.csv, RUN/coarse/budgets_annual.csv); b, c, mean "
+        "annual NEE (g C m-2 yr-1) over the shared years of each set on its own grid (RUN/upscaled.zarr, "
+        "RUN/coarse/upscaled.zarr), one colour scale."
+    )
+    return [Item("supp17", "Supplementary", "Supplementary Fig. 17: fine vs coarse model set", cap, fig=fig)]
+
+
+def fine_coarse_pairs(fine: pd.DataFrame, coarse: pd.DataFrame, zones: list[str]) -> pd.DataFrame:
+    """zone, year, fine, coarse: the annual NEE budgets of both sets in the years both have."""
+    f = fine[(fine.flux == "nee") & fine.zone.isin(zones)][["zone", "year", "tg_c"]]
+    c = coarse[(coarse.flux == "nee") & coarse.zone.isin(zones)][["zone", "year", "tg_c"]]
+    p = f.merge(c, on=["zone", "year"], suffixes=("_f", "_c")).rename(columns={"tg_c_f": "fine", "tg_c_c": "coarse"})
+    return p.dropna().sort_values(["zone", "year"]).reset_index(drop=True)
+
+
+def _mean_annual_years(da: xr.DataArray, years: list[int]) -> np.ndarray:
+    """Mean over ``years`` of the annual sum (complete years only), g C m-2 yr-1."""
+    d = da.sel(time=da["time.year"].isin(years))
+    return np.asarray(d.groupby("time.year").sum(min_count=12).mean("year").values, float)
+
+
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(
         index=False,
@@ -1193,6 +1723,16 @@ FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     tables,
     coverage_items,
     insitu_tables,
+    # Extended Data and Supplementary figures (docs/report.md lists every figure of the paper)
+    ed5_monthly_trends,
+    ed6_skill_by_disturbance,
+    supp_site_series,
+    supp5_greening,
+    supp13_postfire_sites,
+    supp14_residuals,
+    supp15_postfire_upscaled,
+    supp16_bias_by_ysf,
+    supp17_fine_vs_coarse,
 )
 
 

@@ -1,5 +1,6 @@
 """(b) forest: per flux, leave-one-site-out CV over the mtry grid, the chosen mtry, the final
-forest refit on all rows, and skill tables and plots."""
+forest refit on all rows (and its in-sample predictions of the training rows), and skill tables
+and plots."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def run(ctx: Context, progress_factory=None) -> None:
     table = pd.read_parquet(lay.sites)
     fs = ctx.cfg.forest
     models_dir, cv_dir = fresh_dir(lay.tmp(L.MODELS)), fresh_dir(lay.tmp(L.CV))
-    info, all_pred, all_metrics, overall = {}, [], [], {}
+    info, all_pred, all_metrics, overall, all_fitted = {}, [], [], {}, []
     # Timings go to the stage marker, not to models/forest.json: outputs are bit-identical across runs.
     seconds = ctx.cache.setdefault("marker_extra", {}).setdefault("seconds_by_flux", {})
     pset = ctx.predictor_set
@@ -69,6 +70,7 @@ def run(ctx: Context, progress_factory=None) -> None:
         seconds[flux] = fit.seconds
         fit.model.save(models_dir / f"{flux}.npz")
         info[flux] = fit.info
+        all_fitted.append(fit.fitted)
         if fit.overall is not None:
             all_pred.append(fit.predictions)
             all_metrics.append(fit.metrics)
@@ -83,6 +85,8 @@ def run(ctx: Context, progress_factory=None) -> None:
             )
         )
     (models_dir / L.inner(L.FOREST_JSON)).write_text(json.dumps(info, indent=2))
+    # the in-sample predictions of the training rows (the report's site time series, Supp. Figs. 3-4)
+    pd.concat(all_fitted, ignore_index=True).to_parquet(models_dir / L.inner(L.FOREST_FITTED), index=False)
     if all_pred:
         pred = pd.concat(all_pred, ignore_index=True)
         pred.to_parquet(cv_dir / L.inner(L.CV_PREDICTIONS), index=False)
