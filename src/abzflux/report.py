@@ -1596,6 +1596,11 @@ def supp16_bias_by_ysf(rd: RunData) -> list[Item]:
     models = rd.csv(f"{L.FIRE}/bias_models.csv").set_index("month") if rd.has(f"{L.FIRE}/bias_models.csv") else None
     fig, axes = plt.subplots(3, 4, figsize=(14, 8.5), sharex=True, sharey=True)
     xmax = float(b.years_since_fire.max()) if len(b) else 18.0
+    window = None  # the fire stage's fitting window (fire.max_years_since_fire), when it recorded one
+    if rd.layout.fire_json.exists():
+        window = json.loads(rd.layout.fire_json.read_text()).get("max_years_since_fire")
+    if window is not None:
+        xmax = min(xmax, float(window))
     for m, ax in zip(range(1, 13), axes.ravel()):
         d = b[b.month == m]
         ax.plot(d.years_since_fire, d.residual, "o", ms=2.5, color="0.4", alpha=0.7)
@@ -1622,8 +1627,9 @@ def supp16_bias_by_ysf(rd: RunData) -> list[Item]:
         f"against years since fire, per calendar month ({len(b)} site-months at {b.site_id.nunique()} sites; "
         "RUN/cv/predictions.parquet with RUN/sites.parquet). Red: the fire stage's mixed model of that month "
         "(residual ~ years since fire, site random intercept and slope; RUN/fire/bias_models.csv), solid where "
-        "significant, dashed otherwise, drawn over 0 to the largest years since fire of the burned site-months; "
-        "the title gives its slope (g C m-2 month-1 per year) and p."
+        "significant, dashed otherwise, drawn over 0 to the largest years since fire of the burned site-months "
+        + (f"within the fitting window of {window:g} years; " if window is not None else "; ")
+        + "the title gives its slope (g C m-2 month-1 per year) and p."
         + ("" if models is not None else " This run has no fire stage: no mixed-model lines.")
     )
     return [Item("supp16", "Supplementary", "Supplementary Fig. 16: NEE bias by years since fire", cap, fig=fig)]
