@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import _atomic
+from .. import budgets as budgets_mod
 from .. import layout as L
 from .. import trends as trends_mod
 from ..context import Context
@@ -49,8 +50,11 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     store = out / L.inner(L.TREND_MAPS)
     crs = grid_crs(pred, ctx.cfg.inputs.predictors)
     method, preserve = ctx.cfg.trends.prewhitening, ctx.cfg.trends.preserve_range_for_sig_test
+    fire = ctx.fire()
+    if fire is not None:  # the fire years (from fire.first_year) within the run's years
+        fire = fire.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
     for i, band in enumerate(bands):
-        ds = trends_mod.trend_band(up, drv, band, FLUXES, method, preserve)
+        ds = trends_mod.trend_band(up, drv, band, FLUXES, method, preserve, fire=fire)
         if i == 0:  # the store's layout (variables, dtypes) comes from the first band
             tmpl = write_crs(trends_mod.maps_template(ds, up.y, up.x, nrow), crs)
             tmpl.attrs.update(
@@ -68,7 +72,10 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         if progress is not None:
             progress(i + 1, len(bands))
     ds = xr.open_zarr(store, consolidated=False)
-    trends_mod.trend_area_shares(ds, zones).to_csv(out / "area_shares.csv", index=False)
+    pd.concat(
+        [trends_mod.trend_area_shares(ds, zones), trends_mod.fire_area_shares(ds, zones)], ignore_index=True
+    ).to_csv(out / "area_shares.csv", index=False)
+    _season_tables(ctx, drv, out, method, preserve)
     trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve).to_csv(
         out / L.inner(L.BUDGET_TRENDS), index=False
     )
@@ -78,13 +85,33 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     _atomic.replace(out, lay.trends)
 
 
+def _season_tables(ctx: Context, drv: xr.Dataset, out, method: str, preserve: bool) -> None:
+    """The zone budgets' trends per season and month, and the drivers' zone means (land-area
+    weighted, monthly) with their trends per season and month."""
+    lay = ctx.layout
+    trends_mod.seasonal_budget_trends(
+        pd.read_csv(lay / L.BUDGETS_SEASONAL), pd.read_csv(lay / L.BUDGETS_MONTHLY), method, preserve
+    ).to_csv(out / L.inner(L.SEASONAL_BUDGET_TRENDS), index=False)
+    names = [v for v in trends_mod.DRIVERS if v in drv]
+    if not names:
+        return
+    zones = ctx.zones()
+    mon = budgets_mod.monthly_budgets(drv[names], zones)  # veg=None: no vegetation-type zones
+    means = trends_mod.driver_zone_means(mon, budgets_mod.zone_areas_m2(zones), budgets_mod.TG)
+    means.to_csv(out / L.inner(L.DRIVER_MEANS), index=False)
+    units = {v: str(drv[v].attrs.get("units", "")) for v in names}
+    trends_mod.driver_trends(trends_mod.driver_season_means(means), method, preserve, units).to_csv(
+        out / L.inner(L.DRIVER_TRENDS), index=False
+    )
+
+
 SPEC = StepSpec(
     "trends",
     run,
     writes=(L.TRENDS,),
     depends=("budgets",),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
-    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test"),
-    inputs=("predictors", "zones"),
+    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES),
+    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year"),
+    inputs=("predictors", "zones", "fire"),
     summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
 )
