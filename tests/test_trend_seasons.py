@@ -209,3 +209,28 @@ def test_fire_trend_maps_need_shared_years():
     nee, fire = _fire_case()
     with pytest.raises(ValueError, match="no complete year"):
         T.fire_trend_maps(nee.sel(time=slice(None, "2010-12-01")), fire.sel(time=slice("2011-01-01", None)))
+
+
+# ------------------------------------------------------------------------------- the study run
+def test_report_trend_tables_come_from_the_run(study_run):
+    """The report's season, month and driver trend tables and the fire trend map show the run's
+    numbers (slope, * where p < 0.05)."""
+    from abzflux import report as R
+
+    run = study_run[0]
+    rd = R.RunData(run)
+    items = {i.id: i for i in R.trend_season_tables(rd)}
+    assert set(items) == {"budget_trends_seasons", "budget_trends_months", "driver_trends"}
+    st = pd.read_csv(run / "trends" / "seasonal_budget_trends.csv").set_index(["zone", "flux", "season"])
+    for season in ("annual", "jja", "nonsummer"):
+        r = st.loc[("domain", "nee", season)]
+        assert f">{r.slope:.3g}{'*' if r.p < 0.05 else ''}<" in items["budget_trends_seasons"].table_html
+    r = st.loc[("tundra", "gpp", "m07")]
+    assert f">{r.slope:.3g}{'*' if r.p < 0.05 else ''}<" in items["budget_trends_months"].table_html
+    dt = pd.read_csv(run / "trends" / "driver_trends.csv").set_index(["zone", "driver", "season"])
+    r = dt.loc[("boreal", "lst", "son")]
+    assert f">{r.slope:.3g}{'*' if r.p < 0.05 else ''}<" in items["driver_trends"].table_html
+    (fire,) = R.fig_fire_trend(rd)
+    R.plt.close(fire.fig)
+    maps = xr.open_zarr(run / "trends" / "trend_maps.zarr", consolidated=False)
+    assert f"{int(np.isfinite(maps.fire_annual_slope.values).sum())} cells have one" in fire.caption

@@ -758,7 +758,9 @@ def _slope_p(r) -> str:
 def _trend_pivot(t: pd.DataFrame, rows: list[str], seasons: tuple[str, ...]) -> pd.DataFrame:
     t = t[t.season.isin(seasons)].assign(v=lambda d: d.apply(_slope_p, axis=1))
     w = t.pivot_table(index=rows, columns="season", values="v", aggfunc="first", sort=False)
-    return w.reindex(columns=[s for s in seasons if s in w.columns]).reset_index().fillna("")
+    w = w.reindex(columns=[s for s in seasons if s in w.columns]).reset_index().fillna("")
+    w.columns.name = None
+    return w
 
 
 def trend_season_tables(rd: RunData) -> list[Item]:
@@ -849,10 +851,15 @@ def fig_fire_trend(rd: RunData) -> list[Item]:
     fig.tight_layout()
     a = tm["fire_annual_slope"].attrs
     yrs = f"{a.get('first_year', '')}–{a.get('last_year', '')}"
+    fs = tm["fire_annual_slope"].values.astype(float)
+    fp = tm["fire_annual_p"].values.astype(float)
     cap = (
         f"Per-cell Theil–Sen trend of annual fire emissions (a) and of annual NEE + fire (b), {yrs} "
-        "(g C m-2 yr-2; dots where the Mann–Kendall p < 0.05; cells with fire in fewer than three years have "
-        "no fire trend). RUN/trends/trend_maps.zarr (fire_annual_*, nee_fire_annual_*)."
+        "(g C m-2 yr-2; dots where the Mann–Kendall p < 0.05). A cell with fire in fewer than three years has "
+        f"no fire trend; {int(np.isfinite(fs).sum())} cells have one, {int((np.nan_to_num(fs) != 0).sum())} of "
+        f"them a non-zero slope (the Sen slope, a median of pairwise slopes, is 0 where most years have no "
+        f"fire) and {int((np.nan_to_num(fp, nan=1.0) < 0.05).sum())} p < 0.05. "
+        "RUN/trends/trend_maps.zarr (fire_annual_*, nee_fire_annual_*)."
     )
     return [Item("fire_trend", "Fire", "Trends of fire emissions and NEE + fire", cap, fig=fig)]
 

@@ -1,6 +1,8 @@
 """(e) trends: Theil–Sen + Mann–Kendall (Zhang) trends per pixel (annual, JJA, non-summer, each
-month; drivers), area shares, greening overlap, the GPP/Reco attribution of NEE trends, zone
-budget series, and sites with more than seven years of year-round data (:mod:`abzflux.trends`).
+month; drivers' annual, JJA and non-summer means; annual fire emissions and NEE + fire), area
+shares, greening overlap, the GPP/Reco attribution of NEE trends, zone budget series (annual,
+and per season and calendar month), the drivers' zone means per season and month, and sites
+with more than seven years of year-round data (:mod:`abzflux.trends`).
 
 The maps are computed band by band of grid rows and written into the Zarr store region by
 region, so memory is bounded by one band's monthly series (``trends.trend_band_rows``), not the
@@ -113,5 +115,6 @@ SPEC = StepSpec(
     reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES),
     config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year"),
     inputs=("predictors", "zones", "fire"),
-    summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
+    summary="per-pixel, zone-budget (annual, seasonal, monthly) and driver Theil–Sen/Mann–Kendall trends, "
+    "area shares, attribution, site trends",
 )
