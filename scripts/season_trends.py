@@ -1,7 +1,12 @@
 """The twin tables of docs/trends.md (seasonal budget trends, driver trends, fire trend maps) from a
 finished run's trends/: python scripts/season_trends.py RUN"""
+
 import sys
-import numpy as np, pandas as pd, xarray as xr
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
 run = sys.argv[1]
 st = pd.read_csv(f"{run}/trends/seasonal_budget_trends.csv")
 dt = pd.read_csv(f"{run}/trends/driver_trends.csv")
@@ -19,10 +24,17 @@ print("| driver | unit | annual | JJA | non-summer | MAM | SON | DJF |")
 print("|---|---|---|---|---|---|---|---|")
 for drv, d in dt[dt.zone == "domain"].groupby("driver", sort=True):
     d = d.set_index("season")
-    print(f"| {drv} | {d.units.iloc[0]} | " + " | ".join(cell(d.loc[x]) for x in ("annual", "jja", "nonsummer", "mam", "son", "djf")) + " |")
+    print(
+        f"| {drv} | {d.units.iloc[0]} | "
+        + " | ".join(cell(d.loc[x]) for x in ("annual", "jja", "nonsummer", "mam", "son", "djf"))
+        + " |"
+    )
 print()
 fs, fp = tm.fire_annual_slope.values, tm.fire_annual_p.values
 nf, nfp = tm.nee_fire_annual_slope.values, tm.nee_fire_annual_p.values
-print(f"fire trend cells: {np.isfinite(fs).sum()} of {np.isfinite(nf).sum()}; non-zero slope {(np.nan_to_num(fs) != 0).sum()}; "
-      f"p < 0.05 {(np.nan_to_num(fp, nan=1) < 0.05).sum()}; years {tm.fire_annual_slope.attrs.get('first_year')}-{tm.fire_annual_slope.attrs.get('last_year')}")
+print(
+    f"fire trend cells: {np.isfinite(fs).sum()} of {np.isfinite(nf).sum()}; non-zero slope {(np.nan_to_num(fs) != 0).sum()}; "
+    f"p < 0.05 {(np.nan_to_num(fp, nan=1) < 0.05).sum()}; "
+    f"years {tm.fire_annual_slope.attrs.get('first_year')}-{tm.fire_annual_slope.attrs.get('last_year')}"
+)
 print(pd.read_csv(f"{run}/trends/area_shares.csv").to_string(index=False))

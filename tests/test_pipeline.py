@@ -166,7 +166,7 @@ def test_trend_outputs(study_run):
     pd.testing.assert_frame_equal(ann, bt[["slope", "p"]].sort_index(), check_exact=False, rtol=1e-12)
     # drivers: the twin warms by 0.035-0.06 degC yr-1 (Arctic-amplified), greens, loses snow
     dt = pd.read_csv(out / "trends" / "driver_trends.csv").set_index(["zone", "driver", "season"])
-    assert 0.02 < dt.loc[("domain", "lst", "annual"), "slope"] < 0.08
+    assert 0.035 < dt.loc[("domain", "lst", "annual"), "slope"] < 0.065  # 0.047 at seed 448
     assert dt.loc[("domain", "ndvi", "jja"), "slope"] > 0 and dt.loc[("domain", "snow_cover", "annual"), "slope"] < 0
     assert dt.loc[("domain", "lst", "annual"), "units"] == "degC yr-1"
     for v in ("lst_nonsummer_slope", "ndvi_annual_p", "fire_annual_slope", "nee_fire_annual_p"):

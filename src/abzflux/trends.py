@@ -1726,7 +1726,7 @@ def trend_band(
                 for stat in ("slope", "p", "tau"):
                     maps[f"{var}_{p}_{stat}"] = t[stat]
     if fire is not None:
-        maps.update(fire_trend_maps(up["nee"].isel(y=rows).load(), fire.isel(y=rows).load(), **kw))
+        maps.update(fire_trend_maps(up["nee"].isel(y=rows).load(), fire[["fire_emissions"]].isel(y=rows).load(), **kw))
     ds = xr.Dataset(maps)
     ds["nee_trend_attribution"] = overlay_classes(
         ds.nee_annual_slope, ds.gpp_annual_slope, ds.reco_annual_slope
