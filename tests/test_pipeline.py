@@ -159,6 +159,18 @@ def test_trend_outputs(study_run):
     t = pd.DataFrame(s["truth"]).set_index(["zone", "flux"])
     assert t.loc[("domain", "nee"), "trend_truth"] < 0  # the twin's sink strengthens
     assert np.sign(t.loc[("domain", "nee (reco-gpp)"), "trend"]) == -1
+    # seasons and months beside the annual budget trends; the annual rows are budget_trends'
+    st = pd.read_csv(out / "trends" / "seasonal_budget_trends.csv").set_index(["zone", "flux", "season"])
+    assert {"annual", "jja", "nonsummer", "nonsummer_crossyear", "m01", "m12"} <= set(st.index.get_level_values(2))
+    ann = st.xs("annual", level="season")[["slope", "p"]].sort_index()
+    pd.testing.assert_frame_equal(ann, bt[["slope", "p"]].sort_index(), check_exact=False, rtol=1e-12)
+    # drivers: the twin warms by 0.035-0.06 degC yr-1 (Arctic-amplified), greens, loses snow
+    dt = pd.read_csv(out / "trends" / "driver_trends.csv").set_index(["zone", "driver", "season"])
+    assert 0.035 < dt.loc[("domain", "lst", "annual"), "slope"] < 0.065  # 0.047 at seed 448
+    assert dt.loc[("domain", "ndvi", "jja"), "slope"] > 0 and dt.loc[("domain", "snow_cover", "annual"), "slope"] < 0
+    assert dt.loc[("domain", "lst", "annual"), "units"] == "degC yr-1"
+    for v in ("lst_nonsummer_slope", "ndvi_annual_p", "fire_annual_slope", "nee_fire_annual_p"):
+        assert v in maps
 
 
 def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
@@ -171,7 +183,7 @@ def test_trend_maps_banded_equal_whole(study_run, fast_config, tmp_path):
     out, _ = study_run
     run = tmp_path / "run"
     run.mkdir()
-    for f in ("upscaled.zarr", "budgets_annual.csv", "sites.parquet"):
+    for f in ("upscaled.zarr", "budgets_annual.csv", "budgets", "sites.parquet"):
         (run / f).symlink_to(out / f)
     ctx = Context(cfg=load_config(fast_config), out=run)
     seen = []

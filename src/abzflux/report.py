@@ -16,6 +16,7 @@ report never leaves a half-written page and never touches the run's own outputs.
 from __future__ import annotations
 
 import base64
+import calendar
 import html
 import io
 import json
@@ -758,6 +759,136 @@ def fig_fire(rd: RunData) -> list[Item]:
             )
         )
     return items
+
+
+# ---------------------------------------------------------------- seasonal, driver and fire trends
+TREND_ZONES = ("domain", "boreal", "tundra", "permafrost", "north_america", "eurasia")
+TREND_FLUXES = ("nee", "gpp", "reco", "fire", "nee_fire")
+DRIVER_LABEL = {
+    "lst": "temperature (LST)",
+    "soil_temp": "soil temperature",
+    "srad": "solar radiation",
+    "ndvi": "NDVI",
+    "snow_cover": "snow cover",
+    "soil_moisture": "soil moisture",
+    "vpd": "VPD",
+}
+
+
+def _slope_p(r) -> str:
+    """``slope`` with a star where p < 0.05 (3 significant digits)."""
+    if pd.isna(r["slope"]):
+        return ""
+    return f"{r['slope']:.3g}" + ("*" if r["p"] < 0.05 else "")
+
+
+def _trend_pivot(t: pd.DataFrame, rows: list[str], seasons: tuple[str, ...]) -> pd.DataFrame:
+    t = t[t.season.isin(seasons)].assign(v=lambda d: d.apply(_slope_p, axis=1))
+    w = t.pivot_table(index=rows, columns="season", values="v", aggfunc="first", sort=False)
+    w = w.reindex(columns=[s for s in seasons if s in w.columns]).reset_index().fillna("")
+    w.columns.name = None
+    return w
+
+
+def trend_season_tables(rd: RunData) -> list[Item]:
+    """Budget trends by season and month (RUN/trends/seasonal_budget_trends.csv) and the drivers'
+    trends by season (RUN/trends/driver_trends.csv)."""
+    items = []
+    if rd.has(L.SEASONAL_BUDGET_TRENDS):
+        t = rd.csv(L.SEASONAL_BUDGET_TRENDS)
+        t = t[t.zone.isin(TREND_ZONES) & t.flux.isin(TREND_FLUXES)]
+        t = t.assign(
+            zone=pd.Categorical(t.zone, TREND_ZONES, ordered=True),
+            flux=pd.Categorical(t.flux, TREND_FLUXES, ordered=True),
+        ).sort_values(["zone", "flux"], kind="stable")
+        seas = _trend_pivot(t, ["zone", "flux"], ("annual", "jja", "nonsummer", "nonsummer_crossyear"))
+        seas["flux"] = seas.flux.map(lambda f: LABEL.get(f, f))
+        items.append(
+            Item(
+                "budget_trends_seasons",
+                "Trends",
+                f"Budget trends by season, {rd.period()}",
+                "Theil–Sen slope of each zone's budget per season (Tg C yr-2; * = Mann–Kendall p < 0.05, "
+                "prewhitening as [trends]): annual, JJA (June–August), non-summer within the calendar year "
+                "(January–May + September–December, annual = JJA + non-summer) and the cross-year "
+                "September–May (labelled by its May). Fire and NEE + fire over the fire years "
+                "(RUN/trends/seasonal_budget_trends.csv).",
+                table_html=_table(seas),
+            )
+        )
+        m = t[t.flux.isin(("nee", "gpp", "reco")) & t.zone.isin(("domain", "boreal", "tundra"))]
+        mon = _trend_pivot(m, ["zone", "flux"], tuple(f"m{i:02d}" for i in range(1, 13)))
+        mon["flux"] = mon.flux.map(lambda f: LABEL.get(f, f))
+        mon = mon.rename(columns={f"m{i:02d}": calendar.month_abbr[i] for i in range(1, 13)})
+        items.append(
+            Item(
+                "budget_trends_months",
+                "Trends",
+                f"Budget trends by calendar month, {rd.period()}",
+                "Theil–Sen slope of each month's budget (Tg C month-1 per year; * = p < 0.05), January to "
+                "December, for the domain and the biomes (RUN/trends/seasonal_budget_trends.csv).",
+                table_html=_table(mon),
+            )
+        )
+    if rd.has(L.DRIVER_TRENDS):
+        d = rd.csv(L.DRIVER_TRENDS)
+        d = d[d.zone.isin(TREND_ZONES)]
+        d = d.assign(zone=pd.Categorical(d.zone, TREND_ZONES, ordered=True)).sort_values(
+            ["driver", "zone"], kind="stable"
+        )
+        units = d.groupby("driver").units.first()
+        w = _trend_pivot(d, ["driver", "zone"], ("annual", "jja", "nonsummer", "mam", "son", "djf"))
+        w.insert(1, "unit", w.driver.map(units))
+        w["driver"] = w.driver.map(lambda v: DRIVER_LABEL.get(v, v))
+        items.append(
+            Item(
+                "driver_trends",
+                "Trends",
+                f"Trends of the environmental drivers, {rd.period()}",
+                "Theil–Sen slope (per year; * = Mann–Kendall p < 0.05) of each zone's land-area-weighted mean of "
+                "the driver, from its monthly means averaged per season and year: annual, JJA, non-summer "
+                "(the nine other months of the year), spring (MAM), autumn (SON) and winter (DJF, December "
+                "from the year before). Monthly trends in RUN/trends/driver_trends.csv; the zone means in "
+                "RUN/trends/driver_means.csv.",
+                table_html=_table(w),
+            )
+        )
+    return items
+
+
+def fig_fire_trend(rd: RunData) -> list[Item]:
+    """Per-cell trends of annual fire emissions and of NEE + fire (trend_maps.zarr)."""
+    if not rd.layout.trend_maps.exists():
+        return []
+    tm = rd.trend_maps()
+    if "fire_annual_slope" not in tm:
+        return []
+    x, y = rd.grid()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, name, title in (
+        (axes[0], "fire_annual", "a  fire emissions: trend"),
+        (axes[1], "nee_fire_annual", "b  NEE + fire: trend"),
+    ):
+        s = tm[f"{name}_slope"].values.astype(float)
+        p = tm[f"{name}_p"].values.astype(float)
+        v = _sym(s)
+        _map(ax, rd, s, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -v, v), title=title, label="g C m-2 yr-2")
+        sy, sx = np.nonzero(np.nan_to_num(p, nan=1.0) < 0.05)
+        ax.scatter(x[sx] / 1e3, y[sy] / 1e3, s=0.6, c="k", marker=".", lw=0)
+    fig.tight_layout()
+    a = tm["fire_annual_slope"].attrs
+    yrs = f"{a.get('first_year', '')}–{a.get('last_year', '')}"
+    fs = tm["fire_annual_slope"].values.astype(float)
+    fp = tm["fire_annual_p"].values.astype(float)
+    cap = (
+        f"Per-cell Theil–Sen trend of annual fire emissions (a) and of annual NEE + fire (b), {yrs} "
+        "(g C m-2 yr-2; dots where the Mann–Kendall p < 0.05). A cell with fire in fewer than three years has "
+        f"no fire trend; {int(np.isfinite(fs).sum())} cells have one, {int((np.nan_to_num(fs) != 0).sum())} of "
+        f"them a non-zero slope (the Sen slope, a median of pairwise slopes, is 0 where most years have no "
+        f"fire) and {int((np.nan_to_num(fp, nan=1.0) < 0.05).sum())} p < 0.05. "
+        "RUN/trends/trend_maps.zarr (fire_annual_*, nee_fire_annual_*)."
+    )
+    return [Item("fire_trend", "Fire", "Trends of fire emissions and NEE + fire", cap, fig=fig)]
 
 
 def fig_uncertainty(rd: RunData) -> list[Item]:
@@ -1723,10 +1854,12 @@ FIGURES: tuple[Callable[[RunData], list[Item]], ...] = (
     sensitivity_table,
     fig_interpret,
     fig_fire,
+    fig_fire_trend,
     fig_uncertainty,
     uncertainty_method,
     fig_extrapolation,
     tables,
+    trend_season_tables,
     coverage_items,
     insitu_tables,
     # Extended Data and Supplementary figures (docs/report.md lists every figure of the paper)

@@ -1599,6 +1599,9 @@ def period_series(monthly: xr.DataArray, how: str = "sum") -> dict[str, xr.DataA
     out["jja"] = jja.where(ok)
     if how == "sum":
         out["nonsummer"] = (ann - jja).where(ok)
+    else:  # the mean of the nine months outside JJA of the same calendar year
+        ns = monthly.where(~t.month.isin([6, 7, 8])).groupby("time.year").map(agg).sel(year=years)
+        out["nonsummer"] = ns.where(ok)
     for m in range(1, 13):
         sel = monthly.sel(time=t.month == m)
         out[f"m{m:02d}"] = (
@@ -1689,6 +1692,8 @@ DRIVERS = {
     "srad": ("annual", "mean"),
     "vpd": ("jja", "mean"),
 }
+#: Periods of every driver's trend maps besides its DRIVERS period (seasonal means per year).
+DRIVER_MAP_PERIODS = ("annual", "jja", "nonsummer")
 TREND_BAND_BYTES = 256 * 2**20  # float64 monthly series held per band and flux
 
 
@@ -1699,9 +1704,12 @@ def trend_band(
     fluxes: Sequence[str],
     method: str = "zhang",
     preserve_range_for_sig_test: bool = False,
+    fire: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Every per-pixel trend map of one band of grid rows: each flux's periods, the drivers'
-    and the GPP/Reco attribution of NEE trends (zyp's ``method`` and
+    (their :data:`DRIVERS` period and :data:`DRIVER_MAP_PERIODS`), with ``fire`` (the fire input
+    over the fire years, same grid) the annual fire emissions' and NEE + fire's
+    (:func:`fire_trend_maps`), and the GPP/Reco attribution of NEE trends (zyp's ``method`` and
     ``preserve_range_for_sig_test``, the run's ``[trends]``)."""
     maps = {}
     kw = {"method": method, "preserve_range_for_sig_test": preserve_range_for_sig_test}
@@ -1712,10 +1720,13 @@ def trend_band(
                 maps[f"{flux}_{period}_{stat}"] = t[stat]
     for var, (period, how) in DRIVERS.items():
         if var in drv:
-            series = period_series(drv[var].isel(y=rows).load(), how=how)[period]
-            t = trend_grid(series, "year", **kw)
-            for stat in ("slope", "p", "tau"):
-                maps[f"{var}_{period}_{stat}"] = t[stat]
+            per = period_series(drv[var].isel(y=rows).load(), how=how)
+            for p in dict.fromkeys((period, *DRIVER_MAP_PERIODS)):  # the paper's period first
+                t = trend_grid(per[p], "year", **kw)
+                for stat in ("slope", "p", "tau"):
+                    maps[f"{var}_{p}_{stat}"] = t[stat]
+    if fire is not None:
+        maps.update(fire_trend_maps(up["nee"].isel(y=rows).load(), fire[["fire_emissions"]].isel(y=rows).load(), **kw))
     ds = xr.Dataset(maps)
     ds["nee_trend_attribution"] = overlay_classes(
         ds.nee_annual_slope, ds.gpp_annual_slope, ds.reco_annual_slope
@@ -1805,3 +1816,196 @@ def budget_trends(
             }
         )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------- seasons, drivers and fire (issue 23 item 5)
+# The paper reports trends of annual, seasonal and monthly budgets, of the environmental drivers
+# (Supp. Figs. 6-10: "monthly and seasonal means per year", workflow.md §6) and of the fire
+# emissions; these tables and maps sit beside budget_trends (annual, unchanged).
+
+#: Seasons of the budget trend table, as in budgets/seasonal.csv (budgets.seasonal_from_monthly),
+#: then each calendar month m01..m12.
+BUDGET_SEASONS = ("annual", "jja", "nonsummer", "nonsummer_crossyear")
+MONTHS = tuple(f"m{m:02d}" for m in range(1, 13))
+#: Driver seasons (months of the mean; DJF takes December from the previous year, labelled by
+#: the January-February year, as the authors' scripts' seasonal means).
+DRIVER_SEASONS: dict[str, tuple[int, ...]] = {
+    "annual": tuple(range(1, 13)),
+    "jja": (6, 7, 8),
+    "nonsummer": (1, 2, 3, 4, 5, 9, 10, 11, 12),
+    "mam": (3, 4, 5),
+    "son": (9, 10, 11),
+    "djf": (12, 1, 2),
+}
+TREND_COLUMNS = ("first_year", "last_year", "n_years", "slope", "p", "significant", "tau", "lbound", "ubound")
+
+
+def series_trends(
+    long: pd.DataFrame,
+    keys: Sequence[str],
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+    value: str = "value",
+) -> pd.DataFrame:
+    """One zyp trend per group of ``keys`` of a long table (``*keys``, year, ``value``): the
+    numbers :func:`trend_series` gives for each group's yearly series (time = year − first
+    year + 1, gaps keep their distance), computed with :func:`zyp_rows` for all groups that
+    share the same years at once. Missing values are dropped first. Columns: ``keys`` and
+    :data:`TREND_COLUMNS`; groups in sorted order."""
+    keys = list(keys)
+    d = long[keys + ["year", value]]
+    d = d[np.isfinite(d[value].to_numpy(dtype=np.float64))].sort_values(keys + ["year"], kind="stable")
+    if d.duplicated(keys + ["year"]).any():
+        raise ValueError(f"more than one value per {keys + ['year']} in the series")
+    groups: dict[tuple, list] = {}
+    series: dict = {}
+    for k, g in d.groupby(keys, sort=True):
+        yrs = tuple(int(v) for v in g.year.to_numpy())
+        series[k] = g[value].to_numpy(dtype=np.float64)
+        groups.setdefault(yrs, []).append(k)
+    res: dict = {}
+    for yrs, ks in groups.items():
+        x = np.asarray(yrs, dtype=np.float64) - yrs[0] + 1.0
+        out = zyp_rows(
+            np.stack([series[k] for k in ks]), x, method, True, preserve_range_for_sig_test=preserve_range_for_sig_test
+        )
+        for k, o in zip(ks, out):
+            r = dict(zip(ZYP_FIELDS, o))
+            res[k] = {
+                "first_year": yrs[0],
+                "last_year": yrs[-1],
+                "n_years": len(yrs),
+                "slope": r["trend"],
+                "p": r["sig"],
+                "significant": bool(r["sig"] < ALPHA) if np.isfinite(r["sig"]) else False,
+                "tau": r["tau"],
+                "lbound": r["lbound"],
+                "ubound": r["ubound"],
+            }
+    rows = [{**dict(zip(keys, k if isinstance(k, tuple) else (k,))), **res[k]} for k in series]
+    return pd.DataFrame(rows, columns=keys + list(TREND_COLUMNS))
+
+
+def _season_order(df: pd.DataFrame, order: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    rank = {s: i for i, s in enumerate(order)}
+    df = df.assign(_r=df.season.map(rank)).sort_values([*keys, "_r"], kind="stable")
+    return df.drop(columns="_r").reset_index(drop=True)
+
+
+def seasonal_budget_trends(
+    seasonal: pd.DataFrame,
+    monthly: pd.DataFrame,
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+) -> pd.DataFrame:
+    """Theil–Sen + Mann–Kendall trends (Tg C yr-2) of every zone's and flux's budget per season
+    (:data:`BUDGET_SEASONS`, from ``seasonal``: budgets/seasonal.csv with zone, flux, season,
+    year, tg_c) and per calendar month (``m01``..``m12``, from ``monthly``: budgets/monthly.csv
+    with zone, flux, year, month, tg_c). The ``annual`` rows equal :func:`budget_trends`'."""
+    s = seasonal[seasonal.season.isin(BUDGET_SEASONS)][["zone", "flux", "season", "year", "tg_c"]]
+    m = monthly[["zone", "flux", "year", "month", "tg_c"]]
+    m = m.assign(season=[f"m{int(v):02d}" for v in m.month]).drop(columns="month")
+    long = pd.concat([s, m[s.columns]], ignore_index=True)
+    out = series_trends(long, ["zone", "flux", "season"], method, preserve_range_for_sig_test, value="tg_c")
+    out = _season_order(out, BUDGET_SEASONS + MONTHS, ["zone", "flux"])
+    out["units"] = "Tg C yr-2"  # per season (or month) per year
+    return out
+
+
+def driver_zone_means(budget_like: pd.DataFrame, areas_m2: pd.Series, tg: float) -> pd.DataFrame:
+    """Land-area-weighted zone means of monthly drivers from a :func:`abzflux.budgets.monthly_budgets`
+    table of the drivers (tg_c = Σ value × weight / ``tg``, coverage = Σ weight over cells with a
+    value / zone area): mean = tg_c × tg / (coverage × area), over the cells with a value.
+    Returns zone, driver, year, month, value (NaN where the zone has no cell with a value)."""
+    d = budget_like
+    denom = d.coverage.to_numpy(dtype=np.float64) * d.zone.map(areas_m2).to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        val = np.where(denom > 0, d.tg_c.to_numpy(dtype=np.float64) * tg / np.where(denom > 0, denom, 1.0), np.nan)
+    return pd.DataFrame(
+        {
+            "zone": d.zone.to_numpy(),
+            "driver": d.flux.to_numpy(),
+            "year": d.year.to_numpy(),
+            "month": d.month.to_numpy(),
+            "value": val,
+        }
+    )
+
+
+def driver_season_means(monthly: pd.DataFrame) -> pd.DataFrame:
+    """Seasonal means per year of monthly zone means (zone, driver, year, month, value): each
+    season of :data:`DRIVER_SEASONS` (the mean of its monthly means, complete seasons only; DJF
+    labelled by the year of its January) and each month ``m01``..``m12``. Returns zone, driver,
+    season, year, value."""
+    keys = ["zone", "driver"]
+    d = monthly[np.isfinite(monthly.value.to_numpy(dtype=np.float64))]
+    parts = []
+    for season, months in DRIVER_SEASONS.items():
+        sub = d[d.month.isin(months)]
+        if season == "djf":
+            sub = sub.assign(year=np.where(sub.month == 12, sub.year + 1, sub.year))
+        g = sub.groupby(keys + ["year"], sort=True).agg(value=("value", "mean"), n=("month", "nunique")).reset_index()
+        parts.append(g[g.n == len(months)].drop(columns="n").assign(season=season))
+    parts.append(d.assign(season=[f"m{int(v):02d}" for v in d.month]).drop(columns="month"))
+    return pd.concat(parts, ignore_index=True)[keys + ["season", "year", "value"]]
+
+
+def driver_trends(
+    season_means: pd.DataFrame,
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+    units: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Theil–Sen + Mann–Kendall trends of every zone's driver means per season and month
+    (:func:`driver_season_means`); slope in the driver's unit per year (``units``: driver ->
+    its unit, for the ``units`` column)."""
+    out = series_trends(season_means, ["zone", "driver", "season"], method, preserve_range_for_sig_test)
+    out = _season_order(out, tuple(DRIVER_SEASONS) + MONTHS, ["zone", "driver"])
+    u = units or {}
+    out["units"] = [f"{u[d]} yr-1" if u.get(d) else "yr-1" for d in out.driver]
+    return out
+
+
+def fire_trend_maps(
+    nee: xr.DataArray,
+    fire: xr.Dataset,
+    method: str = "zhang",
+    preserve_range_for_sig_test: bool = False,
+) -> dict[str, xr.DataArray]:
+    """Per-pixel trends of annual fire emissions (``fire_annual_*``) and of annual NEE + fire
+    (``nee_fire_annual_*``; slope, p, tau; g C m-2 yr-2) over the complete years the fire input
+    (g C m-2 month-1, already cut to the fire years) and the monthly NEE share, on the cells
+    where NEE has a value. A cell with fire in fewer than three years has no fire trend (zyp:
+    fewer than three non-zero values), as a cell with no fire at all."""
+    fa = period_series(fire["fire_emissions"])["annual"]
+    na = period_series(nee)["annual"]
+    years = np.intersect1d(fa.year.values, na.year.values)
+    if years.size == 0:
+        raise ValueError("no complete year shared by the fire input and the upscaled NEE")
+    na = na.sel(year=years)
+    fa = fa.sel(year=years).where(na.notnull())
+    kw = {"method": method, "preserve_range_for_sig_test": preserve_range_for_sig_test}
+    maps = {}
+    for name, series in (("fire_annual", fa), ("nee_fire_annual", na + fa)):
+        t = trend_grid(series.transpose("year", ...), "year", **kw)
+        for stat in ("slope", "p", "tau"):
+            maps[f"{name}_{stat}"] = t[stat].assign_attrs(first_year=int(years[0]), last_year=int(years[-1]))
+    return maps
+
+
+def fire_area_shares(ds: xr.Dataset, zones: xr.Dataset) -> pd.DataFrame:
+    """Area shares (over land cells with an annual NEE trend) of significant (p < 0.05) trends of
+    annual fire emissions (increasing, decreasing) and of NEE + fire (increasing uptake,
+    increasing emissions); empty without fire maps."""
+    if "fire_annual_slope" not in ds:
+        return pd.DataFrame(columns=["quantity", "area_share"])
+    w = zones["land_fraction"].fillna(0) * zones["cell_area"]
+    valid = ds.nee_annual_slope.notnull() & (w > 0)
+    f_sig, nf_sig = ds.fire_annual_p < ALPHA, ds.nee_fire_annual_p < ALPHA
+    shares = {
+        "fire_increasing": area_share(f_sig & (ds.fire_annual_slope > 0), w, valid),
+        "fire_decreasing": area_share(f_sig & (ds.fire_annual_slope < 0), w, valid),
+        "nee_fire_increasing_uptake": area_share(nf_sig & (ds.nee_fire_annual_slope < 0), w, valid),
+        "nee_fire_increasing_emissions": area_share(nf_sig & (ds.nee_fire_annual_slope > 0), w, valid),
+    }
+    return pd.DataFrame([{"quantity": k, "area_share": v} for k, v in shares.items()])

@@ -44,8 +44,8 @@ def run(ctx: Context) -> None:
         mon, members = budgets_mod.with_fire(mon, fm, members)
 
     tables = budgets_mod.budget_tables(mon, members, areas)
-    tables["monthly"].to_csv(out / "monthly.csv", index=False)
-    tables["seasonal"].to_csv(out / "seasonal.csv", index=False)
+    tables["monthly"].to_csv(out / L.inner(L.BUDGETS_MONTHLY), index=False)
+    tables["seasonal"].to_csv(out / L.inner(L.BUDGETS_SEASONAL), index=False)
     period = tables["period"]
     period.to_csv(out / "period.csv", index=False)
     # Table 1

@@ -1,6 +1,8 @@
 """(e) trends: Theil–Sen + Mann–Kendall (Zhang) trends per pixel (annual, JJA, non-summer, each
-month; drivers), area shares, greening overlap, the GPP/Reco attribution of NEE trends, zone
-budget series, and sites with more than seven years of year-round data (:mod:`abzflux.trends`).
+month; drivers' annual, JJA and non-summer means; annual fire emissions and NEE + fire), area
+shares, greening overlap, the GPP/Reco attribution of NEE trends, zone budget series (annual,
+and per season and calendar month), the drivers' zone means per season and month, and sites
+with more than seven years of year-round data (:mod:`abzflux.trends`).
 
 The maps are computed band by band of grid rows and written into the Zarr store region by
 region, so memory is bounded by one band's monthly series (``trends.trend_band_rows``), not the
@@ -14,6 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import _atomic
+from .. import budgets as budgets_mod
 from .. import layout as L
 from .. import trends as trends_mod
 from ..context import Context
@@ -50,8 +53,11 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     store = out / L.inner(L.TREND_MAPS)
     crs = grid_crs(pred, ctx.cfg.inputs.predictors)
     method, preserve = ctx.cfg.trends.prewhitening, ctx.cfg.trends.preserve_range_for_sig_test
+    fire = ctx.fire()
+    if fire is not None:  # the fire years (from fire.first_year) within the run's years
+        fire = fire.sel(time=slice(f"{y0}-01-01", f"{y1}-12-31"))
     for i, band in enumerate(bands):
-        ds = trends_mod.trend_band(up, drv, band, FLUXES, method, preserve)
+        ds = trends_mod.trend_band(up, drv, band, FLUXES, method, preserve, fire=fire)
         if i == 0:  # the store's layout (variables, dtypes) comes from the first band
             tmpl = write_crs(trends_mod.maps_template(ds, up.y, up.x, nrow), crs)
             tmpl.attrs.update(
@@ -69,7 +75,10 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         if progress is not None:
             progress(i + 1, len(bands))
     ds = xr.open_zarr(store, consolidated=False)
-    trends_mod.trend_area_shares(ds, zones).to_csv(out / "area_shares.csv", index=False)
+    pd.concat(
+        [trends_mod.trend_area_shares(ds, zones), trends_mod.fire_area_shares(ds, zones)], ignore_index=True
+    ).to_csv(out / "area_shares.csv", index=False)
+    _season_tables(ctx, drv, out, method, preserve)
     trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve).to_csv(
         out / L.inner(L.BUDGET_TRENDS), index=False
     )
@@ -79,13 +88,35 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     _atomic.replace(out, lay.trends)
 
 
+def _season_tables(ctx: Context, drv: xr.Dataset, out, method: str, preserve: bool) -> None:
+    """The zone budgets' trends per season and month, and the drivers' zone means (land-area
+    weighted, monthly) with their trends per season and month."""
+    lay = ctx.layout
+    trends_mod.seasonal_budget_trends(
+        pd.read_csv(lay / L.BUDGETS_SEASONAL), pd.read_csv(lay / L.BUDGETS_MONTHLY), method, preserve
+    ).to_csv(out / L.inner(L.SEASONAL_BUDGET_TRENDS), index=False)
+    names = [v for v in trends_mod.DRIVERS if v in drv]
+    if not names:
+        return
+    zones = ctx.zones()
+    mon = budgets_mod.monthly_budgets(drv[names], zones)  # veg=None: no vegetation-type zones
+    means = trends_mod.driver_zone_means(mon, budgets_mod.zone_areas_m2(zones), budgets_mod.TG)
+    means.to_csv(out / L.inner(L.DRIVER_MEANS), index=False)
+    units = {v: str(drv[v].attrs.get("units", "")) for v in names}
+    trends_mod.driver_trends(trends_mod.driver_season_means(means), method, preserve, units).to_csv(
+        out / L.inner(L.DRIVER_TRENDS), index=False
+    )
+
+
 SPEC = StepSpec(
     "trends",
     run,
     writes=(L.TRENDS,),
     depends=("budgets",),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.SITES),
-    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test") + PERMAFROST_KEYS,
-    inputs=("predictors", "zones"),
-    summary="per-pixel and zone-budget Theil–Sen/Mann–Kendall trends, area shares, attribution, site trends",
+    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES),
+    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year")
+    + PERMAFROST_KEYS,
+    inputs=("predictors", "zones", "fire"),
+    summary="per-pixel, zone-budget (annual, seasonal, monthly) and driver Theil–Sen/Mann–Kendall trends, "
+    "area shares, attribution, site trends",
 )
