@@ -15,8 +15,9 @@ with the diagonal bounded below by 0.
   A = 2 H⁺ where H is the Hessian of the (non-profiled) REML deviance in varpar at the optimum
   (pseudo-inverse over eigenvalues > 1e-8, as lmerTest), C(varpar) = σ² (X'V⁻¹X)⁻¹ and, for a
   contrast L, df = 2 (L C L')² / (g' A g) with g = ∂(L C L')/∂varpar. The derivatives are
-  central differences with Richardson extrapolation (as numDeriv's, steps 1e-4 relative / 1e-4
-  absolute at 0, four halvings).
+  central differences with Richardson extrapolation, four halvings, as numDeriv's: the gradient
+  g with steps 1e-4 relative (1e-4 absolute at 0), the Hessian H with numDeriv::hessian's
+  default 0.1 relative, which lmerTest uses (smaller steps give other df: docs/fire.md).
 - Singular fit: as ``lme4::isSingular(tol = 1e-4)``, a diagonal element of Λ below 1e-4.
 - Convergence: lme4's gradient check (max |H⁻¹ g| of the profiled criterion < 0.002; for a
   singular fit, max |g| over the coordinates off their bound) and no negative eigenvalue of the
