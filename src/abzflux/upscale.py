@@ -42,7 +42,7 @@ from .forest import FluxForest
 from .formats import grid_crs, model_view, open_grid, plan_predictors, write_crs
 from .layout import RunLayout
 from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
-from .vocab import FLUX_UNITS, FLUXES
+from .vocab import DEFAULT_PERMAFROST, FLUX_UNITS, FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def upscale(
     fingerprint: str = "",
     plans: dict | None = None,
     predictor_set=PAPER,
-    permafrost: tuple[str, float],
+    permafrost: tuple[str, float] = DEFAULT_PERMAFROST,
 ) -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).
