@@ -1818,7 +1818,7 @@ def budget_trends(
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------- seasons, drivers and fire (issue 23 item 5)
+# ------------------------------------------------------------- seasons, drivers and fire
 # The paper reports trends of annual, seasonal and monthly budgets, of the environmental drivers
 # (Supp. Figs. 6-10: "monthly and seasonal means per year", workflow.md §6) and of the fire
 # emissions; these tables and maps sit beside budget_trends (annual, unchanged).
