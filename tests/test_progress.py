@@ -49,6 +49,7 @@ def test_clock_and_rate_formats():
     assert progress.clock(float("inf")) == "--:--"
     assert progress.rate_text(0.35123) == "0.351/s"
     assert progress.rate_text(12.44) == "12.4/s"
+    assert progress.rate_text(1234.4) == "1234/s"  # no exponent
     assert progress.rate_text(None) == "?/s"
 
 
@@ -324,3 +325,17 @@ def test_the_domain_table_fits(width, monkeypatch):
     text = con.export_text()
     assert re.search(r"domain\s+\d+\.\d\d", text)
     _check_fits(text, width, [])
+
+
+def test_a_bar_with_a_long_label_fits_80_columns():
+    buf = StringIO()
+    f = progress.factory(Console(file=buf, force_terminal=True, width=80))
+    up = f("prepare predictors/vegetation_type_with_a_long_name: blocks")
+    up(38, 12000)
+    f.__self__.progress.refresh()
+    up(None, None)
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).split("\r")
+    frame = [fr for fr in frames if "12000" in fr][-1]
+    assert "38/12000" in frame and "prepare predictors/" in frame and "…" in frame  # the label is shortened
+    assert re.search(r"ETA (\d\d:\d\d|--:--)", frame)
+    assert all(len(s.rstrip()) <= 80 for s in frame.splitlines())

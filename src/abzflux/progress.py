@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.table import Column
 from rich.text import Text
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,13 @@ def clock(seconds: float | None) -> str:
 
 
 def rate_text(rate: float | None) -> str:
-    """Units per second with three significant digits (``0.351/s``, ``12.4/s``), ``?/s`` unknown."""
+    """Units per second, three significant digits below 100 (``0.351/s``, ``12.4/s``), whole
+    numbers from 100 on (``1234/s``); ``?/s`` unknown."""
     if rate is None:
         return "?/s"
-    return f"{rate:.3g}/s"
+    if rate >= 99.95:
+        return f"{rate:.0f}/s"
+    return f"{rate:.3g}/s" if rate >= 0.001 else f"{rate:.1e}/s"
 
 
 class Tracker:
@@ -177,22 +181,32 @@ class _ElapsedColumn(ProgressColumn):
         return Text(clock(tr.elapsed if tr else None), style="progress.elapsed")
 
 
+#: Width of a bar's columns other than its label: bar, count, rate, time left, elapsed, gaps.
+BAR_COLUMNS_WIDTH = 48
+
+
 class Board:
     """Rich progress bars on one console: one live display for every open loop (loops nest:
-    calibration twins > a twin's stages > LOSO folds), stopped when the last one ends."""
+    calibration twins > a twin's stages > LOSO folds), stopped when the last one ends. A label
+    longer than the console leaves room for is shortened with "…"; the numbers never are."""
 
     def __init__(self, console: Console):
+        self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            _EtaColumn(),
-            _ElapsedColumn(),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=12),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            _RateColumn(table_column=Column(no_wrap=True)),
+            _EtaColumn(table_column=Column(no_wrap=True)),
+            _ElapsedColumn(table_column=Column(no_wrap=True)),
             console=console,
             transient=True,
         )
         self.open = 0
+
+    def short(self, label: str) -> str:
+        room = max(self.console.width - BAR_COLUMNS_WIDTH, 12)
+        return label if len(label) <= room else label[: room - 1] + "…"
 
     def task(self, label: str) -> Update:
         state: dict = {}
@@ -210,7 +224,7 @@ class Board:
                     self.progress.start()
                 self.open += 1
                 state["tracker"] = Tracker(label)
-                state["id"] = self.progress.add_task(label, total=total, tracker=state["tracker"])
+                state["id"] = self.progress.add_task(self.short(label), total=total, tracker=state["tracker"])
                 state["task"] = True
             state["tracker"].update(done, total)
             self.progress.update(state["id"], completed=done, total=total)
