@@ -152,6 +152,17 @@ def test_a_terminal_gets_bars_with_count_rate_and_eta():
     board.progress.refresh()
     outer(None, None)
     assert not board.progress.live.is_started  # stopped with the last loop
+    # two factories on one console (the run's stages, then the report) share its display
+    con = Console(file=StringIO(), force_terminal=True)
+    f1, f2 = progress.factory(con), progress.factory(con)
+    assert f1.__self__ is f2.__self__
+    a, b = f1("stage"), f2("report figures")
+    a(1, 2)
+    b(1, 3)
+    assert len(f1.__self__.progress.tasks) == 2  # both bars in one live region
+    a(None, None)
+    b(None, None)
+    assert not f1.__self__.progress.live.is_started
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
     assert "gpp: LOSO folds, mtry 2,9" in text and "calibration twins" in text
     assert "7/30" in text and "1/5" in text

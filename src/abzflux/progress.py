@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable
 
 from rich.console import Console
@@ -232,6 +233,9 @@ class Board:
         return update
 
 
+_BOARDS: weakref.WeakKeyDictionary[Console, Board] = weakref.WeakKeyDictionary()
+
+
 def _silent(done, total) -> None:
     return None
 
@@ -242,7 +246,9 @@ def factory(console: Console | None = None, *, quiet: bool = False, every: float
     if quiet:
         return lambda label: _silent
     if console is not None and console.is_terminal:
-        return Board(console).task
+        if console not in _BOARDS:  # one live display per console, whichever factory opens a loop
+            _BOARDS[console] = Board(console)
+        return _BOARDS[console].task
     every = log_interval() if every is None else every
     return lambda label: LogProgress(label, every=every)
 
