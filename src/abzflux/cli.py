@@ -495,7 +495,7 @@ def calibrate(
         "--extrap/--no-extrap",
         help="Score the +extrap variants (needs leave-one-site-out CV, one forest per site: slow on large networks).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
+    quiet: bool = typer.Option(False, "--quiet", help="No stage log or progress."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
     from .calibrate import BOOT_METHODS, run_calibration
