@@ -16,7 +16,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 #: Layer of each module, bottom (0) to top; a module imports only from its own layer or below.
 LAYERS = {
-    0: {"vocab", "seeds", "errors", "config", "predictors", "units", "__init__"},
+    0: {"vocab", "seeds", "errors", "config", "predictors", "units", "progress", "__init__"},
     1: {"formats", "abcflux", "_atomic", "rundir", "layout"},
     2: {
         "_rf",

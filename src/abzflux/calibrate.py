@@ -158,6 +158,7 @@ def run_twin(
     n_bootstrap: int,
     block_km: float,
     extrapolation: bool = True,
+    progress_factory=None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
     bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
@@ -170,7 +171,7 @@ def run_twin(
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
-    ctx = Context(cfg=cfg, out=base)
+    ctx = Context(cfg=cfg, out=base, progress_factory=progress_factory)
     spec = {st.name: st for st in STEPS}
     shared = [spec[n] for n in ("sites", "forest", "extrapolation")[: 3 if extrapolation else 2]]
     for st in shared:  # a resumed calibration keeps finished steps
@@ -186,7 +187,11 @@ def run_twin(
             d.mkdir(parents=True, exist_ok=True)
             for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[: 4 if extrapolation else 3]:
                 _copy(base / item, d / item)
-            mctx = Context(cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)), out=d)
+            mctx = Context(
+                cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)),
+                out=d,
+                progress_factory=progress_factory,
+            )
             t0 = time.perf_counter()
             for name in ("bootstrap", "upscale", "budgets"):
                 spec[name].run(mctx)
@@ -209,6 +214,7 @@ def run_calibration(
     n_site_months: int = 4900,
     network_tables: dict | None = None,
     extrapolation: bool = True,
+    progress_factory=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
     calibration.csv, calibration_summary.csv/.md and calibration.png into ``out``. A rerun into
@@ -216,46 +222,55 @@ def run_calibration(
 
     ``network_tables``: network label -> a site table in the contract; a twin whose ``network``
     is such a label has that table's sites (``make_twin(network=...)``) in the world of the
-    realistic twin of the same seed."""
+    realistic twin of the same seed. ``progress_factory``: progress of the twins and of their
+    stages (:mod:`abzflux.progress`)."""
     from .twin import TwinSpec, make_twin
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for t in twins:
-        name = f"{t['network']}_{t['seed']}"
-        tdir = out / "twins" / name
-        if not (tdir / "config.toml").exists():
-            shutil.rmtree(tdir, ignore_errors=True)
-            t0 = time.perf_counter()
-            table = (network_tables or {}).get(t["network"])
-            make_twin(
+    prog = progress_factory("calibration twins") if progress_factory else None
+    try:
+        for i, t in enumerate(twins):
+            name = f"{t['network']}_{t['seed']}"
+            tdir = out / "twins" / name
+            if not (tdir / "config.toml").exists():
+                shutil.rmtree(tdir, ignore_errors=True)
+                t0 = time.perf_counter()
+                table = (network_tables or {}).get(t["network"])
+                make_twin(
+                    tdir,
+                    TwinSpec(
+                        resolution_km=resolution_km,
+                        first_year=years[0],
+                        last_year=years[1],
+                        seed=t["seed"],
+                        n_sites=n_sites,
+                        n_site_months=n_site_months,
+                        network="realistic" if table is not None else t["network"],
+                    ),
+                    network=table,
+                )
+                log.info(f"twin {name}: {time.perf_counter() - t0:.0f} s")
+            truth, dirs = run_twin(
                 tdir,
-                TwinSpec(
-                    resolution_km=resolution_km,
-                    first_year=years[0],
-                    last_year=years[1],
-                    seed=t["seed"],
-                    n_sites=n_sites,
-                    n_site_months=n_site_months,
-                    network="realistic" if table is not None else t["network"],
-                ),
-                network=table,
+                out / "runs" / name,
+                methods,
+                n_estimators=n_estimators,
+                n_bootstrap=n_bootstrap,
+                block_km=block_km,
+                extrapolation=extrapolation,
+                progress_factory=progress_factory,
             )
-            log.info(f"twin {name}: {time.perf_counter() - t0:.0f} s")
-        truth, dirs = run_twin(
-            tdir,
-            out / "runs" / name,
-            methods,
-            n_estimators=n_estimators,
-            n_bootstrap=n_bootstrap,
-            block_km=block_km,
-            extrapolation=extrapolation,
-        )
-        for m, d in zip(methods, dirs):
-            rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
-        cal = pd.concat(rows, ignore_index=True)
-        cal.to_csv(out / "calibration.csv", index=False)  # after every twin: a partial table is usable
+            for m, d in zip(methods, dirs):
+                rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
+            cal = pd.concat(rows, ignore_index=True)
+            cal.to_csv(out / "calibration.csv", index=False)  # after every twin: a partial table is usable
+            if prog is not None:
+                prog(i + 1, len(twins))
+    finally:
+        if prog is not None:
+            prog(None, None)
     summ = coverage_summary(cal)
     summ.to_csv(out / "calibration_summary.csv", index=False)
     (out / "calibration_summary.md").write_text(

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import layout as L
+from . import progress
 from .errors import InputError, RunDirConflict
 from .layout import RunLayout
 from .vocab import DEFAULT_SEED
@@ -74,29 +75,31 @@ def _years(s: str) -> tuple[int, int]:
 
 
 def _progress_factory(quiet: bool):
+    """Progress of long loops (:mod:`abzflux.progress`): bars on a terminal, a log line every
+    ``$ABZFLUX_PROGRESS_SECONDS`` (default 30) otherwise; nothing with ``--quiet``."""
     quiet = quiet or LOGGER.getEffectiveLevel() > logging.INFO  # `abzflux --quiet CMD`: no bars either
+    try:
+        return progress.factory(console, quiet=quiet)
+    except ValueError as e:
+        _fail(e)
 
-    def factory(label: str):
-        if quiet:
-            return lambda done, total: None
-        prog = Progress(
-            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
-        )
-        state: dict = {}
 
-        def update(done, total):
-            if done is None:
-                if state:
-                    prog.stop()
-                return
-            if not state:
-                prog.start()
-                state["task"] = prog.add_task(label, total=total)
-            prog.update(state["task"], completed=done)
+def _table(title: str, columns: list[tuple[str, bool]]) -> Table:
+    """A table that reads at 80 columns: light rules, two spaces between columns; ``columns``:
+    (header, numeric). Numeric columns are right-aligned and never wrapped or cut (they keep
+    their full width; the text columns wrap instead), so a number is always printed whole."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), title_justify="left")
+    for header, numeric in columns:
+        if numeric:
+            t.add_column(header, justify="right", no_wrap=True, overflow="fold")
+        else:
+            t.add_column(header, overflow="fold")
+    return t
 
-        return update
 
-    return factory
+def _label(name: str) -> str:
+    """A zone or variant name as a table shows it: underscores as spaces, so it can wrap."""
+    return name.replace("_", " ")
 
 
 def _fail(e: Exception) -> None:
@@ -325,12 +328,12 @@ def _print_summary(run_dir: Path) -> None:
     lay = RunLayout(run_dir)
     s = json.loads(lay.summary_json.read_text())
     if "truth" in s:
-        t = Table(
-            title="Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
-            f"± method: {s.get('uncertainty', 'rows')}"
+        t = _table(
+            "Budgets vs truth: period mean (Tg C yr-1) and Theil–Sen trend (Tg C yr-2); "
+            f"± method: {s.get('uncertainty', 'rows')}",
+            [("flux", False), ("zone", False)]
+            + [(c, True) for c in ("estimate", "± SD", "truth", "error", "error\n%", "trend", "true\ntrend")],
         )
-        for c in ("flux", "zone", "estimate", "± SD", "truth", "error", "error %", "trend", "true trend"):
-            t.add_column(c, justify="right" if c not in ("flux", "zone") else "left")
         import pandas as pd
 
         from .summary import order
@@ -339,7 +342,7 @@ def _print_summary(run_dir: Path) -> None:
             sd = getattr(r, "sd", float("nan"))
             t.add_row(
                 r.flux,
-                r.zone,
+                _label(r.zone),
                 f"{r.estimate:.1f}",
                 f"{sd:.1f}",
                 f"{r.truth:.1f}",
@@ -351,17 +354,19 @@ def _print_summary(run_dir: Path) -> None:
         console.print(t)
         console.print(f"mean annual NEE map vs truth: Pearson r = {s['nee_map_pearson_r']:.3f}")
     else:
-        t = Table(title="Budgets, period mean (Tg C yr-1)")
-        for c in ("flux", "zone", "budget", "g C m-2 yr-1"):
-            t.add_column(c)
+        t = _table(
+            "Budgets, period mean", [("flux", False), ("zone", False), ("Tg C yr-1", True), ("g C m-2 yr-1", True)]
+        )
         for r in s["budgets"]:
-            t.add_row(r["flux"], r["zone"], f"{r['tg_c']:.1f}", f"{r['density']:.1f}")
+            t.add_row(r["flux"], _label(r["zone"]), f"{r['tg_c']:.1f}", f"{r['density']:.1f}")
         console.print(t)
     cmp = s.get("compare", {})
     if cmp.get("products"):
-        t = Table(title="Reference products vs abzflux NEE (RUN/compare)")
-        for c in ("product", "years", "fire subtracted", "map r", "trend r", "source area abzflux", "product"):
-            t.add_column(c)
+        t = _table(
+            "Reference products vs abzflux NEE (RUN/compare); source area: share of the land that is a source",
+            [("product", False), ("years", True), ("fire\nsubtracted", False), ("map r", True), ("trend r", True)]
+            + [("source area\nabzflux", True), ("source area\nproduct", True)],
+        )
         for r in cmp["products"]:
             t.add_row(
                 r["product"],
@@ -490,7 +495,7 @@ def calibrate(
         "--extrap/--no-extrap",
         help="Score the +extrap variants (needs leave-one-site-out CV, one forest per site: slow on large networks).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No stage log."),
+    quiet: bool = typer.Option(False, "--quiet", help="No stage log or progress."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
     from .calibrate import BOOT_METHODS, run_calibration
@@ -535,12 +540,15 @@ def calibrate(
             block_km=block_km,
             network_tables=tables,
             extrapolation=extrapolation,
+            progress_factory=_progress_factory(quiet),
         )
     except (InputError, ValueError) as e:
         _fail(e)
-    t = Table(title=f"truth inside ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)")
-    for c in ("method", "network", "flux", "zone-years", "±1 SD", "±2 SD", "median |err|/SD"):
-        t.add_column(c)
+    t = _table(
+        f"truth inside ±1 and ±2 SD ({twins} twins, {time.perf_counter() - t0:.0f} s)",
+        [("method", False), ("network", False), ("flux", False)]
+        + [(c, True) for c in ("zone-\nyears", "±1 SD", "±2 SD", "median\n|err|/SD")],
+    )
     for r in summ.itertuples():
         t.add_row(
             r.method,
@@ -657,13 +665,15 @@ def prepare(
     restart: bool = typer.Option(
         False, "--restart", help="Delete what an earlier prepare wrote in --out (only that) and start again."
     ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log; only errors and the result."),
 ):
     """Build the contract inputs (predictors, zones, fire, references, config.toml) from raw products."""
     from .prepare.build import prepare as run_prepare
 
+    _quiet(quiet)
     t0 = time.time()
     try:
-        record = run_prepare(recipe, out, restart=restart)
+        record = run_prepare(recipe, out, restart=restart, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
     console.print(
@@ -708,11 +718,9 @@ def domain(resolution_km: float = typer.Option(10, "--resolution-km", help="Grid
     rows = [("domain", area.sum())]
     rows += [(n, area.where(d.biome == i + 1).sum()) for i, n in enumerate(BIOMES)]
     rows += [(n, area.where(d.region == i + 1).sum()) for i, n in enumerate(REGIONS)]
-    t = Table(title=f"Default ABZ domain at {resolution_km} km (EPSG:6931)")
-    t.add_column("zone")
-    t.add_column("area (million km²)", justify="right")
+    t = _table(f"Default ABZ domain at {resolution_km} km (EPSG:6931)", [("zone", False), ("million km²", True)])
     for z, a in rows:
-        t.add_row(z, f"{float(a) / 1e12:.2f}")
+        t.add_row(_label(z), f"{float(a) / 1e12:.2f}")
     console.print(t)
 
 
@@ -811,13 +819,15 @@ def sensitivity(
         table = run_sensitivity(cfg, out, names, progress_factory=_progress_factory(quiet))
     except InputError as e:
         _fail(e)
-    t = Table(title=f"leave-one-site-out skill by variant ({escape(str(out / TABLE))})")
-    for c in ("variant", "flux", "rows", "sites", "predictors", "mtry", "R²", "RMSE", "MAE", "bias"):
-        t.add_column(c, no_wrap=True)
+    t = _table(
+        f"leave-one-site-out skill by variant ({escape(str(out / TABLE))})",
+        [("variant", False), ("flux", False)]
+        + [(c, True) for c in ("rows", "sites", "pre-\ndictors", "mtry", "R²", "RMSE", "MAE", "bias")],
+    )
     for r in table.itertuples():
         vals = [r.r2, r.rmse, r.mae, r.bias]
         t.add_row(
-            r.variant,
+            _label(r.variant),
             r.flux,
             *(str(int(v)) if v == v else "-" for v in (r.rows, r.sites, r.predictors, r.mtry)),
             *(f"{v:.2f}" if i == 0 else f"{v:.1f}" for i, v in enumerate(vals)),

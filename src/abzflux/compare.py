@@ -972,13 +972,15 @@ def extrapolation_diagnostics(
     n_clusters: int,
     seed: int,
     predictor_set: PredictorSet = PAPER,
+    progress=None,
 ) -> dict[str, pd.DataFrame]:
     """Where the model extrapolates (docs/compare.md): MESS per period against the NEE training
     rows, the AOA (importance-weighted when ``importance`` is given, else equal weights) and
     k-means environmental clusters, written band by band of grid rows into the Zarr store
     ``store``. Returns the tables ``mess_area`` (share extrapolated per period and zone),
     ``aoa_sd`` (bootstrap SD inside vs outside the AOA, from the ``*_sd`` variables of ``up``) and
-    ``clusters``. ``zones`` needs a ``cell_area`` (:func:`abzflux.budgets.with_cell_area`)."""
+    ``clusters``. ``zones`` needs a ``cell_area`` (:func:`abzflux.budgets.with_cell_area`).
+    ``progress(done, total)``: called after each band of each of the two passes."""
     y0, y1 = years
     ny, nx = pred.sizes["y"], pred.sizes["x"]
     times_all = pd.DatetimeIndex(pred.time.values)
@@ -998,6 +1000,7 @@ def extrapolation_diagnostics(
     samp = flat[np.unique(np.linspace(0, flat.size - 1, min(cluster_sample, flat.size)).round().astype(int))]
     sample = np.empty((len(samp), V))
     band = band_rows(ny, nx, len(times))
+    n_steps, n_done = 2 * len(range(0, ny, band)), 0
     cached = None
     for i0 in range(0, ny, band):
         ys = slice(i0, min(i0 + band, ny))
@@ -1011,6 +1014,9 @@ def extrapolation_diagnostics(
                 sample[sel] = mean[loc]
         if ys.stop - ys.start == ny:
             cached = (per, clim, mean)  # one band holds the grid: pass 1 reuses it
+        n_done += 1
+        if progress is not None:
+            progress(n_done, n_steps)
     pos = pd.Series(np.arange(len(cells)), index=cells)
     row_cell = pos[rows.iy.to_numpy() * nx + rows.ix.to_numpy()].to_numpy()
     refs_by_period = [
@@ -1083,6 +1089,9 @@ def extrapolation_diagnostics(
         g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
         g["aoa"][ys] = inside.reshape(sh)
         g["cluster"][ys] = lab.reshape(sh)
+        n_done += 1
+        if progress is not None:
+            progress(n_done, n_steps)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = mess_acc[1] / mess_acc[0]

@@ -150,7 +150,8 @@ class Context:
                 self.cache["client"] = Client(self.cache["cluster"])
             else:
                 self.cache["client"] = Client(addr)
-            log.info(f"dask.distributed: {self.cache['client']}")
+            client = self.cache["client"]
+            log.info(f"dask.distributed: {client}; dashboard: {client.dashboard_link or 'none'}")
         return self.cache["client"]
 
     def close(self) -> None:

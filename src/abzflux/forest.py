@@ -235,12 +235,13 @@ class FluxForest:
 
 # --------------------------------------------------------------------------- interpretation
 def permutation_importance(
-    model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100, seed: int = DEFAULT_SEED
+    model: FluxForest, X: pd.DataFrame, y, n_repeats: int = 100, seed: int = DEFAULT_SEED, progress=None
 ) -> pd.DataFrame:
     """RMSE-based permutation importance on the training rows (vip ``vi_permute``, metric rmse).
 
     Importance of predictor j = RMSE with column j permuted − RMSE of the intact data,
     repeated ``n_repeats`` times; returns mean and SD (g C m-2 month-1) per predictor.
+    ``progress(done, total)`` is called after each permutation (predictors × repeats).
     """
     y = np.asarray(y, dtype=np.float64)
     M = model._matrix(X)
@@ -253,6 +254,8 @@ def permutation_importance(
         for r in range(n_repeats):
             M[:, j] = col[rng.permutation(len(col))]
             scores[r] = np.sqrt(np.mean((model._predict_matrix(M) - y) ** 2)) - base
+            if progress is not None:
+                progress(j * n_repeats + r + 1, len(model.feature_names_) * n_repeats)
         M[:, j] = col
         rows.append(
             {

@@ -193,32 +193,43 @@ def run_sensitivity(cfg: Config, out, variants=DEFAULT_VARIANTS, progress_factor
     out.mkdir(parents=True, exist_ok=True)
     _atomic.write_text(out / MARKER, json.dumps({"variants": list(variants), "config": cfg.to_dict()}, indent=2))
     rows: list[dict] = []
-    for name in variants:
-        v = VARIANTS[name]
-        vcfg = variant_config(cfg, v)
-        pset = vcfg.predictor_set()
-        ctx = Context(cfg=vcfg, out=out / name, progress_factory=progress_factory)
-        ctx.cache["pset"] = pset
-        ctx.cache["pred"] = base.predictors()[[p.name for p in pset.read]]  # the variants only drop
-        ctx.cache["zones"] = base.zones()
-        ctx.cache["zones_raw"] = base.raw_zones()
-        ctx.cache["sites"] = select_sites(raw_sites, vcfg.sites, cfg.inputs.sites)
-        vdir = out / name
-        shutil.rmtree(vdir, ignore_errors=True)  # a previous run's variant (the marker says it is ours)
-        vdir.mkdir()
-        log.info(f"[{name}] {v.description}: {len(pset)} predictors, {len(ctx.cache['sites'])} site-months")
-        try:
-            sites_step.run(ctx)
-            forest_step.run(ctx)
-        except InputError as e:
-            log.warning(f"[{name}] no skill: {e.problem}")
-            rows += _rows(name, v, ctx.layout, len(pset), note=e.problem)
-            continue
-        finally:
-            ctx.close()
-        rows += _rows(name, v, ctx.layout, len(pset))
+    prog = progress_factory("sensitivity variants") if progress_factory else None
+    try:
+        for i, name in enumerate(variants):
+            rows += _variant(cfg, base, raw_sites, out, name, progress_factory)
+            if prog is not None:
+                prog(i + 1, len(variants))
+    finally:
+        if prog is not None:
+            prog(None, None)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     tmp = out / (TABLE + ".tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(out / TABLE)
     return table
+
+
+def _variant(cfg: Config, base: Context, raw_sites, out: Path, name: str, progress_factory) -> list[dict]:
+    """One variant's sites and forest steps into ``out/<name>``; its rows of the table."""
+    v = VARIANTS[name]
+    vcfg = variant_config(cfg, v)
+    pset = vcfg.predictor_set()
+    ctx = Context(cfg=vcfg, out=out / name, progress_factory=progress_factory)
+    ctx.cache["pset"] = pset
+    ctx.cache["pred"] = base.predictors()[[p.name for p in pset.read]]  # the variants only drop
+    ctx.cache["zones"] = base.zones()
+    ctx.cache["zones_raw"] = base.raw_zones()
+    ctx.cache["sites"] = select_sites(raw_sites, vcfg.sites, cfg.inputs.sites)
+    vdir = out / name
+    shutil.rmtree(vdir, ignore_errors=True)  # a previous run's variant (the marker says it is ours)
+    vdir.mkdir()
+    log.info(f"[{name}] {v.description}: {len(pset)} predictors, {len(ctx.cache['sites'])} site-months")
+    try:
+        sites_step.run(ctx)
+        forest_step.run(ctx)
+    except InputError as e:
+        log.warning(f"[{name}] no skill: {e.problem}")
+        return _rows(name, v, ctx.layout, len(pset), note=e.problem)
+    finally:
+        ctx.close()
+    return _rows(name, v, ctx.layout, len(pset))

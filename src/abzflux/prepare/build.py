@@ -33,6 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +43,7 @@ import dask.array as dsa
 import numpy as np
 import pyproj
 import xarray as xr
+from dask.callbacks import Callback
 
 from .. import __version__, _atomic, formats, units
 from .. import predictors as P
@@ -576,8 +578,23 @@ def _check_out(out: Path, recipe: Recipe, restart: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------ main
-def prepare(recipe_path, out, *, restart: bool = False) -> dict:
-    """Run a recipe into ``out``; returns the provenance record (also ``out/prepare.json``)."""
+class _BlockProgress(Callback):
+    """Reports a local dask computation's finished tasks to a progress callback
+    (``progress(done, total)``, :mod:`abzflux.progress`)."""
+
+    def __init__(self, progress):
+        super().__init__()
+        self.progress = progress
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        done = len(state["finished"])
+        self.progress(done, done + sum(len(state[k]) for k in ("ready", "waiting", "running")))
+
+
+def prepare(recipe_path, out, *, restart: bool = False, progress_factory=None) -> dict:
+    """Run a recipe into ``out``; returns the provenance record (also ``out/prepare.json``).
+    ``progress_factory`` (label -> ``progress(done, total)``, :mod:`abzflux.progress`): progress
+    of the layers and of each layer's blocks."""
     recipe = load_recipe(recipe_path)
     out = Path(out)
     target = target_grid(recipe.grid, recipe.path)
@@ -609,6 +626,13 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
         plans[key] = plan_layer(group, spec, target, months, recipe.tile)
     created = not out.exists()
     current: tuple[Path, str] | None = None
+    n_layers = len(list(recipe.layers()))
+    layers_prog = progress_factory("prepare: layers") if progress_factory else None
+
+    def layer_done() -> None:
+        if layers_prog is not None:
+            layers_prog(sum(f"{g}/{spec.name}" in state.done for g, spec in recipe.layers()), n_layers)
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         work.mkdir(exist_ok=True)
@@ -658,12 +682,19 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
                 # a layer not in state.done is incomplete: a SIGKILL (no except clause runs) can leave
                 # its variable half-written in the store, and writing it again would be refused
                 _drop_zarr_var(store, name)
-                _write_zarr_var(store, da, target, recipe.tile, recipe.workers)
+                blocks = progress_factory(f"prepare {key}: blocks") if progress_factory else None
+                try:
+                    with _BlockProgress(blocks) if blocks is not None else nullcontext():
+                        _write_zarr_var(store, da, target, recipe.tile, recipe.workers)
+                finally:
+                    if blocks is not None:
+                        blocks(None, None)
                 if group == "predictors":  # the contract's checks, before the layer counts as done
                     formats.read_predictors(store, required=[name])
                 current = None
                 state.done[key] = {**plan.summary, "seconds": round(time.perf_counter() - t_layer, 2)}
                 state.save(work)
+                layer_done()
             _check_group(group, store, list(specs))
             _atomic.replace(store, out / f"{group}.zarr")
             state.final.append(f"{group}.zarr")
@@ -682,13 +713,18 @@ def prepare(recipe_path, out, *, restart: bool = False) -> dict:
             state.done[key] = plan.summary
             state.final.append(rel)
             state.save(work)
+            layer_done()
         record = _provenance(recipe, state, out)
         record["gaps_on_land"] = gaps_on_land(out)
         _atomic.write_text(out / CONFIG, _config_text(recipe, out))
         _atomic.write_text(out / PROVENANCE, json.dumps(record, indent=1, default=str))
         shutil.rmtree(work)
+        if layers_prog is not None:
+            layers_prog(None, None)
         return record
     except BaseException:
+        if layers_prog is not None:
+            layers_prog(None, None)
         if current is not None:
             _drop_zarr_var(*current)
         if not state.done and not state.final:

@@ -44,44 +44,51 @@ def run(ctx: Context) -> None:
     for flux in FLUXES:
         rows = training_rows(table, flux, pset).reset_index(drop=True)
         record[flux] = []
-        for b in range(fs.n_bootstrap):
-            rng = seeds.rng(ctx.cfg.run.seed, "bootstrap_rows", b)
-            idx = resample_rows(rows.site_id.to_numpy(), unc.method, rng, blocks)
-            sample = rows.iloc[idx].reset_index(drop=True)
-            if fs.bootstrap_mtry == "retune":
-                res = cv_mod.loso_cv(
-                    sample[cols],
-                    sample[flux].to_numpy(),
-                    sample.site_id.to_numpy(),
-                    fs.mtry_grid or cv_mod.mtry_grid(len(cols)),
-                    n_trees=fs.n_estimators,
+        prog = ctx.progress(f"{flux}: bootstrap forests" + (" (mtry retuned)" if fs.bootstrap_mtry == "retune" else ""))
+        try:
+            for b in range(fs.n_bootstrap):
+                rng = seeds.rng(ctx.cfg.run.seed, "bootstrap_rows", b)
+                idx = resample_rows(rows.site_id.to_numpy(), unc.method, rng, blocks)
+                sample = rows.iloc[idx].reset_index(drop=True)
+                if fs.bootstrap_mtry == "retune":
+                    res = cv_mod.loso_cv(
+                        sample[cols],
+                        sample[flux].to_numpy(),
+                        sample.site_id.to_numpy(),
+                        fs.mtry_grid or cv_mod.mtry_grid(len(cols)),
+                        n_trees=fs.n_estimators,
+                        nodesize=fs.nodesize,
+                        seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b),
+                        categorical=(),
+                        central=fs.central,
+                    )
+                    m = res.best_mtry
+                else:
+                    m = min(info[flux]["mtry"], len(cols))
+                model = FluxForest(
+                    n_estimators=fs.n_estimators,
+                    mtry=m,
                     nodesize=fs.nodesize,
-                    seed=seeds.integer(ctx.cfg.run.seed, "bootstrap_cv", b),
                     categorical=(),
                     central=fs.central,
+                    random_state=seeds.integer(ctx.cfg.run.seed, "bootstrap_forest", b),
                 )
-                m = res.best_mtry
-            else:
-                m = min(info[flux]["mtry"], len(cols))
-            model = FluxForest(
-                n_estimators=fs.n_estimators,
-                mtry=m,
-                nodesize=fs.nodesize,
-                categorical=(),
-                central=fs.central,
-                random_state=seeds.integer(ctx.cfg.run.seed, "bootstrap_forest", b),
-            )
-            model.fit(sample[cols], sample[flux].to_numpy())
-            model.save(out / f"{flux}_{b:02d}.npz")
-            record[flux].append(
-                {
-                    "member": b,
-                    "mtry": m,
-                    "rows": len(sample),
-                    "distinct_rows": int(len(np.unique(idx))),
-                    "distinct_sites": int(sample.site_id.nunique()),
-                }
-            )
+                model.fit(sample[cols], sample[flux].to_numpy())
+                model.save(out / f"{flux}_{b:02d}.npz")
+                record[flux].append(
+                    {
+                        "member": b,
+                        "mtry": m,
+                        "rows": len(sample),
+                        "distinct_rows": int(len(np.unique(idx))),
+                        "distinct_sites": int(sample.site_id.nunique()),
+                    }
+                )
+                if prog is not None:
+                    prog(b + 1, fs.n_bootstrap)
+        finally:
+            if prog is not None:
+                prog(None, None)
         log.info(f"{flux}: {fs.n_bootstrap} bootstrap forests ({len(cols)} predictors, {unc.method} resampled)")
     (out / L.inner(L.BOOTSTRAP_JSON)).write_text(json.dumps(record, indent=2))
     _atomic.replace(out, lay.bootstrap)

@@ -17,7 +17,7 @@ from ..context import Context
 from ..formats import grid_crs
 from .budgets import PERMAFROST_KEYS
 from .sites import PREDICTOR_KEYS
-from .spec import StepSpec, fresh_dir
+from .spec import StepSpec, fresh_dir, with_progress
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def run(ctx: Context) -> None:
     else:
         log.info("AOA: no permutation importance (forest.importance_repeats = 0): equal weights")
     up = xr.open_zarr(lay.upscaled, consolidated=False)
-    tables = cmp.extrapolation_diagnostics(
+    tables = with_progress(
+        ctx,
+        "compare: MESS/AOA row bands, 2 passes",
+        cmp.extrapolation_diagnostics,
         pred,
         zones,
         up,

@@ -72,13 +72,20 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
     sd_template(pred, tsel, band, grid_crs(pred, ctx.cfg.inputs.predictors)).to_zarr(
         store, compute=False, mode="w", consolidated=False
     )
-    for k0 in range(0, len(tsel), 12):
-        tk = tsel[k0 : k0 + 12]
-        for i0 in range(0, ny, band):
+    blocks = [(k0, i0) for k0 in range(0, len(tsel), 12) for i0 in range(0, ny, band)]
+    prog = ctx.progress("extrapolation SD maps: years × row bands")
+    try:
+        for n, (k0, i0) in enumerate(blocks):
+            tk = tsel[k0 : k0 + 12]
             ys = slice(i0, min(i0 + band, ny))
             xr.Dataset(sd_block(pred, land, tk, ys, aoas, models, ctx.predictor_set.continuous)).to_zarr(
                 store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False
             )
+            if prog is not None:
+                prog(n + 1, len(blocks))
+    finally:
+        if prog is not None:
+            prog(None, None)
 
 
 SPEC = StepSpec(

@@ -49,7 +49,9 @@ def run(ctx: Context, progress_factory=None) -> None:
         for c in X_cols:
             if rows[c].nunique() < 2:
                 log.warning(f"{flux}: predictor {c} is constant over the training rows; it cannot split")
-        prog = progress_factory(f"{flux}: leave-one-site-out folds") if progress_factory and fs.cv else None
+        grid = [fs.mtry] if fs.mtry is not None else (fs.mtry_grid or cv_mod.mtry_grid(len(X_cols)))
+        label = f"{flux}: LOSO folds, mtry {','.join(map(str, sorted(set(grid))))}"
+        prog = progress_factory(label) if progress_factory and fs.cv else None
         fit = cv_mod.fit_flux(
             rows,
             flux,

@@ -14,7 +14,7 @@ from ..forest import FluxForest, partial_dependence, permutation_importance
 from ..layout import RunLayout
 from ..predictors import training_rows
 from ..vocab import FLUXES
-from .spec import StepSpec, fresh_dir
+from .spec import StepSpec, fresh_dir, with_progress
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,29 @@ def run(ctx: Context) -> None:
         rows = training_rows(table, flux, ctx.predictor_set).reset_index(drop=True)
         X = rows[names]
         if fs.importance_repeats > 0:
-            imp = permutation_importance(model, X, rows[flux].to_numpy(), fs.importance_repeats, ctx.cfg.run.seed)
+            imp = with_progress(
+                ctx,
+                f"{flux}: importance, {fs.importance_repeats} repeats",
+                permutation_importance,
+                model,
+                X,
+                rows[flux].to_numpy(),
+                fs.importance_repeats,
+                ctx.cfg.run.seed,
+            )
             imps.append(imp.assign(flux=flux))
         sub = None
         if fs.pdp_rows and fs.pdp_rows < len(rows):
             sub = np.unique(np.linspace(0, len(rows) - 1, fs.pdp_rows).round().astype(int))
-        for c in names:
-            pdps.append(partial_dependence(model, X, c, fs.pdp_points, rows=sub).assign(flux=flux))
+        prog = ctx.progress(f"{flux}: partial dependence")
+        try:
+            for i, c in enumerate(names):
+                pdps.append(partial_dependence(model, X, c, fs.pdp_points, rows=sub).assign(flux=flux))
+                if prog is not None:
+                    prog(i + 1, len(names))
+        finally:
+            if prog is not None:
+                prog(None, None)
         log.info(f"{flux}: importance ({fs.importance_repeats} repeats) and partial dependence done")
     if imps:
         imp = pd.concat(imps, ignore_index=True)
