@@ -39,10 +39,10 @@ from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
-from .formats import grid_crs, model_view, open_grid, plan_predictors, write_crs
+from .formats import consolidate, grid_crs, model_view, open_grid, plan_predictors, write_crs
 from .layout import RunLayout
 from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
-from .vocab import FLUX_UNITS, FLUXES
+from .vocab import CF_FLUX_CELL_METHODS, CF_FLUX_UNITS, FLUX_UNITS, FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ LONG_NAMES = {
     "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
     "nee_derived": "net ecosystem exchange derived as reco - gpp",
 }
+#: What every flux map's ``long_name`` adds: the carbon and the calendar-month sum (``units`` "g m-2"
+#: cannot name the carbon; docs/formats.md "CF metadata of the outputs").
+CARBON_SUFFIX = ": carbon mass per unit area (g C m-2) summed over the calendar month"
+TIME_BOUNDS = "time_bnds"
 
 
 @dataclass(frozen=True)
@@ -304,22 +308,40 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
     chunks = (12, min(tile, ny), min(tile, nx))
     ds = xr.Dataset(
         {v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks)) for v in variables},
-        coords={"time": times, "y": pred.y.values, "x": pred.x.values},
+        coords={"time": times, "y": pred.y.values, "x": pred.x.values, TIME_BOUNDS: month_bounds(times)},
     )
     for v in variables:
         base = v[:-3] if v.endswith("_sd") else v
+        sd = v.endswith("_sd")
         ds[v].attrs.update(
-            units=FLUX_UNITS,
-            long_name=(
-                f"SD across the bootstrap forests of {LONG_NAMES[base]}" if v.endswith("_sd") else LONG_NAMES[base]
-            ),
+            units=CF_FLUX_UNITS,
+            cell_methods=CF_FLUX_CELL_METHODS,
+            carbon_units=FLUX_UNITS,
+            long_name=(f"SD across the bootstrap forests of {LONG_NAMES[base]}" if sd else LONG_NAMES[base])
+            + CARBON_SUFFIX,
         )
+        if not sd and f"{v}_sd" in variables:
+            ds[v].attrs["ancillary_variables"] = f"{v}_sd"
         ds[v].encoding.update(chunks=chunks)
+    ds.time.attrs.update(standard_name="time", long_name="time", axis="T", bounds=TIME_BOUNDS)
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
     ds = write_crs(ds, grid_crs(pred, file))
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes", source=f"abzflux {__version__}")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux upscaled monthly CO2 fluxes",
+        source=f"abzflux {__version__}",
+        history=f"abzflux {__version__} upscale: random-forest predictions of monthly site fluxes on the grid",
+    )
     return ds
+
+
+def month_bounds(times: pd.DatetimeIndex) -> xr.Variable:
+    """CF time bounds of monthly steps: the calendar month holding each time stamp, [first day,
+    first day of the next month), whatever day of the month the stamp itself falls on."""
+    start = pd.DatetimeIndex(times).to_period("M").to_timestamp()
+    end = start + pd.offsets.MonthBegin(1)
+    return xr.Variable(("time", "bnds"), np.stack([start.values, end.values], axis=1))
 
 
 def upscale(
@@ -444,6 +466,7 @@ def upscale(
         os.replace(tmp, mb_path)
     else:
         mb_path.unlink(missing_ok=True)
+    consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
     for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
@@ -453,7 +476,7 @@ def upscale(
 
 # --------------------------------------------------------------------------- export
 def _export_vars(ds: xr.Dataset, variables) -> list:
-    names = [v for v in ds.data_vars if "time" in ds[v].dims] if not variables else list(variables)
+    names = [v for v in ds.data_vars if {"time", "y", "x"} <= set(ds[v].dims)] if not variables else list(variables)
     bad = [v for v in names if v not in ds.data_vars]
     if bad:
         raise InputError(
@@ -471,14 +494,43 @@ def export_netcdf(store, path, variables=None) -> Path:
     names = _export_vars(ds, variables)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
+    out = ds[names]
+    if TIME_BOUNDS in ds.variables:  # a variable subset drops the bounds (their own "bnds" dimension)
+        out = out.assign_coords({TIME_BOUNDS: ds[TIME_BOUNDS]})
+    sds = {f"{v}_sd" for v in names}  # an exported flux names its SD only when that is exported too
+    for v in names:
+        if out[v].attrs.get("ancillary_variables") and not set(out[v].attrs["ancillary_variables"].split()) <= sds:
+            out[v].attrs.pop("ancillary_variables")
+    enc: dict = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
+    # CF-1.8: no fill value on coordinates (xarray gives float ones NaN) and no 64-bit integer time.
+    enc.update({c: {"_FillValue": None} for c in ("x", "y") if c in out.coords})
+    enc["time"] = _time_encoding(out.time.values)
+    if TIME_BOUNDS in out.variables:
+        enc[TIME_BOUNDS] = dict(enc["time"])  # the bounds in the time's own units and type
     try:
-        ds[names].to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+        out.to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+        if TIME_BOUNDS in out.variables:  # xarray writes the time's units on its bounds too; CF 7.1: should not
+            import h5netcdf
+
+            with h5netcdf.File(tmp, "a") as f:
+                for k in ("units", "calendar"):
+                    if k in f.variables[TIME_BOUNDS].attrs:
+                        del f.variables[TIME_BOUNDS].attrs[k]
         os.replace(tmp, path)
     except BaseException:  # disk full, a directory at ``path``, ...: no partial file is left
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _time_encoding(values) -> dict:
+    """Hours since 1970 as 32-bit integers when every time stamp is a whole hour, else days as
+    doubles (CF-1.8 has no 64-bit integers); the time bounds take the same encoding."""
+    t = pd.DatetimeIndex(values)
+    whole = bool(((t - t.floor("h")) == pd.Timedelta(0)).all())
+    if whole:
+        return {"units": "hours since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int32"}
+    return {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "float64"}
 
 
 def export_geotiff(store, out_dir, variables=None) -> list[Path]:
@@ -501,7 +553,8 @@ def export_geotiff(store, out_dir, variables=None) -> list[Path]:
             da = da.rename({"time": "band"}).assign_coords(band=np.arange(1, da.sizes["time"] + 1))
             months = tuple(str(t)[:7] for t in ds.time.values[years == year])
             da.attrs = {
-                "units": ds[v].attrs.get("units", ""),
+                # GeoTIFF has no cell methods or time bounds: the paper's units say it all
+                "units": ds[v].attrs.get("carbon_units", ds[v].attrs.get("units", "")),
                 "long_name": months,
                 "description": ds[v].attrs.get("long_name", ""),
             }
