@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 from . import budgets as budgets_mod
 from . import trends as trends_mod
 from .errors import InputError
-from .formats import axis_unit_m, read_reference, write_crs
+from .formats import axis_unit_m, consolidate, read_reference, write_crs
 from .predictors import PAPER, PredictorSet, training_rows
 
 log = logging.getLogger(__name__)
@@ -728,14 +728,16 @@ def compare_products(
         },
     )
     ds["mean_annual"].attrs.update(
-        units="g C m-2 yr-1",
-        long_name="product mean annual NEE over the overlap years "
+        units="g m-2 yr-1",  # CF / UDUNITS: the carbon is in carbon_units and long_name
+        carbon_units="g C m-2 yr-1",
+        long_name="product mean annual NEE (carbon mass per unit area) over the overlap years "
         "(fire subtracted where flagged), cells where abzflux and the product have every year; "
         "regridded onto the analysis grid for display",
     )
     ds["trend"].attrs.update(
-        units="g C m-2 yr-2",
-        long_name="product per-pixel Theil-Sen trend of annual NEE (Mann-Kendall, the run's prewhitening); "
+        units="g m-2 yr-2",
+        carbon_units="g C m-2 yr-2",
+        long_name="product per-pixel Theil-Sen trend of annual NEE as carbon (Mann-Kendall, the run's prewhitening); "
         "on the analysis grid for display",
     )
     ds = write_crs(ds, crs)
@@ -1083,6 +1085,7 @@ def extrapolation_diagnostics(
         g["di_month"][:, ys] = di_m.reshape(12, *sh).astype(np.float32)
         g["aoa"][ys] = inside.reshape(sh)
         g["cluster"][ys] = lab.reshape(sh)
+    consolidate(store)  # the maps are complete (the tables below only read them)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = mess_acc[1] / mess_acc[0]

@@ -31,7 +31,7 @@ import xarray as xr
 from . import predictors as _pred
 from . import units as units_mod
 from .errors import InputError
-from .vocab import FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
+from .vocab import CF_FLUX_CELL_METHODS, CF_FLUX_UNITS, FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
 
 __all__ = [
     "LayerPlan",
@@ -355,6 +355,40 @@ def grid_crs(ds: xr.Dataset, file) -> pyproj.CRS:
         column=name,
         expected=_CRS_EXPECTED,
     )
+
+
+#: The time-bounds coordinate of monthly outputs (CF 7.1 cell boundaries).
+TIME_BOUNDS = "time_bnds"
+#: What a monthly flux map's ``long_name`` adds: the carbon and the calendar-month sum (the CF
+#: ``units`` "g m-2" cannot name the carbon; docs/formats.md "CF metadata of the outputs").
+CARBON_SUFFIX = ": carbon mass per unit area (g C m-2) summed over the calendar month"
+
+
+def flux_attrs(long_name: str) -> dict:
+    """The CF attributes of a monthly flux map (values in the paper's g C m-2 month-1): an amount
+    per unit area (``units`` g m-2) summed over each time cell, which the time bounds make the
+    calendar month (``cell_methods`` time: sum); the paper's units in ``carbon_units``."""
+    return {
+        "units": CF_FLUX_UNITS,
+        "cell_methods": CF_FLUX_CELL_METHODS,
+        "carbon_units": FLUX_UNITS,
+        "long_name": long_name + CARBON_SUFFIX,
+    }
+
+
+def month_bounds(times) -> xr.Variable:
+    """CF time bounds of monthly steps: the calendar month holding each time stamp, [first day,
+    first day of the next month), whatever day of the month the stamp itself falls on."""
+    start = pd.DatetimeIndex(times).to_period("M").to_timestamp()
+    end = start + pd.offsets.MonthBegin(1)
+    return xr.Variable(("time", "bnds"), np.stack([start.values, end.values], axis=1))
+
+
+def with_month_bounds(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with CF time attributes and the calendar-month bounds coordinate :data:`TIME_BOUNDS`."""
+    out = ds.assign_coords({TIME_BOUNDS: month_bounds(ds.time.values)})
+    out.time.attrs.update(standard_name="time", long_name="time", axis="T", bounds=TIME_BOUNDS)
+    return out
 
 
 def consolidate(store) -> None:

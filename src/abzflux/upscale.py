@@ -39,10 +39,20 @@ from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
-from .formats import consolidate, grid_crs, model_view, open_grid, plan_predictors, write_crs
+from .formats import (
+    TIME_BOUNDS,
+    consolidate,
+    flux_attrs,
+    grid_crs,
+    model_view,
+    open_grid,
+    plan_predictors,
+    with_month_bounds,
+    write_crs,
+)
 from .layout import RunLayout
 from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
-from .vocab import CF_FLUX_CELL_METHODS, CF_FLUX_UNITS, FLUX_UNITS, FLUXES
+from .vocab import FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +63,6 @@ LONG_NAMES = {
     "nee": "net ecosystem exchange (modelled directly; negative = uptake)",
     "nee_derived": "net ecosystem exchange derived as reco - gpp",
 }
-#: What every flux map's ``long_name`` adds: the carbon and the calendar-month sum (``units`` "g m-2"
-#: cannot name the carbon; docs/formats.md "CF metadata of the outputs").
-CARBON_SUFFIX = ": carbon mass per unit area (g C m-2) summed over the calendar month"
-TIME_BOUNDS = "time_bnds"
 
 
 @dataclass(frozen=True)
@@ -308,22 +314,18 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
     chunks = (12, min(tile, ny), min(tile, nx))
     ds = xr.Dataset(
         {v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks)) for v in variables},
-        coords={"time": times, "y": pred.y.values, "x": pred.x.values, TIME_BOUNDS: month_bounds(times)},
+        coords={"time": times, "y": pred.y.values, "x": pred.x.values},
     )
+    ds = with_month_bounds(ds)
     for v in variables:
         base = v[:-3] if v.endswith("_sd") else v
         sd = v.endswith("_sd")
         ds[v].attrs.update(
-            units=CF_FLUX_UNITS,
-            cell_methods=CF_FLUX_CELL_METHODS,
-            carbon_units=FLUX_UNITS,
-            long_name=(f"SD across the bootstrap forests of {LONG_NAMES[base]}" if sd else LONG_NAMES[base])
-            + CARBON_SUFFIX,
+            flux_attrs(f"SD across the bootstrap forests of {LONG_NAMES[base]}" if sd else LONG_NAMES[base])
         )
         if not sd and f"{v}_sd" in variables:
             ds[v].attrs["ancillary_variables"] = f"{v}_sd"
         ds[v].encoding.update(chunks=chunks)
-    ds.time.attrs.update(standard_name="time", long_name="time", axis="T", bounds=TIME_BOUNDS)
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
     ds = write_crs(ds, grid_crs(pred, file))
@@ -334,14 +336,6 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
         history=f"abzflux {__version__} upscale: random-forest predictions of monthly site fluxes on the grid",
     )
     return ds
-
-
-def month_bounds(times: pd.DatetimeIndex) -> xr.Variable:
-    """CF time bounds of monthly steps: the calendar month holding each time stamp, [first day,
-    first day of the next month), whatever day of the month the stamp itself falls on."""
-    start = pd.DatetimeIndex(times).to_period("M").to_timestamp()
-    end = start + pd.offsets.MonthBegin(1)
-    return xr.Variable(("time", "bnds"), np.stack([start.values, end.values], axis=1))
 
 
 def upscale(

@@ -16,7 +16,7 @@ from .. import _atomic
 from .. import layout as L
 from ..context import Context
 from ..errors import ConfigError
-from ..formats import grid_crs
+from ..formats import consolidate, grid_crs
 from ..predictors import training_rows
 from ..uncertainty import flux_extrapolation, sd_block, sd_template
 from ..vocab import FLUXES
@@ -79,6 +79,7 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
             xr.Dataset(sd_block(pred, land, tk, ys, aoas, models, ctx.predictor_set.continuous)).to_zarr(
                 store, region={"time": slice(k0, k0 + len(tk)), "y": ys, "x": slice(0, nx)}, consolidated=False
             )
+    consolidate(store)
 
 
 SPEC = StepSpec(
