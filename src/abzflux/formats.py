@@ -916,6 +916,8 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
         return
     want = [parse_units(a) for a in accepted]
     got = parse_units(u) if isinstance(u, str) else None
+    if FLUX_UNITS in accepted and _is_cf_monthly_flux(ds[name]):
+        return  # abzflux's own outputs (§6): the same numbers, stated the CF way
     if got is None or got not in want:
         raise InputError(
             file,
@@ -927,6 +929,12 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
 
 
 ACCEPTED_FLUX_UNITS = (FLUX_UNITS,)
+
+
+def _is_cf_monthly_flux(da: xr.DataArray) -> bool:
+    """A flux written as abzflux writes its maps (§6): ``units`` g m-2 summed over each time cell."""
+    u, cm = da.attrs.get("units"), str(da.attrs.get("cell_methods", ""))
+    return isinstance(u, str) and parse_units(u) == parse_units(CF_FLUX_UNITS) and CF_FLUX_CELL_METHODS in cm
 
 
 # --------------------------------------------------------------------------------------------
