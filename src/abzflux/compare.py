@@ -740,8 +740,15 @@ def compare_products(
         long_name="product per-pixel Theil-Sen trend of annual NEE as carbon (Mann-Kendall, the run's prewhitening); "
         "on the analysis grid for display",
     )
+    ds.first_year.attrs.update(long_name="first year of the overlap with abzflux")
+    ds.last_year.attrs.update(long_name="last year of the overlap with abzflux")
+    ds.fire_subtracted.attrs.update(long_name="1: the run's fire emissions were subtracted from the product")
     ds = write_crs(ds, crs)
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux: reference products on the analysis grid (display)")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux: reference products on the analysis grid (display)",
+        history="abzflux compare: reference products regridded onto the analysis grid",
+    )
     return pd.DataFrame(mrows), budgets, ds
 
 
@@ -1216,6 +1223,11 @@ def extrapolation_template(
         ds[v].encoding["_FillValue"] = None
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
+    ds.month.attrs.update(long_name="calendar month (1-12) of the climatology")
     ds = write_crs(ds, crs)
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux extrapolation diagnostics")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux extrapolation diagnostics",
+        history="abzflux compare: MESS, AOA and clusters of the predictors",
+    )
     return ds

@@ -217,7 +217,11 @@ def burned_maps(fire: xr.Dataset, first_year: int, target: int) -> tuple[xr.Data
         "units": "1",
         "long_name": "burned fraction of the cell in its last burn year (at most 1)",
     }
-    maps.attrs.update(Conventions="CF-1.8", title="abzflux: cells burned during the fire period")
+    maps.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux: cells burned during the fire period",
+        history="abzflux fire: last burn year and burned fractions from the fire input",
+    )
     return maps.assign_coords(y=fire.y, x=fire.x), last, frac
 
 

@@ -67,6 +67,7 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
                 + " prewhitening)",
                 period=f"{y0}-{y1}",
                 preserve_range_for_sig_test=int(preserve),
+                history="abzflux trends: per-pixel Theil-Sen slopes and Mann-Kendall tests of the yearly series",
             )
             tmpl.to_zarr(store, mode="w", compute=False, consolidated=False)
         ds.drop_vars([c for c in ds.coords if c not in ("y", "x")]).drop_vars(["y", "x"]).to_zarr(
