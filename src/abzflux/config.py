@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .vocab import CENTRALS, DEFAULT_SEED, PERMAFROST_RULES
+from .vocab import CENTRALS, DEFAULT_PERMAFROST, DEFAULT_SEED, PERMAFROST_RULES
 
 
 @dataclass
@@ -71,8 +71,8 @@ class BudgetSettings:
     # the same in every budget, Table 1 (in situ too), source and trend area shares: "mask" (a cell /
     # site is in the region when its value > permafrost_threshold; default 0: every permafrost class
     # of the IPA map, the paper's region) or "weighted" (each counts with its value).
-    permafrost: str = "mask"
-    permafrost_threshold: float = 0.0
+    permafrost: str = DEFAULT_PERMAFROST[0]
+    permafrost_threshold: float = DEFAULT_PERMAFROST[1]
 
 
 @dataclass

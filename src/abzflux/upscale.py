@@ -52,7 +52,7 @@ from .formats import (
 )
 from .layout import RunLayout
 from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
-from .vocab import FLUXES
+from .vocab import DEFAULT_PERMAFROST, FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def upscale(
     fingerprint: str = "",
     plans: dict | None = None,
     predictor_set=PAPER,
-    permafrost: tuple[str, float],
+    permafrost: tuple[str, float] = DEFAULT_PERMAFROST,
 ) -> dict:
     """Upscale into ``out/upscaled.zarr`` (+ ``out/budgets_members_monthly.parquet`` when there
     are bootstrap forests). ``times_sel``: predictor time indices (whole calendar years).

@@ -37,3 +37,5 @@ CENTRALS: tuple[str, ...] = ("mean", "qrf_median")
 #: permafrost``; docs/budgets.md "Permafrost region"): a mask (a cell is in the region when its
 #: value exceeds ``permafrost_threshold``) or weights (each cell counts with its value).
 PERMAFROST_RULES: tuple[str, ...] = ("mask", "weighted")
+#: The default (rule, threshold): every cell with any permafrost (every IPA class, the paper's region).
+DEFAULT_PERMAFROST: tuple[str, float] = ("mask", 0.0)
