@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -268,6 +269,12 @@ def test_extrapolation_stage_maps_and_zone_sums(run_copy, monkeypatch):
     assert (se.abs_error >= 0).all() and se.di.notna().all()
     ds = xr.open_zarr(out / "uncertainty" / "extrapolation_sd.zarr", consolidated=False)
     assert ds.sizes["time"] == 12 * (ctx.years()[1] - ctx.years()[0] + 1)
+    # CF-clean (docs/formats.md §6): monthly amounts over calendar-month bounds, consolidated
+    assert ds.nee_extrap_sd.attrs["units"] == "g m-2" and ds.nee_extrap_sd.attrs["cell_methods"] == "time: sum"
+    assert (ds.time_bnds.values[:, 0] == ds.time.values).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xr.open_zarr(out / "uncertainty" / "extrapolation_sd.zarr")
     ext = zone_extrapolation_sd(ds, ctx.zones(), ctx.veg())
     # the zone term is the area-weighted sum of the cell SDs (fully correlated), by hand for one month
     from abzflux.budgets import zone_weights

@@ -520,6 +520,18 @@ def test_reference_without_product(tmp_path):
     expect_error(lambda: formats.read_reference(path), str(path), "[product]")
 
 
+def test_reference_in_abzflux_cf_form_is_read(tmp_path):
+    """A product written as abzflux writes its maps (formats.md §6: units g m-2 with cell_methods
+    time: sum, the same numbers) is accepted; g m-2 without the monthly sum is not a flux."""
+    ds = make_reference()
+    ds["nee"].attrs.update(units="g m-2", cell_methods="time: sum")
+    r = formats.read_reference(write(ds, tmp_path / "cf.nc"))
+    np.testing.assert_array_equal(r.nee.values, ds.nee.values)
+    ds["nee"].attrs.pop("cell_methods")
+    path = write(ds, tmp_path / "amount.nc")
+    expect_error(lambda: formats.read_reference(path), str(path), "[nee]", "'g m-2'", "g C m-2 month-1")
+
+
 def test_units_spellings():
     """Units attributes are compared by meaning: common spellings of the contract's units pass,
     other units (a daily or annual flux, kg, degC for K) differ."""

@@ -39,7 +39,8 @@ def test_run_outputs_are_cf_and_consistent(study_run, twin_dir):
     up = xr.open_zarr(out / "upscaled.zarr", consolidated=False)
     assert up.sizes["time"] == 240
     for v in ("gpp", "reco", "nee", "nee_derived"):
-        assert up[v].attrs["units"] == "g C m-2 month-1"
+        assert up[v].attrs["units"] == "g m-2" and up[v].attrs["cell_methods"] == "time: sum"
+        assert up[v].attrs["carbon_units"] == "g C m-2 month-1"
         assert up[v].attrs["grid_mapping"] == "spatial_ref"
     assert "crs_wkt" in up.spatial_ref.attrs
     d = (up.nee_derived - (up.reco - up.gpp)).values

@@ -176,7 +176,8 @@ def test_export_netcdf_and_geotiff_roundtrip(study_run, tmp_path):
     nc = xr.open_dataset(tmp_path / "f.nc", engine="h5netcdf")
     assert sorted(nc.data_vars) == ["nee", "nee_sd"]
     assert np.array_equal(nc.nee.values, ds.nee.values, equal_nan=True)
-    assert nc.nee.attrs["units"] == "g C m-2 month-1" and nc.nee.attrs["grid_mapping"] == "spatial_ref"
+    assert nc.nee.attrs["units"] == "g m-2" and nc.nee.attrs["grid_mapping"] == "spatial_ref"
+    assert nc.nee.attrs["ancillary_variables"] == "nee_sd"
     r = CliRunner().invoke(
         app, ["export", str(run), "--format", "geotiff", "--vars", "gpp", "--out", str(tmp_path / "tif")]
     )

@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 from . import budgets as budgets_mod
 from . import trends as trends_mod
 from .errors import InputError
-from .formats import axis_unit_m, read_reference, write_crs
+from .formats import axis_unit_m, consolidate, read_reference, write_crs
 from .predictors import PAPER, PredictorSet, training_rows
 
 log = logging.getLogger(__name__)
@@ -728,18 +728,27 @@ def compare_products(
         },
     )
     ds["mean_annual"].attrs.update(
-        units="g C m-2 yr-1",
-        long_name="product mean annual NEE over the overlap years "
+        units="g m-2 yr-1",  # CF / UDUNITS: the carbon is in carbon_units and long_name
+        carbon_units="g C m-2 yr-1",
+        long_name="product mean annual NEE (carbon mass per unit area) over the overlap years "
         "(fire subtracted where flagged), cells where abzflux and the product have every year; "
         "regridded onto the analysis grid for display",
     )
     ds["trend"].attrs.update(
-        units="g C m-2 yr-2",
-        long_name="product per-pixel Theil-Sen trend of annual NEE (Mann-Kendall, the run's prewhitening); "
+        units="g m-2 yr-2",
+        carbon_units="g C m-2 yr-2",
+        long_name="product per-pixel Theil-Sen trend of annual NEE as carbon (Mann-Kendall, the run's prewhitening); "
         "on the analysis grid for display",
     )
+    ds.first_year.attrs.update(long_name="first year of the overlap with abzflux")
+    ds.last_year.attrs.update(long_name="last year of the overlap with abzflux")
+    ds.fire_subtracted.attrs.update(long_name="1: the run's fire emissions were subtracted from the product")
     ds = write_crs(ds, crs)
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux: reference products on the analysis grid (display)")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux: reference products on the analysis grid (display)",
+        history="abzflux compare: reference products regridded onto the analysis grid",
+    )
     return pd.DataFrame(mrows), budgets, ds
 
 
@@ -1092,6 +1101,7 @@ def extrapolation_diagnostics(
         n_done += 1
         if progress is not None:
             progress(n_done, n_steps)
+    consolidate(store)  # the maps are complete (the tables below only read them)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = mess_acc[1] / mess_acc[0]
@@ -1222,6 +1232,11 @@ def extrapolation_template(
         ds[v].encoding["_FillValue"] = None
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
+    ds.month.attrs.update(long_name="calendar month (1-12) of the climatology")
     ds = write_crs(ds, crs)
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux extrapolation diagnostics")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux extrapolation diagnostics",
+        history="abzflux compare: MESS, AOA and clusters of the predictors",
+    )
     return ds

@@ -211,6 +211,17 @@ def burned_maps(fire: xr.Dataset, first_year: int, target: int) -> tuple[xr.Data
     maps["burned_fraction_total"].attrs.update(
         units="1", long_name=f"sum of monthly burned fractions {first_year}-{target}"
     )
+    # a calendar year is a label, not a duration: no units (CF: a UDUNITS "year" would be 365.24 days)
+    maps["last_burn_year"].attrs = {"long_name": f"calendar year of the last burn {first_year}-{target}"}
+    maps["last_burn_fraction"].attrs = {
+        "units": "1",
+        "long_name": "burned fraction of the cell in its last burn year (at most 1)",
+    }
+    maps.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux: cells burned during the fire period",
+        history="abzflux fire: last burn year and burned fractions from the fire input",
+    )
     return maps.assign_coords(y=fire.y, x=fire.x), last, frac
 
 

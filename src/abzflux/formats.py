@@ -31,7 +31,7 @@ import xarray as xr
 from . import predictors as _pred
 from . import units as units_mod
 from .errors import InputError
-from .vocab import FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
+from .vocab import CF_FLUX_CELL_METHODS, CF_FLUX_UNITS, FLUX_UNITS, FLUXES  # noqa: F401  (FLUXES: re-exported)
 
 __all__ = [
     "LayerPlan",
@@ -357,6 +357,53 @@ def grid_crs(ds: xr.Dataset, file) -> pyproj.CRS:
     )
 
 
+#: The time-bounds coordinate of monthly outputs (CF 7.1 cell boundaries).
+TIME_BOUNDS = "time_bnds"
+#: What a monthly flux map's ``long_name`` adds: the carbon and the calendar-month sum (the CF
+#: ``units`` "g m-2" cannot name the carbon; docs/formats.md "CF metadata of the outputs").
+CARBON_SUFFIX = ": carbon mass per unit area (g C m-2) summed over the calendar month"
+
+
+def flux_attrs(long_name: str) -> dict:
+    """The CF attributes of a monthly flux map (values in the paper's g C m-2 month-1): an amount
+    per unit area (``units`` g m-2) summed over each time cell, which the time bounds make the
+    calendar month (``cell_methods`` time: sum); the paper's units in ``carbon_units``."""
+    return {
+        "units": CF_FLUX_UNITS,
+        "cell_methods": CF_FLUX_CELL_METHODS,
+        "carbon_units": FLUX_UNITS,
+        "long_name": long_name + CARBON_SUFFIX,
+    }
+
+
+def month_bounds(times) -> xr.Variable:
+    """CF time bounds of monthly steps: the calendar month holding each time stamp, [first day,
+    first day of the next month), whatever day of the month the stamp itself falls on."""
+    start = pd.DatetimeIndex(times).to_period("M").to_timestamp()
+    end = start + pd.offsets.MonthBegin(1)
+    return xr.Variable(("time", "bnds"), np.stack([start.values, end.values], axis=1))
+
+
+def with_month_bounds(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with CF time attributes and the calendar-month bounds coordinate :data:`TIME_BOUNDS`."""
+    out = ds.assign_coords({TIME_BOUNDS: month_bounds(ds.time.values)})
+    out.time.attrs.update(standard_name="time", long_name="time", axis="T", bounds=TIME_BOUNDS)
+    return out
+
+
+def consolidate(store) -> None:
+    """Write the consolidated metadata of a complete Zarr store (one read opens it, and
+    ``xr.open_zarr`` does not warn). Called once a store is complete, before it is renamed into
+    place; a store written to afterwards would need it again."""
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr-python's note that consolidated metadata is not (yet) in the Zarr v3 specification:
+        # it is what xarray and zarr-python read first.
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(store))
+
+
 def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
     """Return a copy of ``ds`` with a CF/rioxarray-style ``spatial_ref`` grid-mapping coordinate.
 
@@ -373,6 +420,7 @@ def write_crs(ds: xr.Dataset, crs) -> xr.Dataset:
     wkt = attrs.get("crs_wkt") or crs.to_wkt()
     attrs["crs_wkt"] = wkt
     attrs["spatial_ref"] = wkt
+    attrs["long_name"] = "coordinate reference system"  # CF checkers want a name on every variable
     out = ds.copy()
     if GRID_MAPPING in out.variables:
         out = out.drop_vars(GRID_MAPPING)
@@ -868,6 +916,8 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
         return
     want = [parse_units(a) for a in accepted]
     got = parse_units(u) if isinstance(u, str) else None
+    if FLUX_UNITS in accepted and _is_cf_monthly_flux(ds[name]):
+        return  # abzflux's own outputs (§6): the same numbers, stated the CF way
     if got is None or got not in want:
         raise InputError(
             file,
@@ -879,6 +929,12 @@ def _check_units(ds: xr.Dataset, name: str, accepted: tuple[str, ...], file: str
 
 
 ACCEPTED_FLUX_UNITS = (FLUX_UNITS,)
+
+
+def _is_cf_monthly_flux(da: xr.DataArray) -> bool:
+    """A flux written as abzflux writes its maps (§6): ``units`` g m-2 summed over each time cell."""
+    u, cm = da.attrs.get("units"), str(da.attrs.get("cell_methods", ""))
+    return isinstance(u, str) and parse_units(u) == parse_units(CF_FLUX_UNITS) and CF_FLUX_CELL_METHODS in cm
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtr, ndtri
 
+from .vocab import CF_FLUX_UNITS
+
 try:  # optional accelerator for the vectorised kernels; results are identical without it
     import numba as _numba
 except ImportError:  # pragma: no cover - exercised only where numba is absent
@@ -1427,6 +1429,20 @@ _POOL_ROWS = 1 << 18  # rows iterated together by zyp_rows (~40 MB per (rows, n=
 # ------------------------------------------------------------------------------ grid (xarray)
 
 
+#: UDUNITS symbols of the steps a trend is computed along.
+STEP_UNITS = {"year": "yr", "month": "month", "day": "d"}
+
+
+def per_step_units(units: str, dim: str) -> str:
+    """The units of a slope per step of ``dim`` (a UDUNITS string: "g m-2" per year ->
+    "g m-2 yr-1"); a dimensionless series gives "yr-1". A ``dim`` without a unit (an index)
+    keeps the series' units with the words "per <dim>"."""
+    step = STEP_UNITS.get(dim)
+    if step is None:
+        return f"{units} per {dim}"
+    return f"{step}-1" if units in ("", "1") else f"{units} {step}-1"
+
+
 def trend_grid(
     da: xr.DataArray,
     dim: str = "year",
@@ -1501,12 +1517,14 @@ def trend_grid(
         "valid_frac": "fraction of values present (after prewhitening)",
         "linear": "least-squares slope per step",
     }
-    for v in names:
-        ds[v].attrs["long_name"] = long[v]
+    for v in names:  # each map's own attributes (not the series'): CF units strings, docs/formats.md
+        ds[v].attrs = {"long_name": long[v]}
         if units and v in ("slope", "lbound", "ubound", "linear"):
-            ds[v].attrs["units"] = f"{units} per {dim}"
+            ds[v].attrs["units"] = per_step_units(str(units), dim)
         elif units and v in ("trendp", "intercept"):
             ds[v].attrs["units"] = units
+        elif v in ("p", "tau", "autocor", "valid_frac", "nruns"):
+            ds[v].attrs["units"] = "1"
     ds.attrs.update(
         method=method,
         semantics="R zyp 0.11-1 zyp.trend.vector with Kendall 2.2.1",
@@ -1714,7 +1732,8 @@ def trend_band(
     maps = {}
     kw = {"method": method, "preserve_range_for_sig_test": preserve_range_for_sig_test}
     for flux in fluxes:
-        for period, series in period_series(up[flux].isel(y=rows).load()).items():
+        monthly = up[flux].isel(y=rows).load().assign_attrs(units=CF_FLUX_UNITS)  # amounts per month
+        for period, series in period_series(monthly).items():
             t = trend_grid(series, "year", **kw)
             for stat in ("slope", "p", "tau"):
                 maps[f"{flux}_{period}_{stat}"] = t[stat]
@@ -1758,9 +1777,6 @@ def maps_template(first_band: xr.Dataset, y, x, nrow: int) -> xr.Dataset:
         },
         coords={"y": y, "x": x},
     )
-    for k in tmpl.data_vars:
-        if str(k).endswith("_slope"):
-            tmpl[k].attrs["units"] = "per year (g C m-2 yr-1 per yr for fluxes)"
     tmpl["nee_trend_attribution"].attrs.update(
         flag_values=list(range(len(OVERLAY) + 1)), flag_meanings="none " + " ".join(OVERLAY)
     )
@@ -1977,8 +1993,8 @@ def fire_trend_maps(
     (g C m-2 month-1, already cut to the fire years) and the monthly NEE share, on the cells
     where NEE has a value. A cell with fire in fewer than three years has no fire trend (zyp:
     fewer than three non-zero values), as a cell with no fire at all."""
-    fa = period_series(fire["fire_emissions"])["annual"]
-    na = period_series(nee)["annual"]
+    fa = period_series(fire["fire_emissions"].assign_attrs(units=CF_FLUX_UNITS))["annual"]  # g C m-2 in the year
+    na = period_series(nee.assign_attrs(units=CF_FLUX_UNITS))["annual"]
     years = np.intersect1d(fa.year.values, na.year.values)
     if years.size == 0:
         raise ValueError("no complete year shared by the fire input and the upscaled NEE")
@@ -1986,7 +2002,7 @@ def fire_trend_maps(
     fa = fa.sel(year=years).where(na.notnull())
     kw = {"method": method, "preserve_range_for_sig_test": preserve_range_for_sig_test}
     maps = {}
-    for name, series in (("fire_annual", fa), ("nee_fire_annual", na + fa)):
+    for name, series in (("fire_annual", fa), ("nee_fire_annual", (na + fa).assign_attrs(units=CF_FLUX_UNITS))):
         t = trend_grid(series.transpose("year", ...), "year", **kw)
         for stat in ("slope", "p", "tau"):
             maps[f"{name}_{stat}"] = t[stat].assign_attrs(first_year=int(years[0]), last_year=int(years[-1]))

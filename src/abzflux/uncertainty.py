@@ -19,8 +19,7 @@ import xarray as xr
 
 from . import budgets as budgets_mod
 from .compare import AOA, CONTINUOUS
-from .formats import FLUXES, write_crs
-from .vocab import FLUX_UNITS
+from .formats import FLUXES, flux_attrs, with_month_bounds, write_crs
 
 #: E|e| = sigma * sqrt(2/pi) for a zero-mean normal error e: the SD from a mean absolute error.
 HALF_NORMAL = float(np.sqrt(np.pi / 2))
@@ -179,13 +178,13 @@ def sd_template(pred: xr.Dataset, tsel: np.ndarray, band: int, crs) -> xr.Datase
             f"{f}_extrap_sd": (
                 ("time", "y", "x"),
                 dsa.full((len(tsel), ny, nx), np.nan, dtype=np.float32, chunks=ch),
-                {"units": FLUX_UNITS, "long_name": f"{f} extrapolation SD term"},
+                flux_attrs(f"{f} extrapolation SD term"),
             )
             for f in FLUXES
         },
         coords={"time": times[tsel], "y": pred.y.values, "x": pred.x.values},
     )
-    return write_crs(tmpl, crs)
+    return write_crs(with_month_bounds(tmpl), crs)
 
 
 def zone_extrapolation_sd(sd_maps: xr.Dataset, zones: xr.Dataset, veg: xr.DataArray) -> pd.DataFrame:

@@ -39,10 +39,20 @@ from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
 from .forest import FluxForest
-from .formats import grid_crs, model_view, open_grid, plan_predictors, write_crs
+from .formats import (
+    TIME_BOUNDS,
+    consolidate,
+    flux_attrs,
+    grid_crs,
+    model_view,
+    open_grid,
+    plan_predictors,
+    with_month_bounds,
+    write_crs,
+)
 from .layout import RunLayout
 from .predictors import PAPER, VEG_FALLBACK, VEG_RECODE
-from .vocab import DEFAULT_PERMAFROST, FLUX_UNITS, FLUXES
+from .vocab import DEFAULT_PERMAFROST, FLUXES
 
 log = logging.getLogger(__name__)
 
@@ -306,19 +316,25 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
         {v: (("time", "y", "x"), dsa.full(shape, np.nan, dtype=np.float32, chunks=chunks)) for v in variables},
         coords={"time": times, "y": pred.y.values, "x": pred.x.values},
     )
+    ds = with_month_bounds(ds)
     for v in variables:
         base = v[:-3] if v.endswith("_sd") else v
+        sd = v.endswith("_sd")
         ds[v].attrs.update(
-            units=FLUX_UNITS,
-            long_name=(
-                f"SD across the bootstrap forests of {LONG_NAMES[base]}" if v.endswith("_sd") else LONG_NAMES[base]
-            ),
+            flux_attrs(f"SD across the bootstrap forests of {LONG_NAMES[base]}" if sd else LONG_NAMES[base])
         )
+        if not sd and f"{v}_sd" in variables:
+            ds[v].attrs["ancillary_variables"] = f"{v}_sd"
         ds[v].encoding.update(chunks=chunks)
     ds.y.attrs.update(units="m", standard_name="projection_y_coordinate", axis="Y")
     ds.x.attrs.update(units="m", standard_name="projection_x_coordinate", axis="X")
     ds = write_crs(ds, grid_crs(pred, file))
-    ds.attrs.update(Conventions="CF-1.8", title="abzflux upscaled monthly CO2 fluxes", source=f"abzflux {__version__}")
+    ds.attrs.update(
+        Conventions="CF-1.8",
+        title="abzflux upscaled monthly CO2 fluxes",
+        source=f"abzflux {__version__}",
+        history=f"abzflux {__version__} upscale: random-forest predictions of monthly site fluxes on the grid",
+    )
     return ds
 
 
@@ -444,6 +460,7 @@ def upscale(
         os.replace(tmp, mb_path)
     else:
         mb_path.unlink(missing_ok=True)
+    consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
     for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
@@ -453,7 +470,7 @@ def upscale(
 
 # --------------------------------------------------------------------------- export
 def _export_vars(ds: xr.Dataset, variables) -> list:
-    names = [v for v in ds.data_vars if "time" in ds[v].dims] if not variables else list(variables)
+    names = [v for v in ds.data_vars if {"time", "y", "x"} <= set(ds[v].dims)] if not variables else list(variables)
     bad = [v for v in names if v not in ds.data_vars]
     if bad:
         raise InputError(
@@ -471,14 +488,43 @@ def export_netcdf(store, path, variables=None) -> Path:
     names = _export_vars(ds, variables)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
+    out = ds[names]
+    if TIME_BOUNDS in ds.variables:  # a variable subset drops the bounds (their own "bnds" dimension)
+        out = out.assign_coords({TIME_BOUNDS: ds[TIME_BOUNDS]})
+    sds = {f"{v}_sd" for v in names}  # an exported flux names its SD only when that is exported too
+    for v in names:
+        if out[v].attrs.get("ancillary_variables") and not set(out[v].attrs["ancillary_variables"].split()) <= sds:
+            out[v].attrs.pop("ancillary_variables")
+    enc: dict = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in names}
+    # CF-1.8: no fill value on coordinates (xarray gives float ones NaN) and no 64-bit integer time.
+    enc.update({c: {"_FillValue": None} for c in ("x", "y") if c in out.coords})
+    enc["time"] = _time_encoding(out.time.values)
+    if TIME_BOUNDS in out.variables:
+        enc[TIME_BOUNDS] = dict(enc["time"])  # the bounds in the time's own units and type
     try:
-        ds[names].to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+        out.to_netcdf(tmp, engine="h5netcdf", encoding=enc)
+        if TIME_BOUNDS in out.variables:  # xarray writes the time's units on its bounds too; CF 7.1: should not
+            import h5netcdf
+
+            with h5netcdf.File(tmp, "a") as f:
+                for k in ("units", "calendar"):
+                    if k in f.variables[TIME_BOUNDS].attrs:
+                        del f.variables[TIME_BOUNDS].attrs[k]
         os.replace(tmp, path)
     except BaseException:  # disk full, a directory at ``path``, ...: no partial file is left
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _time_encoding(values) -> dict:
+    """Hours since 1970 as 32-bit integers when every time stamp is a whole hour, else days as
+    doubles (CF-1.8 has no 64-bit integers); the time bounds take the same encoding."""
+    t = pd.DatetimeIndex(values)
+    whole = bool(((t - t.floor("h")) == pd.Timedelta(0)).all())
+    if whole:
+        return {"units": "hours since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int32"}
+    return {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "float64"}
 
 
 def export_geotiff(store, out_dir, variables=None) -> list[Path]:
@@ -501,7 +547,8 @@ def export_geotiff(store, out_dir, variables=None) -> list[Path]:
             da = da.rename({"time": "band"}).assign_coords(band=np.arange(1, da.sizes["time"] + 1))
             months = tuple(str(t)[:7] for t in ds.time.values[years == year])
             da.attrs = {
-                "units": ds[v].attrs.get("units", ""),
+                # GeoTIFF has no cell methods or time bounds: the paper's units say it all
+                "units": ds[v].attrs.get("carbon_units", ds[v].attrs.get("units", "")),
                 "long_name": months,
                 "description": ds[v].attrs.get("long_name", ""),
             }

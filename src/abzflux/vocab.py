@@ -9,8 +9,18 @@ from __future__ import annotations
 #: The three modelled fluxes, in the order of every table and figure (GPP, Reco, NEE).
 FLUXES: tuple[str, ...] = ("gpp", "reco", "nee")
 
-#: Units of a monthly flux: the site table's columns and the upscaled maps (CF units string).
+#: Units of a monthly flux as the paper writes them: grams of carbon per square metre summed over
+#: the calendar month. The site table's columns, the input contracts, figure labels and the
+#: ``carbon_units`` attribute of the maps use it; it is not a CF ``units`` string (UDUNITS reads
+#: "C" as coulomb and "month" as a fixed 30.44 days): see :data:`CF_FLUX_UNITS`.
 FLUX_UNITS = "g C m-2 month-1"
+
+#: How the monthly flux maps are written in the Zarr and NetCDF outputs (CF, docs/formats.md
+#: "CF metadata of the outputs"): the same numbers as :data:`FLUX_UNITS`, stated as an amount
+#: per unit area (``units``) accumulated over each time cell (``cell_methods``), whose calendar
+#: month the time bounds give. The carbon is named in ``long_name`` and ``carbon_units``.
+CF_FLUX_UNITS = "g m-2"
+CF_FLUX_CELL_METHODS = "time: sum"
 
 #: Units of a budget (a zone's annual flux).
 BUDGET_UNITS = "Tg C yr-1"

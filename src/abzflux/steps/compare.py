@@ -14,7 +14,7 @@ from .. import budgets as budgets_mod
 from .. import compare as cmp
 from .. import layout as L
 from ..context import Context
-from ..formats import grid_crs
+from ..formats import consolidate, grid_crs
 from .budgets import PERMAFROST_KEYS
 from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir, with_progress
@@ -74,6 +74,7 @@ def run(ctx: Context) -> None:
         metrics.to_csv(out / L.inner(L.COMPARE_METRICS), index=False)
         budgets.to_csv(out / L.inner(L.COMPARE_BUDGETS), index=False)
         maps.to_zarr(out / L.inner(L.PRODUCT_MAPS), mode="w", consolidated=False)
+        consolidate(out / L.inner(L.PRODUCT_MAPS))
     _atomic.replace(out, lay.compare)
 
 

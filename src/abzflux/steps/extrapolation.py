@@ -16,7 +16,7 @@ from .. import _atomic
 from .. import layout as L
 from ..context import Context
 from ..errors import ConfigError
-from ..formats import grid_crs
+from ..formats import consolidate, grid_crs
 from ..predictors import training_rows
 from ..uncertainty import flux_extrapolation, sd_block, sd_template
 from ..vocab import FLUXES
@@ -86,6 +86,7 @@ def write_sd_maps(ctx: Context, aoas: dict, models: dict, store: Path) -> None:
     finally:
         if prog is not None:
             prog(None, None)
+    consolidate(store)
 
 
 SPEC = StepSpec(

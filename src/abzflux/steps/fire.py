@@ -43,7 +43,9 @@ def run(ctx: Context) -> None:
     maps = write_crs(maps, grid_crs(ctx.predictors(), ctx.cfg.inputs.predictors))
     # Loaded first (three 2-D maps): dask would write the variables in thread order, and HDF5
     # would place them at other offsets in each run (same values, different bytes).
-    maps.load().to_netcdf(out / L.inner(L.BURNED_CELLS), engine="h5netcdf")
+    # No fill value on the coordinates (CF-1.8; xarray would give the float ones NaN).
+    enc = {c: {"_FillValue": None} for c in ("x", "y")}
+    maps.load().to_netcdf(out / L.inner(L.BURNED_CELLS), engine="h5netcdf", encoding=enc)
     # residuals of the NEE model at burned vs unburned sites, and the mixed models
     info = json.loads(lay.forest_json.read_text())
     report: dict = {

@@ -20,7 +20,7 @@ from .. import budgets as budgets_mod
 from .. import layout as L
 from .. import trends as trends_mod
 from ..context import Context
-from ..formats import grid_crs, write_crs
+from ..formats import consolidate, grid_crs, write_crs
 from ..vocab import FLUXES
 from .budgets import PERMAFROST_KEYS
 from .spec import StepSpec, fresh_dir
@@ -67,6 +67,7 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
                 + " prewhitening)",
                 period=f"{y0}-{y1}",
                 preserve_range_for_sig_test=int(preserve),
+                history="abzflux trends: per-pixel Theil-Sen slopes and Mann-Kendall tests of the yearly series",
             )
             tmpl.to_zarr(store, mode="w", compute=False, consolidated=False)
         ds.drop_vars([c for c in ds.coords if c not in ("y", "x")]).drop_vars(["y", "x"]).to_zarr(
@@ -74,6 +75,7 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         )
         if progress is not None:
             progress(i + 1, len(bands))
+    consolidate(store)
     ds = xr.open_zarr(store, consolidated=False)
     pd.concat(
         [trends_mod.trend_area_shares(ds, zones), trends_mod.fire_area_shares(ds, zones)], ignore_index=True
