@@ -35,3 +35,30 @@ def test_domain_command_prints_area():
     assert r.exit_code == 0 and "20.35" in r.output
     r = runner.invoke(app, ["domain", "--resolution-km", "0"])
     assert r.exit_code == 2 and "must be positive" in r.output
+
+
+def test_log_records_off_a_terminal_are_one_line_each(tmp_path):
+    """In a log file (no terminal) a long record, such as a progress line, is written whole on one
+    line with its time and level, not wrapped at the console's 80 columns."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from abzflux import cli
+
+    old, old_handlers = cli.console, list(cli.LOGGER.handlers)
+    buf = io.StringIO()
+    cli.console = Console(file=buf, width=80, force_terminal=False)
+    try:
+        cli._setup_logging(logging.INFO)
+        msg = "gpp: LOSO folds, mtry 5: 17/154 (11%), 9.17/s, ETA 00:15, elapsed 00:02 " + "x" * 60
+        logging.getLogger("abzflux.test").info(msg)
+        handlers = [type(h).__name__ for h in cli.LOGGER.handlers]
+    finally:
+        cli.console = old
+        cli.LOGGER.handlers[:] = old_handlers
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80, lines
+    assert lines[0].endswith(msg) and " INFO " in lines[0]
+    assert handlers.count("_LineHandler") == 1 and "_ConsoleHandler" not in handlers

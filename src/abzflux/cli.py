@@ -32,13 +32,37 @@ LOGGER = logging.getLogger("abzflux")  # every library module logs under it
 
 
 class _ConsoleHandler(RichHandler):
-    """abzflux's log records on the console (installed once per command; see :func:`_root`)."""
+    """abzflux's log records on a terminal (installed once per command; see :func:`_root`)."""
+
+
+class _LineHandler(logging.Handler):
+    """abzflux's log records off a terminal (a log file, CI, a batch job): one line per record,
+    never wrapped at the console's width, so a progress line stays one line for grep and tail.
+    Writes to the console's file at each record (as RichHandler does), so a redirected stdout is
+    followed."""
+
+    def __init__(self, out: Console):
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            f = self.out.file
+            f.write(self.format(record) + "\n")
+            f.flush()
+        except Exception:
+            self.handleError(record)
 
 
 def _setup_logging(level: int) -> None:
-    for h in [h for h in LOGGER.handlers if isinstance(h, _ConsoleHandler)]:
+    for h in [h for h in LOGGER.handlers if isinstance(h, (_ConsoleHandler, _LineHandler))]:
         LOGGER.removeHandler(h)
-    LOGGER.addHandler(_ConsoleHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+    if console.is_terminal:
+        LOGGER.addHandler(_ConsoleHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+    else:
+        h = _LineHandler(console)
+        h.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        LOGGER.addHandler(h)
     LOGGER.setLevel(level)
 
 
