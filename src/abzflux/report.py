@@ -1625,13 +1625,18 @@ def supp13_postfire_sites(rd: RunData) -> list[Item]:
 
 
 def _nee_residuals(rd: RunData) -> pd.DataFrame | None:
-    """The NEE model's LOSO residuals (observed − predicted) with years since fire (as the fire stage)."""
-    if not rd.has(L.CV_PREDICTIONS) or "nee" not in json.loads(rd.layout.forest_json.read_text()):
-        return None
-    from .fire import site_residuals
+    """The NEE model's LOSO residuals (observed − predicted) with years since fire (as the fire
+    stage); computed once per report (Supp. Figs 14 and 16 both draw them)."""
+    if "nee_residuals" not in rd._cache:
+        r = None
+        if rd.has(L.CV_PREDICTIONS):
+            info = json.loads(rd.layout.forest_json.read_text())
+            if "nee" in info:
+                from .fire import site_residuals
 
-    info = json.loads(rd.layout.forest_json.read_text())
-    return site_residuals(pd.read_parquet(rd.layout.cv_predictions), rd.sites(), info["nee"]["mtry"])
+                r = site_residuals(pd.read_parquet(rd.layout.cv_predictions), rd.sites(), info["nee"]["mtry"])
+        rd._cache["nee_residuals"] = r
+    return rd._cache["nee_residuals"]
 
 
 def supp14_residuals(rd: RunData) -> list[Item]:

@@ -53,7 +53,6 @@ PACKAGES = (
     "h5py",
     "pyarrow",
     "pyproj",
-    "statsmodels",
     "matplotlib",
     "rioxarray",
     "typer",
