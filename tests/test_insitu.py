@@ -107,3 +107,27 @@ def test_report_shows_insitu_tables_only_for_abcflux_tables(tmp_path):
     assert "-42 ± 82" in items[0].table_html and "boreal" in items[0].table_html
     t.drop(columns="abcflux_row").to_parquet(run / "sites.parquet", index=False)
     assert insitu_tables(RunData(run)) == []
+
+
+def test_table_without_biome_lists_all_once_and_fits_80_columns(table):
+    """A twin's table has no biome column: "all" is the only group, listed once per flux; every
+    line of the printed summary (`abzflux sites summary`) fits an 80-column terminal."""
+    t = table.drop(columns="biome")
+    b = insitu.biome_annual(t)
+    assert list(b.biome) == ["all"] * 3 and list(b.flux) == ["nee", "gpp", "reco"]
+    assert b.set_index("flux").at["nee", "sites"] == 4
+    for tab in (t, table):
+        md = insitu.summary_markdown(insitu.summary(tab))
+        assert max(len(line) for line in md.splitlines()) <= 80
+
+
+def test_long_site_names_are_cut_only_when_asked(table):
+    long = "Imnavait Creek Watershed Wet Sedge Tundra [US-ICs]"
+    t = pd.concat([table, pd.DataFrame(site(long, "tundra", 68.6, 2000, 1.0))])
+    for y in range(2001, 2010):
+        t = pd.concat([t, pd.DataFrame(site(long, "tundra", 68.6, y, float(y - 2000)))])
+    s = insitu.summary(t)
+    assert f"| nee | {long} | 10 |" in insitu.summary_markdown(s)
+    short = insitu.summary_markdown(s, site_width=28)
+    assert "| nee | Imnavait Creek Watershed We… | 10 |" in short
+    assert max(len(line) for line in short.splitlines()) <= 80

@@ -802,12 +802,13 @@ def sites_summary(
     from .insitu import summary, summary_markdown
 
     try:
-        text = summary_markdown(summary(read_site_table(table)))
+        stats = summary(read_site_table(table))
     except InputError as e:
         _fail(e)
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    # the terminal gets site names cut to fit 80 columns; the --out file keeps them whole
+    console.print(summary_markdown(stats, site_width=28), markup=False, highlight=False, soft_wrap=True)
     if out is not None:
-        out.write_text(text)
+        out.write_text(summary_markdown(stats))
 
 
 # --------------------------------------------------------------------------- sensitivity (issue 22)

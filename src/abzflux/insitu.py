@@ -53,7 +53,9 @@ def biome_annual(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for flux in ("nee", "gpp", "reco"):
         s = site_annual(table, flux)
-        groups = [("all", s)] + [(b, g) for b, g in s.groupby("biome", sort=True)]
+        groups = [("all", s)]
+        if "biome" in table.columns:  # without one, "all" is the only group (not listed twice)
+            groups += [(b, g) for b, g in s.groupby("biome", sort=True)]
         for b, g in groups:
             rows.append(
                 {
@@ -129,12 +131,20 @@ def _f(v, fmt="{:.0f}"):
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
 
 
-def summary_markdown(s: dict, paper: bool = True) -> str:
-    """The statistics of :func:`summary` as markdown, with the paper's values beside them."""
+def _short(name: str, width: int | None) -> str:
+    name = str(name)
+    return name if width is None or len(name) <= width else name[: width - 1] + "…"
+
+
+def summary_markdown(s: dict, paper: bool = True, site_width: int | None = None) -> str:
+    """The statistics of :func:`summary` as markdown, with the paper's values beside them.
+
+    ``site_width``: cut site names longer than this (with "…"), so that a terminal of 80 columns
+    shows the site-trend table unwrapped (ABCflux site names reach 80 characters)."""
     out = [
         f"Site-months: {s['rows']}, sites: {s['sites']}.",
         "",
-        "### Annual flux per biome (sites' mean over complete 12-month years; g C m-2 yr-1)",
+        "### Annual flux per biome (g C m-2 yr-1; per site, mean of complete years)",
         "",
         "| biome | flux | sites | site-years | mean ± SD | paper (Table 1, in situ) |",
         "|---|---|---:|---:|---|---|",
@@ -153,11 +163,11 @@ def summary_markdown(s: dict, paper: bool = True) -> str:
         "| statistic | value | paper |",
         "|---|---|---|",
         (
-            f"| sites with annual NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
+            f"| sites with NEE > 0 | {sh['source_sites']} of {sh['sites']} ({_f(100 * sh['share'])} %), "
             f"NEE {_f(sh['source_min'])} to {_f(sh['source_max'])} | 29 %, NEE 0 to 142 |"
         ),
         (
-            f"| Pearson r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
+            f"| r of site NEE with latitude | {_f(la['pearson_r'], '{:.2f}')} "
             f"(p = {_f(la['p'], '{:.3g}')}, n = {la['n']}) | 0.26 (P = 0.053) |"
         ),
     ]
@@ -174,11 +184,11 @@ def summary_markdown(s: dict, paper: bool = True) -> str:
     ]
     for r in tr.itertuples():
         out.append(
-            f"| {r.flux} | {r.site_id} | {r.n_years} | {r.first_year}–{r.last_year} | "
+            f"| {r.flux} | {_short(r.site_id, site_width)} | {r.n_years} | {r.first_year}–{r.last_year} | "
             f"{_f(r.slope, '{:.2f}')} | {_f(r.p, '{:.3f}')} |"
         )
     mc = s["monthly_cycle"]
-    out += ["", "### Monthly mean cycle (mean across sites of each site's monthly mean; g C m-2 month-1)", ""]
+    out += ["", "### Monthly mean cycle (g C m-2 month-1; per site first, then across sites)", ""]
     for flux in ("nee", "gpp", "reco"):
         sub = mc[mc.flux == flux]
         biomes = sorted(sub.biome.unique())
