@@ -523,9 +523,9 @@ def grow_forest(
 # 500,000 nodes, 40 MB for 2,000,000) does not stay in L2, nor in L3 when other processes share
 # it; the 16 sub-blocks of a block find the tree's nodes in cache. With blocks of 256 rows (the
 # earlier kernel) that fetch was shared by 256 rows only, and rows/s fell with the forest's size
-# and the machine's load (BENCHMARKS.md: 2.0x sklearn on a 2,000,000-node forest and 3.9x on a
-# 500,000-node one on a loaded machine, 5.4x on both with 4,096-row blocks). A batch too small to
-# give every thread a few blocks is cut into smaller equal blocks (``_block_rows``). A NaN
+# and the machine's load (BENCHMARKS.md, loaded machine: 2.05x sklearn on a 2,000,000-node
+# forest, 3.76-4.65x on 500,000-node ones; 5.69x and 5.86-6.19x with these blocks). A batch too
+# small to give every thread a few blocks is cut into smaller equal blocks (``_block_rows``). A NaN
 # predictor would move a row off a leaf (NaN <= +inf is false), so batches with NaN take the
 # per-row path (``_predict_rows``).
 _LBLOCK = 4096
