@@ -557,3 +557,48 @@ def test_level_forest_compaction_levels_never_change_a_prediction():
             lf.stages = np.ascontiguousarray(np.minimum(stages, d), np.int32)
             assert np.array_equal(lf.predict(Xt), ref), stages[:3]
             assert np.array_equal(lf.predict(Xt.astype(np.float32)), ref32), stages[:3]
+
+
+def test_level_forest_block_sizes_never_change_a_prediction():
+    """Blocks of rows walk each tree in sub-blocks; any block / sub-block size, including ones
+    that leave a short last block or sub-block, gives the per-row answer on deep trees with
+    factor splits, float32 and float64 rows; ``_block_rows`` covers a batch with blocks of at
+    most the largest size, in a multiple of the thread count when a batch is small."""
+    import numba
+
+    from abzflux._rf import _LBLOCK, _LBLOCK_MIN, LevelForest, _block_rows
+
+    rng = np.random.default_rng(12)
+    n = 4000
+    X = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 9, n)])
+    y = X[:, 0] * 2 + np.where(X[:, 4] == 3, 4.0, 0.0) + np.sin(3 * X[:, 1]) + rng.normal(size=n)
+    is_cat = np.array([False] * 4 + [True])
+    f = grow_forest(X, y, is_cat=is_cat, n_levels=np.where(is_cat, 9, 0), n_trees=8, mtry=3, nodesize=1, seed=5)
+    lf = LevelForest.from_packed(f)
+    assert lf.depth.min() >= 18  # deep trees: compaction and long tails are exercised
+    Xt = np.column_stack([rng.normal(size=(5300, 4)), rng.integers(0, 9, 5300)])
+    ref = f.predict(Xt)
+    ref32 = f.predict(Xt.astype(np.float32).astype(np.float64))
+    assert (lf.block, lf.sub) == (_LBLOCK, _LBLOCK_MIN)
+    for block, sub in ((_LBLOCK, _LBLOCK_MIN), (256, 256), (1000, 37), (5300, 5300), (7, 3), (4096, 4096), (1, 1)):
+        lf.block, lf.sub = block, sub
+        assert np.array_equal(lf.predict(Xt), ref), (block, sub)
+        assert np.array_equal(lf.predict(Xt.astype(np.float32)), ref32), (block, sub)
+    lf.block, lf.sub = _LBLOCK, _LBLOCK_MIN
+    for k in (1, 255, 257, 4095, 4097):
+        assert np.array_equal(lf.predict(Xt[:k]), ref[:k])
+    threads = numba.get_num_threads()
+    try:
+        for nt in (1, 2, 3):
+            numba.set_num_threads(min(nt, numba.config.NUMBA_NUM_THREADS))
+            t = numba.get_num_threads()
+            for nrow in (1, 100, 256, 1000, 5000, 20000, 300_000, 1_000_003):
+                b = _block_rows(nrow, _LBLOCK)
+                nb = -(-nrow // b)
+                assert 1 <= b <= _LBLOCK and (nb - 1) * b < nrow <= nb * b, (nrow, t, b)
+                if nb < 4 * t and nrow >= t * _LBLOCK_MIN:
+                    assert nb % t == 0, (nrow, t, b)
+            numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+            assert np.array_equal(lf.predict(Xt.astype(np.float32)), ref32)
+    finally:
+        numba.set_num_threads(threads)

@@ -18,6 +18,7 @@ forest is bit-identical whatever the number of threads.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -516,10 +517,19 @@ def grow_forest(
 # float32 thresholds rounded *down* from the float64 ones -- for a float32 x, x <= t holds
 # exactly when x <= (largest float32 <= t), so every comparison is unchanged; the rows and nodes
 # are addressed with unsigned 32-bit offsets into flat arrays (no negative-index wraparound
-# checks in the inner loop); and a block is small (256 rows x 17 predictors x 4 B = 17 KB) so
-# the block and the tree's nodes stay in the L1/L2 cache. A NaN predictor would move a row off a
-# leaf (NaN <= +inf is false), so batches with NaN take the per-row path (``_predict_rows``).
-_LBLOCK = 256
+# checks in the inner loop); and blocks of 4,096 rows, each walking a tree in sub-blocks of 256
+# (4,096 x 17 predictors x 4 B = 279 KB in the L2 cache, a sub-block's 17 KB in L1). Every block
+# fetches every tree's nodes again, and a forest of 500 trees (10 MB of feat/thr/child/value for
+# 500,000 nodes, 40 MB for 2,000,000) does not stay in L2, nor in L3 when other processes share
+# it; the 16 sub-blocks of a block find the tree's nodes in cache. With blocks of 256 rows (the
+# earlier kernel) that fetch was shared by 256 rows only, and rows/s fell with the forest's size
+# and the machine's load (BENCHMARKS.md, loaded machine: 2.05x sklearn on a 2,000,000-node
+# forest, 3.76-4.65x on 500,000-node ones; 5.69x and 5.86-6.19x with these blocks). A batch too
+# small to give every thread a few blocks is cut into smaller equal blocks (``_block_rows``). A NaN
+# predictor would move a row off a leaf (NaN <= +inf is false), so batches with NaN take the
+# per-row path (``_predict_rows``).
+_LBLOCK = 4096
+_LBLOCK_MIN = 256  # the sub-block
 # Compaction (per tree, two levels a <= b chosen when the layout is built): after level a the
 # rows still on an internal node are gathered into a short list that the next levels walk, and
 # again after level b. Rows visit ~11 of a tree's ~19 levels on average, so without it ~40 % of
@@ -566,64 +576,80 @@ def _walk_list(Xf, base, unf, rows, nodes, k, n_levels, feat, thr, child, catmas
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _predict_level(Xf, nf, feat, thr, child, catmask, value, roots, depth, stages, has_cat, out):
-    """Xf: the rows, C order, flattened (float32 or float64); thr of the same dtype.
+def _predict_level(Xf, nf, feat, thr, child, catmask, value, roots, depth, stages, has_cat, out, block, sub):
+    """Xf: the rows, C order, flattened (float32 or float64); thr of the same dtype; blocks of
+    ``block`` rows (the last one shorter), each walking a tree in sub-blocks of ``sub`` rows.
 
     stages[t] = (a, b): tree t walks levels [0, a) with every row of the block, [a, b) and
     [b, depth) with the rows not yet on a leaf (a == depth: no compaction)."""
     nrow = out.shape[0]
     nt = roots.shape[0]
     unf = np.uint32(nf)
-    nblock = (nrow + _LBLOCK - 1) // _LBLOCK
+    nblock = (nrow + block - 1) // block
     for blk in prange(nblock):
-        i0 = blk * _LBLOCK
-        m = min(i0 + _LBLOCK, nrow) - i0
+        i0 = blk * block
+        m = min(i0 + block, nrow) - i0
         acc = np.zeros(m)
-        idx = np.empty(m, np.int32)
-        rows = np.empty(m, np.uint32)
-        nodes = np.empty(m, np.int32)
-        base = np.uint32(i0) * unf
+        ms = min(m, sub)
+        idx = np.empty(ms, np.int32)
+        rows = np.empty(ms, np.uint32)
+        nodes = np.empty(ms, np.int32)
         for t in range(nt):
             r = roots[t]
             d = depth[t]
             a = stages[t, 0]
-            for i in range(m):
-                idx[i] = r
-            if has_cat:  # two calls so that each inlined copy has the test folded away
-                _walk_block(Xf, base, unf, idx, m, a, feat, thr, child, catmask, True)
-            else:
-                _walk_block(Xf, base, unf, idx, m, a, feat, thr, child, catmask, False)
-            if a < d:
-                k = 0  # the rows still on an internal node, in order
-                for i in range(m):
-                    nd = idx[i]
-                    rows[k] = np.uint32(i)
-                    nodes[k] = nd
-                    k += np.int32(child[np.uint32(nd)] != nd)
-                b = stages[t, 1]
-                if has_cat:
-                    _walk_list(Xf, base, unf, rows, nodes, k, b - a, feat, thr, child, catmask, True)
+            b = stages[t, 1]
+            for s0 in range(0, m, sub):  # sub-blocks: the tree's nodes stay cached across them
+                ms = min(sub, m - s0)
+                base = np.uint32(i0 + s0) * unf
+                for i in range(ms):
+                    idx[i] = r
+                if has_cat:  # two calls so that each inlined copy has the test folded away
+                    _walk_block(Xf, base, unf, idx, ms, a, feat, thr, child, catmask, True)
                 else:
-                    _walk_list(Xf, base, unf, rows, nodes, k, b - a, feat, thr, child, catmask, False)
-                if b < d:  # second compaction: file the rows that reached a leaf, keep the others
-                    k2 = 0
-                    for j in range(k):
-                        nd = nodes[j]
-                        idx[rows[j]] = nd
-                        rows[k2] = rows[j]
-                        nodes[k2] = nd
-                        k2 += np.int32(child[np.uint32(nd)] != nd)
-                    k = k2
+                    _walk_block(Xf, base, unf, idx, ms, a, feat, thr, child, catmask, False)
+                if a < d:
+                    k = 0  # the rows still on an internal node, in order
+                    for i in range(ms):
+                        nd = idx[i]
+                        rows[k] = np.uint32(i)
+                        nodes[k] = nd
+                        k += np.int32(child[np.uint32(nd)] != nd)
                     if has_cat:
-                        _walk_list(Xf, base, unf, rows, nodes, k, d - b, feat, thr, child, catmask, True)
+                        _walk_list(Xf, base, unf, rows, nodes, k, b - a, feat, thr, child, catmask, True)
                     else:
-                        _walk_list(Xf, base, unf, rows, nodes, k, d - b, feat, thr, child, catmask, False)
-                for j in range(k):
-                    idx[rows[j]] = nodes[j]
-            for i in range(m):
-                acc[i] += value[np.uint32(idx[i])]
+                        _walk_list(Xf, base, unf, rows, nodes, k, b - a, feat, thr, child, catmask, False)
+                    if b < d:  # second compaction: file the rows that reached a leaf, keep the others
+                        k2 = 0
+                        for j in range(k):
+                            nd = nodes[j]
+                            idx[rows[j]] = nd
+                            rows[k2] = rows[j]
+                            nodes[k2] = nd
+                            k2 += np.int32(child[np.uint32(nd)] != nd)
+                        k = k2
+                        if has_cat:
+                            _walk_list(Xf, base, unf, rows, nodes, k, d - b, feat, thr, child, catmask, True)
+                        else:
+                            _walk_list(Xf, base, unf, rows, nodes, k, d - b, feat, thr, child, catmask, False)
+                    for j in range(k):
+                        idx[rows[j]] = nodes[j]
+                for i in range(ms):
+                    acc[s0 + i] += value[np.uint32(idx[i])]
         for i in range(m):
             out[i0 + i] = acc[i] / nt
+
+
+def _block_rows(nrow: int, largest: int) -> int:
+    """Rows per block for a batch of ``nrow`` rows: at most ``largest``; a batch of fewer than
+    4 blocks per thread is cut into a multiple of the thread count of equal blocks (of at least
+    ``_LBLOCK_MIN`` rows) so that no thread idles while another finishes a block. Any block size
+    gives the same numbers (rows are independent)."""
+    nb = -(-nrow // largest)
+    threads = numba.get_num_threads()
+    if nb < 4 * threads:
+        nb = min(-(-nb // threads) * threads, max(1, nrow // _LBLOCK_MIN))
+    return max(1, -(-nrow // nb))
 
 
 @njit(cache=True, parallel=True)
@@ -756,6 +782,8 @@ class LevelForest:
         self.stages = _compaction_levels(child, roots, depth)
         self.thr32 = _round_down_f32(thr)
         self.has_cat = bool((feat < 0).any())
+        self.block = _LBLOCK  # the largest block; smaller batches are cut to keep every thread busy
+        self.sub = _LBLOCK_MIN
         if not self.has_cat:  # numeric-only (the bootstrap forests): the kernels never read it
             self.catmask = np.zeros(1, np.uint64)
 
@@ -817,5 +845,7 @@ class LevelForest:
                 self.stages,
                 self.has_cat,
                 out[a : a + step],
+                _block_rows(part.shape[0], self.block),
+                self.sub,
             )
         return out
