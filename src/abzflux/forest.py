@@ -221,9 +221,10 @@ class FluxForest:
         arrayfile.write(path, arrays)
 
     def _level_forest(self) -> LevelForest:
-        if getattr(self, "_level", None) is None:
-            self._level = LevelForest.from_packed(self.forest_)
-        return self._level
+        level = getattr(self, "_level", None)
+        if level is None:
+            level = self._level = LevelForest.from_packed(self.forest_)
+        return level
 
     @classmethod
     def load(cls, path) -> FluxForest:
