@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -99,6 +100,8 @@ def main():
     ap.add_argument("--chunks", type=int, default=4, help="tile-years with the most land")
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="copy each run's upscaled.zarr and member sums to KEEP/w<workers>.* (to compare code versions)")
     a = ap.parse_args()
     models = {f: a.run / "models" / f"{f}.npz" for f in up.FLUXES}
     rec = json.loads((a.run / "bootstrap" / "bootstrap.json").read_text())
@@ -132,6 +135,10 @@ def main():
             wall = time.perf_counter() - t0
             arrays = store_arrays(Path(d))
             mb = pd.read_parquet(Path(d) / "budgets_members_monthly.parquet")
+            if a.keep:
+                a.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(Path(d) / "upscaled.zarr", a.keep / f"w{nw}.zarr", dirs_exist_ok=True)
+                shutil.copyfile(Path(d) / "budgets_members_monthly.parquet", a.keep / f"w{nw}.parquet")
         if client is not None:
             client.close()
             cluster.close()

@@ -16,7 +16,9 @@ dask.distributed run give identical outputs.
 
 Workers (local, threads or a dask.distributed cluster) open the predictor and zones files and
 the model files by path, so on a cluster the run directory and inputs must be on a file system
-every worker sees (see docs/scaling.md).
+every worker sees (see docs/scaling.md). Model files are mapped read-only, not read
+(abzflux.arrayfile): the worker processes of a node share one copy of each forest in the page
+cache, and a chunk maps each bootstrap forest only while it predicts with it.
 """
 
 from __future__ import annotations
@@ -474,7 +476,7 @@ def upscale(
     consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
-    for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
+    for cache in (_open, _store, _model, _mapped, _tile_zone_weights):  # release this run's forests and handles (this process)
         cache.cache_clear()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
