@@ -207,3 +207,14 @@ def test_feature_names_survive(tmp_path):
     m, _ = _forest()
     m.save(tmp_path / "f.npz")
     assert FluxForest.load(tmp_path / "f.npz").feature_names_ == list(PREDICTOR_NAMES)
+
+
+def test_a_stored_layout_of_another_version_is_rebuilt(tmp_path, monkeypatch):
+    m, X = _forest()
+    m.save(tmp_path / "f.npz")
+    monkeypatch.setattr(LevelForest, "LAYOUT", LevelForest.LAYOUT + 1)  # the layout code changed since
+    back = FluxForest.load(tmp_path / "f.npz")
+    assert back.mapped and back._level is None  # the stored layout is ignored ...
+    big = _big(X)
+    np.testing.assert_array_equal(back.predict(big), m.predict(big))  # ... and rebuilt from the nodes
+    assert back._level is not None and back._level.feat.flags.writeable

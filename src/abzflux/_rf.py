@@ -784,6 +784,10 @@ class LevelForest:
     def from_sklearn(cls, model) -> LevelForest:
         return cls.from_packed(PackedForest.from_sklearn(model))
 
+    #: Version of the layout and of ARRAYS: saved forests (abzflux.forest) store it with the arrays
+    #: and a reader rebuilds the layout from the node records when it differs. Increase it with
+    #: any change to what ``__init__``/``_build`` compute or to ARRAYS.
+    LAYOUT = 1
     #: Every attribute prediction reads: the layout and what ``__init__`` derives from it.
     ARRAYS = ("feat", "thr", "child", "catmask", "value", "roots", "depth", "stages", "thr32", "has_cat")
 

@@ -211,6 +211,7 @@ class FluxForest:
             "feature_names": list(self.feature_names_),
             "mtry": int(self.mtry_),
             "levels": {c: [_py(v) for v in lv] for c, lv in self.levels_.items()},
+            "level_layout": LevelForest.LAYOUT,
         }
         arrays = {"meta": np.array(json.dumps(meta))} | self.forest_.to_arrays()
         arrays.pop("wcount")
@@ -239,7 +240,9 @@ class FluxForest:
         self.levels_ = {c: np.array(v) for c, v in meta["levels"].items()}
         self.leaf_draw_ = arrays.pop("leaf_draw", None)
         level = {k[len(LEVEL_PREFIX) :]: arrays.pop(k) for k in list(arrays) if k.startswith(LEVEL_PREFIX)}
-        self._level = LevelForest.from_arrays(level) if level else None
+        # a layout of another version is not used: it is rebuilt from the node records on first use
+        current = meta.get("level_layout") == LevelForest.LAYOUT and set(LevelForest.ARRAYS) <= set(level)
+        self._level = LevelForest.from_arrays(level) if current else None
         arrays["wcount"] = np.zeros(0, np.float32)
         self.forest_ = PackedForest.from_arrays(arrays)
         self.mapped = mapped

@@ -476,7 +476,13 @@ def upscale(
     consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
-    for cache in (_open, _store, _model, _mapped, _tile_zone_weights):  # release this run's forests and handles (this process)
+    for cache in (
+        _open,
+        _store,
+        _model,
+        _mapped,
+        _tile_zone_weights,
+    ):  # release this run's forests and handles (this process)
         cache.cache_clear()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
