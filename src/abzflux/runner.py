@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import sys
 import threading
 import time
@@ -164,10 +163,15 @@ class PeakRSS:
             self.peak_mb = r if self.peak_mb is None else max(self.peak_mb, r)
 
     def record(self) -> dict:
-        maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        try:
+            import resource  # not on Windows
+
+            maxrss: float | None = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # kB on Linux
+        except ImportError:
+            maxrss = None
         return {
             "peak_rss_mb": None if self.peak_mb is None else round(self.peak_mb, 1),
-            "maxrss_mb": round(maxrss_kb * 1024 / 1e6, 1),
+            "maxrss_mb": None if maxrss is None else round(maxrss, 1),
         }
 
 
