@@ -41,7 +41,7 @@ def main():
     a = ap.parse_args()
     models = {f: a.run / "models" / f"{f}.npz" for f in up.FLUXES}
     rec = json.loads((a.run / "bootstrap" / "bootstrap.json").read_text())
-    members = {f: [a.run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in v] for f, v in rec.items()}
+    members = {f: [a.run / "bootstrap" / f"{f}_{m['member']:02d}.npz" for m in rec[f]] for f in up.FLUXES}
     pred = xr.open_zarr(a.twin / "predictors.zarr", consolidated=False)
     sel = np.arange(pred.sizes["time"] if a.years is None else 12 * a.years)
     land = (xr.open_dataset(a.twin / "zones.nc", engine="h5netcdf").land_fraction.fillna(0) > 0).values

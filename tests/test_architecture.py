@@ -17,7 +17,7 @@ DOC = ROOT / "docs" / "architecture.md"
 #: Layer of each module, bottom (0) to top; a module imports only from its own layer or below.
 LAYERS = {
     0: {"vocab", "seeds", "errors", "config", "predictors", "units", "progress", "__init__"},
-    1: {"formats", "abcflux", "_atomic", "rundir", "layout"},
+    1: {"formats", "abcflux", "_atomic", "arrayfile", "rundir", "layout"},
     2: {
         "_rf",
         "forest",

@@ -812,6 +812,30 @@ class LevelForest:
     def from_sklearn(cls, model) -> LevelForest:
         return cls.from_packed(PackedForest.from_sklearn(model))
 
+    #: Version of the layout and of ARRAYS: saved forests (abzflux.forest) store it with the arrays
+    #: and a reader rebuilds the layout from the node records when it differs. Increase it with
+    #: any change to what ``__init__``/``_build`` compute or to ARRAYS.
+    LAYOUT = 1
+    #: Every attribute prediction reads: the layout and what ``__init__`` derives from it.
+    ARRAYS = ("feat", "thr", "child", "catmask", "value", "roots", "depth", "stages", "thr32", "has_cat")
+
+    def to_arrays(self) -> dict:
+        """The layout and its derived arrays by name (``has_cat`` as a 0-d bool array)."""
+        return {k: np.asarray(getattr(self, k)) for k in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, d) -> LevelForest:
+        """The forest of :meth:`to_arrays` as it is, nothing recomputed or copied: the arrays may
+        be read-only views into a file that several processes map (abzflux.arrayfile)."""
+        missing = [k for k in cls.ARRAYS if k not in d]
+        if missing:
+            raise KeyError(f"level-forest arrays missing: {missing}")
+        self = cls.__new__(cls)
+        for k in cls.ARRAYS:
+            setattr(self, k, d[k])
+        self.has_cat = bool(d["has_cat"])
+        return self
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Mean over trees for each row of X (rows, predictors), float32 or float64.
 

@@ -15,14 +15,12 @@ drawn at random from all training rows that fall in it, and the prediction is th
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import seeds
+from . import arrayfile, seeds
 from ._rf import LevelForest, PackedForest, grow_forest
 from .predictors import CATEGORICAL, VEG_RECODE
 from .vocab import CENTRALS, DEFAULT_SEED
@@ -52,6 +50,10 @@ def qrf_leaf_draws(forest: PackedForest, M: np.ndarray, y: np.ndarray, seed: int
 def qrf_median(forest: PackedForest, draws: np.ndarray, M: np.ndarray) -> np.ndarray:
     """The quantile forest's central value: the type-7 median over trees of the leaf draws."""
     return np.quantile(forest.predict_trees(M, draws), 0.5, axis=1)
+
+
+#: Name prefix of the level-layout arrays in a saved forest (abzflux._rf.LevelForest.to_arrays).
+LEVEL_PREFIX = "lv_"
 
 
 class UnknownLevelError(ValueError):
@@ -94,6 +96,7 @@ class FluxForest:
         self.categorical = tuple(categorical)
         self.central = central
         self.random_state = random_state
+        self.mapped = False  # True when loaded from a file whose arrays are mapped (see load)
 
     # ------------------------------------------------------------------ encoding
     def _levels_of(self, col: str, values) -> np.ndarray:
@@ -177,9 +180,7 @@ class FluxForest:
         if len(M) >= 1024:
             # the level-synchronous layout gives the same numbers several times faster on large
             # batches (abzflux._rf.LevelForest; benchmarks/bench_inference.py)
-            if getattr(self, "_level", None) is None:
-                self._level = LevelForest.from_packed(self.forest_)
-            return self._level.predict(M)
+            return self._level_forest().predict(M)
         return self.forest_.predict(M)
 
     def predict_quantiles(self, X: pd.DataFrame, q=(0.1, 0.5, 0.9)) -> np.ndarray:
@@ -200,36 +201,51 @@ class FluxForest:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        """Write the fitted forest to one compressed ``.npz`` (written atomically)."""
+        """Write the fitted forest to one uncompressed ``.npz`` whose arrays every process of a
+        machine can map read-only (:mod:`abzflux.arrayfile`; written atomically).
+
+        Besides the node records (and the QRF leaf draws) the file holds the level layout that
+        large batches are predicted with (``lv_*``; mean forests), so no reader rebuilds it."""
         meta = {
             "params": {k: _py(v) for k, v in self.get_params().items()} | {"categorical": list(self.categorical)},
             "feature_names": list(self.feature_names_),
             "mtry": int(self.mtry_),
             "levels": {c: [_py(v) for v in lv] for c, lv in self.levels_.items()},
+            "level_layout": LevelForest.LAYOUT,
         }
-        arrays = self.forest_.to_arrays()
+        arrays = {"meta": np.array(json.dumps(meta))} | self.forest_.to_arrays()
         arrays.pop("wcount")
         if self.leaf_draw_ is not None:
             arrays["leaf_draw"] = self.leaf_draw_
-        buf = io.BytesIO()
-        np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)
+        if self.central == "mean":
+            arrays |= {f"{LEVEL_PREFIX}{k}": v for k, v in self._level_forest().to_arrays().items()}
+        arrayfile.write(path, arrays)
+
+    def _level_forest(self) -> LevelForest:
+        level = getattr(self, "_level", None)
+        if level is None:
+            level = self._level = LevelForest.from_packed(self.forest_)
+        return level
 
     @classmethod
     def load(cls, path) -> FluxForest:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta"}
+        """A saved forest. A file written by :meth:`save` is mapped, not read: its arrays are
+        read-only views that the processes of a machine share (``mapped`` is True); a compressed
+        ``.npz`` of earlier versions is read into memory and its level layout built on first use."""
+        arrays, mapped = arrayfile.read(path)
+        meta = json.loads(str(arrays.pop("meta")))
         self = cls(**meta["params"])
         self.feature_names_ = meta["feature_names"]
         self.mtry_ = meta["mtry"]
         self.levels_ = {c: np.array(v) for c, v in meta["levels"].items()}
         self.leaf_draw_ = arrays.pop("leaf_draw", None)
+        level = {k[len(LEVEL_PREFIX) :]: arrays.pop(k) for k in list(arrays) if k.startswith(LEVEL_PREFIX)}
+        # a layout of another version is not used: it is rebuilt from the node records on first use
+        current = meta.get("level_layout") == LevelForest.LAYOUT and set(LevelForest.ARRAYS) <= set(level)
+        self._level = LevelForest.from_arrays(level) if current else None
         arrays["wcount"] = np.zeros(0, np.float32)
         self.forest_ = PackedForest.from_arrays(arrays)
+        self.mapped = mapped
         return self
 
 

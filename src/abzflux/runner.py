@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -115,6 +116,63 @@ def environment(cfg: Config) -> dict:
         "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "scheduler": cfg.run.scheduler or "this process",
     }
+
+
+# --------------------------------------------------------------------------- memory
+def _rss_mb() -> float | None:
+    """This process's resident set now (MB; file pages it maps and has touched included), or
+    None where /proc is not available."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakRSS:
+    """The peak resident set of this process while a stage runs, sampled every ``interval``
+    seconds by a thread (``peak_mb``; peaks shorter than the interval can be missed), and the
+    process's lifetime maximum so far from the kernel (``maxrss_mb``, getrusage: what
+    ``/usr/bin/time -v`` reports at exit). Worker processes of a dask cluster are not included."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="abzflux-rss", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self._sample_once()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakRSS:
+        self._sample_once()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        r = _rss_mb()
+        if r is not None:
+            self.peak_mb = r if self.peak_mb is None else max(self.peak_mb, r)
+
+    def record(self) -> dict:
+        try:
+            import resource  # not on Windows
+
+            maxrss: float | None = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # kB on Linux
+        except ImportError:
+            maxrss = None
+        return {
+            "peak_rss_mb": None if self.peak_mb is None else round(self.peak_mb, 1),
+            "maxrss_mb": None if maxrss is None else round(maxrss, 1),
+        }
 
 
 # --------------------------------------------------------------------------- steps
@@ -474,8 +532,11 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
         log.info(f"[{st.name}] running")
         ctx.cache["fingerprint"] = fp
         ctx.cache["marker_extra"] = {}
-        st.run(ctx)
+        with PeakRSS() as mem:
+            st.run(ctx)
         dt = time.perf_counter() - t0
+        memory = mem.record()
+        log.info(f"[{st.name}] done in {dt:.1f} s, peak resident memory {memory['peak_rss_mb']} MB")
         digest = {o: digest_path(out / o) for o in st.outputs + st.extras if (out / o).exists()}
         keys, inputs = lineage[st.name]
         _atomic.write_text(
@@ -494,6 +555,7 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
                     "outputs": list(st.outputs),
                     "digest": digest,
                     "seconds": round(dt, 2),
+                    "memory": memory,
                     **ctx.cache.pop("marker_extra"),
                 },
                 indent=2,
@@ -501,4 +563,10 @@ def _run_stages(ctx: Context, record: dict, fingerprints: dict, force: bool) -> 
             ),
         )
         ctx.cache["ownership"].record(st_names)
-        record["stages"][st.name] = {"skipped": False, "seconds": round(dt, 2), "fingerprint": fp, "digest": digest}
+        record["stages"][st.name] = {
+            "skipped": False,
+            "seconds": round(dt, 2),
+            "memory": memory,
+            "fingerprint": fp,
+            "digest": digest,
+        }

@@ -16,7 +16,9 @@ dask.distributed run give identical outputs.
 
 Workers (local, threads or a dask.distributed cluster) open the predictor and zones files and
 the model files by path, so on a cluster the run directory and inputs must be on a file system
-every worker sees (see docs/scaling.md).
+every worker sees (see docs/scaling.md). Model files are mapped read-only, not read
+(abzflux.arrayfile): the worker processes of a node share one copy of each forest in the page
+cache, and a chunk maps each bootstrap forest only while it predicts with it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import __version__, _atomic
+from . import __version__, _atomic, arrayfile
 from . import budgets as budgets_mod
 from ._rf import as_exact_float32
 from .errors import InputError
@@ -124,8 +126,19 @@ def _model(path: str, mtime: float) -> FluxForest:  # mtime: a rewritten model f
     return FluxForest.load(path)
 
 
+@lru_cache(maxsize=1024)
+def _mapped(path: str, mtime: float) -> bool:
+    return arrayfile.mappable(path)
+
+
 def _load(path: str) -> FluxForest:
-    return _model(path, os.path.getmtime(path))
+    """A model for one use. A mapped model file (abzflux.arrayfile) is opened afresh, which costs
+    about a millisecond, and is unmapped when the caller drops it: its pages stay in the page cache,
+    shared by every worker of the node, but leave the process's resident set, so a chunk holds one
+    bootstrap forest at a time, not all of them. A compressed model file of an earlier version
+    is read once per process and kept."""
+    mtime = os.path.getmtime(path)
+    return FluxForest.load(path) if _mapped(path, mtime) else _model(path, mtime)
 
 
 def _tile_predictors(pred: xr.Dataset, plans: dict, tidx: np.ndarray, ys: slice, xs: slice):
@@ -463,7 +476,13 @@ def upscale(
     consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
-    for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
+    for cache in (
+        _open,
+        _store,
+        _model,
+        _mapped,
+        _tile_zone_weights,
+    ):  # release this run's forests and handles (this process)
         cache.cache_clear()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
