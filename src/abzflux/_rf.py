@@ -776,14 +776,17 @@ class LevelForest:
     sklearn itself converts them).
     """
 
+    # Blocking of ``predict`` (rows): tuning, not layout, so class defaults that an instance may
+    # override (benchmarks race them) and that a stored layout does not carry.
+    block = _LBLOCK  # the largest block; smaller batches are cut to keep every thread busy
+    sub = _LBLOCK_MIN
+
     def __init__(self, feat, thr, child, catmask, value, roots, depth):
         self.feat, self.thr, self.child, self.catmask = feat, thr, child, catmask
         self.value, self.roots, self.depth = value, roots, depth
         self.stages = _compaction_levels(child, roots, depth)
         self.thr32 = _round_down_f32(thr)
         self.has_cat = bool((feat < 0).any())
-        self.block = _LBLOCK  # the largest block; smaller batches are cut to keep every thread busy
-        self.sub = _LBLOCK_MIN
         if not self.has_cat:  # numeric-only (the bootstrap forests): the kernels never read it
             self.catmask = np.zeros(1, np.uint64)
 
