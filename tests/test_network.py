@@ -325,3 +325,78 @@ def test_network_stage_outputs_deterministic_and_budgets(net_run):
     assert row.tg_c_sd_total == pytest.approx(np.hypot(row.tg_c_sd, hand))
     p = pd.read_csv(out / "budgets_period_sd.csv")
     assert "period_mean_tg_c_sd_network" in p and "period_mean_tg_c_sd_total" in p
+
+
+def test_network_replicates_on_dask_match(net_run, tmp_path):
+    import pickle
+
+    from dask import distributed
+
+    from abzflux.steps import network as stage_network
+
+    out, cfg = net_run
+    ctx = Context(cfg=cfg, out=out)
+    job, _ = stage_network.build(ctx, tmp_path / "work")
+    pickle.loads(pickle.dumps(job))  # a process cluster gets the job pickled
+    local = net.run_replicates(job, 2)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote = net.run_replicates(job, 2, client=client)
+    pd.testing.assert_frame_equal(local, remote)
+    # the replicate's truth = the fitted maps' zone sums + the field's zone sum: GPP's field (fitted
+    # on this twin or not) makes truths differ between replicates only if its SD is > 0
+    g = local[(local.flux == "gpp") & (local.zone == "domain")].pivot(index="year", columns="replicate", values="truth")
+    assert (g[0] != g[1]).any() == (job.models["gpp"]["field_sd"] > 0)
+
+
+def test_report_shows_the_network_term(tmp_path, monkeypatch):
+    import json
+
+    import abzflux.report as R
+    from abzflux.summary import render_summary_md
+
+    run = tmp_path / "run"
+    (run / "network").mkdir(parents=True)
+    (run / "budgets_annual.csv").write_text(
+        "zone,flux,year,tg_c,tg_c_sd,tg_c_sd_network,tg_c_sd_total\ndomain,nee,2001,-1.0,3.0,4.0,5.0\n"
+    )
+    (run / "budgets_period_sd.csv").write_text(
+        "zone,flux,period_mean_tg_c_sd,period_mean_tg_c_sd_network,period_mean_tg_c_sd_total\ndomain,nee,3.0,4.0,5.0\n"
+    )
+    (run / "network" / "network_period.csv").write_text(
+        "zone,flux,replicates,mean_error,sd_error,rms_error\ndomain,nee,20,2.5,3.2,4.0\n"
+    )
+    grp = {"sd_site": 1.5, "sd_noise": 2.5, "sd_between": 1.5, "mean": 0.0, "n_sites": 3, "n_rows": 9}
+    model = {"field_sd": 0.7, "field_range_m": 3e5, "methods": {"EC": grp, "chamber": grp, "other": grp}}
+    (run / "network" / "residual_model.json").write_text(
+        json.dumps({"replicates": 20, "trees": 50, "models": {"nee": model}})
+    )
+    (run / "run.json").write_text(
+        json.dumps({"config": {"uncertainty": {"method": "sites", "network": True, "network_replicates": 20}}})
+    )
+    monkeypatch.setattr(R, "shipped_calibration", lambda: (None, ""))
+    rd = R.RunData(run)
+    method, term = R.uncertainty_method(rd)
+    assert "network-simulation term" in method.caption and "sites+network" in method.caption
+    assert "20 replicates" in term.caption and "range 300 km" in term.caption and "EC 1.5" in term.caption
+    assert "2.5" in term.table_html and "3.2" in term.table_html and "5" in term.table_html
+    assert "network-simulation" in R._band_text(rd)
+    # summary.md names both terms of the ±
+    period = pd.DataFrame({"first_year": [2001], "last_year": [2001]})
+    truth = pd.DataFrame(
+        {
+            "flux": ["nee"],
+            "zone": ["domain"],
+            "estimate": [-1.0],
+            "sd": [5.0],
+            "truth": [-2.0],
+            "error": [1.0],
+            "rel_error": [0.5],
+            "trend": [0.0],
+            "trend_truth": [0.0],
+        }
+    )
+    md = render_summary_md(period, truth, 0.5, {}, "sites+extrap+network")
+    assert "dissimilarity index and the network-simulation term" in md

@@ -245,7 +245,8 @@ def draw_errors(model: dict, site_codes: np.ndarray, groups: np.ndarray, rng) ->
     site_codes = np.asarray(site_codes, np.int64)
     n_sites = int(site_codes.max()) + 1 if len(site_codes) else 0
     first = np.zeros(n_sites, np.int64)
-    first[site_codes[::-1]] = np.arange(len(site_codes))[::-1]
+    codes, idx = np.unique(site_codes, return_index=True)  # each site's first row
+    first[codes] = idx
     sd_site = np.array([model["methods"][g]["sd_site"] for g in groups[first]]) if n_sites else np.zeros(0)
     sd_noise = np.array([model["methods"][g]["sd_noise"] for g in groups])
     u = rng.standard_normal(n_sites) * sd_site
