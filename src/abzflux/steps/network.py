@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 
 import numpy as np
@@ -160,7 +161,8 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
 def run(ctx: Context) -> None:
     lay, us = ctx.layout, ctx.cfg.uncertainty
     out = fresh_dir(lay.tmp(L.NETWORK))
-    job, models = build(ctx, lay.tmp(L.NETWORK + ".work"))
+    work = out / "work"  # the replicates' forest files, inside the stage's work directory
+    job, models = build(ctx, work)
     prog = ctx.progress(f"network simulation: {us.network_replicates} replicates")
     t0 = time.perf_counter()
     try:
@@ -168,9 +170,7 @@ def run(ctx: Context) -> None:
     finally:
         if prog is not None:
             prog(None, None)
-        import shutil
-
-        shutil.rmtree(lay.tmp(L.NETWORK + ".work"), ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - t0
     ctx.cache.setdefault("marker_extra", {})["replicate_seconds"] = round(seconds, 2)
     errors.to_parquet(out / L.inner(L.NETWORK_ERRORS), index=False)
