@@ -315,7 +315,8 @@ def _band_text(rd: RunData) -> str:
     if "tg_c_sd_total" not in ann or not ann.tg_c_sd_total.notna().any():
         return "± SD across the bootstrap forests"
     terms = [t for c, t in (("tg_c_sd_extrap", "extrapolation"), ("tg_c_sd_network", "network-simulation")) if c in ann]
-    return "± total (SD across the bootstrap forests with the " + " and ".join(terms) + " terms in quadrature)"
+    noun = "term" if len(terms) == 1 else "terms"
+    return f"± total (SD across the bootstrap forests with the {' and '.join(terms)} {noun} in quadrature)"
 
 
 def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
