@@ -400,3 +400,25 @@ def test_report_shows_the_network_term(tmp_path, monkeypatch):
     )
     md = render_summary_md(period, truth, 0.5, {}, "sites+extrap+network")
     assert "dissimilarity index and the network-simulation term" in md
+
+
+def test_network_term_without_bootstrap_members():
+    from abzflux.budgets import annual_table
+
+    mon = pd.DataFrame(
+        {
+            "zone": "domain",
+            "flux": "nee",
+            "year": 2001,
+            "month": np.arange(1, 13),
+            "tg_c": 1.0,
+            "coverage": 1.0,
+        }
+    )
+    areas = pd.Series({"domain": 1e12})
+    period = pd.DataFrame({"zone": ["domain"], "flux": ["nee"], "season": ["annual"]})
+    summ = pd.DataFrame({"zone": "domain", "flux": ["nee"], "year": 2001, "rms_error": [7.0]})
+    per = pd.DataFrame({"zone": "domain", "flux": ["nee"], "rms_error": [3.0]})
+    ann, p = annual_table(mon, areas, None, period, False, None, (summ, per))
+    assert ann.tg_c.iloc[0] == 12.0 and ann.tg_c_sd_total.iloc[0] == 7.0 and np.isnan(ann.tg_c_sd.iloc[0])
+    assert p.period_mean_tg_c_sd_total.iloc[0] == 3.0

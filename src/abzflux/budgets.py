@@ -671,8 +671,11 @@ def annual_table(
         )
         if extrapolation is not None:
             ann, p_sd = add_extrapolation_sd(ann, p_sd, extrapolation)
-        if network is not None:
-            ann, p_sd = add_network_sd(ann, p_sd, *network)
+    if network is not None:  # without bootstrap forests the network term is the whole ±
+        if p_sd is None:
+            ann = ann.assign(tg_c_sd=np.nan)
+            p_sd = period[period.season == "annual"][["zone", "flux"]].assign(period_mean_tg_c_sd=np.nan)
+        ann, p_sd = add_network_sd(ann, p_sd, *network)
     return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True), p_sd
 
 
@@ -735,13 +738,19 @@ def add_network_sd(
     a = summary[["zone", "flux", "year", "rms_error"]].rename(columns={"rms_error": "tg_c_sd_network"})
     a = pd.concat([a, a[a.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
     ann = ann.drop(columns=["tg_c_sd_network"], errors="ignore").merge(a, on=["zone", "flux", "year"], how="left")
-    ext = ann["tg_c_sd_extrap"].fillna(0.0) if "tg_c_sd_extrap" in ann else 0.0
-    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd**2 + ext**2 + ann.tg_c_sd_network.fillna(0.0) ** 2)
+    ann["tg_c_sd_total"] = quadrature(ann, ["tg_c_sd", "tg_c_sd_extrap", "tg_c_sd_network"])
     p = period[["zone", "flux", "rms_error"]].rename(columns={"rms_error": "period_mean_tg_c_sd_network"})
     p = pd.concat([p, p[p.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
     p_sd = p_sd.drop(columns=["period_mean_tg_c_sd_network"], errors="ignore").merge(p, on=["zone", "flux"], how="left")
-    pext = p_sd["period_mean_tg_c_sd_extrap"].fillna(0.0) if "period_mean_tg_c_sd_extrap" in p_sd else 0.0
-    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(
-        p_sd.period_mean_tg_c_sd**2 + pext**2 + p_sd.period_mean_tg_c_sd_network.fillna(0.0) ** 2
+    p_sd["period_mean_tg_c_sd_total"] = quadrature(
+        p_sd, ["period_mean_tg_c_sd", "period_mean_tg_c_sd_extrap", "period_mean_tg_c_sd_network"]
     )
     return ann, p_sd
+
+
+def quadrature(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """√(Σ term²) over the ``columns`` present in ``df``, a missing term counted as 0; NaN where
+    every term is missing (a flux without any ±, such as fire)."""
+    cols = [c for c in columns if c in df]
+    sq = sum(df[c].fillna(0.0) ** 2 for c in cols)
+    return np.sqrt(sq).where(df[cols].notna().any(axis=1))

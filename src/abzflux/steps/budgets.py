@@ -96,7 +96,7 @@ def run(ctx: Context) -> None:
     if has_members and ctx.cfg.uncertainty.extrapolation and lay.extrapolation_sd.exists():
         ext = zone_extrapolation_sd(xr.open_zarr(lay.extrapolation_sd, consolidated=False), zones, veg)
     netw = None
-    if has_members and ctx.cfg.uncertainty.network and lay.network_summary.exists():
+    if ctx.cfg.uncertainty.network and lay.network_summary.exists():
         netw = (pd.read_csv(lay.network_summary), pd.read_csv(lay.network_period))
     ann, p_sd = budgets_mod.annual_table(mon, areas, tables["seasonal"], period, has_members, ext, netw)
     if p_sd is not None:
