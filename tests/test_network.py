@@ -422,3 +422,36 @@ def test_network_term_without_bootstrap_members():
     ann, p = annual_table(mon, areas, None, period, False, None, (summ, per))
     assert ann.tg_c.iloc[0] == 12.0 and ann.tg_c_sd_total.iloc[0] == 7.0 and np.isnan(ann.tg_c_sd.iloc[0])
     assert p.period_mean_tg_c_sd_total.iloc[0] == 3.0
+
+
+def test_runner_adds_the_network_stage(study_run, fast_config, tmp_path):
+    """On a copy of the finished shared run, turning the term on runs the network stage and
+    the stages that read it; the sites, forests and upscaling are kept; a rerun skips all."""
+    import json
+
+    from abzflux.runner import run_study
+
+    out0, _ = study_run
+    out = tmp_path / "run"
+    shutil.copytree(out0, out, ignore=shutil.ignore_patterns("abzflux.lock"))
+    cfg = load_config(fast_config)
+    cfg = replace(
+        cfg,
+        uncertainty=replace(cfg.uncertainty, network=True, network_replicates=2, network_trees=5, network_stride=3),
+    )
+    rec = run_study(cfg, out)
+    st = rec["stages"]
+    assert not st["network"]["skipped"] and not st["budgets"]["skipped"] and not st["trends"]["skipped"]
+    assert st["sites"]["skipped"] and st["forest"]["skipped"] and st["upscale"]["skipped"]
+    assert (out / "network" / "network_errors.parquet").exists() and not (out / "network" / "work").exists()
+    assert json.loads((out / "stages" / "network.json").read_text())["replicate_seconds"] > 0
+    ann = pd.read_csv(out / "budgets_annual.csv")
+    assert ann[ann.flux == "nee"].tg_c_sd_network.notna().all()
+    bt = pd.read_csv(out / "trends" / "budget_trends.csv")
+    assert bt[bt.flux == "nee"].slope_sd_network.notna().all()
+    ok = bt.lbound.notna()
+    assert (bt.lbound_total[ok] <= bt.lbound[ok] + 1e-9).all() and (bt.ubound_total[ok] >= bt.ubound[ok] - 1e-9).all()
+    assert "network-simulation term" in (out / "summary.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["uncertainty"].endswith("+network")
+    again = run_study(cfg, out)
+    assert all(v["skipped"] for v in again["stages"].values())
