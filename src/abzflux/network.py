@@ -339,6 +339,7 @@ def run_replicate(job: NetworkJob, rep: int) -> pd.DataFrame:
         for f in FLUXES:
             est[f][c.t0 : c.t0 + c.nt][:, idx] = res[f].reshape(c.nt, -1)
     shutil.rmtree(wd, ignore_errors=True)
+    upscale_mod.clear_caches()  # the replicate's forests leave this worker's memory
     out = []
     tg_est, tg_true = {}, {}
     for f in FLUXES:
