@@ -95,6 +95,9 @@ def test_exponential_fit_recovers_parameters():
     assert fit["nugget"] == pytest.approx(4.0, rel=0.03)
     assert fit["psill"] == pytest.approx(9.0, rel=0.03)
     assert fit["range"] == pytest.approx(400e3, rel=0.03)
+    colocated = pd.DataFrame({"h": [0.0, 0.0, 0.0], "gamma": [1.0, 2.0, 3.0], "pairs": [1, 1, 2]})
+    f0 = net.fit_exponential(colocated)  # co-located sites only: no range to fit
+    assert f0["psill"] == 0.0 and f0["nugget"] == pytest.approx(2.25)
     flat = vg.assign(gamma=5.0)
     f2 = net.fit_exponential(flat)
     assert f2["psill"] == pytest.approx(0.0, abs=1e-9) and f2["nugget"] == pytest.approx(5.0)
@@ -424,25 +427,26 @@ def test_network_term_without_bootstrap_members():
     assert p.period_mean_tg_c_sd_total.iloc[0] == 3.0
 
 
-def test_runner_adds_the_network_stage(study_run, fast_config, tmp_path):
-    """On a copy of the finished shared run, turning the term on runs the network stage and
-    the stages that read it; the sites, forests and upscaling are kept; a rerun skips all."""
+@pytest.mark.slow
+def test_runner_runs_the_network_stage(tiny_twin, tmp_path):
+    """A whole study with the term on (the tiny twin, small forests): the stage runs between
+    upscale and budgets through the runner, its outputs feed the budgets, trends and summary,
+    and a rerun skips every stage. Turning the term on in a finished run is a config change that
+    needs --restart, like any key its outputs depend on."""
     import json
 
+    from abzflux.errors import RunDirConflict
     from abzflux.runner import run_study
 
-    out0, _ = study_run
-    out = tmp_path / "run"
-    shutil.copytree(out0, out, ignore=shutil.ignore_patterns("abzflux.lock"))
-    cfg = load_config(fast_config)
+    cfg = load_config(tiny_twin / "config.toml")
     cfg = replace(
         cfg,
-        uncertainty=replace(cfg.uncertainty, network=True, network_replicates=2, network_trees=5, network_stride=3),
+        forest=replace(cfg.forest, n_estimators=10, mtry=5, n_bootstrap=2, importance_repeats=1, pdp_rows=50),
+        uncertainty=replace(cfg.uncertainty, network=True, network_replicates=2, network_trees=5),
     )
+    out = tmp_path / "run"
     rec = run_study(cfg, out)
-    st = rec["stages"]
-    assert not st["network"]["skipped"] and not st["budgets"]["skipped"] and not st["trends"]["skipped"]
-    assert st["sites"]["skipped"] and st["forest"]["skipped"] and st["upscale"]["skipped"]
+    assert not rec["stages"]["network"]["skipped"]
     assert (out / "network" / "network_errors.parquet").exists() and not (out / "network" / "work").exists()
     assert json.loads((out / "stages" / "network.json").read_text())["replicate_seconds"] > 0
     ann = pd.read_csv(out / "budgets_annual.csv")
@@ -451,7 +455,8 @@ def test_runner_adds_the_network_stage(study_run, fast_config, tmp_path):
     assert bt[bt.flux == "nee"].slope_sd_network.notna().all()
     ok = bt.lbound.notna()
     assert (bt.lbound_total[ok] <= bt.lbound[ok] + 1e-9).all() and (bt.ubound_total[ok] >= bt.ubound[ok] - 1e-9).all()
-    assert "network-simulation term" in (out / "summary.md").read_text()
     assert json.loads((out / "summary.json").read_text())["uncertainty"].endswith("+network")
     again = run_study(cfg, out)
     assert all(v["skipped"] for v in again["stages"].values())
+    with pytest.raises(RunDirConflict, match="uncertainty.network_replicates"):
+        run_study(replace(cfg, uncertainty=replace(cfg.uncertainty, network_replicates=3)), out)

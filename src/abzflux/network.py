@@ -151,8 +151,11 @@ def fit_exponential(vg: pd.DataFrame, n_ranges: int = 60) -> dict:
         g = float(np.average(vg.gamma, weights=vg.pairs)) if len(vg) else 0.0
         return {"nugget": g, "psill": 0.0, "range": float("nan"), "sse": float("nan")}
     h, g, w = vg.h.to_numpy(), vg.gamma.to_numpy(), np.sqrt(vg.pairs.to_numpy(np.float64))
+    pos = h[h > 0]  # co-located sites (h = 0) bound nothing
+    if len(pos) == 0:
+        return {"nugget": float(np.average(g, weights=w**2)), "psill": 0.0, "range": float("nan"), "sse": float("nan")}
     best = None
-    for a in np.geomspace(h.min(), h.max() * 3, n_ranges):
+    for a in np.geomspace(pos.min(), h.max() * 3, n_ranges):
         A = np.stack([np.ones_like(h), 1.0 - np.exp(-h / a)], 1) * w[:, None]
         coef, resid = nnls(A, g * w)
         if best is None or resid < best[0] - 1e-12 * abs(best[0]):
