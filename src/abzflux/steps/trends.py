@@ -18,6 +18,7 @@ import xarray as xr
 from .. import _atomic
 from .. import budgets as budgets_mod
 from .. import layout as L
+from .. import network as network_mod
 from .. import trends as trends_mod
 from ..context import Context
 from ..formats import consolidate, grid_crs, write_crs
@@ -81,9 +82,10 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         [trends_mod.trend_area_shares(ds, zones), trends_mod.fire_area_shares(ds, zones)], ignore_index=True
     ).to_csv(out / "area_shares.csv", index=False)
     _season_tables(ctx, drv, out, method, preserve)
-    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve).to_csv(
-        out / L.inner(L.BUDGET_TRENDS), index=False
-    )
+    bt = trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve)
+    if ctx.cfg.uncertainty.network and lay.network_trends.exists():
+        bt = network_mod.add_trend_term(bt, pd.read_csv(lay.network_trends))
+    bt.to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
     trends_mod.site_trends(pd.read_parquet(lay.sites), method=method, preserve_range_for_sig_test=preserve).to_csv(
         out / L.inner(L.SITE_TRENDS), index=False
     )
@@ -114,9 +116,15 @@ SPEC = StepSpec(
     "trends",
     run,
     writes=(L.TRENDS,),
-    depends=("budgets",),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES),
-    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year")
+    depends=("budgets", "network"),
+    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES, L.NETWORK_TRENDS),
+    config_keys=(
+        "run.years",
+        "trends.prewhitening",
+        "trends.preserve_range_for_sig_test",
+        "fire.first_year",
+        "uncertainty.network",
+    )
     + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire"),
     summary="per-pixel, zone-budget (annual, seasonal, monthly) and driver Theil–Sen/Mann–Kendall trends, "
