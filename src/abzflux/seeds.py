@@ -17,6 +17,9 @@ stream                drives                                 derivation (s = run
 ``bootstrap_forest``  bootstrap member b's forest            ``SeedSequence([s, 2000 + b])`` → uint32
 ``bootstrap_cv``      bootstrap member b's mtry re-tuning    ``s + b`` (a CV seed, fold streams below it)
 ``kmeans``            k-means environmental clusters         ``s``
+``cv_oob_sites``      site_oob CV: the sites each tree       ``SeedSequence([s, 3000])``
+                      holds out (shared by every mtry)
+``cv_oob``            site_oob CV: the mtry forest's trees   ``SeedSequence([s, 4000 + mtry])`` → uint32
 ====================  =====================================  ==================================
 
 A forest seed ``f`` seeds its trees with ``SeedSequence(f).generate_state(n_trees)`` (``_rf``).
@@ -27,7 +30,14 @@ from __future__ import annotations
 import numpy as np
 
 # name -> (the SeedSequence's entropy offsets, or None for a plain integer seed)
-_OFFSET = {"importance": 11, "qrf_draw": 7, "bootstrap_rows": 1000, "bootstrap_forest": 2000}
+_OFFSET = {
+    "importance": 11,
+    "qrf_draw": 7,
+    "bootstrap_rows": 1000,
+    "bootstrap_forest": 2000,
+    "cv_oob_sites": 3000,
+    "cv_oob": 4000,
+}
 STREAMS = (
     "forest",
     "cv_fold",
@@ -37,6 +47,8 @@ STREAMS = (
     "bootstrap_forest",
     "bootstrap_cv",
     "kmeans",
+    "cv_oob_sites",
+    "cv_oob",
 )
 
 
@@ -72,6 +84,6 @@ def integer(seed: int, name: str, *index: int) -> int:
         return int(seed)
     if name == "bootstrap_cv":
         return int(seed) + int(index[0])
-    if name == "cv_fold":
+    if name in ("cv_fold", "cv_oob"):
         return int(sequence(seed, name, *index).generate_state(1, dtype=np.uint32)[0])
     return int(sequence(seed, name, *index).generate_state(1)[0])
