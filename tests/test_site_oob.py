@@ -91,7 +91,16 @@ def test_extreme_site_never_reaches_its_predictions(central, extreme):
     y[sites == extreme] = 1e4
     y[sites == other] = -1e4
     res = site_oob_cv(
-        X, y, sites, grid=[1, 3], n_trees=16, site_fraction=0.25, seed=3, categorical=(), central=central, min_oob_trees=1
+        X,
+        y,
+        sites,
+        grid=[1, 3],
+        n_trees=16,
+        site_fraction=0.25,
+        seed=3,
+        categorical=(),
+        central=central,
+        min_oob_trees=1,
     )
     p = res.predictions
     assert (p[p.site_id == extreme].pred <= 1.0).all()
@@ -102,7 +111,16 @@ def test_extreme_site_never_reaches_its_predictions(central, extreme):
 def test_qrf_median_draws_from_the_trees_own_sites_by_hand():
     X, y, sites = site_table(seed=4)
     res = site_oob_cv(
-        X, y, sites, grid=[2], n_trees=8, site_fraction=0.25, seed=9, categorical=(), central="qrf_median", min_oob_trees=1
+        X,
+        y,
+        sites,
+        grid=[2],
+        n_trees=8,
+        site_fraction=0.25,
+        seed=9,
+        categorical=(),
+        central="qrf_median",
+        min_oob_trees=1,
     )
     f, held, code = _by_hand(X, y, sites, 9, 2, 8, 0.25)
     M = X.to_numpy(float)
@@ -181,7 +199,14 @@ def test_fit_flux_modes(mode):
         assert fit.info["oob_trees"] == 80 and fit.info["oob_site_fraction"] == 0.25
         assert fit.info["oob_trees_per_site"] == [20, 20]
         res = site_oob_cv(
-            rows[["a", "b", "c"]], rows.flux, rows.site_id, [1, 3], n_trees=80, site_fraction=0.25, seed=2, categorical=()
+            rows[["a", "b", "c"]],
+            rows.flux,
+            rows.site_id,
+            [1, 3],
+            n_trees=80,
+            site_fraction=0.25,
+            seed=2,
+            categorical=(),
         )
         assert fit.info["mtry"] == res.best_mtry
         assert fit.info["cv"]["caret_RMSE"] == res.metrics.loc[res.metrics.selected, "caret_RMSE"].item()

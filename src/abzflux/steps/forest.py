@@ -105,7 +105,7 @@ def run(ctx: Context, progress_factory=None) -> None:
         chosen = chosen.assign(abs_error=(chosen.pred - chosen.obs).abs())
         for stem, t in cv_mod.skill_tables(chosen).items():
             t.to_csv(cv_dir / f"{stem}.csv", index=False)
-        plots.obs_vs_pred(chosen, overall, cv_dir / "obs_vs_pred.png")
+        plots.obs_vs_pred(chosen, overall, cv_dir / "obs_vs_pred.png", held_out=tag)
     _atomic.replace(cv_dir, lay.cv)
     _atomic.replace(models_dir, lay.models)
 
