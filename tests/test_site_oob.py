@@ -5,6 +5,8 @@ leave-one-site-out on a seeded table, and fit_flux's modes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -220,3 +222,43 @@ def test_fit_flux_rejects_unknown_mode():
             _rows(), "flux", ["a"], cv="oob", mtry=None, grid=[1], n_estimators=5, nodesize=5, central="mean",
             seed=1, forest_seed=1, dropped=[], categorical=(),
         )  # fmt: skip
+
+
+def test_forest_stage_site_oob_writes_every_row_and_its_mode(tiny_twin, tmp_path):
+    """The forest stage with cv = "site_oob": a held-out prediction for every training row at
+    every mtry, the skill tables, the mode in models/forest.json, and report captions that say
+    grouped out-of-bag."""
+    from types import SimpleNamespace
+
+    from abzflux import report
+    from abzflux.config import load_config
+    from abzflux.context import Context
+    from abzflux.predictors import training_rows
+    from abzflux.steps import forest as forest_step
+    from abzflux.steps import sites as sites_step
+
+    from conftest import absolute_config
+
+    text = (tiny_twin / "config.toml").read_text()
+    forest = (
+        '[forest]\nn_estimators = 20\nmtry_grid = [2, 9]\ncv = "site_oob"\noob_site_fraction = 0.25\noob_trees = 80\n'
+    )
+    (tmp_path / "c.toml").write_text(absolute_config(text[: text.index("[forest]")], tiny_twin) + forest)
+    ctx = Context(cfg=load_config(tmp_path / "c.toml"), out=tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    sites_step.SPEC.run(ctx)
+    forest_step.SPEC.run(ctx)
+    lay = ctx.layout
+    info = json.loads(lay.forest_json.read_text())
+    pred = pd.read_parquet(lay.cv_predictions)
+    table = pd.read_parquet(lay.sites)
+    for flux in ("gpp", "reco", "nee"):
+        n = len(training_rows(table, flux, ctx.predictor_set))
+        assert info[flux]["cv_mode"] == "site_oob" and info[flux]["oob_trees_per_site"] == [20, 20]
+        p = pred[pred.flux == flux]
+        assert len(p) == 2 * n and p.groupby("mtry").row.nunique().tolist() == [n, n] and p.pred.notna().all()
+        assert info[flux]["cv"]["caret_RMSE"] > 0
+    assert set(pd.read_csv(lay.cv / "skill.csv").flux) == {"gpp", "reco", "nee"}
+    note = report._site_oob_note(SimpleNamespace(layout=lay))
+    assert "grouped out-of-bag (site_oob), not exact leave-one-site-out" in note and "80-tree" in note
+    assert "25 %" in note or "25%" in note
