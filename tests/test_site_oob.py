@@ -262,3 +262,19 @@ def test_forest_stage_site_oob_writes_every_row_and_its_mode(tiny_twin, tmp_path
     note = report._site_oob_note(SimpleNamespace(layout=lay))
     assert "grouped out-of-bag (site_oob), not exact leave-one-site-out" in note and "80-tree" in note
     assert "25 %" in note or "25%" in note
+
+
+def test_report_note_only_in_site_oob_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from abzflux import report
+
+    f = tmp_path / "forest.json"
+    lay = SimpleNamespace(forest_json=f)
+    assert report._site_oob_note(SimpleNamespace(layout=lay)) == ""  # no forest stage output
+    f.write_text(json.dumps({"nee": {"mtry": 2, "central": "mean"}}))  # a LOSO run's forest.json
+    assert report._site_oob_note(SimpleNamespace(layout=lay)) == ""
+    oob = {"mtry": 2, "cv_mode": "site_oob", "oob_trees": 1500, "oob_site_fraction": 0.1}
+    f.write_text(json.dumps({"nee": oob}))
+    note = report._site_oob_note(SimpleNamespace(layout=lay))
+    assert "1500-tree forest per mtry" in note and "random 10% of the sites" in note
