@@ -64,6 +64,8 @@ def test_minimal_config_defaults_and_relative_paths(project):
     assert cfg.forest.n_estimators == 500
     assert cfg.forest.nodesize == 5
     assert cfg.forest.mtry is None
+    assert cfg.forest.cv == "loso" and cfg.forest.cross_validates  # the paper's exact LOSO
+    assert (cfg.forest.oob_site_fraction, cfg.forest.oob_trees) == (0.1, 1500)
     assert cfg.source == path
 
 
@@ -124,12 +126,22 @@ bootstrap_mtry = "retune"
         2,
         [2, 9, 15],
         "qrf_median",
-        False,
+        "none",  # cv = false: the old spelling of "none"
     )
     assert (f.importance_repeats, f.n_bootstrap, f.bootstrap_mtry, f.pdp_points) == (10, 5, "retune", 51)
     d = cfg.to_dict()
     assert d["inputs"]["zones"] == str(project / "zones.nc")
     assert d["forest"]["mtry"] == 3 and "source" not in d
+
+
+@pytest.mark.parametrize(
+    "line,mode",
+    [("cv = true", "loso"), ("cv = false", "none"), ('cv = "loso"', "loso"), ('cv = "site_oob"', "site_oob")],
+)
+def test_cv_modes_and_boolean_aliases(project, line, mode):
+    cfg = load_config(write(project, MINIMAL_INPUTS + f"[forest]\n{line}\noob_site_fraction = 0.2\noob_trees = 100\n"))
+    assert cfg.forest.cv == mode and cfg.forest.cross_validates == (mode != "none")
+    assert (cfg.forest.oob_site_fraction, cfg.forest.oob_trees) == (0.2, 100)  # 100 // 5 = 20 trees per site
 
 
 def test_single_year_range(project):
@@ -255,7 +267,13 @@ def test_forest_values_out_of_range(project, key):
         ('bootstrap_mtry = "sometimes"', "forest.bootstrap_mtry", "one of"),
         ("mtry_grid = [2, 9.5]", "forest.mtry_grid", "list of integers"),
         ("mtry_grid = []", "forest.mtry_grid", "list of integers"),
-        ('cv = "yes"', "forest.cv", "true or false"),
+        ('cv = "yes"', "forest.cv", "one of ['loso', 'site_oob', 'none']"),
+        ("cv = 1", "forest.cv", "expected a string"),
+        ("oob_site_fraction = 0.6", "forest.oob_site_fraction", "(0, 0.5]"),
+        ("oob_site_fraction = 0", "forest.oob_site_fraction", "(0, 0.5]"),
+        ("oob_trees = 199", "forest.oob_trees", "at least 200 trees"),
+        ("oob_site_fraction = 0.25\noob_trees = 79", "forest.oob_trees", "at least 80 trees"),
+        ('oob_trees = "many"', "forest.oob_trees", "integer"),
         ("importance_repeats = -1", "forest.importance_repeats", "out of range"),
     ],
 )

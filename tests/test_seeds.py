@@ -23,6 +23,9 @@ def test_streams_reproduce_the_studys_numbers():
     # the same derivations spelled out with numpy
     assert fold_seed(9, 4, 2) == int(np.random.SeedSequence([9, 4, 2]).generate_state(1, dtype=np.uint32)[0])
     assert seeds.integer(5, "bootstrap_forest", 7) == int(np.random.SeedSequence([5, 2007]).generate_state(1)[0])
+    # the site_oob streams
+    assert seeds.integer(5, "cv_oob", 9) == int(np.random.SeedSequence([5, 6009]).generate_state(1, dtype=np.uint32)[0])
+    assert seeds.rng(5, "cv_oob_sites").random() == np.random.default_rng(np.random.SeedSequence([5, 5000])).random()
 
 
 def test_streams_are_distinct_and_members_differ():

@@ -281,6 +281,66 @@ def _grow_batch(
         )
 
 
+@njit(cache=True, parallel=True)
+def _grow_batch_groups(
+    XT,
+    y,
+    yraw,
+    is_cat,
+    n_levels,
+    order,
+    group,
+    held,
+    seeds,
+    mtry,
+    nodesize,
+    cap,
+    left,
+    right,
+    feat,
+    thr,
+    catmask,
+    value,
+    wcount,
+    sizes,
+):
+    """As :func:`_grow_batch`, but tree t's pool is the rows whose group is not held out by it
+    (``held[t, group[row]]`` false): the bootstrap draws as many rows as that pool has."""
+    n = XT.shape[1]
+    for t in prange(seeds.shape[0]):
+        state = np.empty(1, np.uint64)
+        state[0] = seeds[t]
+        pool = np.empty(n, np.int64)
+        npool = 0
+        for i in range(n):
+            if not held[t, group[i]]:
+                pool[npool] = i
+                npool += 1
+        counts = np.zeros(n, np.float64)
+        for _ in range(npool):
+            counts[pool[_randint(state, npool)]] += 1.0
+        o = t * cap
+        sizes[t] = _build_tree(
+            XT,
+            y,
+            yraw,
+            is_cat,
+            n_levels,
+            order,
+            counts,
+            mtry,
+            nodesize,
+            state,
+            left[o : o + cap],
+            right[o : o + cap],
+            feat[o : o + cap],
+            thr[o : o + cap],
+            catmask[o : o + cap],
+            value[o : o + cap],
+            wcount[o : o + cap],
+        )
+
+
 _BLOCK = 4096  # rows per block: each tree's nodes stay in cache while the block streams through it
 
 # One node per 24-byte record, so a traversal step touches one cache line. A categorical split
@@ -333,6 +393,22 @@ def _predict_trees(X, nodes, catmask, value, roots, out):
                 out[i, t] = value[_leaf(X[i], nodes, catmask, root)]
 
 
+@njit(cache=True, parallel=True)
+def _predict_oob(X, nodes, catmask, value, roots, group, held, out, n_out):
+    """Per row, the mean over the trees that held its group out (``held[t, group[i]]``)."""
+    nt = roots.shape[0]
+    for i in prange(X.shape[0]):
+        acc = 0.0
+        k = 0
+        g = group[i]
+        for t in range(nt):
+            if held[t, g]:
+                acc += value[_leaf(X[i], nodes, catmask, roots[t])]
+                k += 1
+        n_out[i] = k
+        out[i] = acc / k if k > 0 else np.nan
+
+
 class PackedForest:
     """Trees packed into one array of node records (children are absolute indices; leaves -1)."""
 
@@ -364,6 +440,21 @@ class PackedForest:
         out = np.empty((X.shape[0], self.n_trees))
         _predict_trees(X, self.nodes, self.catmask, self.value if value is None else value, self.roots, out)
         return out
+
+    def predict_oob(self, X: np.ndarray, group: np.ndarray, held: np.ndarray, value: np.ndarray | None = None):
+        """Grouped out-of-bag prediction: for each row i the mean over the trees t with
+        ``held[t, group[i]]`` (the trees that never saw row i's group), and how many they are.
+        A row with no such tree gets NaN and count 0."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        group = np.ascontiguousarray(group, dtype=np.int64)
+        held = np.ascontiguousarray(held, dtype=np.bool_)
+        if held.shape[0] != self.n_trees or group.shape[0] != X.shape[0]:
+            raise ValueError(f"held must have one row per tree ({self.n_trees}) and group one entry per row")
+        out = np.empty(X.shape[0])
+        n_out = np.empty(X.shape[0], np.int64)
+        v = self.value if value is None else value
+        _predict_oob(X, self.nodes, self.catmask, v, self.roots, group, held, out, n_out)
+        return out, n_out
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         """Leaf node index of every row in every tree, shape (rows, trees)."""
@@ -418,7 +509,20 @@ def presort(X: np.ndarray) -> np.ndarray:
 
 
 def grow_forest(
-    X, y, *, is_cat, n_levels, n_trees=500, mtry=5, nodesize=5, seed=DEFAULT_SEED, rows=None, order=None, batch=64
+    X,
+    y,
+    *,
+    is_cat,
+    n_levels,
+    n_trees=500,
+    mtry=5,
+    nodesize=5,
+    seed=DEFAULT_SEED,
+    rows=None,
+    order=None,
+    batch=64,
+    group=None,
+    held=None,
 ) -> PackedForest:
     """Grow a forest on ``X[rows]`` (all rows by default).
 
@@ -429,6 +533,10 @@ def grow_forest(
     is_cat, n_levels : per-feature flags and level counts (n_levels ≤ 64).
     rows : indices of the training rows (a fold); the bootstrap draws len(rows) of them.
     order : ``presort(X)``, reusable across folds of one dataset.
+    group, held : grouped out-of-bag growing (site_oob CV): ``group`` (n,) the group code of every
+        row (0..G-1), ``held`` (n_trees, G) bool, tree t's held-out groups. Tree t then draws its
+        bootstrap (as many draws as rows) from the rows of the groups it does not hold out only;
+        ``rows`` must be None. Without them every tree draws from ``rows`` as randomForest does.
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
@@ -443,6 +551,18 @@ def grow_forest(
     if not 1 <= mtry <= p:
         raise ValueError(f"mtry must be in 1..{p}, got {mtry}")
     pool = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    grouped = held is not None
+    if grouped:
+        if rows is not None or group is None:
+            raise ValueError("grouped growing takes group and held, and no rows")
+        group = np.ascontiguousarray(group, dtype=np.int64)
+        held = np.ascontiguousarray(held, dtype=np.bool_)
+        if group.shape != (n,) or held.ndim != 2 or held.shape[0] != n_trees:
+            raise ValueError(
+                f"group must have shape ({n},) and held ({n_trees}, groups), got {group.shape}, {held.shape}"
+            )
+        if group.min() < 0 or group.max() >= held.shape[1]:
+            raise ValueError("group codes must lie in 0..held.shape[1]-1")
     if order is None:
         order = presort(X)
     XT = np.ascontiguousarray(X.T)
@@ -463,27 +583,14 @@ def grow_forest(
         value = np.empty(nb * cap, np.float64)
         wcount = np.empty(nb * cap, np.float64)
         sizes = np.empty(nb, np.int64)
-        _grow_batch(
-            XT,
-            yc,
-            y,
-            is_cat,
-            n_levels,
-            order,
-            pool,
-            sd,
-            int(mtry),
-            float(nodesize),
-            cap,
-            left,
-            right,
-            feat,
-            thr,
-            catmask,
-            value,
-            wcount,
-            sizes,
-        )
+        bufs = (left, right, feat, thr, catmask, value, wcount, sizes)
+        if grouped:
+            hb = np.ascontiguousarray(held[b0 : b0 + nb])
+            _grow_batch_groups(
+                XT, yc, y, is_cat, n_levels, order, group, hb, sd, int(mtry), float(nodesize), cap, *bufs
+            )
+        else:
+            _grow_batch(XT, yc, y, is_cat, n_levels, order, pool, sd, int(mtry), float(nodesize), cap, *bufs)
         for t in range(nb):
             sl = slice(t * cap, t * cap + sizes[t])
             nd = np.zeros(sizes[t], NODE)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .vocab import CENTRALS, DEFAULT_PERMAFROST, DEFAULT_SEED, PERMAFROST_RULES
+from .vocab import CENTRALS, CV_MODES, DEFAULT_PERMAFROST, DEFAULT_SEED, MIN_OOB_TREES, PERMAFROST_RULES
 
 
 @dataclass
@@ -53,12 +53,24 @@ class ForestSettings:
     mtry_grid: list | None = None  # None: caret's default floor(seq(2, p, length = 3))
     nodesize: int = 5
     central: str = "mean"  # or "qrf_median" (quantile regression forest, the original code)
-    cv: bool = True  # leave-one-site-out CV for skill (and for tuning when mtry is None)
+    # CV for skill (and for tuning when mtry is None): "loso" (exact leave-one-site-out, the paper),
+    # "site_oob" (grouped out-of-bag, fast; docs/models.md) or "none"; true / false = "loso" / "none"
+    cv: str | bool = "loso"
+    oob_site_fraction: float = 0.1  # site_oob: share of the sites each tree leaves out
+    oob_trees: int = 1500  # site_oob: trees per mtry forest (each site is out of ~fraction x this many)
     importance_repeats: int = 100
     pdp_points: int = 51
     pdp_rows: int = 0  # 0: all training rows; otherwise an evenly spaced subset of rows
     n_bootstrap: int = 20
     bootstrap_mtry: str = "reuse"  # "reuse" the tuned mtry (capped at 15) or "retune" by LOSO
+
+    def __post_init__(self):
+        if isinstance(self.cv, bool):  # old configs: cv = true / false
+            self.cv = "loso" if self.cv else "none"
+
+    @property
+    def cross_validates(self) -> bool:
+        return self.cv != "none"
 
 
 @dataclass
@@ -165,6 +177,7 @@ class SiteSettings:
 
 CHOICES = {
     "forest.central": CENTRALS,
+    "forest.cv": CV_MODES,
     "budgets.permafrost": PERMAFROST_RULES,
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
@@ -275,6 +288,8 @@ def _section(cls, raw: dict, name: str, file, base: Path | None = None):
             if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v) or not v:
                 raise ConfigError(file, f"expected a non-empty list of integers, got {v!r}", column=f"{name}.{k}")
             kw[k] = v
+        elif t == "str | bool" and isinstance(v, bool):
+            kw[k] = v  # an old boolean spelling, mapped by the dataclass
         elif t.startswith("str"):
             if not isinstance(v, str):
                 raise ConfigError(file, f"expected a string, got {v!r}", column=f"{name}.{k}")
@@ -540,6 +555,22 @@ def check_ranges(cfg: Config, path) -> None:
                 column="forest.mtry_grid",
                 expected=f"distinct integers in 1..{top}",
             )
+    if not 0.0 < fo.oob_site_fraction <= 0.5:
+        raise ConfigError(
+            path,
+            f"{fo.oob_site_fraction} is out of range",
+            column="forest.oob_site_fraction",
+            expected="a share of the sites in (0, 0.5] (each site_oob tree leaves out 1/round(1/share) of them)",
+        )
+    k = max(2, round(1.0 / fo.oob_site_fraction))
+    if fo.oob_trees // k < MIN_OOB_TREES:
+        raise ConfigError(
+            path,
+            f"oob_trees {fo.oob_trees} leaves each site out of only {fo.oob_trees // k} trees",
+            column="forest.oob_trees",
+            expected=f"at least {MIN_OOB_TREES * k} trees with oob_site_fraction {fo.oob_site_fraction} "
+            f"(every site out of >= {MIN_OOB_TREES} trees)",
+        )
     for key, value in (("budgets.source_threshold", cfg.budgets.source_threshold),):
         if not math.isfinite(value):
             raise ConfigError(

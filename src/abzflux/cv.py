@@ -24,7 +24,7 @@ from . import seeds
 from ._rf import grow_forest, presort
 from .forest import FluxForest, qrf_leaf_draws, qrf_median
 from .predictors import CATEGORICAL
-from .vocab import CENTRALS, DEFAULT_SEED
+from .vocab import CENTRALS, CV_MODES, DEFAULT_SEED, MIN_OOB_TREES
 
 
 def mtry_grid(p: int, tune_length: int = 3) -> list[int]:
@@ -215,6 +215,116 @@ def loso_cv(
         for m, pr in zip(grid, res):
             parts.append(pd.DataFrame({"row": te, "site_id": sites[te], "mtry": m, "obs": y[te], "pred": pr}))
     pred = pd.concat(parts, ignore_index=True)
+    return _result(pred)
+
+
+# --------------------------------------------------------------------------- grouped out-of-bag
+def site_oob_design(n_sites: int, n_trees: int, site_fraction: float, seed: int) -> np.ndarray:
+    """The sites each tree holds out, (n_trees, n_sites) bool, balanced: K = round(1 / fraction)
+    consecutive trees split a fresh random permutation of the sites into K near-equal chunks
+    and hold out one chunk each, so every site is held out by ``n_trees // K`` or
+    ``n_trees // K + 1`` trees (the ``cv_oob_sites`` stream of ``seed``)."""
+    if not 0.0 < site_fraction <= 0.5:
+        raise ValueError(f"site_fraction must be in (0, 0.5], got {site_fraction}")
+    k = max(2, int(round(1.0 / site_fraction)))
+    if k > n_sites:
+        raise ValueError(f"site_oob holds out 1/{k} of the sites per tree but there are only {n_sites} sites")
+    rng = seeds.rng(seed, "cv_oob_sites")
+    held = np.zeros((n_trees, n_sites), dtype=bool)
+    for r0 in range(0, n_trees, k):
+        for j, chunk in enumerate(np.array_split(rng.permutation(n_sites), k)):
+            if r0 + j < n_trees:
+                held[r0 + j, chunk] = True
+    return held
+
+
+def site_oob_cv(
+    X: pd.DataFrame,
+    y,
+    sites,
+    grid=None,
+    *,
+    n_trees=1500,
+    site_fraction=0.1,
+    nodesize=5,
+    seed=DEFAULT_SEED,
+    categorical=CATEGORICAL,
+    central="mean",
+    progress=None,
+    min_oob_trees=MIN_OOB_TREES,
+) -> LosoResult:
+    """Grouped out-of-bag CV over an mtry grid: the fast stand-in for :func:`loso_cv`.
+
+    Per mtry one forest of ``n_trees`` trees; tree t holds out a random share ``site_fraction``
+    of the sites (:func:`site_oob_design`, the same design for every mtry) and draws its
+    bootstrap, as many draws as rows, from the rows of the other sites only. A row's held-out
+    prediction is the mean (``central = "mean"``) over the trees that held its site out, or the
+    type-7 median over those trees of one leaf draw per leaf from the tree's own training sites'
+    rows (``"qrf_median"``, as :func:`loso_cv` draws from the fold's training rows). No row of a
+    site reaches a tree that predicts it. Metrics and the chosen mtry as :func:`loso_cv`.
+    Raises if a site is held out by fewer than ``min_oob_trees`` trees.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    sites = np.asarray(sites).astype(str)
+    usites, code = np.unique(sites, return_inverse=True)
+    if len(usites) < 3:
+        raise ValueError(f"grouped out-of-bag CV needs at least 3 sites, got {len(usites)}")
+    if not np.isfinite(y).all():
+        raise ValueError("response contains NaN or inf; apply listwise deletion first")
+    if central not in CENTRALS:
+        raise ValueError(f"central must be one of {list(CENTRALS)}, got {central!r}")
+    p = X.shape[1]
+    grid = mtry_grid(p) if grid is None else sorted(set(int(g) for g in grid))
+    bad = [g for g in grid if not 1 <= g <= p]
+    if bad:
+        raise ValueError(f"mtry grid values {bad} outside 1..{p}")
+    held = site_oob_design(len(usites), n_trees, site_fraction, seed)
+    per_site = held.sum(axis=0)
+    if per_site.min() < min_oob_trees:
+        worst = usites[int(np.argmin(per_site))]
+        raise ValueError(
+            f"site {worst} is held out by only {int(per_site.min())} of {n_trees} trees (site_fraction "
+            f"{site_fraction}); site_oob needs at least {min_oob_trees}: raise the number of trees"
+        )
+    M, is_cat, n_levels = _encode(X, categorical)
+    order = presort(M)
+    parts = []
+    for i, m in enumerate(grid):
+        s = seeds.integer(seed, "cv_oob", m)
+        f = grow_forest(
+            M,
+            y,
+            is_cat=is_cat,
+            n_levels=n_levels,
+            n_trees=n_trees,
+            mtry=m,
+            nodesize=nodesize,
+            seed=s,
+            order=order,
+            group=code,
+            held=held,
+        )
+        value = None
+        if central == "qrf_median":
+            # each tree's leaf draws from the rows of the sites it trained on
+            draws = qrf_leaf_draws(f, M, y, s, exclude=held[:, code].T)
+            per_tree = f.predict_trees(M, draws)
+            per_tree[~held[:, code].T] = np.nan
+            pr = np.nanmedian(per_tree, axis=1)
+        else:
+            pr, n_out = f.predict_oob(M, code, held, value)
+            if n_out.min() < min_oob_trees:  # the design above guarantees it; a cheap guard
+                raise AssertionError("a row has fewer out-of-bag trees than its site's count")
+        parts.append(pd.DataFrame({"row": np.arange(len(y)), "site_id": sites, "mtry": m, "obs": y, "pred": pr}))
+        if progress:
+            progress(i + 1, len(grid))
+    pred = pd.concat(parts, ignore_index=True)
+    if not np.isfinite(pred.pred).all():
+        raise AssertionError("site_oob left a row without a held-out prediction")
+    return _result(pred)
+
+
+def _result(pred: pd.DataFrame) -> LosoResult:
     mets = []
     for m, g in pred.groupby("mtry", sort=True):
         t = skill_table(g)
@@ -271,36 +381,38 @@ def fit_flux(
     n_estimators: int,
     nodesize: int,
     central,
-    cv: bool,
+    cv: str | bool,
     seed: int,
     forest_seed: int,
     dropped: list,
     progress=None,
     client=None,
     categorical=CATEGORICAL,
+    oob_site_fraction: float = 0.1,
+    oob_trees: int = 1500,
 ) -> FluxFit:
-    """Leave-one-site-out CV over the mtry grid (``mtry`` fixed: that one; ``cv`` false: none),
-    the chosen mtry, and the final forest refit on all ``rows``. ``grid``: the mtry values to
-    tune over (default :func:`mtry_grid`); ``categorical``: the factors among ``x_cols``."""
+    """CV over the mtry grid (``mtry`` fixed: that one) -- exact leave-one-site-out (``cv =
+    "loso"`` or true), grouped out-of-bag (``"site_oob"``: :func:`site_oob_cv` with
+    ``oob_site_fraction`` and ``oob_trees``) or none (``"none"`` or false) -- the chosen mtry,
+    and the final forest refit on all ``rows``. ``grid``: the mtry values to tune over (default
+    :func:`mtry_grid`); ``categorical``: the factors among ``x_cols``."""
+    mode = ("loso" if cv else "none") if isinstance(cv, bool) else cv
+    if mode not in CV_MODES:
+        raise ValueError(f"cv must be one of {list(CV_MODES)} (or true / false), got {cv!r}")
     grid = [mtry] if mtry is not None else (grid or mtry_grid(len(x_cols)))
     best = mtry
     pred = m = overall = None
     t0 = time.perf_counter()
-    if cv:
+    if mode != "none":
+        args = (rows[x_cols], rows[flux].to_numpy(), rows.site_id.to_numpy(), grid)
+        kw = dict(n_trees=n_estimators, nodesize=nodesize, seed=seed, progress=progress)
+        kw.update(categorical=categorical, central=central)
         try:
-            res = loso_cv(
-                rows[x_cols],
-                rows[flux].to_numpy(),
-                rows.site_id.to_numpy(),
-                grid,
-                n_trees=n_estimators,
-                nodesize=nodesize,
-                seed=seed,
-                progress=progress,
-                client=client,
-                categorical=categorical,
-                central=central,
-            )
+            if mode == "site_oob":
+                kw.update(n_trees=oob_trees, site_fraction=oob_site_fraction)
+                res = site_oob_cv(*args, **kw)
+            else:
+                res = loso_cv(*args, client=client, **kw)
         finally:
             if progress is not None:
                 progress(None, None)
@@ -333,7 +445,7 @@ def fit_flux(
         "sites": int(rows.site_id.nunique()),
         "mtry": int(best),
         "mtry_grid": [int(g) for g in grid],
-        "tuned": mtry is None and cv,
+        "tuned": mtry is None and mode != "none",
         "n_estimators": n_estimators,
         "nodesize": nodesize,
         "central": central,
@@ -345,6 +457,12 @@ def fit_flux(
             for k, v in (overall or {}).items()
         },
     }
+    if mode == "site_oob":  # (LOSO runs keep forest.json as it always was: no key means LOSO)
+        k = max(2, int(round(1.0 / oob_site_fraction)))
+        info["cv_mode"] = mode
+        info["oob_site_fraction"] = oob_site_fraction
+        info["oob_trees"] = oob_trees
+        info["oob_trees_per_site"] = [oob_trees // k, -(-oob_trees // k)]
     fitted_rows = rows[["site_id", "year", "month"]].assign(obs=obs, fitted=fitted)
     fitted_rows.insert(0, "flux", flux)
     return FluxFit(

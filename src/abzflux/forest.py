@@ -31,16 +31,24 @@ def _py(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def qrf_leaf_draws(forest: PackedForest, M: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+def qrf_leaf_draws(
+    forest: PackedForest, M: np.ndarray, y: np.ndarray, seed: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """One training response per leaf per tree (quantregForest >= 1.3), drawn at random from all
     training rows ``M``, ``y`` that fall in the leaf (in-bag or not), with the ``qrf_draw`` stream
-    of ``seed``; an array over the forest's nodes (NaN where no training row lands)."""
+    of ``seed``; an array over the forest's nodes (NaN where no training row lands).
+
+    ``exclude`` (rows, trees) bool: row i is not a training row of tree t where it is true (the
+    grouped out-of-bag CV: a tree draws only from the rows of the sites it saw)."""
     leaves = forest.apply(M)  # (rows, trees)
     rng = seeds.rng(seed, "qrf_draw")
     draw = np.full(forest.n_nodes, np.nan)
     flat = leaves.T.ravel()
     yy = np.tile(y, leaves.shape[1])
     key = rng.random(flat.size)  # random order, then the first row per leaf wins
+    if exclude is not None:
+        keep = ~np.asarray(exclude, dtype=bool).T.ravel()
+        flat, yy, key = flat[keep], yy[keep], key[keep]
     o = np.lexsort((key, flat))
     first = np.r_[True, flat[o][1:] != flat[o][:-1]]
     draw[flat[o][first]] = yy[o][first]

@@ -25,8 +25,9 @@ def _save(fig, path: Path | None):
     return path
 
 
-def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome") -> Path:
-    """Leave-one-site-out predictions against observations, one panel per flux."""
+def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome", held_out: str = "LOSO") -> Path:
+    """Leave-one-site-out (``held_out``: how the y axis names them) predictions against
+    observations, one panel per flux."""
     fluxes = [f for f in ("gpp", "reco", "nee") if f in set(pred.flux)]
     fig, axes = plt.subplots(1, len(fluxes), figsize=(4.2 * len(fluxes), 4.2), squeeze=False)
     for ax, f in zip(axes[0], fluxes):
@@ -44,7 +45,7 @@ def obs_vs_pred(pred: pd.DataFrame, metrics: dict, path, color_by: str = "biome"
             fontsize=9,
         )
         ax.set_xlabel("observed (g C m-2 month-1)")
-        ax.set_ylabel("LOSO predicted (g C m-2 month-1)")
+        ax.set_ylabel(f"{held_out} predicted (g C m-2 month-1)")
         ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     return _save(fig, path)

@@ -47,7 +47,7 @@ from .formats import grid_crs  # noqa: E402
 from .layout import RunLayout  # noqa: E402
 from .predictors import from_declaration  # noqa: E402
 from .summary import METHOD_TEXT, order  # noqa: E402
-from .vocab import FLUX_UNITS, FLUXES  # noqa: E402
+from .vocab import CV_LABELS, FLUX_UNITS, FLUXES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -622,19 +622,52 @@ def _central_note(info: dict) -> str:
     return "" if central == {"mean"} else f" Predictions: the quantile forest's median ({', '.join(sorted(central))})."
 
 
+def _site_oob(info: dict) -> dict | None:
+    """The site_oob settings when the run's CV was grouped out-of-bag (models/forest.json), else None."""
+    for v in info.values():
+        if v.get("cv_mode") == "site_oob":
+            return v
+    return None
+
+
+def _site_oob_note(rd: RunData) -> str:
+    """A caption's note, in a site_oob run, that its "leave-one-site-out" predictions are grouped out-of-bag."""
+    if not rd.layout.forest_json.exists():
+        return ""
+    v = _site_oob(json.loads(rd.layout.forest_json.read_text()))
+    if v is None:
+        return ""
+    return (
+        f" This run's held-out predictions are {CV_LABELS['site_oob']}, not exact leave-one-site-out: each "
+        f"site-month is predicted by the trees, of one {v['oob_trees']}-tree forest per mtry, grown without its "
+        f'site (each tree left out a random {v["oob_site_fraction"]:.0%} of the sites; forest.cv = "site_oob", '
+        "docs/models.md)."
+    )
+
+
 def fig_skill(rd: RunData) -> list[Item]:
     if not rd.has(L.CV_PREDICTIONS):
         return []
     info = json.loads(rd.layout.forest_json.read_text())
     pred = pd.read_parquet(rd.layout.cv_predictions)
     chosen = pred.merge(pd.DataFrame([{"flux": f, "mtry": v["mtry"]} for f, v in info.items()]), on=["flux", "mtry"])
-    fig = plots.obs_vs_pred(chosen, {f: v.get("cv", {}) for f, v in info.items()}, None)
+    oob = _site_oob(info) is not None
+    fig = plots.obs_vs_pred(
+        chosen, {f: v.get("cv", {}) for f, v in info.items()}, None, held_out="grouped OOB" if oob else "LOSO"
+    )
     mtry = ", ".join(f"{f} {v['mtry']}" for f, v in info.items())
+    how = (
+        "Grouped out-of-bag cross-validation: each site-month predicted by the trees that never saw its site"
+        if oob
+        else "Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site"
+    )
     cap = (
-        "Leave-one-site-out cross-validation: each site-month predicted by a forest trained without its site, "
+        f"{how}, "
         "against the observation (g C m-2 month-1), coloured by biome; title: caret-style site-mean R² and RMSE "
         f"at the chosen mtry ({mtry}); site-months "
-        f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)." + _central_note(info)
+        f"{int(chosen.year.min())}–{int(chosen.year.max())} (RUN/cv/predictions.parquet)."
+        + _central_note(info)
+        + _site_oob_note(rd)
     )
     items = [Item("skill", "Model skill", "Model skill: observed vs predicted", cap, fig=fig)]
     if rd.has(L.CV_SKILL):
@@ -644,8 +677,8 @@ def fig_skill(rd: RunData) -> list[Item]:
                 "skill_table",
                 "Model skill",
                 "Cross-validated skill (pooled and site-mean)",
-                "Skill of the leave-one-site-out predictions (RUN/cv/skill.csv); RMSE, MAE and bias in "
-                "g C m-2 month-1.",
+                f"Skill of the {CV_LABELS['site_oob' if oob else 'loso']} predictions (RUN/cv/skill.csv); RMSE, "
+                "MAE and bias in g C m-2 month-1.",
                 table_html=_table(s),
             )
         )
@@ -1558,7 +1591,7 @@ def _site_series_item(rd: RunData, ident: str, title: str, sites: list, what: st
             else "not in this run: RUN/models/fitted.parquet is written by the forest stage of newer abzflux)"
         )
         + " and the leave-one-site-out prediction from a forest trained without the site (orange, chosen mtry, "
-        f"RUN/cv/predictions.parquet); lines are broken where months are missing; {_cv_years(rd)}."
+        f"RUN/cv/predictions.parquet); lines are broken where months are missing; {_cv_years(rd)}." + _site_oob_note(rd)
     )
     return Item(ident, "Supplementary", title, cap, fig=fig)
 
@@ -1726,7 +1759,7 @@ def supp14_residuals(rd: RunData) -> list[Item]:
         "chosen mtry) at burned site-months (a fire disturbance with years since fire) and at all others; "
         "positive = the model predicts too much uptake; vertical lines = means (1st–99th.5 percentile range "
         f"shown), site-months {_cv_years(rd)} (RUN/cv/predictions.parquet with RUN/sites.parquet, as the fire "
-        "stage's RUN/fire/residual_diagnostics.csv)."
+        "stage's RUN/fire/residual_diagnostics.csv)." + _site_oob_note(rd)
     )
     return [Item("supp14", "Supplementary", "Supplementary Fig. 14: NEE residuals, burned vs other", cap, fig=fig)]
 
@@ -1829,6 +1862,7 @@ def supp16_bias_by_ysf(rd: RunData) -> list[Item]:
         + (f"within the fitting window of {window:g} years; " if window is not None else "; ")
         + "the title gives its slope (g C m-2 month-1 per year) and p."
         + ("" if models is not None else " This run has no fire stage: no mixed-model lines.")
+        + _site_oob_note(rd)
     )
     return [Item("supp16", "Supplementary", "Supplementary Fig. 16: NEE bias by years since fire", cap, fig=fig)]
 

@@ -19,6 +19,9 @@ stream                drives                                 derivation (s = run
 ``kmeans``            k-means environmental clusters         ``s``
 ``network_draw``      network replicate r's field and draws  ``SeedSequence([s, 3000 + r])``
 ``network_forest``    network replicate forest k             ``SeedSequence([s, 4000 + k])`` → uint32
+``cv_oob_sites``      site_oob CV: the sites each tree       ``SeedSequence([s, 5000])``
+                      holds out (shared by every mtry)
+``cv_oob``            site_oob CV: the mtry forest's trees   ``SeedSequence([s, 6000 + mtry])`` → uint32
 ====================  =====================================  ==================================
 
 A forest seed ``f`` seeds its trees with ``SeedSequence(f).generate_state(n_trees)`` (``_rf``).
@@ -36,6 +39,8 @@ _OFFSET = {
     "bootstrap_forest": 2000,
     "network_draw": 3000,
     "network_forest": 4000,
+    "cv_oob_sites": 5000,
+    "cv_oob": 6000,
 }
 STREAMS = (
     "forest",
@@ -48,6 +53,8 @@ STREAMS = (
     "kmeans",
     "network_draw",
     "network_forest",
+    "cv_oob_sites",
+    "cv_oob",
 )
 
 
@@ -83,6 +90,6 @@ def integer(seed: int, name: str, *index: int) -> int:
         return int(seed)
     if name == "bootstrap_cv":
         return int(seed) + int(index[0])
-    if name == "cv_fold":
+    if name in ("cv_fold", "cv_oob"):
         return int(sequence(seed, name, *index).generate_state(1, dtype=np.uint32)[0])
     return int(sequence(seed, name, *index).generate_state(1)[0])

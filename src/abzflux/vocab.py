@@ -33,6 +33,16 @@ DEFAULT_SEED = 448
 #: regression forest, the original code's caret ``"qrf"``).
 CENTRALS: tuple[str, ...] = ("mean", "qrf_median")
 
+#: How the forests are cross-validated (``[forest] cv``): exact leave-one-site-out (one forest per
+#: site and mtry, the paper), grouped out-of-bag (one larger forest per mtry whose trees each leave
+#: out a share of whole sites; each site predicted by the trees that never saw it), or none.
+#: Old configs' ``cv = true`` / ``false`` mean "loso" / "none".
+CV_MODES: tuple[str, ...] = ("loso", "site_oob", "none")
+#: How reports name the held-out predictions of each mode.
+CV_LABELS = {"loso": "leave-one-site-out", "site_oob": "grouped out-of-bag (site_oob)"}
+#: site_oob: the fewest trees that must hold each site out (config check and run-time check).
+MIN_OOB_TREES = 20
+
 #: How the zones file's ``permafrost`` value (0-1) makes the permafrost region (``[budgets]
 #: permafrost``; docs/budgets.md "Permafrost region"): a mask (a cell is in the region when its
 #: value exceeds ``permafrost_threshold``) or weights (each cell counts with its value).

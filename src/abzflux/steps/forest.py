@@ -1,4 +1,5 @@
-"""(b) forest: per flux, leave-one-site-out CV over the mtry grid, the chosen mtry, the final
+"""(b) forest: per flux, leave-one-site-out CV (or its fast grouped out-of-bag stand-in,
+``cv = "site_oob"``) over the mtry grid, the chosen mtry, the final
 forest refit on all rows (and its in-sample predictions of the training rows), and skill tables
 and plots."""
 
@@ -22,6 +23,7 @@ from .spec import StepSpec, fresh_dir
 log = logging.getLogger(__name__)
 
 FOREST_KEYS = ("forest.n_estimators", "forest.mtry", "forest.mtry_grid", "forest.nodesize", "forest.central")
+CV_KEYS = ("forest.cv", "forest.oob_site_fraction", "forest.oob_trees")
 
 
 def run(ctx: Context, progress_factory=None) -> None:
@@ -50,8 +52,9 @@ def run(ctx: Context, progress_factory=None) -> None:
             if rows[c].nunique() < 2:
                 log.warning(f"{flux}: predictor {c} is constant over the training rows; it cannot split")
         grid = [fs.mtry] if fs.mtry is not None else (fs.mtry_grid or cv_mod.mtry_grid(len(X_cols)))
-        label = f"{flux}: LOSO folds, mtry {','.join(map(str, sorted(set(grid))))}"
-        prog = progress_factory(label) if progress_factory and fs.cv else None
+        what = "LOSO folds" if fs.cv == "loso" else "site_oob forests (one per mtry)"
+        label = f"{flux}: {what}, mtry {','.join(map(str, sorted(set(grid))))}"
+        prog = progress_factory(label) if progress_factory and fs.cross_validates else None
         fit = cv_mod.fit_flux(
             rows,
             flux,
@@ -62,14 +65,17 @@ def run(ctx: Context, progress_factory=None) -> None:
             nodesize=fs.nodesize,
             central=fs.central,
             cv=fs.cv,
+            oob_site_fraction=fs.oob_site_fraction,
+            oob_trees=fs.oob_trees,
             seed=ctx.cfg.run.seed,
             forest_seed=seeds.integer(ctx.cfg.run.seed, "forest"),
             dropped=dropped,
             progress=prog,
-            client=ctx.client() if fs.cv else None,
+            client=ctx.client() if fs.cv == "loso" else None,
             categorical=pset.categorical,
         )
         seconds[flux] = fit.seconds
+        tag = "LOSO" if fs.cv == "loso" else "site_oob"
         fit.model.save(models_dir / f"{flux}.npz")
         info[flux] = fit.info
         all_fitted.append(fit.fitted)
@@ -80,7 +86,7 @@ def run(ctx: Context, progress_factory=None) -> None:
         log.info(
             f"{flux}: {len(rows)} rows, {info[flux]['sites']} sites, mtry {info[flux]['mtry']}"
             + (
-                f" (LOSO RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
+                f" ({tag} RMSE {overall[flux]['caret_RMSE']:.1f}, R² {overall[flux]['caret_Rsquared']:.2f}, "
                 f"{fit.seconds['cv']:.0f} s)"
                 if flux in overall
                 else ""
@@ -99,7 +105,7 @@ def run(ctx: Context, progress_factory=None) -> None:
         chosen = chosen.assign(abs_error=(chosen.pred - chosen.obs).abs())
         for stem, t in cv_mod.skill_tables(chosen).items():
             t.to_csv(cv_dir / f"{stem}.csv", index=False)
-        plots.obs_vs_pred(chosen, overall, cv_dir / "obs_vs_pred.png")
+        plots.obs_vs_pred(chosen, overall, cv_dir / "obs_vs_pred.png", held_out=tag)
     _atomic.replace(cv_dir, lay.cv)
     _atomic.replace(models_dir, lay.models)
 
@@ -110,6 +116,6 @@ SPEC = StepSpec(
     writes=(L.MODELS, L.CV),
     depends=("sites",),
     reads=(L.SITES,),
-    config_keys=FOREST_KEYS + ("forest.cv", "run.seed") + PREDICTOR_KEYS,
-    summary="per flux: leave-one-site-out CV over the mtry grid, the final forest, skill tables",
+    config_keys=FOREST_KEYS + CV_KEYS + ("run.seed",) + PREDICTOR_KEYS,
+    summary="per flux: leave-one-site-out (or grouped out-of-bag) CV over the mtry grid, the final forest, skill tables",
 )
