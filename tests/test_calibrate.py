@@ -326,3 +326,64 @@ def test_shipped_calibration_covers_every_method():
     assert {"rows", "sites", "blocks"} <= set(cal.method)
     assert {"realistic", "uniform"} <= set(cal.network)
     assert cal.coverage2.between(0, 1).all() and (cal.coverage2 >= cal.coverage1).all()
+
+
+# --------------------------------------------------------------------------- budget trends
+def _linear(zone, flux, a, b, years=range(2011, 2021), **extra):
+    return pd.DataFrame([{"zone": zone, "flux": flux, "year": y, "tg_c": a + b * (y - 2011), **extra} for y in years])
+
+
+def test_trend_scoring_known_answer():
+    method = "zhang"
+    from abzflux.calibrate import annual_trends, score_trends, trend_sd
+
+    truth = pd.concat([_linear("domain", "nee", -900, 2.0), _linear("tundra", "gpp", 300, -4.0)])
+    est = pd.concat([_linear("domain", "nee", -700, 3.0), _linear("tundra", "gpp", 320, 2.0)])
+    # members: slopes estimate + (-1, 0, +1) (domain NEE) and + (-3, 0, +3) (tundra GPP): SD 1 and 3
+    members = pd.concat(
+        [_linear("domain", "nee", -700, 3.0 + d, member=k) for k, d in enumerate((-1, 0, 1))]
+        + [_linear("tundra", "gpp", 320, 2.0 + d, member=k) for k, d in enumerate((-3, 0, 3))]
+    )
+    sd = trend_sd(members, method).set_index(["zone", "flux"]).slope_sd
+    assert sd.to_dict() == pytest.approx({("domain", "nee"): 1.0, ("tundra", "gpp"): 3.0})
+    t = score_trends(annual_trends(est, method=method), annual_trends(truth, method=method), sd.reset_index())
+    t = t.set_index(["zone", "flux"])
+    d, g = t.loc[("domain", "nee")], t.loc[("tundra", "gpp")]
+    assert (d.truth, d.estimate, d.sd, d.error, d.error_pct) == pytest.approx((2.0, 3.0, 1.0, 1.0, 50.0))
+    assert d.inside1 and d.inside2 and d.ratio == pytest.approx(1.0)  # bounds included
+    # GPP: +2 against −4 (error 6 = 2 SD, 150 % of |−4|)
+    assert (g.truth, g.estimate, g.error, g.error_pct, g.ratio) == pytest.approx((-4.0, 2.0, 6.0, 150.0, 2.0))
+    assert not g.inside1 and g.inside2
+    assert (d.first_year, d.last_year) == (2011, 2020)
+
+
+@pytest.mark.parametrize("method", ["zhang", "yuepilon"])
+def test_trend_of_a_noisy_series_is_the_trends_stage_slope(method):
+    from abzflux.calibrate import annual_trends
+    from abzflux.trends import budget_trends
+
+    rng = np.random.default_rng(4)
+    d = pd.concat(
+        [
+            pd.DataFrame({"zone": z, "flux": "nee", "year": np.arange(2011, 2021), "tg_c": rng.normal(0, 10, 10)})
+            for z in ("domain", "tundra")
+        ]
+    )
+    mine = annual_trends(d, method=method).set_index("zone").slope
+    stage = budget_trends(d, method).set_index("zone").slope
+    assert mine.to_dict() == pytest.approx(stage.to_dict(), rel=1e-12)
+    assert mine.abs().min() > 0
+
+
+def test_member_annual_sums_whole_years_only():
+    from abzflux.calibrate import member_annual
+
+    rows = [
+        {"member": m, "zone": "domain", "flux": "gpp", "year": y, "month": mo, "tg_c": float(m + mo)}
+        for m in (0, 1)
+        for y, months in ((2019, range(1, 13)), (2020, range(1, 7)))
+        for mo in months
+    ]
+    a = member_annual(pd.DataFrame(rows))
+    assert a.year.unique().tolist() == [2019]  # 2020 has 6 months
+    assert a.tg_c.tolist() == [78.0, 90.0]  # sum 1..12 = 78; member 1 adds 12
