@@ -387,3 +387,34 @@ def test_member_annual_sums_whole_years_only():
     a = member_annual(pd.DataFrame(rows))
     assert a.year.unique().tolist() == [2019]  # 2020 has 6 months
     assert a.tg_c.tolist() == [78.0, 90.0]  # sum 1..12 = 78; member 1 adds 12
+
+
+def test_twin_rows_score_each_error_term_in_quadrature(tmp_path):
+    from abzflux.calibrate import twin_rows
+    from abzflux.layout import RunLayout
+
+    ann = pd.DataFrame(
+        {
+            "zone": ["domain", "tundra"],
+            "flux": ["nee", "gpp"],
+            "year": [2020, 2020],
+            "tg_c": [-500.0, 300.0],
+            "tg_c_sd": [3.0, 5.0],
+            "tg_c_sd_extrap": [4.0, np.nan],  # no extrapolation term for tundra GPP: counted as 0
+            "tg_c_sd_network": [12.0, 12.0],
+        }
+    )
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd**2 + ann.tg_c_sd_extrap.fillna(0) ** 2 + ann.tg_c_sd_network**2)
+    ann.to_csv(RunLayout(tmp_path).budgets_annual, index=False)
+    truth = pd.DataFrame({"zone": ["domain", "tundra"], "flux": ["nee", "gpp"], "year": 2020, "tg_c": [-512.0, 300.0]})
+    meta = {"twin": "t", "network": "uniform", "site_effects": "centred", "seed": 1}
+    d = twin_rows(tmp_path, truth, "sites", meta).set_index(["method", "zone"])
+    sd = d.sd.to_dict()
+    assert sd[("sites", "domain")] == 3.0
+    assert sd[("sites+extrap", "domain")] == pytest.approx(5.0)  # sqrt(9 + 16)
+    assert sd[("sites+network", "domain")] == pytest.approx(np.sqrt(9 + 144))
+    assert sd[("sites+extrap+network", "domain")] == pytest.approx(13.0)  # sqrt(9 + 16 + 144): the total
+    assert sd[("sites+extrap", "tundra")] == pytest.approx(5.0)
+    # domain NEE misses by 12: outside ±2 SD of the bootstrap (6), inside ±1 SD with the network term
+    assert not d.loc[("sites", "domain"), "inside2"] and d.loc[("sites+network", "domain"), "inside1"]
+    assert d.loc[("sites+extrap+network", "domain"), "ratio"] == pytest.approx(12 / 13)

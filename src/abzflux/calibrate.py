@@ -236,6 +236,24 @@ def truth_annual(ctx) -> pd.DataFrame:
         truth.close()
 
 
+def variants(ann: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """The scored variants of a run's budgets beyond the bootstrap SD: (label suffix, SD
+    columns added in quadrature). ``+extrap`` where the budgets carry the extrapolation term,
+    ``+network`` where they carry the network-simulation term, ``+extrap+network`` (the total)
+    where both."""
+    ext, net = "tg_c_sd_extrap" in ann, "tg_c_sd_network" in ann
+    out = []
+    if ext:
+        out.append(("+extrap", ["tg_c_sd", "tg_c_sd_extrap"]))
+    if net:
+        out.append(("+network", ["tg_c_sd", "tg_c_sd_network"]))
+    if ext and net:
+        out.append(("+extrap+network", ["tg_c_sd", "tg_c_sd_extrap", "tg_c_sd_network"]))
+    if "tg_c_sd_total" in ann and not ext and not net:  # budgets from before the terms were named
+        out.append(("+extrap", ["tg_c_sd_total"]))
+    return out
+
+
 def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd.DataFrame:
     """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
     ann = pd.read_csv(RunLayout(run_dir).budgets_annual)
@@ -244,8 +262,8 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
         truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}), on=["zone", "flux", "year"]
     )
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
-    if "tg_c_sd_total" in m:
-        parts.append(m.assign(method=method + "+extrap", sd=m.tg_c_sd_total))
+    for label, terms in variants(m):
+        parts.append(m.assign(method=method + label, sd=np.sqrt(sum(m[t].fillna(0.0) ** 2 for t in terms))))
     d = pd.concat(parts, ignore_index=True).rename(columns={"tg_c": "estimate"})
     d = score(d.assign(**meta))
     return d[COLUMNS]
