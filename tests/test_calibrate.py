@@ -309,11 +309,23 @@ def test_report_names_the_method_and_its_calibration(tmp_path, monkeypatch):
             "p90_ratio": [2.1, 7.0],
         }
     )
-    monkeypatch.setattr(R, "shipped_calibration", lambda: (cal, "made by the test"))
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": (cal, "made by the test"))
     (it,) = R.uncertainty_method(R.RunData(run))
     assert "spatial blocks" in it.caption and "800 km" in it.caption and "made by the test" in it.caption
     assert "93%" in it.table_html and "55%" in it.table_html and "40%" not in it.table_html  # only this method
-    monkeypatch.setattr(R, "shipped_calibration", lambda: (None, ""))
+    # with the network term and centred/biased twins, and the budget trends' calibration
+    (run / "run.json").write_text(
+        json.dumps({"config": {"uncertainty": {"method": "blocks", "block_km": 800.0, "network": True}}})
+    )
+    net = cal.assign(method="blocks+network", site_effects=["centred", "biased"], coverage2=[0.91, 0.47])
+    trend = net.assign(coverage2=[0.88, 0.66], n=[20, 20])
+    tables = {"calibration_summary.csv": (net, "budgets"), "calibration_trends_summary.csv": (trend, "trends")}
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": tables[name])
+    (it,) = R.uncertainty_method(R.RunData(run))
+    assert "blocks+network" in it.caption and "budget trend" in it.caption and "centred" in it.caption
+    for v in ("91%", "47%", "88%", "66%", "budget trend", "annual budget", "centred", "biased"):
+        assert v in it.table_html, v
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": (None, ""))
     (it,) = R.uncertainty_method(R.RunData(run))
     assert "No calibration" in it.caption
 
