@@ -40,6 +40,7 @@ def main() -> None:
         "--names", default=None, help="predictors to hold, comma-separated (default: every time-varying one)"
     )
     ap.add_argument("--mtry", default="", help="also retrain the forests with these fixed mtry values, comma-separated")
+    ap.add_argument("--no-attribution", action="store_true", help="only the --mtry part")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(a.config)
@@ -54,12 +55,14 @@ def main() -> None:
     models = {f: RunLayout(a.run_dir).model(f) for f in FLUXES}
     names = a.names.split(",") if a.names else None
     t0 = time.perf_counter()
-    trend_attribution(ctx, models, a.out / "work", names).to_csv(a.out / "trend_attribution.csv", index=False)
-    log.info(f"attribution: {time.perf_counter() - t0:.0f} s")
+    if not a.no_attribution:
+        trend_attribution(ctx, models, a.out / "work", names).to_csv(a.out / "trend_attribution.csv", index=False)
+        log.info(f"attribution: {time.perf_counter() - t0:.0f} s")
     rows = []
     spec = {st.name: st for st in STEPS}
     for m in [int(v) for v in a.mtry.split(",") if v]:
         d = a.out / f"mtry{m}"
+        d.mkdir(exist_ok=True)
         mcfg = replace(cfg, forest=replace(cfg.forest, mtry=m, cv=False, importance_repeats=0))
         mctx = Context(cfg=mcfg, out=d)
         for name in ("sites", "forest"):
