@@ -109,7 +109,8 @@ def trend_attribution(
     """Budget trends (Tg C yr-2) of the upscaling with the run's predictors (``predictor`` =
     :data:`BASELINE`) and with each predictor of ``names`` (default: every time-varying one the
     models use) held at the first run year's values. Columns: predictor, zone, flux, slope,
-    change (slope − baseline slope), change_pct (100 · change / |baseline slope|). ``keep``:
+    change (slope − baseline slope), change_pct (100 · change / baseline slope: −40 means the
+    trend is 40 % weaker, whatever its sign). ``keep``:
     leave the held predictor stores and upscalings in ``work``."""
     src = Path(ctx.cfg.inputs.predictors)
     y0, _ = ctx.years()
@@ -138,5 +139,5 @@ def trend_attribution(
     b = base.reindex(pd.MultiIndex.from_frame(t[["zone", "flux"]])).to_numpy()
     t["change"] = t.slope.to_numpy() - b
     with np.errstate(divide="ignore", invalid="ignore"):
-        t["change_pct"] = 100 * t.change / np.abs(b)
+        t["change_pct"] = 100 * t.change / b
     return t[["predictor", "zone", "flux", "first_year", "last_year", "slope", "change", "change_pct"]]
