@@ -81,9 +81,11 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
         [trends_mod.trend_area_shares(ds, zones), trends_mod.fire_area_shares(ds, zones)], ignore_index=True
     ).to_csv(out / "area_shares.csv", index=False)
     _season_tables(ctx, drv, out, method, preserve)
-    trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve).to_csv(
-        out / L.inner(L.BUDGET_TRENDS), index=False
-    )
+    bt = trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve)
+    if lay.members_monthly.exists():  # the bootstrap ± of each trend: SD of the members' slopes
+        members = trends_mod.member_annual(pd.read_parquet(lay.members_monthly))
+        bt = bt.merge(trends_mod.budget_trend_sd(members, method, preserve), on=["zone", "flux"], how="left")
+    bt.to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
     trends_mod.site_trends(pd.read_parquet(lay.sites), method=method, preserve_range_for_sig_test=preserve).to_csv(
         out / L.inner(L.SITE_TRENDS), index=False
     )
@@ -115,7 +117,7 @@ SPEC = StepSpec(
     run,
     writes=(L.TRENDS,),
     depends=("budgets",),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES),
+    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES, L.MEMBERS_MONTHLY),
     config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year")
     + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire"),
