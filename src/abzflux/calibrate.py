@@ -29,6 +29,7 @@ from .formats import open_grid
 from .layout import RunLayout
 from .steps import STEPS
 from .summary import ZONE_ORDER
+from .trends import budget_trend_sd, member_annual
 from .vocab import FLUXES
 
 log = logging.getLogger(__name__)
@@ -143,19 +144,10 @@ def annual_trends(annual: pd.DataFrame, keys=("zone", "flux"), method: str = "zh
     return t[[*keys, "first_year", "last_year", "slope"]]
 
 
-def member_annual(members_monthly: pd.DataFrame) -> pd.DataFrame:
-    """Each bootstrap member's annual zone budgets (sum of the 12 months) from
-    budgets_members_monthly.parquet; years with fewer than 12 months are left out."""
-    g = members_monthly.groupby(["member", "zone", "flux", "year"], sort=True).tg_c
-    a = g.sum().reset_index()
-    return a[g.size().to_numpy() == 12]
-
-
 def trend_sd(members_annual: pd.DataFrame, method: str = "zhang") -> pd.DataFrame:
     """The ± of a budget trend: the SD (ddof 1) across bootstrap members of their own
-    Theil–Sen slopes (zone, flux, slope_sd)."""
-    t = annual_trends(members_annual, ("member", "zone", "flux"), method)
-    return t.groupby(["zone", "flux"], sort=True).slope.std(ddof=1).rename("slope_sd").reset_index()
+    Theil–Sen slopes (zone, flux, slope_sd; :func:`abzflux.trends.budget_trend_sd`)."""
+    return budget_trend_sd(members_annual, method)
 
 
 def score_trends(est: pd.DataFrame, truth: pd.DataFrame, sd: pd.DataFrame) -> pd.DataFrame:
@@ -273,8 +265,9 @@ def twin_trend_rows(
     run_dir: Path, truth: pd.DataFrame, method: str, meta: dict, trend_method: str = "zhang"
 ) -> pd.DataFrame:
     """Trend rows of one method's run (:data:`TREND_COLUMNS`): every zone and flux's budget
-    trend against the truth's, with the ± of the members' trends (``method``) and, where the
-    budgets carry the extrapolation term, the same ± again as ``method+extrap`` (the
+    trend against the truth's, with the ± of the members' trends (``method``), and a row per
+    variant of :func:`variants`: ``+network`` adds the network term of the trend
+    (:func:`network_trend_sd`) in quadrature; ``+extrap`` keeps the members' ± (the
     extrapolation term is a level error, fully correlated across years: it adds nothing to a
     trend)."""
     lay = RunLayout(run_dir)
@@ -285,9 +278,28 @@ def twin_trend_rows(
     sd = trend_sd(keep(member_annual(pd.read_parquet(lay.members_monthly))), trend_method)
     d = score_trends(est, tru, sd).assign(method=method, **meta)
     parts = [d]
-    if "tg_c_sd_total" in ann:
-        parts.append(d.assign(method=method + "+extrap"))
+    labels = [label for label, _ in variants(ann)]
+    net = None
+    if any("+network" in label for label in labels) and lay.network_trends.exists():
+        net = network_trend_sd(pd.read_csv(lay.network_trends))
+    for label in labels:
+        if "+network" in label and net is not None:
+            sd2 = sd.merge(net, on=["zone", "flux"], how="left")
+            sd2 = sd2.assign(slope_sd=np.sqrt(sd2.slope_sd**2 + sd2.slope_sd_network.fillna(0.0) ** 2))
+            parts.append(
+                score_trends(est, tru, sd2[["zone", "flux", "slope_sd"]]).assign(method=method + label, **meta)
+            )
+        else:
+            parts.append(d.assign(method=method + label))
     return pd.concat(parts, ignore_index=True)[TREND_COLUMNS]
+
+
+def network_trend_sd(terr: pd.DataFrame) -> pd.DataFrame:
+    """The network-simulation term of a budget trend (zone, flux, slope_sd_network): the RMS
+    over the replicates of their slope errors (``network/network_trends.csv``: replicate, zone,
+    flux, error), as the trends stage adds it."""
+    e = terr.assign(e2=terr.error.astype(float) ** 2)
+    return np.sqrt(e.groupby(["zone", "flux"], sort=True).e2.mean()).rename("slope_sd_network").reset_index()
 
 
 def run_twin(
@@ -299,17 +311,23 @@ def run_twin(
     n_bootstrap: int,
     block_km: float,
     extrapolation: bool = True,
+    network: dict | None = None,
     progress_factory=None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
     bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
-    ``extrapolation=False``: no leave-one-site-out CV and no extrapolation term (no ``+extrap``
-    rows); the forests, bootstraps and budgets are the same."""
+    ``extrapolation=False``: no extrapolation term (no ``+extrap`` rows); the forests,
+    bootstraps and budgets are the same. ``network``: ``[uncertainty]`` settings of the
+    network-simulation term (``network_replicates``, ``network_trees``, ...; ``network = true``
+    is set): the term is computed once, in the first method's run (it needs the final forests'
+    maps, the same in every method's run), and copied to the others; it needs the
+    leave-one-site-out CV, which runs when either term is asked for."""
+    cv = extrapolation or network is not None
     cfg = load_config(twin_dir / "config.toml")
-    cfg.forest = replace(
-        cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=extrapolation
-    )
+    cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=cv)
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
+    if network is not None:
+        cfg.uncertainty = replace(cfg.uncertainty, network=True, **network)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg=cfg, out=base, progress_factory=progress_factory)
@@ -326,7 +344,10 @@ def run_twin(
         d = run_root / m
         if not RunLayout(d).budgets_annual.exists():
             d.mkdir(parents=True, exist_ok=True)
-            for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[: 4 if extrapolation else 3]:
+            items = [L.SITES, L.MODELS] + [L.CV] * cv + [L.UNCERTAINTY] * extrapolation
+            if network is not None and (base / L.NETWORK).exists():
+                items.append(L.NETWORK)
+            for item in items:
                 _copy(base / item, d / item)
             mctx = Context(
                 cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)),
@@ -334,8 +355,14 @@ def run_twin(
                 progress_factory=progress_factory,
             )
             t0 = time.perf_counter()
-            for name in ("bootstrap", "upscale", "budgets"):
+            for name in ("bootstrap", "upscale"):
                 spec[name].run(mctx)
+            if network is not None and not (d / L.NETWORK).exists():
+                t1 = time.perf_counter()
+                spec["network"].run(mctx)
+                _copy(d / L.NETWORK, base / L.NETWORK)
+                log.info(f"[network] {time.perf_counter() - t1:.0f} s")
+            spec["budgets"].run(mctx)
             log.info(f"[{m}] bootstrap, upscale, budgets: {time.perf_counter() - t0:.0f} s")
         out.append(d)
     return truth, out
@@ -355,6 +382,7 @@ def run_calibration(
     n_site_months: int = 4900,
     network_tables: dict | None = None,
     extrapolation: bool = True,
+    network: dict | None = None,
     progress_factory=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
@@ -405,6 +433,7 @@ def run_calibration(
                 n_bootstrap=n_bootstrap,
                 block_km=block_km,
                 extrapolation=extrapolation,
+                network=network,
                 progress_factory=progress_factory,
             )
             for m, d in zip(methods, dirs):
