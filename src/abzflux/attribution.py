@@ -38,7 +38,7 @@ BASELINE = "none"
 
 def time_varying(ds: xr.Dataset) -> list[str]:
     """The data variables of a predictor stack that change with time (have a ``time`` dim)."""
-    return [v for v in ds.data_vars if "time" in ds[v].dims]
+    return [str(v) for v in ds.data_vars if "time" in ds[v].dims]
 
 
 def hold_at_first_year(da: xr.DataArray, first_year: int) -> xr.DataArray:
