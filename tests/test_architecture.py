@@ -23,6 +23,7 @@ LAYERS = {
         "forest",
         "cv",
         "uncertainty",
+        "network",
         "upscale",
         "budgets",
         "coverage",

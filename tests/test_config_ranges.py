@@ -57,6 +57,9 @@ BOUNDS = [
     ("uncertainty", "block_km", "0.001", "0.0", "> 0"),
     ("uncertainty", "block_km", "1e9", "inf", "> 0"),
     ("uncertainty", "method", '"blocks"', '"row"', "one of ['rows', 'sites', 'blocks']"),
+    ("uncertainty", "network_replicates", "2", "1", ">= 2"),
+    ("uncertainty", "network_trees", "1", "0", ">= 1"),
+    ("uncertainty", "network_stride", "1", "0", ">= 1"),
 ]
 
 

@@ -653,10 +653,13 @@ def annual_table(
     period: pd.DataFrame,
     has_members: bool,
     extrapolation: pd.DataFrame | None = None,
+    network: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """``budgets_annual.csv`` (annual budgets with coverage, density and, with bootstrap members,
     their SD) and the period-mean SD table ``budgets_period_sd.csv`` (None without members).
-    ``extrapolation``: zone-month extrapolation SD terms (:func:`add_extrapolation_sd`)."""
+    ``extrapolation``: zone-month extrapolation SD terms (:func:`add_extrapolation_sd`);
+    ``network``: the network simulation's (zone-year, period) error summaries
+    (:func:`add_network_sd`)."""
     ann = exact_nee_fire(annual_from_monthly(monthly.assign(coverage=monthly.coverage.fillna(1.0))), ["zone", "year"])
     ann["density_g_m2"] = density(ann, areas)
     p_sd = None
@@ -668,6 +671,8 @@ def annual_table(
         )
         if extrapolation is not None:
             ann, p_sd = add_extrapolation_sd(ann, p_sd, extrapolation)
+        if network is not None:
+            ann, p_sd = add_network_sd(ann, p_sd, *network)
     return ann.sort_values(["flux", "zone", "year"]).reset_index(drop=True), p_sd
 
 
@@ -712,5 +717,31 @@ def add_extrapolation_sd(ann: pd.DataFrame, p_sd: pd.DataFrame, ext: pd.DataFram
     p_sd = p_sd.merge(p, on=["zone", "flux"], how="left")
     p_sd["period_mean_tg_c_sd_total"] = np.sqrt(
         p_sd.period_mean_tg_c_sd**2 + p_sd.period_mean_tg_c_sd_extrap.fillna(0.0) ** 2
+    )
+    return ann, p_sd
+
+
+def add_network_sd(
+    ann: pd.DataFrame, p_sd: pd.DataFrame, summary: pd.DataFrame, period: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Annual and period-mean budgets get the network-simulation term (``tg_c_sd_network``,
+    ``period_mean_tg_c_sd_network``): the RMS over the replicates of estimate − surrogate truth
+    of that zone, flux and year (``summary``) or of the period mean (``period``), so a
+    systematic error of the method found in the simulation counts as well as the spread
+    (:mod:`abzflux.network`). The total adds the terms in quadrature:
+    ``tg_c_sd_total = sqrt(bootstrap SD² + extrapolation SD² + network term²)`` (absent terms 0).
+    NEE + fire carries NEE's term (fire has none); Reco − GPP has its own (the replicates' GPP and
+    Reco forests give it)."""
+    a = summary[["zone", "flux", "year", "rms_error"]].rename(columns={"rms_error": "tg_c_sd_network"})
+    a = pd.concat([a, a[a.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
+    ann = ann.drop(columns=["tg_c_sd_network"], errors="ignore").merge(a, on=["zone", "flux", "year"], how="left")
+    ext = ann["tg_c_sd_extrap"].fillna(0.0) if "tg_c_sd_extrap" in ann else 0.0
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd**2 + ext**2 + ann.tg_c_sd_network.fillna(0.0) ** 2)
+    p = period[["zone", "flux", "rms_error"]].rename(columns={"rms_error": "period_mean_tg_c_sd_network"})
+    p = pd.concat([p, p[p.flux == "nee"].assign(flux="nee_fire")], ignore_index=True)
+    p_sd = p_sd.drop(columns=["period_mean_tg_c_sd_network"], errors="ignore").merge(p, on=["zone", "flux"], how="left")
+    pext = p_sd["period_mean_tg_c_sd_extrap"].fillna(0.0) if "period_mean_tg_c_sd_extrap" in p_sd else 0.0
+    p_sd["period_mean_tg_c_sd_total"] = np.sqrt(
+        p_sd.period_mean_tg_c_sd**2 + pext**2 + p_sd.period_mean_tg_c_sd_network.fillna(0.0) ** 2
     )
     return ann, p_sd

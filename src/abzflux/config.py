@@ -115,6 +115,10 @@ class UncertaintySettings:
     method: str = "rows"  # bootstrap resampling unit: "rows" (the paper's), "sites" or "blocks"
     block_km: float = 1000.0  # "blocks": sites grouped into square spatial blocks of this size (km)
     extrapolation: bool = False  # add an SD term that grows with the dissimilarity index (DI)
+    network: bool = False  # add the network-simulation error term (docs/uncertainty.md)
+    network_replicates: int = 20  # replicates of the network simulation
+    network_trees: int | None = None  # trees of each replicate forest (default: forest.n_estimators)
+    network_stride: int = 1  # predict every n-th grid row and column in the replicates (1: every cell)
 
 
 @dataclass
@@ -400,6 +404,9 @@ def load_config(path) -> Config:
         ("forest.pdp_points", cfg.forest.pdp_points, 2),
         ("forest.pdp_rows", cfg.forest.pdp_rows, 0),
         ("forest.n_bootstrap", cfg.forest.n_bootstrap, 0),
+        ("uncertainty.network_replicates", cfg.uncertainty.network_replicates, 2),
+        ("uncertainty.network_trees", cfg.uncertainty.network_trees, 1),
+        ("uncertainty.network_stride", cfg.uncertainty.network_stride, 1),
         ("compare.regrid_subsamples", cfg.compare.regrid_subsamples, 1),
         ("compare.mess_period_length", cfg.compare.mess_period_length, 1),
         ("compare.n_clusters", cfg.compare.n_clusters, 1),

@@ -19,6 +19,7 @@ CV = "cv"
 INTERPRET = "interpret"
 BOOTSTRAP = "bootstrap"
 UNCERTAINTY = "uncertainty"
+NETWORK = "network"
 UPSCALED = "upscaled.zarr"
 MEMBERS_MONTHLY = "budgets_members_monthly.parquet"
 BUDGETS = "budgets"
@@ -49,6 +50,11 @@ PARTIAL_DEPENDENCE = f"{INTERPRET}/partial_dependence.csv"
 BOOTSTRAP_JSON = f"{BOOTSTRAP}/bootstrap.json"
 EXTRAPOLATION_JSON = f"{UNCERTAINTY}/extrapolation.json"
 EXTRAPOLATION_SD = f"{UNCERTAINTY}/extrapolation_sd.zarr"
+NETWORK_ERRORS = f"{NETWORK}/network_errors.parquet"
+NETWORK_SUMMARY = f"{NETWORK}/network_summary.csv"
+NETWORK_PERIOD = f"{NETWORK}/network_period.csv"
+NETWORK_TRENDS = f"{NETWORK}/network_trends.csv"
+NETWORK_JSON = f"{NETWORK}/residual_model.json"
 TABLE1 = f"{BUDGETS}/table1.csv"
 DECADAL_MONTHLY = f"{BUDGETS}/decadal_monthly.csv"
 COVERAGE = f"{BUDGETS}/coverage.csv"
@@ -184,6 +190,31 @@ class RunLayout:
     @property
     def extrapolation_sd(self) -> Path:
         return self.root / EXTRAPOLATION_SD
+
+    # ---- network simulation
+    @property
+    def network(self) -> Path:
+        return self.root / NETWORK
+
+    @property
+    def network_errors(self) -> Path:
+        return self.root / NETWORK_ERRORS
+
+    @property
+    def network_summary(self) -> Path:
+        return self.root / NETWORK_SUMMARY
+
+    @property
+    def network_period(self) -> Path:
+        return self.root / NETWORK_PERIOD
+
+    @property
+    def network_trends(self) -> Path:
+        return self.root / NETWORK_TRENDS
+
+    @property
+    def network_json(self) -> Path:
+        return self.root / NETWORK_JSON
 
     # ---- upscale
     @property

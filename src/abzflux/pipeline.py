@@ -37,6 +37,7 @@ from .steps import extrapolation as _extrapolation
 from .steps import fire as _fire
 from .steps import forest as _forest
 from .steps import interpret as _interpret
+from .steps import network as _network
 from .steps import sites as _sites
 from .steps import summary as _summary
 from .steps import trends as _trends
@@ -54,6 +55,7 @@ stage_forest = _forest.run
 stage_interpret = _interpret.run
 stage_bootstrap = _bootstrap.run
 stage_extrapolation = _extrapolation.run
+stage_network = _network.run
 stage_upscale = _upscale.run
 stage_budgets = _budgets.run
 stage_trends = _trends.run
@@ -97,6 +99,7 @@ __all__ = [
     "stage_budgets",
     "stage_compare",
     "stage_extrapolation",
+    "stage_network",
     "stage_fire",
     "stage_forest",
     "stage_interpret",

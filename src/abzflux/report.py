@@ -303,9 +303,19 @@ def _series(ax, df: pd.DataFrame, zone: str, flux: str, color: str, label: str):
     if d.empty:
         return False
     ax.plot(d.year, d.tg_c, color=color, lw=1.4, label=label)
-    if "tg_c_sd" in d and d.tg_c_sd.notna().any():
-        ax.fill_between(d.year, d.tg_c - d.tg_c_sd, d.tg_c + d.tg_c_sd, color=color, alpha=0.2, lw=0)
+    col = "tg_c_sd_total" if "tg_c_sd_total" in d and d.tg_c_sd_total.notna().any() else "tg_c_sd"
+    if col in d and d[col].notna().any():  # the total ± when the run adds terms to the bootstrap SD
+        ax.fill_between(d.year, d.tg_c - d[col], d.tg_c + d[col], color=color, alpha=0.2, lw=0)
     return True
+
+
+def _band_text(rd: RunData) -> str:
+    """What the budget bands show: the bootstrap SD, or the total ± with the terms the run adds."""
+    ann = rd.annual()
+    if "tg_c_sd_total" not in ann or not ann.tg_c_sd_total.notna().any():
+        return "± SD across the bootstrap forests"
+    terms = [t for c, t in (("tg_c_sd_extrap", "extrapolation"), ("tg_c_sd_network", "network-simulation")) if c in ann]
+    return "± total (SD across the bootstrap forests with the " + " and ".join(terms) + " terms in quadrature)"
 
 
 def _budget_panel(ax, rd: RunData, zone: str, title: str) -> list[str]:
@@ -529,7 +539,7 @@ def fig2_budgets(rd: RunData) -> list[Item]:
     fire_txt = "NEE + fire (red: NEE plus fire emissions), " if "NEE + fire" in s_a else ""
     cap = (
         f"Annual CO2 budgets (Tg C yr-1), {rd.period()}, of a the whole domain and b the permafrost region: "
-        f"NEE (blue), {coarse}{fire_txt}bands = ± SD across the bootstrap forests (fire carries no "
+        f"NEE (blue), {coarse}{fire_txt}bands = {_band_text(rd)} (fire carries no "
         "uncertainty). c: the GPP/Reco attribution of each cell's annual NEE trend (significant and non-"
         "significant alike): a strengthening sink from rising GPP or falling Reco, a strengthening source from "
         "rising Reco or falling GPP. "
@@ -597,7 +607,7 @@ def fig4_regions(rd: RunData) -> list[Item]:
     fig.tight_layout()
     cap = (
         f"Annual budgets (Tg C yr-1), {rd.period()}, of the boreal (top) and tundra (bottom) parts of Alaska, "
-        f"Canada, Europe and Siberia: {', '.join(shown)}; bands = ± SD across the bootstrap forests "
+        f"Canada, Europe and Siberia: {', '.join(shown)}; bands = {_band_text(rd)} "
         "(RUN/budgets_annual.csv"
         + (f"; coarse model set {_coarse_period(rd)}, RUN/coarse/budgets_annual.csv" if "coarse NEE" in shown else "")
         + ")."
@@ -976,6 +986,15 @@ def uncertainty_method(rd: RunData) -> list[Item]:
             if u.get("extrapolation")
             else ""
         )
+        + (
+            "; the budgets' ± also adds the network-simulation term: the RMS error of forests refitted "
+            f"({u.get('network_replicates', 20)} replicates) on site data drawn from this run's own maps at the "
+            "real site-months, with site effects, noise and an unexplained spatial field fitted to the "
+            "leave-one-site-out residuals (budgets_annual.csv tg_c_sd_network; total tg_c_sd_total, "
+            "terms added in quadrature)"
+            if u.get("network")
+            else ""
+        )
         + f". Method label: {label} (docs/uncertainty.md)."
     )
     if rd.has(L.EXTRAPOLATION_JSON):
@@ -1022,7 +1041,49 @@ def uncertainty_method(rd: RunData) -> list[Item]:
             text,
             table_html=_table(t),
         )
-    ]
+    ] + network_term(rd)
+
+
+def network_term(rd: RunData) -> list[Item]:
+    """The network-simulation term of the period-mean budgets beside the bootstrap SD, and the
+    residual model it was drawn from (RUN/network/)."""
+    if not (rd.has(L.NETWORK_PERIOD) and rd.has(L.NETWORK_JSON) and rd.has(L.BUDGETS_PERIOD_SD)):
+        return []
+    rec = json.loads(rd.layout.network_json.read_text())
+    per = rd.csv(L.NETWORK_PERIOD)
+    sd = rd.csv(L.BUDGETS_PERIOD_SD)
+    zones = ("domain", *BIOMES, *REGIONS)
+    t = per[per.zone.isin(zones) & per.flux.isin(["gpp", "reco", "nee"])].merge(sd, on=["zone", "flux"], how="left")
+    t["_z"] = t.zone.map({z: i for i, z in enumerate(zones)})
+    t = t.sort_values(["flux", "_z"])
+    table = pd.DataFrame(
+        {
+            "flux": t.flux.map(lambda f: LABEL.get(f, f)),
+            "zone": t.zone,
+            "bootstrap SD": t.period_mean_tg_c_sd.round(1),
+            "network: mean error": t.mean_error.round(1),
+            "network: SD": t.sd_error.round(1),
+            "network term (RMS)": t.rms_error.round(1),
+            "total ±": t.get("period_mean_tg_c_sd_total", pd.Series(np.nan, index=t.index)).round(1),
+        }
+    )
+    m = rec["models"]
+    model_text = "; ".join(
+        f"{LABEL.get(f, f)}: field SD {v['field_sd']:.1f}"
+        + (f" (range {v['field_range_m'] / 1e3:.0f} km)" if v["field_sd"] > 0 else "")
+        + f", site SD EC {v['methods']['EC']['sd_site']:.1f} / chamber {v['methods']['chamber']['sd_site']:.1f}, "
+        f"noise SD EC {v['methods']['EC']['sd_noise']:.1f} / chamber {v['methods']['chamber']['sd_noise']:.1f}"
+        for f, v in m.items()
+    )
+    cap = (
+        f"Network-simulation term of the period-mean budgets ({rd.period()}, Tg C yr-1): {rec['replicates']} "
+        f"replicates, {rec['trees']} trees, mtry fixed at the run's; error = estimate − surrogate truth per "
+        "replicate; the term is the RMS of the errors (mean error and SD beside it); total ± = √(bootstrap SD² "
+        "+ extrapolation term² + network term²). Residual model from the leave-one-site-out residuals, in g C m-2 "
+        f"month-1 times the seasonal scale s(month) (1: a month of average residual size): {model_text} "
+        "(RUN/network/)."
+    )
+    return [Item("uncertainty_network", "Uncertainty", "Network-simulation term", cap, table_html=_table(table))]
 
 
 def fig_extrapolation(rd: RunData) -> list[Item]:

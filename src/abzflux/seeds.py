@@ -17,6 +17,8 @@ stream                drives                                 derivation (s = run
 ``bootstrap_forest``  bootstrap member b's forest            ``SeedSequence([s, 2000 + b])`` → uint32
 ``bootstrap_cv``      bootstrap member b's mtry re-tuning    ``s + b`` (a CV seed, fold streams below it)
 ``kmeans``            k-means environmental clusters         ``s``
+``network_draw``      network replicate r's field and draws  ``SeedSequence([s, 3000 + r])``
+``network_forest``    network replicate forest k             ``SeedSequence([s, 4000 + k])`` → uint32
 ====================  =====================================  ==================================
 
 A forest seed ``f`` seeds its trees with ``SeedSequence(f).generate_state(n_trees)`` (``_rf``).
@@ -27,7 +29,14 @@ from __future__ import annotations
 import numpy as np
 
 # name -> (the SeedSequence's entropy offsets, or None for a plain integer seed)
-_OFFSET = {"importance": 11, "qrf_draw": 7, "bootstrap_rows": 1000, "bootstrap_forest": 2000}
+_OFFSET = {
+    "importance": 11,
+    "qrf_draw": 7,
+    "bootstrap_rows": 1000,
+    "bootstrap_forest": 2000,
+    "network_draw": 3000,
+    "network_forest": 4000,
+}
 STREAMS = (
     "forest",
     "cv_fold",
@@ -37,6 +46,8 @@ STREAMS = (
     "bootstrap_forest",
     "bootstrap_cv",
     "kmeans",
+    "network_draw",
+    "network_forest",
 )
 
 

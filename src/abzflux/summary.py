@@ -63,7 +63,7 @@ def truth_table(
 
 def with_sd(truth_cmp: pd.DataFrame, period_sd: pd.DataFrame) -> pd.DataFrame:
     """The truth comparison with the period-mean SD (``sd``): the total (bootstrap +
-    extrapolation term) when the run has the term."""
+    extrapolation and network terms) when the run has a term."""
     sd = period_sd.assign(flux=period_sd.flux.replace({"nee_derived": "nee (reco-gpp)"}))
     col = "period_mean_tg_c_sd_total" if "period_mean_tg_c_sd_total" in sd else "period_mean_tg_c_sd"
     return truth_cmp.merge(sd[["zone", "flux", col]], on=["zone", "flux"], how="left").rename(columns={col: "sd"})
@@ -158,8 +158,18 @@ def order(df: pd.DataFrame) -> pd.DataFrame:
 
 def uncertainty_label(cfg: Config) -> str:
     """The uncertainty method of a run as the calibration names it: ``rows``, ``sites``,
-    ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term."""
-    return cfg.uncertainty.method + ("+extrap" if cfg.uncertainty.extrapolation else "")
+    ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term and
+    ``+network`` for the network-simulation term."""
+    u = cfg.uncertainty
+    return u.method + ("+extrap" if u.extrapolation else "") + ("+network" if u.network else "")
+
+
+#: What each added term of the ± is (the method label's suffixes).
+TERM_TEXT = {
+    "extrap": "the extrapolation term that grows with the dissimilarity index",
+    "network": "the network-simulation term (RMS error of forests refitted on site data drawn from the run's "
+    "own maps at the real site-months)",
+}
 
 
 METHOD_TEXT = {
@@ -202,11 +212,11 @@ def render_summary_md(period: pd.DataFrame, truth: pd.DataFrame | None, map_r, i
                 f"{100 * r.rel_error:+.1f} | {r.error / sd if sd > 0 else np.nan:+.1f} | "
                 f"{r.trend:+.2f} | {r.trend_truth:+.2f} |"
             )
-        base, _, ext = method.partition("+")
+        base, *terms = method.split("+")
         lines += [
             "",
             f"± ({method}) is {METHOD_TEXT.get(base, base)} of each forest's period-mean budget"
-            + (", combined with the extrapolation term that grows with the dissimilarity index" if ext else "")
+            + (", combined in quadrature with " + " and ".join(TERM_TEXT.get(t, t) for t in terms) if terms else "")
             + "; error / SD shows how far the truth lies outside it "
             "(docs/uncertainty.md).",
             "",

@@ -102,6 +102,7 @@ class UpscaleJob:
     # Worker caches are keyed by this too: a long-lived worker never reuses a dataset or a store
     # handle opened for another run (other inputs, or a store recreated at the same path).
     key: str = ""
+    cells: np.ndarray | None = None  # (y, x) bool: predict only these land cells (None: all)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -169,6 +170,8 @@ def predict_chunk(job: UpscaleJob, c: Chunk) -> dict:
     tidx = np.asarray(job.time_index[c.t0 : c.t0 + c.nt])
     z = zones.isel(y=ys, x=xs).load()
     land = z["land_fraction"].fillna(0).values > 0
+    if job.cells is not None:
+        land = land & job.cells[ys, xs]
     cols, months = _tile_predictors(pred, job.plans, tidx, ys, xs)
     nt, (ty, tx) = len(tidx), land.shape
     full = {}
@@ -338,6 +341,62 @@ def _template(pred: xr.Dataset, times: pd.DatetimeIndex, variables: list, tile: 
     return ds
 
 
+def build_job(
+    pred: xr.Dataset,
+    zds: xr.Dataset,
+    predictors,
+    zones,
+    models: dict,
+    members: dict,
+    store,
+    parts,
+    times_sel: np.ndarray,
+    plans: dict,
+    predictor_set=PAPER,
+    permafrost: tuple[str, float] = DEFAULT_PERMAFROST,
+    key: str = "",
+) -> tuple[UpscaleJob, np.ndarray]:
+    """The :class:`UpscaleJob` of a model set (``pred``: the model view of the stack, ``zds``
+    the zones as opened) and the land mask: vegetation classes remapped per flux from the
+    models' training levels, the zones' order. Also used by :mod:`abzflux.network` with the
+    final forests' levels."""
+    land_da = zds["land_fraction"].fillna(0) > 0
+    land = np.asarray(land_da.values)
+    veg_da = pred["veg_type"]
+    if "time" in veg_da.dims:
+        raise InputError(predictors, "veg_type varies with time", column="veg_type", expected="a static layer (y, x)")
+    veg_codes = np.unique(np.asarray(veg_da.values)[land])
+    veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
+    veg_map = {}
+    if "veg_type" in predictor_set.names:
+        veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
+    corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
+    zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
+    job = UpscaleJob(
+        predictors=str(predictors),
+        zones=str(zones),
+        models={f: str(p) for f, p in models.items()},
+        members={f: [str(p) for p in ps] for f, ps in members.items()},
+        store=str(store),
+        parts=str(parts),
+        time_index=[int(i) for i in times_sel],
+        veg_map=veg_map,
+        zones_order=zorder,
+        plans=dict(plans),
+        names=tuple(predictor_set.names),
+        bootstrap_names=tuple(predictor_set.bootstrap_names),
+        permafrost=tuple(permafrost),
+        key=key,
+    )
+    return job, land
+
+
+def clear_caches() -> None:
+    """Release this process's cached datasets, store handles, forests and zone weights."""
+    for cache in (_open, _store, _model, _tile_zone_weights):
+        cache.cache_clear()
+
+
 def upscale(
     predictors,
     zones,
@@ -382,32 +441,19 @@ def upscale(
         parts.mkdir(parents=True)
         _template(pred, times, variables, tile, predictors).to_zarr(store, compute=False, mode="w", consolidated=False)
         _atomic.write_text(state, json.dumps({"fingerprint": fingerprint, "tile": tile, "created": time.time_ns()}))
-    land_da = zds["land_fraction"].fillna(0) > 0
-    land = np.asarray(land_da.values)
-    veg_da = pred["veg_type"]
-    if "time" in veg_da.dims:
-        raise InputError(predictors, "veg_type varies with time", column="veg_type", expected="a static layer (y, x)")
-    veg_codes = np.unique(np.asarray(veg_da.values)[land])
-    veg_codes = pd.Series(veg_codes[np.isfinite(veg_codes)]).replace(VEG_RECODE).unique()
-    veg_map = {}
-    if "veg_type" in predictor_set.names:
-        veg_map = {f: veg_remap(veg_codes, _load(p).known_levels("veg_type"), f) for f, p in models.items()}
-    corner = zds.isel(y=slice(0, 2), x=slice(0, 2))
-    zorder = list(budgets_mod.zone_weights(corner, np.full((corner.sizes["y"], corner.sizes["x"]), np.nan)).zone.values)
-    job = UpscaleJob(
-        predictors=str(predictors),
-        zones=str(zones),
-        models={f: str(p) for f, p in models.items()},
-        members={f: [str(p) for p in ps] for f, ps in members.items()},
-        store=str(store),
-        parts=str(parts),
-        time_index=[int(i) for i in times_sel],
-        veg_map=veg_map,
-        zones_order=zorder,
-        plans=dict(plans),
-        names=tuple(predictor_set.names),
-        bootstrap_names=tuple(predictor_set.bootstrap_names),
-        permafrost=tuple(permafrost),
+    job, land = build_job(
+        pred,
+        zds,
+        predictors,
+        zones,
+        models,
+        members,
+        store,
+        parts,
+        times_sel,
+        plans,
+        predictor_set,
+        permafrost,
         key=f"{fingerprint}:{json.loads(state.read_text())['created']}",
     )
     chunks = plan_chunks(land, times, tile)
@@ -438,6 +484,7 @@ def upscale(
     mb_path = lay.members_monthly
     if members:
         n_mem = len(next(iter(members.values())))
+        zorder = job.zones_order
         total = np.zeros((len(OUT_VARS), n_mem, len(times), len(zorder)))
         for c in chunks:
             with np.load(parts / f"{c.key}.npz") as z:
@@ -463,8 +510,7 @@ def upscale(
     consolidate(store)  # complete: one metadata read opens it (docs/formats.md)
     _atomic.replace(store, lay.upscaled)
     shutil.rmtree(work)
-    for cache in (_open, _store, _model, _tile_zone_weights):  # release this run's forests and handles (this process)
-        cache.cache_clear()
+    clear_caches()
     return {"chunks": len(chunks), "resumed": len(chunks) - len(todo), "tile": tile}
 
 

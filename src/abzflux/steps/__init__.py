@@ -9,7 +9,20 @@ fingerprints them.
 
 from __future__ import annotations
 
-from . import bootstrap, budgets, compare, extrapolation, fire, forest, interpret, sites, summary, trends, upscale
+from . import (
+    bootstrap,
+    budgets,
+    compare,
+    extrapolation,
+    fire,
+    forest,
+    interpret,
+    network,
+    sites,
+    summary,
+    trends,
+    upscale,
+)
 from .spec import StepSpec
 
 #: Every step, upstream ones first.
@@ -20,6 +33,7 @@ STEPS: tuple[StepSpec, ...] = (
     bootstrap.SPEC,
     extrapolation.SPEC,
     upscale.SPEC,
+    network.SPEC,
     budgets.SPEC,
     trends.SPEC,
     fire.SPEC,

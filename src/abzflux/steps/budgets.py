@@ -95,7 +95,10 @@ def run(ctx: Context) -> None:
     ext = None
     if has_members and ctx.cfg.uncertainty.extrapolation and lay.extrapolation_sd.exists():
         ext = zone_extrapolation_sd(xr.open_zarr(lay.extrapolation_sd, consolidated=False), zones, veg)
-    ann, p_sd = budgets_mod.annual_table(mon, areas, tables["seasonal"], period, has_members, ext)
+    netw = None
+    if has_members and ctx.cfg.uncertainty.network and lay.network_summary.exists():
+        netw = (pd.read_csv(lay.network_summary), pd.read_csv(lay.network_period))
+    ann, p_sd = budgets_mod.annual_table(mon, areas, tables["seasonal"], period, has_members, ext, netw)
     if p_sd is not None:
         tmp = lay.tmp(L.BUDGETS_PERIOD_SD)
         p_sd.to_csv(tmp, index=False)
@@ -113,8 +116,8 @@ SPEC = StepSpec(
     "budgets",
     run,
     writes=(L.BUDGETS_ANNUAL, L.BUDGETS),
-    depends=("upscale", "sites", "extrapolation"),
-    reads=(L.UPSCALED, L.MEMBERS_MONTHLY, L.SITES, L.EXTRAPOLATION_SD),
+    depends=("upscale", "sites", "extrapolation", "network"),
+    reads=(L.UPSCALED, L.MEMBERS_MONTHLY, L.SITES, L.EXTRAPOLATION_SD, L.NETWORK_SUMMARY, L.NETWORK_PERIOD),
     config_keys=(
         "budgets.source_threshold",
         "budgets.decade_length",
@@ -123,6 +126,7 @@ SPEC = StepSpec(
         "fire.first_year",
         "run.years",
         "uncertainty.extrapolation",
+        "uncertainty.network",
     )
     + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire"),

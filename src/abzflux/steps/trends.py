@@ -18,6 +18,7 @@ import xarray as xr
 from .. import _atomic
 from .. import budgets as budgets_mod
 from .. import layout as L
+from .. import network as network_mod
 from .. import trends as trends_mod
 from ..context import Context
 from ..formats import consolidate, grid_crs, write_crs
@@ -85,6 +86,10 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     if lay.members_monthly.exists():  # the bootstrap ± of each trend: SD of the members' slopes
         members = trends_mod.member_annual(pd.read_parquet(lay.members_monthly))
         bt = bt.merge(trends_mod.budget_trend_sd(members, method, preserve), on=["zone", "flux"], how="left")
+    if ctx.cfg.uncertainty.network and lay.network_trends.exists():
+        bt = network_mod.add_trend_term(bt, pd.read_csv(lay.network_trends))
+        if "slope_sd" in bt:  # the trend's total ±: bootstrap and network terms in quadrature
+            bt["slope_sd_total"] = network_mod.total_sd(bt.slope_sd, bt.slope_sd_network)
     bt.to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
     trends_mod.site_trends(pd.read_parquet(lay.sites), method=method, preserve_range_for_sig_test=preserve).to_csv(
         out / L.inner(L.SITE_TRENDS), index=False
@@ -116,9 +121,23 @@ SPEC = StepSpec(
     "trends",
     run,
     writes=(L.TRENDS,),
-    depends=("budgets",),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES, L.MEMBERS_MONTHLY),
-    config_keys=("run.years", "trends.prewhitening", "trends.preserve_range_for_sig_test", "fire.first_year")
+    depends=("budgets", "network"),
+    reads=(
+        L.UPSCALED,
+        L.BUDGETS_ANNUAL,
+        L.BUDGETS_SEASONAL,
+        L.BUDGETS_MONTHLY,
+        L.SITES,
+        L.MEMBERS_MONTHLY,
+        L.NETWORK_TRENDS,
+    ),
+    config_keys=(
+        "run.years",
+        "trends.prewhitening",
+        "trends.preserve_range_for_sig_test",
+        "fire.first_year",
+        "uncertainty.network",
+    )
     + PERMAFROST_KEYS,
     inputs=("predictors", "zones", "fire"),
     summary="per-pixel, zone-budget (annual, seasonal, monthly) and driver Theil–Sen/Mann–Kendall trends, "
