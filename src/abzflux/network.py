@@ -152,7 +152,9 @@ def fit_exponential(vg: pd.DataFrame, n_ranges: int = 60) -> dict:
         return {"nugget": g, "psill": 0.0, "range": float("nan"), "sse": float("nan")}
     h, g, w = vg.h.to_numpy(), vg.gamma.to_numpy(), np.sqrt(vg.pairs.to_numpy(np.float64))
     best = None
-    for a in np.geomspace(h.min(), h.max() * 3, n_ranges):
+    # sites in one grid cell are at distance 0 (coarse grids): the first bin's mean may be 0
+    lo = float(h[h > 0].min()) if (h > 0).any() else 1.0
+    for a in np.geomspace(lo, max(h.max(), lo) * 3, n_ranges):
         A = np.stack([np.ones_like(h), 1.0 - np.exp(-h / a)], 1) * w[:, None]
         coef, resid = nnls(A, g * w)
         if best is None or resid < best[0] - 1e-12 * abs(best[0]):
