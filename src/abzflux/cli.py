@@ -529,6 +529,12 @@ def calibrate(
         "--extrap/--no-extrap",
         help="Score the +extrap variants (needs leave-one-site-out CV, one forest per site: slow on large networks).",
     ),
+    network_replicates: int = typer.Option(
+        0,
+        "--network-replicates",
+        help="Also score the network-simulation term (+network variants) with this many replicates "
+        "(0: off; needs the leave-one-site-out CV, which then runs).",
+    ),
     site_effects: str = typer.Option(
         "biased",
         "--site-effects",
@@ -566,6 +572,8 @@ def calibrate(
         if not 0 <= n_real <= twins:
             raise typer.BadParameter("--realistic must be between 0 and --twins")
         plan = ["realistic"] * n_real + ["uniform"] * (twins - n_real)
+    if network_replicates == 1 or network_replicates < 0:
+        raise typer.BadParameter("--network-replicates: 0 (off) or at least 2")
     effects = list(SITE_EFFECTS) if site_effects == "both" else [site_effects]
     if any(e not in SITE_EFFECTS for e in effects):
         raise typer.BadParameter(f"--site-effects: one of {', '.join(SITE_EFFECTS)} or both")
@@ -584,6 +592,7 @@ def calibrate(
             block_km=block_km,
             network_tables=tables,
             extrapolation=extrapolation,
+            network={"network_replicates": network_replicates} if network_replicates else None,
             progress_factory=_progress_factory(quiet),
         )
     except (InputError, ValueError) as e:
