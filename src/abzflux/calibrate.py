@@ -476,15 +476,17 @@ def plot_coverage(summ: pd.DataFrame, path: Path) -> None:
 
     fluxes = [f for f in FLUXES if f in set(summ.flux)]
     methods = list(dict.fromkeys(summ.method))
+    if "site_effects" in summ:  # one bar per network and site-effects model
+        summ = summ.assign(network=summ.network + np.where(summ.site_effects == "biased", "", ", " + summ.site_effects))
     nets = sorted(set(summ.network))
     fig, axes = plt.subplots(1, len(fluxes), figsize=(4.2 * len(fluxes), 3.6), sharey=True, squeeze=False)
     for ax, f in zip(axes[0], fluxes):
         for j, n in enumerate(nets):
             s = summ[(summ.flux == f) & (summ.network == n)].set_index("method").reindex(methods)
             ax.bar(
-                np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.38,
+                np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.76 / len(nets),
                 100 * s.coverage2.to_numpy(),
-                width=0.38,
+                width=0.76 / len(nets),
                 label=f"{n} network",
             )
         ax.axhline(95.4, color="k", lw=0.8, ls="--")
