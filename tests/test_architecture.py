@@ -41,7 +41,7 @@ LAYERS = {
     },
     3: {"context", "checks", "steps", "prepare"},
     4: {"runner", "sensitivity"},
-    5: {"cli", "calibrate", "report", "pipeline"},
+    5: {"cli", "calibrate", "attribution", "report", "pipeline"},
 }
 LEVEL = {m: k for k, ms in LAYERS.items() for m in ms}
 

@@ -309,11 +309,23 @@ def test_report_names_the_method_and_its_calibration(tmp_path, monkeypatch):
             "p90_ratio": [2.1, 7.0],
         }
     )
-    monkeypatch.setattr(R, "shipped_calibration", lambda: (cal, "made by the test"))
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": (cal, "made by the test"))
     (it,) = R.uncertainty_method(R.RunData(run))
     assert "spatial blocks" in it.caption and "800 km" in it.caption and "made by the test" in it.caption
     assert "93%" in it.table_html and "55%" in it.table_html and "40%" not in it.table_html  # only this method
-    monkeypatch.setattr(R, "shipped_calibration", lambda: (None, ""))
+    # with the network term and centred/biased twins, and the budget trends' calibration
+    (run / "run.json").write_text(
+        json.dumps({"config": {"uncertainty": {"method": "blocks", "block_km": 800.0, "network": True}}})
+    )
+    net = cal.assign(method="blocks+network", site_effects=["centred", "biased"], coverage2=[0.91, 0.47])
+    trend = net.assign(coverage2=[0.88, 0.66], n=[20, 20])
+    tables = {"calibration_summary.csv": (net, "budgets"), "calibration_trends_summary.csv": (trend, "trends")}
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": tables[name])
+    (it,) = R.uncertainty_method(R.RunData(run))
+    assert "blocks+network" in it.caption and "budget trend" in it.caption and "centred" in it.caption
+    for v in ("91%", "47%", "88%", "66%", "budget trend", "annual budget", "centred", "biased"):
+        assert v in it.table_html, v
+    monkeypatch.setattr(R, "shipped_calibration", lambda name="calibration_summary.csv": (None, ""))
     (it,) = R.uncertainty_method(R.RunData(run))
     assert "No calibration" in it.caption
 
@@ -326,3 +338,95 @@ def test_shipped_calibration_covers_every_method():
     assert {"rows", "sites", "blocks"} <= set(cal.method)
     assert {"realistic", "uniform"} <= set(cal.network)
     assert cal.coverage2.between(0, 1).all() and (cal.coverage2 >= cal.coverage1).all()
+
+
+# --------------------------------------------------------------------------- budget trends
+def _linear(zone, flux, a, b, years=range(2011, 2021), **extra):
+    return pd.DataFrame([{"zone": zone, "flux": flux, "year": y, "tg_c": a + b * (y - 2011), **extra} for y in years])
+
+
+def test_trend_scoring_known_answer():
+    method = "zhang"
+    from abzflux.calibrate import annual_trends, score_trends, trend_sd
+
+    truth = pd.concat([_linear("domain", "nee", -900, 2.0), _linear("tundra", "gpp", 300, -4.0)])
+    est = pd.concat([_linear("domain", "nee", -700, 3.0), _linear("tundra", "gpp", 320, 2.0)])
+    # members: slopes estimate + (-1, 0, +1) (domain NEE) and + (-3, 0, +3) (tundra GPP): SD 1 and 3
+    members = pd.concat(
+        [_linear("domain", "nee", -700, 3.0 + d, member=k) for k, d in enumerate((-1, 0, 1))]
+        + [_linear("tundra", "gpp", 320, 2.0 + d, member=k) for k, d in enumerate((-3, 0, 3))]
+    )
+    sd = trend_sd(members, method).set_index(["zone", "flux"]).slope_sd
+    assert sd.to_dict() == pytest.approx({("domain", "nee"): 1.0, ("tundra", "gpp"): 3.0})
+    t = score_trends(annual_trends(est, method=method), annual_trends(truth, method=method), sd.reset_index())
+    t = t.set_index(["zone", "flux"])
+    d, g = t.loc[("domain", "nee")], t.loc[("tundra", "gpp")]
+    assert (d.truth, d.estimate, d.sd, d.error, d.error_pct) == pytest.approx((2.0, 3.0, 1.0, 1.0, 50.0))
+    assert d.inside1 and d.inside2 and d.ratio == pytest.approx(1.0)  # bounds included
+    # GPP: +2 against −4 (error 6 = 2 SD, 150 % of |−4|)
+    assert (g.truth, g.estimate, g.error, g.error_pct, g.ratio) == pytest.approx((-4.0, 2.0, 6.0, 150.0, 2.0))
+    assert not g.inside1 and g.inside2
+    assert (d.first_year, d.last_year) == (2011, 2020)
+
+
+@pytest.mark.parametrize("method", ["zhang", "yuepilon"])
+def test_trend_of_a_noisy_series_is_the_trends_stage_slope(method):
+    from abzflux.calibrate import annual_trends
+    from abzflux.trends import budget_trends
+
+    rng = np.random.default_rng(4)
+    d = pd.concat(
+        [
+            pd.DataFrame({"zone": z, "flux": "nee", "year": np.arange(2011, 2021), "tg_c": rng.normal(0, 10, 10)})
+            for z in ("domain", "tundra")
+        ]
+    )
+    mine = annual_trends(d, method=method).set_index("zone").slope
+    stage = budget_trends(d, method).set_index("zone").slope
+    assert mine.to_dict() == pytest.approx(stage.to_dict(), rel=1e-12)
+    assert mine.abs().min() > 0
+
+
+def test_member_annual_sums_whole_years_only():
+    from abzflux.calibrate import member_annual
+
+    rows = [
+        {"member": m, "zone": "domain", "flux": "gpp", "year": y, "month": mo, "tg_c": float(m + mo)}
+        for m in (0, 1)
+        for y, months in ((2019, range(1, 13)), (2020, range(1, 7)))
+        for mo in months
+    ]
+    a = member_annual(pd.DataFrame(rows))
+    assert a.year.unique().tolist() == [2019]  # 2020 has 6 months
+    assert a.tg_c.tolist() == [78.0, 90.0]  # sum 1..12 = 78; member 1 adds 12
+
+
+def test_twin_rows_score_each_error_term_in_quadrature(tmp_path):
+    from abzflux.calibrate import twin_rows
+    from abzflux.layout import RunLayout
+
+    ann = pd.DataFrame(
+        {
+            "zone": ["domain", "tundra"],
+            "flux": ["nee", "gpp"],
+            "year": [2020, 2020],
+            "tg_c": [-500.0, 300.0],
+            "tg_c_sd": [3.0, 5.0],
+            "tg_c_sd_extrap": [4.0, np.nan],  # no extrapolation term for tundra GPP: counted as 0
+            "tg_c_sd_network": [12.0, 12.0],
+        }
+    )
+    ann["tg_c_sd_total"] = np.sqrt(ann.tg_c_sd**2 + ann.tg_c_sd_extrap.fillna(0) ** 2 + ann.tg_c_sd_network**2)
+    ann.to_csv(RunLayout(tmp_path).budgets_annual, index=False)
+    truth = pd.DataFrame({"zone": ["domain", "tundra"], "flux": ["nee", "gpp"], "year": 2020, "tg_c": [-512.0, 300.0]})
+    meta = {"twin": "t", "network": "uniform", "site_effects": "centred", "seed": 1}
+    d = twin_rows(tmp_path, truth, "sites", meta).set_index(["method", "zone"])
+    sd = d.sd.to_dict()
+    assert sd[("sites", "domain")] == 3.0
+    assert sd[("sites+extrap", "domain")] == pytest.approx(5.0)  # sqrt(9 + 16)
+    assert sd[("sites+network", "domain")] == pytest.approx(np.sqrt(9 + 144))
+    assert sd[("sites+extrap+network", "domain")] == pytest.approx(13.0)  # sqrt(9 + 16 + 144): the total
+    assert sd[("sites+extrap", "tundra")] == pytest.approx(5.0)
+    # domain NEE misses by 12: outside ±2 SD of the bootstrap (6), inside ±1 SD with the network term
+    assert not d.loc[("sites", "domain"), "inside2"] and d.loc[("sites+network", "domain"), "inside1"]
+    assert d.loc[("sites+extrap+network", "domain"), "ratio"] == pytest.approx(12 / 13)

@@ -103,6 +103,14 @@ def test_exponential_fit_recovers_parameters():
     assert f2["psill"] == pytest.approx(0.0, abs=1e-9) and f2["nugget"] == pytest.approx(5.0)
 
 
+def test_exponential_fit_with_co_located_sites():
+    # sites sharing a grid cell are at distance 0: the first bin's mean distance is 0
+    h = np.r_[0.0, np.linspace(50e3, 2000e3, 12)]
+    vg = pd.DataFrame({"h": h, "gamma": net.exponential_variogram(h, 4.0, 9.0, 400e3), "pairs": 100})
+    fit = net.fit_exponential(vg, n_ranges=400)
+    assert fit["range"] == pytest.approx(400e3, rel=0.03) and fit["psill"] == pytest.approx(9.0, rel=0.03)
+
+
 def test_residual_model_splits_field_and_site_effect():
     # site means = a smooth field (SD 2, range 500 km) + a site effect (SD 1.5) + noise (SD 2)
     rng = np.random.default_rng(3)

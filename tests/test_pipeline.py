@@ -156,6 +156,8 @@ def test_trend_outputs(study_run):
     assert shares["greening"] > 0.2  # the twin greens
     bt = pd.read_csv(out / "trends" / "budget_trends.csv").set_index(["zone", "flux"])
     assert bt.loc[("domain", "gpp"), "slope"] > 0  # greening and CO2 raise GPP in the twin
+    # the bootstrap ± of each budget trend: SD of the members' slopes (none for fire: no members)
+    assert bt.loc[("domain", "nee"), "slope_sd"] > 0 and np.isnan(bt.loc[("domain", "fire"), "slope_sd"])
     s = json.loads((out / "summary.json").read_text())
     t = pd.DataFrame(s["truth"]).set_index(["zone", "flux"])
     assert t.loc[("domain", "nee"), "trend_truth"] < 0  # the twin's sink strengthens

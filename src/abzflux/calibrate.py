@@ -29,6 +29,7 @@ from .formats import open_grid
 from .layout import RunLayout
 from .steps import STEPS
 from .summary import ZONE_ORDER
+from .trends import budget_trend_sd, member_annual
 from .vocab import FLUXES
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ BOOT_METHODS = ("rows", "sites", "blocks")
 COLUMNS = [
     "twin",
     "network",
+    "site_effects",
     "seed",
     "method",
     "zone",
@@ -82,9 +84,15 @@ def score(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def coverage_summary(cal: pd.DataFrame, by=("method", "network", "flux")) -> pd.DataFrame:
-    """Per group: zone-years, coverage at ±1 and ±2 SD (shares), median and 90th percentile of
-    |error| / SD, and the share a calibrated normal would cover (68.3 % and 95.4 %) beside."""
+def summary_keys(cal: pd.DataFrame) -> tuple[str, ...]:
+    """The summary's groups: method, site effects (where the table has them), network, flux."""
+    return ("method",) + (("site_effects",) if "site_effects" in cal else ()) + ("network", "flux")
+
+
+def coverage_summary(cal: pd.DataFrame, by=None) -> pd.DataFrame:
+    """Per group (default :func:`summary_keys`): zone-years, coverage at ±1 and ±2 SD (shares),
+    median and 90th percentile of |error| / SD, median |error| and median SD."""
+    by = summary_keys(cal) if by is None else by
     cal = cal.assign(abs_error=(cal.estimate - cal.truth).abs())
     g = cal.groupby(list(by), sort=True)
     out = g.agg(
@@ -101,21 +109,107 @@ def coverage_summary(cal: pd.DataFrame, by=("method", "network", "flux")) -> pd.
     return out
 
 
-def summary_markdown(s: pd.DataFrame) -> str:
+# --------------------------------------------------------------------------- trends
+#: Columns of calibration_trends.csv: one row per twin × method × zone × flux. truth and estimate
+#: are the Theil–Sen slopes (Tg C yr-2) of the annual budgets over the twin's years (the trends
+#: stage's zyp method), sd the ± of the estimate's slope, error = estimate − truth, error_pct =
+#: 100 · error / |truth|.
+TREND_COLUMNS = [
+    "twin",
+    "network",
+    "site_effects",
+    "seed",
+    "method",
+    "zone",
+    "flux",
+    "first_year",
+    "last_year",
+    "truth",
+    "estimate",
+    "sd",
+    "error",
+    "error_pct",
+    "inside1",
+    "inside2",
+    "ratio",
+]
+
+
+def annual_trends(annual: pd.DataFrame, keys=("zone", "flux"), method: str = "zhang") -> pd.DataFrame:
+    """Theil–Sen slope (Tg C yr-2; :func:`abzflux.trends.series_trends`, as the trends stage's
+    budget trends) of each ``keys`` group's annual budget (columns ``*keys``, year, tg_c)."""
+    from .trends import series_trends
+
+    t = series_trends(annual, list(keys), method, value="tg_c")
+    return t[[*keys, "first_year", "last_year", "slope"]]
+
+
+def trend_sd(members_annual: pd.DataFrame, method: str = "zhang") -> pd.DataFrame:
+    """The ± of a budget trend: the SD (ddof 1) across bootstrap members of their own
+    Theil–Sen slopes (zone, flux, slope_sd; :func:`abzflux.trends.budget_trend_sd`)."""
+    return budget_trend_sd(members_annual, method)
+
+
+def score_trends(est: pd.DataFrame, truth: pd.DataFrame, sd: pd.DataFrame) -> pd.DataFrame:
+    """Trend rows: the estimate's and the truth's slopes (zone, flux, slope, first_year,
+    last_year) with the ± (zone, flux, slope_sd), error (Tg C yr-2 and % of |truth|) and the
+    coverage columns of :func:`score`."""
+    m = est.merge(truth[["zone", "flux", "slope"]].rename(columns={"slope": "truth"}), on=["zone", "flux"])
+    m = m.rename(columns={"slope": "estimate"}).merge(sd.rename(columns={"slope_sd": "sd"}), on=["zone", "flux"])
+    err = m.estimate - m.truth
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = 100 * err / m.truth.abs()
+    return score(m.assign(error=err, error_pct=pct))
+
+
+def trend_summary(cal: pd.DataFrame) -> pd.DataFrame:
+    """:func:`coverage_summary` of trend rows (n = zone trends), plus the median |error| in %."""
+    s = coverage_summary(cal)
+    keys = list(summary_keys(cal))
+    pct = cal.assign(p=cal.error_pct.abs()).groupby(keys, sort=True).p.median().rename("median_abs_error_pct")
+    return s.merge(pct.reset_index(), on=keys)
+
+
+def summary_markdown(s: pd.DataFrame, unit: str = "zone-years") -> str:
+    eff = "site_effects" in s
     lines = [
-        "| method | network | flux | zone-years | inside ±1 SD | inside ±2 SD | median |error|/SD "
-        "| 90th pct |error|/SD |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method |"
+        + (" site effects |" if eff else "")
+        + f" network | flux | {unit} | inside ±1 SD | inside ±2 SD | median \\|error\\|/SD "
+        "| 90th pct \\|error\\|/SD | median \\|error\\| | median SD |",
+        "|---|" + ("---|" if eff else "") + "---|---|---|---|---|---|---|---|---|",
     ]
     for r in s.itertuples():
         lines.append(
-            f"| {r.method} | {r.network} | {r.flux} | {r.n} | {100 * r.coverage1:.0f}% | "
-            f"{100 * r.coverage2:.0f}% | {r.median_ratio:.2f} | {r.p90_ratio:.2f} |"
+            f"| {r.method} |"
+            + (f" {r.site_effects} |" if eff else "")
+            + f" {r.network} | {r.flux} | {r.n} | {100 * r.coverage1:.0f}% | "
+            f"{100 * r.coverage2:.0f}% | {r.median_ratio:.2f} | {r.p90_ratio:.2f} | "
+            f"{r.median_abs_error:.3g} | {r.median_sd:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def trend_pct_markdown(s: pd.DataFrame) -> str:
+    """The trend summary's median |error| in % of the true trend, per group."""
+    keys = [k for k in summary_keys(s) if k != "method"]
+    lines = ["| method | " + " | ".join(keys) + " | median \\|trend error\\| (% of \\|true trend\\|) |"]
+    lines.append("|---|" + "---|" * len(keys) + "---|")
+    for r in s.itertuples():
+        lines.append(
+            f"| {r.method} | " + " | ".join(str(getattr(r, k)) for k in keys) + f" | {r.median_abs_error_pct:.0f}% |"
         )
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- runs
+def twin_name(network: str, seed: int, site_effects: str = "biased") -> str:
+    """A calibration twin's directory name: ``realistic_101`` (biased site effects, as before
+    the option existed, so that earlier calibration directories resume) or
+    ``realistic_centred_101``."""
+    return f"{network}_{seed}" if site_effects == "biased" else f"{network}_{site_effects}_{seed}"
+
+
 def _copy(src: Path, dst: Path) -> None:
     if src.is_dir():
         shutil.copytree(src, dst, dirs_exist_ok=True)
@@ -134,6 +228,24 @@ def truth_annual(ctx) -> pd.DataFrame:
         truth.close()
 
 
+def variants(ann: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """The scored variants of a run's budgets beyond the bootstrap SD: (label suffix, SD
+    columns added in quadrature). ``+extrap`` where the budgets carry the extrapolation term,
+    ``+network`` where they carry the network-simulation term, ``+extrap+network`` (the total)
+    where both."""
+    ext, net = "tg_c_sd_extrap" in ann, "tg_c_sd_network" in ann
+    out = []
+    if ext:
+        out.append(("+extrap", ["tg_c_sd", "tg_c_sd_extrap"]))
+    if net:
+        out.append(("+network", ["tg_c_sd", "tg_c_sd_network"]))
+    if ext and net:
+        out.append(("+extrap+network", ["tg_c_sd", "tg_c_sd_extrap", "tg_c_sd_network"]))
+    if "tg_c_sd_total" in ann and not ext and not net:  # budgets from before the terms were named
+        out.append(("+extrap", ["tg_c_sd_total"]))
+    return out
+
+
 def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd.DataFrame:
     """Calibration rows of one method's run: every zone, year and flux with estimate, truth, SD."""
     ann = pd.read_csv(RunLayout(run_dir).budgets_annual)
@@ -142,11 +254,52 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
         truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}), on=["zone", "flux", "year"]
     )
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
-    if "tg_c_sd_total" in m:
-        parts.append(m.assign(method=method + "+extrap", sd=m.tg_c_sd_total))
+    for label, terms in variants(m):
+        parts.append(m.assign(method=method + label, sd=np.sqrt(sum(m[t].fillna(0.0) ** 2 for t in terms))))
     d = pd.concat(parts, ignore_index=True).rename(columns={"tg_c": "estimate"})
     d = score(d.assign(**meta))
     return d[COLUMNS]
+
+
+def twin_trend_rows(
+    run_dir: Path, truth: pd.DataFrame, method: str, meta: dict, trend_method: str = "zhang"
+) -> pd.DataFrame:
+    """Trend rows of one method's run (:data:`TREND_COLUMNS`): every zone and flux's budget
+    trend against the truth's, with the ± of the members' trends (``method``), and a row per
+    variant of :func:`variants`: ``+network`` adds the network term of the trend
+    (:func:`network_trend_sd`) in quadrature; ``+extrap`` keeps the members' ± (the
+    extrapolation term is a level error, fully correlated across years: it adds nothing to a
+    trend)."""
+    lay = RunLayout(run_dir)
+    ann = pd.read_csv(lay.budgets_annual)
+    keep = lambda d: d[d.zone.isin(ZONES) & d.flux.isin(FLUXES)]  # noqa: E731
+    est = annual_trends(keep(ann), method=trend_method)
+    tru = annual_trends(keep(truth[["zone", "flux", "year", "tg_c"]]), method=trend_method)
+    sd = trend_sd(keep(member_annual(pd.read_parquet(lay.members_monthly))), trend_method)
+    d = score_trends(est, tru, sd).assign(method=method, **meta)
+    parts = [d]
+    labels = [label for label, _ in variants(ann)]
+    net = None
+    if any("+network" in label for label in labels) and lay.network_trends.exists():
+        net = network_trend_sd(pd.read_csv(lay.network_trends))
+    for label in labels:
+        if "+network" in label and net is not None:
+            sd2 = sd.merge(net, on=["zone", "flux"], how="left")
+            sd2 = sd2.assign(slope_sd=np.sqrt(sd2.slope_sd**2 + sd2.slope_sd_network.fillna(0.0) ** 2))
+            parts.append(
+                score_trends(est, tru, sd2[["zone", "flux", "slope_sd"]]).assign(method=method + label, **meta)
+            )
+        else:
+            parts.append(d.assign(method=method + label))
+    return pd.concat(parts, ignore_index=True)[TREND_COLUMNS]
+
+
+def network_trend_sd(terr: pd.DataFrame) -> pd.DataFrame:
+    """The network-simulation term of a budget trend (zone, flux, slope_sd_network): the RMS
+    over the replicates of their slope errors (``network/network_trends.csv``: replicate, zone,
+    flux, error), as the trends stage adds it."""
+    e = terr.assign(e2=terr.error.astype(float) ** 2)
+    return np.sqrt(e.groupby(["zone", "flux"], sort=True).e2.mean()).rename("slope_sd_network").reset_index()
 
 
 def run_twin(
@@ -158,17 +311,23 @@ def run_twin(
     n_bootstrap: int,
     block_km: float,
     extrapolation: bool = True,
+    network: dict | None = None,
     progress_factory=None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
     bootstrap, upscaling and budgets (the shared stages' outputs are copied, not recomputed).
-    ``extrapolation=False``: no leave-one-site-out CV and no extrapolation term (no ``+extrap``
-    rows); the forests, bootstraps and budgets are the same."""
+    ``extrapolation=False``: no extrapolation term (no ``+extrap`` rows); the forests,
+    bootstraps and budgets are the same. ``network``: ``[uncertainty]`` settings of the
+    network-simulation term (``network_replicates``, ``network_trees``, ...; ``network = true``
+    is set): the term is computed once, in the first method's run (it needs the final forests'
+    maps, the same in every method's run), and copied to the others; it needs the
+    leave-one-site-out CV, which runs when either term is asked for."""
+    cv = extrapolation or network is not None
     cfg = load_config(twin_dir / "config.toml")
-    cfg.forest = replace(
-        cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=extrapolation
-    )
+    cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=cv)
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
+    if network is not None:
+        cfg.uncertainty = replace(cfg.uncertainty, network=True, **network)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg=cfg, out=base, progress_factory=progress_factory)
@@ -185,7 +344,10 @@ def run_twin(
         d = run_root / m
         if not RunLayout(d).budgets_annual.exists():
             d.mkdir(parents=True, exist_ok=True)
-            for item in (L.SITES, L.MODELS, L.CV, L.UNCERTAINTY)[: 4 if extrapolation else 3]:
+            items = [L.SITES, L.MODELS] + [L.CV] * cv + [L.UNCERTAINTY] * extrapolation
+            if network is not None and (base / L.NETWORK).exists():
+                items.append(L.NETWORK)
+            for item in items:
                 _copy(base / item, d / item)
             mctx = Context(
                 cfg=replace(cfg, uncertainty=replace(cfg.uncertainty, method=m)),
@@ -193,8 +355,14 @@ def run_twin(
                 progress_factory=progress_factory,
             )
             t0 = time.perf_counter()
-            for name in ("bootstrap", "upscale", "budgets"):
+            for name in ("bootstrap", "upscale"):
                 spec[name].run(mctx)
+            if network is not None and not (d / L.NETWORK).exists():
+                t1 = time.perf_counter()
+                spec["network"].run(mctx)
+                _copy(d / L.NETWORK, base / L.NETWORK)
+                log.info(f"[network] {time.perf_counter() - t1:.0f} s")
+            spec["budgets"].run(mctx)
             log.info(f"[{m}] bootstrap, upscale, budgets: {time.perf_counter() - t0:.0f} s")
         out.append(d)
     return truth, out
@@ -214,6 +382,7 @@ def run_calibration(
     n_site_months: int = 4900,
     network_tables: dict | None = None,
     extrapolation: bool = True,
+    network: dict | None = None,
     progress_factory=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
@@ -228,11 +397,13 @@ def run_calibration(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[pd.DataFrame] = []
+    trend_rows: list[pd.DataFrame] = []
     prog = progress_factory("calibration twins") if progress_factory else None
     try:
         for i, t in enumerate(twins):
-            name = f"{t['network']}_{t['seed']}"
+            effects = t.get("site_effects", "biased")
+            name = twin_name(t["network"], t["seed"], effects)
             tdir = out / "twins" / name
             if not (tdir / "config.toml").exists():
                 shutil.rmtree(tdir, ignore_errors=True)
@@ -248,10 +419,12 @@ def run_calibration(
                         n_sites=n_sites,
                         n_site_months=n_site_months,
                         network="realistic" if table is not None else t["network"],
+                        site_effects=effects,
                     ),
                     network=table,
                 )
                 log.info(f"twin {name}: {time.perf_counter() - t0:.0f} s")
+            tmethod = load_config(tdir / "config.toml").trends.prewhitening
             truth, dirs = run_twin(
                 tdir,
                 out / "runs" / name,
@@ -260,12 +433,17 @@ def run_calibration(
                 n_bootstrap=n_bootstrap,
                 block_km=block_km,
                 extrapolation=extrapolation,
+                network=network,
                 progress_factory=progress_factory,
             )
             for m, d in zip(methods, dirs):
-                rows.append(twin_rows(d, truth, m, {"twin": name, "network": t["network"], "seed": t["seed"]}))
+                meta = {"twin": name, "network": t["network"], "site_effects": effects, "seed": t["seed"]}
+                rows.append(twin_rows(d, truth, m, meta))
+                trend_rows.append(twin_trend_rows(d, truth, m, meta, tmethod))
             cal = pd.concat(rows, ignore_index=True)
             cal.to_csv(out / "calibration.csv", index=False)  # after every twin: a partial table is usable
+            tcal = pd.concat(trend_rows, ignore_index=True)
+            tcal.to_csv(out / "calibration_trends.csv", index=False)
             if prog is not None:
                 prog(i + 1, len(twins))
     finally:
@@ -273,12 +451,17 @@ def run_calibration(
             prog(None, None)
     summ = coverage_summary(cal)
     summ.to_csv(out / "calibration_summary.csv", index=False)
+    tsumm = trend_summary(tcal)
+    tsumm.to_csv(out / "calibration_trends_summary.csv", index=False)
     (out / "calibration_summary.md").write_text(
         f"# Uncertainty calibration on {cal.twin.nunique()} twins\n\n"
         f"{resolution_km:g}-km twins, {years[0]}–{years[1]}, {n_estimators} trees, {n_bootstrap} bootstrap forests, "
         f"blocks of {block_km:g} km. One row per method × network × flux; a zone-year is one zone's annual "
         f"budget in one year ({len(ZONES)} zones). A calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % "
-        "at ±2 SD.\n\n" + summary_markdown(summ)
+        "at ±2 SD.\n\n" + summary_markdown(summ) + "\n## Budget trends\n\n"
+        f"Theil–Sen slope of each zone's annual budget over {years[0]}–{years[1]} (Tg C yr-2) against the "
+        "truth's; ± = SD of the bootstrap members' slopes. One row per method × network × flux; n = zone "
+        "trends (zones × twins).\n\n" + summary_markdown(tsumm, unit="zone trends") + "\n" + trend_pct_markdown(tsumm)
     )
     plot_coverage(summ, out / "calibration.png")
     return cal, summ
@@ -293,15 +476,17 @@ def plot_coverage(summ: pd.DataFrame, path: Path) -> None:
 
     fluxes = [f for f in FLUXES if f in set(summ.flux)]
     methods = list(dict.fromkeys(summ.method))
+    if "site_effects" in summ:  # one bar per network and site-effects model
+        summ = summ.assign(network=summ.network + np.where(summ.site_effects == "biased", "", ", " + summ.site_effects))
     nets = sorted(set(summ.network))
     fig, axes = plt.subplots(1, len(fluxes), figsize=(4.2 * len(fluxes), 3.6), sharey=True, squeeze=False)
     for ax, f in zip(axes[0], fluxes):
         for j, n in enumerate(nets):
             s = summ[(summ.flux == f) & (summ.network == n)].set_index("method").reindex(methods)
             ax.bar(
-                np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.38,
+                np.arange(len(methods)) + (j - (len(nets) - 1) / 2) * 0.76 / len(nets),
                 100 * s.coverage2.to_numpy(),
-                width=0.38,
+                width=0.76 / len(nets),
                 label=f"{n} network",
             )
         ax.axhline(95.4, color="k", lw=0.8, ls="--")

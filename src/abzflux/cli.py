@@ -158,12 +158,20 @@ def twin(
         None, "--coarse-km", help="Also write a coarse model set's twin at this spacing (in out/coarse)."
     ),
     coarse_years: str = typer.Option("1990-2016", "--coarse-years", help="FIRST-LAST years of the coarse set."),
+    site_effects: str = typer.Option(
+        "biased",
+        "--site-effects",
+        help="Site observation model: biased (the default: site effects whose mean exceeds 1, "
+        "disturbance effects) or centred (unbiased observations of the cell's truth; docs/twin.md).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Write a synthetic Arctic-boreal twin: contract input files plus the true fluxes."""
-    from .twin import TwinSpec, make_twin
+    from .twin import SITE_EFFECTS, TwinSpec, make_twin
 
     y0, y1 = _years(years)
+    if site_effects not in SITE_EFFECTS:
+        raise typer.BadParameter(f"--site-effects: one of {', '.join(SITE_EFFECTS)}")
     table = None
     if network not in ("realistic", "uniform"):  # a network file; the world is the realistic twin's
         from .twin_network import read_network
@@ -181,6 +189,7 @@ def twin(
         n_sites=n_sites,
         n_site_months=n_site_months,
         network=network,
+        site_effects=site_effects,
     )
     coarse = None
     if coarse_km:
@@ -193,6 +202,7 @@ def twin(
             n_sites=n_sites,
             n_site_months=n_site_months,
             network=network,
+            site_effects=site_effects,
         )
     t0 = time.perf_counter()
     prog = _progress_factory(quiet)("generating twin years")
@@ -519,10 +529,23 @@ def calibrate(
         "--extrap/--no-extrap",
         help="Score the +extrap variants (needs leave-one-site-out CV, one forest per site: slow on large networks).",
     ),
+    network_replicates: int = typer.Option(
+        0,
+        "--network-replicates",
+        help="Also score the network-simulation term (+network variants) with this many replicates "
+        "(0: off; needs the leave-one-site-out CV, which then runs).",
+    ),
+    site_effects: str = typer.Option(
+        "biased",
+        "--site-effects",
+        help="Site observation model of the twins: biased, centred, or both (each seed twice, "
+        "paired: same world and sites; docs/twin.md).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No stage log or progress."),
 ):
     """Calibrate the uncertainty methods on twins: does the ± cover the true zone budgets?"""
     from .calibrate import BOOT_METHODS, run_calibration
+    from .twin import SITE_EFFECTS
 
     y0, y1 = _years(years)
     if twins < 5:
@@ -549,7 +572,12 @@ def calibrate(
         if not 0 <= n_real <= twins:
             raise typer.BadParameter("--realistic must be between 0 and --twins")
         plan = ["realistic"] * n_real + ["uniform"] * (twins - n_real)
-    spec = [{"network": n, "seed": seed + i} for i, n in enumerate(plan)]
+    if network_replicates == 1 or network_replicates < 0:
+        raise typer.BadParameter("--network-replicates: 0 (off) or at least 2")
+    effects = list(SITE_EFFECTS) if site_effects == "both" else [site_effects]
+    if any(e not in SITE_EFFECTS for e in effects):
+        raise typer.BadParameter(f"--site-effects: one of {', '.join(SITE_EFFECTS)} or both")
+    spec = [{"network": n, "seed": seed + i, "site_effects": e} for i, n in enumerate(plan) for e in effects]
     _quiet(quiet)
     t0 = time.perf_counter()
     try:
@@ -564,6 +592,7 @@ def calibrate(
             block_km=block_km,
             network_tables=tables,
             extrapolation=extrapolation,
+            network={"network_replicates": network_replicates} if network_replicates else None,
             progress_factory=_progress_factory(quiet),
         )
     except (InputError, ValueError) as e:
@@ -576,7 +605,7 @@ def calibrate(
     for r in summ.itertuples():
         t.add_row(
             r.method,
-            r.network,
+            r.network + ("" if getattr(r, "site_effects", "biased") == "biased" else f" ({r.site_effects})"),
             r.flux,
             str(r.n),
             f"{100 * r.coverage1:.0f}%",

@@ -976,17 +976,34 @@ def fig_uncertainty(rd: RunData) -> list[Item]:
     return [Item("uncertainty", "Uncertainty", "SD and relative-SD maps", cap, fig=fig)]
 
 
-def shipped_calibration() -> tuple[pd.DataFrame | None, str]:
-    """The calibration summary shipped with abzflux (data/calibration_summary.csv) and its
-    provenance line; (None, "") when absent."""
+def shipped_calibration(name: str = "calibration_summary.csv") -> tuple[pd.DataFrame | None, str]:
+    """The calibration summary shipped with abzflux (data/calibration_summary.csv; the budget
+    trends' data/calibration_trends_summary.csv) and its provenance lines; (None, "") when
+    absent."""
     from importlib import resources
 
-    f = resources.files("abzflux") / "data" / "calibration_summary.csv"
+    f = resources.files("abzflux") / "data" / name
     if not f.is_file():
         return None, ""
     text = f.read_text()
     prov = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
     return pd.read_csv(io.StringIO(text), comment="#"), prov
+
+
+def _calibration_rows(rows: pd.DataFrame, what: str) -> pd.DataFrame:
+    """A shipped calibration summary's rows as the report shows them (n: zone-years of annual
+    budgets, zone trends of budget trends)."""
+    t = pd.DataFrame({"method": rows.method, "scored": what})
+    if "site_effects" in rows:
+        t["site effects"] = rows.site_effects.fillna("biased")
+    t["network"] = rows.network
+    t["flux"] = rows.flux.map(lambda f: LABEL.get(f, f))
+    t["n"] = rows.n
+    t["inside ±1 SD"] = (100 * rows.coverage1).map("{:.0f}%".format)
+    t["inside ±2 SD"] = (100 * rows.coverage2).map("{:.0f}%".format)
+    t["median |error|/SD"] = rows.median_ratio.round(2)
+    t["90th pct |error|/SD"] = rows.p90_ratio.round(2)
+    return t
 
 
 def uncertainty_method(rd: RunData) -> list[Item]:
@@ -1033,18 +1050,23 @@ def uncertainty_method(rd: RunData) -> list[Item]:
             " On twins, this method's ± covered the true annual zone budgets in the shares of zone-years "
             "below (a calibrated normal ± covers 68.3 % at ±1 SD and 95.4 % at ±2 SD). " + prov
         )
-        t = pd.DataFrame(
-            {
-                "method": rows.method,
-                "network": rows.network,
-                "flux": rows.flux.map(lambda f: LABEL.get(f, f)),
-                "zone-years": rows.n,
-                "inside ±1 SD": (100 * rows.coverage1).map("{:.0f}%".format),
-                "inside ±2 SD": (100 * rows.coverage2).map("{:.0f}%".format),
-                "median |error|/SD": rows.median_ratio.round(2),
-                "90th pct |error|/SD": rows.p90_ratio.round(2),
-            }
+        parts = [_calibration_rows(rows, "annual budget")]
+        tcal, tprov = shipped_calibration("calibration_trends_summary.csv")
+        trows = None if tcal is None else tcal[tcal.method == label]
+        if trows is not None and len(trows):
+            text += (
+                " The budget trends' ± (Theil–Sen slope of each zone's annual budget; ± = SD of the bootstrap "
+                "members' slopes, with the network term where the method has one) against the true trends: "
+                "rows 'budget trend'. " + tprov
+            )
+            parts.append(_calibration_rows(trows, "budget trend"))
+        text += (
+            " Site effects 'centred': twins whose site observations are unbiased; 'biased': twins whose "
+            "network is biased on purpose, whose error no data-only method can see (docs/uncertainty.md)."
+            if "site effects" in parts[0]
+            else ""
         )
+        t = pd.concat(parts, ignore_index=True)
     return [
         Item(
             "uncertainty_method",

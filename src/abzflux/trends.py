@@ -1834,6 +1834,25 @@ def budget_trends(
     return pd.DataFrame(rows)
 
 
+def member_annual(members_monthly: pd.DataFrame) -> pd.DataFrame:
+    """Each bootstrap member's annual zone budgets (sum of the 12 months; member, zone, flux,
+    year, tg_c) from ``budgets_members_monthly.parquet``; years with fewer than 12 months are
+    left out."""
+    g = members_monthly.groupby(["member", "zone", "flux", "year"], sort=True).tg_c
+    a = g.sum().reset_index()
+    return a[g.size().to_numpy() == 12].reset_index(drop=True)
+
+
+def budget_trend_sd(
+    members_annual: pd.DataFrame, method: str = "zhang", preserve_range_for_sig_test: bool = False
+) -> pd.DataFrame:
+    """The bootstrap ± of the budget trends: per zone and flux, the SD (ddof 1) across the
+    members of their own Theil–Sen slopes (Tg C yr-2; the slopes of :func:`budget_trends`).
+    Columns zone, flux, slope_sd."""
+    t = series_trends(members_annual, ["member", "zone", "flux"], method, preserve_range_for_sig_test, value="tg_c")
+    return t.groupby(["zone", "flux"], sort=True).slope.std(ddof=1).rename("slope_sd").reset_index()
+
+
 # ------------------------------------------------------------- seasons, drivers and fire
 # The paper reports trends of annual, seasonal and monthly budgets, of the environmental drivers
 # (Supp. Figs. 6-10: "monthly and seasonal means per year", workflow.md §6) and of the fire

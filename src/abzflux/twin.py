@@ -141,6 +141,7 @@ class TwinSpec:
     n_site_months: int = 4900
     network: str = "realistic"  # or "uniform": sites spread over the domain by area
     fire_spinup_years: int = 20
+    site_effects: str = "biased"  # or "centred": the site observations are unbiased (SITE_EFFECTS)
 
 
 # Observation model of the site fluxes (docs/twin.md, "Sites"): correlated lognormal site effects
@@ -152,6 +153,15 @@ THAW_RECO_EFFECT = 0.25
 HARVEST_GPP_EFFECT = -0.3
 MEASUREMENT_SD = 0.10
 NEE_NOISE_SD = 3.0
+#: ``TwinSpec.site_effects``: "biased" (the default, the observation model above: lognormal
+#: factors whose mean exceeds 1, a +0.2 g C m-2 month-1 offset, harvest and thermokarst effects,
+#: burn-scar sites observed as if fully burned) or "centred" (the same random draws, but every
+#: multiplicative factor has mean exactly 1 (log mean −σ²/2), no offset, the harvest and
+#: thermokarst labels carry no effect and burn-scar sites observe their cell: the expected
+#: observation at a site-month is the true flux of its cell; docs/twin.md).
+SITE_EFFECTS = ("biased", "centred")
+#: The biased model's additive offset of observed GPP and Reco (g C m-2 month-1).
+SITE_OFFSET = 0.2
 
 
 # --------------------------------------------------------------------------- helpers
@@ -616,8 +626,9 @@ def _write_block(tmp: Path, w: _World, crs, times, dyn: dict, tru: dict, fe, bfr
             ).to_zarr(tmp / name, append_dim="time", consolidated=False)
 
 
-def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarray):
-    """Fill ``gpp_t``/``reco_t`` of the site records of one month from that month's fields."""
+def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarray, burn_scar: bool = True):
+    """Fill ``gpp_t``/``reco_t`` of the site records of one month from that month's fields.
+    ``burn_scar=False`` (centred twins): burn-scar sites observe their cell like the others."""
     sel = np.nonzero((rec.year.values == year) & (rec.month.values == m))[0]
     if not sel.size:
         return
@@ -626,7 +637,7 @@ def _site_truth(rec: pd.DataFrame, year: int, m: int, p: dict, legacy: np.ndarra
     # Burn-scar sites sit inside the burn (burned fraction 1), unlike their cell.
     leg = legacy[iy, ix].copy()
     fy = rec.fire_year.values[sel]
-    burned = ~np.isnan(fy)
+    burned = ~np.isnan(fy) & burn_scar
     if burned.any():
         age = year + (m - 0.5) / 12 - (fy[burned] + (rec.fire_month.values[sel][burned] - 0.5) / 12)
         leg[burned] = fire_legacy(age) * LEGACY_SEASON[m - 1]
@@ -643,6 +654,31 @@ def _site_effect_cov() -> list:
     return [[sg**2, SITE_EFFECT_R * sg * sr], [SITE_EFFECT_R * sg * sr, sr**2]]
 
 
+def _check_site_effects(mode: str) -> None:
+    if mode not in SITE_EFFECTS:
+        raise ValueError(f"site_effects must be one of {list(SITE_EFFECTS)}, got {mode!r}")
+
+
+def _site_effect_mean(mode: str) -> list:
+    """Mean of the log site-effect factors: 0 (biased: the factors' mean is e^(σ²/2) > 1) or
+    −σ²/2 (centred: mean exactly 1)."""
+    return [0.0, 0.0] if mode == "biased" else [-(sd**2) / 2 for sd in SITE_EFFECT_SD]
+
+
+def _observe(rng, rec: pd.DataFrame, re_g, re_r, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed GPP, Reco and NEE of the site-months ``rec`` (truth ``gpp_t``/``reco_t``) with
+    log site effects ``re_g``/``re_r`` (per row, disturbance effects included): factor, offset
+    (biased only) and multiplicative measurement noise (mean 1 when centred); NEE = Reco − GPP
+    + N(0, NEE_NOISE_SD). The same random draws in either mode."""
+    n = len(rec)
+    off = SITE_OFFSET if mode == "biased" else 0.0
+    mu = 0.0 if mode == "biased" else -(MEASUREMENT_SD**2) / 2
+    gpp = (rec.gpp_t.values * np.exp(re_g) + off) * np.exp(rng.normal(mu, MEASUREMENT_SD, n))
+    reco = (rec.reco_t.values * np.exp(re_r) + off) * np.exp(rng.normal(mu, MEASUREMENT_SD, n))
+    nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
+    return gpp, reco, nee
+
+
 def _network_records(placement: NetworkPlacement) -> pd.DataFrame:
     """Site-month records of a placed network, in the shape the monthly loop fills
     (:func:`_site_truth`): a fire site's ``fire_year`` is the decimal year of its fire in the
@@ -651,22 +687,22 @@ def _network_records(placement: NetworkPlacement) -> pd.DataFrame:
     return r.assign(fire_year=r.fire_time.to_numpy(np.float64), fire_month=0.5)
 
 
-def _network_site_table(rng, rec: pd.DataFrame, placement: NetworkPlacement) -> tuple[pd.DataFrame, np.ndarray]:
+def _network_site_table(
+    rng, rec: pd.DataFrame, placement: NetworkPlacement, mode: str = "biased"
+) -> tuple[pd.DataFrame, np.ndarray]:
     """A placed network's site table: the truth at its cells and months with the synthetic
     network's observation model (site effects, disturbance effects by label, measurement noise);
     each flux present where the network has it; the network's ids, locations, methods,
     disturbance labels and years since fire. Returns the table and each site's label (``fire``
     where any of its rows is fire-labelled, else its first label)."""
     n_s = len(placement.sites)
-    re = rng.multivariate_normal([0, 0], _site_effect_cov(), size=n_s)
+    re = rng.multivariate_normal(_site_effect_mean(mode), _site_effect_cov(), size=n_s)
     site = rec.site.to_numpy()
     k = rec.disturbance.to_numpy(object).astype(str)
-    r_g = re[site, 0] + np.where(np.isin(k, HARVEST_LABELS), HARVEST_GPP_EFFECT, 0.0)
-    r_r = re[site, 1] + np.where(np.isin(k, THAW_LABELS), THAW_RECO_EFFECT, 0.0)
-    n = len(rec)
-    gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
-    reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
-    nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
+    dist = mode == "biased"
+    r_g = re[site, 0] + np.where(dist & np.isin(k, HARVEST_LABELS), HARVEST_GPP_EFFECT, 0.0)
+    r_r = re[site, 1] + np.where(dist & np.isin(k, THAW_LABELS), THAW_RECO_EFFECT, 0.0)
+    gpp, reco, nee = _observe(rng, rec, r_g, r_r, mode)
     table = pd.DataFrame(
         {
             "site_id": placement.sites.site_id.to_numpy(object)[site],
@@ -688,21 +724,22 @@ def _network_site_table(rng, rec: pd.DataFrame, placement: NetworkPlacement) -> 
     return table, kind
 
 
-def _synthetic_site_table(rng, rec: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def _synthetic_site_table(
+    rng, rec: pd.DataFrame, sites: pd.DataFrame, mode: str = "biased"
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The synthetic network's site table: truth at the site, site effects, noise, gaps."""
     n_s = len(sites)
-    re = rng.multivariate_normal([0, 0], _site_effect_cov(), size=n_s)
+    re = rng.multivariate_normal(_site_effect_mean(mode), _site_effect_cov(), size=n_s)
     kind = rng.choice(["none", "harvest", "thermokarst"], p=[0.9, 0.05, 0.05], size=n_s)
     kind = np.where(~np.isnan(sites.fire_year.values), "fire", kind)
     nee_only = rng.random(n_s) < 0.22
     r_g, r_r = re[rec.site.values, 0], re[rec.site.values, 1]
     k = kind[rec.site.values]
-    r_r = r_r + np.where(k == "thermokarst", THAW_RECO_EFFECT, 0.0)
-    r_g = r_g + np.where(k == "harvest", HARVEST_GPP_EFFECT, 0.0)
+    if mode == "biased":
+        r_r = r_r + np.where(k == "thermokarst", THAW_RECO_EFFECT, 0.0)
+        r_g = r_g + np.where(k == "harvest", HARVEST_GPP_EFFECT, 0.0)
     n = len(rec)
-    gpp = (rec.gpp_t.values * np.exp(r_g) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
-    reco = (rec.reco_t.values * np.exp(r_r) + 0.2) * np.exp(rng.normal(0, MEASUREMENT_SD, n))
-    nee = reco - gpp + rng.normal(0, NEE_NOISE_SD, n)
+    gpp, reco, nee = _observe(rng, rec, r_g, r_r, mode)
     drop_parts = nee_only[rec.site.values] | (rng.random(n) < 0.05)
     table = pd.DataFrame(
         {
@@ -732,6 +769,7 @@ def _synthetic_site_table(rng, rec: pd.DataFrame, sites: pd.DataFrame) -> tuple[
 
 
 def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | None = None) -> dict:
+    _check_site_effects(spec.site_effects)
     w = _World(spec)
     rng = w.rng
     crs = CRS.from_epsg(CRS_EPSG)
@@ -824,7 +862,7 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | Non
                     ev = fire_by.get_group((year, m))
                     np.add.at(fe[i], (ev.iy.values, ev.ix.values), ev.emission.values)
                     np.add.at(bfr[i], (ev.iy.values, ev.ix.values), ev.bf.values)
-                _site_truth(rec, int(year), m, p, legacy)
+                _site_truth(rec, int(year), m, p, legacy, burn_scar=spec.site_effects == "biased")
                 del p, fl, legacy
             fe[:, nan_out] = np.nan
             bfr = np.clip(bfr, 0, 1, out=bfr)
@@ -847,9 +885,9 @@ def _write_twin(tmp: Path, spec: TwinSpec, progress, network: pd.DataFrame | Non
 
     # ---- the site table: truth at the site, site effects, noise, gaps
     if placement is not None:
-        table, kind = _network_site_table(rng, rec, placement)
+        table, kind = _network_site_table(rng, rec, placement, spec.site_effects)
     else:
-        table, kind = _synthetic_site_table(rng, rec, sites)
+        table, kind = _synthetic_site_table(rng, rec, sites, spec.site_effects)
     table.to_csv(tmp / "sites.csv", index=False)
 
     area = float((zones.land_fraction * zones.cell_area).sum()) / 1e6

@@ -83,8 +83,13 @@ def _run(ctx: Context, progress, band_rows: int | None) -> None:
     ).to_csv(out / "area_shares.csv", index=False)
     _season_tables(ctx, drv, out, method, preserve)
     bt = trends_mod.budget_trends(pd.read_csv(lay.budgets_annual), method, preserve)
+    if lay.members_monthly.exists():  # the bootstrap ± of each trend: SD of the members' slopes
+        members = trends_mod.member_annual(pd.read_parquet(lay.members_monthly))
+        bt = bt.merge(trends_mod.budget_trend_sd(members, method, preserve), on=["zone", "flux"], how="left")
     if ctx.cfg.uncertainty.network and lay.network_trends.exists():
         bt = network_mod.add_trend_term(bt, pd.read_csv(lay.network_trends))
+        if "slope_sd" in bt:  # the trend's total ±: bootstrap and network terms in quadrature
+            bt["slope_sd_total"] = network_mod.total_sd(bt.slope_sd, bt.slope_sd_network)
     bt.to_csv(out / L.inner(L.BUDGET_TRENDS), index=False)
     trends_mod.site_trends(pd.read_parquet(lay.sites), method=method, preserve_range_for_sig_test=preserve).to_csv(
         out / L.inner(L.SITE_TRENDS), index=False
@@ -117,7 +122,15 @@ SPEC = StepSpec(
     run,
     writes=(L.TRENDS,),
     depends=("budgets", "network"),
-    reads=(L.UPSCALED, L.BUDGETS_ANNUAL, L.BUDGETS_SEASONAL, L.BUDGETS_MONTHLY, L.SITES, L.NETWORK_TRENDS),
+    reads=(
+        L.UPSCALED,
+        L.BUDGETS_ANNUAL,
+        L.BUDGETS_SEASONAL,
+        L.BUDGETS_MONTHLY,
+        L.SITES,
+        L.MEMBERS_MONTHLY,
+        L.NETWORK_TRENDS,
+    ),
     config_keys=(
         "run.years",
         "trends.prewhitening",
