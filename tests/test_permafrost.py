@@ -184,4 +184,4 @@ def test_every_stage_reading_the_run_zones_declares_the_rule():
         declared = set(PERMAFROST_KEYS) <= set(st.config_keys)
         assert uses == declared, (st.name, uses, declared)
     names = {st.name for st in STEPS if set(PERMAFROST_KEYS) <= set(st.config_keys)}
-    assert names == {"upscale", "budgets", "trends", "fire", "compare", "summary"}
+    assert names == {"upscale", "network", "budgets", "trends", "fire", "compare", "summary"}

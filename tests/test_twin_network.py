@@ -330,7 +330,7 @@ def test_calibration_without_extrapolation_gives_the_same_budgets(tmp_path, zone
     assert "tg_c_sd_total" in a and "tg_c_sd_total" not in b
     pd.testing.assert_frame_equal(a[b.columns], b)
     assert not (tmp_path / "lite" / "shared" / "uncertainty").exists()
-    rows_lite = twin_rows(lite, truth, "sites", {"twin": "t", "network": "net", "seed": 448})
+    rows_lite = twin_rows(lite, truth, "sites", {"twin": "t", "network": "net", "site_effects": "biased", "seed": 448})
     assert set(rows_lite.method) == {"sites"} and len(rows_lite) == len(
         b[b.zone.isin(rows_lite.zone.unique()) & b.flux.isin(["gpp", "reco", "nee"])]
     )
