@@ -5,22 +5,33 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def writing(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file opened under a temporary name; on leaving the block it is flushed to disk and
+    renamed into place, or removed if the block raised (e.g. disk full)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # no partial temporary file is left beside the target
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a small text file under a temporary name, flush it to disk and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # e.g. disk full: no partial temporary file is left beside the target
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path) as fh:
+        fh.write(text)
 
 
 def replace(tmp: Path, final: Path) -> None:

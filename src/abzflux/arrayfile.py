@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import io
 import mmap
-import os
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
+
+from ._atomic import writing
 
 ALIGN = 64
 _PAD_ID = 0x6166  # ZIP extra-field ID of the padding (unassigned; readers skip unknown fields)
@@ -45,26 +45,16 @@ def write(path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` (name -> array; no object dtypes) to ``path`` as an uncompressed ``.npz``
     with 64-byte aligned members, under a temporary name renamed into place when complete (a
     failure leaves neither a partial file nor the temporary one)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, a in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asanyarray(a), allow_pickle=False)  # header: a multiple of 64
-                data = buf.getvalue()
-                zi = zipfile.ZipInfo(f"{name}.npy", date_time=_DATE)
-                zi.compress_type = zipfile.ZIP_STORED
-                zi.external_attr = 0o644 << 16
-                zi.extra = _padding(fh.tell() + _LOCAL_HEADER + len(zi.filename.encode()))
-                zf.writestr(zi, data)
-            zf.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(a), allow_pickle=False)  # header: a multiple of 64
+            data = buf.getvalue()
+            zi = zipfile.ZipInfo(f"{name}.npy", date_time=_DATE)
+            zi.compress_type = zipfile.ZIP_STORED
+            zi.external_attr = 0o644 << 16
+            zi.extra = _padding(fh.tell() + _LOCAL_HEADER + len(zi.filename.encode()))
+            zf.writestr(zi, data)
 
 
 def _member(mm, zi: zipfile.ZipInfo, path) -> np.ndarray | None:
