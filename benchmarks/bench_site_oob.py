@@ -16,6 +16,9 @@ mode's chosen mtry, their differences (R² absolute, RMSE in % of LOSO) and wall
     abzflux twin --out /tmp/tw1 --resolution-km 400 --years 2011-2020 --seed 1 --network uniform
     python benchmarks/bench_site_oob.py --twin /tmp/tw1 --cache /tmp/oobcache --loso-trees 100
 
+``--central qrf_median``: both modes predict with the quantile-forest median (``[forest] central``;
+cached separately).
+
 ``--speed``: only site_oob at the given settings (default: the config defaults) for every flux,
 then the final 500-tree forest per flux, as the forest stage runs them (``cv.fit_flux``); prints
 the wall time of the three fluxes together (the "< 2 min on 2 cores" goal, docs/models.md).
@@ -80,15 +83,20 @@ def summary(res: cv.LosoResult) -> dict:
             "per_mtry_RMSE": {int(k): float(v) for k, v in m.caret_RMSE.items()}}
 
 
-def exact(name, flux, rows, x_cols, cat, trees, seed, cache: Path):
-    f = cache / f"{name}_{flux}_loso{trees}_seed{seed}.parquet"
+def cache_stem(name, flux, trees, seed, central):
+    # the mean's cache names predate --central and stay as they were
+    return f"{name}_{flux}_loso{trees}_seed{seed}" + ("" if central == "mean" else f"_{central}")
+
+
+def exact(name, flux, rows, x_cols, cat, trees, seed, cache: Path, central="mean"):
+    f = cache / f"{cache_stem(name, flux, trees, seed, central)}.parquet"
     meta = f.with_suffix(".json")
     if f.exists():
         res = cv._result(pd.read_parquet(f))
         return res, json.loads(meta.read_text())["wall_s"]
     t0 = time.perf_counter()
     res = cv.loso_cv(rows[x_cols], rows.y.to_numpy(), rows.site_id.to_numpy(), GRID, n_trees=trees,
-                     categorical=cat, seed=seed)
+                     categorical=cat, seed=seed, central=central)
     wall = time.perf_counter() - t0
     cache.mkdir(parents=True, exist_ok=True)
     res.predictions.to_parquet(f)
@@ -110,6 +118,8 @@ def main(argv=None):
     ap.add_argument("--loso-only", action="store_true", help="only compute (and cache) exact LOSO")
     ap.add_argument("--cached-only", action="store_true", help="skip fluxes whose exact LOSO is not cached")
     ap.add_argument("--speed", action="store_true", help="time site_oob + final forest for every flux only")
+    ap.add_argument("--central", choices=["mean", "qrf_median"], default="mean",
+                    help="the prediction of both modes (the forest's [forest] central)")
     ap.add_argument("--json-out", default="")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -144,9 +154,9 @@ def main(argv=None):
                  f"(load before {out['load_before'][0]:.1f}, after {os.getloadavg()[0]:.1f})")
     else:
         for flux, (rows, x_cols, cat) in data.items():
-            if a.cached_only and not (Path(a.cache) / f"{name}_{flux}_loso{a.loso_trees}_seed{a.seed}.json").exists():
+            if a.cached_only and not (Path(a.cache) / f"{cache_stem(name, flux, a.loso_trees, a.seed, a.central)}.json").exists():
                 continue
-            ex, ex_wall = exact(name, flux, rows, x_cols, cat, a.loso_trees, a.seed, Path(a.cache))
+            ex, ex_wall = exact(name, flux, rows, x_cols, cat, a.loso_trees, a.seed, Path(a.cache), a.central)
             e = summary(ex)
             log.info(f"{name} {flux}: {len(rows)} rows, {rows.site_id.nunique()} sites; exact LOSO ({a.loso_trees} "
                      f"trees/fold) {ex_wall:.0f} s: mtry {e['mtry']}, R2 {e['R2']:.3f}, RMSE {e['RMSE']:.3f}")
@@ -155,14 +165,14 @@ def main(argv=None):
             for f, t in settings:
                 t0 = time.perf_counter()
                 res = cv.site_oob_cv(rows[x_cols], rows.y.to_numpy(), rows.site_id.to_numpy(), GRID, n_trees=t,
-                                     site_fraction=f, categorical=cat, seed=a.seed)
+                                     site_fraction=f, categorical=cat, seed=a.seed, central=a.central)
                 wall = time.perf_counter() - t0
                 o = summary(res)
                 # the site_oob skill at the mtry exact LOSO chose, too
                 at = res.metrics.set_index("mtry").loc[e["mtry"]]
                 ex_m = ex.metrics.set_index("mtry")
                 regret = 100 * (float(ex_m.loc[o["mtry"], "caret_RMSE"]) - e["RMSE"]) / e["RMSE"]
-                row = {"data": name, "loso_RMSE_at_oob_mtry_pct": regret,
+                row = {"data": name, "central": a.central, "loso_RMSE_at_oob_mtry_pct": regret,
                         "flux": flux, "rows": len(rows), "sites": int(rows.site_id.nunique()),
                        "loso_trees": a.loso_trees, "fraction": f, "oob_trees": t,
                        "mtry_loso": e["mtry"], "mtry_oob": o["mtry"], "R2_loso": e["R2"], "R2_oob": o["R2"],

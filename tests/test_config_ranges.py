@@ -58,6 +58,8 @@ BOUNDS = [
     ("uncertainty", "block_km", "1e9", "inf", "> 0"),
     ("uncertainty", "method", '"blocks"', '"row"', "one of ['rows', 'sites', 'blocks']"),
     ("uncertainty", "network_replicates", "2", "1", ">= 2"),
+    ("uncertainty", "network_replicates", "333", "334", "<= 333"),
+    ("uncertainty", "extrapolation_cv", '"loso"', '"lcocv"', "one of ['loso', 'multicv']"),
     ("uncertainty", "network_trees", "1", "0", ">= 1"),
     ("uncertainty", "network_stride", "1", "0", ">= 1"),
 ]

@@ -312,7 +312,7 @@ def test_network_stage_outputs_deterministic_and_budgets(net_run):
     ctx = Context(cfg=cfg, out=out)
     stage_network.run(ctx)
     e1 = pd.read_parquet(out / "network" / "network_errors.parquet")
-    assert list(e1.columns) == ["replicate", "zone", "year", "flux", "estimate", "truth", "error"]
+    assert list(e1.columns) == ["replicate", "zone", "year", "flux", "estimate", "truth", "distance_error", "error"]
     assert set(e1.flux) == {"gpp", "reco", "nee", "nee_derived"} and set(e1.replicate) == {0, 1}
     assert np.allclose(e1.error, e1.estimate - e1.truth)
     assert e1.groupby(["flux", "zone", "year"]).error.std().max() > 0  # replicates differ
@@ -360,6 +360,30 @@ def test_network_replicates_on_dask_match(net_run, tmp_path):
     # on this twin or not) makes truths differ between replicates only if its SD is > 0
     g = local[(local.flux == "gpp") & (local.zone == "domain")].pivot(index="year", columns="replicate", values="truth")
     assert (g[0] != g[1]).any() == (job.models["gpp"]["field_sd"] > 0)
+
+
+def test_distance_term_adds_its_field_to_the_truth_only(net_run, tmp_path):
+    """The distance term's field is zero at the sites: the pseudo observations, refits and
+    estimates are those without it; the truth gains the field's zone sums, which the
+    ``distance_error`` column carries (error with the term = error without + distance_error)."""
+    from dataclasses import replace as dc_replace
+
+    from abzflux.steps import network as stage_network
+
+    out, cfg = net_run
+    job, models = stage_network.build(Context(cfg=cfg, out=out), tmp_path / "work")
+    assert set(job.distance_sd) == {"gpp", "reco", "nee"} and all("distance" in models[f] for f in models)
+    # force a term (the small test twin may fit none): SD 2 everywhere, 500-km range
+    forced = {f: {**m, "distance": {"psill": 4.0, "range_m": 5e5, "r_ref_m": 1.0}} for f, m in job.models.items()}
+    on = dc_replace(job, models=forced, distance_sd={f: np.full(job.shape, 2.0) for f in ("gpp", "reco", "nee")})
+    off = dc_replace(job, models=forced, distance_sd={})
+    a, b = net.run_replicate(on, 1), net.run_replicate(off, 1)
+    assert np.array_equal(a.estimate, b.estimate)
+    assert (b.distance_error == 0).all() and (a.distance_error != 0).any()
+    assert np.allclose(a.error, b.error + a.distance_error)
+    assert np.allclose(a.error, a.estimate - a.truth)
+    d = a.set_index(["zone", "year", "flux"]).distance_error
+    assert np.allclose(d.xs("nee_derived", level="flux"), d.xs("reco", level="flux") - d.xs("gpp", level="flux"))
 
 
 def test_report_shows_the_network_term(tmp_path, monkeypatch):

@@ -256,9 +256,32 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
     for label, terms in variants(m):
         parts.append(m.assign(method=method + label, sd=np.sqrt(sum(m[t].fillna(0.0) ** 2 for t in terms))))
+    nd = network_sd_without_distance(run_dir)
+    if nd is not None and "tg_c_sd_network" in m:
+        x = m.merge(nd, on=["zone", "year", "flux"], how="left")
+        extra = [t for t in ("tg_c_sd_extrap",) if "+extrap+network" in [lb for lb, _ in variants(m)]]
+        for label, terms in [("+network-nodist", ["tg_c_sd"])] + [
+            ("+extrap+network-nodist", ["tg_c_sd", *extra])
+        ] * bool(extra):
+            sd = np.sqrt(sum(x[t].fillna(0.0) ** 2 for t in terms) + x.sd_nodist.fillna(0.0) ** 2)
+            parts.append(x.drop(columns="sd_nodist").assign(method=method + label, sd=sd))
     d = pd.concat(parts, ignore_index=True).rename(columns={"tg_c": "estimate"})
     d = score(d.assign(**meta))
     return d[COLUMNS]
+
+
+def network_sd_without_distance(run_dir: Path) -> pd.DataFrame | None:
+    """The network term without its distance part (zone, year, flux, sd_nodist: the RMS over the
+    replicates of error − distance_error), where the run's network simulation had the distance
+    term on (``network/network_errors.parquet`` with a non-zero ``distance_error``); else None."""
+    path = RunLayout(run_dir).network_errors
+    if not path.exists():
+        return None
+    e = pd.read_parquet(path)
+    if "distance_error" not in e or not (e.distance_error != 0).any():
+        return None
+    e = e.assign(e2=(e.error - e.distance_error) ** 2)
+    return np.sqrt(e.groupby(["zone", "year", "flux"]).e2.mean()).rename("sd_nodist").reset_index()
 
 
 def twin_trend_rows(
@@ -312,6 +335,7 @@ def run_twin(
     block_km: float,
     extrapolation: bool = True,
     network: dict | None = None,
+    cv_mode: str = "loso",
     progress_factory=None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """One twin: sites, forest + CV and the extrapolation term once; per bootstrap method the
@@ -321,10 +345,17 @@ def run_twin(
     network-simulation term (``network_replicates``, ``network_trees``, ...; ``network = true``
     is set): the term is computed once, in the first method's run (it needs the final forests'
     maps, the same in every method's run), and copied to the others; it needs the
-    leave-one-site-out CV, which runs when either term is asked for."""
+    leave-one-site-out CV, which runs when either term is asked for (``cv_mode``: ``"loso"``, the
+    exact one, or ``"site_oob"``, its fast grouped out-of-bag stand-in, docs/models.md)."""
     cv = extrapolation or network is not None
     cfg = load_config(twin_dir / "config.toml")
-    cfg.forest = replace(cfg.forest, n_estimators=n_estimators, n_bootstrap=n_bootstrap, importance_repeats=0, cv=cv)
+    cfg.forest = replace(
+        cfg.forest,
+        n_estimators=n_estimators,
+        n_bootstrap=n_bootstrap,
+        importance_repeats=0,
+        cv=cv_mode if cv else "none",
+    )
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
     if network is not None:
         cfg.uncertainty = replace(cfg.uncertainty, network=True, **network)
@@ -383,6 +414,7 @@ def run_calibration(
     network_tables: dict | None = None,
     extrapolation: bool = True,
     network: dict | None = None,
+    cv_mode: str = "loso",
     progress_factory=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate each twin (``{"network", "seed"}``), run it with every method, and write
@@ -434,6 +466,7 @@ def run_calibration(
                 block_km=block_km,
                 extrapolation=extrapolation,
                 network=network,
+                cv_mode=cv_mode,
                 progress_factory=progress_factory,
             )
             for m, d in zip(methods, dirs):

@@ -535,6 +535,12 @@ def calibrate(
         help="Also score the network-simulation term (+network variants) with this many replicates "
         "(0: off; needs the leave-one-site-out CV, which then runs).",
     ),
+    cv: str = typer.Option(
+        "loso",
+        "--cv",
+        help="The CV the extrapolation and network terms read: loso (exact leave-one-site-out) or "
+        "site_oob (its fast grouped out-of-bag stand-in; docs/models.md).",
+    ),
     site_effects: str = typer.Option(
         "biased",
         "--site-effects",
@@ -574,6 +580,8 @@ def calibrate(
         plan = ["realistic"] * n_real + ["uniform"] * (twins - n_real)
     if network_replicates == 1 or network_replicates < 0:
         raise typer.BadParameter("--network-replicates: 0 (off) or at least 2")
+    if cv not in ("loso", "site_oob"):
+        raise typer.BadParameter("--cv: loso or site_oob")
     effects = list(SITE_EFFECTS) if site_effects == "both" else [site_effects]
     if any(e not in SITE_EFFECTS for e in effects):
         raise typer.BadParameter(f"--site-effects: one of {', '.join(SITE_EFFECTS)} or both")
@@ -593,6 +601,7 @@ def calibrate(
             network_tables=tables,
             extrapolation=extrapolation,
             network={"network_replicates": network_replicates} if network_replicates else None,
+            cv_mode=cv,
             progress_factory=_progress_factory(quiet),
         )
     except (InputError, ValueError) as e:

@@ -864,6 +864,11 @@ class AOA:
     def _z(self, X):
         return (np.asarray(X, np.float64) - self.mean) / self.sd * self.w
 
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """The DI space: predictors standardised with the training mean and SD and weighted;
+        DI = nearest distance in this space / :attr:`mean_dist`."""
+        return self._z(X)
+
     def di(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, np.float64)
         out = np.full(len(X), np.nan)

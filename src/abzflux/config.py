@@ -127,10 +127,12 @@ class UncertaintySettings:
     method: str = "rows"  # bootstrap resampling unit: "rows" (the paper's), "sites" or "blocks"
     block_km: float = 1000.0  # "blocks": sites grouped into square spatial blocks of this size (km)
     extrapolation: bool = False  # add an SD term that grows with the dissimilarity index (DI)
+    extrapolation_cv: str = "multicv"  # its DI-error fit: "loso" residuals only, or + leave-cluster-out CV
     network: bool = False  # add the network-simulation error term (docs/uncertainty.md)
     network_replicates: int = 20  # replicates of the network simulation
     network_trees: int | None = None  # trees of each replicate forest (default: forest.n_estimators)
     network_stride: int = 1  # predict every n-th grid row and column in the replicates (1: every cell)
+    network_distance: bool = True  # add the error that grows with the distance to the nearest site
 
 
 @dataclass
@@ -181,6 +183,7 @@ CHOICES = {
     "budgets.permafrost": PERMAFROST_RULES,
     "forest.bootstrap_mtry": ("reuse", "retune"),
     "uncertainty.method": ("rows", "sites", "blocks"),
+    "uncertainty.extrapolation_cv": ("loso", "multicv"),
     "trends.prewhitening": ("zhang", "yuepilon"),
     "compare.grid": ("product", "analysis"),
 }
@@ -430,6 +433,13 @@ def load_config(path) -> Config:
     ):
         if value is not None and value < lo:
             raise ConfigError(path, f"{value} is out of range", column=key, expected=f"an integer >= {lo}")
+    if cfg.uncertainty.network_replicates > MAX_NETWORK_REPLICATES:  # the forest seed streams' room
+        raise ConfigError(
+            path,
+            f"{cfg.uncertainty.network_replicates} is out of range",
+            column="uncertainty.network_replicates",
+            expected=f"an integer <= {MAX_NETWORK_REPLICATES}",
+        )
     fs = cfg.fire
     bad = [m for m in (fs.months or []) if not 1 <= m <= 12]
     if bad or len(set(fs.months or [])) != len(fs.months or []):
@@ -491,6 +501,9 @@ MAX_SEED = 2**32 - 1
 #: compare.regrid_subsamples: n x n points per cell; beyond this the regridding's point arrays
 #: (cells x n²) outgrow memory without changing the weights measurably.
 MAX_REGRID_SUBSAMPLES = 100
+#: Replicate r's forests take the ``network_forest`` streams 3r..3r+2 (offset 4000), which must
+#: stay below the next stream's offset (5000).
+MAX_NETWORK_REPLICATES = 333
 #: Calendar years a run, a fire record or a site table may name (as formats.read_site_table).
 YEAR_RANGE = (1900, 2100)
 

@@ -238,6 +238,138 @@ def site_oob_design(n_sites: int, n_trees: int, site_fraction: float, seed: int)
     return held
 
 
+def disc_design(
+    xy, n_trees: int, r_min: float, r_max: float, rng: np.random.Generator, max_share: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spatially buffered held-out sets: tree t holds out every site within a radius R_t of a
+    random centre site (R_t log-uniform on [r_min, r_max], m; at most ``max_share`` of the sites,
+    the nearest to the centre), so a held-out site is predicted from sites at least as far as
+    its nearest training site. Returns ``held`` (n_trees, n_sites) bool and ``dist`` (n_trees,
+    n_sites): a held-out site's distance (m) to the nearest site the tree trains on (NaN where
+    the site is not held out). ``xy``: (n_sites, 2) site coordinates on an equal-area
+    projection (m); ``rng``: the design's generator (the network term's: ``network_disc``)."""
+    xy = np.asarray(xy, np.float64)
+    n = len(xy)
+    if n < 3:
+        raise ValueError(f"a buffered design needs at least 3 sites, got {n}")
+    if not 0 < r_min <= r_max:
+        raise ValueError(f"need 0 < r_min <= r_max, got {r_min}, {r_max}")
+    D = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    cap = max(1, min(n - 1, int(max_share * n)))
+    held = np.zeros((n_trees, n), dtype=bool)
+    dist = np.full((n_trees, n), np.nan)
+    for t in range(n_trees):
+        c = int(rng.integers(n))
+        r = float(np.exp(rng.uniform(np.log(r_min), np.log(r_max))))
+        idx = np.nonzero(D[c] <= r)[0]
+        if len(idx) > cap:
+            idx = np.argsort(D[c], kind="stable")[:cap]
+        held[t, idx] = True
+        dist[t, idx] = D[np.ix_(idx, np.nonzero(~held[t])[0])].min(axis=1)
+    return held, dist
+
+
+def held_out_site_means(
+    X: pd.DataFrame,
+    y,
+    sites,
+    held,
+    *,
+    mtry: int,
+    weight=None,
+    nodesize=5,
+    seed=DEFAULT_SEED,
+    categorical=CATEGORICAL,
+    block: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped out-of-bag forest on a given design (``held``: (n_trees, n_sites) bool over the
+    sorted unique ``sites``; tree t draws its bootstrap from the rows of the sites it does not
+    hold out). Returns the per-site means of ``weight · y`` (n_sites,) and, per site and tree,
+    the mean of ``weight · prediction`` of the site's rows where the tree held the site out
+    (n_sites, n_trees; NaN elsewhere). ``weight``: per-row factor (default 1)."""
+    y = np.asarray(y, np.float64)
+    usites, code = np.unique(np.asarray(sites).astype(str), return_inverse=True)
+    held = np.asarray(held, dtype=bool)
+    if held.shape[1] != len(usites):
+        raise ValueError(f"held has {held.shape[1]} sites, the rows {len(usites)}")
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, np.float64)
+    M, is_cat, n_levels = _encode(X, categorical)
+    f = grow_forest(
+        M,
+        y,
+        is_cat=is_cat,
+        n_levels=n_levels,
+        n_trees=held.shape[0],
+        mtry=mtry,
+        nodesize=nodesize,
+        seed=seed,
+        order=presort(M),
+        group=code,
+        held=held,
+    )
+    per_row = w / np.bincount(code)[code]  # a site's rows average with equal weight
+    q = np.zeros((len(usites), held.shape[0]))
+    for b0 in range(0, len(y), block):
+        sl = slice(b0, b0 + block)
+        S = np.zeros((len(usites), len(y[sl])))
+        S[code[sl], np.arange(len(y[sl]))] = per_row[sl]
+        q += S @ f.predict_trees(M[sl])
+    q[~held.T] = np.nan
+    return np.bincount(code, weights=per_row * y, minlength=len(usites)), q
+
+
+def labelled_oob_predictions(
+    X: pd.DataFrame,
+    y,
+    sites,
+    held,
+    labels,
+    *,
+    mtry: int,
+    nodesize=5,
+    seed=DEFAULT_SEED,
+    categorical=CATEGORICAL,
+    block: int = 4096,
+) -> np.ndarray:
+    """Grouped out-of-bag forest on a given design with labelled trees: ``held`` (n_trees,
+    n_sites) bool over the sorted unique ``sites`` (tree t draws its bootstrap from the rows of
+    the sites it does not hold out), ``labels`` (n_trees,) ints 0..L−1, the trees of one label
+    holding out the same sites (a leave-cluster-out fold). Returns (L, n_rows): per label, the
+    mean prediction of its trees for the rows of the sites they hold out, NaN elsewhere."""
+    y = np.asarray(y, np.float64)
+    usites, code = np.unique(np.asarray(sites).astype(str), return_inverse=True)
+    held = np.asarray(held, dtype=bool)
+    labels = np.asarray(labels, np.int64)
+    if held.shape != (len(labels), len(usites)):
+        raise ValueError(f"held must be (trees, sites) = ({len(labels)}, {len(usites)}), got {held.shape}")
+    n_lab = int(labels.max()) + 1
+    first = np.array([np.nonzero(labels == k)[0][0] for k in range(n_lab)])
+    if any((held[labels == k] != held[first[k]]).any() for k in range(n_lab)):
+        raise ValueError("the trees of a label must hold out the same sites")
+    M, is_cat, n_levels = _encode(X, categorical)
+    f = grow_forest(
+        M,
+        y,
+        is_cat=is_cat,
+        n_levels=n_levels,
+        n_trees=len(labels),
+        mtry=mtry,
+        nodesize=nodesize,
+        seed=seed,
+        order=presort(M),
+        group=code,
+        held=held,
+    )
+    A = np.zeros((len(labels), n_lab))
+    A[np.arange(len(labels)), labels] = 1.0 / np.bincount(labels, minlength=n_lab)[labels]
+    out = np.empty((n_lab, len(y)))
+    for b0 in range(0, len(y), block):
+        sl = slice(b0, b0 + block)
+        out[:, sl] = (f.predict_trees(M[sl]) @ A).T
+    out[~held[first][:, code]] = np.nan
+    return out
+
+
 def site_oob_cv(
     X: pd.DataFrame,
     y,

@@ -221,6 +221,150 @@ def fit_residual_model(res: pd.DataFrame, n_bins: int = VARIOGRAM_BINS) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- distance term
+#: Distance bins of the buffered CV's error curve (log-spaced between its shortest and longest
+#: held-out distance), trees of its forest, and the fewest trees that make a site's bin estimate.
+DISTANCE_BINS = 8
+DISTANCE_TREES = 1500
+DISTANCE_MIN_TREES = 3
+
+
+def distance_curve(yz, q, dist, n_bins: int = DISTANCE_BINS, min_trees: int = DISTANCE_MIN_TREES) -> pd.DataFrame:
+    """The error of a held-out site's mean against its distance to the nearest training site,
+    from a buffered grouped out-of-bag forest (:func:`abzflux.cv.disc_design`,
+    :func:`abzflux.cv.held_out_site_means`).
+
+    ``yz`` (n_sites,): site means of the observations / s(month); ``q`` (n_sites, n_trees):
+    per tree, the site mean of its predictions / s(month), NaN where the tree trained on the
+    site; ``dist`` (n_trees, n_sites): that site's distance to the tree's nearest training site
+    (m). Per distance bin and site with at least ``min_trees`` trees: the squared error of the
+    mean over those trees, less the trees' variance / count (the finite-forest part, which a
+    full forest does not have). Columns h (mean distance, m), gamma (mean squared site-mean
+    error, (g C m-2 month-1)² in units of s(month)²), pairs (sites)."""
+    yz = np.asarray(yz, np.float64)
+    q = np.asarray(q, np.float64)
+    dist = np.asarray(dist, np.float64)
+    ok = np.isfinite(dist.T) & np.isfinite(q)
+    d = dist.T[ok]
+    rows: list[dict] = []
+    if len(d) == 0 or not (d > 0).any():
+        return pd.DataFrame(rows, columns=["h", "gamma", "pairs"])
+    edges = np.geomspace(d[d > 0].min(), d.max() * (1 + 1e-9), n_bins + 1)
+    edges[0] = 0.0
+    dt = np.where(ok, dist.T, -1.0)
+    for b in range(n_bins):
+        m = ok & (dt >= edges[b]) & (dt < edges[b + 1])
+        n = m.sum(axis=1)
+        sel = n >= min_trees
+        if not sel.any():
+            continue
+        qm = np.where(m, q, 0.0)
+        mean_all = qm.sum(axis=1) / np.maximum(n, 1)
+        var_all = np.where(m, (q - mean_all[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(n - 1, 1)
+        mean, var = mean_all[sel], var_all[sel]
+        e2 = (yz[sel] - mean) ** 2 - var / n[sel]
+        h = np.where(m, dt, 0.0).sum(axis=1)[sel] / n[sel]
+        rows.append({"h": float(h.mean()), "gamma": float(e2.mean()), "pairs": int(sel.sum())})
+    return pd.DataFrame(rows, columns=["h", "gamma", "pairs"])
+
+
+def fit_distance_model(curve: pd.DataFrame, r_ref: float) -> dict:
+    """The exponential model ``a + c · (1 − exp(−d / range))`` of :func:`distance_curve` (weighted
+    least squares as :func:`fit_exponential`) and the reference distance ``r_ref`` (m: the
+    median distance of a site to its nearest other site, where the LOSO residuals, and so the
+    rest of the residual model, were measured). The error a cell adds beyond the LOSO residuals
+    is ``Δ(d) = c · (exp(−r_ref / range) − exp(−d / range))`` (:func:`distance_variance`), zero
+    for d ≤ r_ref."""
+    fit = fit_exponential(curve)
+    ok = np.isfinite(fit["range"]) and fit["psill"] > 0
+    return {
+        "psill": float(fit["psill"]) if ok else 0.0,
+        "range_m": float(fit["range"]) if ok else float("nan"),
+        "nugget": float(fit["nugget"]),
+        "r_ref_m": float(r_ref),
+        "curve": curve.to_dict(orient="list"),
+    }
+
+
+def distance_variance(model: dict, d) -> np.ndarray:
+    """Δ(d) of :func:`fit_distance_model` at distances ``d`` (m), ≥ 0; zero without a fitted
+    increase."""
+    d = np.asarray(d, np.float64)
+    if not model or not (model.get("psill", 0.0) > 0) or not np.isfinite(model.get("range_m", np.nan)):
+        return np.zeros_like(d)
+    a = model["range_m"]
+    return np.clip(model["psill"] * (np.exp(-model["r_ref_m"] / a) - np.exp(-d / a)), 0.0, None)
+
+
+def nearest_distance(site_xy, cell_xy) -> np.ndarray:
+    """Distance (m) of each cell to the nearest site (equal-area projection coordinates)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(np.asarray(site_xy, np.float64)).query(np.asarray(cell_xy, np.float64))[0]
+
+
+def nearest_other(site_xy) -> np.ndarray:
+    """Each site's distance (m) to its nearest other site (co-located sites: 0)."""
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(site_xy, np.float64)
+    return cKDTree(xy).query(xy, k=2)[0][:, 1]
+
+
+def fit_distance_term(
+    X: pd.DataFrame,
+    y,
+    sites,
+    site_xy: dict,
+    month,
+    season,
+    cell_xy,
+    *,
+    mtry: int,
+    nodesize: int,
+    categorical,
+    seed: int,
+    flux_index: int,
+    n_trees: int = DISTANCE_TREES,
+) -> tuple[dict, np.ndarray]:
+    """The distance term of one flux: a buffered grouped out-of-bag forest (discs of sites held
+    out, radii log-uniform from ``r_ref`` (the median distance of a site to its nearest other
+    site, or the smallest positive one) to the 95th percentile of the cells' distances to their
+    nearest site), its error curve against distance (:func:`distance_curve`) and model
+    (:func:`fit_distance_model`), and each cell's SD √Δ(distance to the nearest site).
+
+    ``site_xy``: site id -> (x, y) m; ``month``: calendar month of each row; ``season``: s(month),
+    months 1–12 (the residual model's); ``cell_xy``: (n_cells, 2) coordinates of the cells to
+    map. Returns the model (with the design's radii) and the cells' SDs (n_cells,)."""
+    from . import cv
+
+    sites = np.asarray(sites).astype(str)
+    usites = np.unique(sites)
+    xy = np.array([site_xy[k] for k in usites], np.float64)
+    nn = nearest_other(xy)
+    r_ref = float(np.median(nn))
+    if not r_ref > 0:
+        r_ref = float(nn[nn > 0].min()) if (nn > 0).any() else 1.0
+    d_cell = nearest_distance(xy, cell_xy)
+    r_max = max(float(np.quantile(d_cell, 0.95)), 2.0 * r_ref)
+    held, dist = cv.disc_design(xy, n_trees, r_ref, r_max, seeds.rng(seed, "network_disc", flux_index))
+    w = 1.0 / np.asarray(season, np.float64)[np.asarray(month, np.int64) - 1]
+    yz, q = cv.held_out_site_means(
+        X,
+        y,
+        sites,
+        held,
+        mtry=mtry,
+        weight=w,
+        nodesize=nodesize,
+        seed=seeds.integer(seed, "network_distance", flux_index),
+        categorical=categorical,
+    )
+    model = fit_distance_model(distance_curve(yz, q, dist), r_ref)
+    model.update(r_min_m=r_ref, r_max_m=r_max, trees=int(n_trees))
+    return model, np.sqrt(distance_variance(model, d_cell))
+
+
 # --------------------------------------------------------------------------- draws
 def gaussian_field(ny: int, nx: int, dy: float, dx: float, sd: float, range_m: float, rng) -> np.ndarray:
     """A stationary Gaussian random field on a regular (ny, nx) grid of spacing (dy, dx) m with
@@ -272,6 +416,8 @@ class FluxRows:
     iy: np.ndarray
     ix: np.ndarray
     mtry: int
+    y: np.ndarray | None = None  # the observations (the distance term's buffered CV)
+    site_ids: np.ndarray | None = None  # site id of each row
 
 
 @dataclass
@@ -298,6 +444,9 @@ class NetworkJob:
     categorical: tuple
     workdir: str
     keep_field: bool = field(default=False)
+    #: flux -> (ny, nx) SD of the distance term's field (sqrt of Δ(distance to the nearest site));
+    #: empty: no distance term
+    distance_sd: dict = field(default_factory=dict)
 
 
 def _field_sum(job: NetworkJob, flux: str, F: np.ndarray) -> np.ndarray:
@@ -309,7 +458,8 @@ def _field_sum(job: NetworkJob, flux: str, F: np.ndarray) -> np.ndarray:
 
 def run_replicate(job: NetworkJob, rep: int) -> pd.DataFrame:
     """One replicate: draw, refit, predict, sum. Columns replicate, zone, year, flux, estimate,
-    truth, error (Tg C yr-1). Deterministic for (run seed, rep)."""
+    truth, distance_error (the distance term's part of the error), error (Tg C yr-1).
+    Deterministic for (run seed, rep)."""
     rng = seeds.rng(job.seed, "network_draw", rep)
     ny, nx = job.shape
     fields, paths = {}, {}
@@ -344,16 +494,27 @@ def run_replicate(job: NetworkJob, rep: int) -> pd.DataFrame:
     shutil.rmtree(wd, ignore_errors=True)
     upscale_mod.clear_caches()  # the replicate's forests leave this worker's memory
     out = []
-    tg_est, tg_true = {}, {}
+    tg_est, tg_true, tg_dist = {}, {}, {}
+    # the distance term's fields: zero at the sites, so the pseudo observations and the refit do
+    # not see them; their own stream, so the draws above do not depend on whether the term is on
+    grng = seeds.rng(job.seed, "network_field", rep)
     for f in FLUXES:
         tg_est[f] = np.asarray((job.weights @ np.nan_to_num(est[f].astype(np.float64)).T).T) / TG
         tg_true[f] = job.base_tg[f] + _field_sum(job, f, fields[f])
+        tg_dist[f] = np.zeros_like(tg_true[f])
+        dm = job.models[f].get("distance") or {}
+        if f in job.distance_sd and dm.get("psill", 0.0) > 0:
+            G = job.distance_sd[f] * gaussian_field(ny, nx, job.spacing[0], job.spacing[1], 1.0, dm["range_m"], grng)
+            tg_dist[f] = _field_sum(job, f, G)
+            tg_true[f] = tg_true[f] + tg_dist[f]
     tg_est["nee_derived"] = tg_est["reco"] - tg_est["gpp"]
     tg_true["nee_derived"] = tg_true["reco"] - tg_true["gpp"]
+    tg_dist["nee_derived"] = tg_dist["reco"] - tg_dist["gpp"]
     years = np.unique(job.years)
     for f in SCORED:
         e = np.stack([tg_est[f][job.years == yr].sum(0) for yr in years])  # (year, zone)
         t = np.stack([tg_true[f][job.years == yr].sum(0) for yr in years])
+        g = np.stack([tg_dist[f][job.years == yr].sum(0) for yr in years])
         yy, zz = np.meshgrid(years, np.arange(len(job.zones)), indexing="ij")
         out.append(
             pd.DataFrame(
@@ -364,6 +525,8 @@ def run_replicate(job: NetworkJob, rep: int) -> pd.DataFrame:
                     "flux": f,
                     "estimate": e.ravel(),
                     "truth": t.ravel(),
+                    # the distance term's part of the error (−its field's zone sum)
+                    "distance_error": -g.ravel(),
                 }
             )
         )

@@ -22,6 +22,13 @@ stream                drives                                 derivation (s = run
 ``cv_oob_sites``      site_oob CV: the sites each tree       ``SeedSequence([s, 5000])``
                       holds out (shared by every mtry)
 ``cv_oob``            site_oob CV: the mtry forest's trees   ``SeedSequence([s, 6000 + mtry])`` → uint32
+``network_disc``      network distance term: the buffered    ``SeedSequence([s, 7000 + k])``
+                      CV design of flux k
+``network_distance``  network distance term: flux k's        ``SeedSequence([s, 7100 + k])`` → uint32
+                      buffered CV forest
+``network_field``     network replicate r's distance fields  ``SeedSequence([s, 100000 + r])``
+``extrap_multicv``    extrapolation term's leave-cluster-out ``SeedSequence([s, 7200])`` → uint32
+                      forest
 ====================  =====================================  ==================================
 
 A forest seed ``f`` seeds its trees with ``SeedSequence(f).generate_state(n_trees)`` (``_rf``).
@@ -41,6 +48,10 @@ _OFFSET = {
     "network_forest": 4000,
     "cv_oob_sites": 5000,
     "cv_oob": 6000,
+    "network_disc": 7000,
+    "network_distance": 7100,
+    "network_field": 100_000,
+    "extrap_multicv": 7200,  # one per replicate: room for any replicate count
 }
 STREAMS = (
     "forest",
@@ -55,6 +66,10 @@ STREAMS = (
     "network_forest",
     "cv_oob_sites",
     "cv_oob",
+    "network_disc",
+    "network_distance",
+    "network_field",
+    "extrap_multicv",
 )
 
 

@@ -116,6 +116,91 @@ def site_errors(rows: pd.DataFrame, pred: pd.DataFrame, train_di: np.ndarray, fl
     return g.assign(flux=flux)
 
 
+#: Leave-cluster-out levels of the multi-CV (k-means clusters of the sites in the DI space) and
+#: trees of its forest (each cluster held out by trees // sum(levels) of them).
+MULTICV_LEVELS = (4, 8, 16)
+MULTICV_TREES = 1400
+
+
+def multicv_site_errors(
+    rows: pd.DataFrame,
+    x_cols: list,
+    y,
+    aoa,
+    *,
+    mtry: int,
+    nodesize: int,
+    categorical,
+    seed: int,
+    continuous=CONTINUOUS,
+    levels=MULTICV_LEVELS,
+    n_trees: int = MULTICV_TREES,
+) -> pd.DataFrame:
+    """Leave-cluster-out errors at growing dissimilarity (the multi-CV of CAST's
+    ``DItoErrormetric``, Meyer & Pebesma 2021): the sites are clustered by k-means on their mean
+    position in the DI space of ``aoa`` into k clusters for each k of ``levels``; one grouped
+    out-of-bag forest (:func:`abzflux.cv.labelled_oob_predictions`) whose trees each hold out one
+    cluster predicts every held-out site from the other clusters' rows only. Per level and
+    site: the mean DI of its rows to the rows outside its cluster and the site-mean residual
+    (observed − predicted). Leave-one-site-out predicts each site from close neighbours; whole
+    clusters left out reach the DI of poorly sampled regions. Columns site_id, level, di,
+    residual, n, abs_error."""
+    from scipy.spatial import cKDTree
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    from . import cv
+    from . import seeds as seeds_mod
+
+    y = np.asarray(y, np.float64)
+    site = rows.site_id.astype(str).to_numpy()
+    usites, code = np.unique(site, return_inverse=True)
+    Z = aoa.transform(rows[list(continuous)].to_numpy(np.float64))
+    ok = np.isfinite(Z).all(1)
+    zs = pd.DataFrame(Z[ok]).groupby(code[ok]).mean().reindex(range(len(usites)))
+    zs = zs.fillna(zs.mean()).to_numpy()
+    groups = []  # (level k, site mask)
+    for k in levels:
+        k = int(min(k, len(np.unique(zs, axis=0))))
+        if k < 2:
+            continue
+        with threadpool_limits(limits=1, user_api="openmp"):  # deterministic centre sums
+            lab = KMeans(n_clusters=k, n_init=10, random_state=seeds_mod.integer(seed, "kmeans")).fit(zs).labels_
+        for c in range(k):
+            m = lab == c
+            if 0 < m.sum() < len(usites):
+                groups.append((k, m))
+    if not groups:
+        return pd.DataFrame(columns=["site_id", "level", "di", "residual", "n", "abs_error"])
+    per = max(1, n_trees // len(groups))
+    labels = np.repeat(np.arange(len(groups)), per)
+    held = np.stack([groups[g][1] for g in labels])
+    pred = cv.labelled_oob_predictions(
+        rows[x_cols],
+        y,
+        site,
+        held,
+        labels,
+        mtry=mtry,
+        nodesize=nodesize,
+        seed=seeds_mod.integer(seed, "extrap_multicv"),
+        categorical=categorical,
+    )
+    out = []
+    for g, (k, m) in enumerate(groups):
+        test = m[code] & ok
+        train = ~m[code] & ok
+        if not test.any() or not train.any():
+            continue
+        di = cKDTree(Z[train]).query(Z[test], k=1)[0] / aoa.mean_dist
+        r = pd.DataFrame({"site_id": site[test], "di": di, "res": y[test] - pred[g, test]})
+        a = r.groupby("site_id").agg(di=("di", "mean"), residual=("res", "mean"), n=("res", "size")).reset_index()
+        out.append(a.assign(level=k))
+    e = pd.concat(out, ignore_index=True)
+    e["abs_error"] = e.residual.abs()
+    return e[["site_id", "level", "di", "residual", "n", "abs_error"]]
+
+
 def flux_extrapolation(
     rows: pd.DataFrame,
     cv_pred: pd.DataFrame,
@@ -124,10 +209,15 @@ def flux_extrapolation(
     flux: str,
     max_training: int,
     continuous=CONTINUOUS,
+    multicv: dict | None = None,
 ) -> tuple[dict, AOA, pd.DataFrame]:
     """One flux's extrapolation term: the AOA of its training rows (``importance``-weighted when
     given; at most ``max_training`` rows), the site-mean LOSO residuals (chosen ``mtry``)
-    against the dissimilarity index, and the fitted DI model. Returns (model, aoa, site errors)."""
+    against the dissimilarity index, and the fitted DI model. Returns (model, aoa, site errors).
+
+    ``multicv``: keyword arguments of :func:`multicv_site_errors` (x_cols, y, nodesize,
+    categorical, seed): the leave-cluster-out site errors join the LOSO ones in the fit (column
+    ``level``: 1 for leave-one-site-out, k for k clusters)."""
     w = np.ones(len(continuous))
     if importance is not None and (importance.flux == flux).any():
         s = importance[importance.flux == flux].set_index("predictor").importance
@@ -139,9 +229,15 @@ def flux_extrapolation(
     di_rows = np.full(len(rows), np.nan)
     di_rows[sub.index.to_numpy()] = aoa.train_di
     p = cv_pred[(cv_pred.flux == flux) & (cv_pred.mtry == mtry)]
-    e = site_errors(rows, p, di_rows, flux)
+    e = site_errors(rows, p, di_rows, flux).assign(level=1)
+    if multicv is not None:
+        mc = multicv_site_errors(rows, aoa=aoa, mtry=mtry, continuous=continuous, **multicv)
+        e = pd.concat([e, mc.assign(flux=flux)], ignore_index=True)
     m = fit_extrapolation(e.di.to_numpy(), e.abs_error.to_numpy())
+    if multicv is not None:  # the term starts at the typical leave-one-site-out DI, as without multi-CV
+        m["di_ref"] = float(np.nanmedian(e.di[e.level == 1]))
     m["weights"] = "importance" if importance is not None else "equal"
+    m["cv"] = "multicv" if multicv is not None else "loso"
     return m, aoa, e
 
 

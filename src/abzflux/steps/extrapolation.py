@@ -44,8 +44,17 @@ def run(ctx: Context) -> None:
     for flux in FLUXES:
         pset = ctx.predictor_set
         rows = training_rows(table, flux, pset).reset_index(drop=True)
+        multicv = None
+        if cfg.uncertainty.extrapolation_cv == "multicv":
+            multicv = {
+                "x_cols": list(pset.names),
+                "y": rows[flux].to_numpy(np.float64),
+                "nodesize": cfg.forest.nodesize,
+                "categorical": tuple(pset.categorical),
+                "seed": cfg.run.seed,
+            }
         m, aoa, e = flux_extrapolation(
-            rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training, pset.continuous
+            rows, cvp, info[flux]["mtry"], imp, flux, cfg.compare.aoa_max_training, pset.continuous, multicv
         )
         models[flux], aoas[flux] = m, aoa
         errs.append(e)
@@ -95,7 +104,15 @@ SPEC = StepSpec(
     writes=(L.UNCERTAINTY,),
     depends=("forest", "interpret"),
     reads=(L.SITES, L.FOREST_JSON, L.CV_PREDICTIONS, L.IMPORTANCE),
-    config_keys=("compare.aoa_max_training", "run.years", "run.tile") + PREDICTOR_KEYS,
+    config_keys=(
+        "compare.aoa_max_training",
+        "run.years",
+        "run.tile",
+        "run.seed",
+        "forest.nodesize",
+        "uncertainty.extrapolation_cv",
+    )
+    + PREDICTOR_KEYS,
     inputs=("predictors", "zones"),
     enabled=lambda cfg: cfg.uncertainty.extrapolation,
     enabled_by="uncertainty.extrapolation",

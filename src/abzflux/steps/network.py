@@ -91,6 +91,8 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
             iy=rows.iy.to_numpy(np.int64),
             ix=rows.ix.to_numpy(np.int64),
             mtry=mtry,
+            y=rows[flux].to_numpy(np.float64),
+            site_ids=rows.site_id.astype(str).to_numpy(),
         )
         m = models[flux]
         log.info(
@@ -135,6 +137,40 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
         base_tg[f] = np.asarray((W @ np.nan_to_num(a).T).T) / budgets_mod.TG
     us = cfg.uncertainty
     fs = cfg.forest
+    distance_sd = {}
+    if us.network_distance:
+        land = np.asarray(np.abs(w.values.reshape(len(zones), -1)).sum(0)).ravel() > 0
+        gx, gy = np.meshgrid(xs, ys)
+        cell_xy = np.c_[gx.ravel(), gy.ravel()]
+        for k, flux in enumerate(FLUXES):
+            r = rows_by[flux]
+            ids = np.asarray(r.site_ids)
+            first = np.unique(ids, return_index=True)[1]
+            site_xy = {ids[i]: (xs[r.ix[i]], ys[r.iy[i]]) for i in first}
+            t1 = time.perf_counter()
+            dm, sd_land = net.fit_distance_term(
+                r.X,
+                r.y,
+                ids,
+                site_xy,
+                r.month,
+                models[flux]["season"],
+                cell_xy[land],
+                mtry=r.mtry,
+                nodesize=fs.nodesize,
+                categorical=tuple(pset.categorical),
+                seed=cfg.run.seed,
+                flux_index=k,
+            )
+            models[flux]["distance"] = dm
+            sd = np.zeros(len(ys) * len(xs))
+            sd[land] = sd_land
+            distance_sd[flux] = sd.reshape(len(ys), len(xs))
+            log.info(
+                f"{flux}: distance term: +{dm['psill']:.1f} (g C m-2 month-1)² × s(month)² at range "
+                f"{dm['range_m'] / 1e3:.0f} km beyond {dm['r_ref_m'] / 1e3:.0f} km; cell SD up to "
+                f"{sd_land.max() if len(sd_land) else 0:.1f} ({time.perf_counter() - t1:.0f} s)"
+            )
     job = net.NetworkJob(
         rows=rows_by,
         models=models,
@@ -154,6 +190,7 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
         central=fs.central,
         categorical=tuple(pset.categorical),
         workdir=net.workdir_for(workdir),
+        distance_sd=distance_sd,
     )
     return job, models
 
@@ -194,7 +231,12 @@ def run(ctx: Context) -> None:
     _atomic.replace(out, lay.network)
 
 
-NETWORK_KEYS = ("uncertainty.network_replicates", "uncertainty.network_trees", "uncertainty.network_stride")
+NETWORK_KEYS = (
+    "uncertainty.network_replicates",
+    "uncertainty.network_trees",
+    "uncertainty.network_stride",
+    "uncertainty.network_distance",
+)
 
 SPEC = StepSpec(
     "network",
