@@ -430,3 +430,41 @@ def test_twin_rows_score_each_error_term_in_quadrature(tmp_path):
     # domain NEE misses by 12: outside ±2 SD of the bootstrap (6), inside ±1 SD with the network term
     assert not d.loc[("sites", "domain"), "inside2"] and d.loc[("sites+network", "domain"), "inside1"]
     assert d.loc[("sites+extrap+network", "domain"), "ratio"] == pytest.approx(12 / 13)
+
+
+def test_twin_rows_score_the_network_term_with_and_without_its_distance_part(tmp_path):
+    from abzflux.calibrate import twin_rows
+    from abzflux.layout import RunLayout
+
+    lay = RunLayout(tmp_path)
+    # two replicates for domain NEE 2020: errors 10 and -20, of which the distance part 6 and -8
+    e = pd.DataFrame(
+        {
+            "replicate": [0, 1],
+            "zone": "domain",
+            "year": 2020,
+            "flux": "nee",
+            "estimate": 0.0,
+            "truth": 0.0,
+            "distance_error": [6.0, -8.0],
+            "error": [10.0, -20.0],
+        }
+    )
+    lay.network.mkdir()
+    e.to_parquet(lay.network_errors)
+    rms_all, rms_local = np.sqrt((100 + 400) / 2), np.sqrt((16 + 144) / 2)
+    ann = pd.DataFrame(
+        {"zone": ["domain"], "flux": ["nee"], "year": [2020], "tg_c": [-500.0], "tg_c_sd": [3.0]}
+    ).assign(tg_c_sd_network=rms_all)
+    ann.to_csv(lay.budgets_annual, index=False)
+    truth = pd.DataFrame({"zone": ["domain"], "flux": ["nee"], "year": [2020], "tg_c": [-512.0]})
+    meta = {"twin": "t", "network": "uniform", "site_effects": "centred", "seed": 1}
+    d = twin_rows(tmp_path, truth, "rows", meta).set_index("method")
+    assert d.loc["rows+network+dist", "sd"] == pytest.approx(np.hypot(3.0, rms_all))
+    assert d.loc["rows+network", "sd"] == pytest.approx(np.hypot(3.0, rms_local))
+    assert set(d.index) == {"rows", "rows+network", "rows+network+dist"}
+    # without a distance part (a run with network_distance = false): one +network variant, the budgets'
+    e.assign(distance_error=0.0).to_parquet(lay.network_errors)
+    d = twin_rows(tmp_path, truth, "rows", meta).set_index("method")
+    assert set(d.index) == {"rows", "rows+network"}
+    assert d.loc["rows+network", "sd"] == pytest.approx(np.hypot(3.0, rms_all))

@@ -371,8 +371,14 @@ def test_distance_term_adds_its_field_to_the_truth_only(net_run, tmp_path):
     from abzflux.steps import network as stage_network
 
     out, cfg = net_run
+    job0, models0 = stage_network.build(Context(cfg=cfg, out=out), tmp_path / "work0")
+    assert job0.distance_sd == {} and not any("distance" in m for m in models0.values())  # off by default
+    cfg = replace(cfg, uncertainty=replace(cfg.uncertainty, network_distance=True))
     job, models = stage_network.build(Context(cfg=cfg, out=out), tmp_path / "work")
     assert set(job.distance_sd) == {"gpp", "reco", "nee"} and all("distance" in models[f] for f in models)
+    for f in ("gpp", "reco", "nee"):  # the cells' SD: sqrt(Δ(distance)), 0 at the sites' cells
+        r = job.rows[f]
+        assert (job.distance_sd[f] >= 0).all() and (job.distance_sd[f][r.iy, r.ix] == 0).all()
     # force a term (the small test twin may fit none): SD 2 everywhere, 500-km range
     forced = {f: {**m, "distance": {"psill": 4.0, "range_m": 5e5, "r_ref_m": 1.0}} for f, m in job.models.items()}
     on = dc_replace(job, models=forced, distance_sd={f: np.full(job.shape, 2.0) for f in ("gpp", "reco", "nee")})

@@ -149,3 +149,18 @@ def test_flux_extrapolation_with_multicv_fits_a_slope_from_the_clusters():
     # the term still starts at the typical leave-one-site-out DI
     assert m["di_ref"] == pytest.approx(np.median(e0.di))
     assert m["b"] == pytest.approx(fit_extrapolation(e.di.to_numpy(), e.abs_error.to_numpy())["b"])
+
+
+def test_method_label_names_the_distance_part(tmp_path):
+    from dataclasses import replace
+
+    from abzflux.config import Config, Inputs
+    from abzflux.summary import uncertainty_label
+
+    cfg = Config(inputs=Inputs(sites=tmp_path, predictors=tmp_path, zones=tmp_path))
+    u = cfg.uncertainty
+    assert uncertainty_label(cfg) == "rows"
+    assert uncertainty_label(replace(cfg, uncertainty=replace(u, network=True))) == "rows+network"
+    both = replace(u, network=True, network_distance=True, extrapolation=True, method="blocks")
+    assert uncertainty_label(replace(cfg, uncertainty=both)) == "blocks+extrap+network+dist"
+    assert uncertainty_label(replace(cfg, uncertainty=replace(u, network_distance=True))) == "rows"

@@ -254,17 +254,19 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
         truth[["zone", "flux", "year", "tg_c"]].rename(columns={"tg_c": "truth"}), on=["zone", "flux", "year"]
     )
     parts = [m.assign(method=method, sd=m.tg_c_sd)]
-    for label, terms in variants(m):
-        parts.append(m.assign(method=method + label, sd=np.sqrt(sum(m[t].fillna(0.0) ** 2 for t in terms))))
     nd = network_sd_without_distance(run_dir)
-    if nd is not None and "tg_c_sd_network" in m:
-        x = m.merge(nd, on=["zone", "year", "flux"], how="left")
-        extra = [t for t in ("tg_c_sd_extrap",) if "+extrap+network" in [lb for lb, _ in variants(m)]]
-        for label, terms in [("+network-nodist", ["tg_c_sd"])] + [
-            ("+extrap+network-nodist", ["tg_c_sd", *extra])
-        ] * bool(extra):
-            sd = np.sqrt(sum(x[t].fillna(0.0) ** 2 for t in terms) + x.sd_nodist.fillna(0.0) ** 2)
+    for label, terms in variants(m):
+        sd = np.sqrt(sum(m[t].fillna(0.0) ** 2 for t in terms))
+        if nd is not None and "+network" in label:
+            # the budgets' network term has the distance part: scored as +network+dist, and the
+            # term without it (the default, network_distance = false) as +network
+            parts.append(m.assign(method=method + label + "+dist", sd=sd))
+            x = m.merge(nd, on=["zone", "year", "flux"], how="left")
+            rest = [t for t in terms if t != "tg_c_sd_network"]
+            sd = np.sqrt(sum(x[t].fillna(0.0) ** 2 for t in rest) + x.sd_nodist.fillna(0.0) ** 2)
             parts.append(x.drop(columns="sd_nodist").assign(method=method + label, sd=sd))
+        else:
+            parts.append(m.assign(method=method + label, sd=sd))
     d = pd.concat(parts, ignore_index=True).rename(columns={"tg_c": "estimate"})
     d = score(d.assign(**meta))
     return d[COLUMNS]
@@ -305,13 +307,15 @@ def twin_trend_rows(
     net = None
     if any("+network" in label for label in labels) and lay.network_trends.exists():
         net = network_trend_sd(pd.read_csv(lay.network_trends))
+    dist = network_sd_without_distance(run_dir) is not None
     for label in labels:
         if "+network" in label and net is not None:
             sd2 = sd.merge(net, on=["zone", "flux"], how="left")
             sd2 = sd2.assign(slope_sd=np.sqrt(sd2.slope_sd**2 + sd2.slope_sd_network.fillna(0.0) ** 2))
-            parts.append(
-                score_trends(est, tru, sd2[["zone", "flux", "slope_sd"]]).assign(method=method + label, **meta)
-            )
+            t = score_trends(est, tru, sd2[["zone", "flux", "slope_sd"]]).assign(method=method + label, **meta)
+            parts.append(t)
+            if dist:  # the distance part is static in time: the same slope term with and without it
+                parts.append(t.assign(method=method + label + "+dist"))
         else:
             parts.append(d.assign(method=method + label))
     return pd.concat(parts, ignore_index=True)[TREND_COLUMNS]
@@ -357,8 +361,8 @@ def run_twin(
         cv=cv_mode if cv else "none",
     )
     cfg.uncertainty = replace(cfg.uncertainty, extrapolation=extrapolation, block_km=block_km)
-    if network is not None:
-        cfg.uncertainty = replace(cfg.uncertainty, network=True, **network)
+    if network is not None:  # with the distance part, so that both variants are scored
+        cfg.uncertainty = replace(cfg.uncertainty, network=True, network_distance=True, **network)
     base = run_root / "shared"
     base.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg=cfg, out=base, progress_factory=progress_factory)

@@ -132,7 +132,7 @@ class UncertaintySettings:
     network_replicates: int = 20  # replicates of the network simulation
     network_trees: int | None = None  # trees of each replicate forest (default: forest.n_estimators)
     network_stride: int = 1  # predict every n-th grid row and column in the replicates (1: every cell)
-    network_distance: bool = True  # add the error that grows with the distance to the nearest site
+    network_distance: bool = False  # the network term also simulates error growing with distance to the sites
 
 
 @dataclass

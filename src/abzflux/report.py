@@ -1010,7 +1010,8 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     """Which method produced the ±, and how well that method covered the truth on twins."""
     u = rd.record.get("config", {}).get("uncertainty") or {}
     base = u.get("method", "rows")  # runs from before the setting existed used the row bootstrap
-    label = base + ("+extrap" if u.get("extrapolation") else "") + ("+network" if u.get("network") else "")
+    net = ("+network" + ("+dist" if u.get("network_distance") else "")) if u.get("network") else ""
+    label = base + ("+extrap" if u.get("extrapolation") else "") + net
     text = (
         f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
         + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")

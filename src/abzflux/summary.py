@@ -158,10 +158,11 @@ def order(df: pd.DataFrame) -> pd.DataFrame:
 
 def uncertainty_label(cfg: Config) -> str:
     """The uncertainty method of a run as the calibration names it: ``rows``, ``sites``,
-    ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term and
-    ``+network`` for the network-simulation term."""
+    ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term,
+    ``+network`` for the network-simulation term and ``+dist`` for its distance part."""
     u = cfg.uncertainty
-    return u.method + ("+extrap" if u.extrapolation else "") + ("+network" if u.network else "")
+    net = ("+network" + ("+dist" if u.network_distance else "")) if u.network else ""
+    return u.method + ("+extrap" if u.extrapolation else "") + net
 
 
 #: What each added term of the ± is (the method label's suffixes).
