@@ -1025,8 +1025,13 @@ def uncertainty_method(rd: RunData) -> list[Item]:
             "; the budgets' ± also adds the network-simulation term: the RMS error of forests refitted "
             f"({u.get('network_replicates', 20)} replicates) on site data drawn from this run's own maps at the "
             "real site-months, with site effects, noise and an unexplained spatial field fitted to the "
-            "leave-one-site-out residuals (budgets_annual.csv tg_c_sd_network; total tg_c_sd_total, "
-            "terms added in quadrature)"
+            "cross-validation residuals"
+            + (
+                ", and a field that grows with the distance to the nearest site (the distance part)"
+                if u.get("network_distance")
+                else ""
+            )
+            + " (budgets_annual.csv tg_c_sd_network; total tg_c_sd_total, terms added in quadrature)"
             if u.get("network")
             else ""
         )
@@ -1034,8 +1039,11 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     )
     if rd.has(L.EXTRAPOLATION_JSON):
         m = json.loads(rd.layout.extrapolation_json.read_text())
+        multicv = any(v.get("cv") == "multicv" for v in m.values())
         text += (
-            " Extrapolation model, |site-mean LOSO residual| = a + b·DI (g C m-2 month-1): "
+            " Extrapolation model, |site-mean residual| = a + b·DI (g C m-2 month-1"
+            + ("; leave-one-site-out and leave-cluster-out residuals" if multicv else "; LOSO residuals")
+            + "): "
             + "; ".join(
                 f"{LABEL.get(f, f)} a = {v['a']:.2f}, b = {v['b']:.2f}, from DI {v['di_ref']:.3f}" for f, v in m.items()
             )

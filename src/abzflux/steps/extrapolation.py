@@ -59,8 +59,8 @@ def run(ctx: Context) -> None:
         models[flux], aoas[flux] = m, aoa
         errs.append(e)
         log.info(
-            f"{flux}: |site-mean LOSO residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
-            f"{m['n_sites']} sites); term starts at DI {m['di_ref']:.3f}"
+            f"{flux}: |site-mean residual| = {m['a']:.2f} + {m['b']:.2f} DI (g C m-2 month-1, "
+            f"{m['n_sites']} site errors, {m['cv']}); term starts at DI {m['di_ref']:.3f}"
         )
     pd.concat(errs, ignore_index=True).to_csv(out / "site_errors.csv", index=False)
     (out / L.inner(L.EXTRAPOLATION_JSON)).write_text(json.dumps(models, indent=2))
