@@ -468,3 +468,13 @@ def test_twin_rows_score_the_network_term_with_and_without_its_distance_part(tmp
     d = twin_rows(tmp_path, truth, "rows", meta).set_index("method")
     assert set(d.index) == {"rows", "rows+network"}
     assert d.loc["rows+network", "sd"] == pytest.approx(np.hypot(3.0, rms_all))
+
+
+def test_cli_calibrate_refuses_an_unknown_cv_mode(tmp_path):
+    from typer.testing import CliRunner
+
+    from abzflux.cli import app
+
+    r = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "cal"), "--cv", "kfold"])
+    assert r.exit_code == 2 and "--cv: loso or site_oob" in r.output
+    assert not (tmp_path / "cal").exists()
