@@ -228,6 +228,58 @@ def _build_tree(
     return n_nodes
 
 
+@njit(cache=True, inline="always")
+def _grow_tree(
+    t,
+    pool,
+    npool,
+    seed,
+    XT,
+    y,
+    yraw,
+    is_cat,
+    n_levels,
+    order,
+    mtry,
+    nodesize,
+    cap,
+    left,
+    right,
+    feat,
+    thr,
+    catmask,
+    value,
+    wcount,
+):
+    """Tree t: npool bootstrap draws with replacement from pool[:npool], grown into slab
+    [t*cap, (t+1)*cap); returns its node count."""
+    state = np.empty(1, np.uint64)
+    state[0] = seed
+    counts = np.zeros(XT.shape[1], np.float64)
+    for _ in range(npool):
+        counts[pool[_randint(state, npool)]] += 1.0
+    o = t * cap
+    return _build_tree(
+        XT,
+        y,
+        yraw,
+        is_cat,
+        n_levels,
+        order,
+        counts,
+        mtry,
+        nodesize,
+        state,
+        left[o : o + cap],
+        right[o : o + cap],
+        feat[o : o + cap],
+        thr[o : o + cap],
+        catmask[o : o + cap],
+        value[o : o + cap],
+        wcount[o : o + cap],
+    )
+
+
 @njit(cache=True, parallel=True)
 def _grow_batch(
     XT,
@@ -251,34 +303,11 @@ def _grow_batch(
     sizes,
 ):
     """Grow len(seeds) trees in parallel; tree t uses slab [t*cap, (t+1)*cap)."""
-    n = XT.shape[1]
     for t in prange(seeds.shape[0]):
-        state = np.empty(1, np.uint64)
-        state[0] = seeds[t]
-        counts = np.zeros(n, np.float64)
-        npool = pool.shape[0]
-        for _ in range(npool):  # bootstrap: npool draws with replacement from the pool
-            counts[pool[_randint(state, npool)]] += 1.0
-        o = t * cap
-        sizes[t] = _build_tree(
-            XT,
-            y,
-            yraw,
-            is_cat,
-            n_levels,
-            order,
-            counts,
-            mtry,
-            nodesize,
-            state,
-            left[o : o + cap],
-            right[o : o + cap],
-            feat[o : o + cap],
-            thr[o : o + cap],
-            catmask[o : o + cap],
-            value[o : o + cap],
-            wcount[o : o + cap],
-        )
+        sizes[t] = _grow_tree(
+            t, pool, pool.shape[0], seeds[t], XT, y, yraw, is_cat, n_levels, order, mtry, nodesize, cap,
+            left, right, feat, thr, catmask, value, wcount,
+        )  # fmt: skip
 
 
 @njit(cache=True, parallel=True)
@@ -308,37 +337,16 @@ def _grow_batch_groups(
     (``held[t, group[row]]`` false): the bootstrap draws as many rows as that pool has."""
     n = XT.shape[1]
     for t in prange(seeds.shape[0]):
-        state = np.empty(1, np.uint64)
-        state[0] = seeds[t]
         pool = np.empty(n, np.int64)
         npool = 0
         for i in range(n):
             if not held[t, group[i]]:
                 pool[npool] = i
                 npool += 1
-        counts = np.zeros(n, np.float64)
-        for _ in range(npool):
-            counts[pool[_randint(state, npool)]] += 1.0
-        o = t * cap
-        sizes[t] = _build_tree(
-            XT,
-            y,
-            yraw,
-            is_cat,
-            n_levels,
-            order,
-            counts,
-            mtry,
-            nodesize,
-            state,
-            left[o : o + cap],
-            right[o : o + cap],
-            feat[o : o + cap],
-            thr[o : o + cap],
-            catmask[o : o + cap],
-            value[o : o + cap],
-            wcount[o : o + cap],
-        )
+        sizes[t] = _grow_tree(
+            t, pool, npool, seeds[t], XT, y, yraw, is_cat, n_levels, order, mtry, nodesize, cap,
+            left, right, feat, thr, catmask, value, wcount,
+        )  # fmt: skip
 
 
 _BLOCK = 4096  # rows per block: each tree's nodes stay in cache while the block streams through it
