@@ -43,27 +43,28 @@ def _sites_table(rng, n_sites=30, per=12):
     return pd.DataFrame({"site_id": site, "x1": x1, "x2": x2})
 
 
-def test_labelled_oob_never_predicts_a_site_from_itself():
+def test_held_out_site_means_never_predict_a_site_from_itself():
     rng = np.random.default_rng(3)
     d = _sites_table(rng)
     y = d.x1.to_numpy() + 0.0
     y[d.site_id == "s05"] = 1000.0  # an extreme site: any tree that saw it would show it
     usites = np.unique(d.site_id)
-    labels = np.repeat([0, 1, 2], 20)
     groups = [usites[:10], usites[10:20], usites[20:]]
-    held = np.stack([np.isin(usites, groups[k]) for k in labels])
-    p = cv.labelled_oob_predictions(d[["x1", "x2"]], y, d.site_id, held, labels, mtry=2, categorical=())
-    assert p.shape == (3, len(d))
-    for k in range(3):
-        rows = d.site_id.isin(groups[k]).to_numpy()
-        assert np.isfinite(p[k, rows]).all() and np.isnan(p[k, ~rows]).all()
-    # group 0 holds out s05: its rows are predicted from the other sites only (no 1000 anywhere)
-    assert p[0, (d.site_id == "s05").to_numpy()].max() < 20
-    # groups 1 and 2 trained on s05, but their held rows are other sites
-    bad = labels.copy()
-    bad[0] = 1  # a label whose trees hold different sites
-    with pytest.raises(ValueError, match="same sites"):
-        cv.labelled_oob_predictions(d[["x1", "x2"]], y, d.site_id, held, bad, mtry=2, categorical=())
+    held = np.stack([np.isin(usites, groups[k]) for k in np.repeat([0, 1, 2], 20)])
+    w = rng.uniform(0.5, 2.0, len(d))
+    ysite, q = cv.held_out_site_means(d[["x1", "x2"]], y, d.site_id, held, mtry=2, weight=w, categorical=())
+    assert ysite.shape == (30,) and q.shape == (30, 60)
+    # the weighted site means of y, by hand
+    hand = pd.Series(w * y).groupby(d.site_id.to_numpy()).mean()
+    assert np.allclose(ysite, hand.loc[usites].to_numpy())
+    # a value exactly where the tree held the site out
+    assert (np.isfinite(q) == held.T).all()
+    # s05 is predicted by the trees of group 0, which never saw it: no 1000 anywhere
+    assert np.nanmax(q[5]) < 20 * w.max()
+    # the trees of groups 1 and 2 trained on s05: its rows pull their predictions near it up
+    assert np.nanmax(q[[i for i in range(30) if i != 5]]) > 100
+    with pytest.raises(ValueError, match="held has"):
+        cv.held_out_site_means(d[["x1", "x2"]], y, d.site_id, held[:, :29], mtry=2, categorical=())
 
 
 def test_distance_curve_recovers_a_known_error_growth():

@@ -126,6 +126,26 @@ def _encode(X: pd.DataFrame, categorical) -> tuple[np.ndarray, np.ndarray, np.nd
     return M, is_cat, n_levels
 
 
+def _checked(X, y, sites, grid, central, what: str):
+    """The CV's inputs checked: y as float64 and finite, site ids as str (at least 3 sites),
+    ``central`` known, the mtry grid (default :func:`mtry_grid`) sorted within 1..p."""
+    y = np.asarray(y, dtype=np.float64)
+    sites = np.asarray(sites).astype(str)
+    n_sites = len(np.unique(sites))
+    if n_sites < 3:
+        raise ValueError(f"{what} needs at least 3 sites, got {n_sites}")
+    if not np.isfinite(y).all():
+        raise ValueError("response contains NaN or inf; apply listwise deletion first")
+    if central not in CENTRALS:
+        raise ValueError(f"central must be one of {list(CENTRALS)}, got {central!r}")
+    p = X.shape[1]
+    grid = mtry_grid(p) if grid is None else sorted(set(int(g) for g in grid))
+    bad = [g for g in grid if not 1 <= g <= p]
+    if bad:
+        raise ValueError(f"mtry grid values {bad} outside 1..{p}")
+    return y, sites, grid
+
+
 def _fold_predictions(M, y, is_cat, n_levels, order, train, test, grid, n_trees, nodesize, seed, central, fold):
     out = []
     for m in grid:
@@ -174,20 +194,8 @@ def loso_cv(
     spreads folds over a cluster with identical results. ``holdout`` (site ids) evaluates only
     those folds, each still trained on all other sites (for timing and spot checks).
     """
-    y = np.asarray(y, dtype=np.float64)
-    sites = np.asarray(sites).astype(str)
+    y, sites, grid = _checked(X, y, sites, grid, central, "leave-one-site-out CV")
     usites = np.unique(sites)
-    if len(usites) < 3:
-        raise ValueError(f"leave-one-site-out CV needs at least 3 sites, got {len(usites)}")
-    if not np.isfinite(y).all():
-        raise ValueError("response contains NaN or inf; apply listwise deletion first")
-    if central not in CENTRALS:
-        raise ValueError(f"central must be one of {list(CENTRALS)}, got {central!r}")
-    p = X.shape[1]
-    grid = mtry_grid(p) if grid is None else sorted(set(int(g) for g in grid))
-    bad = [g for g in grid if not 1 <= g <= p]
-    if bad:
-        raise ValueError(f"mtry grid values {bad} outside 1..{p}")
     M, is_cat, n_levels = _encode(X, categorical)
     order = presort(M)
     folds = [
@@ -318,58 +326,6 @@ def held_out_site_means(
     return np.bincount(code, weights=per_row * y, minlength=len(usites)), q
 
 
-def labelled_oob_predictions(
-    X: pd.DataFrame,
-    y,
-    sites,
-    held,
-    labels,
-    *,
-    mtry: int,
-    nodesize=5,
-    seed=DEFAULT_SEED,
-    categorical=CATEGORICAL,
-    block: int = 4096,
-) -> np.ndarray:
-    """Grouped out-of-bag forest on a given design with labelled trees: ``held`` (n_trees,
-    n_sites) bool over the sorted unique ``sites`` (tree t draws its bootstrap from the rows of
-    the sites it does not hold out), ``labels`` (n_trees,) ints 0..L−1, the trees of one label
-    holding out the same sites (a leave-cluster-out fold). Returns (L, n_rows): per label, the
-    mean prediction of its trees for the rows of the sites they hold out, NaN elsewhere."""
-    y = np.asarray(y, np.float64)
-    usites, code = np.unique(np.asarray(sites).astype(str), return_inverse=True)
-    held = np.asarray(held, dtype=bool)
-    labels = np.asarray(labels, np.int64)
-    if held.shape != (len(labels), len(usites)):
-        raise ValueError(f"held must be (trees, sites) = ({len(labels)}, {len(usites)}), got {held.shape}")
-    n_lab = int(labels.max()) + 1
-    first = np.array([np.nonzero(labels == k)[0][0] for k in range(n_lab)])
-    if any((held[labels == k] != held[first[k]]).any() for k in range(n_lab)):
-        raise ValueError("the trees of a label must hold out the same sites")
-    M, is_cat, n_levels = _encode(X, categorical)
-    f = grow_forest(
-        M,
-        y,
-        is_cat=is_cat,
-        n_levels=n_levels,
-        n_trees=len(labels),
-        mtry=mtry,
-        nodesize=nodesize,
-        seed=seed,
-        order=presort(M),
-        group=code,
-        held=held,
-    )
-    A = np.zeros((len(labels), n_lab))
-    A[np.arange(len(labels)), labels] = 1.0 / np.bincount(labels, minlength=n_lab)[labels]
-    out = np.empty((n_lab, len(y)))
-    for b0 in range(0, len(y), block):
-        sl = slice(b0, b0 + block)
-        out[:, sl] = (f.predict_trees(M[sl]) @ A).T
-    out[~held[first][:, code]] = np.nan
-    return out
-
-
 def site_oob_cv(
     X: pd.DataFrame,
     y,
@@ -396,20 +352,8 @@ def site_oob_cv(
     site reaches a tree that predicts it. Metrics and the chosen mtry as :func:`loso_cv`.
     Raises if a site is held out by fewer than ``min_oob_trees`` trees.
     """
-    y = np.asarray(y, dtype=np.float64)
-    sites = np.asarray(sites).astype(str)
+    y, sites, grid = _checked(X, y, sites, grid, central, "grouped out-of-bag CV")
     usites, code = np.unique(sites, return_inverse=True)
-    if len(usites) < 3:
-        raise ValueError(f"grouped out-of-bag CV needs at least 3 sites, got {len(usites)}")
-    if not np.isfinite(y).all():
-        raise ValueError("response contains NaN or inf; apply listwise deletion first")
-    if central not in CENTRALS:
-        raise ValueError(f"central must be one of {list(CENTRALS)}, got {central!r}")
-    p = X.shape[1]
-    grid = mtry_grid(p) if grid is None else sorted(set(int(g) for g in grid))
-    bad = [g for g in grid if not 1 <= g <= p]
-    if bad:
-        raise ValueError(f"mtry grid values {bad} outside 1..{p}")
     held = site_oob_design(len(usites), n_trees, site_fraction, seed)
     per_site = held.sum(axis=0)
     if per_site.min() < min_oob_trees:

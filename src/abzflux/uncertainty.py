@@ -18,6 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from . import budgets as budgets_mod
+from . import cv, seeds
 from .compare import AOA, CONTINUOUS
 from .formats import FLUXES, flux_attrs, with_month_bounds, write_crs
 
@@ -139,7 +140,7 @@ def multicv_site_errors(
     """Leave-cluster-out errors at growing dissimilarity (the multi-CV of CAST's
     ``DItoErrormetric``, Meyer & Pebesma 2021): the sites are clustered by k-means on their mean
     position in the DI space of ``aoa`` into k clusters for each k of ``levels``; one grouped
-    out-of-bag forest (:func:`abzflux.cv.labelled_oob_predictions`) whose trees each hold out one
+    out-of-bag forest (:func:`abzflux.cv.held_out_site_means`) whose trees each hold out one
     cluster predicts every held-out site from the other clusters' rows only. Per level and
     site: the mean DI of its rows to the rows outside its cluster and the site-mean residual
     (observed − predicted). Leave-one-site-out predicts each site from close neighbours; whole
@@ -148,9 +149,6 @@ def multicv_site_errors(
     from scipy.spatial import cKDTree
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
-
-    from . import cv
-    from . import seeds as seeds_mod
 
     y = np.asarray(y, np.float64)
     site = rows.site_id.astype(str).to_numpy()
@@ -165,7 +163,7 @@ def multicv_site_errors(
         if k < 2:
             continue
         with threadpool_limits(limits=1, user_api="openmp"):  # deterministic centre sums
-            lab = KMeans(n_clusters=k, n_init=10, random_state=seeds_mod.integer(seed, "kmeans")).fit(zs).labels_
+            lab = KMeans(n_clusters=k, n_init=10, random_state=seeds.integer(seed, "kmeans")).fit(zs).labels_
         for c in range(k):
             m = lab == c
             if 0 < m.sum() < len(usites):
@@ -175,15 +173,15 @@ def multicv_site_errors(
     per = max(1, n_trees // len(groups))
     labels = np.repeat(np.arange(len(groups)), per)
     held = np.stack([groups[g][1] for g in labels])
-    pred = cv.labelled_oob_predictions(
+    # per site and tree the site-mean prediction; a cluster's trees all hold out the same sites
+    ysite, q = cv.held_out_site_means(
         rows[x_cols],
         y,
         site,
         held,
-        labels,
         mtry=mtry,
         nodesize=nodesize,
-        seed=seeds_mod.integer(seed, "extrap_multicv"),
+        seed=seeds.integer(seed, "extrap_multicv"),
         categorical=categorical,
     )
     out = []
@@ -193,9 +191,14 @@ def multicv_site_errors(
         if not test.any() or not train.any():
             continue
         di = cKDTree(Z[train]).query(Z[test], k=1)[0] / aoa.mean_dist
-        r = pd.DataFrame({"site_id": site[test], "di": di, "res": y[test] - pred[g, test]})
-        a = r.groupby("site_id").agg(di=("di", "mean"), residual=("res", "mean"), n=("res", "size")).reset_index()
-        out.append(a.assign(level=k))
+        a = pd.DataFrame({"c": code[test], "di": di}).groupby("c").agg(di=("di", "mean"), n=("di", "size"))
+        c = a.index.to_numpy()
+        residual = ysite[c] - q[c][:, labels == g].mean(axis=1)
+        out.append(
+            pd.DataFrame(
+                {"site_id": usites[c], "level": k, "di": a.di.to_numpy(), "residual": residual, "n": a.n.to_numpy()}
+            )
+        )
     e = pd.concat(out, ignore_index=True)
     e["abs_error"] = e.residual.abs()
     return e[["site_id", "level", "di", "residual", "n", "abs_error"]]
