@@ -498,3 +498,17 @@ def test_runner_runs_the_network_stage(tiny_twin, tmp_path):
     assert all(v["skipped"] for v in again["stages"].values())
     with pytest.raises(RunDirConflict, match="uncertainty.network_replicates"):
         run_study(replace(cfg, uncertainty=replace(cfg.uncertainty, network_replicates=3)), out)
+
+
+def test_terms_without_cv_name_the_missing_setting(fast_config, tmp_path):
+    from abzflux.errors import ConfigError
+    from abzflux.steps import extrapolation as stage_extrapolation
+    from abzflux.steps import network as stage_network
+
+    ctx = Context(cfg=load_config(fast_config), out=tmp_path)  # a run directory without cv/
+    with pytest.raises(ConfigError, match=r"the network simulation needs the cross-validation") as e:
+        stage_network.run(ctx)
+    assert "[uncertainty.network]" in str(e.value) and 'forest.cv = "loso" or "site_oob"' in str(e.value)
+    with pytest.raises(ConfigError, match=r"\[uncertainty.extrapolation\].*the extrapolation term needs"):
+        stage_extrapolation.run(ctx)
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything

@@ -659,7 +659,6 @@ def strided_weights(W: sp.csr_matrix, shape: tuple, stride: int) -> tuple[sp.csr
 
 
 def workdir_for(path) -> str:
-    """A worker-visible scratch directory for the replicates' forest files."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return os.fspath(p)
+    """A worker-visible scratch directory for the replicates' forest files (each replicate
+    creates its own subdirectory)."""
+    return os.fspath(Path(path))

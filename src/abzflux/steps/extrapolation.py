@@ -15,11 +15,11 @@ import xarray as xr
 from .. import _atomic
 from .. import layout as L
 from ..context import Context
-from ..errors import ConfigError
 from ..formats import consolidate, grid_crs
 from ..predictors import training_rows
 from ..uncertainty import flux_extrapolation, sd_block, sd_template
 from ..vocab import FLUXES
+from .forest import cv_outputs
 from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
@@ -28,17 +28,8 @@ log = logging.getLogger(__name__)
 
 def run(ctx: Context) -> None:
     cfg, lay = ctx.cfg, ctx.layout
-    out = fresh_dir(lay.tmp(L.UNCERTAINTY))
-    if not lay.cv_predictions.exists():
-        raise ConfigError(
-            cfg.source,
-            "the extrapolation term needs the leave-one-site-out CV",
-            column="uncertainty.extrapolation",
-            expected="forest.cv = true",
-        )
-    cvp = pd.read_parquet(lay.cv_predictions)
-    info = json.loads(lay.forest_json.read_text())
-    table = pd.read_parquet(lay.sites)
+    cvp, info, table = cv_outputs(ctx, "the extrapolation term", "uncertainty.extrapolation")
+    out = fresh_dir(lay.tmp(L.UNCERTAINTY))  # after the check: a refused run leaves nothing behind
     imp = pd.read_csv(lay.importance) if lay.importance.exists() else None
     models, aoas, errs = {}, {}, []
     for flux in FLUXES:

@@ -14,7 +14,7 @@ from .. import _atomic, plots, seeds
 from .. import cv as cv_mod
 from .. import layout as L
 from ..context import Context
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..predictors import training_rows
 from ..vocab import FLUXES
 from .sites import PREDICTOR_KEYS
@@ -24,6 +24,21 @@ log = logging.getLogger(__name__)
 
 FOREST_KEYS = ("forest.n_estimators", "forest.mtry", "forest.mtry_grid", "forest.nodesize", "forest.central")
 CV_KEYS = ("forest.cv", "forest.oob_site_fraction", "forest.oob_trees")
+
+
+def cv_outputs(ctx: Context, what: str, column: str) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """This stage's outputs that a later term builds on: the CV predictions, ``forest.json`` and
+    the site table. Raises a ConfigError naming ``what`` (the term) and its ``column`` (config
+    key) when the run has no CV."""
+    lay = ctx.layout
+    if not lay.cv_predictions.exists():
+        raise ConfigError(
+            ctx.cfg.source,
+            f"{what} needs the cross-validation residuals",
+            column=column,
+            expected='forest.cv = "loso" or "site_oob"',
+        )
+    return pd.read_parquet(lay.cv_predictions), json.loads(lay.forest_json.read_text()), pd.read_parquet(lay.sites)
 
 
 def run(ctx: Context, progress_factory=None) -> None:

@@ -23,13 +23,12 @@ from .. import layout as L
 from .. import network as net
 from .. import upscale as upscale_mod
 from ..context import Context
-from ..errors import ConfigError
 from ..forest import FluxForest
 from ..formats import model_view, open_grid, plan_predictors
 from ..predictors import training_rows
 from ..vocab import FLUXES
 from .budgets import PERMAFROST_KEYS
-from .forest import FOREST_KEYS
+from .forest import FOREST_KEYS, cv_outputs
 from .sites import PREDICTOR_KEYS
 from .spec import StepSpec, fresh_dir
 
@@ -57,16 +56,7 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
     """The replicates' job: rows, residual models, the grid's prediction job, zone weights and
     the fitted maps' zone sums (the surrogate truth without its field)."""
     cfg, lay = ctx.cfg, ctx.layout
-    if not lay.cv_predictions.exists():
-        raise ConfigError(
-            cfg.source,
-            "the network simulation needs the leave-one-site-out CV residuals",
-            column="uncertainty.network",
-            expected="forest.cv = true",
-        )
-    cvp = pd.read_parquet(lay.cv_predictions)
-    info = json.loads(lay.forest_json.read_text())
-    table = pd.read_parquet(lay.sites)
+    cvp, info, table = cv_outputs(ctx, "the network simulation", "uncertainty.network")
     pset = ctx.predictor_set
     names = list(pset.names)
     raw, zds = open_grid(cfg.inputs.predictors, chunks={}), open_grid(cfg.inputs.zones, chunks={})
@@ -197,9 +187,10 @@ def build(ctx: Context, workdir) -> tuple[net.NetworkJob, dict]:
 
 def run(ctx: Context) -> None:
     lay, us = ctx.layout, ctx.cfg.uncertainty
+    work = lay.tmp(L.NETWORK) / "work"  # the replicates' forest files, inside the stage's work directory
+    job, models = build(ctx, work)  # first: a run without CV is refused before anything is written
     out = fresh_dir(lay.tmp(L.NETWORK))
-    work = out / "work"  # the replicates' forest files, inside the stage's work directory
-    job, models = build(ctx, work)
+    work.mkdir()
     prog = ctx.progress(f"network simulation: {us.network_replicates} replicates")
     t0 = time.perf_counter()
     try:
