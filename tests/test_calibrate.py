@@ -433,7 +433,7 @@ def test_twin_rows_score_each_error_term_in_quadrature(tmp_path):
 
 
 def test_twin_rows_score_the_network_term_with_and_without_its_distance_part(tmp_path):
-    from abzflux.calibrate import twin_rows
+    from abzflux.calibrate import has_distance_part, twin_rows
     from abzflux.layout import RunLayout
 
     lay = RunLayout(tmp_path)
@@ -463,11 +463,15 @@ def test_twin_rows_score_the_network_term_with_and_without_its_distance_part(tmp
     assert d.loc["rows+network+dist", "sd"] == pytest.approx(np.hypot(3.0, rms_all))
     assert d.loc["rows+network", "sd"] == pytest.approx(np.hypot(3.0, rms_local))
     assert set(d.index) == {"rows", "rows+network", "rows+network+dist"}
+    assert has_distance_part(tmp_path)
     # without a distance part (a run with network_distance = false): one +network variant, the budgets'
     e.assign(distance_error=0.0).to_parquet(lay.network_errors)
     d = twin_rows(tmp_path, truth, "rows", meta).set_index("method")
     assert set(d.index) == {"rows", "rows+network"}
     assert d.loc["rows+network", "sd"] == pytest.approx(np.hypot(3.0, rms_all))
+    assert not has_distance_part(tmp_path)
+    e.drop(columns="distance_error").to_parquet(lay.network_errors)  # errors from before the column
+    assert not has_distance_part(tmp_path)
 
 
 def test_cli_calibrate_refuses_an_unknown_cv_mode(tmp_path):

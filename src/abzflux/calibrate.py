@@ -37,22 +37,10 @@ log = logging.getLogger(__name__)
 #: Zones the calibration scores (the summary's zones).
 ZONES = tuple(ZONE_ORDER)
 BOOT_METHODS = ("rows", "sites", "blocks")
-COLUMNS = [
-    "twin",
-    "network",
-    "site_effects",
-    "seed",
-    "method",
-    "zone",
-    "year",
-    "flux",
-    "truth",
-    "estimate",
-    "sd",
-    "inside1",
-    "inside2",
-    "ratio",
-]
+#: The twin and method of every calibration row, and the scores (:func:`score`) that end it.
+KEY_COLUMNS = ["twin", "network", "site_effects", "seed", "method", "zone"]
+SCORE_COLUMNS = ["inside1", "inside2", "ratio"]
+COLUMNS = [*KEY_COLUMNS, "year", "flux", "truth", "estimate", "sd", *SCORE_COLUMNS]
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -115,23 +103,9 @@ def coverage_summary(cal: pd.DataFrame, by=None) -> pd.DataFrame:
 #: stage's zyp method), sd the ± of the estimate's slope, error = estimate − truth, error_pct =
 #: 100 · error / |truth|.
 TREND_COLUMNS = [
-    "twin",
-    "network",
-    "site_effects",
-    "seed",
-    "method",
-    "zone",
-    "flux",
-    "first_year",
-    "last_year",
-    "truth",
-    "estimate",
-    "sd",
-    "error",
-    "error_pct",
-    "inside1",
-    "inside2",
-    "ratio",
+    *KEY_COLUMNS,
+    *("flux", "first_year", "last_year", "truth", "estimate", "sd", "error", "error_pct"),
+    *SCORE_COLUMNS,
 ]
 
 
@@ -272,15 +246,26 @@ def twin_rows(run_dir: Path, truth: pd.DataFrame, method: str, meta: dict) -> pd
     return d[COLUMNS]
 
 
+def has_distance_part(run_dir: Path) -> bool:
+    """Whether the run's network simulation had its distance part (a non-zero
+    ``distance_error`` in ``network/network_errors.parquet``)."""
+    path = RunLayout(run_dir).network_errors
+    if not path.exists():
+        return False
+    try:
+        d = pd.read_parquet(path, columns=["distance_error"]).distance_error
+    except (KeyError, ValueError):  # errors from before the column existed
+        return False
+    return bool((d != 0).any())
+
+
 def network_sd_without_distance(run_dir: Path) -> pd.DataFrame | None:
     """The network term without its distance part (zone, year, flux, sd_nodist: the RMS over the
     replicates of error − distance_error), where the run's network simulation had the distance
     term on (``network/network_errors.parquet`` with a non-zero ``distance_error``); else None."""
     path = RunLayout(run_dir).network_errors
-    if not path.exists():
-        return None
-    e = pd.read_parquet(path)
-    if "distance_error" not in e or not (e.distance_error != 0).any():
+    e = pd.read_parquet(path) if path.exists() else None
+    if e is None or "distance_error" not in e or not (e.distance_error != 0).any():
         return None
     e = e.assign(e2=(e.error - e.distance_error) ** 2)
     return np.sqrt(e.groupby(["zone", "year", "flux"]).e2.mean()).rename("sd_nodist").reset_index()
@@ -307,7 +292,7 @@ def twin_trend_rows(
     net = None
     if any("+network" in label for label in labels) and lay.network_trends.exists():
         net = network_trend_sd(pd.read_csv(lay.network_trends))
-    dist = network_sd_without_distance(run_dir) is not None
+    dist = has_distance_part(run_dir)
     for label in labels:
         if "+network" in label and net is not None:
             sd2 = sd.merge(net, on=["zone", "flux"], how="left")
