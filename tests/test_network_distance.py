@@ -165,3 +165,8 @@ def test_method_label_names_the_distance_part(tmp_path):
     both = replace(u, network=True, network_distance=True, extrapolation=True, method="blocks")
     assert uncertainty_label(replace(cfg, uncertainty=both)) == "blocks+extrap+network+dist"
     assert uncertainty_label(replace(cfg, uncertainty=replace(u, network_distance=True))) == "rows"
+    # the report's label of run.json's record; a record from before the settings: the row bootstrap
+    from abzflux.summary import label_of
+
+    assert label_of({}) == "rows"
+    assert label_of({"method": "sites", "network": True, "network_distance": True}) == "sites+network+dist"

@@ -46,7 +46,7 @@ from .errors import InputError  # noqa: E402
 from .formats import grid_crs  # noqa: E402
 from .layout import RunLayout  # noqa: E402
 from .predictors import from_declaration  # noqa: E402
-from .summary import METHOD_TEXT, order  # noqa: E402
+from .summary import METHOD_TEXT, label_of, order  # noqa: E402
 from .vocab import CV_LABELS, FLUX_UNITS, FLUXES  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -1010,8 +1010,7 @@ def uncertainty_method(rd: RunData) -> list[Item]:
     """Which method produced the ±, and how well that method covered the truth on twins."""
     u = rd.record.get("config", {}).get("uncertainty") or {}
     base = u.get("method", "rows")  # runs from before the setting existed used the row bootstrap
-    net = ("+network" + ("+dist" if u.get("network_distance") else "")) if u.get("network") else ""
-    label = base + ("+extrap" if u.get("extrapolation") else "") + net
+    label = label_of(u)
     text = (
         f"The ± of this run's maps and budgets is {METHOD_TEXT.get(base, base)}"
         + (f" (blocks of {u.get('block_km'):g} km)" if base == "blocks" and u.get("block_km") else "")

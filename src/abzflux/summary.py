@@ -4,6 +4,8 @@ functions of tables; the summary step (:mod:`abzflux.steps.summary`) reads and w
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -160,9 +162,14 @@ def uncertainty_label(cfg: Config) -> str:
     """The uncertainty method of a run as the calibration names it: ``rows``, ``sites``,
     ``blocks`` (the bootstrap's resampling unit), with ``+extrap`` for the extrapolation term,
     ``+network`` for the network-simulation term and ``+dist`` for its distance part."""
-    u = cfg.uncertainty
-    net = ("+network" + ("+dist" if u.network_distance else "")) if u.network else ""
-    return u.method + ("+extrap" if u.extrapolation else "") + net
+    return label_of(asdict(cfg.uncertainty))
+
+
+def label_of(u: dict) -> str:
+    """:func:`uncertainty_label` of an ``[uncertainty]`` table as ``run.json`` records it (runs
+    from before a setting existed: the row bootstrap, no terms)."""
+    net = ("+network" + ("+dist" if u.get("network_distance") else "")) if u.get("network") else ""
+    return u.get("method", "rows") + ("+extrap" if u.get("extrapolation") else "") + net
 
 
 #: What each added term of the ± is (the method label's suffixes).
