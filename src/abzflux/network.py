@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import seeds
+from . import cv, seeds
 from . import upscale as upscale_mod
 from .budgets import TG
 from .forest import FluxForest
@@ -336,8 +336,6 @@ def fit_distance_term(
     ``site_xy``: site id -> (x, y) m; ``month``: calendar month of each row; ``season``: s(month),
     months 1–12 (the residual model's); ``cell_xy``: (n_cells, 2) coordinates of the cells to
     map. Returns the model (with the design's radii) and the cells' SDs (n_cells,)."""
-    from . import cv
-
     sites = np.asarray(sites).astype(str)
     usites = np.unique(sites)
     xy = np.array([site_xy[k] for k in usites], np.float64)
